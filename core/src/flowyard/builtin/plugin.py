@@ -1,0 +1,42 @@
+"""Hook implementations of the in-core defaults (plugin name ``builtin``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowyard.config import Config
+from flowyard.hookspecs import hookimpl
+from flowyard.registry import Register
+
+
+def _memory_storage(url: str, config: Config) -> Any:
+    from flowyard.builtin.memory_storage import MemoryStorage
+
+    return MemoryStorage(url, config)
+
+
+@hookimpl
+def register_storage(register: Register, config: Config) -> None:
+    """``memory://``: the in-memory backend (lowest default priority)."""
+    register("memory", _memory_storage, default_priority=0,
+             default_url=lambda _config: "memory://")
+
+
+@hookimpl
+def register_executors(register: Register, config: Config) -> None:
+    """``local``: run actions in-process."""
+    from flowyard.builtin.executor import LocalExecutor
+
+    register("local", LocalExecutor())
+
+
+@hookimpl
+def register_providers(register: Register, config: Config) -> None:
+    """``fake``: the deterministic scripted provider (never the default model)."""
+
+    def make() -> Any:
+        from flowyard.builtin.fake import FakeProvider
+
+        return FakeProvider()
+
+    register("fake", factory=make)

@@ -1,0 +1,94 @@
+"""The ``flowyard`` command line.
+
+Core commands live in :mod:`flowyard.commands` and are imported only when invoked (their
+one-line help is kept here), so ``flowyard --help`` stays fast. Plugins add commands through
+the ``register_commands`` hook; their modules are loaded when the command list is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from flowyard import __version__
+
+__all__ = ["main", "cli", "CORE_COMMANDS"]
+
+#: name -> (``module:attribute``, one-line help)
+CORE_COMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("flowyard.commands.info:plugins", "List plugins: version, hooks, status, errors."),
+    "providers": ("flowyard.commands.info:providers", "List LLM providers and their models."),
+    "tools": ("flowyard.commands.info:tools", "List tools (workflow actions) and their schemas."),
+    "run": ("flowyard.commands.run:run", "Run a workflow file."),
+    "validate": ("flowyard.commands.run:validate", "Validate a workflow file."),
+    "resume": ("flowyard.commands.run:resume", "Resume a stored run after a crash."),
+    "runs": ("flowyard.commands.runs:runs", "Query stored runs: list, show, logs, cost."),
+    "stats": ("flowyard.commands.stats:stats", "Run metrics: status counts, latency, cost."),
+    "doctor": ("flowyard.commands.stats:doctor", "Check plugins, providers, storage and disk."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports core commands on use and plugin commands on demand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plugins_loaded = False
+        self.plugin_failures: list[Any] = []
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from flowyard.config import Config
+        from flowyard.plugins import PluginManager
+
+        manager = PluginManager(Config.load())
+        manager.discover()
+        manager.call_commands(self)
+        self.plugin_failures = list(manager.failed())
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return sorted(set(CORE_COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in CORE_COMMANDS:
+            target, _ = CORE_COMMANDS[cmd_name]
+            module_name, attr = target.split(":")
+            try:
+                return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                return None
+        if cmd_name not in self.commands:
+            self._load_plugin_commands()
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, help_) in CORE_COMMANDS.items()]
+        self._load_plugin_commands()
+        for name, cmd in sorted(self.commands.items()):
+            if name not in CORE_COMMANDS and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=60)))
+        rows.sort()
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flowyard")
+def cli() -> None:
+    """flowyard: orchestrate LLM agents and workflows.
+
+    Configuration comes from flowyard.toml and FLOWYARD_* environment variables; see
+    docs/configuration.md.
+    """
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,391 @@
+"""The interfaces that plugin objects implement, one per hook family.
+
+Each is a :class:`typing.Protocol`: implement the methods with the documented shapes; no
+base class is required (though subclassing documents intent and gives the defaults below).
+The contract suites in :mod:`flowyard.testing` check implementations against these promises.
+
+Units: seconds for time, tokens for token counts, US dollars for money.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Chunk,
+    CostLine,
+    Document,
+    Event,
+    LogRecord,
+    MemoryEntry,
+    MemoryHit,
+    ModelInfo,
+    RunRecord,
+    StepAttempt,
+)
+
+if TYPE_CHECKING:
+    from flowyard.context import ToolContext
+    from flowyard.workflow import Workflow
+
+__all__ = [
+    "Provider",
+    "Tool",
+    "StorageBackend",
+    "RunQuery",
+    "MemoryStore",
+    "Retriever",
+    "Router",
+    "RouteRequest",
+    "Executor",
+    "WorkflowLoader",
+    "EventListener",
+]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """An LLM provider: chat, streaming, embeddings and model metadata.
+
+    ``name`` is the provider name used as the model reference prefix. Errors are the typed
+    :class:`flowyard.errors.ProviderError` subclasses; anything else escaping is a bug.
+    """
+
+    name: str
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Return one completion for ``request``.
+
+        ``response.usage`` carries token counts; ``response.cost_usd`` is None when unknown.
+
+        Raises:
+            ProviderError: a typed subclass (authentication, rate limited, timeout, server,
+                bad request, malformed response).
+        """
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Yield chunks of the completion; the last one has ``done=True`` and the usage.
+
+        A stream that ends without its end marker raises ``MalformedResponseError``.
+        """
+        ...
+
+    async def embed(self, texts: Sequence[str], *, model: str) -> list[list[float]]:
+        """Return one embedding vector per text, in order.
+
+        Raises:
+            BadRequestError: the model does not produce embeddings.
+        """
+        ...
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the models this provider serves, with context windows and prices."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and loaded models. Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """An action that steps and agents call.
+
+    Attributes:
+        name: dotted action name (``"filesystem.write"``).
+        description: one paragraph for models and humans.
+        parameters: JSON Schema (object) of the arguments.
+        idempotent: True when calling twice with the same arguments has the effect of once.
+        side_effects: what the tool changes outside flowyard (``["filesystem"]``,
+            ``["network"]``, ``["process"]``); empty for pure tools.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    idempotent: bool
+    side_effects: Sequence[str]
+
+    async def invoke(self, arguments: Mapping[str, Any], context: ToolContext) -> Any:
+        """Run the tool and return a JSON-ready result.
+
+        Raises:
+            ToolInputError: arguments do not match ``parameters``.
+            ToolError: the action failed (``retriable`` says whether to try again).
+        """
+        ...
+
+
+class RunQuery:
+    """Filters for :meth:`StorageBackend.list_runs`.
+
+    Args:
+        status: keep runs with this status.
+        workflow_name: keep runs of this workflow.
+        created_after, created_before: UNIX seconds bounds on ``created_at``.
+        limit: page size (1..1000); offset: rows to skip.
+        order: ``"created_at"`` (oldest first) or ``"-created_at"`` (newest first).
+    """
+
+    __slots__ = ("status", "workflow_name", "created_after", "created_before", "limit", "offset",
+                 "order")
+
+    def __init__(
+        self,
+        *,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        order: str = "-created_at",
+    ) -> None:
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if order not in ("created_at", "-created_at"):
+            raise ValueError(f"order must be 'created_at' or '-created_at', got {order!r}")
+        self.status = status
+        self.workflow_name = workflow_name
+        self.created_after = created_after
+        self.created_before = created_before
+        self.limit = limit
+        self.offset = offset
+        self.order = order
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """Persists runs, step attempts, checkpoints, events, logs, cost lines and plugin data.
+
+    Every write is durable when the awaited call returns (for SQL: committed). Step outputs
+    are JSON-ready values.
+    """
+
+    async def open(self) -> None:
+        """Connect / create the schema. Raises ``StorageError`` naming the file or URL."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+        ...
+
+    async def create_run(self, run: RunRecord) -> None:
+        """Insert a new run."""
+        ...
+
+    async def update_run(self, run: RunRecord) -> None:
+        """Replace the stored fields of ``run`` (matched by id). Raises RunNotFoundError."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """Return one run. Raises RunNotFoundError."""
+        ...
+
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
+        """Return runs matching ``query``, in ``query.order``."""
+        ...
+
+    async def save_attempt(self, attempt: StepAttempt) -> None:
+        """Insert or update the attempt keyed by (run_id, step_key, attempt)."""
+        ...
+
+    async def list_attempts(self, run_id: str) -> list[StepAttempt]:
+        """Return the run's attempts ordered by start time."""
+        ...
+
+    async def save_checkpoint(self, run_id: str, step_key: str, output: Any) -> None:
+        """Record the final output of a completed step key (its commit point)."""
+        ...
+
+    async def load_checkpoints(self, run_id: str) -> dict[str, Any]:
+        """Return ``{step_key: output}`` of every completed step key of the run."""
+        ...
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        """Append events (already numbered by ``seq``)."""
+        ...
+
+    async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000
+                          ) -> list[Event]:
+        """Return events with ``seq > after_seq`` in order, at most ``limit``."""
+        ...
+
+    async def append_log(self, record: LogRecord) -> None:
+        """Append a log line."""
+        ...
+
+    async def list_logs(self, run_id: str) -> list[LogRecord]:
+        """Return the run's log lines in order."""
+        ...
+
+    async def add_cost(self, line: CostLine) -> None:
+        """Append a cost line."""
+        ...
+
+    async def list_costs(self, run_id: str | None = None) -> list[CostLine]:
+        """Return cost lines of one run, or of all runs when ``run_id`` is None."""
+        ...
+
+    async def kv_get(self, namespace: str, key: str) -> Any | None:
+        """Return a plugin value, or None."""
+        ...
+
+    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
+        """Store a JSON-ready plugin value."""
+        ...
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        """Delete a plugin value (no error when absent)."""
+        ...
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """Long-term memory for agents and workflows, searched by meaning."""
+
+    async def add(self, entries: Sequence[MemoryEntry]) -> list[str]:
+        """Store entries; return their ids."""
+        ...
+
+    async def search(
+        self,
+        query: str,
+        *,
+        namespace: str = "default",
+        top_k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[MemoryHit]:
+        """Return up to ``top_k`` entries of ``namespace`` closest to ``query``, best first.
+
+        ``filters`` match metadata keys (and ``category``) by equality; hits below
+        ``min_score`` are dropped.
+        """
+        ...
+
+    async def delete(self, ids: Sequence[str], *, namespace: str = "default") -> int:
+        """Delete entries by id; return how many were deleted."""
+        ...
+
+    async def cleanup(self, *, older_than_days: float, namespace: str = "default") -> int:
+        """Delete entries created more than ``older_than_days`` days ago; return the count."""
+        ...
+
+    async def consolidate(self, *, namespace: str = "default", threshold: float = 0.95) -> int:
+        """Merge entries whose similarity is at least ``threshold``; return how many were
+        removed."""
+        ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Indexes documents and retrieves chunks for prompts (RAG)."""
+
+    async def index(self, documents: Sequence[Document], *, collection: str = "default"
+                    ) -> dict[str, int]:
+        """Index documents; unchanged ones are skipped, changed ones replace their chunks.
+
+        Returns counts: ``{"added": n, "updated": n, "unchanged": n, "chunks": n}``.
+        """
+        ...
+
+    async def search(self, query: str, *, top_k: int = 5, collection: str = "default"
+                     ) -> list[Chunk]:
+        """Return up to ``top_k`` chunks, best first."""
+        ...
+
+    async def get_context(
+        self, query: str, *, top_k: int = 5, max_tokens: int = 1500, collection: str = "default"
+    ) -> list[Chunk]:
+        """Return the best chunks whose total size fits ``max_tokens`` tokens."""
+        ...
+
+
+class RouteRequest:
+    """What a step needs from a model, for a router.
+
+    Args:
+        capabilities: required capabilities (``{"tools", "json"}``).
+        min_context: minimum context window in tokens.
+        max_input_price: maximum input price in US dollars per million tokens.
+        candidates: model references the router may choose from (all known when empty).
+        estimated_input_tokens: the prompt size, for context checks and cost estimates.
+    """
+
+    __slots__ = ("capabilities", "min_context", "max_input_price", "candidates",
+                 "estimated_input_tokens")
+
+    def __init__(
+        self,
+        *,
+        capabilities: Sequence[str] = (),
+        min_context: int | None = None,
+        max_input_price: float | None = None,
+        candidates: Sequence[str] = (),
+        estimated_input_tokens: int = 0,
+    ) -> None:
+        self.capabilities = frozenset(capabilities)
+        self.min_context = min_context
+        self.max_input_price = max_input_price
+        self.candidates = list(candidates)
+        self.estimated_input_tokens = estimated_input_tokens
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Chooses a model for a call."""
+
+    async def choose(self, request: RouteRequest, models: Sequence[ModelInfo]) -> list[ModelInfo]:
+        """Return the models to try, in order (the first is the choice; the rest are fallbacks
+        after retriable errors). Raises ``UnknownNameError`` when none fits."""
+        ...
+
+    def record_outcome(self, model: ModelInfo, *, success: bool, cost_usd: float | None,
+                       latency_s: float) -> None:
+        """Learn from the result of a call (routers that do not learn ignore it)."""
+        ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Decides where a step's action runs (in-process, a thread, a worker pool...)."""
+
+    async def execute(self, action: Callable[[], Awaitable[Any]], *, step_id: str) -> Any:
+        """Run ``action`` and return its result; cancellation must propagate."""
+        ...
+
+
+@runtime_checkable
+class WorkflowLoader(Protocol):
+    """Parses workflow files of one format."""
+
+    suffixes: Sequence[str]
+
+    def load(self, source: str, *, path: str | None = None) -> Workflow:
+        """Parse ``source`` (the file's text) into a workflow.
+
+        Raises:
+            WorkflowValidationError: with file, line and column of each problem.
+        """
+        ...
+
+
+@runtime_checkable
+class EventListener(Protocol):
+    """Receives every event of the stack's runs.
+
+    ``__call__`` runs on the engine's hot path: it must return quickly and never block
+    (queue slow work). Exceptions are logged and do not break the run.
+    """
+
+    def __call__(self, event: Event) -> None:
+        """Handle one event."""
+        ...

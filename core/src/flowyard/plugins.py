@@ -1,0 +1,228 @@
+"""Plugin discovery and loading on pluggy, each plugin inside its own guard.
+
+Plugins come from the entry-point group ``flowyard`` and from objects passed in code. A plugin
+that fails to import, or raises in a registration hook, is reported (name, version, error)
+and skipped, and whatever it had registered in that hook is dropped; everything else keeps
+working. With ``FLOWYARD_STRICT_PLUGINS=1`` the failure raises :class:`PluginError` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from typing import Any
+
+import attrs
+import pluggy
+
+from flowyard import hookspecs
+from flowyard.config import Config
+from flowyard.errors import PluginError
+from flowyard.registry import Registry
+
+__all__ = ["PluginStatus", "PluginManager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGIN"]
+
+ENTRY_POINT_GROUP = "flowyard"
+#: The name under which the in-core defaults are registered (disable it like any plugin).
+BUILTIN_PLUGIN = "builtin"
+
+
+@attrs.define
+class PluginStatus:
+    """What happened to one plugin.
+
+    ``status`` is ``"loaded"``, ``"failed"`` or ``"disabled"``; ``error`` holds the failure's
+    type and message (``"ImportError: No module named 'x'"``) for a failed plugin.
+    """
+
+    name: str
+    version: str = ""
+    distribution: str = ""
+    source: str = ""
+    status: str = "loaded"
+    hooks: list[str] = attrs.field(factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the status as a JSON-ready dict."""
+        return attrs.asdict(self)
+
+
+class _StagedRegister:
+    """A ``register`` callable that buffers entries until the hook returns successfully."""
+
+    __slots__ = ("registry", "plugin", "entries")
+
+    def __init__(self, registry: Registry[Any], plugin: str) -> None:
+        self.registry = registry
+        self.plugin = plugin
+        self.entries: list[tuple[str, Any, Any, dict[str, Any]]] = []
+
+    def __call__(self, name: str, obj: Any = None, *, factory: Any = None, **metadata: Any
+                 ) -> None:
+        if (obj is None) == (factory is None):
+            raise TypeError("register() takes exactly one of obj and factory=")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.registry.kind} name must be a non-empty string, got {name!r}")
+        self.entries.append((name, obj, factory, metadata))
+
+    def commit(self) -> None:
+        for name, obj, factory, metadata in self.entries:
+            if factory is not None:
+                self.registry.add(name, factory=factory, plugin=self.plugin, **metadata)
+            else:
+                self.registry.add(name, obj, plugin=self.plugin, **metadata)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PluginManager:
+    """Loads plugins into a pluggy manager and calls registration hooks per plugin.
+
+    Args:
+        config: the stack's configuration (plugin selection, strictness, tracing).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.statuses: dict[str, PluginStatus] = {}
+        self._order: list[str] = []
+
+    # ------------------------------------------------------------------ loading
+
+    def _selected(self, name: str) -> bool:
+        enabled = self.config.enabled_plugins
+        if name in self.config.disabled_plugins:
+            return False
+        return enabled is None or name in enabled
+
+    def _fail(self, status: PluginStatus, exc: BaseException) -> None:
+        status.status = "failed"
+        status.error = _describe(exc)
+        if self.config.trace_plugins:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        if self.config.strict_plugins:
+            raise PluginError(
+                f"plugin {status.name!r} ({status.distribution} {status.version}) failed: "
+                f"{status.error}"
+            ) from exc
+
+    def add(self, plugin: object, *, name: str, version: str = "", distribution: str = "",
+            source: str = "code") -> PluginStatus:
+        """Register a plugin object (module, class instance) under ``name``.
+
+        Returns its status; a name already taken gives a failed status (the first one stays).
+        """
+        status = PluginStatus(name=name, version=version, distribution=distribution,
+                              source=source)
+        if name in self.statuses:
+            status.status = "failed"
+            status.error = (f"duplicate plugin name {name!r}: already provided by "
+                            f"{self.statuses[name].distribution or self.statuses[name].source}")
+            self.statuses[f"{name} (duplicate from {distribution or source})"] = status
+            if self.config.strict_plugins:
+                raise PluginError(status.error)
+            return status
+        self.statuses[name] = status
+        if not self._selected(name):
+            status.status = "disabled"
+            return status
+        try:
+            self.pm.register(plugin, name=name)
+            status.hooks = sorted(
+                impl.name
+                for impl in self.pm.get_hookcallers(plugin) or []
+            )
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            self._fail(status, exc)
+            return status
+        self._order.append(name)
+        return status
+
+    def discover(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
+        """Load every plugin of the entry-point group ``flowyard`` inside its own guard."""
+        if entry_points is None:
+            entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in entry_points:
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else ""
+            version = dist.version if dist is not None else ""
+            if ep.name in self.statuses:
+                self.add(object(), name=ep.name, version=version, distribution=dist_name,
+                         source=f"entry point {ep.value}")
+                continue
+            if not self._selected(ep.name):
+                self.statuses[ep.name] = PluginStatus(
+                    name=ep.name, version=version, distribution=dist_name,
+                    source=f"entry point {ep.value}", status="disabled")
+                continue
+            started = time.perf_counter()
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported per plugin
+                status = PluginStatus(name=ep.name, version=version, distribution=dist_name,
+                                      source=f"entry point {ep.value}")
+                self.statuses[ep.name] = status
+                self._fail(status, exc)
+                continue
+            self.add(plugin, name=ep.name, version=version, distribution=dist_name,
+                     source=f"entry point {ep.value}")
+            if self.config.trace_plugins:
+                ms = (time.perf_counter() - started) * 1000
+                print(f"flowyard: loaded plugin {ep.name} in {ms:.1f} ms", file=sys.stderr)
+
+    # ------------------------------------------------------------------ calling
+
+    def call_registration(self, hook_name: str, registry: Registry[Any]) -> None:
+        """Call ``hook_name(register, config)`` on each loaded plugin, each in its own guard.
+
+        A plugin whose hook raises is marked failed and what it registered in that call is
+        dropped.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        impls = {impl.plugin_name: impl for impl in hook.get_hookimpls()}
+        for name in self._order:
+            impl = impls.get(name)
+            status = self.statuses[name]
+            if impl is None or status.status != "loaded":
+                continue
+            staged = _StagedRegister(registry, name)
+            kwargs = {"register": staged, "config": self.config}
+            started = time.perf_counter()
+            try:
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+                staged.commit()
+            except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported, not fatal
+                self._fail(status, exc)
+            if self.config.trace_plugins:
+                ms = (time.perf_counter() - started) * 1000
+                print(f"flowyard: {hook_name} -> {name}: {len(staged.entries)} registered "
+                      f"in {ms:.2f} ms", file=sys.stderr)
+
+    def call_commands(self, cli: Any) -> None:
+        """Call ``register_commands(cli)`` on each loaded plugin inside its own guard."""
+        impls = {impl.plugin_name: impl for impl in self.pm.hook.register_commands.get_hookimpls()}
+        for name in self._order:
+            impl = impls.get(name)
+            if impl is None or self.statuses[name].status != "loaded":
+                continue
+            try:
+                impl.function(cli)
+            except Exception as exc:  # noqa: BLE001 - reported per plugin
+                self._fail(self.statuses[name], exc)
+
+    def report(self) -> list[PluginStatus]:
+        """Return the status of every plugin seen, loaded ones first, then by name."""
+        order = {"loaded": 0, "failed": 1, "disabled": 2}
+        return sorted(self.statuses.values(), key=lambda s: (order.get(s.status, 3), s.name))
+
+    def failed(self) -> Sequence[PluginStatus]:
+        """Return the plugins that failed."""
+        return [s for s in self.statuses.values() if s.status == "failed"]

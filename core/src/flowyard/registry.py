@@ -1,0 +1,154 @@
+"""Per-family registries of a stack.
+
+A :class:`Registry` maps names to objects (or to lazy factories) and remembers which plugin
+registered each one. Registries belong to one :class:`~flowyard.stack.Stack`; there is no
+module-level registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from flowyard.errors import DuplicateNameError, UnknownNameError
+
+__all__ = ["Registry", "Register", "Duplicate"]
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+@attrs.frozen
+class Duplicate:
+    """A name registered twice in one registry: the first registration wins.
+
+    ``kept`` and ``dropped`` are plugin names.
+    """
+
+    kind: str
+    name: str
+    kept: str
+    dropped: str
+
+
+class Register:
+    """The ``register`` callable handed to registration hooks.
+
+    Call ``register(name, obj)`` or ``register(name, factory=callable)``; extra keyword
+    arguments are kept as the entry's metadata (for example ``default_model="local/smollm2"``
+    and ``default_priority=10`` on a provider; see :meth:`Registry.metadata_of`). The plugin
+    name is filled in by the plugin manager.
+    """
+
+    __slots__ = ("_registry", "_plugin")
+
+    def __init__(self, registry: Registry[Any], plugin: str) -> None:
+        self._registry = registry
+        self._plugin = plugin
+
+    def __call__(self, name: str, obj: Any = _MISSING, *, factory: Callable[[], Any] | None = None,
+                 **metadata: Any) -> None:
+        if (obj is _MISSING) == (factory is None):
+            raise TypeError("register() takes exactly one of obj and factory=")
+        self._registry.add(name, obj, factory=factory, plugin=self._plugin, **metadata)
+
+
+class Registry(Generic[T]):
+    """Names to objects of one family (providers, tools, ...).
+
+    Args:
+        kind: the family's singular name, used in error messages (``"provider"``).
+        strict: raise :class:`DuplicateNameError` on a duplicate name instead of recording it.
+    """
+
+    def __init__(self, kind: str, *, strict: bool = False) -> None:
+        self.kind = kind
+        self.strict = strict
+        self._values: dict[str, Any] = {}
+        self._factories: dict[str, Callable[[], T]] = {}
+        self._plugins: dict[str, str] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.duplicates: list[Duplicate] = []
+
+    def add(self, name: str, obj: Any = _MISSING, *, factory: Callable[[], T] | None = None,
+            plugin: str = "<code>", **metadata: Any) -> None:
+        """Register ``obj`` (or a lazy ``factory``) under ``name``.
+
+        A second registration of the same name is recorded in :attr:`duplicates` and ignored
+        (the first wins), or raises :class:`DuplicateNameError` when the registry is strict.
+
+        Raises:
+            ValueError: ``name`` is empty or not a string.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._plugins:
+            dup = Duplicate(self.kind, name, self._plugins[name], plugin)
+            if self.strict:
+                raise DuplicateNameError(
+                    f"{self.kind} {name!r} registered by {plugin!r} is already registered by "
+                    f"{self._plugins[name]!r}"
+                )
+            self.duplicates.append(dup)
+            return
+        self._plugins[name] = plugin
+        self._metadata[name] = metadata
+        if factory is not None:
+            self._factories[name] = factory
+        else:
+            self._values[name] = obj
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name``, building it on first use when lazy.
+
+        Raises:
+            UnknownNameError: ``name`` is not registered; the message lists what is.
+        """
+        try:
+            return self._values[name]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        factory = self._factories.get(name)
+        if factory is None:
+            raise UnknownNameError(self.kind, name, self._plugins)
+        with self._lock:
+            if name not in self._values:
+                self._values[name] = factory()
+        return self._values[name]  # type: ignore[no-any-return]
+
+    def loaded(self) -> dict[str, T]:
+        """Return the objects already built (lazy entries that were never used are left out)."""
+        return dict(self._values)
+
+    def plugin_of(self, name: str) -> str:
+        """Return the name of the plugin that registered ``name``."""
+        if name not in self._plugins:
+            raise UnknownNameError(self.kind, name, self._plugins)
+        return self._plugins[name]
+
+    def metadata_of(self, name: str) -> dict[str, Any]:
+        """Return the metadata given at registration (an empty dict when none)."""
+        if name not in self._plugins:
+            raise UnknownNameError(self.kind, name, self._plugins)
+        return dict(self._metadata[name])
+
+    def names(self) -> list[str]:
+        """Return the registered names, sorted."""
+        return sorted(self._plugins)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plugins
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._plugins)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()!r})"

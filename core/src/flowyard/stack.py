@@ -1,0 +1,296 @@
+"""The Stack: the composed set of plugins plus configuration that runs use.
+
+Everything a run needs is looked up through the stack's registries; there is no module-level
+mutable state, so two stacks in one process never interfere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowyard.config import Config
+from flowyard.errors import StorageError
+from flowyard.events import EventBus
+from flowyard.hookspecs import FAMILIES
+from flowyard.plugins import BUILTIN_PLUGIN, PluginManager, PluginStatus
+from flowyard.registry import Duplicate, Registry
+
+if TYPE_CHECKING:
+    from flowyard.interfaces import (
+        EventListener,
+        Executor,
+        MemoryStore,
+        Provider,
+        Retriever,
+        Router,
+        StorageBackend,
+        Tool,
+        WorkflowLoader,
+    )
+    from flowyard.llm import LLMGateway
+    from flowyard.models import Event
+    from flowyard.workflow import RunResult, Workflow
+
+__all__ = ["Stack"]
+
+
+class Stack:
+    """Plugins, registries and configuration for running workflows.
+
+    Args:
+        plugins: plugin objects (modules or instances with ``@hookimpl`` functions), given as
+            objects or ``(name, object)`` pairs; they load after the built-in defaults.
+        config: a :class:`Config` or a mapping of overrides on top of the loaded files and
+            environment (see :mod:`flowyard.config` for the precedence).
+        discover: also load the installed plugins of the entry-point group ``flowyard``.
+        builtins: register the in-core defaults (memory storage, local executor, fake
+            provider, native workflow loader, built-in actions) as plugin ``builtin``.
+
+    Raises:
+        PluginError: a plugin failed and ``plugins.strict`` is set.
+        ConfigError: the configuration files or environment are invalid.
+    """
+
+    def __init__(
+        self,
+        plugins: Sequence[object] = (),
+        *,
+        config: Config | Mapping[str, Any] | None = None,
+        discover: bool = False,
+        builtins: bool = True,
+    ) -> None:
+        if isinstance(config, Config):
+            self.config = config
+        else:
+            self.config = Config.load(overrides=config)
+        self.events = EventBus()
+        strict = self.config.strict_plugins
+        self.providers: Registry[Provider] = Registry("provider", strict=strict)
+        self.tools: Registry[Tool] = Registry("tool", strict=strict)
+        self.storage_schemes: Registry[Any] = Registry("storage scheme", strict=strict)
+        self.memory_stores: Registry[MemoryStore] = Registry("memory store", strict=strict)
+        self.retrievers: Registry[Retriever] = Registry("retriever", strict=strict)
+        self.routers: Registry[Router] = Registry("router", strict=strict)
+        self.executors: Registry[Executor] = Registry("executor", strict=strict)
+        self.loaders: Registry[WorkflowLoader] = Registry("workflow loader", strict=strict)
+        self.listeners: Registry[EventListener] = Registry("event listener", strict=strict)
+        self._by_family: dict[str, Registry[Any]] = {
+            "providers": self.providers,
+            "tools": self.tools,
+            "storage": self.storage_schemes,
+            "memory": self.memory_stores,
+            "retrievers": self.retrievers,
+            "routers": self.routers,
+            "executors": self.executors,
+            "loaders": self.loaders,
+            "listeners": self.listeners,
+        }
+
+        self.plugin_manager = PluginManager(self.config)
+        if builtins:
+            from flowyard.builtin import plugin as builtin_plugin
+
+            self.plugin_manager.add(builtin_plugin, name=BUILTIN_PLUGIN, source="flowyard core",
+                                    distribution="flowyard", version=_core_version())
+        if discover:
+            self.plugin_manager.discover()
+        for index, item in enumerate(plugins):
+            if isinstance(item, tuple):
+                name, obj = item
+            else:
+                obj = item
+                name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{index}"
+            self.plugin_manager.add(obj, name=str(name), source="code")
+        for family, hook in FAMILIES.items():
+            self.plugin_manager.call_registration(hook, self._by_family[family])
+        for name in self.listeners.names():
+            self.events.subscribe(self.listeners.get(name), name=name)
+
+        self._storage: StorageBackend | None = None
+        self._storage_open = False
+        self._llm: LLMGateway | None = None
+
+    @classmethod
+    def default(cls, *, config: Config | Mapping[str, Any] | None = None) -> Stack:
+        """Return a stack of the built-in defaults plus every installed plugin."""
+        return cls(config=config, discover=True)
+
+    # ------------------------------------------------------------------ introspection
+
+    def registry(self, family: str) -> Registry[Any]:
+        """Return the registry of a hook family (``"providers"``, ``"tools"``, ...).
+
+        Raises:
+            KeyError: unknown family; the message lists the families.
+        """
+        try:
+            return self._by_family[family]
+        except KeyError:
+            raise KeyError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}") from None
+
+    @property
+    def plugin_report(self) -> list[PluginStatus]:
+        """The status of every plugin seen (loaded, failed with its error, disabled)."""
+        return self.plugin_manager.report()
+
+    @property
+    def duplicates(self) -> list[Duplicate]:
+        """Names registered twice in any registry (the first registration was kept)."""
+        return [d for reg in self._by_family.values() for d in reg.duplicates]
+
+    # ------------------------------------------------------------------ services
+
+    @property
+    def llm(self) -> LLMGateway:
+        """The LLM gateway (chat, streaming, embeddings through the stack's providers)."""
+        if self._llm is None:
+            from flowyard.llm import LLMGateway
+
+            self._llm = LLMGateway(self)
+        return self._llm
+
+    def storage_url(self) -> str:
+        """Return the storage URL: ``storage.url`` or the default of the preferred backend.
+
+        Without configuration, the registered storage scheme with the highest
+        ``default_priority`` metadata supplies ``default_url(config)``.
+        """
+        configured = self.config.get("storage.url")
+        if configured:
+            return str(configured)
+        best: tuple[int, str] | None = None
+        for scheme in self.storage_schemes.names():
+            meta = self.storage_schemes.metadata_of(scheme)
+            priority = int(meta.get("default_priority", 0))
+            if best is None or priority > best[0]:
+                best = (priority, scheme)
+        if best is None:
+            raise StorageError("no storage backend registered (is the builtin plugin disabled?)")
+        meta = self.storage_schemes.metadata_of(best[1])
+        make_url = meta.get("default_url")
+        return str(make_url(self.config)) if callable(make_url) else f"{best[1]}://"
+
+    @property
+    def storage(self) -> StorageBackend:
+        """The storage backend chosen by :meth:`storage_url` (built, not yet opened)."""
+        if self._storage is None:
+            url = self.storage_url()
+            scheme = url.split(":", 1)[0].split("+", 1)[0]
+            factory = self.storage_schemes.get(scheme)
+            self._storage = factory(url, self.config)
+        return self._storage
+
+    @property
+    def storage_is_open(self) -> bool:
+        """True once :meth:`open` has opened the storage backend."""
+        return self._storage_open
+
+    async def open(self) -> Stack:
+        """Open the storage backend (create or migrate its schema). Idempotent."""
+        if not self._storage_open:
+            await self.storage.open()
+            self._storage_open = True
+        return self
+
+    async def aclose(self) -> None:
+        """Close storage and every provider that was built. Safe to call twice."""
+        for provider in self.providers.loaded().values():
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                await close()
+        if self._storage is not None and self._storage_open:
+            await self._storage.close()
+            self._storage_open = False
+
+    async def __aenter__(self) -> Stack:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def memory(self, name: str | None = None) -> MemoryStore:
+        """Return a memory store (``memory.store`` config, else the only/first registered)."""
+        return self.memory_stores.get(name or self._pick("memory.store", self.memory_stores))
+
+    def retriever(self, name: str | None = None) -> Retriever:
+        """Return a retriever (``rag.retriever`` config, else the first registered)."""
+        return self.retrievers.get(name or self._pick("rag.retriever", self.retrievers))
+
+    def _pick(self, key: str, registry: Registry[Any]) -> str:
+        configured = self.config.get(key)
+        if configured:
+            return str(configured)
+        names = registry.names()
+        if not names:
+            from flowyard.errors import UnknownNameError
+
+            raise UnknownNameError(registry.kind, "<default>", names)
+        ranked = sorted(names, key=lambda n: -int(registry.metadata_of(n).get("default_priority",
+                                                                               0)))
+        return ranked[0]
+
+    # ------------------------------------------------------------------ workflows
+
+    def load_workflow(self, source: str | Path | Mapping[str, Any] | Workflow) -> Workflow:
+        """Return a validated :class:`~flowyard.workflow.Workflow` from a file path, a dict or
+        a workflow object.
+
+        Raises:
+            WorkflowValidationError: every problem found, with file, line and column.
+        """
+        from flowyard.engine import load_workflow
+
+        return load_workflow(self, source)
+
+    async def run(self, workflow: str | Path | Mapping[str, Any] | Workflow,
+                  inputs: Mapping[str, Any] | None = None, **options: Any) -> RunResult:
+        """Run a workflow to its end and return the run result.
+
+        ``options`` are passed to the engine (``run_id``, ``max_concurrency``...; see
+        ``docs/workflows.md``).
+        """
+        from flowyard.engine import run_workflow
+
+        return await run_workflow(self, workflow, inputs or {}, **options)
+
+    def run_sync(self, workflow: str | Path | Mapping[str, Any] | Workflow,
+                 inputs: Mapping[str, Any] | None = None, *, backend: str = "asyncio",
+                 **options: Any) -> RunResult:
+        """Blocking :meth:`run` for scripts: opens the stack, runs, closes it."""
+        import anyio
+
+        async def main() -> RunResult:
+            async with self:
+                return await self.run(workflow, inputs, **options)
+
+        return anyio.run(main, backend=backend)
+
+    def stream(self, workflow: str | Path | Mapping[str, Any] | Workflow,
+               inputs: Mapping[str, Any] | None = None, **options: Any) -> AsyncIterator[Event]:
+        """Run a workflow and yield its events live, ending with ``run.finished``."""
+        from flowyard.engine import stream_workflow
+
+        return stream_workflow(self, workflow, inputs or {}, **options)
+
+    async def resume(self, run_id: str, *, force: bool = False, **options: Any) -> RunResult:
+        """Continue a stored run: completed steps are not run again.
+
+        Raises:
+            RunNotFoundError: no such run.
+            WorkflowChangedError: the workflow changed since the run started (unless ``force``).
+        """
+        from flowyard.engine import resume_run
+
+        return await resume_run(self, run_id, force=force, **options)
+
+    def __repr__(self) -> str:
+        loaded = [s.name for s in self.plugin_report if s.status == "loaded"]
+        return f"Stack(plugins={loaded!r})"
+
+
+def _core_version() -> str:
+    from flowyard import __version__
+
+    return __version__
