@@ -96,10 +96,7 @@ class FakeProvider:
         if isinstance(item, BaseException):
             raise item
         if item is None:
-            last_user = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
-            item = f"echo: {last_user}"
-            if request.response_schema is not None:
-                item = json.dumps(_example_for(request.response_schema))
+            item = self._default_reply(request)
         if isinstance(item, ChatResponse):
             return item
         if isinstance(item, ToolCall):
@@ -121,6 +118,20 @@ class FakeProvider:
             finish_reason="tool_calls" if message.tool_calls else "stop",
             cost_usd=info.price.cost(usage) if info.price else None,
         )
+
+    @staticmethod
+    def _default_reply(request: ChatRequest) -> str | ToolCall:
+        """The unscripted answer: a forced tool call, a schema example, or an echo."""
+        forced = request.tool_choice not in ("auto", "none")
+        if request.tools and forced:
+            names = {t.name: t for t in request.tools}
+            spec = names.get(request.tool_choice, request.tools[0])
+            return ToolCall(id=f"call_{len(request.messages)}", name=spec.name,
+                            arguments=_example_for(spec.parameters))
+        if request.response_schema is not None:
+            return json.dumps(_example_for(request.response_schema))
+        last_user = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
+        return f"echo: {last_user}"
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """Return the next scripted reply (or an echo)."""

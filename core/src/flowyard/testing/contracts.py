@@ -1,0 +1,503 @@
+"""Contract test suites, one per plugin family.
+
+Subclass a suite in your plugin's tests (the class name must start with ``Test``), provide the
+fixture it names, and set the class attributes it documents. Every test is an anyio test, so
+it runs on whichever backends the ``anyio_backend`` fixture gives (asyncio by default; the
+flowyard repository runs asyncio and trio).
+
+The suites check the promises written in :mod:`flowyard.interfaces`: shapes, error types,
+and behaviour a user relies on (durability of storage writes, namespace isolation of memory,
+idempotent re-indexing...). They do not check model quality: answers are checked by
+structure, never word for word.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import pytest
+
+from flowyard.errors import (
+    ProviderError,
+    RunNotFoundError,
+    ToolInputError,
+)
+from flowyard.interfaces import RunQuery
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CostLine,
+    Document,
+    Event,
+    LogRecord,
+    MemoryEntry,
+    Message,
+    ModelInfo,
+    RunRecord,
+    StepAttempt,
+    ToolSpec,
+    new_id,
+)
+
+__all__ = [
+    "ProviderContract",
+    "ToolContract",
+    "StorageContract",
+    "MemoryContract",
+    "RetrieverContract",
+]
+
+_ANYIO = [pytest.mark.anyio]
+
+
+# ============================================================================ providers
+
+
+class ProviderContract:
+    """What every :class:`~flowyard.interfaces.Provider` promises.
+
+    Provide a fixture ``provider`` returning the provider object. Class attributes:
+
+    - ``model``: a model id the provider serves (required).
+    - ``supports_streaming``, ``supports_tools``, ``supports_json``, ``supports_embeddings``:
+      which optional checks apply; a check for a capability set to False is removed from the
+      subclass (it is not collected at all, rather than skipped).
+    - ``embedding_model``: the model id for embeddings (defaults to ``model``).
+    - ``max_tokens``: the small output cap used by the checks (tokens).
+    """
+
+    pytestmark = _ANYIO
+
+    model: ClassVar[str] = ""
+    supports_streaming: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
+    supports_json: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = False
+    embedding_model: ClassVar[str | None] = None
+    max_tokens: ClassVar[int] = 24
+
+    _optional: ClassVar[dict[str, str]] = {
+        "supports_streaming": "test_stream_ends_with_one_done_chunk_carrying_usage",
+        "supports_json": "test_structured_output_matches_the_schema",
+        "supports_tools": "test_tool_call_names_an_offered_tool_with_valid_arguments",
+        "supports_embeddings": "test_embeddings_have_one_vector_per_text",
+    }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for flag, test_name in cls._optional.items():
+            if not getattr(cls, flag):
+                setattr(cls, test_name, None)
+
+    def _request(self, text: str = "Say hello.", **kwargs: Any) -> ChatRequest:
+        assert self.model, "set the class attribute `model` in your ProviderContract subclass"
+        kwargs.setdefault("max_tokens", self.max_tokens)
+        return ChatRequest(model=self.model, messages=[Message.user(text)], **kwargs)
+
+    async def test_has_a_name(self, provider: Any) -> None:
+        assert isinstance(provider.name, str) and provider.name
+        assert "/" not in provider.name, "provider names are the prefix of 'provider/model'"
+
+    async def test_chat_returns_an_assistant_message_with_usage(self, provider: Any) -> None:
+        response = await provider.chat(self._request())
+        assert isinstance(response, ChatResponse)
+        assert response.message.role == "assistant"
+        assert response.message.text or response.message.tool_calls
+        assert response.usage.input_tokens > 0
+        assert response.usage.output_tokens > 0
+        assert response.usage.output_tokens <= self.max_tokens + 1
+
+    async def test_stream_ends_with_one_done_chunk_carrying_usage(self, provider: Any) -> None:
+        chunks: list[ChatChunk] = [c async for c in provider.stream(self._request())]
+        assert chunks, "a stream yields at least its final chunk"
+        assert all(isinstance(c, ChatChunk) for c in chunks)
+        assert chunks[-1].done and not any(c.done for c in chunks[:-1])
+        assert chunks[-1].usage is not None and chunks[-1].usage.output_tokens > 0
+        text = "".join(c.delta for c in chunks)
+        assert text or chunks[-1].tool_calls
+
+    async def test_list_models_includes_the_model(self, provider: Any) -> None:
+        models = await provider.list_models()
+        assert all(isinstance(m, ModelInfo) for m in models)
+        assert all(m.provider == provider.name for m in models)
+        assert self.model in {m.model for m in models}
+        for m in models:
+            if m.price is not None:
+                assert m.price.input_per_mtok >= 0 and m.price.output_per_mtok >= 0
+
+    async def test_unknown_model_raises_a_provider_error(self, provider: Any) -> None:
+        request = ChatRequest(model="no-such-model-for-flowyard-contract",
+                              messages=[Message.user("hi")], max_tokens=4)
+        with pytest.raises(ProviderError) as info:
+            await provider.chat(request)
+        assert info.value.retriable is False
+
+    async def test_structured_output_matches_the_schema(self, provider: Any) -> None:
+        import jsonschema
+
+        schema = {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+            "required": ["city", "population"],
+            "additionalProperties": False,
+        }
+        response = await provider.chat(self._request(
+            "Give the largest city of France and its population as JSON.",
+            response_schema=schema, max_tokens=64))
+        jsonschema.validate(json.loads(response.message.text), schema)
+
+    async def test_tool_call_names_an_offered_tool_with_valid_arguments(self, provider: Any
+                                                                       ) -> None:
+        import jsonschema
+
+        params = {"type": "object", "properties": {"city": {"type": "string"}},
+                  "required": ["city"]}
+        tool = ToolSpec(name="get_weather", description="Get the weather of a city.",
+                        parameters=params)
+        response = await provider.chat(self._request(
+            "What is the weather in Paris? Use the tool.", tools=[tool],
+            tool_choice="required", max_tokens=64))
+        assert response.message.tool_calls, "tool_choice='required' must produce a call"
+        call = response.message.tool_calls[0]
+        assert call.name == "get_weather"
+        assert call.id
+        jsonschema.validate(call.arguments, params)
+
+    async def test_embeddings_have_one_vector_per_text(self, provider: Any) -> None:
+        vectors = await provider.embed(["first text", "second text", "third"],
+                                       model=self.embedding_model or self.model)
+        assert len(vectors) == 3
+        assert len({len(v) for v in vectors}) == 1 and len(vectors[0]) > 0
+        assert all(isinstance(x, float) for x in vectors[0])
+
+    async def test_aclose_twice_is_safe(self, provider: Any) -> None:
+        await provider.aclose()
+        await provider.aclose()
+
+
+# ============================================================================ tools
+
+
+class ToolContract:
+    """What every :class:`~flowyard.interfaces.Tool` promises.
+
+    Provide fixtures ``tool`` (the tool object), ``valid_arguments`` (a dict that succeeds)
+    and ``invalid_arguments`` (a dict that violates the schema). The ``tool_context`` fixture
+    of the test kit supplies the context; override it when the tool needs configuration.
+    """
+
+    pytestmark = _ANYIO
+
+    async def test_declares_name_description_schema_and_effects(self, tool: Any) -> None:
+        import jsonschema
+
+        assert isinstance(tool.name, str) and tool.name and " " not in tool.name
+        assert isinstance(tool.description, str) and tool.description.strip()
+        jsonschema.Draft202012Validator.check_schema(tool.parameters)
+        assert tool.parameters.get("type") == "object"
+        assert isinstance(tool.idempotent, bool)
+        assert isinstance(tool.side_effects, Sequence) and not isinstance(tool.side_effects, str)
+        assert all(isinstance(s, str) for s in tool.side_effects)
+        ToolSpec(name=tool.name, description=tool.description, parameters=tool.parameters)
+
+    async def test_valid_arguments_give_a_json_ready_result(
+        self, tool: Any, valid_arguments: Mapping[str, Any], tool_context: Any
+    ) -> None:
+        import jsonschema
+
+        jsonschema.validate(dict(valid_arguments), tool.parameters)
+        result = await tool.invoke(dict(valid_arguments), tool_context)
+        json.dumps(result)
+
+    async def test_invalid_arguments_raise_tool_input_error(
+        self, tool: Any, invalid_arguments: Mapping[str, Any], tool_context: Any
+    ) -> None:
+        with pytest.raises(ToolInputError):
+            await tool.invoke(dict(invalid_arguments), tool_context)
+
+
+
+# ============================================================================ storage
+
+
+class StorageContract:
+    """What every :class:`~flowyard.interfaces.StorageBackend` promises.
+
+    Provide a fixture ``storage`` returning an *opened* backend on an empty store.
+    """
+
+    pytestmark = _ANYIO
+
+    def _run(self, **kwargs: Any) -> RunRecord:
+        kwargs.setdefault("id", new_id())
+        kwargs.setdefault("workflow_name", "contract")
+        return RunRecord(**kwargs)
+
+    async def test_run_round_trips(self, storage: Any) -> None:
+        run = self._run(inputs={"q": ["a", {"b": 1.5}]}, workflow={"name": "contract", "steps": []},
+                        workflow_hash="ab" * 32, metadata={"k": "v"}, cost_usd=None)
+        await storage.create_run(run)
+        assert await storage.get_run(run.id) == run
+
+    async def test_update_run_replaces_fields(self, storage: Any) -> None:
+        run = self._run()
+        await storage.create_run(run)
+        run.status = "completed"
+        run.outputs = {"answer": [1, 2, 3]}
+        run.finished_at = time.time()
+        run.input_tokens, run.output_tokens, run.cost_usd = 10, 20, 0.25
+        run.resume_count = 2
+        await storage.update_run(run)
+        assert await storage.get_run(run.id) == run
+
+    async def test_unknown_run_raises(self, storage: Any) -> None:
+        with pytest.raises(RunNotFoundError):
+            await storage.get_run("no-such-run")
+        with pytest.raises(RunNotFoundError):
+            await storage.update_run(self._run(id="no-such-run"))
+
+    async def test_list_runs_filters_orders_and_pages(self, storage: Any) -> None:
+        base = 1_700_000_000.0
+        runs = [
+            self._run(workflow_name="alpha" if i % 2 else "beta",
+                      status="completed" if i < 4 else "failed", created_at=base + i)
+            for i in range(6)
+        ]
+        for run in runs:
+            await storage.create_run(run)
+        newest = await storage.list_runs(RunQuery(limit=10))
+        assert [r.id for r in newest] == [r.id for r in reversed(runs)]
+        oldest = await storage.list_runs(RunQuery(order="created_at", limit=2, offset=1))
+        assert [r.id for r in oldest] == [runs[1].id, runs[2].id]
+        failed = await storage.list_runs(RunQuery(status="failed"))
+        assert {r.id for r in failed} == {runs[4].id, runs[5].id}
+        alpha = await storage.list_runs(RunQuery(workflow_name="alpha", status="completed"))
+        assert {r.id for r in alpha} == {runs[1].id, runs[3].id}
+        window = await storage.list_runs(RunQuery(created_after=base + 2, created_before=base + 4))
+        assert {r.id for r in window} == {runs[2].id, runs[3].id}
+
+    async def test_list_runs_treats_filter_values_as_data(self, storage: Any) -> None:
+        await storage.create_run(self._run(workflow_name="safe"))
+        hostile = "x' OR '1'='1"
+        assert await storage.list_runs(RunQuery(workflow_name=hostile)) == []
+        assert await storage.list_runs(RunQuery(status=hostile)) == []
+
+    async def test_attempts_upsert_by_key_and_attempt(self, storage: Any) -> None:
+        run = self._run()
+        await storage.create_run(run)
+        first = StepAttempt(run_id=run.id, step_id="a", step_key="a", attempt=1,
+                            idempotency_key="k1", started_at=1.0)
+        await storage.save_attempt(first)
+        first.status, first.error, first.error_type = "failed", "boom", "ToolError"
+        first.finished_at = 2.0
+        await storage.save_attempt(first)
+        second = StepAttempt(run_id=run.id, step_id="a", step_key="a", attempt=2,
+                             idempotency_key="k1", started_at=3.0, status="completed",
+                             output={"n": [1, None, "x"]}, cost_usd=None)
+        await storage.save_attempt(second)
+        fan = StepAttempt(run_id=run.id, step_id="b", step_key="b[0]", attempt=1,
+                          started_at=4.0)
+        await storage.save_attempt(fan)
+        assert await storage.list_attempts(run.id) == [first, second, fan]
+
+    async def test_checkpoints_hold_json_outputs(self, storage: Any) -> None:
+        run = self._run()
+        await storage.create_run(run)
+        await storage.save_checkpoint(run.id, "a", {"text": "ünïcode ✓", "n": [1, 2.5, None]})
+        await storage.save_checkpoint(run.id, "b[3]", "plain")
+        await storage.save_checkpoint(run.id, "c", None)
+        assert await storage.load_checkpoints(run.id) == {
+            "a": {"text": "ünïcode ✓", "n": [1, 2.5, None]}, "b[3]": "plain", "c": None}
+        assert await storage.load_checkpoints("other-run") == {}
+
+    async def test_events_append_in_order_and_page_by_seq(self, storage: Any) -> None:
+        run = self._run()
+        await storage.create_run(run)
+        events = [Event(type="step.completed", run_id=run.id, step_id=f"s{i}",
+                        data={"i": i, "nested": {"x": [i]}}, time=100.0 + i, seq=i + 1)
+                  for i in range(25)]
+        await storage.append_events(events[:10])
+        await storage.append_events(events[10:])
+        assert await storage.list_events(run.id) == events
+        assert await storage.list_events(run.id, after_seq=20) == events[20:]
+        assert await storage.list_events(run.id, after_seq=3, limit=2) == events[3:5]
+
+    async def test_logs_and_costs(self, storage: Any) -> None:
+        run = self._run()
+        await storage.create_run(run)
+        logs = [LogRecord(run_id=run.id, message=f"line {i}", level="info", step_id="s",
+                          time=10.0 + i) for i in range(3)]
+        for record in logs:
+            await storage.append_log(record)
+        assert await storage.list_logs(run.id) == logs
+        known = CostLine(run_id=run.id, provider="fake", model="priced", input_tokens=10,
+                         output_tokens=5, cost_usd=0.00002, step_id="s", agent="a",
+                         workflow_name="contract", time=1.0)
+        unknown = CostLine(run_id=run.id, provider="fake", model="unpriced", input_tokens=1,
+                           output_tokens=1, cost_usd=None, time=2.0)
+        await storage.add_cost(known)
+        await storage.add_cost(unknown)
+        assert await storage.list_costs(run.id) == [known, unknown]
+        assert unknown in await storage.list_costs()
+
+    async def test_key_value_area(self, storage: Any) -> None:
+        assert await storage.kv_get("plugin", "missing") is None
+        await storage.kv_set("plugin", "k", {"a": [1, 2]})
+        await storage.kv_set("other", "k", 3)
+        assert await storage.kv_get("plugin", "k") == {"a": [1, 2]}
+        await storage.kv_set("plugin", "k", "replaced")
+        assert await storage.kv_get("plugin", "k") == "replaced"
+        await storage.kv_delete("plugin", "k")
+        await storage.kv_delete("plugin", "k")
+        assert await storage.kv_get("plugin", "k") is None
+        assert await storage.kv_get("other", "k") == 3
+
+    async def test_returned_objects_are_copies(self, storage: Any) -> None:
+        run = self._run(outputs={"list": [1]})
+        await storage.create_run(run)
+        run.outputs["list"].append(2)
+        fetched = await storage.get_run(run.id)
+        assert fetched.outputs == {"list": [1]}
+        fetched.outputs["list"].append(3)
+        assert (await storage.get_run(run.id)).outputs == {"list": [1]}
+
+
+# ============================================================================ memory
+
+
+class MemoryContract:
+    """What every :class:`~flowyard.interfaces.MemoryStore` promises.
+
+    Provide a fixture ``memory_store`` returning an empty store. Texts in these checks share
+    words with their queries, so any reasonable embedding ranks them first.
+    """
+
+    pytestmark = _ANYIO
+
+    facts: ClassVar[list[str]] = [
+        "The deploy script for the billing service lives in ops/deploy_billing.sh.",
+        "Alice prefers answers formatted as short bullet lists.",
+        "The staging database is refreshed from production every Sunday night.",
+        "Python 3.12 removed the distutils module from the standard library.",
+    ]
+
+    async def test_add_then_search_finds_the_closest_entry_first(self, memory_store: Any) -> None:
+        ids = await memory_store.add([MemoryEntry(text=t, namespace="ns1") for t in self.facts])
+        assert len(ids) == len(self.facts) and len(set(ids)) == len(ids)
+        hits = await memory_store.search("Which module did Python 3.12 remove from the "
+                                         "standard library?", namespace="ns1", top_k=2)
+        assert 1 <= len(hits) <= 2
+        assert hits[0].entry.text == self.facts[3]
+        assert hits[0].entry.id == ids[3]
+        assert all(hits[i].score >= hits[i + 1].score for i in range(len(hits) - 1))
+
+    async def test_namespaces_are_isolated(self, memory_store: Any) -> None:
+        await memory_store.add([MemoryEntry(text=self.facts[0], namespace="agent-a")])
+        await memory_store.add([MemoryEntry(text=self.facts[1], namespace="agent-b")])
+        hits = await memory_store.search("deploy script billing", namespace="agent-b", top_k=5)
+        assert [h.entry.text for h in hits] == [self.facts[1]]
+
+    async def test_metadata_filters_and_min_score(self, memory_store: Any) -> None:
+        await memory_store.add([
+            MemoryEntry(text=self.facts[0], category="ops", metadata={"team": "billing"}),
+            MemoryEntry(text=self.facts[2], category="ops", metadata={"team": "data"}),
+            MemoryEntry(text=self.facts[1], category="preference", metadata={"team": "billing"}),
+        ])
+        hits = await memory_store.search("database refresh", top_k=5,
+                                         filters={"team": "data"})
+        assert [h.entry.text for h in hits] == [self.facts[2]]
+        hits = await memory_store.search("answers", top_k=5, filters={"category": "preference"})
+        assert [h.entry.text for h in hits] == [self.facts[1]]
+        assert await memory_store.search("database refresh", top_k=5, min_score=1.01) == []
+        entry = (await memory_store.search("billing deploy", top_k=1))[0].entry
+        assert entry.metadata.get("team") == "billing"
+
+    async def test_delete(self, memory_store: Any) -> None:
+        ids = await memory_store.add([MemoryEntry(text=t) for t in self.facts[:2]])
+        assert await memory_store.delete([ids[0]]) == 1
+        hits = await memory_store.search("deploy script billing service", top_k=5)
+        assert ids[0] not in {h.entry.id for h in hits}
+        assert ids[1] in {h.entry.id for h in hits}
+
+    async def test_cleanup_removes_old_entries_only(self, memory_store: Any) -> None:
+        old = MemoryEntry(text=self.facts[0], created_at=time.time() - 40 * 86400)
+        fresh = MemoryEntry(text=self.facts[1])
+        await memory_store.add([old, fresh])
+        assert await memory_store.cleanup(older_than_days=30) == 1
+        hits = await memory_store.search("deploy script answers bullet lists", top_k=5)
+        assert {h.entry.id for h in hits} == {fresh.id}
+
+    async def test_consolidate_merges_near_duplicates(self, memory_store: Any) -> None:
+        text = self.facts[2]
+        await memory_store.add([MemoryEntry(text=text), MemoryEntry(text=text),
+                                MemoryEntry(text=self.facts[3])])
+        removed = await memory_store.consolidate(threshold=0.95)
+        assert removed == 1
+        hits = await memory_store.search("staging database refreshed", top_k=5)
+        assert [h.entry.text for h in hits].count(text) == 1
+
+
+# ============================================================================ retrievers
+
+
+class RetrieverContract:
+    """What every :class:`~flowyard.interfaces.Retriever` promises.
+
+    Provide a fixture ``retriever`` returning an empty retriever.
+    """
+
+    pytestmark = _ANYIO
+
+    documents: ClassVar[list[Document]] = [
+        Document(id="tea", source="tea.md", text=(
+            "Green tea is brewed with water below boiling, around 80 degrees Celsius, for two "
+            "to three minutes. Black tea takes boiling water and four minutes.")),
+        Document(id="bikes", source="bikes.md", text=(
+            "A bicycle chain should be cleaned and lubricated every few hundred kilometres. "
+            "Check tyre pressure weekly.")),
+        Document(id="git", source="git.md", text=(
+            "git rebase rewrites commits onto a new base; git merge records a merge commit "
+            "that joins two histories.")),
+    ]
+
+    async def test_index_then_search_returns_the_relevant_chunk_first(self, retriever: Any
+                                                                      ) -> None:
+        counts = await retriever.index(self.documents)
+        assert counts["added"] == 3 and counts["chunks"] >= 3
+        chunks = await retriever.search("How hot should the water be for green tea?", top_k=2)
+        assert chunks and chunks[0].document_id == "tea"
+        assert chunks[0].source == "tea.md" and "tea" in chunks[0].text.lower()
+
+    async def test_reindexing_is_idempotent_and_changes_replace_chunks(self, retriever: Any
+                                                                       ) -> None:
+        await retriever.index(self.documents)
+        again = await retriever.index(self.documents)
+        assert again["unchanged"] == 3 and again["added"] == 0 and again["updated"] == 0
+        changed = Document(id="git", source="git.md",
+                           text="git bisect finds the commit that introduced a bug by binary "
+                                "search over history.")
+        result = await retriever.index([changed])
+        assert result["updated"] == 1
+        chunks = await retriever.search("which git command uses binary search to find a bug",
+                                        top_k=5)
+        git_chunks = [c for c in chunks if c.document_id == "git"]
+        assert git_chunks and all("rebase" not in c.text for c in git_chunks)
+
+    async def test_get_context_respects_the_token_budget(self, retriever: Any) -> None:
+        await retriever.index(self.documents)
+        wide = await retriever.get_context("tea bicycle git", top_k=3, max_tokens=2000)
+        narrow = await retriever.get_context("tea bicycle git", top_k=3, max_tokens=40)
+        assert len(wide) >= 2
+        assert 1 <= len(narrow) <= len(wide)
+        assert all(c.source for c in wide)
+
+    async def test_collections_are_isolated(self, retriever: Any) -> None:
+        await retriever.index(self.documents[:1], collection="one")
+        await retriever.index(self.documents[1:2], collection="two")
+        chunks = await retriever.search("green tea water", top_k=5, collection="two")
+        assert all(c.document_id == "bikes" for c in chunks)
+

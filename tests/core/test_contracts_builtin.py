@@ -1,0 +1,55 @@
+"""The in-core defaults pass the contract suites that third-party plugins run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import flowyard
+from flowyard.builtin.fake import FakeProvider
+from flowyard.builtin.memory_storage import MemoryStorage
+from flowyard.testing import ProviderContract, StorageContract, ToolContract
+
+
+class TestFakeProviderContract(ProviderContract):
+    model = "echo"
+    supports_embeddings = True
+
+    @pytest.fixture
+    def provider(self) -> FakeProvider:
+        return FakeProvider()
+
+
+class TestMemoryStorageContract(StorageContract):
+    @pytest.fixture
+    async def storage(self) -> Any:
+        backend = MemoryStorage()
+        await backend.open()
+        yield backend
+        await backend.close()
+
+
+@flowyard.tool(name="text.repeat", idempotent=True)
+async def repeat(text: str, times: int = 2) -> str:
+    """Repeat a text.
+
+    Args:
+        text: what to repeat.
+        times: how many times (at least 1).
+    """
+    return text * times
+
+
+class TestFunctionToolContract(ToolContract):
+    @pytest.fixture
+    def tool(self) -> Any:
+        return repeat
+
+    @pytest.fixture
+    def valid_arguments(self) -> dict[str, Any]:
+        return {"text": "ab", "times": 3}
+
+    @pytest.fixture
+    def invalid_arguments(self) -> dict[str, Any]:
+        return {"text": 5}
