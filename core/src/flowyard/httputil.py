@@ -1,0 +1,437 @@
+"""HTTP helpers shared by the provider plugins (vendor-neutral).
+
+What lives here is what every HTTP provider needs and no vendor owns:
+
+* :func:`parse_retry_after` reads ``retry-after-ms``, ``retry-after`` in seconds or an HTTP
+  date (RFC 9110 section 10.2.3) into seconds to wait;
+* :func:`error_for_status` maps an HTTP status plus response body to the core's typed
+  :mod:`flowyard.errors` (with ``retriable`` set);
+* :func:`error_for_exception` maps transport exceptions (httpx, and aiohttp's through the
+  ``httpx-aiohttp`` transport) to typed errors;
+* :class:`Secret` and :func:`redact` keep API keys out of reprs, messages and logs;
+* :class:`PooledClient` holds one pooled ``httpx.AsyncClient`` per provider instance, created
+  lazily in the running event loop (aiohttp-backed on asyncio when ``httpx-aiohttp`` is
+  installed, httpx's own transport on trio) and closed by ``aclose``.
+
+The core does not depend on httpx: this module imports it only inside the functions that need
+it, so importing :mod:`flowyard.httputil` is cheap and works without httpx installed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from flowyard.errors import (
+    AuthenticationError,
+    BadRequestError,
+    MalformedResponseError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    ServerError,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "Secret",
+    "redact",
+    "parse_retry_after",
+    "error_message_from_body",
+    "error_for_status",
+    "error_for_exception",
+    "parse_json_body",
+    "PooledClient",
+    "current_loop_token",
+    "REDACTED",
+]
+
+logger = logging.getLogger("flowyard.httputil")
+
+#: What a secret is replaced with in messages.
+REDACTED = "***"
+
+#: Longest error body excerpt kept in an exception message, in characters.
+MAX_BODY_EXCERPT = 500
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+class Secret:
+    """A secret string (an API key) that never shows itself.
+
+    ``repr()`` and ``str()`` print ``***``; call :meth:`get` for the value. Two secrets are
+    equal when their values are.
+
+    Args:
+        value: the secret; an empty string stands for "no secret".
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Secret value must be a string, got {type(value).__name__}")
+        self._value = value
+
+    def get(self) -> str:
+        """Return the secret value."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Secret values cannot be pickled")
+
+
+def redact(text: str, secrets: Iterable[str | Secret | None]) -> str:
+    """Return ``text`` with every secret value (and any ``Bearer <token>``) replaced by ``***``.
+
+    Args:
+        text: any message.
+        secrets: the values to hide; empty and None entries are ignored. Values shorter than
+            4 characters are ignored too (replacing them would mangle ordinary words).
+    """
+    for secret in secrets:
+        value = secret.get() if isinstance(secret, Secret) else secret
+        if value and len(value) >= 4:
+            text = text.replace(value, REDACTED)
+    return re.sub(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}", r"\1 " + REDACTED, text)
+
+
+# ----------------------------------------------------------------------------- retry-after
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Return the seconds to wait that a response asks for, or None when it does not say.
+
+    Reads, in order: ``retry-after-ms`` (milliseconds, as sent by OpenAI), ``retry-after`` as
+    a number of seconds, ``retry-after`` as an HTTP date (RFC 9110 section 10.2.3). A date in
+    the past gives 0. Unparseable values are ignored (None), as RFC 9110 asks of recipients.
+
+    Args:
+        headers: response headers (case-insensitive mapping such as ``httpx.Headers``, or a
+            dict with lowercase keys).
+        now: the current UNIX time in seconds, for dates (``time.time()`` by default).
+    """
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms.strip())
+        except ValueError:
+            value = -1.0
+        if value >= 0 and value == value and value != float("inf"):
+            return value / 1000.0
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if seconds >= 0 and seconds == seconds and seconds != float("inf"):
+            return seconds
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def error_message_from_body(body: Any) -> tuple[str, str | None]:
+    """Return ``(message, error_type)`` from a parsed error body of any common shape.
+
+    Understands ``{"error": {"message": ..., "type"/"code": ...}}`` (OpenAI, Anthropic),
+    ``{"error": "text"}`` (Ollama), ``{"message": ...}`` and ``{"detail": ...}`` (FastAPI).
+    For anything else the message is the JSON text of ``body`` (cut to 500 characters).
+    """
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping):
+            message = err.get("message") or err.get("msg") or json.dumps(err)[:MAX_BODY_EXCERPT]
+            kind = err.get("type") or err.get("code")
+            return str(message), (str(kind) if kind is not None else None)
+        if isinstance(err, str):
+            return err, None
+        for key in ("message", "detail"):
+            if key in body:
+                value = body[key]
+                text = value if isinstance(value, str) else json.dumps(value)
+                return text[:MAX_BODY_EXCERPT], (str(body["type"]) if "type" in body else None)
+    if isinstance(body, str):
+        return body[:MAX_BODY_EXCERPT], None
+    return json.dumps(body)[:MAX_BODY_EXCERPT], None
+
+
+def _body_message(body: bytes | str | Any) -> tuple[str, str | None]:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    if isinstance(body, str):
+        stripped = body.strip()
+        if not stripped:
+            return "(empty body)", None
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            return stripped[:MAX_BODY_EXCERPT], None
+        return error_message_from_body(parsed)
+    return error_message_from_body(body)
+
+
+#: Error types whose 429 means "out of money", which waiting does not fix.
+_QUOTA_TYPES = {"insufficient_quota", "billing_hard_limit_reached"}
+
+
+def error_for_status(
+    status: int,
+    body: bytes | str | Any,
+    headers: Mapping[str, str] | None = None,
+    *,
+    provider: str,
+    model: str | None = None,
+    secrets: Iterable[str | Secret | None] = (),
+) -> ProviderError:
+    """Return the typed error for a failed HTTP response (the caller raises it).
+
+    Mapping (``retriable`` in brackets):
+
+    ========================  ===========================================
+    401, 403                  AuthenticationError [no]
+    408                       ProviderTimeoutError [yes]
+    429                       RateLimitedError [yes; no for an exhausted quota,
+                              ``insufficient_quota``], with ``retry_after`` in seconds
+    400, 404, 409, 413, 422   BadRequestError [no] (409 ``conflict``: [yes], ServerError)
+    other 4xx                 BadRequestError [no]
+    5xx, 529 (overloaded)     ServerError [yes]
+    ========================  ===========================================
+
+    Args:
+        status: the HTTP status code.
+        body: the raw body (bytes/str, parsed as JSON when it is) or an already parsed value.
+        headers: the response headers (for ``retry-after``).
+        provider: the provider name, for the message; model: the model id, when known.
+        secrets: values redacted from the message (API keys).
+
+    Returns:
+        A :class:`~flowyard.errors.ProviderError` subclass instance; its message names the
+        provider, the status and the server's own message, never a secret.
+    """
+    message, kind = _body_message(body)
+    message = redact(message, secrets)
+    where = f"{provider}" + (f" model {model!r}" if model else "")
+    text = f"{where}: HTTP {status}" + (f" {kind}" if kind else "") + f": {message}"
+    kwargs: dict[str, Any] = {"provider": provider, "model": model, "status_code": status}
+    if status in (401, 403):
+        return AuthenticationError(text, **kwargs)
+    if status == 408:
+        return ProviderTimeoutError(text, **kwargs)
+    if status == 429:
+        err = RateLimitedError(text, retry_after=parse_retry_after(headers or {}), **kwargs)
+        if kind in _QUOTA_TYPES:
+            err.retriable = False
+        return err
+    if status == 409:
+        return ServerError(text, **kwargs)
+    if 400 <= status < 500:
+        return BadRequestError(text, **kwargs)
+    if status >= 500:
+        return ServerError(text, **kwargs)
+    return MalformedResponseError(f"{where}: unexpected HTTP status {status}: {message}",
+                                  **kwargs)
+
+
+def error_for_exception(
+    exc: BaseException,
+    *,
+    provider: str,
+    model: str | None = None,
+    secrets: Iterable[str | Secret | None] = (),
+) -> ProviderError:
+    """Return the typed error for a transport exception raised by httpx (the caller raises it
+    ``from exc``).
+
+    Timeouts become :class:`ProviderTimeoutError`; connection failures, cut connections and
+    protocol errors :class:`ServerError` (both retriable); an invalid URL or unsupported scheme
+    :class:`BadRequestError`. Other exceptions become a plain, non-retriable
+    :class:`ProviderError`. The message never contains a secret.
+    """
+    import httpx
+
+    detail = redact(str(exc) or type(exc).__name__, secrets)
+    where = f"{provider}" + (f" model {model!r}" if model else "")
+    kwargs: dict[str, Any] = {"provider": provider, "model": model}
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeoutError(f"{where}: request timed out ({type(exc).__name__}: {detail})",
+                                    **kwargs)
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+        return BadRequestError(f"{where}: invalid URL: {detail}", **kwargs)
+    if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)):
+        return ServerError(f"{where}: connection failed ({type(exc).__name__}: {detail})",
+                           **kwargs)
+    if isinstance(exc, httpx.HTTPError):
+        return ProviderError(f"{where}: HTTP error ({type(exc).__name__}: {detail})", **kwargs)
+    return ProviderError(f"{where}: {type(exc).__name__}: {detail}", **kwargs)
+
+
+def parse_json_body(content: bytes | str, *, provider: str, model: str | None = None,
+                    what: str = "response") -> Any:
+    """Parse a JSON body; raise :class:`MalformedResponseError` (with an excerpt) when invalid."""
+    try:
+        return json.loads(content)
+    except ValueError as exc:
+        excerpt = content[:200] if isinstance(content, str) else content[:200].decode(
+            "utf-8", errors="replace")
+        raise MalformedResponseError(
+            f"{provider}: {what} is not valid JSON ({exc}); body starts {excerpt!r}",
+            provider=provider, model=model) from None
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def current_loop_token() -> tuple[str, int]:
+    """Return ``(library, id)`` naming the running event loop ("asyncio" or "trio").
+
+    Raises:
+        RuntimeError: called outside an event loop.
+    """
+    import sniffio
+
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        import asyncio
+
+        return library, id(asyncio.get_running_loop())
+    if library == "trio":
+        import trio
+
+        return library, id(trio.lowlevel.current_trio_token())
+    return library, 0
+
+
+class PooledClient:
+    """One lazily created, pooled ``httpx.AsyncClient`` for a provider instance.
+
+    The client is created on first use inside the running event loop. Because connection
+    pools belong to one event loop, a call from a *different* loop (a second ``anyio.run``)
+    gets a fresh client; the old one is dropped (its sockets close when collected).
+
+    Args:
+        base_url: prefix of relative request URLs.
+        headers: default headers (put secrets here, never in URLs).
+        timeout: seconds; a number (all phases) or an ``httpx.Timeout``.
+        backend: ``"auto"`` (aiohttp-backed transport from ``httpx-aiohttp`` on asyncio when
+            installed, httpx's own on trio), ``"httpx"`` (always httpx's own) or ``"aiohttp"``
+            (required; fails on trio).
+        transport: an explicit ``httpx.AsyncBaseTransport`` (tests: ``httpx.MockTransport``);
+            overrides ``backend``.
+        max_connections: pool size.
+
+    Raises:
+        ValueError: unknown ``backend``.
+    """
+
+    BACKENDS = ("auto", "httpx", "aiohttp")
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: Any = 600.0,
+        backend: str = "auto",
+        transport: Any = None,
+        max_connections: int = 100,
+    ) -> None:
+        if backend not in self.BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(self.BACKENDS)}, got {backend!r}")
+        self.base_url = base_url
+        self._headers = dict(headers or {})
+        self.timeout = timeout
+        self.backend = backend
+        self.transport = transport
+        self.max_connections = max_connections
+        self._client: httpx.AsyncClient | None = None
+        self._token: tuple[str, int] | None = None
+        self.active_backend: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"PooledClient(base_url={self.base_url!r}, backend={self.backend!r}, "
+                f"active={self.active_backend!r})")
+
+    def _build(self, library: str) -> httpx.AsyncClient:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.max_connections,
+                              max_keepalive_connections=self.max_connections)
+        timeout = self.timeout if isinstance(self.timeout, httpx.Timeout) else httpx.Timeout(
+            self.timeout)
+        transport = self.transport
+        backend = "custom" if transport is not None else "httpx"
+        if transport is None and self.backend != "httpx":
+            if library == "asyncio":
+                try:
+                    from httpx_aiohttp import AiohttpTransport
+                except ImportError:
+                    if self.backend == "aiohttp":
+                        raise
+                else:
+                    transport = AiohttpTransport(limits=limits)
+                    backend = "aiohttp"
+            elif self.backend == "aiohttp":
+                raise RuntimeError(f"the aiohttp backend cannot run on {library}; "
+                                   "use backend='auto' or 'httpx'")
+        self.active_backend = backend
+        return httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout,
+                                 limits=limits, transport=transport)
+
+    def get(self) -> httpx.AsyncClient:
+        """Return the client for the running event loop, creating it when needed."""
+        token = current_loop_token()
+        if self._client is None or self._token != token or self._client.is_closed:
+            self._client = self._build(token[0])
+            self._token = token
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client (when it belongs to the running loop). Safe to call twice."""
+        client, self._client = self._client, None
+        token, self._token = self._token, None
+        if client is None or client.is_closed:
+            return
+        try:
+            same_loop = current_loop_token() == token
+        except RuntimeError:
+            same_loop = False
+        if same_loop:
+            await client.aclose()
