@@ -13,6 +13,10 @@ from flowyard.errors import ToolInputError
 from flowyard.tools import FunctionTool, schema_for_type
 
 
+class Opaque:
+    """A type with no JSON Schema."""
+
+
 class Color(enum.Enum):
     RED = "red"
     BLUE = "blue"
@@ -103,13 +107,19 @@ async def test_invalid_arguments_are_rejected_with_their_path(tool_context: Tool
 
 
 def test_unsupported_hints_fail_at_definition_with_the_argument_name() -> None:
-    class Opaque:
-        pass
-
     def bad(x: Opaque) -> None:
         """Bad."""
 
     with pytest.raises(TypeError, match="argument 'x'"):
         FunctionTool(bad)
+
+    class Local:
+        pass
+
+    def unresolvable(x: Local) -> None:
+        """Its hint names a class that is not visible at module level."""
+
+    with pytest.raises(TypeError, match="cannot resolve its type hints"):
+        FunctionTool(unresolvable)
     assert schema_for_type(dict[str, int]) == {"type": "object",
                                                "additionalProperties": {"type": "integer"}}

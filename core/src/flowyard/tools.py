@@ -185,7 +185,11 @@ class FunctionTool(BaseTool):
         self.side_effects = tuple(side_effects)
         self.is_async = inspect.iscoroutinefunction(func)
         arg_docs = {p.arg_name: p.description or "" for p in doc.params}
-        hints = typing.get_type_hints(func)
+        try:
+            hints = typing.get_type_hints(func)
+        except NameError as exc:
+            raise TypeError(f"tool {self.name!r}: cannot resolve its type hints ({exc}); "
+                            "define the annotated types at module level") from None
         signature = inspect.signature(func)
         props: dict[str, Any] = {}
         required: list[str] = []
