@@ -1,0 +1,1 @@
+"""Alembic migrations of the flowyard SQL schema (applied automatically on open)."""

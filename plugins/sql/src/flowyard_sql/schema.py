@@ -1,0 +1,119 @@
+"""The SQLAlchemy Core tables of the current schema (the head migration).
+
+Queries use these definitions; the migrations in :mod:`flowyard_sql.migrations` create and
+evolve the real tables. Table names carry the ``fy_`` prefix so flowyard can share a database
+with other applications.
+
+JSON-ready values (inputs, outputs, event data, plugin values) are stored as JSON text, which
+round-trips identically on SQLite and PostgreSQL. Times are UNIX seconds (float); token counts
+are integers; money is US dollars (float, NULL when unknown).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["metadata", "runs", "attempts", "checkpoints", "events", "logs", "costs", "kv"]
+
+metadata = sa.MetaData()
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+runs = sa.Table(
+    "fy_runs",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("workflow_name", sa.String(), nullable=False),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("inputs", sa.Text(), nullable=False),
+    sa.Column("outputs", sa.Text(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("workflow_hash", sa.String(), nullable=False),
+    sa.Column("workflow", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("started_at", sa.Float(), nullable=True),
+    sa.Column("finished_at", sa.Float(), nullable=True),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("resume_count", sa.Integer(), nullable=False),
+    sa.Column("metadata", sa.Text(), nullable=False),
+    sa.Column("extra", sa.Text(), nullable=False),
+)
+
+attempts = sa.Table(
+    "fy_attempts",
+    metadata,
+    sa.Column("run_id", sa.String(), primary_key=True),
+    sa.Column("step_key", sa.String(), primary_key=True),
+    sa.Column("attempt", sa.Integer(), primary_key=True),
+    sa.Column("step_id", sa.String(), nullable=False),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("idempotency_key", sa.String(), nullable=False),
+    sa.Column("output", sa.Text(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("error_type", sa.String(), nullable=True),
+    sa.Column("started_at", sa.Float(), nullable=False),
+    sa.Column("finished_at", sa.Float(), nullable=True),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("extra", sa.Text(), nullable=False),
+)
+
+checkpoints = sa.Table(
+    "fy_checkpoints",
+    metadata,
+    sa.Column("run_id", sa.String(), primary_key=True),
+    sa.Column("step_key", sa.String(), primary_key=True),
+    sa.Column("output", sa.Text(), nullable=False),
+    sa.Column("saved_at", sa.Float(), nullable=False),
+)
+
+events = sa.Table(
+    "fy_events",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("step_id", sa.String(), nullable=True),
+    sa.Column("time", sa.Float(), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+)
+
+logs = sa.Table(
+    "fy_logs",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("step_id", sa.String(), nullable=True),
+    sa.Column("level", sa.String(), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("time", sa.Float(), nullable=False),
+)
+
+costs = sa.Table(
+    "fy_costs",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("provider", sa.String(), nullable=False),
+    sa.Column("model", sa.String(), nullable=False),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("step_id", sa.String(), nullable=True),
+    sa.Column("agent", sa.String(), nullable=True),
+    sa.Column("workflow_name", sa.String(), nullable=False),
+    sa.Column("time", sa.Float(), nullable=False),
+)
+
+kv = sa.Table(
+    "fy_kv",
+    metadata,
+    sa.Column("namespace", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("value", sa.Text(), nullable=False),
+    sa.Column("updated_at", sa.Float(), nullable=False),
+)

@@ -1,0 +1,598 @@
+"""The SQL storage backend: SQLite (the default stack's storage) and PostgreSQL.
+
+SQLAlchemy 2 runs synchronously in worker threads (``anyio.to_thread.run_sync``), so the
+backend works the same on asyncio and trio. Each call is one short transaction, committed
+before the awaited call returns; a call that is cancelled while its thread runs still
+finishes its transaction (the thread is not abandoned), so a commit is never half done.
+
+SQLite is set up for several processes sharing one file: WAL journal, a busy timeout, and
+``BEGIN IMMEDIATE`` for every write transaction (a writer waits for the write lock up front
+instead of failing when it upgrades a read lock). PostgreSQL uses psycopg 3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import attrs
+import sqlalchemy as sa
+
+from flowyard.config import Config
+from flowyard.errors import RunNotFoundError, StorageError
+from flowyard.interfaces import RunQuery
+from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt, now
+from flowyard.serialization import json_default
+from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, logs, runs
+
+__all__ = ["SQLStorage", "RUN_FILTERS", "SQLITE_HEADER", "normalize_url"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: The run fields :meth:`SQLStorage.list_runs` may filter on, and the condition each builds.
+#: Values are always bound parameters; any other field name is refused.
+RUN_FILTERS: dict[str, Callable[[Any], sa.ColumnElement[bool]]] = {
+    "status": lambda v: runs.c.status == v,
+    "workflow_name": lambda v: runs.c.workflow_name == v,
+    "created_after": lambda v: runs.c.created_at >= v,
+    "created_before": lambda v: runs.c.created_at < v,
+}
+
+_RUN_JSON = ("inputs", "outputs", "workflow", "metadata")
+_RUN_FIELDS = tuple(f.name for f in attrs.fields(RunRecord))
+_RUN_COLUMNS = frozenset(c.name for c in runs.c) - {"extra"}
+_ATTEMPT_JSON = ("output",)
+_ATTEMPT_FIELDS = tuple(f.name for f in attrs.fields(StepAttempt))
+_ATTEMPT_COLUMNS = frozenset(c.name for c in attempts.c) - {"extra"}
+_PG_DRIVERS = {"postgresql", "postgresql+psycopg", "postgres"}
+
+
+def normalize_url(url: str) -> sa.URL:
+    """Parse a storage URL into a SQLAlchemy URL with the driver flowyard-sql ships.
+
+    ``sqlite:///relative.db`` is made absolute (against the current directory) so that
+    subprocesses agree on the file; ``postgresql://`` and ``postgres://`` become
+    ``postgresql+psycopg://``.
+
+    Raises:
+        StorageError: the URL cannot be parsed or names an unsupported scheme or driver.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StorageError(f"invalid storage URL {url!r}: {exc}") from None
+    name = parsed.drivername
+    if name in ("sqlite", "sqlite+pysqlite"):
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            database = str(Path(database).expanduser().absolute())
+        return parsed.set(drivername="sqlite+pysqlite", database=database)
+    if name in _PG_DRIVERS:
+        return parsed.set(drivername="postgresql+psycopg")
+    raise StorageError(
+        f"unsupported storage URL scheme {name!r} in "
+        f"{parsed.render_as_string(hide_password=True)!r}: flowyard-sql serves sqlite:///PATH "
+        "and postgresql+psycopg://USER@HOST/DB"
+    )
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, default=json_default, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"{what} is not JSON-ready: {exc}") from None
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text)
+
+
+class SQLStorage:
+    """A :class:`~flowyard.interfaces.StorageBackend` on SQLite or PostgreSQL.
+
+    Args:
+        url: ``sqlite:///path/runs.db`` (``sqlite://`` for a private in-memory database) or
+            ``postgresql+psycopg://user:password@host:port/dbname``.
+        config: the stack configuration. Keys read (all optional):
+            ``storage.sqlite.busy_timeout`` (seconds a writer waits for the lock, default 30),
+            ``storage.sqlite.synchronous`` (``"FULL"`` default: a commit survives power loss;
+            ``"NORMAL"`` survives process crashes only but writes faster),
+            ``storage.pool_size`` (connections kept per process, default 5).
+
+    Raises:
+        StorageError: the URL is invalid (at construction); the database is unreadable,
+            corrupted, not a database, or at an unknown newer schema (at :meth:`open`). The
+            message names the file (SQLite) or the URL without its password (PostgreSQL).
+    """
+
+    def __init__(self, url: str, config: Config | None = None) -> None:
+        self.url = url
+        self._url = normalize_url(url)
+        self.dialect = "sqlite" if self._url.drivername.startswith("sqlite") else "postgresql"
+        self.path: Path | None = None
+        if self.dialect == "sqlite" and self._url.database not in ("", ":memory:"):
+            self.path = Path(str(self._url.database))
+        self._in_memory = self.dialect == "sqlite" and self.path is None
+        cfg = config.section("storage") if config is not None else {}
+        sqlite_cfg = cfg.get("sqlite", {})
+        if not isinstance(sqlite_cfg, Mapping):
+            raise StorageError(f"configuration storage.sqlite must be a table, got {sqlite_cfg!r}")
+        try:
+            self.busy_timeout = float(sqlite_cfg.get("busy_timeout", 30.0))
+            self.pool_size = int(cfg.get("pool_size", 5))
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"invalid storage configuration: {exc}") from None
+        self.synchronous = str(sqlite_cfg.get("synchronous", "FULL")).upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StorageError(
+                "storage.sqlite.synchronous must be OFF, NORMAL, FULL or EXTRA, got "
+                f"{self.synchronous!r}")
+        if self.busy_timeout <= 0 or self.pool_size < 1:
+            raise StorageError("storage.sqlite.busy_timeout must be > 0 and storage.pool_size "
+                               ">= 1")
+        self._engine: sa.Engine | None = None
+        # The in-memory SQLite database is one shared connection: serialise its users.
+        self._memory_lock = threading.Lock() if self._in_memory else None
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for messages: the SQLite file or the URL without password."""
+        if self.dialect == "sqlite":
+            return f"SQLite database {self.path}" if self.path else "in-memory SQLite database"
+        return f"PostgreSQL database {self._url.render_as_string(hide_password=True)}"
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self.location})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Connect and create or upgrade the schema to the newest migration. Idempotent.
+
+        Raises:
+            StorageError: naming the file or URL when the database cannot be opened, is not a
+                database, is corrupted, or was created by a newer flowyard-sql.
+        """
+        if self._engine is not None:
+            return
+        await anyio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        if self.path is not None:
+            self._check_sqlite_file(self.path)
+        engine = self._make_engine()
+        try:
+            self._guard(self._migrate, engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        self._engine = engine
+
+    def _check_sqlite_file(self, path: Path) -> None:
+        if path.is_dir():
+            raise StorageError(f"{self.location}: the path is a directory, not a database file")
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(len(SQLITE_HEADER))
+        except FileNotFoundError:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"{self.location}: cannot create its directory "
+                                   f"{path.parent}: {exc.strerror}") from None
+            return
+        except OSError as exc:
+            raise StorageError(f"{self.location}: cannot read the file: {exc.strerror}") from None
+        if header and header != SQLITE_HEADER:
+            raise StorageError(
+                f"{self.location}: the file is not an SQLite database (unrecognised header); it "
+                "was left untouched. Restore it from a backup or point storage.url elsewhere.")
+
+    def _make_engine(self) -> sa.Engine:
+        if self.dialect == "postgresql":
+            return sa.create_engine(
+                self._url, pool_size=self.pool_size, max_overflow=self.pool_size,
+                pool_pre_ping=True, pool_timeout=60, connect_args={"connect_timeout": 10})
+        if self._in_memory:
+            engine = sa.create_engine(
+                "sqlite+pysqlite://", poolclass=sa.pool.StaticPool,
+                connect_args={"check_same_thread": False})
+        else:
+            engine = sa.create_engine(
+                self._url, pool_size=self.pool_size, max_overflow=self.pool_size,
+                pool_timeout=max(60.0, self.busy_timeout * 2),
+                connect_args={"timeout": self.busy_timeout, "check_same_thread": False})
+        busy_ms = int(self.busy_timeout * 1000)
+        synchronous = self.synchronous
+        location = self.location
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Transactions are begun explicitly below (the pysqlite driver's own implicit
+            # BEGIN is deferred and would surface "database is locked" on lock upgrade).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() not in ("wal", "memory"):
+                    log.warning("%s: journal mode is %s, not WAL (is the file on a network "
+                                "file system?)", location, mode)
+                cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            finally:
+                cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(connection: sa.Connection) -> None:
+            if connection.get_execution_options().get("flowyard_write"):
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                connection.exec_driver_sql("BEGIN")
+
+        return engine
+
+    def _migrate(self, engine: sa.Engine) -> None:
+        from flowyard_sql.migrate import SchemaTooNewError, current_revision, head_revision, upgrade
+
+        try:
+            with engine.connect() as conn:
+                if current_revision(conn) == head_revision():
+                    return
+            with engine.connect() as conn:
+                conn.execution_options(flowyard_write=True)
+                with conn.begin():
+                    if self.dialect == "postgresql":
+                        from flowyard_sql.migrate import _PG_LOCK_KEY
+
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                     {"key": _PG_LOCK_KEY})
+                    if upgrade(conn):
+                        log.info("%s: schema upgraded to revision %s", self.location,
+                                 head_revision())
+        except SchemaTooNewError as exc:
+            raise StorageError(f"{self.location}: {exc}") from None
+
+    async def close(self) -> None:
+        """Release the connections. Safe to call twice; a later :meth:`open` reconnects."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await anyio.to_thread.run_sync(engine.dispose)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` translating database errors into StorageError naming the location."""
+        lock: AbstractContextManager[Any] = self._memory_lock or nullcontext()
+        try:
+            with lock:
+                return fn(*args)
+        except StorageError:
+            raise
+        except sa.exc.DBAPIError as exc:
+            detail = str(exc.orig).strip() or type(exc.orig).__name__
+            raise StorageError(f"{self.location}: {detail}") from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"{self.location}: {exc}") from exc
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._engine is None:
+            raise StorageError(f"{self.location} is not open: call 'await stack.open()'")
+        return await anyio.to_thread.run_sync(self._guard, fn, *args)
+
+    def _read(self) -> AbstractContextManager[sa.Connection]:
+        assert self._engine is not None
+        return self._engine.connect()
+
+    def _write_tx(self, fn: Callable[[sa.Connection], T]) -> T:
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            conn.execution_options(flowyard_write=True)
+            with conn.begin():
+                return fn(conn)
+
+    def _upsert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any],
+                keys: Sequence[str]) -> None:
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(table).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={k: stmt.excluded[k] for k in values if k not in keys})
+        conn.execute(stmt)
+
+    # ------------------------------------------------------------------ runs
+
+    @staticmethod
+    def _run_row(run: RunRecord) -> dict[str, Any]:
+        data = attrs.asdict(run, recurse=False)
+        row: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in _RUN_JSON:
+                row[name] = _dumps(value, f"run {run.id} field {name!r}")
+            elif name in _RUN_COLUMNS:
+                row[name] = value
+            else:
+                extra[name] = value
+        row["extra"] = _dumps(extra, f"run {run.id}")
+        return row
+
+    @staticmethod
+    def _run_from_row(row: sa.Row[Any]) -> RunRecord:
+        data = {name: (_loads(row[name]) if name in _RUN_JSON else row[name])
+                for name in _RUN_COLUMNS}
+        data.update(_loads(row["extra"]))
+        return RunRecord(**{k: v for k, v in data.items() if k in _RUN_FIELDS})
+
+    async def create_run(self, run: RunRecord) -> None:
+        """Insert a new run.
+
+        Raises:
+            StorageError: a run with this id already exists, or the database failed.
+        """
+        row = self._run_row(run)
+
+        def insert(conn: sa.Connection) -> None:
+            exists = conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
+            if exists is not None:
+                raise StorageError(f"run {run.id} already exists in {self.location}")
+            conn.execute(runs.insert().values(**row))
+
+        await self._call(self._write_tx, insert)
+
+    async def update_run(self, run: RunRecord) -> None:
+        """Replace the stored fields of ``run`` (matched by id). Raises RunNotFoundError."""
+        row = self._run_row(run)
+        row.pop("id")
+
+        def update(conn: sa.Connection) -> None:
+            result = conn.execute(runs.update().where(runs.c.id == run.id).values(**row))
+            if result.rowcount == 0:
+                raise RunNotFoundError(f"no run {run.id!r} in {self.location}")
+
+        await self._call(self._write_tx, update)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """Return one run. Raises RunNotFoundError."""
+
+        def get() -> RunRecord:
+            with self._read() as conn:
+                row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r} in {self.location}")
+            return self._run_from_row(row)  # type: ignore[arg-type]
+
+        return await self._call(get)
+
+    @staticmethod
+    def run_conditions(filters: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
+        """Return the WHERE conditions for run ``filters`` (``None`` values are ignored).
+
+        Only the fields of :data:`RUN_FILTERS` are accepted; values become bound parameters.
+
+        Raises:
+            StorageError: a field is not in the allow-list (the message lists the allowed ones).
+        """
+        conditions = []
+        for name, value in filters.items():
+            if name not in RUN_FILTERS:
+                raise StorageError(f"cannot filter runs on {name!r}; allowed fields: "
+                                   f"{', '.join(sorted(RUN_FILTERS))}")
+            if value is not None:
+                conditions.append(RUN_FILTERS[name](value))
+        return conditions
+
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
+        """Return runs matching ``query`` in ``query.order`` (ties broken by id), one page."""
+        conditions = self.run_conditions({name: getattr(query, name) for name in RUN_FILTERS})
+        if query.order.startswith("-"):
+            order = (runs.c.created_at.desc(), runs.c.id.desc())
+        else:
+            order = (runs.c.created_at.asc(), runs.c.id.asc())
+        stmt = (sa.select(runs).where(*conditions).order_by(*order)
+                .limit(query.limit).offset(query.offset))
+
+        def select() -> list[RunRecord]:
+            with self._read() as conn:
+                rows = conn.execute(stmt).mappings().all()
+            return [self._run_from_row(r) for r in rows]  # type: ignore[arg-type]
+
+        return await self._call(select)
+
+    async def count_runs(self, query: RunQuery) -> int:
+        """Return how many runs match the filters of ``query`` (paging is ignored)."""
+        conditions = self.run_conditions({name: getattr(query, name) for name in RUN_FILTERS})
+        stmt = sa.select(sa.func.count()).select_from(runs).where(*conditions)
+
+        def count() -> int:
+            with self._read() as conn:
+                return int(conn.execute(stmt).scalar_one())
+
+        return await self._call(count)
+
+    # ------------------------------------------------------------------ attempts / checkpoints
+
+    async def save_attempt(self, attempt: StepAttempt) -> None:
+        """Insert or update the attempt keyed by (run_id, step_key, attempt)."""
+        data = attrs.asdict(attempt, recurse=False)
+        row: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in _ATTEMPT_JSON:
+                row[name] = _dumps(value, f"output of step {attempt.step_key!r} of run "
+                                          f"{attempt.run_id}")
+            elif name in _ATTEMPT_COLUMNS:
+                row[name] = value
+            else:
+                extra[name] = value
+        row["extra"] = _dumps(extra, f"attempt of step {attempt.step_key!r}")
+
+        def save(conn: sa.Connection) -> None:
+            self._upsert(conn, attempts, row, ("run_id", "step_key", "attempt"))
+
+        await self._call(self._write_tx, save)
+
+    async def list_attempts(self, run_id: str) -> list[StepAttempt]:
+        """Return the run's attempts ordered by start time (then step key and attempt)."""
+        stmt = (sa.select(attempts).where(attempts.c.run_id == run_id)
+                .order_by(attempts.c.started_at, attempts.c.step_key, attempts.c.attempt))
+
+        def select() -> list[StepAttempt]:
+            with self._read() as conn:
+                rows = conn.execute(stmt).mappings().all()
+            result = []
+            for r in rows:
+                data = {name: (_loads(r[name]) if name in _ATTEMPT_JSON else r[name])
+                        for name in _ATTEMPT_COLUMNS}
+                data.update(_loads(r["extra"]))
+                result.append(StepAttempt(**{k: v for k, v in data.items()
+                                             if k in _ATTEMPT_FIELDS}))
+            return result
+
+        return await self._call(select)
+
+    async def save_checkpoint(self, run_id: str, step_key: str, output: Any) -> None:
+        """Record the output of a completed step key; committed when this returns."""
+        row = {"run_id": run_id, "step_key": step_key,
+               "output": _dumps(output, f"output of step {step_key!r} of run {run_id}"),
+               "saved_at": now()}
+
+        def save(conn: sa.Connection) -> None:
+            self._upsert(conn, checkpoints, row, ("run_id", "step_key"))
+
+        await self._call(self._write_tx, save)
+
+    async def load_checkpoints(self, run_id: str) -> dict[str, Any]:
+        """Return ``{step_key: output}`` of every completed step key of the run."""
+        stmt = (sa.select(checkpoints.c.step_key, checkpoints.c.output)
+                .where(checkpoints.c.run_id == run_id).order_by(checkpoints.c.saved_at))
+
+        def select() -> dict[str, Any]:
+            with self._read() as conn:
+                return {key: _loads(out) for key, out in conn.execute(stmt)}
+
+        return await self._call(select)
+
+    # ------------------------------------------------------------------ events / logs / costs
+
+    async def append_events(self, events_: Sequence[Event]) -> None:
+        """Append events (numbered by ``seq``) in one transaction."""
+        if not events_:
+            return
+        rows = [{"run_id": e.run_id, "seq": e.seq, "type": e.type, "step_id": e.step_id,
+                 "time": e.time, "data": _dumps(e.data, f"data of event {e.type!r}")}
+                for e in events_]
+
+        def insert(conn: sa.Connection) -> None:
+            conn.execute(events.insert(), rows)
+
+        await self._call(self._write_tx, insert)
+
+    async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000
+                          ) -> list[Event]:
+        """Return events with ``seq > after_seq`` in order, at most ``limit``."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        stmt = (sa.select(events).where(events.c.run_id == run_id, events.c.seq > after_seq)
+                .order_by(events.c.seq, events.c.id).limit(limit))
+
+        def select() -> list[Event]:
+            with self._read() as conn:
+                rows = conn.execute(stmt).mappings().all()
+            return [Event(type=r["type"], run_id=r["run_id"], step_id=r["step_id"],
+                          data=_loads(r["data"]), time=r["time"], seq=r["seq"]) for r in rows]
+
+        return await self._call(select)
+
+    async def append_log(self, record: LogRecord) -> None:
+        """Append a log line."""
+        row = {"run_id": record.run_id, "step_id": record.step_id, "level": record.level,
+               "message": record.message, "time": record.time}
+
+        def insert(conn: sa.Connection) -> None:
+            conn.execute(logs.insert().values(**row))
+
+        await self._call(self._write_tx, insert)
+
+    async def list_logs(self, run_id: str) -> list[LogRecord]:
+        """Return the run's log lines in the order they were appended."""
+        stmt = sa.select(logs).where(logs.c.run_id == run_id).order_by(logs.c.id)
+
+        def select() -> list[LogRecord]:
+            with self._read() as conn:
+                rows = conn.execute(stmt).mappings().all()
+            return [LogRecord(run_id=r["run_id"], message=r["message"], level=r["level"],
+                              step_id=r["step_id"], time=r["time"]) for r in rows]
+
+        return await self._call(select)
+
+    async def add_cost(self, line: CostLine) -> None:
+        """Append a cost line (``cost_usd`` None when the price was unknown)."""
+        row = attrs.asdict(line, recurse=False)
+
+        def insert(conn: sa.Connection) -> None:
+            conn.execute(costs.insert().values(**row))
+
+        await self._call(self._write_tx, insert)
+
+    async def list_costs(self, run_id: str | None = None) -> list[CostLine]:
+        """Return cost lines of one run, or of all runs when ``run_id`` is None, in order."""
+        stmt = sa.select(costs).order_by(costs.c.id)
+        if run_id is not None:
+            stmt = stmt.where(costs.c.run_id == run_id)
+        names = [f.name for f in attrs.fields(CostLine)]
+
+        def select() -> list[CostLine]:
+            with self._read() as conn:
+                rows = conn.execute(stmt).mappings().all()
+            return [CostLine(**{n: r[n] for n in names}) for r in rows]
+
+        return await self._call(select)
+
+    # ------------------------------------------------------------------ plugin key-value area
+
+    async def kv_get(self, namespace: str, key: str) -> Any | None:
+        """Return the value stored under (namespace, key), or None."""
+        stmt = sa.select(kv.c.value).where(kv.c.namespace == namespace, kv.c.key == key)
+
+        def get() -> Any:
+            with self._read() as conn:
+                value = conn.execute(stmt).scalar_one_or_none()
+            return None if value is None else _loads(value)
+
+        return await self._call(get)
+
+    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
+        """Store a JSON-ready value under (namespace, key), replacing any previous one."""
+        row = {"namespace": namespace, "key": key,
+               "value": _dumps(value, f"value of {namespace}/{key}"), "updated_at": now()}
+
+        def save(conn: sa.Connection) -> None:
+            self._upsert(conn, kv, row, ("namespace", "key"))
+
+        await self._call(self._write_tx, save)
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        """Delete a value (no error when absent)."""
+        stmt = kv.delete().where(kv.c.namespace == namespace, kv.c.key == key)
+
+        def delete(conn: sa.Connection) -> None:
+            conn.execute(stmt)
+
+        await self._call(self._write_tx, delete)
+
