@@ -1,0 +1,1 @@
+"""flowyard-wordcount: an example plugin (see docs/plugins.md)."""
