@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from flowyard.config import Config
 from flowyard.errors import ConfigError
 
@@ -19,7 +18,8 @@ def write(path: Path, text: str) -> Path:
 def test_precedence_of_every_level(tmp_path: Path) -> None:
     user = tmp_path / "user"
     project = tmp_path / "project"
-    write(user / "flowyard.toml", '[storage]\nurl = "sqlite:///user.db"\n[a]\nx = 1\ny = 1\nz = 1\nw = 1\n')
+    write(user / "flowyard.toml",
+          '[storage]\nurl = "sqlite:///user.db"\n[a]\nx = 1\ny = 1\nz = 1\nw = 1\n')
     write(project / "flowyard.toml", '[a]\ny = 2\nz = 2\nw = 2\n')
     env = {"FLOWYARD_A__Z": "3", "FLOWYARD_A__W": "3", "UNRELATED": "1"}
     config = Config.load({"a": {"w": 4}}, env=env, cwd=project, user_config_dir=user)

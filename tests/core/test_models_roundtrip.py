@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from flowyard import models as m
 from flowyard.serialization import from_json, to_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 text = st.text(max_size=30)
 json_scalar = st.none() | st.booleans() | st.integers(-10**6, 10**6) | text | st.floats(

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import flowyard
+import pytest
 from flowyard.errors import DuplicateNameError, PluginError, UnknownNameError
 from flowyard.stack import Stack
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal, Optional
-
-import pytest
+from typing import Any, Literal
 
 import flowyard
+import pytest
 from flowyard.context import ToolContext
 from flowyard.errors import ToolInputError
 from flowyard.tools import FunctionTool, schema_for_type
@@ -24,7 +23,7 @@ class Color(enum.Enum):
 
 def test_schema_from_hints_and_google_docstring() -> None:
     @flowyard.tool(name="search.docs", side_effects=["network"])
-    def search(query: str, limit: int = 5, tags: Optional[list[str]] = None,
+    def search(query: str, limit: int = 5, tags: list[str] | None = None,
                mode: Literal["fast", "exact"] = "fast", color: Color = Color.RED) -> list[str]:
         """Search the documents.
 

@@ -273,7 +273,12 @@ class BudgetExceeded(FlowyardError):
     """
 
     def __init__(
-        self, message: str, *, scope: str = "run", limit_usd: float = 0.0, requested_usd: float = 0.0
+        self,
+        message: str,
+        *,
+        scope: str = "run",
+        limit_usd: float = 0.0,
+        requested_usd: float = 0.0,
     ) -> None:
         super().__init__(message)
         self.scope = scope

@@ -60,7 +60,7 @@ class EventBus:
         for name, listener in tuple(self._listeners):
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001 - one listener must not break the run
+            except Exception:
                 log.exception("event listener %s failed on %s", name, event.type)
         return event
 

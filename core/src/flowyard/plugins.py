@@ -70,11 +70,11 @@ class _StagedRegister:
         self.entries.append((name, obj, factory, metadata))
 
     def commit(self) -> None:
-        for name, obj, factory, metadata in self.entries:
+        for name, obj, factory, meta in self.entries:
             if factory is not None:
-                self.registry.add(name, factory=factory, plugin=self.plugin, **metadata)
+                self.registry.add(name, factory=factory, plugin=self.plugin, **meta)
             else:
-                self.registry.add(name, obj, plugin=self.plugin, **metadata)
+                self.registry.add(name, obj, plugin=self.plugin, **meta)
 
 
 def _describe(exc: BaseException) -> str:
