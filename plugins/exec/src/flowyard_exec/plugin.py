@@ -1,0 +1,27 @@
+"""Hook implementations of flowyard-exec (plugin name ``exec``); cheap to import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowyard.config import Config
+from flowyard.hookspecs import hookimpl
+from flowyard.registry import Register
+
+
+@hookimpl
+def register_tools(register: Register, config: Config) -> None:
+    """Register ``shell.run`` and ``python.run``, built lazily from the ``[exec]`` section."""
+
+    def shell() -> Any:
+        from flowyard_exec.tools import ShellRunTool
+
+        return ShellRunTool.from_config(config)
+
+    def python() -> Any:
+        from flowyard_exec.tools import PythonRunTool
+
+        return PythonRunTool.from_config(config)
+
+    register("shell.run", factory=shell)
+    register("python.run", factory=python)

@@ -1,0 +1,636 @@
+"""Running one command under limits: settings, bubblewrap probing, the process runner.
+
+The chain for one call is::
+
+    flowyard ──(new session)──> [bwrap <namespaces, binds> --] python -I -S -c LAUNCHER spec -- argv
+
+The *launcher* is a few lines of Python executed in the child (inside the sandbox when there is
+one): it applies the ``setrlimit`` limits, drops to the configured user when flowyard runs as
+root, changes to the work directory and ``exec``\\ s the command. A wall-clock timeout kills the
+child's whole process group with SIGKILL; in the sandbox the command is PID 1's child in a new
+PID namespace and bubblewrap runs with ``--die-with-parent``, so killing bubblewrap ends every
+process of the sandbox, including ones that started their own session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from flowyard.errors import ConfigError, ToolError
+
+__all__ = [
+    "ISOLATION_LEVELS",
+    "ExecSettings",
+    "ProcessOutcome",
+    "Sandbox",
+    "probe_bubblewrap",
+    "strictest_isolation",
+]
+
+#: Isolation requests, weakest first. ``auto``: bubblewrap when it works, else none;
+#: ``required``: bubblewrap or refuse; ``none``: never sandbox.
+ISOLATION_LEVELS = ("none", "auto", "required")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The launcher runs as ``python -I -S -c _LAUNCHER <spec-json> -- <argv...>``.
+_LAUNCHER = r"""
+import json, os, resource, sys
+spec = json.loads(sys.argv[1])
+argv = sys.argv[3:]
+try:
+    for name, value in spec["limits"].items():
+        res = getattr(resource, name)
+        soft, hard = resource.getrlimit(res)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(res, (value, value))
+    if spec.get("uid") is not None:
+        os.setgroups([])
+        os.setgid(spec["gid"])
+        os.setuid(spec["uid"])
+    os.chdir(spec["cwd"])
+    os.umask(0o022)
+except OSError as exc:
+    sys.stderr.write("flowyard-exec launcher: %s\n" % (exc,))
+    sys.stderr.flush()
+    os._exit(126)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.stderr.write("flowyard-exec: cannot execute %r: %s\n" % (argv[0], exc.strerror))
+    sys.stderr.flush()
+    os._exit(127)
+"""
+
+# Files of /etc that programs commonly need (dynamic loader, locale, TLS roots, user names).
+_ETC_FILES = (
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+    "/etc/localtime", "/etc/timezone", "/etc/ssl", "/etc/ca-certificates", "/etc/passwd",
+    "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types",
+)
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def strictest_isolation(*levels: str | None) -> str:
+    """Return the strictest of the given isolation levels (``None`` entries are ignored).
+
+    Raises:
+        ValueError: a level is not one of :data:`ISOLATION_LEVELS`.
+    """
+    chosen = "none"
+    for level in levels:
+        if level is None:
+            continue
+        if level not in ISOLATION_LEVELS:
+            raise ValueError(f"unknown isolation level {level!r}; use one of {ISOLATION_LEVELS}")
+        if ISOLATION_LEVELS.index(level) > ISOLATION_LEVELS.index(chosen):
+            chosen = level
+    return chosen
+
+
+def _positive(section: Mapping[str, Any], key: str, default: float, *, integer: bool = True
+              ) -> Any:
+    value = section.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise ConfigError(f"[exec] {key} must be a positive {'integer' if integer else 'number'},"
+                          f" got {value!r}")
+    return value
+
+
+@attrs.frozen
+class ExecSettings:
+    """The ``[exec]`` configuration section, validated.
+
+    Args:
+        isolation: ``"auto"`` (default), ``"required"`` or ``"none"``; a call may ask for a
+            stricter level, never a weaker one.
+        bwrap: path of the bubblewrap binary (default: ``bwrap`` on ``PATH``; None when absent).
+        network: keep the network inside the sandbox (default False: ``--unshare-net``).
+        timeout: default wall-clock timeout in seconds (30); max_timeout: the largest a call may
+            ask for (600).
+        cpu_seconds: RLIMIT_CPU in CPU seconds (60).
+        memory_mb: RLIMIT_AS in MiB of address space (1024).
+        max_processes: RLIMIT_NPROC, processes of the user (64). Not enforced by the kernel
+            for root, hence ``user`` below.
+        max_file_mb: RLIMIT_FSIZE, largest file written, MiB (64).
+        max_open_files: RLIMIT_NOFILE (256).
+        max_output_bytes: stdout and stderr are each cut after this many bytes (1_000_000).
+        env_allow: names of variables copied from flowyard's environment (PATH, LANG, LC_ALL,
+            LC_CTYPE, TZ); env: fixed variables added to every call.
+        user: account the command runs as when flowyard runs as root (default ``nobody``;
+            ``""`` keeps root). Ignored when flowyard is not root.
+        work_dir: a fixed working directory for every call (default: a new temporary
+            directory per call, deleted afterwards).
+        temp_root: where per-call temporary directories are created (system default).
+        allow_shell: allow ``shell.run`` to take a shell string (with ``shell: true``).
+        allowed_commands: when non-empty, the program names (basename of argv[0]) shell.run
+            may start.
+        python: interpreter for ``python.run`` and for the launcher (default: flowyard's own).
+        script_dir: ``python.run`` script files must lie inside this directory (default: the
+            current directory).
+        ro_binds: extra host paths made visible read-only inside the sandbox.
+
+    Raises:
+        ConfigError: a value has the wrong type or range (the message names the key).
+    """
+
+    isolation: str = "auto"
+    bwrap: str | None = None
+    network: bool = False
+    timeout: float = 30.0
+    max_timeout: float = 600.0
+    cpu_seconds: int = 60
+    memory_mb: int = 1024
+    max_processes: int = 64
+    max_file_mb: int = 64
+    max_open_files: int = 256
+    max_output_bytes: int = 1_000_000
+    env_allow: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    user: str | None = None
+    work_dir: str | None = None
+    temp_root: str | None = None
+    allow_shell: bool = False
+    allowed_commands: tuple[str, ...] = ()
+    python: str = sys.executable
+    script_dir: str = "."
+    ro_binds: tuple[str, ...] = ()
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> ExecSettings:
+        """Build settings from the ``[exec]`` table (see the class docstring for the keys).
+
+        Raises:
+            ConfigError: unknown key or invalid value.
+        """
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"[exec] unknown key(s) {unknown}; known: {sorted(known)}")
+        isolation = section.get("isolation", "auto")
+        if isolation not in ISOLATION_LEVELS:
+            raise ConfigError(f"[exec] isolation must be one of {ISOLATION_LEVELS}, "
+                              f"got {isolation!r}")
+        bwrap = section.get("bwrap", shutil.which("bwrap"))
+        if bwrap is not None and not isinstance(bwrap, str):
+            raise ConfigError(f"[exec] bwrap must be a path, got {bwrap!r}")
+        env = section.get("env", {})
+        if not isinstance(env, Mapping) or not all(
+                isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
+                for k, v in env.items()):
+            raise ConfigError("[exec] env must be a table of NAME = \"string\" entries")
+        lists = {}
+        for key in ("env_allow", "allowed_commands", "ro_binds"):
+            value = section.get(key, attrs.fields_dict(cls)[key].default)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[exec] {key} must be a list of strings, got {value!r}")
+            lists[key] = tuple(value)
+        for path in lists["ro_binds"]:
+            if not os.path.isabs(path):
+                raise ConfigError(f"[exec] ro_binds entries must be absolute paths, got {path!r}")
+        user = section.get("user")
+        if user is None:
+            user = "nobody" if os.geteuid() == 0 else ""
+        if not isinstance(user, str):
+            raise ConfigError(f"[exec] user must be an account name, got {user!r}")
+        for key in ("network", "allow_shell"):
+            if not isinstance(section.get(key, False), bool):
+                raise ConfigError(f"[exec] {key} must be true or false")
+        for key in ("work_dir", "temp_root", "python", "script_dir"):
+            if key in section and not isinstance(section[key], str):
+                raise ConfigError(f"[exec] {key} must be a path string, got {section[key]!r}")
+        timeout = _positive(section, "timeout", 30.0, integer=False)
+        max_timeout = _positive(section, "max_timeout", 600.0, integer=False)
+        if timeout > max_timeout:
+            raise ConfigError(f"[exec] timeout ({timeout}) exceeds max_timeout ({max_timeout})")
+        return cls(
+            isolation=isolation,
+            bwrap=bwrap,
+            network=section.get("network", False),
+            timeout=float(timeout),
+            max_timeout=float(max_timeout),
+            cpu_seconds=_positive(section, "cpu_seconds", 60),
+            memory_mb=_positive(section, "memory_mb", 1024),
+            max_processes=_positive(section, "max_processes", 64),
+            max_file_mb=_positive(section, "max_file_mb", 64),
+            max_open_files=_positive(section, "max_open_files", 256),
+            max_output_bytes=_positive(section, "max_output_bytes", 1_000_000),
+            env_allow=lists["env_allow"],
+            env=dict(env),
+            user=user or None,
+            work_dir=section.get("work_dir"),
+            temp_root=section.get("temp_root"),
+            allow_shell=section.get("allow_shell", False),
+            allowed_commands=lists["allowed_commands"],
+            python=section.get("python", sys.executable),
+            script_dir=section.get("script_dir", "."),
+            ro_binds=lists["ro_binds"],
+        )
+
+    def limits(self) -> dict[str, int]:
+        """The ``setrlimit`` values applied in the child, by ``resource`` constant name."""
+        mib = 1024 * 1024
+        return {
+            "RLIMIT_CPU": int(self.cpu_seconds),
+            "RLIMIT_AS": int(self.memory_mb) * mib,
+            "RLIMIT_NPROC": int(self.max_processes),
+            "RLIMIT_FSIZE": int(self.max_file_mb) * mib,
+            "RLIMIT_NOFILE": int(self.max_open_files),
+            "RLIMIT_CORE": 0,
+        }
+
+
+@attrs.frozen
+class ProcessOutcome:
+    """What happened to one command.
+
+    Attributes:
+        exit_code: the process's exit status; negative: killed by that signal (unsandboxed);
+            inside bubblewrap a signal shows as 128 + signal number.
+        signal: the signal's name when the status says the command was killed, else None.
+        stdout, stderr: decoded output (UTF-8, invalid bytes replaced), each cut at the cap.
+        stdout_truncated, stderr_truncated: True when output was cut.
+        timed_out: the wall-clock timeout fired and the process group was killed.
+        duration_s: wall-clock seconds from start to end.
+        isolation: ``"bubblewrap"`` or ``"none"``.
+        work_dir: the working directory used (deleted afterwards when temporary).
+    """
+
+    exit_code: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    duration_s: float
+    isolation: str
+    work_dir: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready dict given to workflows."""
+        return attrs.asdict(self)
+
+
+def _signal_name(code: int | None, isolation: str) -> str | None:
+    if code is None:
+        return None
+    number = -code if code < 0 else (code - 128 if isolation == "bubblewrap" and code > 128
+                                     else 0)
+    if number <= 0:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- bubblewrap
+
+_PROBES: dict[tuple[str, int, str, bool], tuple[bool, str]] = {}
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = Path(path).parts[1:-1]
+    out = []
+    current = ""
+    for part in parts:
+        current = f"{current}/{part}"
+        out.append(current)
+    return out
+
+
+def _covered(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def bubblewrap_args(settings: ExecSettings, work_dir: str, *, extra_ro: Sequence[str] = ()
+                    ) -> list[str]:
+    """Return the bubblewrap command line (up to and including ``--``) for one call.
+
+    Namespaces: PID, IPC, UTS, cgroup, network (unless ``network`` is set), and a user
+    namespace when flowyard is not root. The system directories and the interpreter's
+    prefixes are bound read-only, ``/tmp`` is a private tmpfs, ``work_dir`` the only
+    writable host directory.
+    """
+    assert settings.bwrap is not None
+    args = [settings.bwrap, "--die-with-parent", "--new-session", "--unshare-pid",
+            "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+    if not settings.network:
+        args.append("--unshare-net")
+    if os.geteuid() != 0:
+        args.append("--unshare-user")
+    bound: list[str] = []
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    args += ["--perms", "0755", "--dir", "/etc"]
+    for path in _ETC_FILES:
+        args += ["--ro-bind-try", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    bound.append("/tmp")
+    created: set[str] = set()
+
+    def bind(path: str, mode: str) -> None:
+        for parent in _ancestors(path):
+            if parent in created or _covered(parent, bound) or parent in ("/etc",):
+                continue
+            args.extend(["--perms", "0755", "--dir", parent])
+            created.add(parent)
+        args.extend([mode, path, path])
+        bound.append(path)
+
+    interpreter = os.path.realpath(settings.python)
+    prefixes = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
+                os.path.dirname(os.path.dirname(interpreter))]
+    for path in [*prefixes, *settings.ro_binds, *extra_ro]:
+        real = os.path.realpath(path)
+        if os.path.exists(real) and not _covered(real, bound):
+            bind(real, "--ro-bind")
+    python_path = os.path.abspath(settings.python)
+    if not _covered(os.path.realpath(os.path.dirname(python_path)), bound):
+        bind(os.path.dirname(python_path), "--ro-bind")
+    bind(os.path.realpath(work_dir), "--bind")
+    args += ["--chdir", os.path.realpath(work_dir), "--"]
+    return args
+
+
+async def probe_bubblewrap(settings: ExecSettings) -> tuple[bool, str]:
+    """Check that bubblewrap exists and can create its namespaces here (result cached).
+
+    Returns:
+        ``(True, "")`` when a trivial command ran in the sandbox, else ``(False, reason)``.
+    """
+    if not settings.bwrap:
+        return False, "bubblewrap (bwrap) is not installed"
+    key = (settings.bwrap, os.geteuid(), settings.python, settings.network)
+    if key in _PROBES:
+        return _PROBES[key]
+    if not (os.path.isfile(settings.bwrap) and os.access(settings.bwrap, os.X_OK)):
+        outcome = (False, f"bubblewrap not found at {settings.bwrap}")
+    else:
+        work = tempfile.mkdtemp(prefix="flowyard-exec-probe-")
+        try:
+            argv = [*bubblewrap_args(settings, work), *_launcher_argv(settings, work, None,
+                                                                      ["true"])]
+            try:
+                with anyio.fail_after(20):
+                    done = await anyio.run_process(argv, check=False,
+                                                   env={"PATH": "/usr/bin:/bin"})
+            except TimeoutError:
+                outcome = (False, "bubblewrap probe did not finish within 20 s")
+            except OSError as exc:
+                outcome = (False, f"cannot start bubblewrap: {exc}")
+            else:
+                if done.returncode == 0:
+                    outcome = (True, "")
+                else:
+                    detail = done.stderr.decode("utf-8", "replace").strip()[-500:]
+                    outcome = (False, f"bubblewrap cannot create a sandbox here "
+                                      f"(exit {done.returncode}): {detail}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    _PROBES[key] = outcome
+    return outcome
+
+
+def _launcher_argv(settings: ExecSettings, cwd: str, account: tuple[int, int] | None,
+                   argv: Sequence[str]) -> list[str]:
+    spec: dict[str, Any] = {"limits": settings.limits(), "cwd": cwd}
+    if account is not None:
+        spec["uid"], spec["gid"] = account
+    return [settings.python, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec), "--", *argv]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def _drain(stream: Any, buffer: bytearray, cap: int, flags: dict[str, bool], key: str
+                 ) -> None:
+    try:
+        async for chunk in stream:
+            room = cap - len(buffer)
+            if room > 0:
+                buffer.extend(chunk[:room])
+            if len(chunk) > max(room, 0):
+                flags[key] = True
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+
+
+class Sandbox:
+    """Runs commands under one :class:`ExecSettings`.
+
+    Args:
+        settings: the validated configuration.
+    """
+
+    def __init__(self, settings: ExecSettings) -> None:
+        self.settings = settings
+
+    def _account(self) -> tuple[int, int] | None:
+        if os.geteuid() != 0 or not self.settings.user:
+            return None
+        try:
+            entry = pwd.getpwnam(self.settings.user)
+        except KeyError:
+            raise ToolError(f"[exec] user {self.settings.user!r} does not exist on this "
+                            f"machine") from None
+        return entry.pw_uid, entry.pw_gid
+
+    def environment(self, extra: Mapping[str, str] | None, work_dir: str) -> dict[str, str]:
+        """The child's environment: allow-listed names, fixed ``env``, HOME/TMPDIR, ``extra``.
+
+        Raises:
+            ToolError: an ``extra`` name is not a valid variable name.
+        """
+        env = {name: os.environ[name] for name in self.settings.env_allow if name in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.update(self.settings.env)
+        env["HOME"] = work_dir
+        env["TMPDIR"] = "/tmp"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        for name, value in (extra or {}).items():
+            if not _ENV_NAME.match(name) or "\0" in value:
+                raise ToolError(f"invalid environment variable {name!r}")
+            env[name] = value
+        return env
+
+    async def resolve_isolation(self, requested: str | None) -> str:
+        """Decide ``"bubblewrap"`` or ``"none"`` for a call that asks for ``requested``.
+
+        Raises:
+            ToolError: isolation is required (by config or call) and bubblewrap is missing or
+                cannot create namespaces here; the message says why.
+        """
+        level = strictest_isolation(self.settings.isolation, requested)
+        if level == "none":
+            return "none"
+        usable, reason = await probe_bubblewrap(self.settings)
+        if usable:
+            return "bubblewrap"
+        if level == "required":
+            raise ToolError(f"isolation is required but unavailable: {reason}; refusing to run "
+                            f"unsandboxed")
+        return "none"
+
+    def make_work_dir(self) -> tuple[str, bool]:
+        """Return ``(path, temporary)``: the configured work dir, or a new temporary one."""
+        account = self._account()
+        if self.settings.work_dir:
+            path = os.path.realpath(self.settings.work_dir)
+            os.makedirs(path, exist_ok=True)
+            temporary = False
+        else:
+            path = os.path.realpath(tempfile.mkdtemp(prefix="flowyard-exec-",
+                                                     dir=self.settings.temp_root))
+            temporary = True
+        if account is not None:
+            os.chown(path, *account)
+        return path, temporary
+
+    def prepare_file(self, path: str) -> None:
+        """Make a file flowyard wrote readable by the account the command runs as."""
+        os.chmod(path, 0o644)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        work_dir: str,
+        isolation: str,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        extra_ro: Sequence[str] = (),
+    ) -> ProcessOutcome:
+        """Run ``argv`` in ``work_dir`` and collect its outcome.
+
+        Args:
+            argv: program and arguments (argv[0] looked up on the child's PATH).
+            isolation: ``"bubblewrap"`` or ``"none"`` (from :meth:`resolve_isolation`).
+            timeout: wall-clock seconds; then the process group is killed (SIGKILL).
+            env: extra environment variables; stdin: bytes fed to the command.
+            extra_ro: more host paths visible read-only in the sandbox.
+
+        Raises:
+            ToolError: the process could not be started.
+        """
+        account = self._account()
+        inner = _launcher_argv(self.settings, work_dir, account, argv)
+        full = ([*bubblewrap_args(self.settings, work_dir, extra_ro=extra_ro), *inner]
+                if isolation == "bubblewrap" else inner)
+        child_env = self.environment(env, work_dir)
+        cap = self.settings.max_output_bytes
+        out, err = bytearray(), bytearray()
+        flags = {"stdout": False, "stderr": False}
+        timed_out = False
+        started = time.monotonic()
+        try:
+            process = await anyio.open_process(
+                full, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work_dir, env=child_env,
+                start_new_session=True)
+        except OSError as exc:
+            raise ToolError(f"cannot start {full[0]!r}: {exc.strerror or exc}") from exc
+        try:
+            drained = anyio.Event()
+            remaining = [2]
+
+            async def drain(stream: Any, buffer: bytearray, key: str) -> None:
+                try:
+                    await _drain(stream, buffer, cap, flags, key)
+                finally:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        drained.set()
+
+            async def feed() -> None:
+                assert process.stdin is not None and stdin is not None
+                try:
+                    await process.stdin.send(stdin)
+                    await process.stdin.aclose()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(drain, process.stdout, out, "stdout")
+                group.start_soon(drain, process.stderr, err, "stderr")
+                if stdin is not None:
+                    group.start_soon(feed)
+                with anyio.move_on_after(timeout) as scope:
+                    await process.wait()
+                timed_out = scope.cancelled_caught
+                # Whatever is left of the group (background children) does not outlive the call.
+                _kill_group(process.pid)
+                await process.wait()
+                with anyio.move_on_after(2.0):
+                    await drained.wait()
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                _kill_group(process.pid)
+                await process.aclose()
+        code = process.returncode
+        return ProcessOutcome(
+            exit_code=code,
+            signal=_signal_name(code, isolation),
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            stdout_truncated=flags["stdout"],
+            stderr_truncated=flags["stderr"],
+            timed_out=timed_out,
+            duration_s=round(time.monotonic() - started, 6),
+            isolation=isolation,
+            work_dir=work_dir,
+        )
+
+    def clamp_timeout(self, requested: float | None) -> float:
+        """Return the call's timeout in seconds: ``requested`` or the default, at most max.
+
+        Raises:
+            ToolError: ``requested`` exceeds ``max_timeout``.
+        """
+        if requested is None:
+            return self.settings.timeout
+        if requested > self.settings.max_timeout:
+            raise ToolError(f"timeout {requested} s exceeds the configured maximum "
+                            f"{self.settings.max_timeout} s ([exec] max_timeout)")
+        return float(requested)
+
+
+def remove_work_dir(path: str) -> str | None:
+    """Delete a temporary work directory; return an error message instead of raising."""
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        return f"could not remove temporary work directory {path}: {exc}"
+    return None
+

@@ -1,0 +1,362 @@
+"""The ``shell.run`` and ``python.run`` tools."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flowyard.config import Config
+from flowyard.context import ToolContext
+from flowyard.errors import ToolError, ToolInputError
+from flowyard.tools import BaseTool
+
+from flowyard_exec.sandbox import ISOLATION_LEVELS, ExecSettings, Sandbox, remove_work_dir
+
+__all__ = ["PythonRunTool", "ShellRunTool"]
+
+_COMMON: dict[str, Any] = {
+    "timeout": {"type": "number", "exclusiveMinimum": 0,
+                "description": "Wall-clock limit in seconds; the whole process group is killed "
+                               "when it passes (default from [exec] timeout)."},
+    "isolation": {"enum": list(ISOLATION_LEVELS),
+                  "description": "auto: sandbox when bubblewrap works; required: refuse to run "
+                                 "without the sandbox; none: no sandbox. A call can only make "
+                                 "the configured level stricter."},
+    "env": {"type": "object", "additionalProperties": {"type": "string"},
+            "description": "Extra environment variables (the rest is scrubbed)."},
+}
+
+
+def _requested_isolation(arguments: Mapping[str, Any], context: ToolContext) -> str | None:
+    step_level = context.extras.get("isolation") if context.extras else None
+    if step_level is not None and step_level not in ISOLATION_LEVELS:
+        raise ToolInputError(f"step isolation must be one of {ISOLATION_LEVELS}, got "
+                             f"{step_level!r}")
+    levels = [arguments.get("isolation"), step_level]
+    chosen = None
+    for level in levels:
+        if level is not None and (chosen is None or ISOLATION_LEVELS.index(level)
+                                  > ISOLATION_LEVELS.index(chosen)):
+            chosen = level
+    return chosen
+
+
+def _tail(text: str, size: int = 2000) -> str:
+    text = text.strip()
+    return text if len(text) <= size else "..." + text[-size:]
+
+
+class _ExecTool(BaseTool):
+    side_effects = ("process", "filesystem")
+    idempotent = False
+
+    def __init__(self, settings: ExecSettings | None = None) -> None:
+        self.settings = settings or ExecSettings.from_section({})
+        self.sandbox = Sandbox(self.settings)
+        if self.settings.network:
+            self.side_effects = ("process", "filesystem", "network")
+
+    @classmethod
+    def from_config(cls, config: Config) -> Any:
+        """Build the tool from the ``[exec]`` section of ``config``.
+
+        Raises:
+            ConfigError: the section is invalid.
+        """
+        return cls(ExecSettings.from_section(config.section("exec")))
+
+    def _cleanup(self, path: str, temporary: bool, context: ToolContext) -> None:
+        if temporary:
+            problem = remove_work_dir(path)
+            if problem:
+                context.log(problem, level="warning")
+
+
+class ShellRunTool(_ExecTool):
+    """``shell.run``: run a program from an argv list (a shell string only when allowed).
+
+    Arguments: ``command`` (list of strings; a string only with ``shell: true`` and
+    ``[exec] allow_shell = true``), ``stdin`` (text), ``env``, ``timeout`` (seconds),
+    ``isolation``, ``check`` (raise on a non-zero exit or timeout).
+
+    Returns:
+        ``{"exit_code", "signal", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
+        "timed_out", "duration_s", "isolation", "work_dir", "command"}``.
+
+    Raises:
+        ToolInputError: bad arguments (shell string not allowed, program not allowed).
+        ToolError: isolation required but unavailable; the program could not start; ``check``
+            is set and the command failed or timed out.
+    """
+
+    name = "shell.run"
+    description = ("Run a program with arguments in a sandboxed child process (private work "
+                   "directory, resource limits, scrubbed environment, no network when "
+                   "sandboxed) and return its exit code, stdout and stderr.")
+    parameters = {
+        "type": "object",
+        "properties": {
+            "command": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    {"type": "string", "minLength": 1},
+                ],
+                "description": "Program and arguments as a list, e.g. [\"ls\", \"-l\"]. A "
+                               "single string is a shell command line, accepted only with "
+                               "shell: true when the configuration allows shell strings.",
+            },
+            "shell": {"type": "boolean", "default": False,
+                      "description": "Run command (a string) through /bin/sh -c."},
+            "stdin": {"type": "string", "description": "Text written to standard input."},
+            "check": {"type": "boolean", "default": False,
+                      "description": "Fail the call on a non-zero exit code or a timeout."},
+            **_COMMON,
+        },
+        "required": ["command"],
+        "additionalProperties": False,
+    }
+
+    def _argv(self, arguments: Mapping[str, Any]) -> list[str]:
+        command = arguments["command"]
+        shell = arguments.get("shell", False)
+        if isinstance(command, str):
+            if not shell:
+                raise ToolInputError(
+                    "shell.run: command is a string; pass a list of arguments, or set "
+                    "shell: true (needs [exec] allow_shell = true)", tool=self.name)
+            if not self.settings.allow_shell:
+                raise ToolInputError(
+                    "shell.run: shell strings are disabled; set [exec] allow_shell = true to "
+                    "allow them, or pass command as a list", tool=self.name)
+            argv = ["/bin/sh", "-c", command]
+        else:
+            if shell:
+                raise ToolInputError("shell.run: shell: true needs command as one string",
+                                     tool=self.name)
+            argv = list(command)
+        for index, part in enumerate(argv):
+            if "\0" in part:
+                raise ToolInputError(f"shell.run: command[{index}] contains a NUL byte",
+                                     tool=self.name)
+        allowed = self.settings.allowed_commands
+        if allowed and os.path.basename(argv[0]) not in allowed:
+            raise ToolInputError(f"shell.run: program {argv[0]!r} is not in [exec] "
+                                 f"allowed_commands {list(allowed)}", tool=self.name)
+        return argv
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        """Run the command; see the class docstring for arguments, result and errors."""
+        argv = self._argv(arguments)
+        timeout = self.sandbox.clamp_timeout(arguments.get("timeout"))
+        isolation = await self.sandbox.resolve_isolation(
+            _requested_isolation(arguments, context))
+        stdin = arguments.get("stdin")
+        work_dir, temporary = self.sandbox.make_work_dir()
+        try:
+            outcome = await self.sandbox.run(
+                argv, work_dir=work_dir, isolation=isolation, timeout=timeout,
+                env=arguments.get("env"),
+                stdin=stdin.encode("utf-8") if stdin is not None else None)
+        finally:
+            self._cleanup(work_dir, temporary, context)
+        result = outcome.as_dict()
+        result["command"] = argv
+        if arguments.get("check"):
+            if outcome.timed_out:
+                raise ToolError(f"shell.run: {argv[0]!r} timed out after {timeout} s "
+                                f"(process group killed)", tool=self.name)
+            if outcome.exit_code != 0:
+                raise ToolError(f"shell.run: {argv[0]!r} exited with {outcome.exit_code}: "
+                                f"{_tail(outcome.stderr)}", tool=self.name)
+        return result
+
+
+# python.run's runner: python -I -c _RUNNER <script> <context.json> <result.json>
+_RUNNER = r"""
+import json, sys, traceback
+script, context_path, result_path = sys.argv[1:4]
+sys.argv = [script]
+
+def _write(payload):
+    with open(result_path, "w", encoding="utf-8") as fh:
+        fh.write(payload)
+
+with open(context_path, encoding="utf-8") as fh:
+    context = json.load(fh)
+with open(script, encoding="utf-8") as fh:
+    source = fh.read()
+namespace = {"__name__": "__main__", "__file__": script, "__builtins__": __builtins__,
+             "context": context}
+try:
+    exec(compile(source, script, "exec"), namespace)
+except SystemExit as exc:
+    if exc.code not in (None, 0):
+        _write(json.dumps({"ok": False, "error": {"type": "SystemExit",
+                                                   "message": "exit code %r" % (exc.code,),
+                                                   "traceback": ""}}))
+        raise
+except BaseException as exc:
+    text = traceback.format_exc()
+    _write(json.dumps({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
+                                               "traceback": text}}))
+    sys.stderr.write(text)
+    sys.exit(1)
+try:
+    payload = json.dumps({"ok": True, "result": namespace.get("result")}, allow_nan=False)
+except (TypeError, ValueError) as exc:
+    _write(json.dumps({"ok": False, "error": {"type": "ResultNotJSON",
+        "message": "the script's result is not JSON-serialisable: %s" % (exc,),
+        "traceback": ""}}))
+    sys.exit(1)
+_write(payload)
+"""
+
+_SCRIPT_NAME = "__flowyard_main__.py"
+_CONTEXT_NAME = "__flowyard_context__.json"
+_RESULT_NAME = "__flowyard_result__.json"
+
+
+class PythonRunTool(_ExecTool):
+    """``python.run``: run Python code or a script file with a ``context`` dict in and the
+    JSON value of its ``result`` variable out (like Gleitzeit's ``execute_python``).
+
+    The code runs in a separate interpreter process under the same limits and sandbox as
+    ``shell.run``; its safety comes from that OS-level isolation, not from filtering Python.
+
+    Arguments: ``code`` (source text) or ``script`` (path of a ``.py`` file inside
+    ``[exec] script_dir``), ``context`` (JSON object, visible to the code as ``context``),
+    ``env``, ``timeout`` (seconds), ``isolation``.
+
+    Returns:
+        ``{"result", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "exit_code",
+        "duration_s", "isolation"}``; ``result`` is the code's ``result`` variable (None when
+        it set none).
+
+    Raises:
+        ToolInputError: neither or both of code/script; a script outside ``script_dir``;
+            a context that is not JSON-serialisable.
+        ToolError: the code raised (type, message and traceback in the message), timed out,
+            was killed by a limit, or set a result that is not JSON-serialisable; isolation
+            was required but is unavailable.
+    """
+
+    name = "python.run"
+    description = ("Run Python code (or a script file) in a sandboxed interpreter process. The "
+                   "code sees a dict named `context` and returns data by assigning a "
+                   "JSON-serialisable value to a variable named `result`.")
+    parameters = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "minLength": 1,
+                     "description": "Python source to run."},
+            "script": {"type": "string", "minLength": 1,
+                       "description": "Path of a .py file inside the configured script "
+                                      "directory (relative paths are taken from it)."},
+            "context": {"type": "object",
+                        "description": "JSON data available to the code as `context`."},
+            **_COMMON,
+        },
+        "oneOf": [{"required": ["code"]}, {"required": ["script"]}],
+        "additionalProperties": False,
+    }
+
+    def _source(self, arguments: Mapping[str, Any]) -> tuple[str, str]:
+        if "code" in arguments:
+            return arguments["code"], "<code>"
+        root = Path(self.settings.script_dir).resolve()
+        raw = arguments["script"]
+        if "\0" in raw:
+            raise ToolInputError("python.run: script path contains a NUL byte", tool=self.name)
+        path = (root / raw).resolve()
+        if not path.is_relative_to(root):
+            raise ToolInputError(f"python.run: script {raw!r} is outside the script directory "
+                                 f"{root} ([exec] script_dir)", tool=self.name)
+        if not path.is_file():
+            raise ToolInputError(f"python.run: script {raw!r} is not a file in {root}",
+                                 tool=self.name)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ToolInputError(f"python.run: cannot read script {raw!r}: {exc}",
+                                 tool=self.name) from exc
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        """Run the code; see the class docstring for arguments, result and errors."""
+        source, origin = self._source(arguments)
+        try:
+            context_json = json.dumps(arguments.get("context", {}), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ToolInputError(f"python.run: context is not JSON-serialisable: {exc}",
+                                 tool=self.name) from exc
+        timeout = self.sandbox.clamp_timeout(arguments.get("timeout"))
+        isolation = await self.sandbox.resolve_isolation(
+            _requested_isolation(arguments, context))
+        work_dir, temporary = self.sandbox.make_work_dir()
+        try:
+            files = {_SCRIPT_NAME: source, _CONTEXT_NAME: context_json}
+            for name, text in files.items():
+                target = os.path.join(work_dir, name)
+                with open(target, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                self.sandbox.prepare_file(target)
+            result_path = os.path.join(work_dir, _RESULT_NAME)
+            if os.path.lexists(result_path):
+                os.unlink(result_path)
+            argv = [self.settings.python, "-I", "-c", _RUNNER,
+                    os.path.join(work_dir, _SCRIPT_NAME), os.path.join(work_dir, _CONTEXT_NAME),
+                    result_path]
+            outcome = await self.sandbox.run(argv, work_dir=work_dir, isolation=isolation,
+                                             timeout=timeout, env=arguments.get("env"))
+            payload = self._read_result(result_path)
+        finally:
+            self._cleanup(work_dir, temporary, context)
+        where = "code" if origin == "<code>" else f"script {origin}"
+        if outcome.timed_out:
+            raise ToolError(f"python.run: {where} timed out after {timeout} s (process group "
+                            f"killed)", tool=self.name)
+        if payload is None:
+            detail = f"signal {outcome.signal}" if outcome.signal else (
+                f"exit code {outcome.exit_code}")
+            raise ToolError(f"python.run: {where} ended without a result ({detail}); stderr: "
+                            f"{_tail(outcome.stderr)}", tool=self.name)
+        if not payload.get("ok"):
+            error = payload.get("error") or {}
+            raise ToolError(f"python.run: {where} raised {error.get('type')}: "
+                            f"{error.get('message')}\n{_tail(error.get('traceback', ''))}",
+                            tool=self.name)
+        return {
+            "result": payload.get("result"),
+            "stdout": outcome.stdout,
+            "stderr": outcome.stderr,
+            "stdout_truncated": outcome.stdout_truncated,
+            "stderr_truncated": outcome.stderr_truncated,
+            "exit_code": outcome.exit_code,
+            "duration_s": outcome.duration_s,
+            "isolation": outcome.isolation,
+        }
+
+    def _read_result(self, path: str) -> dict[str, Any] | None:
+        limit = self.settings.max_output_bytes * 10
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ToolError(f"python.run: cannot read the script's result: {exc}",
+                            tool=self.name) from exc
+        if len(data) > limit:
+            raise ToolError(f"python.run: the script's result is larger than {limit} bytes",
+                            tool=self.name)
+        try:
+            payload = json.loads(data)
+        except ValueError as exc:
+            raise ToolError(f"python.run: the result file was not valid JSON: {exc}",
+                            tool=self.name) from exc
+        if not isinstance(payload, dict):
+            raise ToolError("python.run: the result file was overwritten by the script",
+                            tool=self.name)
+        return payload
