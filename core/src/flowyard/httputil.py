@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import (
     AuthenticationError,
+    ConfigError,
     BadRequestError,
     MalformedResponseError,
     ProviderError,
@@ -40,6 +41,8 @@ from flowyard.errors import (
 if TYPE_CHECKING:
     import httpx
 
+    from flowyard.models import ModelInfo
+
 __all__ = [
     "Secret",
     "redact",
@@ -48,7 +51,13 @@ __all__ = [
     "error_for_status",
     "error_for_exception",
     "parse_json_body",
+    "status_for_error_type",
+    "error_from_payload",
+    "request_json",
+    "open_stream",
+    "stream_errors",
     "PooledClient",
+    "PriceTable",
     "current_loop_token",
     "REDACTED",
 ]
@@ -316,6 +325,183 @@ def parse_json_body(content: bytes | str, *, provider: str, model: str | None = 
             provider=provider, model=model) from None
 
 
+#: HTTP status implied by an error ``type`` carried in a body (errors sent after HTTP 200,
+#: inside a stream or a JSON body). Names used by OpenAI-compatible servers and Anthropic.
+ERROR_TYPE_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "invalid_request": 400,
+    "bad_request": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "timeout_error": 408,
+    "api_error": 500,
+    "server_error": 500,
+    "internal_server_error": 500,
+    "service_unavailable": 503,
+    "overloaded_error": 529,
+}
+
+
+def status_for_error_type(kind: Any, default: int = 500) -> int:
+    """Return the HTTP status implied by an error ``type``/``code`` value (``default`` when
+    unknown; an integer ``code`` in 400..599 is taken as the status itself)."""
+    if isinstance(kind, int) and 400 <= kind <= 599:
+        return kind
+    if isinstance(kind, str):
+        if kind.isdigit() and 400 <= int(kind) <= 599:
+            return int(kind)
+        return ERROR_TYPE_STATUS.get(kind.lower(), default)
+    return default
+
+
+def error_from_payload(payload: Any, *, provider: str, model: str | None = None,
+                       secrets: Iterable[str | Secret | None] = (),
+                       default_status: int = 500) -> ProviderError:
+    """Return the typed error for an error object received after HTTP 200 (a stream's error
+    event or a JSON body with an ``error`` key). The status is inferred from the error's
+    ``type`` or ``code`` with :func:`status_for_error_type`; unknown types are server errors.
+    """
+    _message, kind = error_message_from_body(payload)
+    code = None
+    if isinstance(payload, Mapping) and isinstance(payload.get("error"), Mapping):
+        code = payload["error"].get("code")
+    status = status_for_error_type(kind, default=0) or status_for_error_type(
+        code, default=default_status)
+    return error_for_status(status, payload, {}, provider=provider, model=model, secrets=secrets)
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    model: str | None = None,
+    secrets: Iterable[str | Secret | None] = (),
+    json_body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> Any:
+    """Send one request and return its parsed JSON body.
+
+    Raises:
+        ProviderError: a typed subclass: the status mapped by :func:`error_for_status`,
+            transport failures by :func:`error_for_exception`, a body that is not JSON as
+            :class:`MalformedResponseError`.
+    """
+    import httpx
+
+    secrets = list(secrets)
+    started = time.perf_counter()
+    try:
+        response = await client.request(method, url, json=json_body, headers=headers,
+                                        params=params)
+    except httpx.HTTPError as exc:
+        raise error_for_exception(exc, provider=provider, model=model, secrets=secrets) from None
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s %s %s -> %d in %.3fs", provider, method, response.url.path,
+                     response.status_code, time.perf_counter() - started)
+    if response.status_code >= 400 or response.status_code < 200:
+        raise error_for_status(response.status_code, response.content, response.headers,
+                               provider=provider, model=model, secrets=secrets)
+    return parse_json_body(response.content, provider=provider, model=model)
+
+
+class _StreamErrors:
+    """Context manager mapping transport failures while a response body streams in."""
+
+    __slots__ = ("provider", "model", "secrets")
+
+    def __init__(self, provider: str, model: str | None, secrets: list[Any]) -> None:
+        self.provider = provider
+        self.model = model
+        self.secrets = secrets
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            raise error_for_exception(exc, provider=self.provider, model=self.model,
+                                      secrets=self.secrets) from None
+        if isinstance(exc, httpx.HTTPError):
+            detail = redact(str(exc) or type(exc).__name__, self.secrets)
+            raise MalformedResponseError(
+                f"{self.provider}: stream was cut before its end marker "
+                f"({type(exc).__name__}: {detail})",
+                provider=self.provider, model=self.model) from None
+        return False
+
+
+def stream_errors(*, provider: str, model: str | None = None,
+                  secrets: Iterable[str | Secret | None] = ()) -> _StreamErrors:
+    """Return a context manager for iterating a streamed body: a timeout becomes
+    :class:`ProviderTimeoutError`, any other httpx failure (connection dropped mid-stream) a
+    :class:`MalformedResponseError` saying the stream was cut."""
+    return _StreamErrors(provider, model, list(secrets))
+
+
+class open_stream:  # noqa: N801 - used as a function: ``async with open_stream(...)``
+    """``async with open_stream(client, "POST", url, ...) as response:`` sends a request with a
+    streamed response body and checks its status before the body is read.
+
+    Raises (on enter):
+        ProviderError: a typed subclass for a failed status (the error body is read for its
+            message) or a transport failure.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, method: str, url: str, *, provider: str,
+                 model: str | None = None, secrets: Iterable[str | Secret | None] = (),
+                 json_body: Any = None, headers: Mapping[str, str] | None = None) -> None:
+        self.client = client
+        self.method = method
+        self.url = url
+        self.provider = provider
+        self.model = model
+        self.secrets = list(secrets)
+        self.json_body = json_body
+        self.headers = headers
+        self.response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        import httpx
+
+        request = self.client.build_request(self.method, self.url, json=self.json_body,
+                                            headers=self.headers)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc, provider=self.provider, model=self.model,
+                                      secrets=self.secrets) from None
+        self.response = response
+        if response.status_code >= 400 or response.status_code < 200:
+            try:
+                with stream_errors(provider=self.provider, model=self.model,
+                                   secrets=self.secrets):
+                    body = await response.aread()
+            finally:
+                await response.aclose()
+            raise error_for_status(response.status_code, body, response.headers,
+                                   provider=self.provider, model=self.model,
+                                   secrets=self.secrets)
+        return response
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self.response is not None:
+            await self.response.aclose()
+
+
 # ----------------------------------------------------------------------------- clients
 
 
@@ -435,3 +621,106 @@ class PooledClient:
             same_loop = False
         if same_loop:
             await client.aclose()
+
+
+# ----------------------------------------------------------------------------- price tables
+
+
+class PriceTable:
+    """A provider's model table: prices (US dollars per million tokens), context windows,
+    output caps and capabilities, read from a JSON data file shipped in the plugin package.
+
+    File shape::
+
+        {"source": "<URL read>", "as_of": "<ISO date read>",
+         "models": {"<model id>": {"input": 2.5, "output": 10.0, "context_window": 128000,
+                                   "max_output_tokens": 16384, "capabilities": ["chat"]}}}
+
+    Lookup tries the exact id, then the id without a trailing date (``-2024-07-18``,
+    ``-20241022``) or ``-latest``. A model that is not in the table has no price (cost
+    unknown, never 0).
+
+    Args:
+        data: the parsed file.
+        overrides: ``{model: {"input": x, "output": y}}`` from configuration; they win.
+        override_source: the ``source`` recorded on overridden prices.
+
+    Raises:
+        ConfigError: an entry lacks ``input``/``output`` or has a negative price.
+    """
+
+    _DATE = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+    def __init__(self, data: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
+                 override_source: str = "flowyard.toml") -> None:
+        from flowyard.models import ModelPrice
+
+        self.source = str(data.get("source", ""))
+        self.as_of = str(data.get("as_of", ""))
+        self.models: dict[str, dict[str, Any]] = {}
+        self.prices: dict[str, ModelPrice] = {}
+        for model, entry in dict(data.get("models", {})).items():
+            self.models[model] = dict(entry)
+            self.prices[model] = self._price(model, entry, self.source, self.as_of)
+        for model, entry in dict(overrides or {}).items():
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"price override for {model!r} must be a table with input "
+                                  f"and output, got {entry!r}")
+            self.models.setdefault(model, {}).update(entry)
+            self.prices[model] = self._price(model, entry, override_source, "")
+
+    @staticmethod
+    def _price(model: str, entry: Mapping[str, Any], source: str, as_of: str) -> Any:
+        from flowyard.models import ModelPrice
+
+        try:
+            inp, out = float(entry["input"]), float(entry["output"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"price of {model!r} needs numeric 'input' and 'output' "
+                              f"(US dollars per million tokens), got {dict(entry)!r}") from None
+        if inp < 0 or out < 0:
+            raise ConfigError(f"price of {model!r} is negative: {dict(entry)!r}")
+        return ModelPrice(inp, out, source=str(entry.get("source", source)),
+                          as_of=str(entry.get("as_of", as_of)))
+
+    @classmethod
+    def from_package(cls, package: str, resource: str = "prices.json", **kwargs: Any
+                     ) -> PriceTable:
+        """Load ``resource`` from inside ``package`` (``importlib.resources``)."""
+        from importlib.resources import files
+
+        text = (files(package) / resource).read_text(encoding="utf-8")
+        return cls(json.loads(text), **kwargs)
+
+    def key(self, model: str) -> str | None:
+        """Return the table key for ``model`` (exact, then without a date suffix), or None."""
+        if model in self.models:
+            return model
+        base = self._DATE.sub("", model)
+        return base if base in self.models else None
+
+    def price(self, model: str) -> Any:
+        """Return the :class:`~flowyard.models.ModelPrice` of ``model``, or None (unknown)."""
+        key = self.key(model)
+        return self.prices.get(key) if key is not None else None
+
+    def entry(self, model: str) -> dict[str, Any]:
+        """Return the table entry of ``model`` (empty when unknown)."""
+        key = self.key(model)
+        return dict(self.models[key]) if key is not None else {}
+
+    def info(self, provider: str, model: str, *, default_capabilities: Iterable[str] = (),
+             metadata: Mapping[str, Any] | None = None) -> ModelInfo:
+        """Return a :class:`~flowyard.models.ModelInfo` for ``model`` from the table.
+
+        ``default_capabilities`` apply when the table does not list the model's.
+        """
+        from flowyard.models import ModelInfo
+
+        entry = self.entry(model)
+        caps = entry.get("capabilities", default_capabilities)
+        return ModelInfo(provider=provider, model=model,
+                         context_window=entry.get("context_window"),
+                         max_output_tokens=entry.get("max_output_tokens"),
+                         capabilities=frozenset(caps), price=self.price(model),
+                         metadata=dict(metadata or {}))

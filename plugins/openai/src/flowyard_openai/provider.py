@@ -1,0 +1,502 @@
+"""The OpenAI Chat Completions / Embeddings provider, for OpenAI and compatible servers.
+
+Plain httpx (one pooled client per instance, see :class:`flowyard.httputil.PooledClient`),
+SSE parsed with httpx-sse. API reference: https://platform.openai.com/docs/api-reference/chat
+(request and stream shapes as documented there in 2025).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from flowyard.errors import BadRequestError, ConfigError, MalformedResponseError
+from flowyard.httputil import (
+    PooledClient,
+    PriceTable,
+    Secret,
+    error_from_payload,
+    open_stream,
+    parse_json_body,
+    request_json,
+    stream_errors,
+)
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ImagePart,
+    Message,
+    ModelInfo,
+    ModelPrice,
+    TextPart,
+    ToolCall,
+    Usage,
+    new_id,
+)
+
+__all__ = ["OpenAIProvider", "OPENAI_BASE_URL", "load_price_table"]
+
+logger = logging.getLogger("flowyard_openai")
+
+#: The official API's base URL.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+_STRUCTURED_MODES = ("json_schema", "json_object")
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+           "function_call": "tool_calls", "content_filter": "content_filter"}
+
+
+def load_price_table(overrides: Mapping[str, Any] | None = None) -> PriceTable:
+    """Return OpenAI's price table shipped in this package (``prices.json``), with
+    ``overrides`` (``{model: {"input": x, "output": y}}``, US dollars per million tokens)."""
+    return PriceTable.from_package("flowyard_openai", overrides=overrides)
+
+
+def _image_url(part: ImagePart) -> str:
+    if part.url is not None:
+        return part.url
+    return f"data:{part.media_type};base64,{part.data_base64}"
+
+
+def _message_to_wire(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role}
+    if isinstance(message.content, str):
+        out["content"] = message.content
+    else:
+        parts: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            else:
+                parts.append({"type": "image_url", "image_url": {"url": _image_url(part)}})
+        out["content"] = parts
+    if message.role == "assistant" and message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            for call in message.tool_calls
+        ]
+        if out["content"] == "":
+            out["content"] = None
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise BadRequestError("a tool message needs tool_call_id (the call it answers)")
+        out["tool_call_id"] = message.tool_call_id
+    elif message.name:
+        out["name"] = message.name
+    return out
+
+
+class OpenAIProvider:
+    """Chat, streaming, tool calls, structured output, embeddings and model listing over the
+    OpenAI HTTP API, for OpenAI itself or any OpenAI-compatible server.
+
+    Args:
+        name: provider name, the prefix of model references (``"openai"``, ``"vllm"``).
+        api_key: the API key (sent as ``Authorization: Bearer``); None reads
+            ``OPENAI_API_KEY`` when ``base_url`` is OpenAI's, else no key is sent.
+        base_url: the API root including ``/v1`` (``http://127.0.0.1:8000/v1``).
+        organization, project: OpenAI organization and project headers, when set.
+        headers: extra headers sent with every request.
+        timeout: seconds per request (connect, read, write, pool).
+        backend: HTTP transport: ``"auto"`` (aiohttp-backed on asyncio, httpx on trio),
+            ``"httpx"`` or ``"aiohttp"``.
+        transport: an explicit ``httpx.AsyncBaseTransport`` (tests).
+        prices: ``{model: {"input": x, "output": y}}`` in US dollars per million tokens; wins
+            over the shipped table.
+        price_table: use the shipped OpenAI table (default: only when ``base_url`` is
+            OpenAI's: other servers' names may collide with OpenAI's at different prices).
+        free: every model of this endpoint costs 0 (a local server); unknown otherwise.
+        structured_output: how ``response_schema`` is sent: ``"json_schema"`` (OpenAI, vLLM,
+            llama.cpp's C++ server) or ``"json_object"`` (``{"type": "json_object",
+            "schema": ...}``, llama-cpp-python's server).
+        max_tokens_field: request field for the output cap: ``"max_completion_tokens"``
+            (default for OpenAI) or ``"max_tokens"`` (default for other servers).
+        stream_usage: ask for usage in streams (``stream_options.include_usage``).
+        max_connections: connection pool size.
+
+    Raises:
+        ConfigError: an invalid option value.
+    """
+
+    def __init__(
+        self,
+        name: str = "openai",
+        *,
+        api_key: str | Secret | None = None,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        backend: str = "auto",
+        transport: Any = None,
+        prices: Mapping[str, Any] | None = None,
+        price_table: bool | None = None,
+        free: bool = False,
+        structured_output: str = "json_schema",
+        max_tokens_field: str | None = None,
+        stream_usage: bool = True,
+        max_connections: int = 100,
+    ) -> None:
+        if not name or "/" in name:
+            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
+        if structured_output not in _STRUCTURED_MODES:
+            raise ConfigError(f"[{name}] structured_output must be one of "
+                              f"{', '.join(_STRUCTURED_MODES)}, got {structured_output!r}")
+        if backend not in PooledClient.BACKENDS:
+            raise ConfigError(f"[{name}] backend must be one of "
+                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
+        self.name = name
+        self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
+        self.is_openai = self.base_url == OPENAI_BASE_URL
+        if api_key is None and self.is_openai:
+            api_key = os.environ.get("OPENAI_API_KEY")
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
+        self.structured_output = structured_output
+        if max_tokens_field is None:
+            max_tokens_field = "max_completion_tokens" if self.is_openai else "max_tokens"
+        if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(f"[{name}] max_tokens_field must be max_tokens or "
+                              f"max_completion_tokens, got {max_tokens_field!r}")
+        self.max_tokens_field = max_tokens_field
+        self.stream_usage = stream_usage
+        self.free = free
+        use_table = self.is_openai if price_table is None else price_table
+        table_data: Any = None
+        if use_table:
+            table_data = load_price_table(prices)
+        else:
+            table_data = PriceTable({"source": "", "as_of": "", "models": {}}, overrides=prices)
+        self.prices: PriceTable = table_data
+        wire_headers = {"Accept": "application/json", **dict(headers or {})}
+        if self._api_key:
+            wire_headers["Authorization"] = f"Bearer {self._api_key.get()}"
+        if organization:
+            wire_headers["OpenAI-Organization"] = organization
+        if project:
+            wire_headers["OpenAI-Project"] = project
+        self._client = PooledClient(base_url=self.base_url, headers=wire_headers, timeout=timeout,
+                                    backend=backend, transport=transport,
+                                    max_connections=max_connections)
+
+    def __repr__(self) -> str:
+        return (f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r}, "
+                f"api_key={self._api_key!r})")
+
+    @property
+    def _secrets(self) -> list[Secret]:
+        return [self._api_key]
+
+    def _check_key(self, model: str | None) -> None:
+        if self.is_openai and not self._api_key:
+            from flowyard.errors import AuthenticationError
+
+            raise AuthenticationError(
+                f"{self.name}: no API key: set OPENAI_API_KEY or api_key in the [{self.name}] "
+                "section of flowyard.toml", provider=self.name, model=model)
+
+    # ------------------------------------------------------------------ prices
+
+    def price(self, model: str) -> ModelPrice | None:
+        """Return the price of ``model`` (US dollars per million tokens), or None if unknown."""
+        price = self.prices.price(model)
+        if price is None and self.free:
+            return ModelPrice(0.0, 0.0, source=f"{self.name}: configured free (local server)")
+        return price
+
+    def _cost(self, model: str, usage: Usage) -> float | None:
+        price = self.price(model)
+        return price.cost(usage) if price is not None else None
+
+    # ------------------------------------------------------------------ requests
+
+    def build_body(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """Return the JSON body of a ``POST /chat/completions`` for ``request``.
+
+        Raises:
+            BadRequestError: a message cannot be expressed (a tool message without its id).
+        """
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [_message_to_wire(m) for m in request.messages],
+        }
+        if request.tools:
+            body["tools"] = [
+                {"type": "function", "function": {"name": t.name, "description": t.description,
+                                                  "parameters": t.parameters}}
+                for t in request.tools
+            ]
+            choice = request.tool_choice
+            if choice in ("auto", "none", "required"):
+                body["tool_choice"] = choice
+            else:
+                body["tool_choice"] = {"type": "function", "function": {"name": choice}}
+        if request.response_schema is not None:
+            if self.structured_output == "json_schema":
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": request.response_schema},
+                }
+            else:
+                body["response_format"] = {"type": "json_object",
+                                           "schema": request.response_schema}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.max_tokens is not None:
+            body[self.max_tokens_field] = request.max_tokens
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if stream:
+            body["stream"] = True
+            if self.stream_usage:
+                body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _headers(self, request: ChatRequest) -> dict[str, str] | None:
+        if request.idempotency_key:
+            return {"Idempotency-Key": request.idempotency_key}
+        return None
+
+    def _tool_call(self, raw: Mapping[str, Any], model: str) -> ToolCall:
+        function = raw.get("function") or {}
+        name = function.get("name")
+        if not name:
+            raise MalformedResponseError(f"{self.name}: tool call without a function name",
+                                         provider=self.name, model=model)
+        arguments_text = function.get("arguments") or "{}"
+        if isinstance(arguments_text, Mapping):
+            arguments = dict(arguments_text)
+        else:
+            try:
+                arguments = json.loads(arguments_text)
+            except ValueError:
+                raise MalformedResponseError(
+                    f"{self.name}: tool call {name!r} has arguments that are not JSON: "
+                    f"{str(arguments_text)[:200]!r}", provider=self.name, model=model) from None
+        if not isinstance(arguments, dict):
+            raise MalformedResponseError(
+                f"{self.name}: tool call {name!r} arguments are not a JSON object",
+                provider=self.name, model=model)
+        call_id = raw.get("id") or f"call_{new_id()[:24]}"
+        return ToolCall(id=str(call_id), name=str(name), arguments=arguments)
+
+    @staticmethod
+    def _usage(raw: Any) -> Usage | None:
+        if not isinstance(raw, Mapping):
+            return None
+        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+
+    def parse_response(self, data: Any, model: str) -> ChatResponse:
+        """Turn a chat completion JSON object into a :class:`ChatResponse`.
+
+        Raises:
+            ProviderError: the body carries an ``error`` object (typed by its type/code).
+            MalformedResponseError: required fields are missing.
+        """
+        if not isinstance(data, Mapping):
+            raise MalformedResponseError(f"{self.name}: chat completion is not a JSON object",
+                                         provider=self.name, model=model)
+        if data.get("error"):
+            raise error_from_payload(data, provider=self.name, model=model,
+                                     secrets=self._secrets)
+        try:
+            choice = data["choices"][0]
+            raw_message = choice["message"]
+        except (KeyError, IndexError, TypeError):
+            raise MalformedResponseError(
+                f"{self.name}: chat completion has no choices[0].message: "
+                f"{json.dumps(data)[:300]}", provider=self.name, model=model) from None
+        content = raw_message.get("content") or ""
+        if not isinstance(content, str):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        calls = [self._tool_call(c, model) for c in raw_message.get("tool_calls") or []]
+        usage = self._usage(data.get("usage"))
+        if usage is None:
+            raise MalformedResponseError(f"{self.name}: chat completion has no usage",
+                                         provider=self.name, model=model)
+        finish = choice.get("finish_reason") or "stop"
+        answered_model = str(data.get("model") or model)
+        return ChatResponse(
+            message=Message.assistant(content, tool_calls=calls), usage=usage,
+            model=answered_model, provider=self.name, finish_reason=_FINISH.get(finish, finish),
+            cost_usd=self._cost(model, usage),
+            raw={"id": data.get("id"), "system_fingerprint": data.get("system_fingerprint")},
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Return one completion (``POST /chat/completions``).
+
+        ``cost_usd`` comes from the price table (None when the model has no known price).
+
+        Raises:
+            AuthenticationError, RateLimitedError (``retry_after`` in seconds),
+            ProviderTimeoutError, ServerError, BadRequestError, MalformedResponseError.
+        """
+        self._check_key(request.model)
+        data = await request_json(
+            self._client.get(), "POST", "/chat/completions", provider=self.name,
+            model=request.model, secrets=self._secrets, json_body=self.build_body(request),
+            headers=self._headers(request))
+        return self.parse_response(data, request.model)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Yield text deltas as they arrive, then one ``done=True`` chunk with usage (None when
+        the server does not report it in streams), finish reason and complete tool calls.
+
+        Raises:
+            MalformedResponseError: the stream ended before ``data: [DONE]``, or an event is
+                not JSON; the typed error of an error event sent after HTTP 200; and the
+                errors of :meth:`chat` for a failed status.
+        """
+        from httpx_sse import EventSource
+
+        self._check_key(request.model)
+        model = request.model
+        body = self.build_body(request, stream=True)
+        usage: Usage | None = None
+        finish: str | None = None
+        calls: dict[int, dict[str, Any]] = {}
+        done = False
+        async with open_stream(self._client.get(), "POST", "/chat/completions",
+                               provider=self.name, model=model, secrets=self._secrets,
+                               json_body=body, headers=self._headers(request)) as response:
+            ctype = response.headers.get("content-type", "")
+            if "text/event-stream" not in ctype:
+                with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+                    raw = await response.aread()
+                data = parse_json_body(raw, provider=self.name, model=model)
+                if isinstance(data, Mapping) and data.get("error"):
+                    raise error_from_payload(data, provider=self.name, model=model,
+                                             secrets=self._secrets)
+                raise MalformedResponseError(
+                    f"{self.name}: expected an event stream, got content-type {ctype!r}",
+                    provider=self.name, model=model)
+            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+                async for sse in EventSource(response).aiter_sse():
+                    if sse.data == "[DONE]":
+                        done = True
+                        break
+                    if not sse.data:
+                        continue
+                    event = parse_json_body(sse.data, provider=self.name, model=model,
+                                            what="stream event")
+                    if not isinstance(event, Mapping):
+                        raise MalformedResponseError(f"{self.name}: stream event is not an "
+                                                     "object", provider=self.name, model=model)
+                    if sse.event == "error" or event.get("error"):
+                        raise error_from_payload(event, provider=self.name, model=model,
+                                                 secrets=self._secrets)
+                    if event.get("usage"):
+                        usage = self._usage(event["usage"])
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
+                        if text:
+                            yield ChatChunk(delta=text)
+                        for fragment in delta.get("tool_calls") or []:
+                            slot = calls.setdefault(int(fragment.get("index", len(calls))),
+                                                    {"id": None, "name": "", "arguments": ""})
+                            if fragment.get("id"):
+                                slot["id"] = fragment["id"]
+                            function = fragment.get("function") or {}
+                            if function.get("name"):
+                                slot["name"] += function["name"]
+                            if function.get("arguments"):
+                                slot["arguments"] += function["arguments"]
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+        if not done:
+            raise MalformedResponseError(
+                f"{self.name}: stream ended before its end marker (data: [DONE])",
+                provider=self.name, model=model)
+        tool_calls = [
+            self._tool_call({"id": slot["id"], "function": {"name": slot["name"],
+                                                            "arguments": slot["arguments"]}},
+                            model)
+            for _, slot in sorted(calls.items())
+        ]
+        finish = finish or ("tool_calls" if tool_calls else "stop")
+        yield ChatChunk(done=True, usage=usage, finish_reason=_FINISH.get(finish, finish),
+                        tool_calls=tool_calls)
+
+    async def embed(self, texts: Sequence[str], *, model: str) -> list[list[float]]:
+        """Return one vector per text (``POST /embeddings``), in order.
+
+        Raises:
+            BadRequestError: the model does not embed (as the server says); the other typed
+            errors of :meth:`chat`; MalformedResponseError when the count of vectors differs.
+        """
+        if not texts:
+            return []
+        self._check_key(model)
+        data = await request_json(
+            self._client.get(), "POST", "/embeddings", provider=self.name, model=model,
+            secrets=self._secrets,
+            json_body={"model": model, "input": list(texts), "encoding_format": "float"})
+        try:
+            items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
+            vectors = [[float(x) for x in item["embedding"]] for item in items]
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponseError(f"{self.name}: embeddings response lacks data[]."
+                                         "embedding", provider=self.name, model=model) from None
+        if len(vectors) != len(texts):
+            raise MalformedResponseError(
+                f"{self.name}: asked for {len(texts)} embeddings, got {len(vectors)}",
+                provider=self.name, model=model)
+        return vectors
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the served models (``GET /models``) with the price table's metadata.
+
+        Models missing from the table have no price (unknown) and capabilities guessed from
+        the name (``embed`` in the id: embeddings; otherwise chat and streaming). Server
+        metadata (``owned_by``, ``created``, llama.cpp's ``meta``) is kept in ``metadata``.
+        """
+        self._check_key(None)
+        data = await request_json(self._client.get(), "GET", "/models", provider=self.name,
+                                  secrets=self._secrets)
+        if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
+            raise MalformedResponseError(f"{self.name}: model list lacks data[]",
+                                         provider=self.name)
+        out: list[ModelInfo] = []
+        for item in data["data"]:
+            model_id = str(item.get("id", ""))
+            if not model_id:
+                continue
+            meta = {k: item[k] for k in ("owned_by", "created") if k in item}
+            server_meta = item.get("meta") if isinstance(item.get("meta"), Mapping) else {}
+            if server_meta:
+                meta["server"] = dict(server_meta)
+            default_caps = ({"embeddings"} if "embed" in model_id
+                            else {"chat", "streaming", "tools", "json"})
+            info = self.prices.info(self.name, model_id, default_capabilities=default_caps,
+                                    metadata=meta)
+            if info.price is None and self.free:
+                from attrs import evolve
+
+                info = evolve(info, price=self.price(model_id))
+            if info.context_window is None and server_meta.get("n_ctx_train"):
+                from attrs import evolve
+
+                info = evolve(info, context_window=int(server_meta["n_ctx_train"]))
+            out.append(info)
+        return out
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> OpenAIProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
