@@ -9,14 +9,26 @@ budget chain, so concurrent calls can never overspend, even under fan-out and re
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from flowyard.errors import BudgetExceeded
 
-__all__ = ["Budget", "BudgetChain", "Reservation"]
+if TYPE_CHECKING:
+    from flowyard.models import ChatRequest, ModelPrice
+
+__all__ = ["Budget", "BudgetChain", "Reservation", "estimate_text_tokens",
+           "estimate_prompt_tokens", "estimate_max_cost", "IMAGE_TOKENS", "MESSAGE_OVERHEAD"]
+
+#: Tokens assumed per image part (conservative: a 2048 px image at high detail costs about
+#: 1100 OpenAI tokens and 1600 Anthropic tokens).
+IMAGE_TOKENS = 1600
+#: Tokens assumed per message for role and separators (OpenAI's chat format uses 3-4).
+MESSAGE_OVERHEAD = 4
 
 _LOCK = threading.Lock()  # reservations across scopes are atomic as a whole
 
@@ -40,6 +52,7 @@ class Budget:
     name: str = ""
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
+    unknown_cost_calls: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.limit_usd < 0:
@@ -49,6 +62,13 @@ class Budget:
     def remaining_usd(self) -> float:
         """limit - spent - reserved, in US dollars (never below 0)."""
         return max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the budget as a JSON-ready dict (US dollars)."""
+        return {"scope": self.scope, "name": self.name, "limit_usd": self.limit_usd,
+                "spent_usd": self.spent_usd, "reserved_usd": self.reserved_usd,
+                "remaining_usd": self.remaining_usd,
+                "unknown_cost_calls": self.unknown_cost_calls}
 
 
 @attrs.define(eq=False)
@@ -94,15 +114,23 @@ class BudgetChain:
         return Reservation(self.budgets, amount_usd)
 
     @staticmethod
-    def settle(reservation: Reservation, actual_usd: float) -> None:
-        """Replace the held amount with the actual cost (US dollars). Idempotent."""
+    def settle(reservation: Reservation, actual_usd: float | None) -> None:
+        """Replace the held amount with the actual cost (US dollars). Idempotent.
+
+        ``None`` means the cost is unknown (a model without a price, allowed by
+        ``budgets.unknown_price = "allow"``): nothing is added to ``spent_usd`` and the
+        budgets count it in ``unknown_cost_calls``.
+        """
         with _LOCK:
             if reservation.settled:
                 return
             reservation.settled = True
             for budget in reservation.budgets:
                 budget.reserved_usd -= reservation.amount_usd
-                budget.spent_usd += actual_usd
+                if actual_usd is None:
+                    budget.unknown_cost_calls += 1
+                else:
+                    budget.spent_usd += actual_usd
 
     @staticmethod
     def release(reservation: Reservation) -> None:
@@ -119,3 +147,61 @@ class BudgetChain:
     def of(cls, budgets: Sequence[Budget | None]) -> BudgetChain:
         """Build a chain from budgets, skipping None."""
         return cls(tuple(b for b in budgets if b is not None))
+
+    @property
+    def remaining_usd(self) -> float:
+        """The smallest remaining amount of the chain (inf for an empty chain), US dollars."""
+        return min((b.remaining_usd for b in self.budgets), default=math.inf)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Return every budget's :meth:`Budget.snapshot`, outermost first."""
+        with _LOCK:
+            return [b.snapshot() for b in self.budgets]
+
+
+# ----------------------------------------------------------------------------- estimates
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Return a conservative token count for ``text``.
+
+    ASCII characters count one token per 3 characters (English text averages about 4
+    characters per token in GPT and Llama tokenizers); every other character counts as one
+    token (CJK and emoji often take 1-2 tokens each, accented letters 1).
+    """
+    if not text:
+        return 0
+    non_ascii = sum(1 for ch in text if ord(ch) > 127)
+    return math.ceil((len(text) - non_ascii) / 3) + non_ascii
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """Return a conservative estimate of the prompt tokens of ``request``: every message's
+    text, tool calls and name (:func:`estimate_text_tokens`), :data:`MESSAGE_OVERHEAD` per
+    message, :data:`IMAGE_TOKENS` per image, and the JSON of tool schemas and the response
+    schema."""
+    import json
+
+    total = 3  # reply priming
+    for message in request.messages:
+        total += MESSAGE_OVERHEAD + estimate_text_tokens(message.text)
+        total += IMAGE_TOKENS * len(message.images)
+        if message.name:
+            total += estimate_text_tokens(message.name)
+        for call in message.tool_calls:
+            total += estimate_text_tokens(call.name) + estimate_text_tokens(
+                json.dumps(call.arguments, ensure_ascii=False)) + MESSAGE_OVERHEAD
+    for spec in request.tools:
+        total += estimate_text_tokens(spec.name) + estimate_text_tokens(spec.description)
+        total += estimate_text_tokens(json.dumps(spec.parameters, ensure_ascii=False))
+        total += MESSAGE_OVERHEAD
+    if request.response_schema is not None:
+        total += estimate_text_tokens(json.dumps(request.response_schema, ensure_ascii=False))
+    return total
+
+
+def estimate_max_cost(price: ModelPrice, prompt_tokens: int, max_output_tokens: int) -> float:
+    """Return the most a call can cost in US dollars: ``prompt_tokens`` input tokens and
+    ``max_output_tokens`` output tokens at ``price`` (per million tokens)."""
+    return (prompt_tokens * price.input_per_mtok
+            + max_output_tokens * price.output_per_mtok) / 1_000_000

@@ -1,28 +1,75 @@
 """The LLM gateway: every model call of a stack goes through here.
 
-It resolves ``provider/model`` references (or the stack's default model), fills in cost from
-the provider's model info when the provider did not, emits an ``llm.call`` event per call, and
-records a cost line in storage when the call belongs to a run. Routing, budgets, rate limits
-and circuit breakers hook in here (see ``docs/architecture.md``).
+For each call it:
+
+1. resolves the model: a ``provider/model`` reference, an alias from ``[models.aliases]``, the
+   stack's default model, or ``"auto"``: a router (``router=`` per call, else the
+   ``routing.router`` setting, else ``cheapest``) picks from the model registry what meets a
+   :class:`~flowyard.interfaces.RouteRequest`, and the gateway tries the returned models in
+   order after retriable errors; every choice and its reason is a ``router.choice`` event;
+2. reserves the call's estimated maximum cost in the caller's budgets
+   (``context.budget``, a :class:`~flowyard.budget.BudgetChain`) or raises
+   :class:`~flowyard.errors.BudgetExceeded` without calling;
+3. waits for the provider's and model's rate limits (fair FIFO queue);
+4. asks the provider's circuit breaker (fails fast with ``CircuitOpenError`` while open);
+5. calls the provider, then settles the reservation with the actual cost, records the token
+   usage with the rate limiter, emits ``llm.call`` (or ``llm.error``) and stores a cost line
+   when the call belongs to a run.
+
+A 429 with a retry-after pauses the model's limiter for that long. See
+``docs/budgets-and-limits.md``.
+
+Events emitted (``data`` keys in brackets): ``llm.call`` [provider, model, input_tokens,
+output_tokens, cost_usd, latency_s, waited_s, agent, finish_reason, router],
+``llm.error`` [provider, model, error_type, error, retriable, latency_s],
+``router.choice`` [router, model, reason, attempt, fallbacks], ``budget.exceeded``
+[provider, model, scope, limit_usd, requested_usd, error], ``ratelimit.wait`` [key, waited_s],
+``ratelimit.paused`` [key, seconds], ``circuit.state`` [provider, old, new].
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.errors import ConfigError, ProviderError, UnknownNameError
+from flowyard.budget import (
+    Budget,
+    BudgetChain,
+    Reservation,
+    estimate_max_cost,
+    estimate_prompt_tokens,
+)
+from flowyard.circuit import BreakerSet, counts_as_failure
+from flowyard.clock import Clock, MonotonicClock
+from flowyard.errors import (
+    BudgetExceeded,
+    CircuitOpenError,
+    ConfigError,
+    ProviderError,
+    RateLimitedError,
+    UnknownNameError,
+)
 from flowyard.models import ChatChunk, ChatRequest, ChatResponse, CostLine, Message, ModelInfo, Usage
+from flowyard.modelregistry import ModelRegistry
+from flowyard.ratelimit import LimiterSet
 
 if TYPE_CHECKING:
     from flowyard.context import ToolContext
-    from flowyard.interfaces import Provider
+    from flowyard.interfaces import Provider, RouteRequest, Router
+    from flowyard.metrics import LiveMetrics
     from flowyard.stack import Stack
 
-__all__ = ["LLMGateway", "split_ref"]
+__all__ = ["LLMGateway", "split_ref", "AUTO"]
+
+#: The model reference that asks a router to choose.
+AUTO = "auto"
+
+_UNKNOWN_PRICE_POLICIES = ("refuse", "allow")
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -37,24 +84,99 @@ def split_ref(ref: str) -> tuple[str, str]:
     return provider, model
 
 
+@attrs.define
+class _Call:
+    """Book-keeping of one provider call inside :meth:`LLMGateway._guard`."""
+
+    provider: str
+    model: str
+    info: ModelInfo | None
+    prompt_estimate: int
+    reservation: Reservation | None
+    waited_s: float = 0.0
+    usage: Usage | None = None
+    cost_usd: float | None = None
+
+
 class LLMGateway:
-    """Chat, streaming and embeddings for one stack.
+    """Chat, streaming and embeddings for one stack, with routing, budgets, rate limits and
+    circuit breakers.
 
     Args:
-        stack: the stack whose providers, events and storage are used.
+        stack: the stack whose providers, routers, events and storage are used.
+        clock: time source of the rate limiters and circuit breakers (the event loop's clock
+            by default; a :class:`~flowyard.clock.VirtualClock` in tests).
+
+    Attributes:
+        models: the :class:`~flowyard.modelregistry.ModelRegistry`.
+        live: in-process :class:`~flowyard.metrics.LiveMetrics` fed by the stack's events.
     """
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, *, clock: Clock | None = None) -> None:
         self.stack = stack
-        self._model_info: dict[str, dict[str, ModelInfo]] = {}
+        self.clock: Clock = clock or MonotonicClock()
+        self.models = ModelRegistry(stack)
+        self._limiters: LimiterSet | None = None
+        self._breakers: BreakerSet | None = None
+        self._live: LiveMetrics | None = None
+        _ = self.live  # subscribe the in-process metrics now, so every call is counted
+
+    # ------------------------------------------------------------------ configuration
+
+    def use_clock(self, clock: Clock) -> None:
+        """Switch to ``clock``; rate limiters and breakers start afresh."""
+        self.clock = clock
+        self._limiters = None
+        self._breakers = None
+
+    @property
+    def limiters(self) -> LimiterSet:
+        """The rate limiters, built from the ``[limits]`` table on first use."""
+        if self._limiters is None:
+            self._limiters = LimiterSet(self.stack.config.section("limits"), clock=self.clock)
+        return self._limiters
+
+    @property
+    def breakers(self) -> BreakerSet:
+        """The circuit breakers, built from the ``[circuit]`` table on first use."""
+        if self._breakers is None:
+            self._breakers = BreakerSet(self.stack.config.section("circuit"), clock=self.clock,
+                                        on_change=self._circuit_changed)
+        return self._breakers
+
+    @property
+    def live(self) -> LiveMetrics:
+        """In-process metrics of this stack's LLM calls (subscribed on first access)."""
+        if self._live is None:
+            from flowyard.metrics import LiveMetrics
+
+            self._live = LiveMetrics()
+            self.stack.events.subscribe(self._live, name="flowyard.metrics.live")
+        return self._live
+
+    def unknown_price_policy(self) -> str:
+        """``budgets.unknown_price``: ``"refuse"`` (default) or ``"allow"``.
+
+        Raises:
+            ConfigError: another value.
+        """
+        policy = str(self.stack.config.get("budgets.unknown_price", "refuse"))
+        if policy not in _UNKNOWN_PRICE_POLICIES:
+            raise ConfigError(f"budgets.unknown_price must be 'refuse' or 'allow', "
+                              f"got {policy!r}")
+        return policy
+
+    def _circuit_changed(self, provider: str, old: str, new: str) -> None:
+        self.stack.events.make("circuit.state", provider=provider, old=old, new=new)
 
     # ------------------------------------------------------------------ models
 
     def default_model(self) -> str:
         """Return the default model reference.
 
-        ``models.default`` in the configuration wins; otherwise the registered provider with
-        the highest ``default_priority`` metadata that names a ``default_model``.
+        ``models.default`` in the configuration wins (``"auto"`` routes every call without a
+        model); otherwise the registered provider with the highest ``default_priority``
+        metadata that names a ``default_model``.
 
         Raises:
             ConfigError: no default can be found (names what to install or set).
@@ -77,6 +199,10 @@ class LLMGateway:
             )
         return best[1]
 
+    def _alias(self, ref: str) -> str:
+        aliases = self.stack.config.get("models.aliases", {}) or {}
+        return str(aliases.get(ref, ref))
+
     def resolve(self, ref: str | None) -> tuple[Provider, str, str]:
         """Return ``(provider, provider_name, model_id)`` for a reference (None: default).
 
@@ -84,38 +210,26 @@ class LLMGateway:
 
         Raises:
             UnknownNameError: the provider is not registered.
-            ValueError: the reference is malformed.
+            ValueError: the reference is malformed (or is ``"auto"``, which needs routing).
         """
-        ref = ref or self.default_model()
-        aliases = self.stack.config.get("models.aliases", {}) or {}
-        ref = str(aliases.get(ref, ref))
+        ref = self._alias(ref or self.default_model())
+        if ref == AUTO:
+            raise ValueError("model 'auto' is chosen by a router: call chat()/stream() with "
+                             "model='auto' (and route=...), not resolve()")
         provider_name, model = split_ref(ref)
         return self.stack.providers.get(provider_name), provider_name, model
 
     async def model_info(self, ref: str) -> ModelInfo | None:
-        """Return the provider's info for ``ref`` (cached per provider), or None if unlisted."""
-        provider, provider_name, model = self.resolve(ref)
-        if provider_name not in self._model_info:
-            infos = await provider.list_models()
-            self._model_info[provider_name] = {info.model: info for info in infos}
-        return self._model_info[provider_name].get(model)
+        """Return the registry's info for ``ref`` (None if its provider does not list it)."""
+        _, provider_name, model = self.resolve(ref)
+        return await self.models.get(f"{provider_name}/{model}")
 
     async def list_models(self) -> list[ModelInfo]:
         """Return the models of every registered provider; failing providers are skipped
         and reported as a ``provider.error`` event."""
-        out: list[ModelInfo] = []
-        for name in self.stack.providers.names():
-            try:
-                provider = self.stack.providers.get(name)
-                infos = await provider.list_models()
-            except (ProviderError, UnknownNameError, OSError) as exc:
-                self.stack.events.make("provider.error", provider=name, error=str(exc))
-                continue
-            self._model_info[name] = {info.model: info for info in infos}
-            out.extend(infos)
-        return out
+        return await self.models.all()
 
-    # ------------------------------------------------------------------ calls
+    # ------------------------------------------------------------------ helpers
 
     def build_request(self, model_id: str, messages: Sequence[Message] | str, **params: Any
                       ) -> ChatRequest:
@@ -127,7 +241,7 @@ class LLMGateway:
     async def _cost(self, ref: str, response_cost: float | None, usage: Usage) -> float | None:
         if response_cost is not None:
             return response_cost
-        info = await self.model_info(ref)
+        info = await self.models.get(ref)
         if info is None or info.price is None:
             return None
         return info.price.cost(usage)
@@ -150,61 +264,397 @@ class LLMGateway:
                 workflow_name=ctx.workflow_name,
             ))
 
-    async def chat(self, messages: Sequence[Message] | str, *, model: str | None = None,
-                   context: ToolContext | None = None, **params: Any) -> ChatResponse:
-        """Call a model and return its response, with ``cost_usd`` filled where known.
+    def _emit(self, ctx: ToolContext | None, type: str, **data: Any) -> None:
+        self.stack.events.make(type, run_id=ctx.run_id if ctx else "",
+                               step_id=ctx.step_id if ctx else None, **data)
 
-        Args:
-            messages: the conversation, or a prompt string.
-            model: ``provider/model`` (None: the default model).
-            context: the calling step's context (events and cost lines are attributed to it).
-            **params: :class:`ChatRequest` fields (temperature, max_tokens, tools, ...).
+    @staticmethod
+    def _chain(ctx: ToolContext | None) -> BudgetChain:
+        budget = ctx.budget if ctx is not None else None
+        if budget is None:
+            return BudgetChain()
+        if isinstance(budget, BudgetChain):
+            return budget
+        if isinstance(budget, Budget):
+            return BudgetChain((budget,))
+        raise TypeError(f"context.budget must be a BudgetChain or Budget, got "
+                        f"{type(budget).__name__}")
+
+    async def _prompt_tokens(self, provider: Any, request: ChatRequest) -> int:
+        counter = getattr(provider, "count_tokens", None)
+        if callable(counter):
+            counted = counter(request)
+            if inspect.isawaitable(counted):
+                counted = await counted
+            return int(counted)
+        return estimate_prompt_tokens(request)
+
+    def _reserve(self, ctx: ToolContext | None, ref: str, info: ModelInfo | None,
+                 prompt_tokens: int, max_tokens: int | None) -> Reservation | None:
+        """Reserve the estimated maximum cost in the caller's budgets (None: no budget)."""
+        chain = self._chain(ctx)
+        if not chain:
+            return None
+        scope = chain.budgets[0]
+        try:
+            if info is None or info.price is None:
+                if self.unknown_price_policy() == "allow":
+                    return chain.reserve(0.0)
+                raise BudgetExceeded(
+                    f"the price of {ref} is unknown, so a call under a budget cannot be "
+                    f"bounded: set [models.info.\"{ref}\"] input_per_mtok and output_per_mtok, "
+                    "or budgets.unknown_price = \"allow\"", scope=scope.scope,
+                    limit_usd=scope.limit_usd, requested_usd=float("nan"))
+            max_out = max_tokens or info.max_output_tokens
+            if max_out is None and info.context_window is not None:
+                max_out = max(0, info.context_window - prompt_tokens)
+            if max_out is None:
+                raise BudgetExceeded(
+                    f"cannot bound the cost of a call to {ref}: neither max_tokens nor the "
+                    "model's maximum output or context window is known; pass max_tokens",
+                    scope=scope.scope, limit_usd=scope.limit_usd, requested_usd=float("nan"))
+            return chain.reserve(estimate_max_cost(info.price, prompt_tokens, max_out))
+        except BudgetExceeded as exc:
+            self._emit(ctx, "budget.exceeded", model=ref, scope=exc.scope,
+                       limit_usd=exc.limit_usd, requested_usd=exc.requested_usd, error=str(exc))
+            raise
+
+    @asynccontextmanager
+    async def _guard(self, provider: Any, provider_name: str, model_id: str,
+                     request: ChatRequest, ctx: ToolContext | None) -> AsyncIterator[_Call]:
+        """Budget, rate limit and circuit breaker around one provider call.
+
+        The body sets ``call.usage`` and ``call.cost_usd`` on success.
+        """
+        ref = f"{provider_name}/{model_id}"
+        info = await self.models.get(ref)
+        prompt = await self._prompt_tokens(provider, request)
+        max_out = request.max_tokens or (info.max_output_tokens if info else None)
+        reservation = self._reserve(ctx, ref, info, prompt, request.max_tokens)
+        call = _Call(provider_name, model_id, info, prompt, reservation)
+        try:
+            limited = await self.limiters.acquire(provider_name, model_id,
+                                                  prompt + (max_out or 0))
+        except BaseException:
+            if reservation is not None:
+                BudgetChain.release(reservation)
+            raise
+        call.waited_s = limited.waited_s
+        if limited.waited_s > 0:
+            self._emit(ctx, "ratelimit.wait", key=ref, waited_s=limited.waited_s)
+        breaker = self.breakers.breaker(provider_name)
+        probe = False
+        try:
+            probe = breaker.before_call() if breaker is not None else False
+        except CircuitOpenError:
+            limited.release()
+            if reservation is not None:
+                BudgetChain.release(reservation)
+            raise
+        try:
+            yield call
+        except RateLimitedError as exc:
+            if exc.retry_after is not None and exc.retry_after > 0:
+                key = self.limiters.pause(provider_name, model_id, exc.retry_after)
+                self._emit(ctx, "ratelimit.paused", key=key, seconds=exc.retry_after)
+            if breaker is not None:
+                breaker.on_abort(probe)
+            if reservation is not None:
+                BudgetChain.release(reservation)
+            raise
+        except ProviderError as exc:
+            if breaker is not None:
+                if counts_as_failure(exc):
+                    breaker.on_failure(probe)
+                else:
+                    breaker.on_success(probe)
+            if reservation is not None:
+                BudgetChain.release(reservation)
+            raise
+        except BaseException:
+            # Cancelled or broken mid-call: the provider may have billed; keep the
+            # reservation as spent (conservative).
+            if breaker is not None:
+                breaker.on_abort(probe)
+            if reservation is not None:
+                BudgetChain.settle(reservation, reservation.amount_usd)
+            raise
+        finally:
+            limited.release()
+        if breaker is not None:
+            breaker.on_success(probe)
+        if call.usage is not None:
+            limited.record_tokens(call.usage.total_tokens)
+        if reservation is not None:
+            BudgetChain.settle(reservation, call.cost_usd)
+
+    def _error_event(self, ctx: ToolContext | None, provider_name: str, model_id: str,
+                     exc: BaseException, started: float) -> None:
+        self._emit(ctx, "llm.error", provider=provider_name, model=model_id,
+                   error_type=type(exc).__name__, error=str(exc),
+                   retriable=bool(getattr(exc, "retriable", False)),
+                   latency_s=round(time.perf_counter() - started, 6))
+
+    # ------------------------------------------------------------------ routing
+
+    def _router(self, name: str | None) -> tuple[str, Router]:
+        router_name = name or str(self.stack.config.get("routing.router") or "cheapest")
+        return router_name, self.stack.routers.get(router_name)
+
+    async def route(self, route: RouteRequest | None = None, *, router: str | None = None,
+                    request: ChatRequest | None = None) -> tuple[str, list[tuple[ModelInfo, str]]]:
+        """Ask a router which models to try; return ``(router name, [(model, reason)])``.
+
+        Capabilities implied by ``request`` are added to the route's: ``tools`` when tools are
+        given, ``json`` for a response schema, ``vision`` for images. The prompt size is
+        estimated when the route does not say.
 
         Raises:
-            ProviderError: typed provider errors; UnknownNameError: unknown provider.
+            UnknownNameError: unknown router, or no model meets the requirements.
         """
-        provider, provider_name, model_id = self.resolve(model)
+        from flowyard.interfaces import RouteRequest
+
+        router_name, chooser = self._router(router)
+        route = route if route is not None else RouteRequest()
+        capabilities = set(route.capabilities)
+        estimate = route.estimated_input_tokens
+        if request is not None:
+            if request.tools:
+                capabilities.add("tools")
+            if request.response_schema is not None:
+                capabilities.add("json")
+            if any(m.images for m in request.messages):
+                capabilities.add("vision")
+            estimate = estimate or estimate_prompt_tokens(request)
+        route = RouteRequest(capabilities=sorted(capabilities), min_context=route.min_context,
+                             max_input_price=route.max_input_price,
+                             candidates=route.candidates, estimated_input_tokens=estimate)
+        models = await self.models.all()
+        explained = getattr(chooser, "choose_explained", None)
+        if callable(explained):
+            choices = list(await explained(route, models))
+        else:
+            choices = [(m, f"position {i + 1} of router {router_name!r}")
+                       for i, m in enumerate(await chooser.choose(route, models))]
+        if not choices:
+            raise UnknownNameError("model meeting the route requirements", AUTO,
+                                   [m.ref for m in models])
+        return router_name, choices
+
+    async def _routed(self, router_name: str, chooser: Any,
+                      choices: list[tuple[ModelInfo, str]], ctx: ToolContext | None,
+                      messages: Sequence[Message] | str, params: dict[str, Any]
+                      ) -> ChatResponse:
+        last: BaseException | None = None
+        fallbacks = [m.ref for m, _ in choices[1:]]
+        for attempt, (info, reason) in enumerate(choices):
+            if last is not None:
+                reason = f"after {type(last).__name__} from the previous model: {reason}"
+            self._emit(ctx, "router.choice", router=router_name, model=info.ref, reason=reason,
+                       attempt=attempt, fallbacks=fallbacks[attempt:])
+            started = time.perf_counter()
+            try:
+                response = await self._chat_one(info.provider, info.model, messages, ctx,
+                                                dict(params), router=router_name)
+            except BudgetExceeded as exc:
+                last = exc
+                continue
+            except ProviderError as exc:
+                chooser.record_outcome(info, success=False, cost_usd=None,
+                                       latency_s=time.perf_counter() - started)
+                if not exc.retriable:
+                    raise
+                last = exc
+                continue
+            chooser.record_outcome(info, success=True, cost_usd=response.cost_usd,
+                                   latency_s=time.perf_counter() - started)
+            return response
+        assert last is not None
+        raise last
+
+    # ------------------------------------------------------------------ calls
+
+    async def _chat_one(self, provider_name: str, model_id: str,
+                        messages: Sequence[Message] | str, context: ToolContext | None,
+                        params: dict[str, Any], **extra: Any) -> ChatResponse:
+        provider = self.stack.providers.get(provider_name)
         if context is not None and context.idempotency_key and "idempotency_key" not in params:
             params["idempotency_key"] = context.idempotency_key
         request = self.build_request(model_id, messages, **params)
         started = time.perf_counter()
-        response = await provider.chat(request)
+        try:
+            async with self._guard(provider, provider_name, model_id, request, context) as call:
+                started = time.perf_counter()
+                response = await provider.chat(request)
+                call.usage = response.usage
+                call.cost_usd = await self._cost(f"{provider_name}/{model_id}",
+                                                 response.cost_usd, response.usage)
+        except (ProviderError, BudgetExceeded) as exc:
+            self._error_event(context, provider_name, model_id, exc, started)
+            raise
         latency = time.perf_counter() - started
-        cost = await self._cost(f"{provider_name}/{model_id}", response.cost_usd, response.usage)
-        response = attrs.evolve(response, cost_usd=cost, provider=provider_name,
+        response = attrs.evolve(response, cost_usd=call.cost_usd, provider=provider_name,
                                 model=response.model or model_id)
-        await self._record(context, provider_name, model_id, response.usage, cost, latency,
-                           finish_reason=response.finish_reason)
+        await self._record(context, provider_name, model_id, response.usage, call.cost_usd,
+                           latency, finish_reason=response.finish_reason,
+                           waited_s=round(call.waited_s, 6), **extra)
         return response
 
+    async def chat(self, messages: Sequence[Message] | str, *, model: str | None = None,
+                   context: ToolContext | None = None, route: RouteRequest | None = None,
+                   router: str | None = None, **params: Any) -> ChatResponse:
+        """Call a model and return its response, with ``cost_usd`` filled where known.
+
+        Args:
+            messages: the conversation, or a prompt string.
+            model: ``provider/model``, an alias, ``"auto"`` (a router chooses), or None (the
+                default model, which may itself be ``"auto"``).
+            context: the calling step's context: events and cost lines are attributed to it,
+                and ``context.budget`` (a :class:`~flowyard.budget.BudgetChain`) is charged.
+            route: requirements for ``"auto"`` (capabilities, minimum context, maximum price,
+                candidates).
+            router: router name for ``"auto"`` (default: ``routing.router``, else
+                ``cheapest``).
+            **params: :class:`ChatRequest` fields (temperature, max_tokens, tools, ...).
+
+        Raises:
+            BudgetExceeded: the estimated maximum cost does not fit a budget (nothing sent).
+            CircuitOpenError: the provider's breaker is open.
+            ProviderError: typed provider errors (for ``"auto"``: the last model's error
+                once every candidate failed).
+            UnknownNameError: unknown provider or router, or no model meets the route.
+        """
+        ref = self._alias(model or self.default_model())
+        if ref == AUTO:
+            probe = self.build_request(AUTO, messages, **params)
+            router_name, choices = await self.route(route, router=router, request=probe)
+            _, chooser = self._router(router_name)
+            return await self._routed(router_name, chooser, choices, context, messages, params)
+        provider_name, model_id = split_ref(ref)
+        return await self._chat_one(provider_name, model_id, messages, context, dict(params))
+
     async def stream(self, messages: Sequence[Message] | str, *, model: str | None = None,
-                     context: ToolContext | None = None, **params: Any
-                     ) -> AsyncIterator[ChatChunk]:
+                     context: ToolContext | None = None, route: RouteRequest | None = None,
+                     router: str | None = None, **params: Any) -> AsyncIterator[ChatChunk]:
         """Stream a completion chunk by chunk; the usage is recorded when the stream ends.
+
+        Budgets, rate limits and breakers apply as in :meth:`chat` (the rate-limit slot is
+        held until the stream ends). With ``model="auto"`` the router's first choice is
+        streamed; a retriable error before the first chunk moves on to the next choice.
 
         Raises:
             ProviderError: as :meth:`chat`; MalformedResponseError for a cut stream.
         """
-        provider, provider_name, model_id = self.resolve(model)
+        ref = self._alias(model or self.default_model())
+        if ref != AUTO:
+            provider_name, model_id = split_ref(ref)
+            async for chunk in self._stream_one(provider_name, model_id, messages, context,
+                                                dict(params)):
+                yield chunk
+            return
+        probe = self.build_request(AUTO, messages, **params)
+        router_name, choices = await self.route(route, router=router, request=probe)
+        _, chooser = self._router(router_name)
+        last: BaseException | None = None
+        for attempt, (info, reason) in enumerate(choices):
+            self._emit(context, "router.choice", router=router_name, model=info.ref,
+                       reason=reason, attempt=attempt,
+                       fallbacks=[m.ref for m, _ in choices[attempt + 1:]])
+            started = time.perf_counter()
+            yielded = False
+            try:
+                async for chunk in self._stream_one(info.provider, info.model, messages,
+                                                    context, dict(params), router=router_name):
+                    yielded = True
+                    yield chunk
+            except BudgetExceeded as exc:
+                if yielded:
+                    raise
+                last = exc
+                continue
+            except ProviderError as exc:
+                chooser.record_outcome(info, success=False, cost_usd=None,
+                                       latency_s=time.perf_counter() - started)
+                if yielded or not exc.retriable:
+                    raise
+                last = exc
+                continue
+            chooser.record_outcome(info, success=True, cost_usd=None,
+                                   latency_s=time.perf_counter() - started)
+            return
+        assert last is not None
+        raise last
+
+    async def _stream_one(self, provider_name: str, model_id: str,
+                          messages: Sequence[Message] | str, context: ToolContext | None,
+                          params: dict[str, Any], **extra: Any) -> AsyncIterator[ChatChunk]:
+        provider = self.stack.providers.get(provider_name)
         request = self.build_request(model_id, messages, **params)
         started = time.perf_counter()
         usage = Usage()
-        async for chunk in provider.stream(request):
-            if chunk.usage is not None:
-                usage = chunk.usage
-            yield chunk
-        cost = await self._cost(f"{provider_name}/{model_id}", None, usage)
-        await self._record(context, provider_name, model_id, usage, cost,
-                           time.perf_counter() - started, streamed=True)
+        try:
+            async with self._guard(provider, provider_name, model_id, request, context) as call:
+                started = time.perf_counter()
+                async for chunk in provider.stream(request):
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    yield chunk
+                call.usage = usage
+                call.cost_usd = await self._cost(f"{provider_name}/{model_id}", None, usage)
+        except (ProviderError, BudgetExceeded) as exc:
+            self._error_event(context, provider_name, model_id, exc, started)
+            raise
+        await self._record(context, provider_name, model_id, usage, call.cost_usd,
+                           time.perf_counter() - started, streamed=True,
+                           waited_s=round(call.waited_s, 6), **extra)
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> list[list[float]]:
         """Return embeddings of ``texts`` from ``model`` (``provider/model``).
 
+        Rate limits (one request; tokens estimated from the text) and the circuit breaker
+        apply; budgets do not (embedding calls return no usage to settle against).
+
         Raises:
             ConfigError: no model given and ``models.embedding`` is not set.
         """
+        from flowyard.budget import estimate_text_tokens
+
         ref = model or self.stack.config.get("models.embedding")
         if not ref:
             raise ConfigError("no embedding model: pass model= or set models.embedding")
-        provider, _, model_id = self.resolve(str(ref))
-        return await provider.embed(list(texts), model=model_id)
+        provider, provider_name, model_id = self.resolve(str(ref))
+        tokens = sum(estimate_text_tokens(t) for t in texts)
+        limited = await self.limiters.acquire(provider_name, model_id, tokens)
+        breaker = self.breakers.breaker(provider_name)
+        try:
+            probe = breaker.before_call() if breaker is not None else False
+        except CircuitOpenError:
+            limited.release()
+            raise
+        try:
+            vectors = await provider.embed(list(texts), model=model_id)
+        except RateLimitedError as exc:
+            if exc.retry_after:
+                self.limiters.pause(provider_name, model_id, exc.retry_after)
+            if breaker is not None:
+                breaker.on_abort(probe)
+            raise
+        except ProviderError as exc:
+            if breaker is not None:
+                (breaker.on_failure if counts_as_failure(exc) else breaker.on_success)(probe)
+            raise
+        except BaseException:
+            if breaker is not None:
+                breaker.on_abort(probe)
+            raise
+        finally:
+            limited.release()
+        if breaker is not None:
+            breaker.on_success(probe)
+        return vectors
+
+    # ------------------------------------------------------------------ introspection
+
+    def health(self) -> dict[str, Any]:
+        """Return rate limiter and circuit breaker state, JSON-ready."""
+        return {"limits": self.limiters.stats(), "circuits": self.breakers.snapshot()}

@@ -1,0 +1,390 @@
+"""Rate limits per provider and per model: requests per minute/hour/day, tokens per minute and
+concurrent requests, with fair (first come, first served) waiting.
+
+Configuration (``flowyard.toml``)::
+
+    [limits."openai"]            # the whole provider
+    rpm = 500                    # requests per minute
+    rph = 20000                  # requests per hour
+    rpd = 200000                 # requests per day
+    tpm = 200000                 # tokens (prompt + max output) per minute
+    concurrency = 8              # requests in flight at once
+
+    [limits."openai/gpt-4o"]     # one model; applies on top of the provider's limits
+    rpm = 100
+
+The long names ``requests_per_minute``, ``requests_per_hour``, ``requests_per_day``,
+``tokens_per_minute`` and ``concurrent_requests`` are accepted too.
+
+Algorithm: a *sliding window log* per window (at most ``rpm`` requests in any 60 s, ``rph``
+in any 3600 s, ``rpd`` in any 86400 s, ``tpm`` tokens in any 60 s), which is exactly what the
+limits promise, plus a counter of requests in flight. Waiters queue in arrival order; only
+the head of the queue may take a slot, so nobody is overtaken. A cancelled waiter leaves the
+queue at once and wakes the next one. :meth:`RateLimiter.pause` (after an HTTP 429 with a
+retry-after) blocks the limiter until the stated time.
+
+Libraries evaluated (2026-11): ``aiolimiter`` (leaky bucket, asyncio-only futures), ``limits``
+(moving window, wall-clock ``time.time`` and background timers, no async waiting),
+``pyrate-limiter`` (asyncio sleeps, no anyio/trio support). None runs on trio or accepts an
+injected clock for virtual-time tests, so this module is a small implementation on anyio
+primitives with a :class:`~flowyard.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import attrs
+
+from flowyard.clock import Clock, MonotonicClock
+from flowyard.errors import ConfigError
+
+__all__ = ["RateLimits", "RateLimiter", "Permit", "LimiterSet", "LimitedCall"]
+
+_EPS = 1e-9
+
+_ALIASES = {
+    "rpm": "rpm", "requests_per_minute": "rpm",
+    "rph": "rph", "requests_per_hour": "rph",
+    "rpd": "rpd", "requests_per_day": "rpd",
+    "tpm": "tpm", "tokens_per_minute": "tpm",
+    "concurrency": "concurrency", "concurrent_requests": "concurrency",
+}
+
+_WINDOWS = (("rpm", 60.0), ("rph", 3600.0), ("rpd", 86400.0))
+
+
+def _positive_int(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    if int(value) <= 0:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@attrs.frozen
+class RateLimits:
+    """Limits of one provider or model; None means unlimited.
+
+    Args:
+        rpm: requests per minute (any 60 s window).
+        rph: requests per hour (any 3600 s window).
+        rpd: requests per day (any 86400 s window).
+        tpm: tokens per minute (estimated prompt tokens plus maximum output tokens, corrected
+            to the actual usage when the call returns).
+        concurrency: requests in flight at once.
+    """
+
+    rpm: int | None = None
+    rph: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, where: str = "limits") -> RateLimits:
+        """Build limits from a configuration table.
+
+        Raises:
+            ConfigError: an unknown key or a value that is not a positive integer (the message
+                names ``where`` and the key).
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a table, got {data!r}")
+        values: dict[str, int | None] = {}
+        for key, value in data.items():
+            name = _ALIASES.get(str(key).lower())
+            if name is None:
+                raise ConfigError(
+                    f"{where}: unknown key {key!r}; expected one of {', '.join(sorted(_ALIASES))}")
+            values[name] = _positive_int(value, f"{where}.{key}")
+        return cls(**values)
+
+    @property
+    def unlimited(self) -> bool:
+        """True when no limit is set."""
+        return all(v is None for v in attrs.astuple(self))
+
+
+@attrs.define(eq=False)
+class _TokenEntry:
+    time: float
+    tokens: int
+    live: bool = True
+
+
+class _Waiter:
+    __slots__ = ("tokens", "event")
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.event = anyio.Event()
+
+
+class Permit:
+    """Admission to make one call; :meth:`release` frees its concurrency slot (idempotent).
+
+    Attributes:
+        waited_s: seconds spent waiting in the queue.
+    """
+
+    __slots__ = ("_limiter", "_entry", "_released", "waited_s")
+
+    def __init__(self, limiter: RateLimiter, entry: _TokenEntry | None, waited_s: float) -> None:
+        self._limiter = limiter
+        self._entry = entry
+        self._released = False
+        self.waited_s = waited_s
+
+    def record_tokens(self, actual_tokens: int) -> None:
+        """Replace the estimated token count with the actual usage (tokens)."""
+        self._limiter._adjust(self._entry, actual_tokens)
+
+    def release(self) -> None:
+        """Free the concurrency slot. Safe to call twice."""
+        if not self._released:
+            self._released = True
+            self._limiter._release()
+
+
+class RateLimiter:
+    """Fair limiter for one provider or one model.
+
+    Args:
+        limits: the limits (all None: only pauses apply).
+        clock: time source (the event loop's clock by default).
+        name: the provider or model reference, for messages and stats.
+    """
+
+    def __init__(self, limits: RateLimits | None = None, *, clock: Clock | None = None,
+                 name: str = "") -> None:
+        self.limits = limits or RateLimits()
+        self.clock: Clock = clock or MonotonicClock()
+        self.name = name
+        self._queue: deque[_Waiter] = deque()
+        self._windows: list[tuple[float, int, deque[float]]] = [
+            (seconds, getattr(self.limits, key), deque())
+            for key, seconds in _WINDOWS if getattr(self.limits, key) is not None
+        ]
+        self._tokens: deque[_TokenEntry] = deque()
+        self._token_sum = 0
+        self._in_flight = 0
+        self._paused_until = -math.inf
+        #: Statistics: admitted calls, calls that waited, total seconds waited.
+        self.admitted = 0
+        self.waited_calls = 0
+        self.waited_s = 0.0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def in_flight(self) -> int:
+        """Calls admitted and not yet released."""
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for admission."""
+        return len(self._queue)
+
+    @property
+    def paused_until(self) -> float | None:
+        """Clock time until which the limiter is paused, or None."""
+        return None if math.isinf(self._paused_until) else self._paused_until
+
+    def pause(self, seconds: float) -> None:
+        """Admit nobody for ``seconds`` seconds from now (a provider's retry-after)."""
+        if seconds < 0 or math.isnan(seconds):
+            raise ValueError(f"pause must be >= 0 seconds, got {seconds}")
+        self._paused_until = max(self._paused_until, self.clock.now() + seconds)
+
+    def _prune(self, now: float) -> None:
+        for seconds, _limit, log in self._windows:
+            while log and log[0] + seconds <= now + _EPS:
+                log.popleft()
+        while self._tokens and self._tokens[0].time + 60.0 <= now + _EPS:
+            entry = self._tokens.popleft()
+            entry.live = False
+            self._token_sum -= entry.tokens
+
+    def _delay(self, tokens: int, now: float) -> float:
+        """Seconds until a call of ``tokens`` may start (inf: wait for a release)."""
+        self._prune(now)
+        delay = max(0.0, self._paused_until - now)
+        for seconds, limit, log in self._windows:
+            if len(log) >= limit:
+                delay = max(delay, log[len(log) - limit] + seconds - now)
+        tpm = self.limits.tpm
+        if tpm is not None and self._token_sum + tokens > tpm:
+            excess = self._token_sum + tokens - tpm
+            freed = 0
+            for entry in self._tokens:
+                freed += entry.tokens
+                if freed >= excess:
+                    delay = max(delay, entry.time + 60.0 - now)
+                    break
+        if self.limits.concurrency is not None and self._in_flight >= self.limits.concurrency:
+            return math.inf
+        return 0.0 if delay <= _EPS else delay
+
+    def _take(self, tokens: int, now: float) -> _TokenEntry | None:
+        for _seconds, _limit, log in self._windows:
+            log.append(now)
+        self._in_flight += 1
+        self.admitted += 1
+        if self.limits.tpm is None:
+            return None
+        entry = _TokenEntry(now, tokens)
+        self._tokens.append(entry)
+        self._token_sum += tokens
+        return entry
+
+    def _wake_head(self) -> None:
+        if self._queue:
+            self._queue[0].event.set()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._wake_head()
+
+    def _adjust(self, entry: _TokenEntry | None, actual: int) -> None:
+        if entry is None or not entry.live:
+            return
+        actual = max(0, int(actual))
+        self._token_sum += actual - entry.tokens
+        entry.tokens = actual
+        self._wake_head()
+
+    # ------------------------------------------------------------------ admission
+
+    async def acquire(self, tokens: int = 0) -> Permit:
+        """Wait (first come, first served) until a call of ``tokens`` tokens may start.
+
+        A request estimated above ``tpm`` is admitted alone, when the last 60 s hold no tokens
+        (it could never fit otherwise). Cancelling the wait leaves the queue.
+
+        Returns:
+            A :class:`Permit`; call ``permit.release()`` when the call ends.
+        """
+        tokens = max(0, int(tokens))
+        if self.limits.tpm is not None:
+            tokens = min(tokens, self.limits.tpm)
+        clock = self.clock
+        started = clock.now()
+        waiter = _Waiter(tokens)
+        self._queue.append(waiter)
+        blocked = False
+        try:
+            while True:
+                if self._queue[0] is waiter:
+                    delay = self._delay(tokens, clock.now())
+                    if delay == 0.0:
+                        break
+                    blocked = True
+                    waiter.event = anyio.Event()
+                    await clock.wait(waiter.event, None if math.isinf(delay) else delay)
+                else:
+                    blocked = True
+                    waiter.event = anyio.Event()
+                    await waiter.event.wait()
+        except BaseException:
+            was_head = bool(self._queue) and self._queue[0] is waiter
+            self._queue.remove(waiter)
+            if was_head:
+                self._wake_head()
+            raise
+        self._queue.popleft()
+        now = clock.now()
+        entry = self._take(tokens, now)
+        self._wake_head()
+        waited = max(0.0, now - started) if blocked else 0.0
+        if waited > 0:
+            self.waited_calls += 1
+            self.waited_s += waited
+        return Permit(self, entry, waited)
+
+    def stats(self) -> dict[str, Any]:
+        """Return counters: admitted, waited_calls, waited_s, in_flight, queued, paused_until."""
+        return {"name": self.name, "admitted": self.admitted, "waited_calls": self.waited_calls,
+                "waited_s": self.waited_s, "in_flight": self._in_flight,
+                "queued": len(self._queue), "paused_until": self.paused_until,
+                "limits": attrs.asdict(self.limits)}
+
+
+class LimitedCall:
+    """The permits of one call (model limiter, then provider limiter)."""
+
+    __slots__ = ("permits", "waited_s")
+
+    def __init__(self, permits: list[Permit], waited_s: float) -> None:
+        self.permits = permits
+        self.waited_s = waited_s
+
+    def record_tokens(self, actual_tokens: int) -> None:
+        """Record the call's actual token usage in every limiter."""
+        for permit in self.permits:
+            permit.record_tokens(actual_tokens)
+
+    def release(self) -> None:
+        """Release every slot (idempotent)."""
+        for permit in self.permits:
+            permit.release()
+
+
+class LimiterSet:
+    """The limiters of one gateway: one per provider and one per ``provider/model`` used.
+
+    Args:
+        config: the ``[limits]`` table: keys are provider names or ``provider/model``
+            references, values are tables of :class:`RateLimits` keys.
+        clock: shared time source.
+
+    Raises:
+        ConfigError: a malformed table (names the key).
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None, *,
+                 clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or MonotonicClock()
+        self.configured: dict[str, RateLimits] = {}
+        for key, table in (config or {}).items():
+            self.configured[str(key)] = RateLimits.from_mapping(table, where=f"limits.{key!r}")
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def limiter(self, key: str) -> RateLimiter:
+        """Return the limiter of a provider name or a model reference (made on first use)."""
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = RateLimiter(self.configured.get(key), clock=self.clock, name=key)
+            self._limiters[key] = limiter
+        return limiter
+
+    async def acquire(self, provider: str, model: str, tokens: int = 0) -> LimitedCall:
+        """Wait for the model's limiter, then the provider's; return both permits.
+
+        The order is fixed (model, then provider), so two calls never hold each other's slots.
+        """
+        first = await self.limiter(f"{provider}/{model}").acquire(tokens)
+        try:
+            second = await self.limiter(provider).acquire(tokens)
+        except BaseException:
+            first.release()
+            raise
+        return LimitedCall([first, second], first.waited_s + second.waited_s)
+
+    def pause(self, provider: str, model: str | None, seconds: float) -> str:
+        """Pause the model's limiter (or the provider's when ``model`` is None) for
+        ``seconds``; return the key paused."""
+        key = f"{provider}/{model}" if model else provider
+        self.limiter(key).pause(seconds)
+        return key
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Return each limiter's :meth:`RateLimiter.stats` by key."""
+        return {key: limiter.stats() for key, limiter in sorted(self._limiters.items())}
