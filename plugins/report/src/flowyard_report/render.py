@@ -1,0 +1,256 @@
+"""Rendering reports with a sandboxed Jinja2 environment.
+
+The environment is :class:`jinja2.sandbox.ImmutableSandboxedEnvironment` (no access to
+private or internal attributes such as ``__class__``/``__globals__``, no mutation of lists or
+dicts), with ``StrictUndefined`` (a misspelt variable is an error, not an empty string),
+autoescaping for HTML, and three extra limits against templates that try to exhaust memory
+or CPU:
+
+* ``*`` on a string/list and ``**`` are checked before they run (result at most
+  ``max_output_chars`` items; exponent at most 4096);
+* ``range()`` may produce at most ``max_range_items`` items in total per render (Jinja's own
+  sandbox caps one range at 100,000);
+* the output is rendered in chunks and aborted once it exceeds ``max_output_chars``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import TemplateError, TemplateNotFound
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from markupsafe import Markup
+
+from flowyard.errors import ToolError, ToolInputError
+
+__all__ = ["ReportRenderer", "DEFAULT_TEMPLATES", "FORMATS", "infer_format"]
+
+FORMATS = ("markdown", "html")
+
+_MARKDOWN_DEFAULT = """\
+# {{ title or "Report" }}
+{% if data is mapping %}
+{% for key, value in data.items() %}
+
+## {{ key }}
+
+{{ value | as_markdown }}
+{% endfor %}
+{% elif data is not none %}
+
+{{ data | as_markdown }}
+{% endif %}
+"""
+
+_HTML_DEFAULT = """\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{{ title or "Report" }}</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       line-height: 1.5; }
+pre { background: #f5f5f5; padding: .75rem; overflow-x: auto; }
+</style>
+</head>
+<body>
+<h1>{{ title or "Report" }}</h1>
+{% if data is mapping %}
+{% for key, value in data.items() %}
+<section>
+<h2>{{ key }}</h2>
+{{ value | as_html }}
+</section>
+{% endfor %}
+{% elif data is not none %}
+{{ data | as_html }}
+{% endif %}
+</body>
+</html>
+"""
+
+DEFAULT_TEMPLATES = {"markdown": _MARKDOWN_DEFAULT, "html": _HTML_DEFAULT}
+
+
+def infer_format(path: str) -> str:
+    """``"html"`` for a path ending in ``.html``/``.htm``, else ``"markdown"``."""
+    return "html" if path.lower().endswith((".html", ".htm")) else "markdown"
+
+
+class _OutputTooLarge(Exception):
+    pass
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus checks on ``*``, ``**`` and ``range``."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def __init__(self, *, max_output_chars: int, max_range_items: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_output_chars = max_output_chars
+        self.max_range_items = max_range_items
+        self.range_used = 0
+        self.globals["range"] = self._range
+
+    def _range(self, *args: int) -> range:
+        rng = range(*args)
+        self.range_used += len(rng)
+        if self.range_used > self.max_range_items:
+            raise SecurityError(f"the template asked range() for more than "
+                                f"{self.max_range_items} items in total")
+        return rng
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int) \
+                        and len(seq) * count > self.max_output_chars:
+                    raise SecurityError(f"the template multiplies a sequence to "
+                                        f"{len(seq) * count} items; the limit is "
+                                        f"{self.max_output_chars}")
+        elif operator == "**" and isinstance(right, (int, float)) and abs(right) > 4096:
+            raise SecurityError(f"the template raises to the power {right}; the limit is 4096")
+        return super().call_binop(context, operator, left, right)
+
+
+def _as_markdown(value: Any) -> str:
+    """A step output as Markdown: text as is, lists as bullet lists, other values as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        return "\n".join(f"- {v}" for v in value)
+    return "```json\n" + json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n```"
+
+
+class ReportRenderer:
+    """Render report templates.
+
+    Args:
+        load_template: ``load_template(name) -> str`` for ``template_path`` and for
+            ``{% include %}``/``{% extends %}`` (names relative to the report root); raises
+            :class:`~flowyard.errors.ToolError` when missing.
+        max_output_chars: largest rendered report, in characters.
+        max_range_items: most items ``range()`` may produce in one render.
+    """
+
+    def __init__(self, load_template: Callable[[str], str] | None = None, *,
+                 max_output_chars: int = 20_000_000, max_range_items: int = 1_000_000) -> None:
+        self.load_template = load_template
+        self.max_output_chars = max_output_chars
+        self.max_range_items = max_range_items
+
+    def _environment(self, fmt: str) -> _Sandbox:
+        from jinja2 import FunctionLoader
+
+        def load(name: str) -> tuple[str, str, Callable[[], bool]] | None:
+            if self.load_template is None:
+                return None
+            return self.load_template(name), name, lambda: False
+
+        env = _Sandbox(max_output_chars=self.max_output_chars,
+                       max_range_items=self.max_range_items,
+                       loader=FunctionLoader(load), autoescape=fmt == "html",
+                       undefined=StrictUndefined, keep_trailing_newline=True,
+                       trim_blocks=True, lstrip_blocks=True)
+        env.filters["markdown"] = self._markdown_filter
+        env.filters["as_markdown"] = _as_markdown
+        env.filters["as_html"] = self._as_html
+        env.filters["json"] = lambda v, indent=2: json.dumps(v, indent=indent,
+                                                             ensure_ascii=False, default=str)
+        return env
+
+    @staticmethod
+    def _markdown_filter(text: Any) -> Markup:
+        """Markdown to HTML (CommonMark, raw HTML escaped, unsafe link schemes dropped)."""
+        from markdown_it import MarkdownIt
+
+        md = MarkdownIt("commonmark", {"html": False}).enable("table")
+        return Markup(md.render(str(text)))
+
+    def _as_html(self, value: Any) -> Markup:
+        """A step output as HTML: text through Markdown, other values as escaped JSON."""
+        from markupsafe import escape
+
+        if isinstance(value, str):
+            return self._markdown_filter(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float))
+                                                    for v in value):
+            items = "".join(f"<li>{escape(v)}</li>" for v in value)
+            return Markup(f"<ul>{items}</ul>")
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+        return Markup(f"<pre><code>{escape(text)}</code></pre>")
+
+    def render(self, *, fmt: str, data: Any, template: str | None = None,
+               template_path: str | None = None, title: str | None = None) -> str:
+        """Render a report and return its text.
+
+        Args:
+            fmt: ``"markdown"`` or ``"html"`` (HTML autoescapes every value).
+            data: the step outputs; available as ``data`` and, when a mapping, each key whose
+                name is not ``data``, ``title``, ``format`` or ``generated_at`` also as a
+                variable of its own.
+            template: inline template source; ``template_path``: a template file (exactly one
+                of the two, or neither for the built-in template of ``fmt``).
+            title: available as ``title``.
+
+        Raises:
+            ToolInputError: both templates given, an unknown format, or a template syntax
+                error (with its line).
+            ToolError: an undefined variable, a forbidden operation (sandbox), output over the
+                limit, a missing template file, or an error raised while rendering.
+        """
+        if fmt not in FORMATS:
+            raise ToolInputError(f"unknown report format {fmt!r}; use one of {FORMATS}")
+        if template is not None and template_path is not None:
+            raise ToolInputError("give either `template` or `template_path`, not both")
+        env = self._environment(fmt)
+        where = f"template {template_path!r}" if template_path is not None else "the template"
+        try:
+            if template_path is not None:
+                tpl = env.get_template(template_path)
+            else:
+                tpl = env.from_string(template if template is not None
+                                      else DEFAULT_TEMPLATES[fmt])
+        except TemplateSyntaxError as exc:
+            name = exc.name or (template_path or "<inline>")
+            raise ToolInputError(f"syntax error in {name!r} line {exc.lineno}: {exc.message}"
+                                 ) from None
+        except TemplateNotFound as exc:
+            raise ToolError(f"report template {exc.name!r} not found") from None
+        context: dict[str, Any] = {}
+        if isinstance(data, Mapping):
+            context.update({str(k): v for k, v in data.items()})
+        context.update({"data": data, "title": title, "format": fmt,
+                        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                            timespec="seconds")})
+        parts: list[str] = []
+        size = 0
+        try:
+            for chunk in tpl.generate(context):
+                size += len(chunk)
+                if size > self.max_output_chars:
+                    raise _OutputTooLarge
+                parts.append(chunk)
+        except _OutputTooLarge:
+            raise ToolError(f"the rendered report exceeds {self.max_output_chars} characters"
+                            ) from None
+        except SecurityError as exc:
+            raise ToolError(f"{where} uses a forbidden operation: {exc}") from None
+        except UndefinedError as exc:
+            raise ToolError(f"{where} uses an undefined value: {exc.message}") from None
+        except TemplateSyntaxError as exc:
+            raise ToolInputError(f"syntax error in {exc.name or '<inline>'!r} line "
+                                 f"{exc.lineno}: {exc.message}") from None
+        except TemplateNotFound as exc:
+            raise ToolError(f"report template {exc.name!r} not found") from None
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError,
+                AttributeError) as exc:
+            raise ToolError(f"{where} failed while rendering: {type(exc).__name__}: {exc}"
+                            ) from None
+        return "".join(parts)
