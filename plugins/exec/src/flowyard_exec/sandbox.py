@@ -66,6 +66,9 @@ try:
         os.setuid(spec["uid"])
     os.chdir(spec["cwd"])
     os.umask(0o022)
+    # The interpreter may add variables at start-up (PEP 538 sets LC_CTYPE): drop them.
+    for name in set(os.environ) - set(spec["env_names"]):
+        del os.environ[name]
 except OSError as exc:
     sys.stderr.write("flowyard-exec launcher: %s\n" % (exc,))
     sys.stderr.flush()
@@ -348,7 +351,6 @@ def bubblewrap_args(settings: ExecSettings, work_dir: str, *, extra_ro: Sequence
     for path in _ETC_FILES:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    bound.append("/tmp")
     created: set[str] = set()
 
     def bind(path: str, mode: str) -> None:
@@ -415,8 +417,9 @@ async def probe_bubblewrap(settings: ExecSettings) -> tuple[bool, str]:
 
 
 def _launcher_argv(settings: ExecSettings, cwd: str, account: tuple[int, int] | None,
-                   argv: Sequence[str]) -> list[str]:
-    spec: dict[str, Any] = {"limits": settings.limits(), "cwd": cwd}
+                   argv: Sequence[str], env_names: Sequence[str] = ("PATH",)) -> list[str]:
+    spec: dict[str, Any] = {"limits": settings.limits(), "cwd": cwd,
+                            "env_names": sorted(env_names)}
     if account is not None:
         spec["uid"], spec["gid"] = account
     return [settings.python, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec), "--", *argv]
@@ -544,10 +547,10 @@ class Sandbox:
             ToolError: the process could not be started.
         """
         account = self._account()
-        inner = _launcher_argv(self.settings, work_dir, account, argv)
+        child_env = self.environment(env, work_dir)
+        inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env))
         full = ([*bubblewrap_args(self.settings, work_dir, extra_ro=extra_ro), *inner]
                 if isolation == "bubblewrap" else inner)
-        child_env = self.environment(env, work_dir)
         cap = self.settings.max_output_bytes
         out, err = bytearray(), bytearray()
         flags = {"stdout": False, "stderr": False}
