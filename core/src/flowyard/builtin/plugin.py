@@ -40,3 +40,25 @@ def register_providers(register: Register, config: Config) -> None:
         return FakeProvider()
 
     register("fake", factory=make)
+
+
+@hookimpl
+def register_workflow_loaders(register: Register, config: Config) -> None:
+    """``native``: YAML/JSON workflow files (the default format)."""
+
+    def make() -> Any:
+        from flowyard.builtin.loader import MAX_BYTES, MAX_NODES, NativeLoader
+
+        return NativeLoader(max_bytes=int(config.get("workflows.max_bytes", MAX_BYTES)),
+                            max_nodes=int(config.get("workflows.max_nodes", MAX_NODES)))
+
+    register("native", factory=make, suffixes=(".yaml", ".yml", ".json"))
+
+
+@hookimpl
+def register_tools(register: Register, config: Config) -> None:
+    """The built-in actions: ``echo``, ``log``, ``sleep`` and ``llm.chat``."""
+    from flowyard.builtin.actions import builtin_actions
+
+    for action in builtin_actions():
+        register(action.name, action)

@@ -1,0 +1,351 @@
+"""Agents: a model plus tools, instructions and memory, looping tool calls until done.
+
+Two modes:
+
+``native``  the model gets the tools' JSON schemas and answers with tool calls; the loop runs
+            them and feeds back the results until the model answers with text.
+``react``   for models without native tool calling: the tools are described in the system
+            prompt and the model answers in the ReAct format (``Thought:`` / ``Action:`` /
+            ``Action Input:`` ... ``Final Answer:``), parsed by the loop.
+
+The loop stops on a final answer, a turn limit (:class:`AgentTurnLimitError`) or a budget
+(:class:`~flowyard.errors.BudgetExceeded`). Every turn is recorded as an ``agent.turn`` event
+(the model's text, its tool calls and the tool results), every tool call as ``tool.call``.
+Tool errors (:class:`~flowyard.errors.ToolError`, unknown tool names) are shown to the model
+as the tool's result so it can correct itself.
+
+In a workflow::
+
+    - id: research
+      uses: agent
+      with:
+        model: fake/echo
+        instructions: You are a careful researcher.
+        prompt: "Find out {{ inputs.topic }}"
+        tools: [math.add]
+        max_turns: 5
+        budget_usd: 0.10
+        mode: native
+        memory: {namespace: research, top_k: 3, store_answer: true}
+
+In Python: ``await Agent(model=..., tools=[...]).run(stack, "question")``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from flowyard.budget import Budget, BudgetChain
+from flowyard.context import ToolContext
+from flowyard.errors import BudgetExceeded, ToolError, WorkflowError
+from flowyard.models import MemoryEntry, Message, ToolSpec
+
+if TYPE_CHECKING:
+    from flowyard.stack import Stack
+
+__all__ = ["Agent", "AgentResult", "AgentTurnLimitError", "run_agent", "run_agent_step",
+           "parse_react", "REACT_FORMAT"]
+
+REACT_FORMAT = """Answer using this format:
+
+Thought: what you think about next
+Action: the name of one tool to use
+Action Input: the tool's arguments as a JSON object
+
+After each Action you will receive an Observation with the tool's result. Repeat
+Thought/Action/Action Input as needed. When you know the answer, write:
+
+Thought: I know the answer
+Final Answer: the answer"""
+
+_FINAL = re.compile(r"Final Answer\s*:\s*(?P<answer>.*)\Z", re.S | re.I)
+_ACTION = re.compile(r"Action\s*:\s*(?P<tool>[^\n]+?)\s*\n+\s*Action Input\s*:\s*(?P<input>.*)",
+                     re.S | re.I)
+
+
+class AgentTurnLimitError(WorkflowError):
+    """The agent used all its turns without a final answer."""
+
+
+@attrs.define
+class AgentResult:
+    """The outcome of an agent loop.
+
+    Args:
+        answer: the final answer text.
+        turns: model calls made.
+        tool_calls: tool calls made.
+        stop_reason: ``"final_answer"``.
+        messages: the whole conversation.
+    """
+
+    answer: str
+    turns: int
+    tool_calls: int
+    stop_reason: str = "final_answer"
+    messages: list[Message] = attrs.field(factory=list)
+
+    def to_output(self) -> dict[str, Any]:
+        """Return the step output: ``{answer, turns, tool_calls, stop_reason}``."""
+        return {"answer": self.answer, "turns": self.turns, "tool_calls": self.tool_calls,
+                "stop_reason": self.stop_reason}
+
+
+def parse_react(text: str) -> tuple[str, Any]:
+    """Parse a ReAct reply.
+
+    Returns:
+        ``("final", answer)``, ``("action", (tool_name, arguments_dict))`` or
+        ``("invalid", reason)``.
+    """
+    action = _ACTION.search(text)
+    final = _FINAL.search(text)
+    if final and (action is None or final.start() < action.start()):
+        return "final", final.group("answer").strip()
+    if action is None:
+        return "invalid", ("no 'Final Answer:' and no 'Action:' followed by 'Action Input:' "
+                           "found")
+    tool = action.group("tool").strip().strip("`'\"")
+    raw = action.group("input").strip()
+    raw = re.split(r"\n\s*Observation\s*:", raw, maxsplit=1)[0].strip()
+    raw = raw.strip("`").removeprefix("json").strip()
+    if not raw:
+        return "action", (tool, {})
+    try:
+        arguments = json.loads(raw)
+    except ValueError:
+        start, end = raw.find("{"), raw.rfind("}")
+        try:
+            arguments = json.loads(raw[start:end + 1]) if start >= 0 < end else None
+        except ValueError:
+            arguments = None
+        if arguments is None:
+            return "invalid", f"Action Input is not a JSON object: {raw[:200]!r}"
+    if not isinstance(arguments, dict):
+        return "invalid", f"Action Input must be a JSON object, got {type(arguments).__name__}"
+    return "action", (tool, arguments)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    from flowyard.serialization import json_default
+
+    return json.dumps(value, default=json_default, ensure_ascii=False)
+
+
+def _lookup(tools: Mapping[str, Any], name: str) -> Any | None:
+    if name in tools:
+        return tools[name]
+    for real in tools:  # providers may have rewritten dots (OpenAI names allow [A-Za-z0-9_-])
+        if name in (real.replace(".", "_"), real.replace(".", "__"), real.replace(".", "-")):
+            return tools[real]
+    return None
+
+
+@attrs.define
+class Agent:
+    """An agent definition.
+
+    Args:
+        model: ``provider/model`` (None: the stack's default model).
+        instructions: the system prompt.
+        tools: tool names (looked up in ``stack.tools``) or tool objects.
+        max_turns: most model calls before giving up.
+        budget_usd: US dollars the agent may spend (None: no agent budget).
+        mode: ``"native"`` or ``"react"``.
+        memory: ``{namespace, top_k, store_answer, store}``: search the memory store before the
+            first turn (hits go into the system prompt) and store the answer afterwards.
+        temperature, max_tokens: sampling parameters for every call.
+        requirements: routing requirements (``capabilities``, ``min_context``,
+            ``max_input_price``, ``candidates``): the gateway's router picks the model.
+    """
+
+    model: str | None = None
+    instructions: str = ""
+    tools: Sequence[Any] = ()
+    max_turns: int = 10
+    budget_usd: float | None = None
+    mode: str = "native"
+    memory: Mapping[str, Any] | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    requirements: Mapping[str, Any] | None = None
+    name: str = "agent"
+
+    async def run(self, stack: Stack, prompt: str, *, context: ToolContext | None = None
+                  ) -> AgentResult:
+        """Run the loop on ``prompt``; see :func:`run_agent`."""
+        ctx = context or ToolContext(stack=stack, step_id=self.name)
+        return await run_agent(ctx, self, prompt)
+
+
+async def run_agent_step(ctx: ToolContext, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``agent`` action of workflow steps: returns ``AgentResult.to_output()``."""
+    params = dict(arguments)
+    prompt = params.pop("prompt", None)
+    if not isinstance(prompt, str):
+        raise ToolError(f"agent step {ctx.step_id!r}: with.prompt must be a string",
+                        tool="agent")
+    agent = Agent(name=ctx.step_id or "agent", **params)
+    result = await run_agent(ctx, agent, prompt)
+    return result.to_output()
+
+
+async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
+    """Run ``agent`` on ``prompt`` within ``ctx`` (its run, step and budgets).
+
+    Returns:
+        the :class:`AgentResult`.
+
+    Raises:
+        AgentTurnLimitError: no final answer within ``max_turns``.
+        BudgetExceeded: the agent's, step's or run's budget does not cover the next call.
+        ProviderError: the model call failed.
+        UnknownNameError: a tool name is not registered.
+        ValueError: an unknown ``mode``.
+    """
+    stack = ctx.stack
+    if agent.mode not in ("native", "react"):
+        raise ValueError(f"agent mode must be 'native' or 'react', got {agent.mode!r}")
+    tools: dict[str, Any] = {}
+    for item in agent.tools:
+        tool = stack.tools.get(item) if isinstance(item, str) else item
+        tools[tool.name] = tool
+    agent_budget = (Budget(agent.budget_usd, scope="agent", name=agent.name)
+                    if agent.budget_usd is not None else None)
+    chain = ctx.budget if isinstance(ctx.budget, BudgetChain) else BudgetChain()
+    chain = chain.extend(agent_budget)
+    actx = ctx.child(agent=agent.name, budget=chain if chain else None)
+
+    system = agent.instructions or "You are a helpful assistant."
+    memory_store = None
+    if agent.memory is not None:
+        memory_store = stack.memory(agent.memory.get("store"))
+        hits = await memory_store.search(prompt, namespace=agent.memory.get("namespace",
+                                                                           "default"),
+                                         top_k=int(agent.memory.get("top_k", 5)))
+        actx.emit("agent.memory", agent=agent.name, query=prompt, hits=len(hits))
+        if hits:
+            system += "\n\nRelevant memories:\n" + "\n".join(f"- {h.entry.text}" for h in hits)
+    specs = [ToolSpec(name=t.name, description=t.description, parameters=dict(t.parameters))
+             for t in tools.values()]
+    if agent.mode == "react":
+        listing = "\n".join(f"- {s.name}: {s.description} Arguments (JSON schema): "
+                            f"{json.dumps(s.parameters)}" for s in specs) or "(no tools)"
+        system += f"\n\nYou can use these tools:\n{listing}\n\n{REACT_FORMAT}"
+    messages = [Message.system(system), Message.user(prompt)]
+    params: dict[str, Any] = {}
+    if agent.temperature is not None:
+        params["temperature"] = agent.temperature
+    if agent.max_tokens is not None:
+        params["max_tokens"] = agent.max_tokens
+    model = agent.model
+    if agent.requirements:
+        from flowyard.interfaces import RouteRequest
+
+        req = agent.requirements
+        caps = set(req.get("capabilities", ()))
+        if agent.mode == "native" and specs:
+            caps.add("tools")
+        params["route"] = RouteRequest(capabilities=caps, min_context=req.get("min_context"),
+                                       max_input_price=req.get("max_input_price"),
+                                       candidates=req.get("candidates", ()))
+        model = model or "auto"
+    if agent.mode == "native" and specs:
+        params["tools"] = specs
+    if agent.mode == "react":
+        params["stop"] = ["\nObservation:"]
+
+    async def done(result: AgentResult) -> AgentResult:
+        if memory_store is not None and agent.memory and agent.memory.get("store_answer"):
+            await memory_store.add([_store_answer_entry(actx, agent, prompt, result.answer)])
+        return result
+
+    spent = 0.0
+    calls = 0
+    for turn in range(1, agent.max_turns + 1):
+        if agent_budget is not None and spent >= agent.budget_usd:  # type: ignore[operator]
+            raise BudgetExceeded(
+                f"agent {agent.name!r} spent ${spent:.6f} of its ${agent.budget_usd:.6f} "
+                f"budget after {turn - 1} turn(s)", scope="agent",
+                limit_usd=float(agent.budget_usd or 0.0), requested_usd=0.0)
+        response = await stack.llm.chat(messages, model=model, context=actx, **params)
+        if response.cost_usd is not None:
+            spent += response.cost_usd
+        message = response.message
+        if agent.mode == "native":
+            messages.append(message)
+            if not message.tool_calls:
+                actx.emit("agent.turn", agent=agent.name, turn=turn, content=message.text,
+                          tool_calls=[], tool_results=[], final=True)
+                return await done(AgentResult(message.text, turn, calls, "final_answer",
+                                              messages))
+            results = []
+            for call in message.tool_calls:
+                text, ok = await _run_tool(actx, tools, call.name, call.arguments)
+                calls += 1
+                results.append({"id": call.id, "tool": call.name, "ok": ok, "result": text})
+                messages.append(Message.tool(call.id, text, name=call.name))
+            actx.emit("agent.turn", agent=agent.name, turn=turn, content=message.text,
+                      tool_calls=[{"id": c.id, "tool": c.name, "arguments": c.arguments}
+                                  for c in message.tool_calls],
+                      tool_results=results, final=False)
+            continue
+        # ReAct
+        text = message.text
+        messages.append(Message.assistant(text))
+        kind, payload = parse_react(text)
+        if kind == "final":
+            actx.emit("agent.turn", agent=agent.name, turn=turn, content=text, tool_calls=[],
+                      tool_results=[], final=True)
+            return await done(AgentResult(payload, turn, calls, "final_answer", messages))
+        if kind == "invalid":
+            observation = f"Observation: your reply could not be parsed ({payload}). " \
+                          "Follow the format exactly."
+            actx.emit("agent.turn", agent=agent.name, turn=turn, content=text, tool_calls=[],
+                      tool_results=[], final=False, parse_error=payload)
+            messages.append(Message.user(observation))
+            continue
+        name, arguments = payload
+        result_text, ok = await _run_tool(actx, tools, name, arguments)
+        calls += 1
+        actx.emit("agent.turn", agent=agent.name, turn=turn, content=text,
+                  tool_calls=[{"id": f"react-{turn}", "tool": name, "arguments": arguments}],
+                  tool_results=[{"id": f"react-{turn}", "tool": name, "ok": ok,
+                                 "result": result_text}], final=False)
+        messages.append(Message.user(f"Observation: {result_text}"))
+    raise AgentTurnLimitError(
+        f"agent {agent.name!r} gave no final answer within max_turns={agent.max_turns} "
+        f"({calls} tool call(s) made)")
+
+
+async def _run_tool(ctx: ToolContext, tools: Mapping[str, Any], name: str,
+                    arguments: Mapping[str, Any]) -> tuple[str, bool]:
+    """Run one tool call of the model; tool errors become the result text."""
+    from flowyard.engine.calls import invoke_tool
+
+    tool = _lookup(tools, name)
+    if tool is None:
+        known = ", ".join(sorted(tools)) or "none"
+        return f"error: unknown tool {name!r}; available tools: {known}", False
+    try:
+        result = await invoke_tool(ctx, tool, arguments)
+    except ToolError as exc:
+        return f"error: {exc}", False
+    return _text(result), True
+
+
+def _store_answer_entry(ctx: ToolContext, agent: Agent, prompt: str, answer: str
+                        ) -> MemoryEntry:
+    assert agent.memory is not None
+    return MemoryEntry(text=f"Q: {prompt}\nA: {answer}",
+                       namespace=agent.memory.get("namespace", "default"),
+                       category="agent_answer", source_run=ctx.run_id or None,
+                       source_step=ctx.step_id, metadata={"agent": agent.name})
+

@@ -1,0 +1,221 @@
+"""The workflow engine: load, validate, run, stream and resume workflows.
+
+:class:`flowyard.stack.Stack` delegates ``load_workflow``/``run``/``stream``/``resume`` here.
+Options accepted by :func:`run_workflow` and :func:`stream_workflow`:
+
+``run_id``           the id of the new run (default: a random 32-hex id)
+``max_concurrency``  global limit of step keys running at once (default: the workflow's
+                     ``max_concurrency``, else config ``engine.max_concurrency``, else 32)
+``raise_on_failure`` raise :class:`~flowyard.errors.StepFailedError` when the run does not
+                     complete (default False: the status is in the result)
+``metadata``         extra JSON-ready data stored on the run record
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowyard.errors import WorkflowChangedError, WorkflowError
+
+from .validate import load_workflow, step_dependencies, validate_workflow
+
+if TYPE_CHECKING:
+    from flowyard.models import Event
+    from flowyard.stack import Stack
+    from flowyard.workflow import RunResult, Workflow
+
+__all__ = [
+    "load_workflow",
+    "validate_workflow",
+    "step_dependencies",
+    "run_workflow",
+    "stream_workflow",
+    "resume_run",
+    "ResumeLimitError",
+    "DEFAULT_MAX_RESUME_ATTEMPTS",
+]
+
+DEFAULT_MAX_RESUME_ATTEMPTS = 3
+
+
+class ResumeLimitError(WorkflowError):
+    """A run was resumed more than ``runs.max_resume_attempts`` times; it is marked failed."""
+
+
+def _metadata(workflow: Workflow, options: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(options.pop("metadata", None) or {})
+    if workflow.source:
+        meta["source"] = str(Path(workflow.source).resolve())
+    for key in ("parent_run_id", "parent_step"):
+        if options.get(key):
+            meta[key] = options.pop(key)
+        else:
+            options.pop(key, None)
+    return meta
+
+
+async def run_workflow(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None = None,
+                       **options: Any) -> RunResult:
+    """Run a workflow to its end and return its :class:`~flowyard.workflow.RunResult`.
+
+    Args:
+        stack: the stack (opened here when it is not open yet).
+        workflow: a path, YAML text, a dict or a :class:`~flowyard.workflow.Workflow`.
+        inputs: the workflow inputs (defaults are applied).
+        **options: see the module docstring.
+
+    Raises:
+        WorkflowValidationError: invalid workflow or inputs (nothing is stored).
+        StepFailedError: the run did not complete and ``raise_on_failure`` is set.
+    """
+    return await _run(stack, workflow, inputs, options, None)
+
+
+async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
+               options: dict[str, Any], stream: Any) -> RunResult:
+    from .runner import Run, check_inputs, new_record
+
+    wf = load_workflow(stack, workflow)
+    values = check_inputs(wf, inputs or {})
+    if not stack.storage_is_open:
+        await stack.open()
+    options = dict(options)
+    raise_on_failure = bool(options.pop("raise_on_failure", False))
+    run_id = options.pop("run_id", None)
+    max_concurrency = options.pop("max_concurrency", None)
+    metadata = _metadata(wf, options)
+    if options:
+        raise TypeError(f"unknown run options: {', '.join(sorted(options))}")
+    record = new_record(wf, values, run_id, metadata)
+    await stack.storage.create_run(record)
+    run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream)
+    try:
+        result = await run.execute()
+    finally:
+        stack.events.forget(record.id)
+    if raise_on_failure:
+        result.raise_for_status()
+    return result
+
+
+async def stream_workflow(stack: Stack, workflow: Any,
+                          inputs: Mapping[str, Any] | None = None, **options: Any
+                          ) -> AsyncIterator[Event]:
+    """Run a workflow and yield its events as they happen, ending with ``run.finished``.
+
+    Validation errors are raised before the first event. Close the iterator (``async with
+    contextlib.aclosing(...)``) when you stop early: the run is then cancelled.
+    """
+    import anyio
+
+    from flowyard.models import Event
+
+    wf = load_workflow(stack, workflow)
+    from .runner import check_inputs
+
+    check_inputs(wf, inputs or {})
+    send, receive = anyio.create_memory_object_stream[Event](math.inf)
+    failure: list[BaseException] = []
+
+    async def runner() -> None:
+        try:
+            with send:
+                await _run(stack, wf, inputs, dict(options), send)
+        except Exception as exc:  # noqa: BLE001 - re-raised to the consumer below
+            failure.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner)
+        with receive:
+            async for event in receive:
+                yield event
+    if failure:
+        raise failure[0]
+
+
+async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **options: Any
+                     ) -> RunResult:
+    """Continue a stored run; completed step keys are never run again.
+
+    Args:
+        stack: the stack (opened here when needed).
+        run_id: the run to continue.
+        force: run even when the workflow changed since the run started.
+        **options: ``workflow`` (a path, dict or Workflow to use instead of the stored
+            definition / its source file), ``max_concurrency``, ``raise_on_failure``.
+
+    Raises:
+        RunNotFoundError: no such run.
+        WorkflowChangedError: the workflow's content hash differs from the run's and
+            ``force`` is False.
+        ResumeLimitError: the run was already resumed ``runs.max_resume_attempts`` times
+            (default 3); it is marked failed.
+    """
+    from flowyard.workflow import parse_workflow
+
+    from .runner import Run
+
+    if not stack.storage_is_open:
+        await stack.open()
+    storage = stack.storage
+    record = await storage.get_run(run_id)
+    limit = int(stack.config.get("runs.max_resume_attempts", DEFAULT_MAX_RESUME_ATTEMPTS))
+    if record.resume_count >= limit:
+        record.status = "failed"
+        record.error = (f"run {run_id} was already resumed {record.resume_count} times, the "
+                        f"limit set by runs.max_resume_attempts ({limit}); it is marked failed")
+        await storage.update_run(record)
+        raise ResumeLimitError(record.error)
+    source = options.pop("workflow", None)
+    if source is None:
+        stored_source = record.metadata.get("source")
+        if stored_source and Path(stored_source).is_file():
+            source = Path(stored_source)
+    wf = (load_workflow(stack, source) if source is not None
+          else validate_workflow(stack, parse_workflow(record.workflow)))
+    current_hash = wf.content_hash()
+    if current_hash != record.workflow_hash:
+        if not force:
+            raise WorkflowChangedError(
+                f"the workflow {wf.name!r} changed since run {run_id} started (hash "
+                f"{record.workflow_hash[:12]} -> {current_hash[:12]}); resume with force=True "
+                "(--force) to run the new definition")
+        record.workflow_hash = current_hash
+        record.workflow = wf.to_dict()
+    raise_on_failure = bool(options.pop("raise_on_failure", False))
+    max_concurrency = options.pop("max_concurrency", None)
+    if options:
+        raise TypeError(f"unknown resume options: {', '.join(sorted(options))}")
+    checkpoints = await storage.load_checkpoints(run_id)
+    attempts: dict[str, int] = {}
+    for attempt in await storage.list_attempts(run_id):
+        attempts[attempt.step_key] = max(attempts.get(attempt.step_key, 0), attempt.attempt)
+        if attempt.status == "running":
+            attempt.status = "cancelled"
+            attempt.error = "interrupted: the run stopped before this attempt finished"
+            await storage.save_attempt(attempt)
+    last_seq = 0
+    while True:
+        page = await storage.list_events(run_id, after_seq=last_seq, limit=1000)
+        if not page:
+            break
+        last_seq = page[-1].seq
+        if len(page) < 1000:
+            break
+    stack.events.seed(run_id, last_seq)
+    costs = await storage.list_costs(run_id)
+    record.resume_count += 1
+    record.error = None
+    await storage.update_run(record)
+    run = Run(stack, wf, dict(record.inputs), record, checkpoints=checkpoints,
+              attempts=attempts, max_concurrency=max_concurrency, previous_costs=costs)
+    try:
+        result = await run.execute()
+    finally:
+        stack.events.forget(run_id)
+    if raise_on_failure:
+        result.raise_for_status()
+    return result

@@ -1,0 +1,661 @@
+"""The DAG engine: schedules a workflow's steps on an anyio task group.
+
+How a run goes:
+
+1. a :class:`~flowyard.models.RunRecord` is created (or loaded, on resume) with the workflow's
+   definition and content hash;
+2. steps whose dependencies are settled start as tasks; each *step key* (the step, one
+   ``for_each`` item ``id[i]``, one loop iteration ``id#n``) takes a slot of the run's global
+   :class:`PrioritySlots` per attempt, so higher ``priority`` goes first when slots are scarce;
+3. an attempt renders the step's arguments, runs the action on the step's executor within
+   its ``timeout`` and records a :class:`~flowyard.models.StepAttempt`; failures matching the
+   retry policy are retried by tenacity with exponential backoff and jitter;
+4. the output of a completed step key is checkpointed (awaited before any dependent starts);
+   resuming never re-runs a checkpointed key and gives in-flight keys the same idempotency
+   key (``sha256(run_id ":" step_key)``);
+5. events go to the stack's event bus as they happen and to storage in batches at step
+   boundaries; the run ends with ``update_run`` and a ``run.finished`` event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from flowyard.budget import Budget, BudgetChain
+from flowyard.context import ToolContext
+from flowyard.errors import (
+    BudgetExceeded,
+    TemplateError,
+    ValidationIssue,
+    WorkflowError,
+    WorkflowValidationError,
+)
+from flowyard.models import Event, RunRecord, StepAttempt, new_id
+from flowyard.templating import Compiled, evaluate
+from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
+
+from .slots import PrioritySlots
+from .validate import step_dependencies
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from flowyard.stack import Stack
+
+__all__ = ["Run", "StepTimeoutError", "idempotency_key", "check_inputs", "DEFAULT_CONCURRENCY"]
+
+DEFAULT_CONCURRENCY = 32
+_BLOCKING = ("failed", "cancelled", "budget_exceeded")
+
+
+class StepTimeoutError(WorkflowError, TimeoutError):
+    """A step attempt took longer than its ``timeout``. Retriable."""
+
+    retriable = True
+
+
+def idempotency_key(run_id: str, step_key: str) -> str:
+    """Return the idempotency key of a step key: hex SHA-256 of ``run_id:step_key``."""
+    return hashlib.sha256(f"{run_id}:{step_key}".encode()).hexdigest()
+
+
+def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply defaults and check the caller's inputs against the declared ones.
+
+    Returns:
+        the complete inputs.
+
+    Raises:
+        WorkflowValidationError: unknown, missing or mistyped inputs (all of them).
+    """
+    issues: list[ValidationIssue] = []
+    out: dict[str, Any] = {}
+    for name in inputs:
+        if name not in workflow.inputs:
+            issues.append(ValidationIssue(
+                f"unknown input {name!r} (declared: {', '.join(workflow.inputs) or 'none'})",
+                path=f"inputs.{name}", file=workflow.source))
+    for name, spec in workflow.inputs.items():
+        if name in inputs:
+            value = inputs[name]
+            ok = spec.type == "any" or (
+                isinstance(value, INPUT_TYPES[spec.type])
+                and not (spec.type in ("integer", "number") and isinstance(value, bool)))
+            if not ok:
+                issues.append(ValidationIssue(
+                    f"input {name!r} must be of type {spec.type}, got {value!r}",
+                    path=f"inputs.{name}", file=workflow.source))
+            out[name] = list(value) if isinstance(value, tuple) else value
+        elif spec.required:
+            issues.append(ValidationIssue(f"missing required input {name!r}"
+                                          + (f" ({spec.description})" if spec.description
+                                             else ""),
+                                          path=f"inputs.{name}", file=workflow.source))
+        else:
+            out[name] = spec.default
+    if issues:
+        raise WorkflowValidationError(issues)
+    return out
+
+
+class _State:
+    """Scheduling state of one step."""
+
+    __slots__ = ("step", "deps", "children", "remaining", "result", "with_", "for_each",
+                 "blocking", "slot_priority")
+
+    def __init__(self, step: Step, deps: set[str]) -> None:
+        self.step = step
+        self.deps = deps
+        self.children: list[_State] = []
+        self.remaining = len(deps)
+        self.result = StepResult(id=step.id)
+        self.with_ = Compiled(step.with_, f"step {step.id!r}, field with")
+        self.for_each = Compiled(step.for_each, f"step {step.id!r}, field for_each")
+        self.blocking = False
+        self.slot_priority = step.priority
+
+
+class _Usage:
+    __slots__ = ("input_tokens", "output_tokens", "cost", "unknown")
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost = 0.0
+        self.unknown = False
+
+    def add(self, input_tokens: int, output_tokens: int, cost: float | None) -> None:
+        self.input_tokens += int(input_tokens or 0)
+        self.output_tokens += int(output_tokens or 0)
+        if cost is None:
+            self.unknown = True
+        else:
+            self.cost += float(cost)
+
+    @property
+    def cost_usd(self) -> float | None:
+        return None if self.unknown else self.cost
+
+
+class Run:
+    """One execution (or resumption) of a workflow on a stack.
+
+    Args:
+        stack: an opened stack.
+        workflow: a validated workflow.
+        inputs: complete inputs (see :func:`check_inputs`).
+        record: the run record (created by the caller or loaded for a resume).
+        checkpoints: ``{step_key: output}`` of keys completed earlier (resume).
+        attempts: ``{step_key: highest attempt number}`` made earlier (resume).
+        max_concurrency: global limit on step keys running at once.
+        stream: a memory stream that also receives every event of the run.
+    """
+
+    def __init__(self, stack: Stack, workflow: Workflow, inputs: dict[str, Any],
+                 record: RunRecord, *, checkpoints: dict[str, Any] | None = None,
+                 attempts: dict[str, int] | None = None, max_concurrency: int | None = None,
+                 stream: MemoryObjectSendStream[Event] | None = None,
+                 previous_costs: list[Any] | None = None) -> None:
+        self.stack = stack
+        self.workflow = workflow
+        self.inputs = inputs
+        self.record = record
+        self.run_id = record.id
+        self.checkpoints = checkpoints or {}
+        self.attempt_base = attempts or {}
+        limit = (max_concurrency or workflow.max_concurrency
+                 or int(stack.config.get("engine.max_concurrency", DEFAULT_CONCURRENCY)))
+        self.slots = PrioritySlots(limit)
+        self.stream = stream
+        self.storage = stack.storage
+        self._buffer: list[Event] = []
+        self.usage = _Usage()
+        self.step_usage: dict[str, _Usage] = {}
+        self.states: dict[str, _State] = {}
+        self.steps_view: dict[str, dict[str, Any]] = {}
+        self._tg: TaskGroup | None = None
+        self._failure: str | None = None
+        self._executors: dict[str, Any] = {}
+        self.budget = (Budget(workflow.budget_usd, scope="run", name=workflow.name)
+                       if workflow.budget_usd is not None else None)
+        for line in previous_costs or ():
+            self._count(line.step_id, line.input_tokens, line.output_tokens, line.cost_usd)
+            if self.budget is not None and line.cost_usd is not None:
+                self.budget.spent_usd += line.cost_usd
+        self.base_context = {"inputs": inputs, "steps": self.steps_view,
+                             "run": {"id": self.run_id, "workflow": workflow.name}}
+        for step in workflow.steps:
+            self.states[step.id] = _State(step, step_dependencies(step))
+            self.step_usage[step.id] = _Usage()
+        for state in self.states.values():
+            for dep in state.deps:
+                self.states[dep].children.append(state)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Event) -> None:
+        if event.run_id != self.run_id:
+            return
+        self._buffer.append(event)
+        if event.type == "llm.call":
+            data = event.data
+            self._count(event.step_id, data.get("input_tokens", 0), data.get("output_tokens", 0),
+                        data.get("cost_usd"))
+        if self.stream is not None:
+            self.stream.send_nowait(event)
+
+    def _count(self, step_id: str | None, input_tokens: int, output_tokens: int,
+               cost: float | None) -> None:
+        self.usage.add(input_tokens, output_tokens, cost)
+        if step_id is not None and step_id in self.step_usage:
+            self.step_usage[step_id].add(input_tokens, output_tokens, cost)
+
+    def emit(self, type: str, step_id: str | None = None, **data: Any) -> None:
+        """Emit an event of this run through the stack's event bus."""
+        self.stack.events.emit(Event(type=type, run_id=self.run_id, step_id=step_id, data=data))
+
+    async def flush(self) -> None:
+        """Write the buffered events to storage in one call."""
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            await self.storage.append_events(batch)
+
+    # ------------------------------------------------------------------ main
+
+    async def execute(self) -> RunResult:
+        """Run the workflow to its end and return the result.
+
+        Cancellation from outside marks the run ``cancelled`` (and its in-flight steps), then
+        propagates.
+        """
+        unsubscribe = self.stack.events.subscribe(self._on_event, name=f"run:{self.run_id}")
+        record = self.record
+        record.status = "running"
+        record.started_at = record.started_at or time.time()
+        started = time.time()
+        self.emit("run.started", workflow=self.workflow.name, inputs=self.inputs,
+                  resumed=record.resume_count > 0, resume_count=record.resume_count)
+        status = "completed"
+        error: str | None = None
+        try:
+            try:
+                with anyio.move_on_after(self.workflow.timeout
+                                         if self.workflow.timeout is not None else math.inf
+                                         ) as scope:
+                    async with anyio.create_task_group() as tg:
+                        self._tg = tg
+                        for state in self.states.values():
+                            if state.remaining == 0:
+                                tg.start_soon(self._run_step, state)
+                if scope.cancelled_caught:
+                    status = "failed"
+                    error = f"the workflow timed out after {self.workflow.timeout} s"
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._finish("cancelled", "the run was cancelled", started)
+                raise
+            if status == "completed":
+                status, error = self._final_status()
+            return await self._finish(status, error, started)
+        finally:
+            unsubscribe()
+
+    def _final_status(self) -> tuple[str, str | None]:
+        blocking = [s for s in self.states.values() if s.blocking]
+        if not blocking:
+            return "completed", None
+        first = blocking[0].result
+        error = self._failure or f"step {first.id!r} {first.status}: {first.error}"
+        if self.workflow.on_failure == "continue":
+            done = any(s.result.status == "completed" for s in self.states.values())
+            return ("partial" if done else "failed"), error
+        return "failed", error
+
+    async def _finish(self, status: str, error: str | None, started: float) -> RunResult:
+        finished = time.time()
+        for state in self.states.values():
+            res = state.result
+            if res.status in ("pending",):
+                res.status = "skipped" if status != "cancelled" else "cancelled"
+                res.reason = ("not run: the run was cancelled" if status == "cancelled"
+                              else f"not run: the run ended {status}")
+                self.emit("step.skipped", res.id, reason=res.reason)
+            elif res.status == "running":
+                res.status = "cancelled"
+                res.finished_at = finished
+            usage = self.step_usage[res.id]
+            res.input_tokens, res.output_tokens = usage.input_tokens, usage.output_tokens
+            res.cost_usd = usage.cost_usd
+        outputs: dict[str, Any] = {}
+        if self.workflow.outputs and status != "cancelled":
+            context = {**self.base_context}
+            for name, template in self.workflow.outputs.items():
+                try:
+                    outputs[name] = Compiled(template, f"output {name!r}").render(context)
+                except TemplateError as exc:
+                    if status == "completed":
+                        status, error = "failed", f"cannot render the outputs: {exc}"
+                    else:
+                        error = f"{error}; output {name!r} not rendered: {exc}"
+        result = RunResult(
+            run_id=self.run_id, workflow_name=self.workflow.name, status=status,
+            outputs=outputs, steps={sid: s.result for sid, s in self.states.items()},
+            error=error, input_tokens=self.usage.input_tokens,
+            output_tokens=self.usage.output_tokens, cost_usd=self.usage.cost_usd,
+            started_at=started, finished_at=finished, resume_count=self.record.resume_count,
+        )
+        self.emit("run.finished", **result.summary(), outputs=outputs)
+        record = self.record
+        record.status = status  # type: ignore[assignment]
+        record.outputs = outputs
+        record.error = error
+        record.finished_at = finished
+        record.input_tokens = result.input_tokens
+        record.output_tokens = result.output_tokens
+        record.cost_usd = result.cost_usd
+        await self.flush()
+        await self.storage.update_run(record)
+        return result
+
+    # ------------------------------------------------------------------ steps
+
+    def _settle(self, state: _State) -> None:
+        res = state.result
+        self.steps_view[res.id] = {"output": res.output, "status": res.status,
+                                   "error": res.error}
+        if state.blocking and self.workflow.on_failure == "fail_fast":
+            if self._failure is None:
+                self._failure = f"step {res.id!r} {res.status}: {res.error}"
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            return
+        tg = self._tg
+        assert tg is not None
+        for child in state.children:
+            child.remaining -= 1
+            if child.remaining == 0:
+                tg.start_soon(self._run_step, child)
+
+    def _context(self, **extra: Any) -> dict[str, Any]:
+        if not extra:
+            return self.base_context
+        return {**self.base_context, **extra}
+
+    async def _run_step(self, state: _State) -> None:
+        step = state.step
+        res = state.result
+        blocked = [d for d in state.deps if self.states[d].blocking
+                   or self.states[d].result.reason == "upstream failed"]
+        if blocked:
+            res.status = "skipped"
+            res.reason = "upstream failed"
+            self.emit("step.skipped", step.id, reason=f"upstream step {sorted(blocked)[0]!r} "
+                      "did not complete")
+            await self.flush()
+            self._settle(state)
+            return
+        if step.id in self.checkpoints:
+            res.status = "completed"
+            res.output = self.checkpoints[step.id]
+            res.resumed = True
+            self.emit("step.completed", step.id, resumed=True, attempts=0)
+            self._settle(state)
+            return
+        context = self.base_context
+        res.started_at = time.time()
+        try:
+            if step.when is not None and not evaluate(step.when, context,
+                                                      where=f"step {step.id!r}, field when"):
+                res.status = "skipped"
+                res.reason = "condition false"
+                res.finished_at = res.started_at
+                self.emit("step.skipped", step.id, reason="condition false")
+                await self.flush()
+                self._settle(state)
+                return
+            res.status = "running"
+            self.emit("step.started", step.id, uses=step.uses)
+            if step.for_each is not None:
+                output = await self._fan_out(state, context)
+            elif step.until is not None:
+                output = await self._loop(state, context)
+            else:
+                output = await self._execute_key(state, step.id, context)
+            res.output = output
+            res.status = "completed"
+        except anyio.get_cancelled_exc_class():
+            res.status = "cancelled"
+            res.finished_at = time.time()
+            res.reason = "cancelled"
+            with anyio.CancelScope(shield=True):
+                self.emit("step.failed", step.id, status="cancelled", error="cancelled")
+                await self.flush()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a step failure is data, not a crash
+            await self._step_error(state, exc)
+            return
+        res.finished_at = time.time()
+        if step.for_each is not None or step.until is not None:
+            await self.storage.save_checkpoint(self.run_id, step.id, res.output)
+        self.emit("step.completed", step.id, attempts=res.attempts,
+                  duration_s=round(res.finished_at - res.started_at, 6))
+        await self.flush()
+        self._settle(state)
+
+    async def _step_error(self, state: _State, exc: BaseException) -> None:
+        step = state.step
+        res = state.result
+        res.finished_at = time.time()
+        res.error = str(exc) or type(exc).__name__
+        res.error_type = type(exc).__name__
+        status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
+        has_fallback, fallback = step.fallback
+        if has_fallback:
+            res.status = "completed"
+            res.output = fallback
+            await self.storage.save_checkpoint(self.run_id, step.id, fallback)
+            self.emit("step.completed", step.id, attempts=res.attempts, fallback=True,
+                      error=res.error, error_type=res.error_type)
+        else:
+            res.status = status
+            state.blocking = step.on_error != "continue"
+            self.emit("step.failed", step.id, status=status, error=res.error,
+                      error_type=res.error_type, attempts=res.attempts,
+                      continued=not state.blocking)
+        await self.flush()
+        self._settle(state)
+
+    async def _fan_out(self, state: _State, context: dict[str, Any]) -> list[Any]:
+        step = state.step
+        items = state.for_each.render(context)
+        if isinstance(items, tuple):
+            items = list(items)
+        if not isinstance(items, list):
+            raise TemplateError(f"step {step.id!r}, field for_each: must give a list, got "
+                                f"{type(items).__name__}")
+        results: list[Any] = [None] * len(items)
+        errors: list[tuple[int, Exception]] = []
+        limiter = anyio.CapacityLimiter(step.max_parallel) if step.max_parallel else None
+
+        async def one(i: int, item: Any) -> None:
+            key = f"{step.id}[{i}]"
+            if key in self.checkpoints:
+                results[i] = self.checkpoints[key]
+                return
+            item_context = self._context(item=item, index=i)
+            try:
+                if limiter is not None:
+                    async with limiter:
+                        results[i] = await self._execute_key(state, key, item_context)
+                else:
+                    results[i] = await self._execute_key(state, key, item_context)
+            except Exception as exc:  # noqa: BLE001 - first failure cancels the siblings
+                errors.append((i, exc))
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(one, i, item)
+        if errors:
+            i, exc = min(errors, key=lambda e: e[0])
+            raise exc
+        return results
+
+    async def _loop(self, state: _State, context: dict[str, Any]) -> Any:
+        step = state.step
+        previous: Any = None
+        output: Any = None
+        met = False
+        n = 0
+        assert step.until is not None
+        while n < step.max_iterations:
+            n += 1
+            key = f"{step.id}#{n}"
+            if key in self.checkpoints:
+                output = self.checkpoints[key]
+            else:
+                output = await self._execute_key(state, key,
+                                                 self._context(iteration=n, previous=previous))
+            previous = output
+            state.result.iterations = n
+            if evaluate(step.until, self._context(output=output, iteration=n),
+                        where=f"step {step.id!r}, field until"):
+                met = True
+                break
+        if not met:
+            self.emit("log", step.id, level="warning",
+                      message=f"step {step.id!r}: 'until' still false after "
+                              f"{step.max_iterations} iterations; keeping the last output")
+        return output
+
+    # ------------------------------------------------------------------ attempts
+
+    def _budget_chain(self, step: Step) -> BudgetChain | None:
+        chain = BudgetChain.of([self.budget,
+                                Budget(step.budget_usd, scope="step", name=step.id)
+                                if step.budget_usd is not None else None])
+        return chain if chain else None
+
+    async def _execute_key(self, state: _State, key: str, context: dict[str, Any]) -> Any:
+        step = state.step
+        policy = step.retry
+        if policy is None or policy.attempts <= 1:
+            output = await self._attempt(state, key, context)
+        else:
+            output = await self._with_retries(state, key, context, policy)
+        await self.storage.save_checkpoint(self.run_id, key, output)
+        return output
+
+    async def _with_retries(self, state: _State, key: str, context: dict[str, Any],
+                            policy: RetryPolicy) -> Any:
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential_jitter,
+        )
+
+        def before_sleep(retry_state: Any) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            self.emit("step.retrying", state.step.id, step_key=key,
+                      attempt=retry_state.attempt_number,
+                      wait_s=round(retry_state.next_action.sleep, 6)
+                      if retry_state.next_action else None,
+                      error=str(exc), error_type=type(exc).__name__)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=wait_exponential_jitter(initial=policy.backoff, max=policy.max_backoff,
+                                         exp_base=policy.multiplier, jitter=policy.jitter),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, Exception) and policy.matches(e)),
+            sleep=anyio.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(state, key, context)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _attempt(self, state: _State, key: str, context: dict[str, Any]) -> Any:
+        step = state.step
+        number = self.attempt_base.get(key, 0) + 1
+        self.attempt_base[key] = number
+        state.result.attempts += 1
+        idem = idempotency_key(self.run_id, key)
+        record = StepAttempt(run_id=self.run_id, step_id=step.id, step_key=key, attempt=number,
+                             status="running", idempotency_key=idem)
+        await self.slots.acquire(state.slot_priority)
+        try:
+            await self.storage.save_attempt(record)
+            ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
+                              step_key=key, attempt=number, idempotency_key=idem,
+                              workflow_name=self.workflow.name,
+                              budget=self._budget_chain(step))
+            try:
+                arguments = state.with_.render(context)
+                if step.timeout is not None:
+                    with anyio.move_on_after(step.timeout) as scope:
+                        output = await self._dispatch(step, arguments, ctx)
+                    if scope.cancelled_caught:
+                        raise StepTimeoutError(
+                            f"step {step.id!r} ({key}) timed out after {step.timeout} s")
+                else:
+                    output = await self._dispatch(step, arguments, ctx)
+            except anyio.get_cancelled_exc_class():
+                record.status = "cancelled"
+                record.error = "cancelled"
+                record.finished_at = time.time()
+                with anyio.CancelScope(shield=True):
+                    await self.storage.save_attempt(record)
+                raise
+            except Exception as exc:
+                record.status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
+                record.error = str(exc) or type(exc).__name__
+                record.error_type = type(exc).__name__
+                record.finished_at = time.time()
+                await self.storage.save_attempt(record)
+                raise
+            output = _jsonable(output)
+            record.status = "completed"
+            record.output = output
+            record.finished_at = time.time()
+            await self.storage.save_attempt(record)
+            return output
+        finally:
+            self.slots.release()
+
+    def _executor(self, name: str | None) -> Any:
+        name = name or "local"
+        executor = self._executors.get(name)
+        if executor is None:
+            executor = self._executors[name] = self.stack.executors.get(name)
+        return executor
+
+    async def _dispatch(self, step: Step, arguments: Any, ctx: ToolContext) -> Any:
+        uses = step.uses
+        if uses == "agent":
+            from flowyard.agent import run_agent_step
+
+            action = lambda: run_agent_step(ctx, arguments)  # noqa: E731
+        elif uses == "workflow":
+            action = lambda: self._sub_workflow(step, arguments, ctx)  # noqa: E731
+        else:
+            tool = self.stack.tools.get(uses)
+            if not isinstance(arguments, Mapping):
+                raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
+                                    f"arguments, got {type(arguments).__name__}")
+            from .calls import invoke_tool
+
+            action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
+        return await self._executor(step.executor).execute(action, step_id=step.id)
+
+    async def _sub_workflow(self, step: Step, arguments: Mapping[str, Any],
+                            ctx: ToolContext) -> Any:
+        from pathlib import Path
+
+        from . import run_workflow
+        from .validate import load_workflow
+
+        target = arguments.get("workflow")
+        if isinstance(target, str):
+            path = Path(target)
+            if not path.is_absolute() and self.workflow.source:
+                path = Path(self.workflow.source).parent / path
+            target = path
+        child = load_workflow(self.stack, target)
+        result = await run_workflow(self.stack, child, dict(arguments.get("inputs") or {}),
+                                    parent_run_id=self.run_id, parent_step=ctx.step_key)
+        self._count(step.id, result.input_tokens, result.output_tokens, result.cost_usd)
+        if not result.ok:
+            raise WorkflowError(f"sub-workflow {child.name!r} (run {result.run_id}) "
+                                f"{result.status}: {result.error}")
+        return result.outputs
+
+
+def _jsonable(value: Any) -> Any:
+    if attrs.has(type(value)):
+        from flowyard.serialization import unstructure
+
+        return unstructure(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def new_record(workflow: Workflow, inputs: dict[str, Any], run_id: str | None,
+               metadata: dict[str, Any]) -> RunRecord:
+    """Return a new :class:`RunRecord` for ``workflow`` (status ``pending``)."""
+    return RunRecord(id=run_id or new_id(), workflow_name=workflow.name, status="pending",
+                     inputs=inputs, workflow_hash=workflow.content_hash(),
+                     workflow=workflow.to_dict(), metadata=metadata)

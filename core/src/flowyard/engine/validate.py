@@ -1,0 +1,342 @@
+"""Loading and semantic validation of workflows.
+
+:func:`validate_workflow` reports every problem at once, each with file, line and column when
+the workflow came from a file: duplicate step ids, unknown dependencies, cycles, unknown
+actions, arguments that do not match the action's JSON schema, template syntax errors and
+references to unknown steps or inputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
+from flowyard.templating import Reference, find_references, has_template
+from flowyard.workflow import Step, Workflow, parse_workflow
+
+if TYPE_CHECKING:
+    from flowyard.stack import Stack
+
+__all__ = ["load_workflow", "validate_workflow", "step_dependencies", "SPECIAL_ACTIONS"]
+
+#: Actions handled by the engine itself rather than a registered tool.
+SPECIAL_ACTIONS = ("agent", "workflow")
+
+AGENT_KEYS = {"model", "instructions", "prompt", "tools", "max_turns", "budget_usd", "mode",
+              "memory", "temperature", "max_tokens", "requirements"}
+
+
+def step_dependencies(step: Step) -> set[str]:
+    """Return the step ids ``step`` depends on: ``depends_on`` plus template references."""
+    deps = set(step.depends_on)
+    for value, expr in ((step.with_, False), (step.when, True), (step.for_each, False),
+                        (step.until, True)):
+        if value is None or isinstance(value, bool):
+            continue
+        for _, ref in find_references(value, expression=expr):
+            if isinstance(ref, Reference) and ref.kind == "steps":
+                deps.add(ref.name)
+    return deps
+
+
+def _read_source(stack: Stack, path: Path) -> Workflow:
+    suffix = path.suffix.lower()
+    loader = None
+    for name in stack.loaders.names():
+        meta = stack.loaders.metadata_of(name)
+        suffixes = meta.get("suffixes")
+        if suffixes is None:
+            suffixes = getattr(stack.loaders.get(name), "suffixes", ())
+        if suffix in tuple(suffixes):
+            loader = stack.loaders.get(name)
+            break
+    if loader is None:
+        known = sorted({s for n in stack.loaders.names()
+                        for s in stack.loaders.metadata_of(n).get("suffixes", ())})
+        raise WorkflowValidationError([ValidationIssue(
+            f"no workflow loader for {suffix or 'files without a suffix'!r} (known: "
+            f"{', '.join(known) or 'none'})", file=str(path))])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowValidationError([ValidationIssue(f"cannot read the workflow file: {exc}",
+                                                       file=str(path))]) from None
+    return loader.load(text, path=str(path))
+
+
+def load_workflow(stack: Stack, source: Any, *, validate: bool = True) -> Workflow:
+    """Return a validated :class:`Workflow` from a path, YAML text, a dict or a workflow.
+
+    Args:
+        stack: the stack whose loaders and tools are used.
+        source: a :class:`Workflow`; a mapping; a path (``str`` or :class:`Path`) of a file
+            whose suffix a registered loader handles; or YAML text (a string with a newline).
+        validate: run :func:`validate_workflow`.
+
+    Raises:
+        WorkflowValidationError: every problem found, with file, line and column.
+    """
+    if isinstance(source, Workflow):
+        workflow = source
+    elif isinstance(source, Mapping):
+        workflow = parse_workflow(source)
+    elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+        path = Path(source)
+        if not path.is_file():
+            raise WorkflowValidationError([ValidationIssue(
+                "workflow file not found", file=str(path))])
+        workflow = _read_source(stack, path)
+    elif isinstance(source, str):
+        from flowyard.builtin.loader import NativeLoader
+
+        workflow = NativeLoader().load(source)
+    else:
+        raise TypeError(f"cannot load a workflow from {type(source).__name__}; give a path, "
+                        "YAML text, a dict or a Workflow")
+    if validate:
+        validate_workflow(stack, workflow)
+    return workflow
+
+
+def _index(workflow: Workflow) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i, step in enumerate(workflow.steps):
+        out.setdefault(step.id, i)
+    return out
+
+
+def _templated_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, str):
+        return [path] if has_template(value) else []
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _templated_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _templated_paths(v, (*path, i))]
+    return []
+
+
+def _check_schema(schema: Mapping[str, Any], params: Mapping[str, Any], where: str,
+                  tool: str, issue: Any) -> None:
+    import jsonschema
+
+    templated = _templated_paths(params)
+    try:
+        validator = jsonschema.Draft202012Validator(schema)
+        errors = list(validator.iter_errors(dict(params)))
+    except jsonschema.SchemaError as exc:
+        issue(f"action {tool!r} has an invalid JSON schema: {exc.message}", where)
+        return
+    for err in errors:
+        epath = tuple(err.absolute_path)
+        if any(epath[:len(t)] == t for t in templated):
+            continue  # the value is only known at run time; it is checked then
+        if err.validator in ("anyOf", "oneOf") and templated and not epath:
+            continue
+        sub = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in epath)
+        issue(f"invalid arguments for {tool!r}: {err.message}", f"{where}{sub}")
+
+
+def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
+    """Check a workflow; return it unchanged when valid.
+
+    Args:
+        stack: the stack whose tools resolve ``uses`` (None: actions are not checked).
+        workflow: the parsed workflow.
+
+    Raises:
+        WorkflowValidationError: every problem, each with path, file, line and column.
+    """
+    loc = workflow.locations
+    issues: list[ValidationIssue] = []
+
+    def issue(message: str, path: str) -> None:
+        issues.append(loc.issue(message, path))
+
+    index = _index(workflow)
+    seen: set[str] = set()
+    for i, step in enumerate(workflow.steps):
+        if step.id in seen:
+            issue(f"duplicate step id {step.id!r} (first defined at steps[{index[step.id]}])",
+                  f"steps[{i}].id")
+        seen.add(step.id)
+
+    ids = set(index)
+    deps: dict[str, set[str]] = {}
+    for i, step in enumerate(workflow.steps):
+        base = f"steps[{i}]"
+        own: set[str] = set()
+        for j, dep in enumerate(step.depends_on):
+            if dep == step.id:
+                issue(f"step {step.id!r} depends on itself", f"{base}.depends_on[{j}]")
+            elif dep not in ids:
+                issue(_unknown("step", dep, ids, f"in depends_on of step {step.id!r}"),
+                      f"{base}.depends_on[{j}]")
+            else:
+                own.add(dep)
+        for field, value, expr in (("with", step.with_, False), ("when", step.when, True),
+                                   ("for_each", step.for_each, False),
+                                   ("until", step.until, True)):
+            if value is None or isinstance(value, bool):
+                continue
+            for where, ref in find_references(value, f"{base}.{field}", expression=expr):
+                if isinstance(ref, TemplateError):
+                    issue(str(ref), where)
+                elif ref.kind == "steps":
+                    if ref.name == step.id:
+                        issue(f"step {step.id!r} refers to its own output (use 'previous' or "
+                              "'output' inside loops)", where)
+                    elif ref.name not in ids:
+                        issue(_unknown("step", ref.name, ids, f"referenced by step "
+                                       f"{step.id!r}"), where)
+                    else:
+                        own.add(ref.name)
+                elif ref.name not in workflow.inputs:
+                    issue(_unknown("input", ref.name, set(workflow.inputs),
+                                   f"referenced by step {step.id!r}"), where)
+        deps[step.id] = own
+        if stack is not None:
+            _check_action(stack, workflow, step, base, issue)
+
+    for where, ref in find_references(workflow.outputs, "outputs"):
+        if isinstance(ref, TemplateError):
+            issue(str(ref), where)
+        elif ref.kind == "steps" and ref.name not in ids:
+            issue(_unknown("step", ref.name, ids, "referenced by the outputs"), where)
+        elif ref.kind == "inputs" and ref.name not in workflow.inputs:
+            issue(_unknown("input", ref.name, set(workflow.inputs), "referenced by the outputs"),
+                  where)
+
+    for cycle in _cycles(deps, [s.id for s in workflow.steps]):
+        issue("dependency cycle: " + " -> ".join(cycle), f"steps[{index[cycle[0]]}]")
+
+    if issues:
+        raise WorkflowValidationError(issues)
+    return workflow
+
+
+def _unknown(kind: str, name: str, known: set[str], context: str) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r} {context}{hint}"
+
+
+def _cycles(deps: dict[str, set[str]], order: list[str]) -> list[list[str]]:
+    """Return one cycle per strongly connected group (as ``[a, b, ..., a]``)."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(deps, white)
+    cycles: list[list[str]] = []
+    reported: set[frozenset[str]] = set()
+    for root in order:
+        if color.get(root) != white:
+            continue
+        stack: list[tuple[str, list[str]]] = [(root, sorted(deps.get(root, ())))]
+        path = [root]
+        color[root] = grey
+        while stack:
+            node, pending = stack[-1]
+            if pending:
+                nxt = pending.pop(0)
+                if nxt not in color:
+                    continue
+                if color[nxt] == grey:
+                    cyc = path[path.index(nxt):] + [nxt]
+                    key = frozenset(cyc)
+                    if key not in reported:
+                        reported.add(key)
+                        cycles.append(list(reversed(cyc)))
+                elif color[nxt] == white:
+                    color[nxt] = grey
+                    path.append(nxt)
+                    stack.append((nxt, sorted(deps.get(nxt, ()))))
+            else:
+                color[node] = black
+                path.pop()
+                stack.pop()
+    return cycles
+
+
+def _check_action(stack: Stack, workflow: Workflow, step: Step, base: str, issue: Any) -> None:
+    if step.uses == "agent":
+        _check_agent(stack, step, base, issue)
+        return
+    if step.uses == "workflow":
+        target = step.with_.get("workflow")
+        if target is None:
+            issue("a 'workflow' step needs with.workflow (a path or an inline definition)",
+                  f"{base}.with")
+        elif isinstance(target, str) and not has_template(target):
+            path = _sub_path(workflow, target)
+            if not path.is_file():
+                issue(f"sub-workflow file {target!r} not found (looked at {path})",
+                      f"{base}.with.workflow")
+        elif not isinstance(target, (str, Mapping)):
+            issue("with.workflow must be a path or a mapping", f"{base}.with.workflow")
+        extra = set(step.with_) - {"workflow", "inputs"}
+        if extra:
+            issue(f"unknown arguments for a 'workflow' step: {', '.join(sorted(extra))} "
+                  "(allowed: workflow, inputs)", f"{base}.with")
+        return
+    if step.uses not in stack.tools:
+        known = set(stack.tools.names()) | set(SPECIAL_ACTIONS)
+        issue(_unknown("action", step.uses, known, f"in step {step.id!r}"), f"{base}.uses")
+        return
+    if step.executor is not None and step.executor not in stack.executors:
+        issue(_unknown("executor", step.executor, set(stack.executors.names()),
+                       f"in step {step.id!r}"), f"{base}.executor")
+    tool = stack.tools.get(step.uses)
+    schema = getattr(tool, "parameters", None)
+    if isinstance(schema, Mapping):
+        _check_schema(schema, step.with_, f"{base}.with", step.uses, issue)
+
+
+def _sub_path(workflow: Workflow, target: str) -> Path:
+    path = Path(target)
+    if not path.is_absolute() and workflow.source:
+        path = Path(workflow.source).parent / path
+    return path
+
+
+def _check_agent(stack: Stack, step: Step, base: str, issue: Any) -> None:
+    params = step.with_
+    for key in params:
+        if key not in AGENT_KEYS:
+            close = difflib.get_close_matches(key, sorted(AGENT_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            issue(f"unknown agent argument {key!r}{hint} (allowed: "
+                  f"{', '.join(sorted(AGENT_KEYS))})", f"{base}.with.{key}")
+    if "prompt" not in params:
+        issue("an agent step needs with.prompt", f"{base}.with")
+    mode = params.get("mode", "native")
+    if mode not in ("native", "react"):
+        issue(f"agent mode must be 'native' or 'react', got {mode!r}", f"{base}.with.mode")
+    tools = params.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        issue("agent tools must be a list of tool names", f"{base}.with.tools")
+    else:
+        for j, name in enumerate(tools):
+            if name not in stack.tools:
+                issue(_unknown("tool", name, set(stack.tools.names()),
+                               f"in the tools of agent {step.id!r}"), f"{base}.with.tools[{j}]")
+    max_turns = params.get("max_turns", 10)
+    if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+        issue("agent max_turns must be an integer >= 1", f"{base}.with.max_turns")
+    budget = params.get("budget_usd")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or budget < 0):
+        issue("agent budget_usd must be a number >= 0 (US dollars)", f"{base}.with.budget_usd")
+    memory = params.get("memory")
+    if memory is not None:
+        if not isinstance(memory, Mapping):
+            issue("agent memory must be a mapping (namespace, top_k, store_answer)",
+                  f"{base}.with.memory")
+        else:
+            extra = set(memory) - {"namespace", "top_k", "store_answer", "store"}
+            if extra:
+                issue(f"unknown agent memory keys: {', '.join(sorted(extra))} (allowed: "
+                      "namespace, top_k, store_answer, store)", f"{base}.with.memory")
+            if not stack.memory_stores.names():
+                issue("agent memory needs a memory store, and none is registered (install "
+                      "flowyard-chroma or another memory plugin)", f"{base}.with.memory")
