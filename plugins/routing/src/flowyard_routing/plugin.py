@@ -1,0 +1,27 @@
+"""Hook implementations of flowyard-routing (cheap to import: routers are built lazily)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowyard.config import Config
+from flowyard.hookspecs import hookimpl
+from flowyard.registry import Register
+
+
+@hookimpl
+def register_routers(register: Register, config: Config) -> None:
+    """``cheapest``, ``fallback`` and ``ucb``, configured from ``[routing.<name>]``."""
+
+    def make(kind: str) -> Any:
+        def factory() -> Any:
+            from flowyard_routing import routers
+
+            cls = {"cheapest": routers.CheapestRouter, "fallback": routers.FallbackRouter,
+                   "ucb": routers.UCBRouter}[kind]
+            return cls.from_config(config.get(f"routing.{kind}", {}) or {})
+
+        return factory
+
+    for name in ("cheapest", "fallback", "ucb"):
+        register(name, factory=make(name))
