@@ -15,7 +15,6 @@ import sys
 import time
 
 import anyio
-
 from flowyard.models import CostLine, Event, LogRecord, RunRecord
 from flowyard_sql.storage import SQLStorage
 

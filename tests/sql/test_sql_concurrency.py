@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import anyio
-
 from flowyard_sql.storage import SQLStorage
 
 WRITERS = 8
@@ -30,7 +29,7 @@ def _start_writers(url: str, tmp_path: Path) -> list[subprocess.Popen[str]]:
 
 async def _check(url: str, procs: list[subprocess.Popen[str]]) -> None:
     outputs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert "locked" not in err.lower(), err
         assert proc.returncode == 0, err
     storage = SQLStorage(url)

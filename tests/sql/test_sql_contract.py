@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
 from flowyard.testing import StorageContract
 from flowyard_sql.storage import SQLStorage
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from flowyard.errors import StorageError
 from flowyard.interfaces import RunQuery
 from flowyard.models import RunRecord, StepAttempt

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import attrs
 import sqlalchemy as sa
-
 from flowyard.config import Config
 from flowyard.errors import RunNotFoundError, StorageError
 from flowyard.interfaces import RunQuery
 from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt, now
 from flowyard.serialization import json_default
+
 from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, logs, runs
 
 __all__ = ["SQLStorage", "RUN_FILTERS", "SQLITE_HEADER", "normalize_url"]

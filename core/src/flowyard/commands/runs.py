@@ -1,0 +1,360 @@
+"""``flowyard runs``: query stored runs (list, show, logs, cost).
+
+Works with any storage backend through :class:`flowyard.interfaces.StorageBackend` (the
+default stack's storage, or ``--storage URL``). Times are shown in local time; ``--since`` and
+``--until`` take an ISO 8601 date/time, UNIX seconds, or an age such as ``30m``, ``2h``,
+``7d`` (minutes, hours, days, weeks ago). Money is US dollars; a cost is shown as
+``unknown`` when a call's price was unknown (never as 0).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "partial")
+_GROUPS = ("provider", "model", "step", "agent", "workflow", "run")
+
+
+def parse_time(value: str, *, now: float | None = None) -> float:
+    """Return UNIX seconds for ``value``: ISO 8601 (local time when no zone is given), UNIX
+    seconds, or an age ``<number><s|m|h|d|w>`` before ``now``.
+
+    Raises:
+        ValueError: the value is none of these (the message shows the accepted forms).
+    """
+    match = _AGE.match(value)
+    if match:
+        reference = time.time() if now is None else now
+        return reference - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a time: use ISO 8601 (2026-01-31 or 2026-01-31T14:00), UNIX "
+            "seconds, or an age such as 30m, 2h, 7d") from None
+
+
+class _TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = _TimeParam()
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_duration(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "-"
+    seconds = end - start
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)}m{sec:02.0f}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)}h{int(minutes):02d}m"
+
+
+def _fmt_cost(cost: float | None) -> str:
+    return "unknown" if cost is None else f"${cost:.6f}"
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                          default=str)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _with_storage(storage_url: str | None, body: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the stack's storage (or ``storage_url``), run ``body(storage)``, close it.
+
+    Storage errors become click errors (exit status 1) with the backend's message.
+    """
+    import anyio
+
+    from flowyard.errors import FlowyardError
+    from flowyard.stack import Stack
+
+    overrides = {"storage": {"url": storage_url}} if storage_url else None
+
+    async def main() -> T:
+        stack = Stack.default(config=overrides)
+        async with stack:
+            return await body(stack.storage)
+
+    try:
+        return anyio.run(main)
+    except FlowyardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+@click.group()
+@click.option("--storage", "storage_url", metavar="URL", envvar="FLOWYARD_STORAGE_URL",
+              help="Storage URL (default: storage.url, else the default stack's database).")
+@click.pass_context
+def runs(ctx: click.Context, storage_url: str | None) -> None:
+    """Query stored runs: list, show, logs, cost."""
+    ctx.obj = {"storage_url": storage_url}
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(_STATUSES), help="Only runs with this status.")
+@click.option("--workflow", "workflow_name", metavar="NAME", help="Only runs of this workflow.")
+@click.option("--since", type=TIME, help="Only runs created at or after this time.")
+@click.option("--until", type=TIME, help="Only runs created before this time.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Runs per page.")
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True,
+              help="Page number (1 is the newest runs, or the oldest with --oldest-first).")
+@click.option("--oldest-first", is_flag=True, help="Oldest runs first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array of runs).")
+@click.pass_obj
+def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None,
+              since: float | None, until: float | None, limit: int, page: int,
+              oldest_first: bool, as_json: bool) -> None:
+    """List runs, newest first, filtered by status, workflow and creation time."""
+    from flowyard.interfaces import RunQuery
+    from flowyard.serialization import unstructure
+
+    query = RunQuery(status=status, workflow_name=workflow_name, created_after=since,
+                     created_before=until, limit=limit, offset=(page - 1) * limit,
+                     order="created_at" if oldest_first else "-created_at")
+
+    async def body(storage: Any) -> list[Any]:
+        return list(await storage.list_runs(query))
+
+    found = _with_storage(obj["storage_url"], body)
+    if as_json:
+        rows = [unstructure(r) for r in found]
+        for row in rows:
+            row.pop("workflow", None)
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table("run", "workflow", "status", "created", "duration", "tokens", "cost",
+                  "resumes")
+    for run in found:
+        style = {"completed": "green", "failed": "red", "running": "yellow",
+                 "partial": "yellow", "cancelled": "magenta"}.get(run.status, "")
+        table.add_row(run.id, run.workflow_name, f"[{style}]{run.status}[/]" if style
+                      else run.status, _fmt_time(run.created_at),
+                      _fmt_duration(run.started_at, run.finished_at),
+                      str(run.input_tokens + run.output_tokens), _fmt_cost(run.cost_usd),
+                      str(run.resume_count))
+    console = _console()
+    if not found:
+        console.print("no runs match" + (f" (page {page})" if page > 1 else ""))
+        return
+    console.print(table)
+    if len(found) == limit:
+        console.print(f"page {page}; more may follow: --page {page + 1}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: run, attempts, checkpoints, logs, costs.")
+@click.pass_obj
+def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
+    """Show a run: status, inputs, outputs, error, its steps, logs and cost lines."""
+    from flowyard.serialization import unstructure
+
+    async def body(storage: Any) -> dict[str, Any]:
+        run = await storage.get_run(run_id)
+        return {
+            "run": run,
+            "attempts": await storage.list_attempts(run_id),
+            "checkpoints": await storage.load_checkpoints(run_id),
+            "logs": await storage.list_logs(run_id),
+            "costs": await storage.list_costs(run_id),
+        }
+
+    data = _with_storage(obj["storage_url"], body)
+    if as_json:
+        click.echo(json.dumps(unstructure(data), indent=2, ensure_ascii=False, default=str))
+        return
+    from rich.table import Table
+
+    run = data["run"]
+    console = _console()
+    console.print(f"[bold]run {run.id}[/]  workflow {run.workflow_name}  status {run.status}")
+    console.print(f"created {_fmt_time(run.created_at)}  started {_fmt_time(run.started_at)}  "
+                  f"finished {_fmt_time(run.finished_at)}  duration "
+                  f"{_fmt_duration(run.started_at, run.finished_at)}")
+    console.print(f"tokens in {run.input_tokens} out {run.output_tokens}  cost "
+                  f"{_fmt_cost(run.cost_usd)}  resumes {run.resume_count}  workflow hash "
+                  f"{run.workflow_hash[:12] or '-'}")
+    console.print(f"inputs: {_short(run.inputs, 200)}", markup=False)
+    console.print(f"outputs: {_short(run.outputs, 200)}", markup=False)
+    if run.error:
+        console.print(f"[red]error:[/] {run.error}")
+
+    steps = Table("step", "attempt", "status", "duration", "tokens", "cost", "output / error",
+                  title="steps")
+    for a in data["attempts"]:
+        detail = a.error if a.error else _short(a.output)
+        if a.error_type:
+            detail = f"{a.error_type}: {detail}"
+        steps.add_row(a.step_key, str(a.attempt), a.status,
+                      _fmt_duration(a.started_at, a.finished_at),
+                      str(a.input_tokens + a.output_tokens), _fmt_cost(a.cost_usd), detail)
+    console.print(steps if data["attempts"] else "no step attempts recorded")
+    done = data["checkpoints"]
+    console.print(f"{len(done)} step key(s) completed (checkpointed)")
+    if data["logs"]:
+        console.print(f"{len(data['logs'])} log line(s): flowyard runs logs {run.id}")
+    if data["costs"]:
+        _print_cost_table(console, data["costs"], "step")
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Only lines at this level or above.")
+@click.option("--step", "step_id", metavar="STEP", help="Only lines of this step.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_obj
+def logs(obj: dict[str, Any], run_id: str, level: str | None, step_id: str | None,
+         as_json: bool) -> None:
+    """Print a run's log lines in order."""
+    from flowyard.serialization import unstructure
+
+    order = ["debug", "info", "warning", "error"]
+
+    async def body(storage: Any) -> list[Any]:
+        await storage.get_run(run_id)  # a clear error for an unknown run
+        return list(await storage.list_logs(run_id))
+
+    lines = _with_storage(obj["storage_url"], body)
+    if level is not None:
+        floor = order.index(level)
+        lines = [r for r in lines if r.level not in order or order.index(r.level) >= floor]
+    if step_id is not None:
+        lines = [r for r in lines if r.step_id == step_id]
+    for record in lines:
+        if as_json:
+            click.echo(json.dumps(unstructure(record), ensure_ascii=False))
+        else:
+            where = f" [{record.step_id}]" if record.step_id else ""
+            click.echo(f"{_fmt_time(record.time)} {record.level.upper():7}{where} "
+                       f"{record.message}")
+
+
+def _group_costs(lines: list[Any], by: str) -> list[dict[str, Any]]:
+    key_of: dict[str, Callable[[Any], str]] = {
+        "provider": lambda c: c.provider,
+        "model": lambda c: f"{c.provider}/{c.model}",
+        "step": lambda c: c.step_id or "-",
+        "agent": lambda c: c.agent or "-",
+        "workflow": lambda c: c.workflow_name or "-",
+        "run": lambda c: c.run_id,
+    }
+    groups: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        key = key_of[by](line)
+        g = groups.setdefault(key, {by: key, "calls": 0, "input_tokens": 0, "output_tokens": 0,
+                                    "cost_usd": 0.0, "unpriced_calls": 0})
+        g["calls"] += 1
+        g["input_tokens"] += line.input_tokens
+        g["output_tokens"] += line.output_tokens
+        if line.cost_usd is None:
+            g["unpriced_calls"] += 1
+        else:
+            g["cost_usd"] += line.cost_usd
+    rows = sorted(groups.values(), key=lambda g: -g["cost_usd"])
+    for g in rows:
+        g["cost_known"] = g["unpriced_calls"] == 0
+    return rows
+
+
+def _print_cost_table(console: Any, lines: list[Any], by: str) -> None:
+    from rich.table import Table
+
+    rows = _group_costs(lines, by)
+    table = Table(by, "calls", "input tokens", "output tokens", "cost (USD)", title="cost")
+    for g in rows:
+        if g["unpriced_calls"] == g["calls"]:
+            cost = "unknown"
+        else:
+            cost = f"${g['cost_usd']:.6f}"
+            if g["unpriced_calls"]:
+                cost += f" + {g['unpriced_calls']} unpriced call(s)"
+        table.add_row(g[by], str(g["calls"]), str(g["input_tokens"]), str(g["output_tokens"]),
+                      cost)
+    known = sum(g["cost_usd"] for g in rows)
+    unpriced = sum(g["unpriced_calls"] for g in rows)
+    console.print(table)
+    console.print(f"total ${known:.6f}" + (f" (+ {unpriced} call(s) of unknown price)"
+                                          if unpriced else ""))
+
+
+@runs.command("cost")
+@click.argument("run_id", required=False)
+@click.option("--by", type=click.Choice(_GROUPS), default="model", show_default=True,
+              help="Group cost lines by this field.")
+@click.option("--since", type=TIME, help="Only calls at or after this time.")
+@click.option("--until", type=TIME, help="Only calls before this time.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def cost(obj: dict[str, Any], run_id: str | None, by: str, since: float | None,
+         until: float | None, as_json: bool) -> None:
+    """Sum LLM cost lines (tokens and US dollars) of one run, or of all runs."""
+
+    async def body(storage: Any) -> list[Any]:
+        if run_id is not None:
+            await storage.get_run(run_id)
+        return list(await storage.list_costs(run_id))
+
+    lines = _with_storage(obj["storage_url"], body)
+    lines = [c for c in lines if (since is None or c.time >= since)
+             and (until is None or c.time < until)]
+    if as_json:
+        rows = _group_costs(lines, by)
+        total = sum(g["cost_usd"] for g in rows)
+        unpriced = sum(g["unpriced_calls"] for g in rows)
+        click.echo(json.dumps({"by": by, "groups": rows, "total_usd": total,
+                               "unpriced_calls": unpriced, "cost_known": unpriced == 0},
+                              indent=2))
+        return
+    console = _console()
+    if not lines:
+        console.print("no cost lines")
+        return
+    _print_cost_table(console, lines, by)
