@@ -299,6 +299,17 @@ def error_for_exception(
     detail = redact(str(exc) or type(exc).__name__, secrets)
     where = f"{provider}" + (f" model {model!r}" if model else "")
     kwargs: dict[str, Any] = {"provider": provider, "model": model}
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        # httpx-aiohttp maps every aiohttp connection error (refused included) to
+        # ConnectTimeout; classify by the original aiohttp exception instead.
+        import aiohttp
+
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return ProviderTimeoutError(f"{where}: request timed out ({detail})", **kwargs)
+        if isinstance(cause, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+            return ServerError(f"{where}: connection failed ({type(cause).__name__}: {detail})",
+                               **kwargs)
     if isinstance(exc, httpx.TimeoutException):
         return ProviderTimeoutError(f"{where}: request timed out ({type(exc).__name__}: {detail})",
                                     **kwargs)

@@ -444,10 +444,20 @@ class OpenAIProvider:
             json_body={"model": model, "input": list(texts), "encoding_format": "float"})
         try:
             items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
-            vectors = [[float(x) for x in item["embedding"]] for item in items]
-        except (KeyError, TypeError, ValueError):
+            raw_vectors = [item["embedding"] for item in items]
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise MalformedResponseError(f"{self.name}: embeddings response lacks data[]."
                                          "embedding", provider=self.name, model=model) from None
+        vectors: list[list[float]] = []
+        for raw in raw_vectors:
+            if not isinstance(raw, list) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+                hint = (" (a list of per-token vectors: the server's model has no pooling)"
+                        if isinstance(raw, list) and raw and isinstance(raw[0], list) else "")
+                raise MalformedResponseError(
+                    f"{self.name}: embedding is not a flat list of numbers{hint}",
+                    provider=self.name, model=model)
+            vectors.append([float(x) for x in raw])
         if len(vectors) != len(texts):
             raise MalformedResponseError(
                 f"{self.name}: asked for {len(texts)} embeddings, got {len(vectors)}",
