@@ -1,0 +1,305 @@
+"""``flowyard stats`` (run metrics) and ``flowyard doctor`` (health checks).
+
+The logic lives in plain functions (:func:`parse_since`, :func:`gather_stats`,
+:func:`run_doctor`) so it can be used from Python as well as from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import click
+
+if TYPE_CHECKING:
+    from flowyard.metrics import Metrics
+    from flowyard.stack import Stack
+
+__all__ = ["stats", "doctor", "parse_since", "gather_stats", "run_doctor", "Check",
+           "format_stats"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+#: Free space below which the disk check fails / warns (bytes).
+DISK_FAIL_BYTES = 100 * 1024 * 1024
+DISK_WARN_BYTES = 1024 * 1024 * 1024
+
+
+def parse_since(text: str | None, *, now: float | None = None) -> float | None:
+    """Turn ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"``, a number of seconds or an ISO 8601 date
+    into a UNIX time (seconds); None stays None.
+
+    Raises:
+        click.BadParameter: anything else (the message shows the accepted forms).
+    """
+    if text is None or text == "":
+        return None
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: use a duration such as 30m, 24h, 7d, 2w, or an ISO date "
+            "(2026-11-01 or 2026-11-01T12:00)", param_hint="--since") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+async def gather_stats(stack: Stack, *, since: float | None = None,
+                       workflow: str | None = None, max_runs: int = 1000,
+                       events: bool = True) -> Metrics:
+    """Open the stack's storage and return :func:`flowyard.metrics.collect_metrics`."""
+    from flowyard.metrics import collect_metrics
+
+    await stack.open()
+    return await collect_metrics(stack.storage, since=since, workflow=workflow,
+                                 max_runs=max_runs, events=events)
+
+
+def _money(value: float | None, unknown_calls: int = 0) -> str:
+    if value is None:
+        return f"unknown ({unknown_calls} unpriced)" if unknown_calls else "unknown"
+    return f"${value:.6f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def format_stats(m: Metrics) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Return the metrics as titled sections of (label, value) rows, for display."""
+    def latency(stats: Any) -> str:
+        if not stats.count:
+            return "-"
+        return (f"p50 {_secs(stats.p50_s)}  p90 {_secs(stats.p90_s)}  p95 {_secs(stats.p95_s)}"
+                f"  p99 {_secs(stats.p99_s)}  max {_secs(stats.max_s)}  (n={stats.count})")
+
+    cost = m.cost
+    sections = [
+        ("Runs", [("runs", str(m.runs)),
+                  *[(f"  {k}", str(v)) for k, v in sorted(m.runs_by_status.items())],
+                  ("success rate", _pct(m.run_success_rate)),
+                  ("duration", latency(m.run_latency))]),
+        ("Steps", [*[(f"  {k}", str(v)) for k, v in sorted(m.steps_by_status.items())],
+                   ("success rate", _pct(m.step_success_rate)),
+                   ("attempts / retries", f"{m.step_attempts} / {m.step_retries}"),
+                   ("duration", latency(m.step_latency))]),
+        ("LLM", [("calls", str(m.llm_calls)), ("errors", str(m.llm_errors)),
+                 *[(f"  {k}", str(v)) for k, v in sorted(m.llm_errors_by_type.items())],
+                 ("latency", latency(m.llm_latency)),
+                 ("tokens in / out", f"{cost.input_tokens} / {cost.output_tokens}"),
+                 ("cost", _money(cost.cost_usd, cost.unknown_cost_calls)
+                  if cost.cost_known or cost.known_cost_usd == 0
+                  else f"${cost.known_cost_usd:.6f} + unknown "
+                       f"({cost.unknown_cost_calls} unpriced)"),
+                 ("rate-limit waits", f"{m.ratelimit_waits} calls, {m.ratelimit_wait_s:.3f}s"),
+                 ("budget refusals", str(m.budget_refusals))]),
+        ("Cost by model", [(ref, f"{_money(row['cost_usd'], row['unknown_cost_calls'])}  "
+                                 f"{row['calls']} calls  {row['input_tokens']} in / "
+                                 f"{row['output_tokens']} out")
+                           for ref, row in sorted(m.cost_by_model.items())]),
+    ]
+    if m.router_choices:
+        sections.append(("Router choices", [(ref, str(n)) for ref, n in
+                                            sorted(m.router_choices.items())]))
+    return sections
+
+
+@click.command()
+@click.option("--since", default=None, help="Only runs created since: 30m, 24h, 7d, 2w or an "
+                                            "ISO date.")
+@click.option("--workflow", default=None, help="Only runs of this workflow.")
+@click.option("--runs", "max_runs", default=1000, show_default=True, type=click.IntRange(1),
+              help="Consider at most this many of the newest runs.")
+@click.option("--no-events", is_flag=True, help="Skip reading events (faster; no LLM latency, "
+                                                "errors or rate-limit figures).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(since: str | None, workflow: str | None, max_runs: int, no_events: bool,
+          as_json: bool) -> None:
+    """Run metrics: runs and steps by status, success rate, latency percentiles, tokens, cost
+    (unknown prices shown as unknown) and rate-limit waiting time."""
+    import anyio
+
+    from flowyard.stack import Stack
+
+    start = parse_since(since)
+    stack = Stack.default()
+
+    async def main() -> Metrics:
+        try:
+            return await gather_stats(stack, since=start, workflow=workflow,
+                                      max_runs=max_runs, events=not no_events)
+        finally:
+            await stack.aclose()
+
+    metrics = anyio.run(main)
+    if as_json:
+        click.echo(json.dumps(metrics.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for title, rows in format_stats(metrics):
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column("", style="bold")
+        table.add_column("")
+        for label, value in rows or [("-", "")]:
+            table.add_row(label, value)
+        console.print(table)
+
+
+# ----------------------------------------------------------------------------- doctor
+
+
+@attrs.define
+class Check:
+    """One health check: ``status`` is ``"ok"``, ``"warn"`` or ``"fail"``."""
+
+    area: str
+    name: str
+    status: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready dict."""
+        return attrs.asdict(self)
+
+
+async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
+                     disk_path: str | None = None) -> list[Check]:
+    """Check the installation and return one :class:`Check` per finding.
+
+    - plugins: each plugin's load status (failed: fail), duplicate names (warn);
+    - configuration: ``[limits]``, ``[circuit]`` and ``budgets.unknown_price`` parse;
+    - providers: each answers ``list_models()`` within ``timeout_s`` seconds (authentication
+      or configuration errors: warn, as the provider is installed but not set up; other
+      errors and timeouts: fail); the default model resolves;
+    - storage: opens, and a key written in the key-value area reads back and is deleted;
+    - disk: free space where data goes (``disk_path``, default the data directory):
+      below 100 MiB fails, below 1 GiB warns.
+    """
+    import anyio
+
+    from flowyard.errors import AuthenticationError, ConfigError, FlowyardError
+
+    checks: list[Check] = []
+    for plugin in stack.plugin_report:
+        if plugin.status == "failed":
+            checks.append(Check("plugins", plugin.name, "fail", plugin.error or "failed"))
+        else:
+            checks.append(Check("plugins", plugin.name, "ok",
+                                f"{plugin.status} {plugin.version}".strip()))
+    for dup in stack.duplicates:
+        checks.append(Check("plugins", f"{dup.kind} {dup.name}", "warn",
+                            f"registered twice: kept {dup.kept}, dropped {dup.dropped}"))
+
+    for area, build in (("limits", lambda: stack.llm.limiters),
+                        ("circuit", lambda: stack.llm.breakers),
+                        ("budgets", stack.llm.unknown_price_policy)):
+        try:
+            build()
+            checks.append(Check("config", area, "ok", "valid"))
+        except ConfigError as exc:
+            checks.append(Check("config", area, "fail", str(exc)))
+
+    for name in stack.providers.names():
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(timeout_s):
+                infos = await stack.providers.get(name).list_models()
+            checks.append(Check("providers", name, "ok",
+                                f"{len(infos)} model(s) in "
+                                f"{time.perf_counter() - started:.2f}s"))
+        except TimeoutError:
+            checks.append(Check("providers", name, "fail",
+                                f"no answer to list_models within {timeout_s:g}s"))
+        except (AuthenticationError, ConfigError) as exc:
+            checks.append(Check("providers", name, "warn",
+                                f"not set up: {type(exc).__name__}: {exc}"))
+        except (FlowyardError, OSError) as exc:
+            checks.append(Check("providers", name, "fail", f"{type(exc).__name__}: {exc}"))
+    try:
+        default = stack.llm.default_model()
+        checks.append(Check("providers", "default model", "ok", default))
+    except ConfigError as exc:
+        checks.append(Check("providers", "default model", "warn", str(exc)))
+
+    try:
+        url = stack.storage_url()
+        await stack.open()
+        key = f"probe-{time.time_ns()}"
+        await stack.storage.kv_set("flowyard.doctor", key, {"written": True})
+        back = await stack.storage.kv_get("flowyard.doctor", key)
+        await stack.storage.kv_delete("flowyard.doctor", key)
+        if back != {"written": True}:
+            checks.append(Check("storage", url, "fail", f"wrote a value and read back {back!r}"))
+        else:
+            checks.append(Check("storage", url, "ok", "reachable and writable"))
+    except (FlowyardError, OSError) as exc:
+        checks.append(Check("storage", "storage", "fail", f"{type(exc).__name__}: {exc}"))
+
+    try:
+        path = disk_path or str(stack.config.data_dir)
+        usage = shutil.disk_usage(path)
+        free_gib = usage.free / 1024**3
+        status = ("fail" if usage.free < DISK_FAIL_BYTES
+                  else "warn" if usage.free < DISK_WARN_BYTES else "ok")
+        checks.append(Check("disk", path, status,
+                            f"{free_gib:.2f} GiB free of {usage.total / 1024**3:.2f} GiB"))
+    except OSError as exc:
+        checks.append(Check("disk", disk_path or "data dir", "fail", str(exc)))
+    return checks
+
+
+@click.command()
+@click.option("--timeout", "timeout_s", default=5.0, show_default=True, type=float,
+              help="Seconds to wait for each provider's model list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(timeout_s: float, as_json: bool) -> None:
+    """Check plugins, configuration, providers, storage and disk space.
+
+    Exits with status 1 when any check fails (warnings do not).
+    """
+    import anyio
+
+    from flowyard.stack import Stack
+
+    stack = Stack.default()
+
+    async def main() -> list[Check]:
+        try:
+            return await run_doctor(stack, timeout_s=timeout_s)
+        finally:
+            await stack.aclose()
+
+    checks = anyio.run(main)
+    failed = any(c.status == "fail" for c in checks)
+    if as_json:
+        click.echo(json.dumps({"ok": not failed, "checks": [c.to_dict() for c in checks]},
+                              indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("area", "check", "status", "detail")
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for c in checks:
+            table.add_row(c.area, c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+        Console().print(table)
+    if failed:
+        raise SystemExit(1)
