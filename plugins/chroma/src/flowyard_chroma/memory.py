@@ -57,6 +57,9 @@ def _to_record(entry: MemoryEntry) -> dict[str, Any]:
         "category": entry.category,
         "importance": float(entry.score),
         "created_at": float(entry.created_at),
+        # chroma may round floats; the exact value is kept as text for the round trip
+        "created_at_exact": repr(float(entry.created_at)),
+        "importance_exact": repr(float(entry.score)),
         "metadata_json": json.dumps(entry.metadata, sort_keys=True),
     }
     if entry.source_run is not None:
@@ -73,10 +76,11 @@ def _from_record(record_id: str, text: str, meta: Mapping[str, Any], namespace: 
                  ) -> MemoryEntry:
     return MemoryEntry(
         text=text, namespace=namespace, category=str(meta.get("category", "general")),
-        score=float(meta.get("importance", 0.5)),
+        score=float(meta.get("importance_exact", meta.get("importance", 0.5))),
         metadata=json.loads(str(meta.get("metadata_json", "{}"))),
         source_run=meta.get("source_run"), source_step=meta.get("source_step"),
-        id=record_id, created_at=float(meta.get("created_at", 0.0)),
+        id=record_id,
+        created_at=float(meta.get("created_at_exact", meta.get("created_at", 0.0))),
     )
 
 
