@@ -83,8 +83,15 @@ def environment() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                        keep_trailing_newline=True)
+    class _Environment(ImmutableSandboxedEnvironment):  # type: ignore[misc]
+        """Data first: ``inputs.items`` is the key ``items``, not the ``dict.items`` method."""
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if isinstance(obj, Mapping) and isinstance(attribute, str) and attribute in obj:
+                return obj[attribute]
+            return super().getattr(obj, attribute)
+
+    env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     for name in ("cycler", "joiner", "lipsum"):
         env.globals.pop(name, None)
     env.filters["fromjson"] = _fromjson

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
@@ -132,7 +132,8 @@ class RetryPolicy:
     """When and how a failed step is tried again.
 
     The wait before retry ``n`` (1-based) is ``min(max_backoff, backoff * multiplier**(n-1))``
-    plus a random jitter in ``[0, jitter]`` seconds (tenacity's ``wait_exponential_jitter``).
+    plus a random jitter in ``[0, jitter]`` seconds (tenacity's ``wait_exponential`` plus
+    ``wait_random``).
 
     Args:
         attempts: total tries, including the first (1 = no retry).
@@ -776,6 +777,3 @@ class RunResult:
             data["steps"][sid]["duration_s"] = step.duration_s
         return data
 
-
-def _sequence(value: Any) -> Sequence[Any]:
-    return value if isinstance(value, (list, tuple)) else [value]

@@ -521,7 +521,8 @@ class Run:
             AsyncRetrying,
             retry_if_exception,
             stop_after_attempt,
-            wait_exponential_jitter,
+            wait_exponential,
+            wait_random,
         )
 
         def before_sleep(retry_state: Any) -> None:
@@ -534,8 +535,8 @@ class Run:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts),
-            wait=wait_exponential_jitter(initial=policy.backoff, max=policy.max_backoff,
-                                         exp_base=policy.multiplier, jitter=policy.jitter),
+            wait=wait_exponential(multiplier=policy.backoff, exp_base=policy.multiplier,
+                                  max=policy.max_backoff) + wait_random(0, policy.jitter),
             retry=retry_if_exception(
                 lambda e: isinstance(e, Exception) and policy.matches(e)),
             sleep=anyio.sleep,
