@@ -76,6 +76,7 @@ class Locations:
                  positions: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.file = file
         self.positions: dict[str, tuple[int, int]] = dict(positions or {})
+        self.keys: dict[str, tuple[int, int]] = {}
 
     def find(self, path: str) -> tuple[int | None, int | None]:
         """Return ``(line, column)`` of ``path`` or of its nearest ancestor, or (None, None)."""
@@ -88,9 +89,9 @@ class Locations:
             cut = max(current.rfind("."), current.rfind("["))
             current = current[:cut] if cut > 0 else ""
 
-    def issue(self, message: str, path: str = "") -> ValidationIssue:
-        """Return a :class:`ValidationIssue` located at ``path``."""
-        line, column = self.find(path)
+    def issue(self, message: str, path: str = "", *, key: bool = False) -> ValidationIssue:
+        """Return a :class:`ValidationIssue` located at ``path`` (at its key when ``key``)."""
+        line, column = self.keys[path] if key and path in self.keys else self.find(path)
         return ValidationIssue(message, path=path, file=self.file, line=line, column=column)
 
 
@@ -331,8 +332,8 @@ class _Collector:
         self.loc = locations
         self.issues: list[ValidationIssue] = []
 
-    def add(self, message: str, path: str) -> None:
-        self.issues.append(self.loc.issue(message, path))
+    def add(self, message: str, path: str, *, key: bool = False) -> None:
+        self.issues.append(self.loc.issue(message, path, key=key))
 
     def number(self, value: Any, path: str, *, integer: bool = False, minimum: float = 0,
                allow_none: bool = True) -> Any:
@@ -362,7 +363,8 @@ def _parse_input(name: str, spec: Any, path: str, c: _Collector) -> InputSpec | 
         return InputSpec(name=name, default=spec, type=_infer_type(spec))
     for key in spec:
         if key not in _INPUT_KEYS:
-            c.add(_unknown_key(str(key), _INPUT_KEYS, f"input {name!r}"), f"{path}.{key}")
+            c.add(_unknown_key(str(key), _INPUT_KEYS, f"input {name!r}"), f"{path}.{key}",
+                  key=True)
     kind = spec.get("type", "any")
     if kind not in INPUT_TYPES:
         c.add(f"unknown input type {kind!r} (types: {', '.join(INPUT_TYPES)})", f"{path}.type")
@@ -403,7 +405,7 @@ def _parse_retry(value: Any, path: str, c: _Collector) -> RetryPolicy | None:
     kwargs: dict[str, Any] = {}
     for key, item in value.items():
         if key not in _RETRY_KEYS:
-            c.add(_unknown_key(str(key), _RETRY_KEYS, "retry"), f"{path}.{key}")
+            c.add(_unknown_key(str(key), _RETRY_KEYS, "retry"), f"{path}.{key}", key=True)
             continue
         if key == "on":
             items = [item] if isinstance(item, str) else item
@@ -431,7 +433,7 @@ def _parse_step(raw: Any, index: int, c: _Collector) -> Step | None:
         return None
     for key in raw:
         if key not in _STEP_KEYS:
-            c.add(_unknown_key(str(key), _STEP_KEYS, "a step"), f"{path}.{key}")
+            c.add(_unknown_key(str(key), _STEP_KEYS, "a step"), f"{path}.{key}", key=True)
     step_id = raw.get("id")
     if step_id is None:
         c.add("step has no 'id'", path)
@@ -530,7 +532,7 @@ def parse_workflow(data: Mapping[str, Any], *, locations: Locations | None = Non
             f"a workflow must be a mapping, got {type(data).__name__}")])
     for key in data:
         if key not in _WORKFLOW_KEYS:
-            c.add(_unknown_key(str(key), _WORKFLOW_KEYS, "the workflow"), str(key))
+            c.add(_unknown_key(str(key), _WORKFLOW_KEYS, "the workflow"), str(key), key=True)
     name = data.get("name")
     if not isinstance(name, str) or not name:
         c.add("the workflow needs a 'name' (a non-empty string)", "name" if "name" in data

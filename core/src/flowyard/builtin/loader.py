@@ -24,6 +24,9 @@ MAX_BYTES = 1024 * 1024
 MAX_NODES = 200_000
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that keeps the node tree for the marked walk."""
 
@@ -47,6 +50,11 @@ class _Walker:
             raise WorkflowValidationError([self.loc.issue(
                 f"the document has more than {self.max_nodes} values (alias expansion?)", path)])
         self._mark(node, path)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            mark = node.start_mark
+            raise WorkflowValidationError([ValidationIssue(
+                f"invalid YAML: unsupported tag {node.tag!r} (only plain data is allowed)",
+                path=path, file=self.loc.file, line=mark.line + 1, column=mark.column + 1)])
         if isinstance(node, yaml.MappingNode):
             self.loader.flatten_mapping(node)
             out: dict[Any, Any] = {}
@@ -60,6 +68,8 @@ class _Walker:
                     continue
                 key = str(key) if not isinstance(key, str) else key
                 child = f"{path}.{key}" if path else key
+                self.loc.keys.setdefault(child, (key_node.start_mark.line + 1,
+                                                 key_node.start_mark.column + 1))
                 if key in out:
                     mark = key_node.start_mark
                     self.issues.append(ValidationIssue(
