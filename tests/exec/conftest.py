@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,19 @@ def work_dir(tmp_path: Path) -> Path:
     path = tmp_path / "wd"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def gone() -> Callable[..., list[int]]:
+    """``gone(marker)``: wait for processes carrying ``marker`` to end; return survivors."""
+    return wait_until_gone
+
+
+@pytest.fixture
+def open_work_dir() -> Iterator[Path]:
+    """A work directory every user can reach (``tmp_path``'s parents are private to root, and
+    an unsandboxed command runs as ``nobody`` when the tests run as root)."""
+    path = Path(tempfile.mkdtemp(prefix="flowyard-exec-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)

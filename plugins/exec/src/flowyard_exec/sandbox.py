@@ -51,6 +51,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The launcher runs as ``python -I -S -c _LAUNCHER <spec-json> -- <argv...>``.
 _LAUNCHER = r"""
 import json, os, resource, sys
+import warnings  # os.execvp imports it lazily: load it before dropping privileges
 spec = json.loads(sys.argv[1])
 argv = sys.argv[3:]
 try:
