@@ -784,6 +784,9 @@ class SafeRoot:
                 raise ToolError(f"{path!r} is a directory; cannot append to it")
             existing = self._existing(loc, path)
             old_size = existing.st_size if existing is not None else 0
+            if existing is not None and stat_mod.S_ISLNK(existing.st_mode):
+                raise UnsafePathError(f"{path!r}: is a symbolic link that changed during the "
+                                      "operation; refusing to append to it")
             if existing is not None and not stat_mod.S_ISREG(existing.st_mode):
                 raise ToolError(f"{path!r} is not a regular file")
             self._check_quota(path, old_size + len(data), old_size)
