@@ -7,7 +7,6 @@ import math
 
 import anyio
 import pytest
-
 from flowyard.budget import (
     IMAGE_TOKENS,
     Budget,

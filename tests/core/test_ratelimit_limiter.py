@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import anyio
 import pytest
-
 from flowyard.clock import VirtualClock
 from flowyard.errors import ConfigError, RateLimitedError
 from flowyard.ratelimit import LimiterSet, RateLimiter, RateLimits

@@ -54,13 +54,21 @@ from flowyard.errors import (
     RateLimitedError,
     UnknownNameError,
 )
-from flowyard.models import ChatChunk, ChatRequest, ChatResponse, CostLine, Message, ModelInfo, Usage
 from flowyard.modelregistry import ModelRegistry
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CostLine,
+    Message,
+    ModelInfo,
+    Usage,
+)
 from flowyard.ratelimit import LimiterSet
 
 if TYPE_CHECKING:
     from flowyard.context import ToolContext
-    from flowyard.interfaces import Provider, RouteRequest, Router
+    from flowyard.interfaces import Provider, Router, RouteRequest
     from flowyard.metrics import LiveMetrics
     from flowyard.stack import Stack
 

@@ -18,6 +18,7 @@ A model named only in configuration is added to the registry when its provider i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,9 @@ class ModelRegistry:
         self._by_provider: dict[str, dict[str, ModelInfo]] = {}
         #: provider name -> error text of the last failed listing.
         self.errors: dict[str, str] = {}
+        #: seconds before a provider whose listing failed is asked again by :meth:`get`.
+        self.retry_failed_s = 60.0
+        self._failed_at: dict[str, float] = {}
 
     def _overrides(self) -> dict[str, Mapping[str, Any]]:
         table = self.stack.config.get("models.info", {}) or {}
@@ -154,6 +158,7 @@ class ModelRegistry:
         """Return ``{model id: info}`` of one provider (cached).
 
         Raises:
+            ConfigError: a malformed ``[models.info]`` entry for this provider.
             FlowyardError / OSError / TimeoutError: the provider failed to list its models.
         """
         if not refresh and name in self._by_provider:
@@ -164,16 +169,24 @@ class ModelRegistry:
         models = self._apply(name, infos)
         self._by_provider[name] = models
         self.errors.pop(name, None)
+        self._failed_at.pop(name, None)
         return models
 
     async def get(self, ref: str) -> ModelInfo | None:
         """Return the info of ``provider/model``, or None when the provider does not list it
-        (or cannot list its models; the error is kept in :attr:`errors`)."""
+        (or cannot list its models: the error is kept in :attr:`errors` and the provider is
+        not asked again for :attr:`retry_failed_s` seconds)."""
         provider, _, model = ref.partition("/")
+        failed_at = self._failed_at.get(provider)
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
+            return None
         try:
             models = await self.load_provider(provider)
+        except ConfigError:
+            raise
         except (FlowyardError, OSError, TimeoutError) as exc:
             self.errors[provider] = f"{type(exc).__name__}: {exc}"
+            self._failed_at[provider] = time.monotonic()
             return None
         return models.get(model)
 
@@ -181,12 +194,14 @@ class ModelRegistry:
         """Return the models of every registered provider, sorted by reference.
 
         Providers that fail to list (or take longer than ``timeout_s``) are left out and
-        recorded in :attr:`errors`.
+        recorded in :attr:`errors`; a malformed ``[models.info]`` table raises ConfigError.
         """
         out: list[ModelInfo] = []
         for name in self.stack.providers.names():
             try:
                 models = await self.load_provider(name, refresh=refresh)
+            except ConfigError:
+                raise
             except (FlowyardError, OSError, TimeoutError) as exc:
                 self.errors[name] = f"{type(exc).__name__}: {exc}"
                 self.stack.events.make("provider.error", provider=name, error=str(exc))
@@ -198,5 +213,7 @@ class ModelRegistry:
         """Forget cached listings (of one provider, or all)."""
         if provider is None:
             self._by_provider.clear()
+            self._failed_at.clear()
         else:
             self._by_provider.pop(provider, None)
+            self._failed_at.pop(provider, None)

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-
 from flowyard.errors import ConfigError, UnknownNameError
 from flowyard.interfaces import RouteRequest
 from flowyard.modelregistry import eligible, ineligibility
@@ -56,7 +55,7 @@ def _settings(table: Mapping[str, Any], allowed: Mapping[str, type | tuple[type,
             raise ConfigError(f"{where}: unknown key {key!r}; expected one of "
                               f"{', '.join(sorted(allowed))}")
         kind = allowed[key]
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             raise ConfigError(f"{where}.{key} has the wrong type: {value!r}")
         out[key] = value
     return out
@@ -82,6 +81,7 @@ class _Router(abc.ABC):
     def record_outcome(self, model: ModelInfo, *, success: bool, cost_usd: float | None,
                        latency_s: float) -> None:
         """Ignored by routers that do not learn."""
+        return None
 
 
 class CheapestRouter(_Router):
