@@ -1,0 +1,55 @@
+"""Hook implementations of flowyard-anthropic (cheap to import: the provider loads lazily).
+
+Configuration (``flowyard.toml``; every key optional)::
+
+    [anthropic]
+    api_key = "sk-ant-..."             # default: $ANTHROPIC_API_KEY
+    base_url = "https://api.anthropic.com"   # default: $ANTHROPIC_BASE_URL, else Anthropic's
+    default_model = "claude-haiku-4-5" # opt in to be the stack's default model ...
+    default_priority = 5               # ... with this priority
+
+Other keys: ``headers`` (table, e.g. ``anthropic-beta``), ``timeout`` (seconds), ``backend``
+(auto/httpx/aiohttp), ``prices`` (``{model = {input=, output=}}``, US dollars per million
+tokens), ``default_max_tokens``, ``max_connections``, ``enabled``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flowyard.config import Config
+from flowyard.errors import ConfigError
+from flowyard.hookspecs import hookimpl
+from flowyard.registry import Register
+
+_PROVIDER_KEYS = {"api_key", "base_url", "headers", "timeout", "backend", "prices",
+                  "default_max_tokens", "max_connections"}
+_REGISTRATION_KEYS = {"default_model", "default_priority", "enabled"}
+
+
+@hookimpl
+def register_providers(register: Register, config: Config) -> None:
+    """Register ``anthropic`` lazily (never the default model unless configured)."""
+    section = config.section("anthropic")
+    unknown = set(section) - _PROVIDER_KEYS - _REGISTRATION_KEYS
+    if unknown:
+        raise ConfigError(f"[anthropic]: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(sorted(_PROVIDER_KEYS | _REGISTRATION_KEYS))}")
+    if not section.get("enabled", True):
+        return
+    kwargs = {k: v for k, v in section.items() if k in _PROVIDER_KEYS}
+    if "base_url" not in kwargs and os.environ.get("ANTHROPIC_BASE_URL"):
+        kwargs["base_url"] = os.environ["ANTHROPIC_BASE_URL"]
+    meta: dict[str, Any] = {}
+    if section.get("default_model"):
+        model = str(section["default_model"])
+        meta["default_model"] = model if model.startswith("anthropic/") else f"anthropic/{model}"
+        meta["default_priority"] = int(section.get("default_priority", 5))
+
+    def make() -> Any:
+        from flowyard_anthropic.provider import AnthropicProvider
+
+        return AnthropicProvider("anthropic", **kwargs)
+
+    register("anthropic", factory=make, **meta)

@@ -1,0 +1,462 @@
+"""The Anthropic Messages API provider.
+
+Plain httpx (one pooled client per instance, see :class:`flowyard.httputil.PooledClient`),
+the SSE event stream parsed with httpx-sse. API reference:
+https://docs.anthropic.com/en/api/messages and .../messages-streaming (version
+``2023-06-01``; shapes as documented in 2025).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from flowyard.errors import AuthenticationError, BadRequestError, ConfigError, MalformedResponseError
+from flowyard.httputil import (
+    PooledClient,
+    PriceTable,
+    Secret,
+    error_from_payload,
+    open_stream,
+    parse_json_body,
+    request_json,
+    stream_errors,
+)
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ImagePart,
+    Message,
+    ModelInfo,
+    ModelPrice,
+    TextPart,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+
+__all__ = ["AnthropicProvider", "ANTHROPIC_BASE_URL", "API_VERSION", "RESPONSE_TOOL",
+           "load_price_table"]
+
+#: The official API's base URL (without ``/v1``).
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+#: The ``anthropic-version`` header sent.
+API_VERSION = "2023-06-01"
+#: Name of the tool through which structured output is requested (forced tool use).
+RESPONSE_TOOL = "structured_response"
+#: ``max_tokens`` is required by the API; used when the request has none and the model's
+#: own cap is unknown.
+DEFAULT_MAX_TOKENS = 4096
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+           "tool_use": "tool_calls", "pause_turn": "pause_turn", "refusal": "refusal"}
+
+
+def load_price_table(overrides: Mapping[str, Any] | None = None) -> PriceTable:
+    """Return Anthropic's price table shipped in this package (``prices.json``) with
+    ``overrides`` (``{model: {"input": x, "output": y}}``, US dollars per million tokens)."""
+    return PriceTable.from_package("flowyard_anthropic", overrides=overrides)
+
+
+def _image_block(part: ImagePart) -> dict[str, Any]:
+    if part.data_base64 is not None:
+        return {"type": "image", "source": {"type": "base64", "media_type": part.media_type,
+                                            "data": part.data_base64}}
+    url = part.url or ""
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0] or part.media_type
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                            "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _content_blocks(message: Message) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"type": "text", "text": message.content}] if message.content else []
+    blocks: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, TextPart):
+            if part.text:
+                blocks.append({"type": "text", "text": part.text})
+        else:
+            blocks.append(_image_block(part))
+    return blocks
+
+
+def to_wire_messages(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Return ``(system, messages)`` in the Messages API's shape.
+
+    System messages are joined into the top-level ``system`` text; tool results become
+    ``tool_result`` blocks of a user turn; consecutive turns of one role are merged (the API
+    requires alternating roles).
+
+    Raises:
+        BadRequestError: a tool message without ``tool_call_id``.
+    """
+    system_parts: list[str] = []
+    wire: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            system_parts.append(message.text)
+            continue
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise BadRequestError("a tool message needs tool_call_id (the call it answers)")
+            role = "user"
+            blocks: list[dict[str, Any]] = [{"type": "tool_result",
+                                             "tool_use_id": message.tool_call_id,
+                                             "content": message.text}]
+        else:
+            role = message.role
+            blocks = _content_blocks(message)
+            if message.role == "assistant":
+                blocks += [{"type": "tool_use", "id": c.id, "name": c.name,
+                            "input": c.arguments} for c in message.tool_calls]
+        if wire and wire[-1]["role"] == role:
+            wire[-1]["content"].extend(blocks)
+        else:
+            wire.append({"role": role, "content": blocks})
+    system = "\n\n".join(p for p in system_parts if p) or None
+    return system, wire
+
+
+class AnthropicProvider:
+    """Chat, streaming, tool use, structured output (through a forced tool), images and
+    model listing over Anthropic's Messages API. Anthropic has no embeddings API.
+
+    Args:
+        name: provider name (``"anthropic"``).
+        api_key: sent as ``x-api-key``; None reads ``ANTHROPIC_API_KEY``.
+        base_url: API root without ``/v1`` (``https://api.anthropic.com``).
+        headers: extra headers (e.g. ``anthropic-beta``).
+        timeout: seconds per request.
+        backend: ``"auto"``, ``"httpx"`` or ``"aiohttp"`` (see :class:`PooledClient`).
+        transport: an explicit ``httpx.AsyncBaseTransport`` (tests).
+        prices: ``{model: {"input": x, "output": y}}`` overrides (US dollars per million
+            tokens).
+        default_max_tokens: ``max_tokens`` sent when the request has none and the price table
+            does not know the model's output cap.
+        max_connections: connection pool size.
+    """
+
+    def __init__(
+        self,
+        name: str = "anthropic",
+        *,
+        api_key: str | Secret | None = None,
+        base_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        backend: str = "auto",
+        transport: Any = None,
+        prices: Mapping[str, Any] | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_connections: int = 100,
+    ) -> None:
+        if not name or "/" in name:
+            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
+        if backend not in PooledClient.BACKENDS:
+            raise ConfigError(f"[{name}] backend must be one of "
+                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
+        self.name = name
+        self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[:-3]
+        if api_key is None:
+            api_key = os.environ.get("ANTHROPIC_API_KEY")
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
+        self.prices = load_price_table(prices)
+        self.default_max_tokens = int(default_max_tokens)
+        wire_headers = {"anthropic-version": API_VERSION, "Accept": "application/json",
+                        **dict(headers or {})}
+        if self._api_key:
+            wire_headers["x-api-key"] = self._api_key.get()
+        self._client = PooledClient(base_url=self.base_url, headers=wire_headers,
+                                    timeout=timeout, backend=backend, transport=transport,
+                                    max_connections=max_connections)
+
+    def __repr__(self) -> str:
+        return (f"AnthropicProvider(name={self.name!r}, base_url={self.base_url!r}, "
+                f"api_key={self._api_key!r})")
+
+    @property
+    def _secrets(self) -> list[Secret]:
+        return [self._api_key]
+
+    def _check_key(self, model: str | None) -> None:
+        if not self._api_key:
+            raise AuthenticationError(
+                f"{self.name}: no API key: set ANTHROPIC_API_KEY or api_key in the "
+                f"[{self.name}] section of flowyard.toml", provider=self.name, model=model)
+
+    def price(self, model: str) -> ModelPrice | None:
+        """Return the price of ``model`` (US dollars per million tokens), or None if unknown."""
+        return self.prices.price(model)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ requests
+
+    def build_body(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """Return the JSON body of ``POST /v1/messages`` for ``request``.
+
+        ``response_schema`` is sent as a tool named :data:`RESPONSE_TOOL` whose input schema
+        is the schema; without other tools the model is forced to call it, and its input
+        becomes the JSON text of the answer.
+
+        Raises:
+            BadRequestError: a message cannot be expressed, or ``tool_choice`` names a tool
+                that was not offered.
+        """
+        system, messages = to_wire_messages(request.messages)
+        max_tokens = request.max_tokens or self.prices.entry(request.model).get(
+            "max_output_tokens") or self.default_max_tokens
+        body: dict[str, Any] = {"model": request.model, "messages": messages,
+                                "max_tokens": int(max_tokens)}
+        if system:
+            body["system"] = system
+        tools: list[ToolSpec] = list(request.tools)
+        if request.response_schema is not None:
+            tools.append(ToolSpec(name=RESPONSE_TOOL,
+                                  description="Give the final answer in this structure.",
+                                  parameters=request.response_schema))
+        if tools:
+            body["tools"] = [{"name": t.name, "description": t.description,
+                              "input_schema": t.parameters} for t in tools]
+            choice = request.tool_choice
+            if request.response_schema is not None and not request.tools:
+                body["tool_choice"] = {"type": "tool", "name": RESPONSE_TOOL}
+            elif choice == "auto":
+                body["tool_choice"] = {"type": "auto"}
+            elif choice == "required":
+                body["tool_choice"] = {"type": "any"}
+            elif choice == "none":
+                body["tool_choice"] = {"type": "none"}
+            elif any(t.name == choice for t in tools):
+                body["tool_choice"] = {"type": "tool", "name": choice}
+            else:
+                raise BadRequestError(f"{self.name}: tool_choice names {choice!r}, which is not "
+                                      "among the offered tools", provider=self.name,
+                                      model=request.model)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop_sequences"] = list(request.stop)
+        if stream:
+            body["stream"] = True
+        return body
+
+    @staticmethod
+    def _usage(raw: Any) -> Usage:
+        if not isinstance(raw, Mapping):
+            return Usage()
+        inp = sum(int(raw.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens",
+                                                  "cache_read_input_tokens"))
+        return Usage(inp, int(raw.get("output_tokens") or 0))
+
+    def _finish(self, blocks_text: str, calls: list[ToolCall], stop_reason: str | None,
+                request: ChatRequest) -> tuple[str, list[ToolCall], str]:
+        finish = _FINISH.get(stop_reason or "end_turn", stop_reason or "stop")
+        if request.response_schema is not None:
+            answer = [c for c in calls if c.name == RESPONSE_TOOL]
+            if answer:
+                calls = [c for c in calls if c.name != RESPONSE_TOOL]
+                return json.dumps(answer[0].arguments), calls, "stop"
+        return blocks_text, calls, finish
+
+    def parse_response(self, data: Any, request: ChatRequest) -> ChatResponse:
+        """Turn a Messages API response into a :class:`ChatResponse`.
+
+        Raises:
+            ProviderError: the body is an error object (typed by its ``type``).
+            MalformedResponseError: the body lacks ``content``/``usage`` or a block is broken.
+        """
+        model = request.model
+        if not isinstance(data, Mapping):
+            raise MalformedResponseError(f"{self.name}: message is not a JSON object",
+                                         provider=self.name, model=model)
+        if data.get("type") == "error" or data.get("error"):
+            raise error_from_payload(data, provider=self.name, model=model,
+                                     secrets=self._secrets)
+        content = data.get("content")
+        if not isinstance(content, list) or "usage" not in data:
+            raise MalformedResponseError(
+                f"{self.name}: message lacks content[] or usage: {json.dumps(data)[:300]}",
+                provider=self.name, model=model)
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in content:
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(str(block.get("text", "")))
+            elif kind == "tool_use":
+                if not block.get("name") or not isinstance(block.get("input"), Mapping):
+                    raise MalformedResponseError(f"{self.name}: broken tool_use block",
+                                                 provider=self.name, model=model)
+                calls.append(ToolCall(id=str(block.get("id") or ""), name=str(block["name"]),
+                                      arguments=dict(block["input"])))
+        text, calls, finish = self._finish("".join(texts), calls, data.get("stop_reason"),
+                                           request)
+        usage = self._usage(data["usage"])
+        price = self.price(model)
+        return ChatResponse(
+            message=Message.assistant(text, tool_calls=calls), usage=usage,
+            model=str(data.get("model") or model), provider=self.name, finish_reason=finish,
+            cost_usd=price.cost(usage) if price is not None else None,
+            raw={"id": data.get("id"), "usage": dict(data["usage"])},
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Return one completion (``POST /v1/messages``).
+
+        Raises:
+            AuthenticationError (also when no key is configured), RateLimitedError
+            (``retry_after`` in seconds), ProviderTimeoutError, ServerError (5xx, 529
+            overloaded), BadRequestError, MalformedResponseError.
+        """
+        self._check_key(request.model)
+        data = await request_json(self._client.get(), "POST", "/v1/messages",
+                                  provider=self.name, model=request.model,
+                                  secrets=self._secrets, json_body=self.build_body(request))
+        return self.parse_response(data, request)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Yield text deltas from the SSE event stream, then one ``done=True`` chunk with the
+        usage, finish reason and complete tool calls.
+
+        With ``response_schema`` the JSON answer (the forced tool's input) arrives as one
+        text delta just before the final chunk.
+
+        Raises:
+            MalformedResponseError: the stream ended before ``message_stop``; the typed error
+                of an ``error`` event sent after HTTP 200; the errors of :meth:`chat`.
+        """
+        from httpx_sse import EventSource
+
+        self._check_key(request.model)
+        model = request.model
+        usage_in: Mapping[str, Any] = {}
+        output_tokens = 0
+        stop_reason: str | None = None
+        blocks: dict[int, dict[str, Any]] = {}
+        done = False
+        async with open_stream(self._client.get(), "POST", "/v1/messages", provider=self.name,
+                               model=model, secrets=self._secrets,
+                               json_body=self.build_body(request, stream=True)) as response:
+            ctype = response.headers.get("content-type", "")
+            if "text/event-stream" not in ctype:
+                with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+                    raw = await response.aread()
+                data = parse_json_body(raw, provider=self.name, model=model)
+                if isinstance(data, Mapping) and (data.get("type") == "error"
+                                                  or data.get("error")):
+                    raise error_from_payload(data, provider=self.name, model=model,
+                                             secrets=self._secrets)
+                raise MalformedResponseError(
+                    f"{self.name}: expected an event stream, got content-type {ctype!r}",
+                    provider=self.name, model=model)
+            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+                async for sse in EventSource(response).aiter_sse():
+                    if not sse.data or sse.event == "ping":
+                        continue
+                    event = parse_json_body(sse.data, provider=self.name, model=model,
+                                            what="stream event")
+                    kind = event.get("type", sse.event) if isinstance(event, Mapping) else None
+                    if kind == "error" or sse.event == "error":
+                        raise error_from_payload(event, provider=self.name, model=model,
+                                                 secrets=self._secrets)
+                    if kind == "message_start":
+                        usage_in = (event.get("message") or {}).get("usage") or {}
+                        output_tokens = int(usage_in.get("output_tokens") or 0)
+                    elif kind == "content_block_start":
+                        block = dict(event.get("content_block") or {})
+                        block["_json"] = ""
+                        blocks[int(event.get("index", len(blocks)))] = block
+                        if block.get("type") == "text" and block.get("text"):
+                            yield ChatChunk(delta=str(block["text"]))
+                    elif kind == "content_block_delta":
+                        delta = event.get("delta") or {}
+                        block = blocks.setdefault(int(event.get("index", 0)),
+                                                  {"type": "text", "_json": ""})
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield ChatChunk(delta=str(delta["text"]))
+                        elif delta.get("type") == "input_json_delta":
+                            block["_json"] += str(delta.get("partial_json") or "")
+                    elif kind == "message_delta":
+                        stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                        output_tokens = int((event.get("usage") or {}).get(
+                            "output_tokens", output_tokens) or 0)
+                    elif kind == "message_stop":
+                        done = True
+                        break
+        if not done:
+            raise MalformedResponseError(
+                f"{self.name}: stream ended before its end marker (message_stop)",
+                provider=self.name, model=model)
+        calls: list[ToolCall] = []
+        for _, block in sorted(blocks.items()):
+            if block.get("type") != "tool_use":
+                continue
+            text = block["_json"] or "{}"
+            try:
+                arguments = json.loads(text)
+            except ValueError:
+                raise MalformedResponseError(
+                    f"{self.name}: tool_use {block.get('name')!r} input is not JSON: "
+                    f"{text[:200]!r}", provider=self.name, model=model) from None
+            calls.append(ToolCall(id=str(block.get("id") or ""), name=str(block.get("name")),
+                                  arguments=arguments))
+        answer, calls, finish = self._finish("", calls, stop_reason, request)
+        if answer:
+            yield ChatChunk(delta=answer)
+        usage = self._usage({**usage_in, "output_tokens": output_tokens})
+        yield ChatChunk(done=True, usage=usage, finish_reason=finish, tool_calls=calls)
+
+    async def embed(self, texts: Sequence[str], *, model: str) -> list[list[float]]:
+        """Anthropic has no embeddings API.
+
+        Raises:
+            BadRequestError: always (use another provider's embedding model).
+        """
+        raise BadRequestError(f"{self.name}: Anthropic has no embeddings API; use another "
+                              "provider for embeddings", provider=self.name, model=model)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the models of ``GET /v1/models`` (every page) with the price table's
+        context windows, output caps and prices; ``display_name`` and ``created_at`` go to
+        ``metadata``. A model missing from the table has no price (unknown)."""
+        self._check_key(None)
+        out: list[ModelInfo] = []
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            data = await request_json(self._client.get(), "GET", "/v1/models",
+                                      provider=self.name, secrets=self._secrets, params=params)
+            if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
+                raise MalformedResponseError(f"{self.name}: model list lacks data[]",
+                                             provider=self.name)
+            for item in data["data"]:
+                model_id = str(item.get("id", ""))
+                if not model_id:
+                    continue
+                meta = {k: item[k] for k in ("display_name", "created_at") if k in item}
+                out.append(self.prices.info(
+                    self.name, model_id, metadata=meta,
+                    default_capabilities={"chat", "streaming", "tools", "json", "vision"}))
+            if not data.get("has_more") or not data.get("last_id"):
+                break
+            params = {"limit": 100, "after_id": data["last_id"]}
+        return out
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AnthropicProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
