@@ -86,7 +86,9 @@ class LoadedModel:
         first = self._new_context()
         self._created = 1
         self._idle.put(first)
-        self.n_ctx: int = first.n_ctx()
+        # llama.cpp may pad the context it allocates (to a multiple of 256); the Python
+        # binding's token buffer has the requested size, which is the real limit.
+        self.n_ctx: int = min(first.n_ctx(), len(first.input_ids))
         self.metadata: dict[str, str] = dict(first.metadata)
         self._formatter: Any = None
         bos_id, eos_id = first.token_bos(), first.token_eos()
