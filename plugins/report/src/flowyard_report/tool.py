@@ -54,7 +54,6 @@ class ReportWriteTool(BaseTool):
                           "description": "replace an existing file"},
         },
         "required": ["path"],
-        "not": {"required": ["template", "template_path"]},
         "additionalProperties": False,
     }
     idempotent = True
