@@ -1,0 +1,123 @@
+"""Rate limiter accuracy: configured rate against achieved rate over 60 s of virtual time.
+
+Many clients hammer one :class:`flowyard.ratelimit.RateLimiter` on a
+:class:`flowyard.clock.VirtualClock` (so 60 s of traffic take milliseconds). For each scenario
+the achieved rate over [0, 60) s is divided by the rate the configuration allows (the baseline,
+computed for the same run); the target is within 1% (ratio 0.99-1.00), never above 1.00.
+Also checked: no sliding 60 s window ever holds more requests or tokens than the limit.
+
+Scenarios:
+  rpm         rpm=600, 50 clients, calls of 0.2 s
+  tpm         tpm=200000, 50 clients, 100-1000 tokens estimated per call, actual usage
+              60-100% of the estimate recorded when each 1 s call ends
+  concurrency concurrency=8, calls of 0.5 s: the allowed rate is 8 / 0.5 s = 960 per minute
+  combined    rpm=500 and concurrency=4 with calls of 2 s: the allowed rate is
+              min(500, 4 * 60 / 2) = 120 per minute
+
+Usage: .venv/bin/python benchmarks/limiter_accuracy.py [--backend asyncio|trio] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from flowyard.clock import VirtualClock
+from flowyard.ratelimit import RateLimiter, RateLimits
+
+
+async def scenario(limits: RateLimits, *, clients: int, latency: float, seconds: float,
+                   tokens: Callable[[random.Random], int] | None = None,
+                   actual: float | None = None, seed: int = 1) -> dict[str, Any]:
+    clock = VirtualClock()
+    limiter = RateLimiter(limits, clock=clock, name="bench")
+    rng = random.Random(seed)
+    admitted: list[tuple[float, int]] = []  # (time, tokens finally recorded)
+
+    async def client() -> None:
+        while clock.now() < seconds:
+            estimate = tokens(rng) if tokens else 0
+            permit = await limiter.acquire(estimate)
+            start = clock.now()
+            if start >= seconds:
+                permit.release()
+                return
+            used = estimate
+            if actual is not None:
+                used = int(estimate * rng.uniform(actual, 1.0))
+            await clock.sleep(latency)
+            permit.record_tokens(used)
+            admitted.append((start, used))
+            permit.release()
+
+    async with clock.autojump(), anyio.create_task_group() as tg:
+        for _ in range(clients):
+            tg.start_soon(client)
+    times = sorted(t for t, _ in admitted)
+    worst_requests = 0
+    worst_tokens = 0
+    j = 0
+    token_sum = 0
+    by_time = sorted(admitted)
+    for i, (t, used) in enumerate(by_time):  # sliding 60 s windows starting at each call
+        while j < len(by_time) and by_time[j][0] < t + 60:
+            token_sum += by_time[j][1]
+            j += 1
+        worst_requests = max(worst_requests, j - i)
+        worst_tokens = max(worst_tokens, token_sum)
+        token_sum -= used
+    return {"requests": len(times), "tokens": sum(u for _, u in admitted),
+            "worst_window_requests": worst_requests, "worst_window_tokens": worst_tokens,
+            "virtual_s": clock.now()}
+
+
+async def main(seconds: float) -> list[tuple[str, float, float, str, dict[str, Any]]]:
+    minutes = seconds / 60
+    rows = []
+    r = await scenario(RateLimits(rpm=600), clients=50, latency=0.2, seconds=seconds)
+    rows.append(("rpm=600", 600 * minutes, r["requests"], "requests", r))
+    r = await scenario(RateLimits(tpm=200_000), clients=50, latency=1.0, seconds=seconds,
+                       tokens=lambda rng: rng.randint(100, 1000), actual=0.6)
+    rows.append(("tpm=200000", 200_000 * minutes, r["tokens"], "tokens", r))
+    r = await scenario(RateLimits(concurrency=8), clients=50, latency=0.5, seconds=seconds)
+    rows.append(("concurrency=8, 0.5 s calls", 8 / 0.5 * seconds, r["requests"], "requests", r))
+    r = await scenario(RateLimits(rpm=500, concurrency=4), clients=50, latency=2.0,
+                       seconds=seconds)
+    rows.append(("rpm=500 + concurrency=4, 2 s calls", min(500 * minutes, 4 / 2.0 * seconds),
+                 r["requests"], "requests", r))
+    return rows
+
+
+def run() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="virtual seconds of traffic (default 60)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rows = anyio.run(main, args.seconds, backend=args.backend)
+    wall = time.perf_counter() - started
+    print(f"limiter accuracy over {args.seconds:g} s of virtual time ({args.backend}; "
+          f"{wall:.2f} s wall for all scenarios)")
+    print(f"{'scenario':36} {'configured':>12} {'achieved':>12} {'ratio':>7}  worst 60 s window")
+    ok = True
+    for name, allowed, achieved, unit, r in rows:
+        ratio = achieved / allowed
+        worst = (r["worst_window_tokens"] if unit == "tokens" else r["worst_window_requests"])
+        limit_per_window = allowed / (args.seconds / 60)
+        within = 0.99 <= ratio <= 1.0 and worst <= limit_per_window + 1e-9
+        ok &= within
+        print(f"{name:36} {allowed:12.0f} {achieved:12.0f} {ratio:7.4f}  "
+              f"{worst} {unit} (limit {limit_per_window:.0f}){'' if within else '  OUT OF RANGE'}")
+    print("all within 1%" if ok else "SOME SCENARIOS OUT OF RANGE")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run())
