@@ -277,3 +277,52 @@ def test_plugin_registers_sqlite_as_the_default_and_postgresql(tmp_path: Path) -
     meta: dict[str, Any] = stack.storage_schemes.metadata_of("sqlite")
     assert meta["default_priority"] == 10
     assert {"sqlite", "postgresql", "postgres"} <= set(stack.storage_schemes.names())
+
+
+# ----------------------------------------------------------------------------- group commit
+
+
+async def test_a_failing_write_in_a_group_commit_fails_alone(sqlite_storage: SQLStorage) -> None:
+    from flowyard_sql.storage import _Request
+
+    await sqlite_storage.create_run(RunRecord(id="taken", workflow_name="wf"))
+    rows = [SQLStorage._run_row(RunRecord(id=i, workflow_name="wf"))
+            for i in ("a", "taken", "b")]
+
+    def insert(row: dict[str, Any]) -> Any:
+        from flowyard_sql.schema import runs
+
+        return lambda conn: conn.execute(runs.insert(), row).rowcount
+
+    batch = [_Request(insert(row)) for row in rows]
+    sqlite_storage._write_batch(batch)
+    assert [r.result for r in batch] == [1, None, 1]
+    assert batch[0].error is None and batch[2].error is None
+    assert isinstance(batch[1].error, sa.exc.IntegrityError)
+    stored = await sqlite_storage.list_runs(RunQuery(order="created_at"))
+    assert sorted(r.id for r in stored) == ["a", "b", "taken"]
+
+
+async def test_concurrent_writers_share_commits_and_keep_their_errors(
+        sqlite_storage: SQLStorage) -> None:
+    import anyio
+
+    await sqlite_storage.create_run(RunRecord(id="r-7", workflow_name="wf"))
+    errors: dict[str, Exception] = {}
+
+    async def create(i: int) -> None:
+        try:
+            await sqlite_storage.create_run(RunRecord(id=f"r-{i}", workflow_name="wf"))
+        except StorageError as exc:
+            errors[f"r-{i}"] = exc
+
+    async def checkpoint(i: int) -> None:
+        await sqlite_storage.save_checkpoint("run", f"k{i}", i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(create, i)
+            tg.start_soon(checkpoint, i)
+    assert list(errors) == ["r-7"] and "already exists" in str(errors["r-7"])
+    assert await sqlite_storage.count_runs(RunQuery()) == 40
+    assert await sqlite_storage.load_checkpoints("run") == {f"k{i}": i for i in range(40)}

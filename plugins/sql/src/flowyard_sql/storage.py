@@ -87,6 +87,55 @@ def normalize_url(url: str) -> sa.URL:
     )
 
 
+class _Request:
+    __slots__ = ("fn", "result", "error", "done")
+
+    def __init__(self, fn: Callable[[sa.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _GroupCommit:
+    """Group commit of the writes of one process (worker threads) to one SQLite file.
+
+    A writer queues its request, then takes the leader lock; whoever holds it runs *every*
+    queued request in one transaction and commits. A caller returns only after the transaction
+    holding its write has committed (or with that write's own error), so each write is still
+    durable when the awaited call returns, while concurrent writers share one commit.
+    """
+
+    def __init__(self, run_batch: Callable[[list[_Request]], None]) -> None:
+        self._run_batch = run_batch
+        self._leader = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Request] = []
+
+    def submit(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        request = _Request(fn)
+        with self._queue_lock:
+            self._queue.append(request)
+        with self._leader:
+            if not request.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                try:
+                    self._run_batch(batch)
+                except BaseException as exc:
+                    for r in batch:
+                        if r.error is None:
+                            r.error, r.result = exc, None
+                    if not isinstance(exc, Exception):
+                        raise
+                finally:
+                    for r in batch:
+                        r.done = True
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+
 def _dumps(value: Any, what: str) -> str:
     try:
         return json.dumps(value, default=json_default, ensure_ascii=False)
@@ -142,8 +191,14 @@ class SQLStorage:
             raise StorageError("storage.sqlite.busy_timeout must be > 0 and storage.pool_size "
                                ">= 1")
         self._engine: sa.Engine | None = None
+        self._upserts: dict[str, Any] = {}
         # The in-memory SQLite database is one shared connection: serialise its users.
         self._memory_lock = threading.Lock() if self._in_memory else None
+        # SQLite has one writer at a time: writes of this process are group-committed (see
+        # _GroupCommit) instead of each waiting in SQLite's busy handler, which polls with
+        # sleeps of up to 100 ms; the busy timeout still arbitrates between processes.
+        self._group = (_GroupCommit(self._write_batch)
+                       if self.dialect == "sqlite" and not self._in_memory else None)
 
     # ------------------------------------------------------------------ naming
 
@@ -297,23 +352,62 @@ class SQLStorage:
         return self._engine.connect()
 
     def _write_tx(self, fn: Callable[[sa.Connection], T]) -> T:
+        if self._group is not None:
+            return self._group.submit(fn)  # type: ignore[no-any-return]
         assert self._engine is not None
         with self._engine.connect() as conn:
             conn.execution_options(flowyard_write=True)
             with conn.begin():
                 return fn(conn)
 
+    def _write_batch(self, batch: list[_Request]) -> None:
+        """Run the writes of ``batch`` in one transaction and commit.
+
+        When one write fails (a duplicate run id...), the transaction is rolled back and the
+        batch is run again with each write in its own savepoint, so that only the failing
+        write reports its error. Write functions only touch the database, so running them
+        again after a rollback is safe."""
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            conn.execution_options(flowyard_write=True)
+            if len(batch) == 1:
+                with conn.begin():
+                    batch[0].result = batch[0].fn(conn)
+                return
+            # Fast path: the whole batch in one transaction without savepoints.
+            try:
+                with conn.begin():
+                    for request in batch:
+                        request.result = request.fn(conn)
+                return
+            except Exception:  # noqa: BLE001 - retried below, write by write
+                for request in batch:
+                    request.result = None
+            # A write failed: run them again, each in a savepoint, so that only the failing
+            # write reports its error and the others still commit.
+            with conn.begin():
+                for request in batch:
+                    try:
+                        with conn.begin_nested():
+                            request.result = request.fn(conn)
+                    except Exception as exc:  # noqa: BLE001 - handed to that write's caller
+                        request.error = exc
+
     def _upsert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any],
                 keys: Sequence[str]) -> None:
-        if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        stmt = insert(table).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={k: stmt.excluded[k] for k in values if k not in keys})
-        conn.execute(stmt)
+        """INSERT ... ON CONFLICT (keys) DO UPDATE, with a statement built once per table."""
+        stmt = self._upserts.get(table.name)
+        if stmt is None:
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            base = insert(table)
+            stmt = base.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={c.name: base.excluded[c.name] for c in table.c if c.name not in keys})
+            self._upserts[table.name] = stmt
+        conn.execute(stmt, values)
 
     # ------------------------------------------------------------------ runs
 
@@ -351,7 +445,7 @@ class SQLStorage:
             exists = conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
             if exists is not None:
                 raise StorageError(f"run {run.id} already exists in {self.location}")
-            conn.execute(runs.insert().values(**row))
+            conn.execute(runs.insert(), row)
 
         await self._call(self._write_tx, insert)
 
@@ -525,7 +619,7 @@ class SQLStorage:
                "message": record.message, "time": record.time}
 
         def insert(conn: sa.Connection) -> None:
-            conn.execute(logs.insert().values(**row))
+            conn.execute(logs.insert(), row)
 
         await self._call(self._write_tx, insert)
 
@@ -546,7 +640,7 @@ class SQLStorage:
         row = attrs.asdict(line, recurse=False)
 
         def insert(conn: sa.Connection) -> None:
-            conn.execute(costs.insert().values(**row))
+            conn.execute(costs.insert(), row)
 
         await self._call(self._write_tx, insert)
 
