@@ -1,0 +1,54 @@
+"""Hook implementations of flowyard-ollama (cheap to import: the provider loads lazily).
+
+Configuration (``flowyard.toml``; every key optional)::
+
+    [ollama]
+    base_url = "http://127.0.0.1:11434"   # default: $OLLAMA_HOST, else this
+    keep_alive = "10m"
+    options = { num_ctx = 8192 }
+    default_model = "llama3.2"            # opt in to be the stack's default model ...
+    default_priority = 5                  # ... with this priority
+
+Other keys: ``api_key`` (default ``$OLLAMA_API_KEY``; for ollama.com), ``headers``,
+``timeout`` (seconds), ``free`` (bool: local models cost 0; default true unless the base URL
+is ollama.com), ``prices`` (``{model = {input=, output=}}``, US dollars per million tokens),
+``backend``, ``max_connections``, ``enabled``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowyard.config import Config
+from flowyard.errors import ConfigError
+from flowyard.hookspecs import hookimpl
+from flowyard.registry import Register
+
+_PROVIDER_KEYS = {"base_url", "api_key", "headers", "timeout", "keep_alive", "options", "free",
+                  "prices", "backend", "max_connections"}
+_REGISTRATION_KEYS = {"default_model", "default_priority", "enabled"}
+
+
+@hookimpl
+def register_providers(register: Register, config: Config) -> None:
+    """Register ``ollama`` lazily (never the default model unless configured)."""
+    section = config.section("ollama")
+    unknown = set(section) - _PROVIDER_KEYS - _REGISTRATION_KEYS
+    if unknown:
+        raise ConfigError(f"[ollama]: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(sorted(_PROVIDER_KEYS | _REGISTRATION_KEYS))}")
+    if not section.get("enabled", True):
+        return
+    kwargs = {k: v for k, v in section.items() if k in _PROVIDER_KEYS}
+    meta: dict[str, Any] = {}
+    if section.get("default_model"):
+        model = str(section["default_model"])
+        meta["default_model"] = model if model.startswith("ollama/") else f"ollama/{model}"
+        meta["default_priority"] = int(section.get("default_priority", 5))
+
+    def make() -> Any:
+        from flowyard_ollama.provider import OllamaProvider
+
+        return OllamaProvider("ollama", **kwargs)
+
+    register("ollama", factory=make, **meta)

@@ -1,0 +1,502 @@
+"""The Ollama native API provider: ``/api/chat``, ``/api/generate``, ``/api/embed``,
+``/api/tags`` and ``/api/show``, with NDJSON streaming and image inputs.
+
+Plain httpx (one pooled client per instance, see :class:`flowyard.httputil.PooledClient`);
+streams are read line by line (one JSON object per line, the last with ``"done": true``).
+API reference: https://github.com/ollama/ollama/blob/main/docs/api.md (as documented in 2025).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from flowyard.errors import BadRequestError, ConfigError, MalformedResponseError
+from flowyard.httputil import (
+    PooledClient,
+    PriceTable,
+    Secret,
+    error_for_exception,
+    error_from_payload,
+    open_stream,
+    parse_json_body,
+    request_json,
+    stream_errors,
+)
+from flowyard.models import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ImagePart,
+    Message,
+    ModelInfo,
+    ModelPrice,
+    ToolCall,
+    Usage,
+    new_id,
+)
+
+__all__ = ["OllamaProvider", "DEFAULT_BASE_URL", "base_url_from_env", "load_price_table"]
+
+#: Where a local Ollama listens by default.
+DEFAULT_BASE_URL = "http://127.0.0.1:11434"
+#: Largest image fetched from an http(s) URL to inline it (Ollama takes base64 only), bytes.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+_FINISH = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
+_CAPABILITIES = {"completion": ("chat", "streaming", "json"), "tools": ("tools",),
+                 "vision": ("vision",), "embedding": ("embeddings",), "thinking": ("thinking",)}
+
+
+def load_price_table(overrides: Mapping[str, Any] | None = None) -> PriceTable:
+    """Return the (empty) Ollama price table shipped in this package with ``overrides``."""
+    return PriceTable.from_package("flowyard_ollama", overrides=overrides)
+
+
+def base_url_from_env(value: str | None) -> str | None:
+    """Turn ``OLLAMA_HOST`` (``host``, ``host:port`` or a URL; ``0.0.0.0`` means this machine)
+    into a base URL, or None when unset."""
+    if not value:
+        return None
+    value = value.strip()
+    if "://" not in value:
+        value = "http://" + value
+    parts = urlsplit(value)
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 11434)
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def is_cloud_model(model: str) -> bool:
+    """True for models that ollama.com serves remotely (``-cloud`` suffix or ``:cloud`` tag)."""
+    name, _, tag = model.partition(":")
+    return name.endswith("-cloud") or tag == "cloud" or tag.endswith("-cloud")
+
+
+class OllamaProvider:
+    """Chat, streaming, tool calls, structured output (``format``), images, embeddings,
+    raw generation and model listing over Ollama's native API.
+
+    Args:
+        name: provider name (``"ollama"``).
+        base_url: server root (``http://127.0.0.1:11434``); None reads ``OLLAMA_HOST``.
+        api_key: sent as a bearer token when set (ollama.com); None reads ``OLLAMA_API_KEY``.
+        headers: extra headers.
+        timeout: seconds per request (model loading can take a while: default 600).
+        keep_alive: how long the server keeps the model loaded after a call (``"5m"``,
+            seconds as a number, ``-1`` forever); None leaves the server's default.
+        options: extra model options sent with every call (``{"num_ctx": 8192}``).
+        free: local models cost 0 (default: True unless the base URL is ollama.com); cloud
+            models' cost stays unknown unless priced.
+        prices: ``{model: {"input": x, "output": y}}`` (US dollars per million tokens).
+        backend, transport, max_connections: see :class:`flowyard.httputil.PooledClient`.
+    """
+
+    def __init__(
+        self,
+        name: str = "ollama",
+        *,
+        base_url: str | None = None,
+        api_key: str | Secret | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        keep_alive: str | float | None = None,
+        options: Mapping[str, Any] | None = None,
+        free: bool | None = None,
+        prices: Mapping[str, Any] | None = None,
+        backend: str = "auto",
+        transport: Any = None,
+        max_connections: int = 100,
+    ) -> None:
+        if not name or "/" in name:
+            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
+        if backend not in PooledClient.BACKENDS:
+            raise ConfigError(f"[{name}] backend must be one of "
+                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
+        self.name = name
+        self.base_url = (base_url or base_url_from_env(os.environ.get("OLLAMA_HOST"))
+                         or DEFAULT_BASE_URL).rstrip("/")
+        if self.base_url.endswith("/api"):
+            self.base_url = self.base_url[:-4]
+        if api_key is None:
+            api_key = os.environ.get("OLLAMA_API_KEY")
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
+        self.keep_alive = keep_alive
+        self.options = dict(options or {})
+        self.free = (urlsplit(self.base_url).hostname or "") != "ollama.com" if free is None \
+            else bool(free)
+        self.prices = load_price_table(prices)
+        wire_headers = {"Accept": "application/json", **dict(headers or {})}
+        if self._api_key:
+            wire_headers["Authorization"] = f"Bearer {self._api_key.get()}"
+        self._client = PooledClient(base_url=self.base_url, headers=wire_headers,
+                                    timeout=timeout, backend=backend, transport=transport,
+                                    max_connections=max_connections)
+
+    def __repr__(self) -> str:
+        return (f"OllamaProvider(name={self.name!r}, base_url={self.base_url!r}, "
+                f"api_key={self._api_key!r})")
+
+    @property
+    def _secrets(self) -> list[Secret]:
+        return [self._api_key]
+
+    # ------------------------------------------------------------------ prices
+
+    def price(self, model: str) -> ModelPrice | None:
+        """Return the price of ``model`` (US dollars per million tokens): configured prices
+        first; 0 for a local model when the provider is free; else None (unknown)."""
+        price = self.prices.price(model)
+        if price is None and self.free and not is_cloud_model(model):
+            return ModelPrice(0.0, 0.0, source=f"{self.name}: local model, no per-token charge")
+        return price  # type: ignore[no-any-return]
+
+    def _cost(self, model: str, usage: Usage) -> float | None:
+        price = self.price(model)
+        return price.cost(usage) if price is not None else None
+
+    # ------------------------------------------------------------------ requests
+
+    async def _image_b64(self, part: ImagePart) -> str:
+        if part.data_base64 is not None:
+            return part.data_base64
+        url = part.url or ""
+        if url.startswith("data:"):
+            header, _, data = url.partition(",")
+            if ";base64" not in header:
+                raise BadRequestError(f"{self.name}: data URL images must be base64-encoded",
+                                      provider=self.name)
+            return data
+        if not url.startswith(("http://", "https://")):
+            raise BadRequestError(f"{self.name}: unsupported image URL {url[:80]!r}",
+                                  provider=self.name)
+        import httpx
+
+        try:
+            response = await self._client.get().get(url)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc, provider=self.name, secrets=self._secrets) from None
+        if response.status_code != 200:
+            raise BadRequestError(f"{self.name}: fetching image {url} gave HTTP "
+                                  f"{response.status_code}", provider=self.name,
+                                  status_code=response.status_code)
+        if len(response.content) > MAX_IMAGE_BYTES:
+            raise BadRequestError(f"{self.name}: image {url} is larger than "
+                                  f"{MAX_IMAGE_BYTES} bytes", provider=self.name)
+        return base64.b64encode(response.content).decode("ascii")
+
+    async def _wire_messages(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
+        names: dict[str, str] = {}
+        out: list[dict[str, Any]] = []
+        for message in messages:
+            item: dict[str, Any] = {"role": message.role, "content": message.text}
+            images = [await self._image_b64(p) for p in message.images]
+            if images:
+                item["images"] = images
+            if message.tool_calls:
+                item["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}}
+                                      for c in message.tool_calls]
+                names.update({c.id: c.name for c in message.tool_calls})
+            if message.role == "tool":
+                name = message.name or names.get(message.tool_call_id or "")
+                if name:
+                    item["tool_name"] = name
+            out.append(item)
+        return out
+
+    def _options(self, request: ChatRequest) -> dict[str, Any]:
+        options = dict(self.options)
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        if request.top_p is not None:
+            options["top_p"] = request.top_p
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
+        if request.stop:
+            options["stop"] = list(request.stop)
+        if request.seed is not None:
+            options["seed"] = request.seed
+        return options
+
+    async def build_body(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        """Return the JSON body of ``POST /api/chat`` for ``request``.
+
+        ``response_schema`` becomes ``format`` (Ollama's structured outputs); images are sent
+        base64-encoded (http(s) URLs are fetched first). ``tool_choice`` other than ``auto``
+        has no Ollama equivalent: ``none`` leaves the tools out; ``required`` and a tool name
+        add a system instruction to call it.
+        """
+        messages = await self._wire_messages(request.messages)
+        body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
+        if request.tools and request.tool_choice != "none":
+            body["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}}
+                for t in request.tools]
+            if request.tool_choice == "required":
+                messages.insert(0, {"role": "system", "content":
+                                    "You must answer by calling one of the tools."})
+            elif request.tool_choice != "auto":
+                messages.insert(0, {"role": "system", "content":
+                                    f"You must answer by calling the tool "
+                                    f"{request.tool_choice!r}."})
+        if request.response_schema is not None:
+            body["format"] = request.response_schema
+        options = self._options(request)
+        if options:
+            body["options"] = options
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+    def _tool_calls(self, raw: Any, model: str) -> list[ToolCall]:
+        calls: list[ToolCall] = []
+        for item in raw or []:
+            function = item.get("function") or {}
+            name = function.get("name")
+            arguments = function.get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments or "{}")
+                except ValueError:
+                    arguments = None
+            if not name or not isinstance(arguments, dict):
+                raise MalformedResponseError(f"{self.name}: broken tool call {item!r}"[:300],
+                                             provider=self.name, model=model)
+            call_id = item.get("id") or f"call_{new_id()[:24]}"
+            calls.append(ToolCall(id=str(call_id), name=str(name), arguments=arguments))
+        return calls
+
+    @staticmethod
+    def _usage(data: Mapping[str, Any]) -> Usage:
+        return Usage(int(data.get("prompt_eval_count") or 0), int(data.get("eval_count") or 0))
+
+    def _response(self, data: Any, model: str, text_key: str = "message") -> ChatResponse:
+        if not isinstance(data, Mapping):
+            raise MalformedResponseError(f"{self.name}: response is not a JSON object",
+                                         provider=self.name, model=model)
+        if data.get("error"):
+            raise error_from_payload(data, provider=self.name, model=model,
+                                     secrets=self._secrets)
+        if not data.get("done"):
+            raise MalformedResponseError(f"{self.name}: response is not done (no done: true)",
+                                         provider=self.name, model=model)
+        if text_key == "message":
+            raw = data.get("message")
+            if not isinstance(raw, Mapping):
+                raise MalformedResponseError(f"{self.name}: response lacks message",
+                                             provider=self.name, model=model)
+            text = str(raw.get("content") or "")
+            calls = self._tool_calls(raw.get("tool_calls"), model)
+        else:
+            text, calls = str(data.get("response") or ""), []
+        usage = self._usage(data)
+        reason = str(data.get("done_reason") or "stop")
+        finish = "tool_calls" if calls else _FINISH.get(reason, reason)
+        timings = {k: data[k] for k in ("total_duration", "load_duration",
+                                        "prompt_eval_duration", "eval_duration") if k in data}
+        return ChatResponse(message=Message.assistant(text, tool_calls=calls), usage=usage,
+                            model=str(data.get("model") or model), provider=self.name,
+                            finish_reason=finish, cost_usd=self._cost(model, usage),
+                            raw={"durations_ns": timings})
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """Return one completion (``POST /api/chat`` with ``stream: false``).
+
+        Raises:
+            BadRequestError (unknown model: HTTP 404 "model not found, try pulling it"),
+            AuthenticationError, RateLimitedError, ProviderTimeoutError, ServerError (also
+            when the server cannot be reached), MalformedResponseError.
+        """
+        data = await request_json(self._client.get(), "POST", "/api/chat", provider=self.name,
+                                  model=request.model, secrets=self._secrets,
+                                  json_body=await self.build_body(request))
+        return self._response(data, request.model)
+
+    async def _ndjson(self, path: str, body: dict[str, Any], model: str,
+                      text_key: str) -> AsyncIterator[ChatChunk]:
+        calls: list[ToolCall] = []
+        final: Mapping[str, Any] | None = None
+        async with open_stream(self._client.get(), "POST", path, provider=self.name,
+                               model=model, secrets=self._secrets, json_body=body) as response:
+            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = parse_json_body(line, provider=self.name, model=model,
+                                            what="stream line")
+                    if not isinstance(event, Mapping):
+                        raise MalformedResponseError(f"{self.name}: stream line is not an "
+                                                     "object", provider=self.name, model=model)
+                    if event.get("error"):
+                        raise error_from_payload(event, provider=self.name, model=model,
+                                                 secrets=self._secrets)
+                    if text_key == "message":
+                        message = event.get("message") or {}
+                        text = message.get("content")
+                        calls.extend(self._tool_calls(message.get("tool_calls"), model))
+                    else:
+                        text = event.get("response")
+                    if text:
+                        yield ChatChunk(delta=str(text))
+                    if event.get("done"):
+                        final = event
+                        break
+        if final is None:
+            raise MalformedResponseError(
+                f"{self.name}: stream ended before its end marker (done: true)",
+                provider=self.name, model=model)
+        reason = str(final.get("done_reason") or "stop")
+        yield ChatChunk(done=True, usage=self._usage(final), tool_calls=calls,
+                        finish_reason="tool_calls" if calls else _FINISH.get(reason, reason))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Yield text deltas from the NDJSON stream of ``/api/chat``, then one ``done=True``
+        chunk with usage, finish reason and tool calls.
+
+        Raises:
+            MalformedResponseError: the stream ended before a line with ``done: true``, or a
+                line is not JSON; the typed error of an ``error`` line sent after HTTP 200;
+                the errors of :meth:`chat`.
+        """
+        body = await self.build_body(request, stream=True)
+        async for chunk in self._ndjson("/api/chat", body, request.model, "message"):
+            yield chunk
+
+    async def _generate_body(self, prompt: str, model: str, system: str | None,
+                             images: Sequence[ImagePart], stream: bool,
+                             params: Mapping[str, Any]) -> dict[str, Any]:
+        request = ChatRequest(model=model, messages=[Message.user(prompt)], **params)
+        body: dict[str, Any] = {"model": model, "prompt": prompt, "stream": stream}
+        if system:
+            body["system"] = system
+        if images:
+            body["images"] = [await self._image_b64(p) for p in images]
+        if request.response_schema is not None:
+            body["format"] = request.response_schema
+        options = self._options(request)
+        if options:
+            body["options"] = options
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+    async def generate(self, prompt: str, *, model: str, system: str | None = None,
+                       images: Sequence[ImagePart] = (), **params: Any) -> ChatResponse:
+        """Raw completion of ``prompt`` (``POST /api/generate``), e.g. for vision prompts.
+
+        Args:
+            prompt: the prompt text; system: a system prompt; images: images to look at.
+            **params: ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``,
+                ``response_schema`` as in :class:`ChatRequest`.
+
+        Raises:
+            the errors of :meth:`chat`.
+        """
+        body = await self._generate_body(prompt, model, system, images, False, params)
+        data = await request_json(self._client.get(), "POST", "/api/generate",
+                                  provider=self.name, model=model, secrets=self._secrets,
+                                  json_body=body)
+        return self._response(data, model, text_key="response")
+
+    async def stream_generate(self, prompt: str, *, model: str, system: str | None = None,
+                              images: Sequence[ImagePart] = (), **params: Any
+                              ) -> AsyncIterator[ChatChunk]:
+        """Stream :meth:`generate` (NDJSON); the same end-marker rules as :meth:`stream`."""
+        body = await self._generate_body(prompt, model, system, images, True, params)
+        async for chunk in self._ndjson("/api/generate", body, model, "response"):
+            yield chunk
+
+    async def embed(self, texts: Sequence[str], *, model: str) -> list[list[float]]:
+        """Return one vector per text (``POST /api/embed``), in order.
+
+        Raises:
+            BadRequestError: the model does not embed (as the server says); other typed errors
+            as :meth:`chat`; MalformedResponseError when the count of vectors differs.
+        """
+        if not texts:
+            return []
+        body: dict[str, Any] = {"model": model, "input": list(texts)}
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        data = await request_json(self._client.get(), "POST", "/api/embed", provider=self.name,
+                                  model=model, secrets=self._secrets, json_body=body)
+        vectors = data.get("embeddings") if isinstance(data, Mapping) else None
+        if not isinstance(vectors, list) or len(vectors) != len(texts):
+            raise MalformedResponseError(
+                f"{self.name}: asked for {len(texts)} embeddings, got "
+                f"{len(vectors) if isinstance(vectors, list) else 'none'}",
+                provider=self.name, model=model)
+        try:
+            return [[float(x) for x in vector] for vector in vectors]
+        except (TypeError, ValueError):
+            raise MalformedResponseError(f"{self.name}: embeddings are not lists of numbers",
+                                         provider=self.name, model=model) from None
+
+    async def show(self, model: str) -> dict[str, Any]:
+        """Return ``POST /api/show`` for ``model`` (details, model_info, capabilities)."""
+        data = await request_json(self._client.get(), "POST", "/api/show", provider=self.name,
+                                  model=model, secrets=self._secrets,
+                                  json_body={"model": model})
+        if not isinstance(data, Mapping):
+            raise MalformedResponseError(f"{self.name}: /api/show answer is not an object",
+                                         provider=self.name, model=model)
+        return dict(data)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Return the local models (``GET /api/tags``), each completed by ``/api/show``:
+        context window (``<architecture>.context_length``), capabilities (completion: chat,
+        streaming, json; tools; vision; embedding: embeddings) and details (family,
+        parameter size, quantization, size in bytes) in ``metadata``."""
+        import anyio
+
+        data = await request_json(self._client.get(), "GET", "/api/tags", provider=self.name,
+                                  secrets=self._secrets)
+        if not isinstance(data, Mapping) or not isinstance(data.get("models"), list):
+            raise MalformedResponseError(f"{self.name}: /api/tags lacks models[]",
+                                         provider=self.name)
+        tags = [m for m in data["models"] if isinstance(m, Mapping) and (m.get("model")
+                                                                         or m.get("name"))]
+        shows: dict[int, dict[str, Any]] = {}
+        limiter = anyio.CapacityLimiter(8)
+
+        async def fetch(index: int, model: str) -> None:
+            async with limiter:
+                shows[index] = await self.show(model)
+
+        async with anyio.create_task_group() as tg:
+            for index, tag in enumerate(tags):
+                tg.start_soon(fetch, index, str(tag.get("model") or tag.get("name")))
+        out: list[ModelInfo] = []
+        for index, tag in enumerate(tags):
+            model = str(tag.get("model") or tag.get("name"))
+            show = shows[index]
+            model_info = show.get("model_info") or {}
+            context = next((int(v) for k, v in model_info.items()
+                            if k.endswith(".context_length") and isinstance(v, int)), None)
+            caps: set[str] = set()
+            for cap in show.get("capabilities") or ["completion"]:
+                caps.update(_CAPABILITIES.get(cap, (cap,)))
+            details = dict(tag.get("details") or show.get("details") or {})
+            meta = {"details": details, "size": tag.get("size"), "digest": tag.get("digest"),
+                    "modified_at": tag.get("modified_at")}
+            out.append(ModelInfo(provider=self.name, model=model, context_window=context,
+                                 capabilities=frozenset(caps), price=self.price(model),
+                                 metadata={k: v for k, v in meta.items() if v is not None}))
+        return out
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> OllamaProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
