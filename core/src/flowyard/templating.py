@@ -250,8 +250,9 @@ def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where:
 
 
 class Reference:
-    """A reference found in a template: ``kind`` is ``"steps"`` or ``"inputs"``; ``name`` the
-    step id or input name; ``text`` the template it was found in."""
+    """A reference found in a template: ``kind`` is ``"steps"`` or ``"inputs"`` (``name`` is
+    the step id or input name) or ``"name"`` (another top-level variable such as ``item``);
+    ``text`` is the template it was found in."""
 
     __slots__ = ("kind", "name", "text")
 
@@ -297,6 +298,11 @@ def find_references(value: Any, path: str = "", *, expression: bool = False
             found.append((where, TemplateError(f"template syntax error: {exc.message} in "
                                                f"{text!r}")))
             continue
+        from jinja2 import meta
+
+        for name in sorted(meta.find_undeclared_variables(tree)):
+            if name not in ("steps", "inputs") and name not in env.globals:
+                found.append((where, Reference("name", name, text)))
         for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
             base = node.node
             if not isinstance(base, nodes.Name) or base.name not in ("steps", "inputs"):

@@ -42,7 +42,7 @@ from flowyard.templating import Compiled, evaluate
 from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
 
 from .slots import PrioritySlots
-from .validate import step_dependencies
+from .validate import step_dependencies, templated_arguments
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -118,7 +118,7 @@ class _State:
         self.children: list[_State] = []
         self.remaining = len(deps)
         self.result = StepResult(id=step.id)
-        self.with_ = Compiled(step.with_, f"step {step.id!r}, field with")
+        self.with_ = Compiled(templated_arguments(step), f"step {step.id!r}, field with")
         self.for_each = Compiled(step.for_each, f"step {step.id!r}, field for_each")
         self.blocking = False
         self.slot_priority = step.priority
@@ -610,6 +610,7 @@ class Run:
 
             action = lambda: run_agent_step(ctx, arguments)  # noqa: E731
         elif uses == "workflow":
+            arguments = {**arguments, "workflow": step.with_.get("workflow")}
             action = lambda: self._sub_workflow(step, arguments, ctx)  # noqa: E731
         else:
             tool = self.stack.tools.get(uses)

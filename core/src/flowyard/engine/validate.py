@@ -20,7 +20,8 @@ from flowyard.workflow import Step, Workflow, parse_workflow
 if TYPE_CHECKING:
     from flowyard.stack import Stack
 
-__all__ = ["load_workflow", "validate_workflow", "step_dependencies", "SPECIAL_ACTIONS"]
+__all__ = ["load_workflow", "validate_workflow", "step_dependencies", "templated_arguments",
+           "SPECIAL_ACTIONS"]
 
 #: Actions handled by the engine itself rather than a registered tool.
 SPECIAL_ACTIONS = ("agent", "workflow")
@@ -29,11 +30,22 @@ AGENT_KEYS = {"model", "instructions", "prompt", "tools", "max_turns", "budget_u
               "memory", "temperature", "max_tokens", "requirements"}
 
 
+def templated_arguments(step: Step) -> dict[str, Any]:
+    """Return the part of ``step.with_`` that is rendered before the action runs.
+
+    A ``workflow`` step's ``with.workflow`` (a path or an inline definition with templates
+    of its own) is left out: the sub-workflow renders its own templates.
+    """
+    if step.uses == "workflow":
+        return {k: v for k, v in step.with_.items() if k != "workflow"}
+    return step.with_
+
+
 def step_dependencies(step: Step) -> set[str]:
     """Return the step ids ``step`` depends on: ``depends_on`` plus template references."""
     deps = set(step.depends_on)
-    for value, expr in ((step.with_, False), (step.when, True), (step.for_each, False),
-                        (step.until, True)):
+    for value, expr in ((templated_arguments(step), False), (step.when, True),
+                        (step.for_each, False), (step.until, True)):
         if value is None or isinstance(value, bool):
             continue
         for _, ref in find_references(value, expression=expr):
@@ -176,7 +188,8 @@ def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
                       f"{base}.depends_on[{j}]")
             else:
                 own.add(dep)
-        for field, value, expr in (("with", step.with_, False), ("when", step.when, True),
+        for field, value, expr in (("with", templated_arguments(step), False),
+                                   ("when", step.when, True),
                                    ("for_each", step.for_each, False),
                                    ("until", step.until, True)):
             if value is None or isinstance(value, bool):
@@ -184,6 +197,12 @@ def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
             for where, ref in find_references(value, f"{base}.{field}", expression=expr):
                 if isinstance(ref, TemplateError):
                     issue(str(ref), where)
+                elif ref.kind == "name":
+                    allowed = _names_for(step, field)
+                    if ref.name not in allowed:
+                        issue(f"unknown name {ref.name!r} in a template of step {step.id!r} "
+                              f"(available here: {', '.join(sorted(allowed))}; workflow inputs "
+                              "are 'inputs.<name>')", where)
                 elif ref.kind == "steps":
                     if ref.name == step.id:
                         issue(f"step {step.id!r} refers to its own output (use 'previous' or "
@@ -203,6 +222,9 @@ def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
     for where, ref in find_references(workflow.outputs, "outputs"):
         if isinstance(ref, TemplateError):
             issue(str(ref), where)
+        elif ref.kind == "name" and ref.name not in _BASE_NAMES:
+            issue(f"unknown name {ref.name!r} in the outputs (available: "
+                  f"{', '.join(sorted(_BASE_NAMES))})", where)
         elif ref.kind == "steps" and ref.name not in ids:
             issue(_unknown("step", ref.name, ids, "referenced by the outputs"), where)
         elif ref.kind == "inputs" and ref.name not in workflow.inputs:
@@ -215,6 +237,22 @@ def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
     if issues:
         raise WorkflowValidationError(issues)
     return workflow
+
+
+_BASE_NAMES = {"inputs", "steps", "run"}
+
+
+def _names_for(step: Step, field: str) -> set[str]:
+    """Top-level template names available in ``field`` of ``step``."""
+    names = set(_BASE_NAMES)
+    if step.for_each is not None and field in ("with", "until"):
+        names |= {"item", "index"}
+    if step.until is not None:
+        if field == "with":
+            names |= {"iteration", "previous"}
+        if field == "until":
+            names |= {"output", "iteration"}
+    return names
 
 
 def _unknown(kind: str, name: str, known: set[str], context: str) -> str:
@@ -272,7 +310,14 @@ def _check_action(stack: Stack, workflow: Workflow, step: Step, base: str, issue
             if not path.is_file():
                 issue(f"sub-workflow file {target!r} not found (looked at {path})",
                       f"{base}.with.workflow")
-        elif not isinstance(target, (str, Mapping)):
+        elif isinstance(target, Mapping):
+            try:
+                load_workflow(stack, target)
+            except WorkflowValidationError as exc:
+                for sub in exc.issues:
+                    issue(f"in the inline sub-workflow: {sub.message}"
+                          + (f" ({sub.path})" if sub.path else ""), f"{base}.with.workflow")
+        elif not isinstance(target, str):
             issue("with.workflow must be a path or a mapping", f"{base}.with.workflow")
         extra = set(step.with_) - {"workflow", "inputs"}
         if extra:
