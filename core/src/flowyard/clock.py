@@ -4,8 +4,9 @@ A clock has ``now()`` (seconds, monotonic), ``sleep(seconds)`` and ``wait(event,
 The gateway's limiters and breakers read time only through their clock, so tests and the
 limiter benchmark can run minutes of traffic in milliseconds with :class:`VirtualClock`.
 
-:class:`MonotonicClock` uses the event loop's clock (``anyio.current_time()``), so under trio's
-``MockClock`` it is virtual too.
+:class:`MonotonicClock` reads ``time.monotonic()`` (not the event loop's clock: trio gives each
+``trio.run`` its own randomly offset clock, and a stack's limiters outlive one event loop) and
+sleeps with ``anyio.sleep``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol, runtime_checkable
@@ -43,11 +45,11 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """The event loop's clock (``anyio.current_time``); only usable inside an event loop."""
+    """Real time: ``time.monotonic()`` for reading, ``anyio.sleep`` for waiting."""
 
     def now(self) -> float:
-        """Return ``anyio.current_time()`` in seconds."""
-        return anyio.current_time()
+        """Return ``time.monotonic()`` in seconds."""
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         """``anyio.sleep(seconds)``."""
