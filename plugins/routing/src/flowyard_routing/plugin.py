@@ -17,9 +17,12 @@ def register_routers(register: Register, config: Config) -> None:
         def factory() -> Any:
             from flowyard_routing import routers
 
-            cls = {"cheapest": routers.CheapestRouter, "fallback": routers.FallbackRouter,
-                   "ucb": routers.UCBRouter}[kind]
-            return cls.from_config(config.get(f"routing.{kind}", {}) or {})
+            table = config.get(f"routing.{kind}", {}) or {}
+            if kind == "cheapest":
+                return routers.CheapestRouter.from_config(table)
+            if kind == "fallback":
+                return routers.FallbackRouter.from_config(table)
+            return routers.UCBRouter.from_config(table)
 
         return factory
 
