@@ -196,7 +196,8 @@ class FallbackRouter(_Router):
                     raise ConfigError(f"fallback model {ref!r} is not 'provider/model'")
                 info = ModelInfo(provider=provider, model=model)
             listed.append(info)
-        plain = RouteRequest(capabilities=sorted(request.capabilities), min_context=request.min_context,
+        plain = RouteRequest(capabilities=sorted(request.capabilities),
+                             min_context=request.min_context,
                              max_input_price=request.max_input_price,
                              estimated_input_tokens=request.estimated_input_tokens)
         out: list[Choice] = []
