@@ -39,6 +39,7 @@ __all__ = [
     "parse_workflow",
     "Locations",
     "INPUT_TYPES",
+    "definition_hash",
 ]
 
 #: The input types a workflow may declare, and the Python types they accept.
@@ -225,16 +226,26 @@ class Step:
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready definition (only fields that differ from the defaults)."""
         out: dict[str, Any] = {"id": self.id, "uses": self.uses}
+        for name, key, default in _step_defaults():
+            value = getattr(self, name)
+            if value == default:
+                continue
+            out[key] = value.to_dict() if isinstance(value, RetryPolicy) else value
+        return out
+
+
+_STEP_DEFAULTS: list[tuple[str, str, Any]] = []
+
+
+def _step_defaults() -> list[tuple[str, str, Any]]:
+    """``(attribute, key, default)`` of every optional Step field, computed once."""
+    if not _STEP_DEFAULTS:
         for a in attrs.fields(Step):
             if a.name in ("id", "uses"):
                 continue
-            value = getattr(self, a.name)
             default = a.default.factory() if isinstance(a.default, attrs.Factory) else a.default
-            if value == default:
-                continue
-            key = "with" if a.name == "with_" else a.name
-            out[key] = value.to_dict() if isinstance(value, RetryPolicy) else value
-        return out
+            _STEP_DEFAULTS.append((a.name, "with" if a.name == "with_" else a.name, default))
+    return _STEP_DEFAULTS
 
 
 @define
@@ -299,15 +310,21 @@ class Workflow:
 
     def content_hash(self) -> str:
         """Return the SHA-256 (hex) of the canonical JSON of :meth:`to_dict`."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=False, default=str)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return definition_hash(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, locations: Locations | None = None
                   ) -> Workflow:
         """Parse a dict (see :func:`parse_workflow`)."""
         return parse_workflow(data, locations=locations)
+
+
+def definition_hash(definition: Mapping[str, Any]) -> str:
+    """Return the SHA-256 (hex) of the canonical JSON (sorted keys, no spaces) of a workflow
+    definition dict."""
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -78,7 +78,9 @@ async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
                options: dict[str, Any], stream: Any) -> RunResult:
     from .runner import Run, check_inputs, new_record
 
-    wf = load_workflow(stack, workflow)
+    from .validate import load_workflow_with_definition
+
+    wf, definition, content_hash = load_workflow_with_definition(stack, workflow)
     values = check_inputs(wf, inputs or {})
     if not stack.storage_is_open:
         await stack.open()
@@ -89,7 +91,7 @@ async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
     metadata = _metadata(wf, options)
     if options:
         raise TypeError(f"unknown run options: {', '.join(sorted(options))}")
-    record = new_record(wf, values, run_id, metadata)
+    record = new_record(wf, values, run_id, metadata, definition, content_hash)
     await stack.storage.create_run(record)
     run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream)
     try:

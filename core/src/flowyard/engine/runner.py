@@ -656,8 +656,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def new_record(workflow: Workflow, inputs: dict[str, Any], run_id: str | None,
-               metadata: dict[str, Any]) -> RunRecord:
+               metadata: dict[str, Any], definition: dict[str, Any] | None = None,
+               content_hash: str | None = None) -> RunRecord:
     """Return a new :class:`RunRecord` for ``workflow`` (status ``pending``)."""
+    from flowyard.workflow import definition_hash
+
+    if definition is None:
+        definition = workflow.to_dict()
     return RunRecord(id=run_id or new_id(), workflow_name=workflow.name, status="pending",
-                     inputs=inputs, workflow_hash=workflow.content_hash(),
-                     workflow=workflow.to_dict(), metadata=metadata)
+                     inputs=inputs, workflow_hash=content_hash or definition_hash(definition),
+                     workflow=definition, metadata=metadata)

@@ -9,19 +9,24 @@ references to unknown steps or inputs.
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.templating import Reference, find_references, has_template
-from flowyard.workflow import Step, Workflow, parse_workflow
+from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
 if TYPE_CHECKING:
     from flowyard.stack import Stack
 
 __all__ = ["load_workflow", "validate_workflow", "step_dependencies", "templated_arguments",
            "SPECIAL_ACTIONS"]
+
+#: Content hashes of workflows already validated against each stack (a stack's registries do
+#: not change after it is built, so the same definition validates the same way again).
+_VALIDATED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 #: Actions handled by the engine itself rather than a registered tool.
 SPECIAL_ACTIONS = ("agent", "workflow")
@@ -80,6 +85,12 @@ def _read_source(stack: Stack, path: Path) -> Workflow:
 
 
 def load_workflow(stack: Stack, source: Any, *, validate: bool = True) -> Workflow:
+    """See :func:`load_workflow_with_definition`; returns only the workflow."""
+    return load_workflow_with_definition(stack, source, validate=validate)[0]
+
+
+def load_workflow_with_definition(stack: Stack, source: Any, *, validate: bool = True
+                                  ) -> tuple[Workflow, dict[str, Any], str]:
     """Return a validated :class:`Workflow` from a path, YAML text, a dict or a workflow.
 
     Args:
@@ -87,6 +98,9 @@ def load_workflow(stack: Stack, source: Any, *, validate: bool = True) -> Workfl
         source: a :class:`Workflow`; a mapping; a path (``str`` or :class:`Path`) of a file
             whose suffix a registered loader handles; or YAML text (a string with a newline).
         validate: run :func:`validate_workflow`.
+
+    Returns:
+        ``(workflow, definition dict, content hash)``.
 
     Raises:
         WorkflowValidationError: every problem found, with file, line and column.
@@ -108,9 +122,15 @@ def load_workflow(stack: Stack, source: Any, *, validate: bool = True) -> Workfl
     else:
         raise TypeError(f"cannot load a workflow from {type(source).__name__}; give a path, "
                         "YAML text, a dict or a Workflow")
+    definition = workflow.to_dict()
+    key = definition_hash(definition)
     if validate:
-        validate_workflow(stack, workflow)
-    return workflow
+        validated = _VALIDATED.setdefault(stack, set())
+        cache_key = f"{key}:{workflow.source or ''}"  # relative sub-workflow paths
+        if cache_key not in validated:
+            validate_workflow(stack, workflow)
+            validated.add(cache_key)
+    return workflow, definition, key
 
 
 def _index(workflow: Workflow) -> dict[str, int]:
