@@ -7,14 +7,27 @@ network, read-only system, writable work directory) when ``bwrap`` is installed 
 See ``docs/plugins/exec.md``.
 """
 
-from flowyard_exec.sandbox import ExecSettings, ProcessOutcome, Sandbox, probe_bubblewrap
-from flowyard_exec.tools import PythonRunTool, ShellRunTool
+from __future__ import annotations
 
-__all__ = [
-    "ExecSettings",
-    "ProcessOutcome",
-    "PythonRunTool",
-    "Sandbox",
-    "ShellRunTool",
-    "probe_bubblewrap",
-]
+import importlib
+from typing import Any
+
+# Public names, imported on first access so that importing the plugin module stays cheap.
+_EXPORTS = {
+    "ExecSettings": "flowyard_exec.sandbox",
+    "ProcessOutcome": "flowyard_exec.sandbox",
+    "PythonRunTool": "flowyard_exec.tools",
+    "Sandbox": "flowyard_exec.sandbox",
+    "ShellRunTool": "flowyard_exec.tools",
+    "probe_bubblewrap": "flowyard_exec.sandbox",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)

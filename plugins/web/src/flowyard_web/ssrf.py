@@ -184,7 +184,8 @@ async def resolve_checked(host: str, port: int, policy: AddressPolicy, resolver:
         addresses: list[IPAddress] = [literal]
     else:
         try:
-            raw = await resolver(host, port)
+            # "name." is the same fully qualified name as "name"
+            raw = await resolver(host.rstrip(".") or host, port)
         except OSError as exc:
             raise ToolError(f"web.fetch: cannot resolve {host!r}: {exc}", tool="web.fetch",
                             retriable=True) from exc
