@@ -138,3 +138,13 @@ def test_parse_time_forms() -> None:
     assert parse_time("2026-01-31T00:00:00+00:00") == 1_769_817_600.0
     with pytest.raises(ValueError, match="is not a time"):
         parse_time("soon")
+
+
+def test_the_commands_work_on_postgresql_too(postgres_url: str, flowyard_home: Path) -> None:
+    anyio.run(_fill, postgres_url)
+    failed = json.loads(_invoke("runs", "--storage", postgres_url, "list", "--json",
+                                "--status", "failed", "--limit", "2", "--page", "2"))
+    assert [r["id"] for r in failed] == ["run10", "run05"]
+    data = json.loads(_invoke("runs", "--storage", postgres_url, "cost", "--json"))
+    assert data["total_usd"] == pytest.approx(0.75) and data["unpriced_calls"] == 1
+    assert "b exploded" in _invoke("runs", "--storage", postgres_url, "logs", "run05")

@@ -192,6 +192,7 @@ class SQLStorage:
                                ">= 1")
         self._engine: sa.Engine | None = None
         self._upserts: dict[str, Any] = {}
+        self._open_lock = threading.Lock()
         # The in-memory SQLite database is one shared connection: serialise its users.
         self._memory_lock = threading.Lock() if self._in_memory else None
         # SQLite has one writer at a time: writes of this process are group-committed (see
@@ -226,15 +227,18 @@ class SQLStorage:
         await anyio.to_thread.run_sync(self._open_sync)
 
     def _open_sync(self) -> None:
-        if self.path is not None:
-            self._check_sqlite_file(self.path)
-        engine = self._make_engine()
-        try:
-            self._guard(self._migrate, engine)
-        except BaseException:
-            engine.dispose()
-            raise
-        self._engine = engine
+        with self._open_lock:
+            if self._engine is not None:
+                return
+            if self.path is not None:
+                self._check_sqlite_file(self.path)
+            engine = self._make_engine()
+            try:
+                self._guard(self._migrate, engine)
+            except BaseException:
+                engine.dispose()
+                raise
+            self._engine = engine
 
     def _check_sqlite_file(self, path: Path) -> None:
         if path.is_dir():
