@@ -373,6 +373,7 @@ async def test_tokens_and_cost_from_llm_calls_unknown_stays_none() -> None:
             {"id": "b", "uses": "llm.chat", "with": {"prompt": "y", "model": "fake/unpriced"}},
         ]})
         stored = await stack.storage.get_run(unknown.run_id)
+        attempts = {a.step_key: a for a in await stack.storage.list_attempts(priced.run_id)}
     a = priced.steps["a"]
     # the fake tokenizer counts words: 3 in; "echo: one two three" = 4 out
     assert (a.input_tokens, a.output_tokens) == (3, 4)
@@ -382,6 +383,28 @@ async def test_tokens_and_cost_from_llm_calls_unknown_stays_none() -> None:
     assert unknown.steps["a"].cost_usd is not None
     assert unknown.steps["b"].cost_usd is None
     assert unknown.cost_usd is None and stored.cost_usd is None
+    assert (attempts["a"].input_tokens, attempts["a"].output_tokens) == (3, 4)
+    assert attempts["a"].cost_usd == pytest.approx(a.cost_usd)
+    assert attempts["b"].input_tokens == 1
+
+
+@pytest.mark.anyio
+async def test_log_action_is_stored_as_log_record_and_listeners_see_events() -> None:
+    seen: list[Event] = []
+
+    class Listener:
+        @flowyard.hookimpl
+        def register_event_listeners(self, register: Any, config: Any) -> None:
+            register("collect", seen.append)
+
+    stack = Stack([Listener()])
+    async with stack:
+        result = await stack.run({"name": "logs", "steps": [
+            {"id": "say", "uses": "log", "with": {"message": "hello", "level": "warning"}}]})
+        logs = await stack.storage.list_logs(result.run_id)
+    assert [(r.message, r.level, r.step_id) for r in logs] == [("hello", "warning", "say")]
+    types = [e.type for e in seen if e.run_id == result.run_id]
+    assert types[0] == "run.started" and "log" in types and types[-1] == "run.finished"
 
 
 @pytest.mark.anyio

@@ -19,6 +19,7 @@ How a run goes:
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
 import time
@@ -37,7 +38,7 @@ from flowyard.errors import (
     WorkflowError,
     WorkflowValidationError,
 )
-from flowyard.models import Event, RunRecord, StepAttempt, new_id
+from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.templating import Compiled, evaluate
 from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
 
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 __all__ = ["Run", "StepTimeoutError", "idempotency_key", "check_inputs", "DEFAULT_CONCURRENCY"]
 
 DEFAULT_CONCURRENCY = 32
+
+#: Token and cost counters of the attempt running in the current task (for StepAttempt).
+_ATTEMPT_USAGE: contextvars.ContextVar[Any] = contextvars.ContextVar("flowyard_attempt_usage",
+                                                                     default=None)
 _BLOCKING = ("failed", "cancelled", "budget_exceeded")
 
 
@@ -178,6 +183,7 @@ class Run:
         self.stream = stream
         self.storage = stack.storage
         self._buffer: list[Event] = []
+        self._logs: list[LogRecord] = []
         self.usage = _Usage()
         self.step_usage: dict[str, _Usage] = {}
         self.states: dict[str, _State] = {}
@@ -210,6 +216,14 @@ class Run:
             data = event.data
             self._count(event.step_id, data.get("input_tokens", 0), data.get("output_tokens", 0),
                         data.get("cost_usd"))
+            usage = _ATTEMPT_USAGE.get()
+            if usage is not None:  # the call happened inside an attempt of this task
+                usage.add(data.get("input_tokens", 0), data.get("output_tokens", 0),
+                          data.get("cost_usd"))
+        elif event.type == "log":
+            self._logs.append(LogRecord(run_id=self.run_id, message=str(event.data.get(
+                "message", "")), level=str(event.data.get("level", "info")),
+                step_id=event.step_id, time=event.time))
         if self.stream is not None:
             self.stream.send_nowait(event)
 
@@ -228,6 +242,10 @@ class Run:
         if self._buffer:
             batch, self._buffer = self._buffer, []
             await self.storage.append_events(batch)
+        if self._logs:
+            logs, self._logs = self._logs, []
+            for record in logs:
+                await self.storage.append_log(record)
 
     # ------------------------------------------------------------------ main
 
@@ -557,6 +575,8 @@ class Run:
         record = StepAttempt(run_id=self.run_id, step_id=step.id, step_key=key, attempt=number,
                              status="running", idempotency_key=idem)
         await self.slots.acquire(state.slot_priority)
+        usage = _Usage()
+        token = _ATTEMPT_USAGE.set(usage)
         try:
             await self.storage.save_attempt(record)
             ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
@@ -576,7 +596,7 @@ class Run:
             except anyio.get_cancelled_exc_class():
                 record.status = "cancelled"
                 record.error = "cancelled"
-                record.finished_at = time.time()
+                _finish_attempt(record, usage)
                 with anyio.CancelScope(shield=True):
                     await self.storage.save_attempt(record)
                 raise
@@ -584,16 +604,17 @@ class Run:
                 record.status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
                 record.error = str(exc) or type(exc).__name__
                 record.error_type = type(exc).__name__
-                record.finished_at = time.time()
+                _finish_attempt(record, usage)
                 await self.storage.save_attempt(record)
                 raise
             output = _jsonable(output)
             record.status = "completed"
             record.output = output
-            record.finished_at = time.time()
+            _finish_attempt(record, usage)
             await self.storage.save_attempt(record)
             return output
         finally:
+            _ATTEMPT_USAGE.reset(token)
             self.slots.release()
 
     def _executor(self, name: str | None) -> Any:
@@ -643,6 +664,13 @@ class Run:
             raise WorkflowError(f"sub-workflow {child.name!r} (run {result.run_id}) "
                                 f"{result.status}: {result.error}")
         return result.outputs
+
+
+def _finish_attempt(record: StepAttempt, usage: _Usage) -> None:
+    record.finished_at = time.time()
+    record.input_tokens = usage.input_tokens
+    record.output_tokens = usage.output_tokens
+    record.cost_usd = usage.cost_usd
 
 
 def _jsonable(value: Any) -> Any:
