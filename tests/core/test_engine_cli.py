@@ -1,0 +1,127 @@
+"""``flowyard run``, ``validate`` and ``resume`` through the real click entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowyard.cli import cli
+from flowyard.commands.run import parse_inputs
+
+WORKFLOW = """\
+name: cli-demo
+inputs:
+  n: {type: integer}
+  tags: {type: array, default: []}
+steps:
+  - id: double
+    uses: echo
+    with: {value: "{{ inputs.n * 2 }}"}
+  - id: ask
+    uses: llm.chat
+    with: {prompt: "n is ${double}", model: fake/priced}
+outputs:
+  double: "${double}"
+  answer: "${ask}"
+  tags: "{{ inputs.tags }}"
+"""
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("FLOWYARD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FLOWYARD_STORAGE_URL", "memory://")
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_parse_inputs_reads_yaml_scalars_and_json() -> None:
+    assert parse_inputs(("n=3", "flag=true", "name=Ada", "tags=[a, b]", 'obj={"k": 1}',
+                         "empty=")) == {"n": 3, "flag": True, "name": "Ada",
+                                        "tags": ["a", "b"], "obj": {"k": 1}, "empty": ""}
+    import click
+
+    with pytest.raises(click.BadParameter, match="not key=value"):
+        parse_inputs(("novalue",))
+
+
+def test_run_prints_a_summary_and_exits_zero(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    result = runner.invoke(cli, ["run", "wf.yaml", "-i", "n=21", "-i", "tags=[x]"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "cli-demo: completed" in out
+    assert "run " in out and "2 steps (2 completed)" in out
+    assert "tokens 3 in / 4 out" in out and "cost $0.000011" in out
+    assert '"answer": "echo: n is 42"' in out
+
+
+def test_run_json_gives_the_run_result(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    result = runner.invoke(cli, ["run", "wf.yaml", "-i", "n=1", "--json", "--run-id", "r1"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["run_id"] == "r1" and data["status"] == "completed"
+    assert data["outputs"] == {"double": 2, "answer": "echo: n is 2", "tags": []}
+    assert data["steps"]["ask"]["input_tokens"] == 3
+    assert data["steps"]["double"]["duration_s"] >= 0
+
+
+def test_failed_run_exits_one_and_invalid_inputs_exit_two(runner: CliRunner,
+                                                         tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "name: bad\nsteps:\n  - id: x\n    uses: llm.chat\n"
+        "    with: {prompt: hi, model: fake/missing}\n")
+    result = runner.invoke(cli, ["run", "bad.yaml"])
+    assert result.exit_code == 1
+    assert "bad: failed" in result.output and "missing" in result.output
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    result = runner.invoke(cli, ["run", "wf.yaml", "-i", "n=three"])
+    assert result.exit_code == 2
+    assert "input 'n' must be of type integer" in result.output
+
+
+def test_validate_reports_locations(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    ok = runner.invoke(cli, ["validate", "wf.yaml"])
+    assert ok.exit_code == 0 and "ok: workflow 'cli-demo', 2 step(s)" in ok.output
+    assert "required inputs: n" in ok.output
+    (tmp_path / "broken.yaml").write_text(WORKFLOW.replace("uses: echo", "uses: ecko"))
+    bad = runner.invoke(cli, ["validate", "broken.yaml"])
+    assert bad.exit_code == 1
+    assert "broken.yaml:7:11: unknown action 'ecko'" in bad.output
+    as_json = runner.invoke(cli, ["validate", "broken.yaml", "--json"])
+    data = json.loads(as_json.stdout)
+    assert data["valid"] is False
+    assert data["issues"][0]["line"] == 7 and data["issues"][0]["column"] == 11
+
+
+def test_resume_unknown_run_is_an_error(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["resume", "nope"])
+    assert result.exit_code == 1
+    assert "nope" in result.output
+
+
+@pytest.mark.anyio
+async def test_live_view_tracks_steps_status_and_tokens() -> None:
+    from rich.console import Console
+
+    from flowyard.commands.run import _LiveView
+    from flowyard.stack import Stack
+
+    stack = Stack()
+    workflow = stack.load_workflow(WORKFLOW)
+    view = _LiveView(workflow)
+    stack.events.subscribe(view)
+    async with stack:
+        await stack.run(workflow, {"n": 2})
+    console = Console(record=True, width=120)
+    console.print(view.render())
+    text = console.export_text()
+    assert "double" in text and "ask" in text and "pending" not in text
+    assert text.count("completed") == 2
+    assert view.rows["ask"]["tokens"] == 7 and view.tokens == 7
+    assert "cost $0.000011" in text
