@@ -101,10 +101,11 @@ class ShellRunTool(_ExecTool):
         "properties": {
             "command": {
                 "anyOf": [
-                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 1},
                     {"type": "string", "minLength": 1},
                 ],
-                "description": "Program and arguments as a list, e.g. [\"ls\", \"-l\"]. A "
+                "description": "Program and arguments as a list, e.g. [\"ls\", \"-l\"] "
+                               "(numbers are passed as their decimal text). A "
                                "single string is a shell command line, accepted only with "
                                "shell: true when the configuration allows shell strings.",
             },
@@ -136,7 +137,7 @@ class ShellRunTool(_ExecTool):
             if shell:
                 raise ToolInputError("shell.run: shell: true needs command as one string",
                                      tool=self.name)
-            argv = list(command)
+            argv = [part if isinstance(part, str) else str(part) for part in command]
         for index, part in enumerate(argv):
             if "\0" in part:
                 raise ToolInputError(f"shell.run: command[{index}] contains a NUL byte",
@@ -320,8 +321,13 @@ class PythonRunTool(_ExecTool):
         if payload is None:
             detail = f"signal {outcome.signal}" if outcome.signal else (
                 f"exit code {outcome.exit_code}")
+            hint = ""
+            if outcome.exit_code == 127 and "cannot execute" in outcome.stderr:
+                hint = (f" (hint: the interpreter {self.settings.python} must be readable and "
+                        f"executable by the account the code runs as; see [exec] python and "
+                        f"[exec] user)")
             raise ToolError(f"python.run: {where} ended without a result ({detail}); stderr: "
-                            f"{_tail(outcome.stderr)}", tool=self.name)
+                            f"{_tail(outcome.stderr)}{hint}", tool=self.name)
         if not payload.get("ok"):
             error = payload.get("error") or {}
             raise ToolError(f"python.run: {where} raised {error.get('type')}: "
