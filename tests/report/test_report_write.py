@@ -184,3 +184,41 @@ async def test_registered_through_the_stack_and_shares_the_filesystem_root(
     with pytest.raises(ToolError, match="per-file quota of 10 bytes"):
         await tool2.invoke({"path": "s.md", "template": "x" * 11}, ToolContext(stack=stack2))
     assert (other / "s.md").read_text() == "tiny"
+
+
+REPORT_WORKFLOW = """\
+name: report-demo
+inputs:
+  items: {type: array}
+steps:
+  - id: total
+    uses: echo
+    with: {value: "{{ inputs.items | length }}"}
+  - id: write
+    uses: report.write
+    with:
+      path: out/summary.html
+      title: "Summary of {{ inputs.items | length }} items"
+      data:
+        count: "${total}"
+        items: "{{ inputs.items }}"
+      template: "<h1>{{ '{{' }} title {{ '}}' }}</h1><p>{{ '{{' }} count {{ '}}' }}</p>{{ '{%' }} for i in items {{ '%}' }}<i>{{ '{{' }} i {{ '}}' }}</i>{{ '{%' }} endfor {{ '%}' }}"
+outputs:
+  report: "${write.path}"
+  size: "${write.bytes_written}"
+"""
+
+
+async def test_report_written_by_a_workflow(flowyard_home: Path, root_dir: Path) -> None:
+    from flowyard.stack import Stack
+    from flowyard_report import plugin
+
+    stack = Stack(plugins=[("report", plugin)],
+                  config={"storage": {"url": "memory://"},
+                          "filesystem": {"root": str(root_dir), "fsync": False}})
+    async with stack:
+        result = await stack.run(REPORT_WORKFLOW, {"items": ["a<b", "c"]})
+    assert result.status == "completed", result.error
+    html = (root_dir / "out" / "summary.html").read_text()
+    assert html == "<h1>Summary of 2 items</h1><p>2</p><i>a&lt;b</i><i>c</i>"
+    assert result.outputs == {"report": "out/summary.html", "size": len(html.encode())}
