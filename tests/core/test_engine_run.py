@@ -523,3 +523,61 @@ def test_run_sync_opens_and_closes_the_stack() -> None:
         "outputs": {"four": "${a}"}})
     assert result.outputs == {"four": 4}
     assert not stack.storage_is_open
+
+
+@pytest.mark.anyio
+async def test_closing_the_stream_early_cancels_the_run() -> None:
+    from contextlib import aclosing
+
+    stack = make_stack()
+    wf = {"name": "early", "steps": [{"id": "a", "uses": "sleep", "with": {"seconds": 10}}]}
+    started = time.monotonic()
+    async with stack:
+        async with aclosing(stack.stream(wf, run_id="r-early")) as events:
+            async for event in events:
+                if event.type == "step.started":
+                    break
+        run = await stack.storage.get_run("r-early")
+    assert time.monotonic() - started < 5
+    assert run.status == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_storage_failures_fail_the_step_or_the_run_and_are_recorded() -> None:
+    from flowyard.builtin.memory_storage import MemoryStorage
+    from flowyard.errors import StorageError
+
+    class Flaky(MemoryStorage):
+        broken = ""
+
+        async def save_checkpoint(self, run_id: str, step_key: str, output: Any) -> None:
+            if self.broken == "checkpoint":
+                raise StorageError("disk full")
+            await super().save_checkpoint(run_id, step_key, output)
+
+        async def append_events(self, events: Any) -> None:
+            if self.broken == "events":
+                raise StorageError("events table locked")
+            await super().append_events(events)
+
+    class Plug:
+        @flowyard.hookimpl
+        def register_storage(self, register: Any, config: Any) -> None:
+            register("flaky", lambda url, config: Flaky(url, config),
+                     default_priority=100, default_url=lambda c: "flaky://")
+
+    stack = Stack([Plug()])
+    wf = {"name": "x", "steps": [{"id": "a", "uses": "echo"}]}
+    async with stack:
+        storage = stack.storage
+        storage.broken = "checkpoint"
+        result = await stack.run(wf)
+        assert result.status == "failed"
+        assert result.steps["a"].error == "disk full"  # the commit point failed: not completed
+        storage.broken = "events"
+        with pytest.raises(Exception) as info:
+            await stack.run(wf, run_id="r-flaky")
+        storage.broken = ""
+        run = await stack.storage.get_run("r-flaky")
+    assert "events table locked" in repr(info.value)
+    assert run.status == "failed" and "events table locked" in run.error

@@ -129,12 +129,17 @@ async def stream_workflow(stack: Stack, workflow: Any,
         except Exception as exc:  # noqa: BLE001 - re-raised to the consumer below
             failure.append(exc)
 
+    closed = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner)
         with receive:
-            async for event in receive:
-                yield event
-    if failure:
+            try:
+                async for event in receive:
+                    yield event
+            except GeneratorExit:  # the consumer closed the iterator: cancel the run
+                closed = True
+                tg.cancel_scope.cancel()
+    if failure and not closed:
         raise failure[0]
 
 

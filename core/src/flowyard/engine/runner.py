@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Run", "StepTimeoutError", "idempotency_key", "check_inputs", "DEFAULT_CONCURRENCY"]
 
 DEFAULT_CONCURRENCY = 32
+log = logging.getLogger("flowyard.engine")
 
 #: Token and cost counters of the attempt running in the current task (for StepAttempt).
 _ATTEMPT_USAGE: contextvars.ContextVar[Any] = contextvars.ContextVar("flowyard_attempt_usage",
@@ -225,7 +227,10 @@ class Run:
                 "message", "")), level=str(event.data.get("level", "info")),
                 step_id=event.step_id, time=event.time))
         if self.stream is not None:
-            self.stream.send_nowait(event)
+            try:
+                self.stream.send_nowait(event)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.stream = None  # the consumer stopped listening; the run goes on
 
     def _count(self, step_id: str | None, input_tokens: int, output_tokens: int,
                cost: float | None) -> None:
@@ -280,6 +285,14 @@ class Run:
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     await self._finish("cancelled", "the run was cancelled", started)
+                raise
+            except Exception as exc:
+                # the engine itself failed (e.g. storage is unreachable): record what we can
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._finish("failed", f"internal error: {exc!r}", started)
+                    except Exception:  # noqa: BLE001 - the original error is what matters
+                        log.exception("could not record the failure of run %s", self.run_id)
                 raise
             if status == "completed":
                 status, error = self._final_status()
@@ -340,8 +353,10 @@ class Run:
         record.input_tokens = result.input_tokens
         record.output_tokens = result.output_tokens
         record.cost_usd = result.cost_usd
-        await self.flush()
-        await self.storage.update_run(record)
+        try:
+            await self.flush()
+        finally:
+            await self.storage.update_run(record)
         return result
 
     # ------------------------------------------------------------------ steps
