@@ -161,7 +161,9 @@ class SentenceTransformerEmbedder:
 
         model = self.model()
         if not texts:
-            dims = model.get_sentence_embedding_dimension() or 0
+            dimension = getattr(model, "get_embedding_dimension", None) or \
+                model.get_sentence_embedding_dimension
+            dims = dimension() or 0
             return np.zeros((0, dims), dtype=np.float32)
         with _MODEL_LOCKS[self._key]:
             vectors = model.encode(list(texts), batch_size=self.batch_size,
