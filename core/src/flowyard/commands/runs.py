@@ -49,7 +49,7 @@ def parse_time(value: str, *, now: float | None = None) -> float:
             "seconds, or an age such as 30m, 2h, 7d") from None
 
 
-class _TimeParam(click.ParamType):
+class _TimeParam(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None

@@ -402,11 +402,15 @@ class SQLStorage:
         """INSERT ... ON CONFLICT (keys) DO UPDATE, with a statement built once per table."""
         stmt = self._upserts.get(table.name)
         if stmt is None:
+            base: Any
             if self.dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                base = sqlite_insert(table)
             else:
-                from sqlalchemy.dialects.postgresql import insert
-            base = insert(table)
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                base = pg_insert(table)
             stmt = base.on_conflict_do_update(
                 index_elements=list(keys),
                 set_={c.name: base.excluded[c.name] for c in table.c if c.name not in keys})
@@ -431,7 +435,7 @@ class SQLStorage:
         return row
 
     @staticmethod
-    def _run_from_row(row: sa.Row[Any]) -> RunRecord:
+    def _run_from_row(row: sa.RowMapping) -> RunRecord:
         data = {name: (_loads(row[name]) if name in _RUN_JSON else row[name])
                 for name in _RUN_COLUMNS}
         data.update(_loads(row["extra"]))
@@ -473,7 +477,7 @@ class SQLStorage:
                 row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
             if row is None:
                 raise RunNotFoundError(f"no run {run_id!r} in {self.location}")
-            return self._run_from_row(row)  # type: ignore[arg-type]
+            return self._run_from_row(row)
 
         return await self._call(get)
 
@@ -508,7 +512,7 @@ class SQLStorage:
         def select() -> list[RunRecord]:
             with self._read() as conn:
                 rows = conn.execute(stmt).mappings().all()
-            return [self._run_from_row(r) for r in rows]  # type: ignore[arg-type]
+            return [self._run_from_row(r) for r in rows]
 
         return await self._call(select)
 
