@@ -505,8 +505,14 @@ async def test_sub_workflow_runs_as_its_own_run(tmp_path: Any) -> None:
         "name: parent\nsteps:\n  - id: sub\n    uses: workflow\n"
         "    with: {workflow: child.yaml, inputs: {n: 21}}\n"
         "outputs:\n  answer: '{{ steps.sub.output.doubled }}'\n")
-    stack = make_stack()
+    rec = Recorder("rec")
+    (tmp_path / "budgeted.yaml").write_text(
+        "name: budgeted\nbudget_usd: 2.0\nsteps:\n  - id: sub\n    uses: workflow\n"
+        "    budget_usd: 1.0\n    with:\n      workflow:\n        name: inner\n"
+        "        budget_usd: 0.5\n        steps: [{id: r, uses: rec}]\n")
+    stack = make_stack(rec)
     async with stack:
+        budgeted = await stack.run(tmp_path / "budgeted.yaml")
         result = await stack.run(tmp_path / "parent.yaml")
         from flowyard.interfaces import RunQuery
 
@@ -514,6 +520,10 @@ async def test_sub_workflow_runs_as_its_own_run(tmp_path: Any) -> None:
     assert result.outputs == {"answer": 42}
     child = next(r for r in runs if r.workflow_name == "child")
     assert child.metadata["parent_run_id"] == result.run_id
+    assert budgeted.ok
+    # the child's calls stay within the parent's run and step budgets too
+    assert [(b.scope, b.limit_usd) for b in rec.contexts[0].budget] == [
+        ("run", 2.0), ("step", 1.0), ("run", 0.5)]
 
 
 def test_run_sync_opens_and_closes_the_stack() -> None:
@@ -581,3 +591,15 @@ async def test_storage_failures_fail_the_step_or_the_run_and_are_recorded() -> N
         run = await stack.storage.get_run("r-flaky")
     assert "events table locked" in repr(info.value)
     assert run.status == "failed" and "events table locked" in run.error
+
+
+@pytest.mark.anyio
+async def test_step_budget_is_shared_by_items_and_attempts() -> None:
+    rec = Recorder("rec")
+    stack = make_stack(rec)
+    async with stack:
+        await stack.run({"name": "shared", "steps": [
+            {"id": "s", "uses": "rec", "for_each": [1, 2, 3], "budget_usd": 0.5}]})
+    chains = {id(ctx.budget) for ctx in rec.contexts}
+    budgets = {id(b) for ctx in rec.contexts for b in ctx.budget}
+    assert len(rec.contexts) == 3 and len(chains) == 1 and len(budgets) == 1

@@ -88,12 +88,14 @@ async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
     raise_on_failure = bool(options.pop("raise_on_failure", False))
     run_id = options.pop("run_id", None)
     max_concurrency = options.pop("max_concurrency", None)
+    parent_budget = options.pop("parent_budget", None)
     metadata = _metadata(wf, options)
     if options:
         raise TypeError(f"unknown run options: {', '.join(sorted(options))}")
     record = new_record(wf, values, run_id, metadata, definition, content_hash)
     await stack.storage.create_run(record)
-    run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream)
+    run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream,
+              parent_budget=parent_budget)
     try:
         result = await run.execute()
     finally:

@@ -60,7 +60,7 @@ log = logging.getLogger("flowyard.engine")
 #: Token and cost counters of the attempt running in the current task (for StepAttempt).
 _ATTEMPT_USAGE: contextvars.ContextVar[Any] = contextvars.ContextVar("flowyard_attempt_usage",
                                                                      default=None)
-_BLOCKING = ("failed", "cancelled", "budget_exceeded")
+_UNSET = object()
 
 
 class StepTimeoutError(WorkflowError, TimeoutError):
@@ -117,7 +117,7 @@ class _State:
     """Scheduling state of one step."""
 
     __slots__ = ("step", "deps", "children", "remaining", "result", "with_", "for_each",
-                 "blocking", "slot_priority")
+                 "blocking", "slot_priority", "budget_chain")
 
     def __init__(self, step: Step, deps: set[str]) -> None:
         self.step = step
@@ -129,6 +129,7 @@ class _State:
         self.for_each = Compiled(step.for_each, f"step {step.id!r}, field for_each")
         self.blocking = False
         self.slot_priority = step.priority
+        self.budget_chain: Any = _UNSET
 
 
 class _Usage:
@@ -165,13 +166,16 @@ class Run:
         attempts: ``{step_key: highest attempt number}`` made earlier (resume).
         max_concurrency: global limit on step keys running at once.
         stream: a memory stream that also receives every event of the run.
+        previous_costs: cost lines of the run so far (resume): counted in totals and budget.
+        parent_budget: the budgets of the parent step, for a sub-workflow's run.
     """
 
     def __init__(self, stack: Stack, workflow: Workflow, inputs: dict[str, Any],
                  record: RunRecord, *, checkpoints: dict[str, Any] | None = None,
                  attempts: dict[str, int] | None = None, max_concurrency: int | None = None,
                  stream: MemoryObjectSendStream[Event] | None = None,
-                 previous_costs: list[Any] | None = None) -> None:
+                 previous_costs: list[Any] | None = None,
+                 parent_budget: BudgetChain | None = None) -> None:
         self.stack = stack
         self.workflow = workflow
         self.inputs = inputs
@@ -195,6 +199,7 @@ class Run:
         self._executors: dict[str, Any] = {}
         self.budget = (Budget(workflow.budget_usd, scope="run", name=workflow.name)
                        if workflow.budget_usd is not None else None)
+        self.parent_budgets = tuple(parent_budget or ())  # a sub-workflow's parent step
         for line in previous_costs or ():
             self._count(line.step_id, line.input_tokens, line.output_tokens, line.cost_usd)
             if self.budget is not None and line.cost_usd is not None:
@@ -532,11 +537,16 @@ class Run:
 
     # ------------------------------------------------------------------ attempts
 
-    def _budget_chain(self, step: Step) -> BudgetChain | None:
-        chain = BudgetChain.of([self.budget,
-                                Budget(step.budget_usd, scope="step", name=step.id)
-                                if step.budget_usd is not None else None])
-        return chain if chain else None
+    def _budget_chain(self, state: _State) -> BudgetChain | None:
+        """The budgets of ``state``'s calls: the run's, then the step's (one budget shared by
+        every attempt and item of the step)."""
+        if state.budget_chain is _UNSET:
+            step = state.step
+            chain = BudgetChain.of([*self.parent_budgets, self.budget,
+                                    Budget(step.budget_usd, scope="step", name=step.id)
+                                    if step.budget_usd is not None else None])
+            state.budget_chain = chain if chain else None
+        return state.budget_chain  # type: ignore[no-any-return]
 
     async def _execute_key(self, state: _State, key: str, context: dict[str, Any]) -> Any:
         step = state.step
@@ -597,7 +607,7 @@ class Run:
             ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
                               step_key=key, attempt=number, idempotency_key=idem,
                               workflow_name=self.workflow.name,
-                              budget=self._budget_chain(step))
+                              budget=self._budget_chain(state))
             try:
                 arguments = state.with_.render(context)
                 if step.timeout is not None:
@@ -673,7 +683,8 @@ class Run:
             target = path
         child = load_workflow(self.stack, target)
         result = await run_workflow(self.stack, child, dict(arguments.get("inputs") or {}),
-                                    parent_run_id=self.run_id, parent_step=ctx.step_key)
+                                    parent_run_id=self.run_id, parent_step=ctx.step_key,
+                                    parent_budget=ctx.budget)
         self._count(step.id, result.input_tokens, result.output_tokens, result.cost_usd)
         if not result.ok:
             raise WorkflowError(f"sub-workflow {child.name!r} (run {result.run_id}) "
