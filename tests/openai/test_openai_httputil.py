@@ -116,3 +116,69 @@ def test_price_table_lookup_and_overrides() -> None:
         PriceTable({"models": {"x": {"input": "cheap"}}})
     with pytest.raises(ConfigError, match="negative"):
         PriceTable({"models": {}}, overrides={"x": {"input": -1, "output": 0}})
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+@pytest.mark.anyio
+async def test_sharded_transport_spreads_and_releases(mock_openai_server: object,
+                                                      anyio_backend: str) -> None:
+    import anyio
+    import httpx
+
+    from flowyard.httputil import sharded_transport
+
+    transport = sharded_transport(max_connections=6, shard_size=2)
+    assert len(transport.pools) == 3
+    headers = {"Authorization": "Bearer sk-mock-key-0123456789"}
+    async with httpx.AsyncClient(transport=transport, base_url=mock_openai_server.base_url,
+                                 headers=headers) as client:
+        async with client.stream("GET", "/models") as first:
+            assert first.status_code == 200
+            assert sorted(transport.inflight) == [0, 0, 1]  # held until the body is closed
+            async with client.stream("GET", "/models"):
+                assert sorted(transport.inflight) == [0, 1, 1]  # the least busy shard
+        assert transport.inflight == [0, 0, 0]
+
+        async def get() -> None:
+            response = await client.get("/models")
+            assert response.json()["data"][0]["id"] == "mock-model"
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(get)
+        assert transport.inflight == [0, 0, 0]
+
+
+@pytest.mark.anyio
+async def test_pooled_client_backend_per_event_loop(anyio_backend: str) -> None:
+    from flowyard.httputil import PooledClient
+
+    pooled = PooledClient(base_url="http://127.0.0.1:9")
+    client = pooled.get()
+    assert pooled.get() is client  # one pooled client per instance and loop
+    assert pooled.active_backend == ("aiohttp" if anyio_backend == "asyncio" else "httpx")
+    await pooled.aclose()
+    await pooled.aclose()
+    assert client.is_closed
+    if anyio_backend == "trio":
+        with pytest.raises(RuntimeError, match="cannot run on trio"):
+            PooledClient(base_url="http://127.0.0.1:9", backend="aiohttp").get()
+
+
+def test_pooled_client_is_rebuilt_in_a_new_event_loop() -> None:
+    import anyio
+
+    from flowyard.httputil import PooledClient
+
+    pooled = PooledClient(base_url="http://127.0.0.1:9", backend="httpx")
+
+    async def grab() -> object:
+        return pooled.get()
+
+    first = anyio.run(grab)
+    second = anyio.run(grab)
+    assert first is not second
+    with pytest.raises(ValueError, match="backend"):
+        PooledClient(base_url="http://x", backend="curl")
