@@ -204,3 +204,19 @@ def test_yaml_text_can_be_given_directly(stack: Stack) -> None:
     assert wf.name == "inline" and wf.steps[0].uses == "echo"
     with pytest.raises(WorkflowValidationError, match="workflow file not found"):
         stack.load_workflow("does-not-exist.yaml")
+
+
+def test_json_files_with_tabs_and_json_errors(tmp_path: Path, stack: Stack) -> None:
+    path = tmp_path / "w.json"
+    path.write_text('{\n\t"name": "tabs",\n\t"steps": [{"id": "a", "uses": "echo",'
+                    ' "with": {"value": "a\\/b"}}]\n}\n')
+    wf = stack.load_workflow(path)
+    assert wf.steps[0].with_ == {"value": "a/b"}
+    path.write_text('{"name": "x",\n "steps": [}\n')
+    with pytest.raises(WorkflowValidationError) as info:
+        stack.load_workflow(path)
+    (issue,) = info.value.issues
+    assert issue.message.startswith("invalid JSON") and (issue.line, issue.column) == (2, 12)
+    path.write_text('{"name": "x", "name": "y", "steps": [{"id": "a", "uses": "echo"}]}')
+    with pytest.raises(WorkflowValidationError, match="duplicate key 'name'"):
+        stack.load_workflow(path)

@@ -142,6 +142,34 @@ class NativeLoader:
         Raises:
             WorkflowValidationError: with file, line and column of each problem.
         """
-        data, locations = parse_yaml(source, path=path, max_bytes=self.max_bytes,
-                                     max_nodes=self.max_nodes)
+        if (path or "").lower().endswith(".json"):
+            data, locations = self._json(source, path)
+        else:
+            data, locations = parse_yaml(source, path=path, max_bytes=self.max_bytes,
+                                         max_nodes=self.max_nodes)
         return parse_workflow(data, locations=locations, source=path)
+
+    def _json(self, source: str, path: str | None) -> tuple[Any, Locations]:
+        """Parse JSON with :mod:`json`; locations come from a YAML pass when JSON's syntax
+        is also valid YAML (the common case), else only JSON syntax errors are located."""
+        import json
+
+        size = len(source.encode("utf-8"))
+        if size > self.max_bytes:
+            raise WorkflowValidationError([ValidationIssue(
+                f"workflow file is {size} bytes, more than the limit of {self.max_bytes}",
+                file=path)])
+        try:
+            data = json.loads(source)
+        except json.JSONDecodeError as exc:
+            raise WorkflowValidationError([ValidationIssue(
+                f"invalid JSON: {exc.msg}", file=path, line=exc.lineno, column=exc.colno)]
+            ) from None
+        try:
+            _, locations = parse_yaml(source, path=path, max_bytes=self.max_bytes,
+                                      max_nodes=self.max_nodes)
+        except WorkflowValidationError as exc:
+            if any(i.message.startswith("duplicate key") for i in exc.issues):
+                raise
+            locations = Locations(file=path)
+        return data, locations
