@@ -1,26 +1,27 @@
-"""Engine runs on SQLite storage against in-memory storage, printed as ratios.
+"""The engine benchmark's DAGs on SQLite storage against in-memory storage, printed as ratios.
 
-Three DAG shapes of the built-in no-op ``echo`` action, so the time measured is the engine's
-scheduling plus the storage writes it makes per step key (attempt rows, checkpoint, event
-batches, the run record):
+The DAGs are those of ``benchmarks/dag_overhead.py`` (imported from it): ``fanout``
+1 → 5000 → 1, ``chain`` of 1000 steps, ``layers`` 20 x 50 with two parents per step, all of
+the built-in no-op ``echo`` action. So the difference measured is what the storage writes cost
+the engine per step key (two attempt rows, one checkpoint, its share of the event batches, the
+run record).
 
-- ``chain``: 50 steps, each depending on the previous one (every checkpoint is on the
-  critical path);
-- ``fan-out``: one step over 200 items (``for_each``, 200 step keys);
-- ``layers``: 8 layers of 8 steps, each step depending on every step of the layer before.
+Each DAG runs ``--repeat`` times per storage in this process (after one warm-up run); the
+median wall time is reported per step, with the ratio storage / memory. SQLite is measured on
+a file in a temporary directory with ``synchronous=FULL`` (the default: a commit survives a
+power cut) and ``NORMAL`` (survives a process crash only). ``--scale 0.2`` shrinks every DAG
+for a quick look.
 
-Each DAG runs ``--runs`` times per backend in this process (after one warm-up run); the
-median wall time is reported, and the ratio SQLite / memory. SQLite is measured with
-``synchronous=FULL`` (the default: a commit survives power loss) and ``NORMAL`` (survives a
-process crash only), on a file in a temporary directory.
-
-Usage: .venv/bin/python benchmarks/storage_overhead.py [--runs 5] [--backend asyncio|trio]
+Usage: .venv/bin/python benchmarks/storage_overhead.py [--repeat 3] [--scale 1.0]
+       [--backend asyncio|trio] [--limit 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,62 +30,59 @@ from typing import Any
 import anyio
 
 
-def chain(n: int = 50) -> dict[str, Any]:
-    steps = [{"id": "s0", "uses": "echo", "with": {"value": 0}}]
-    for i in range(1, n):
-        steps.append({"id": f"s{i}", "uses": "echo",
-                      "with": {"value": f"{{{{ steps.s{i - 1}.output }}}}"}})
-    return {"name": "bench-chain", "steps": steps}
+def _dag_module() -> Any:
+    path = Path(__file__).with_name("dag_overhead.py")
+    spec = importlib.util.spec_from_file_location("dag_overhead", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dag_overhead"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def fan_out(n: int = 200) -> dict[str, Any]:
-    return {"name": "bench-fan-out", "max_concurrency": 32, "steps": [
-        {"id": "each", "uses": "echo", "for_each": list(range(n)),
-         "with": {"value": "{{ item }}"}}]}
+def dags(scale: float) -> dict[str, dict[str, list[str]]]:
+    """The engine benchmark's DAGs, sizes multiplied by ``scale``."""
+    d = _dag_module()
+    width = max(1, round(5000 * scale))
+    length = max(1, round(1000 * scale))
+    depth = max(1, round(20 * scale))
+    return {f"fanout 1->{width}->1": d.fanout(width), f"chain {length}": d.chain(length),
+            f"layers {depth}x50 (2 parents)": d.layers(depth, 50)}
 
 
-def layers(width: int = 8, depth: int = 8) -> dict[str, Any]:
-    steps = []
-    for layer in range(depth):
-        for i in range(width):
-            step: dict[str, Any] = {"id": f"l{layer}_{i}", "uses": "echo",
-                                    "with": {"value": f"{layer}-{i}"}}
-            if layer:
-                step["depends_on"] = [f"l{layer - 1}_{j}" for j in range(width)]
-            steps.append(step)
-    return {"name": "bench-layers", "steps": steps}
-
-
-DAGS = {"chain (50 steps)": (chain, 50), "fan-out (200 keys)": (fan_out, 200),
-        "layers (8x8)": (layers, 64)}
-
-
-async def measure(url: str, config: dict[str, Any], runs: int) -> dict[str, float]:
+async def measure(url: str, config: dict[str, Any], graphs: dict[str, Any], repeat: int,
+                  limit: int) -> dict[str, tuple[float, float]]:
+    """Return ``{dag: (median wall seconds, median CPU seconds)}`` of engine runs."""
     import flowyard_sql.plugin
     from flowyard.stack import Stack
 
-    stack = Stack([("sql", flowyard_sql.plugin)],
-                  config={"storage": {"url": url, **config}})
-    medians: dict[str, float] = {}
+    as_workflow = _dag_module().as_workflow
+    stack = Stack([("sql", flowyard_sql.plugin)], config={"storage": {"url": url, **config}})
+    out: dict[str, tuple[float, float]] = {}
     async with stack:
-        for label, (build, _keys) in DAGS.items():
-            workflow = stack.load_workflow(build())
-            await stack.run(workflow)  # warm-up
-            times = []
-            for _ in range(runs):
-                started = time.perf_counter()
-                result = await stack.run(workflow)
-                times.append(time.perf_counter() - started)
-                assert result.status == "completed", result
-            medians[label] = statistics.median(times)
-    return medians
+        for name, dag in graphs.items():
+            workflow = stack.load_workflow(as_workflow(name, dag))
+            await stack.run(workflow, max_concurrency=limit)  # warm-up
+            walls, cpus = [], []
+            for _ in range(repeat):
+                started, cpu = time.perf_counter(), time.process_time()
+                result = await stack.run(workflow, max_concurrency=limit)
+                walls.append(time.perf_counter() - started)
+                cpus.append(time.process_time() - cpu)
+                assert result.status == "completed", result.error
+                assert len(await stack.storage.load_checkpoints(result.run_id)) == len(dag)
+            out[name] = (statistics.median(walls), statistics.median(cpus))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--limit", type=int, default=64, help="engine max_concurrency")
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     args = parser.parse_args()
+    graphs = dags(args.scale)
     with tempfile.TemporaryDirectory() as tmp:
         cases = {
             "memory": ("memory://", {}),
@@ -92,23 +90,23 @@ def main() -> None:
             "sqlite NORMAL": (f"sqlite:///{Path(tmp) / 'normal.db'}",
                               {"sqlite": {"synchronous": "NORMAL"}}),
         }
-        results = {name: anyio.run(measure, url, cfg, args.runs, backend=args.backend)
+        results = {name: anyio.run(measure, url, cfg, graphs, args.repeat, args.limit,
+                                   backend=args.backend)
                    for name, (url, cfg) in cases.items()}
     base = results["memory"]
-    print(f"engine DAG runs, median of {args.runs} ({args.backend}); ratio = backend / memory")
-    header = f"{'DAG':<20}{'memory':>11}" + "".join(
-        f"{name:>15}{'ratio':>7}{'ms/key':>8}" for name in cases if name != "memory")
-    print(header)
-    for label, (_build, keys) in DAGS.items():
-        row = f"{label:<20}{base[label] * 1000:>9.1f}ms"
-        for name in cases:
-            if name == "memory":
-                continue
-            value = results[name][label]
-            extra_ms = (value - base[label]) * 1000 / keys
-            row += f"{value * 1000:>13.1f}ms{value / base[label]:>6.1f}x{extra_ms:>8.2f}"
+    print(f"engine DAGs of dag_overhead.py, {args.backend}, max_concurrency={args.limit}, "
+          f"median of {args.repeat}; µs per step (wall), ratio = storage / memory")
+    others = [name for name in cases if name != "memory"]
+    print(f"{'DAG':28}{'steps':>6}{'memory':>9}" + "".join(
+        f"{name:>15}{'ratio':>7}{'cpu ratio':>10}" for name in others))
+    for name, dag in graphs.items():
+        steps = len(dag)
+        wall0, cpu0 = base[name]
+        row = f"{name:28}{steps:>6}{wall0 / steps * 1e6:>9.0f}"
+        for other in others:
+            wall, cpu = results[other][name]
+            row += f"{wall / steps * 1e6:>15.0f}{wall / wall0:>6.1f}x{cpu / cpu0:>9.1f}x"
         print(row)
-    print("ms/key: extra wall time per step key over in-memory storage")
 
 
 if __name__ == "__main__":
