@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from flowyard.errors import ToolError
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +24,8 @@ ISOLATIONS = [
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
-async def test_shell_fork_bomb_is_contained_and_killed(gone: Any, make_tools: Any, tool_context: Any,
+async def test_shell_fork_bomb_is_contained_and_killed(gone: Any, make_tools: Any,
+                                                       tool_context: Any,
                                                        isolation: dict[str, Any]) -> None:
     marker = f"forkbomb-{uuid.uuid4().hex}"
     shell, _ = make_tools(allow_shell=True, max_processes=40, **isolation)
@@ -38,7 +38,8 @@ async def test_shell_fork_bomb_is_contained_and_killed(gone: Any, make_tools: An
     assert gone(marker) == [], "no process of the bomb survives the call"
 
 
-async def test_python_fork_bomb_hits_the_process_limit(gone: Any, make_tools: Any, tool_context: Any,
+async def test_python_fork_bomb_hits_the_process_limit(gone: Any, make_tools: Any,
+                                                       tool_context: Any,
                                                        work_dir: Path) -> None:
     _, python = make_tools(max_processes=24, work_dir=str(work_dir))
     code = ("import os\ncount = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
@@ -56,7 +57,7 @@ async def test_python_endless_fork_loop_is_killed_at_the_timeout(gone: Any, make
     _, python = make_tools(max_processes=24, work_dir=str(work_dir))
     code = ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
             "        pass\n")
-    with pytest.raises(ToolError, match="timed out after 2"):
+    with pytest.raises(ToolError, match=r"timed out after 2"):
         await python.invoke({"code": code, "timeout": 2}, tool_context)
     assert gone(str(work_dir)) == []
 
@@ -76,20 +77,20 @@ async def test_infinite_loop_is_killed_at_the_timeout(gone: Any, make_tools: Any
 
 async def test_python_infinite_loop_raises_timeout(make_tools: Any, tool_context: Any) -> None:
     _, python = make_tools()
-    with pytest.raises(ToolError, match="timed out after 1"):
+    with pytest.raises(ToolError, match=r"timed out after 1"):
         await python.invoke({"code": "while True:\n    pass\n", "timeout": 1}, tool_context)
 
 
 async def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock(make_tools: Any,
                                                                  tool_context: Any) -> None:
     _, python = make_tools(cpu_seconds=1)
-    with pytest.raises(ToolError, match="without a result.*SIGXCPU|SIGKILL"):
+    with pytest.raises(ToolError, match=r"without a result.*SIGXCPU|SIGKILL"):
         await python.invoke({"code": "while True:\n    pass\n", "timeout": 30}, tool_context)
 
 
 async def test_huge_allocation_fails_inside_the_limit(make_tools: Any, tool_context: Any) -> None:
     _, python = make_tools(memory_mb=512)
-    with pytest.raises(ToolError, match="MemoryError"):
+    with pytest.raises(ToolError, match=r"MemoryError"):
         await python.invoke({"code": "block = bytearray(16 * 1024 ** 3)\nresult = len(block)"},
                             tool_context)
     # The same limit leaves ordinary work alone.
@@ -121,7 +122,7 @@ result = {{"write_fd": fd_write, "read_fd": fd_read, "uid": os.getuid(),
 
 async def test_ctypes_crash_is_contained(make_tools: Any, tool_context: Any) -> None:
     _, python = make_tools()
-    with pytest.raises(ToolError, match="without a result.*SIGSEGV"):
+    with pytest.raises(ToolError, match=r"without a result.*SIGSEGV"):
         await python.invoke({"code": "import ctypes\nctypes.string_at(0)"}, tool_context)
     after = await python.invoke({"code": "result = 'still fine'"}, tool_context)
     assert after["result"] == "still fine"
@@ -174,7 +175,8 @@ async def test_background_process_does_not_outlive_a_finished_call(gone: Any, ma
     assert gone(marker) == []
 
 
-async def test_setsid_escape_is_killed_in_the_sandbox(gone: Any, make_tools: Any, tool_context: Any) -> None:
+async def test_setsid_escape_is_killed_in_the_sandbox(gone: Any, make_tools: Any,
+                                                      tool_context: Any) -> None:
     marker = f"setsid-{uuid.uuid4().hex}"
     shell, _ = make_tools()
     result = await shell.invoke(

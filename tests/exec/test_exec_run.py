@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from flowyard.errors import ConfigError, ToolError, ToolInputError
 from flowyard_exec import ExecSettings
 
@@ -41,12 +40,12 @@ async def test_arguments_are_not_interpreted_by_a_shell(make_tools: Any, tool_co
 
 async def test_shell_string_needs_config_and_argument(make_tools: Any, tool_context: Any) -> None:
     shell, _ = make_tools()
-    with pytest.raises(ToolInputError, match="shell: true"):
+    with pytest.raises(ToolInputError, match=r"shell: true"):
         await shell.invoke({"command": "echo hi"}, tool_context)
-    with pytest.raises(ToolInputError, match="allow_shell"):
+    with pytest.raises(ToolInputError, match=r"allow_shell"):
         await shell.invoke({"command": "echo hi", "shell": True}, tool_context)
     allowed, _ = make_tools(allow_shell=True)
-    with pytest.raises(ToolInputError, match="shell: true"):
+    with pytest.raises(ToolInputError, match=r"shell: true"):
         await allowed.invoke({"command": "echo hi"}, tool_context)
     result = await allowed.invoke({"command": "echo hi | tr a-z A-Z", "shell": True},
                                   tool_context)
@@ -56,7 +55,7 @@ async def test_shell_string_needs_config_and_argument(make_tools: Any, tool_cont
 async def test_allowed_commands_limit_the_program(make_tools: Any, tool_context: Any) -> None:
     shell, _ = make_tools(allowed_commands=["echo"])
     assert (await shell.invoke({"command": ["echo", "x"]}, tool_context))["stdout"] == "x\n"
-    with pytest.raises(ToolInputError, match="allowed_commands"):
+    with pytest.raises(ToolInputError, match=r"allowed_commands"):
         await shell.invoke({"command": ["/bin/sh", "-c", "echo x"]}, tool_context)
 
 
@@ -75,7 +74,7 @@ async def test_output_is_capped(make_tools: Any, tool_context: Any) -> None:
 
 async def test_check_raises_on_failure(make_tools: Any, tool_context: Any) -> None:
     shell, _ = make_tools()
-    with pytest.raises(ToolError, match="exited with 2.*boom"):
+    with pytest.raises(ToolError, match=r"exited with 2.*boom"):
         await shell.invoke({"command": ["sh", "-c", "echo boom >&2; exit 2"], "check": True},
                            tool_context)
 
@@ -148,10 +147,10 @@ async def test_required_isolation_refuses_without_bubblewrap(make_tools: Any, to
                                                              work_dir: Path) -> None:
     shell, python = make_tools(isolation="required", bwrap="/nonexistent/bin/bwrap",
                                work_dir=str(work_dir))
-    with pytest.raises(ToolError, match="isolation is required but unavailable.*"
+    with pytest.raises(ToolError, match=r"isolation is required but unavailable.*"
                                         "/nonexistent/bin/bwrap"):
         await shell.invoke({"command": ["touch", "ran"]}, tool_context)
-    with pytest.raises(ToolError, match="refusing to run unsandboxed"):
+    with pytest.raises(ToolError, match=r"refusing to run unsandboxed"):
         await python.invoke({"code": "open('ran', 'w').write('x')"}, tool_context)
     assert not (work_dir / "ran").exists(), "nothing ran"
 
@@ -161,10 +160,10 @@ async def test_a_call_or_step_can_require_isolation_but_not_weaken_it(
     shell, _ = make_tools(bwrap="/nonexistent/bin/bwrap", user="")
     auto = await shell.invoke({"command": ["true"]}, tool_context)
     assert auto["isolation"] == "none"
-    with pytest.raises(ToolError, match="isolation is required"):
+    with pytest.raises(ToolError, match=r"isolation is required"):
         await shell.invoke({"command": ["true"], "isolation": "required"}, tool_context)
     step = tool_context.child(extras={"isolation": "required"})
-    with pytest.raises(ToolError, match="isolation is required"):
+    with pytest.raises(ToolError, match=r"isolation is required"):
         await shell.invoke({"command": ["true"]}, step)
     sandboxed, _ = make_tools(isolation="required")
     result = await sandboxed.invoke({"command": ["true"], "isolation": "none"}, tool_context)
@@ -178,7 +177,7 @@ async def test_broken_bubblewrap_is_detected_by_the_probe(make_tools: Any, tool_
                     "exit 1\n")
     fake.chmod(0o755)
     shell, _ = make_tools(bwrap=str(fake), isolation="required")
-    with pytest.raises(ToolError, match="cannot create a sandbox here.*No permissions"):
+    with pytest.raises(ToolError, match=r"cannot create a sandbox here.*No permissions"):
         await shell.invoke({"command": ["true"]}, tool_context)
 
 
@@ -198,19 +197,19 @@ async def test_network_is_unshared_in_the_sandbox(make_tools: Any, tool_context:
 
 
 def test_invalid_config_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="isolation"):
+    with pytest.raises(ConfigError, match=r"isolation"):
         ExecSettings.from_section({"isolation": "maybe"})
-    with pytest.raises(ConfigError, match="memory_mb"):
+    with pytest.raises(ConfigError, match=r"memory_mb"):
         ExecSettings.from_section({"memory_mb": -5})
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key"):
         ExecSettings.from_section({"timeuot": 3})
-    with pytest.raises(ConfigError, match="ro_binds"):
+    with pytest.raises(ConfigError, match=r"ro_binds"):
         ExecSettings.from_section({"ro_binds": ["relative/path"]})
 
 
 async def test_timeout_above_the_maximum_is_refused(make_tools: Any, tool_context: Any) -> None:
     shell, _ = make_tools(max_timeout=5, timeout=1)
-    with pytest.raises(ToolError, match="exceeds the configured maximum"):
+    with pytest.raises(ToolError, match=r"exceeds the configured maximum"):
         await shell.invoke({"command": ["true"], "timeout": 50}, tool_context)
 
 
@@ -239,9 +238,9 @@ async def test_python_script_file_inside_script_dir(make_tools: Any, tool_contex
                               tool_context)
     assert out["result"] == {"total": 9, "file": True}
     for bad in ("../outside.py", str(tmp_path / "outside.py"), "/etc/passwd"):
-        with pytest.raises(ToolInputError, match="outside the script directory"):
+        with pytest.raises(ToolInputError, match=r"outside the script directory"):
             await python.invoke({"script": bad}, tool_context)
-    with pytest.raises(ToolInputError, match="not a file"):
+    with pytest.raises(ToolInputError, match=r"not a file"):
         await python.invoke({"script": "missing.py"}, tool_context)
 
 
@@ -255,7 +254,7 @@ async def test_python_exception_is_a_tool_error_with_traceback(make_tools: Any,
 
 async def test_python_result_must_be_json(make_tools: Any, tool_context: Any) -> None:
     _, python = make_tools()
-    with pytest.raises(ToolError, match="not JSON-serialisable"):
+    with pytest.raises(ToolError, match=r"not JSON-serialisable"):
         await python.invoke({"code": "result = {1, 2}"}, tool_context)
     none = await python.invoke({"code": "x = 1"}, tool_context)
     assert none["result"] is None
@@ -272,7 +271,7 @@ async def test_python_needs_exactly_one_of_code_and_script(make_tools: Any, tool
 
 async def test_python_nonzero_sys_exit_is_an_error(make_tools: Any, tool_context: Any) -> None:
     _, python = make_tools()
-    with pytest.raises(ToolError, match="SystemExit"):
+    with pytest.raises(ToolError, match=r"SystemExit"):
         await python.invoke({"code": "import sys\nsys.exit(4)"}, tool_context)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 import flowyard_exec.plugin
+import pytest
 from flowyard.stack import Stack
 
 pytestmark = pytest.mark.anyio

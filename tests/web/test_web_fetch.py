@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-
 from flowyard.errors import ConfigError, ToolError, ToolInputError
 from flowyard.testing import ToolContract
 from flowyard_web import (
@@ -59,7 +58,7 @@ class TestWebFetchContract(ToolContract):
 async def test_loopback_in_every_spelling_is_blocked(server: Any, tool_context: Any,
                                                      host: str) -> None:
     before = len(server.hits)
-    with pytest.raises(BlockedURLError, match="loopback"):
+    with pytest.raises(BlockedURLError, match=r"loopback"):
         await fetcher().invoke({"url": server.url("/article", host=host)}, tool_context)
     assert len(server.hits) == before, "no request reached the server"
 
@@ -102,7 +101,7 @@ async def test_only_http_and_https(tool_context: Any, url: str) -> None:
 
 
 async def test_credentials_in_urls_are_refused(server: Any, tool_context: Any) -> None:
-    with pytest.raises(BlockedURLError, match="credentials"):
+    with pytest.raises(BlockedURLError, match=r"credentials"):
         await fetcher(LOCAL).invoke(
             {"url": f"http://user:pw@127.0.0.1:{server.port}/article"}, tool_context)
 
@@ -148,7 +147,7 @@ async def test_plain_text_and_json_are_returned_as_is(server: Any, tool_context:
 
 
 async def test_binary_content_is_refused(server: Any, tool_context: Any) -> None:
-    with pytest.raises(ToolError, match="application/octet-stream"):
+    with pytest.raises(ToolError, match=r"application/octet-stream"):
         await fetcher(LOCAL).invoke({"url": server.url("/binary")}, tool_context)
 
 
@@ -161,7 +160,7 @@ async def test_localhost_name_allowed_when_its_address_is(server: Any, tool_cont
 
 async def test_allow_list_of_one_address_does_not_open_others(server: Any, tool_context: Any
                                                               ) -> None:
-    with pytest.raises(BlockedURLError, match="private"):
+    with pytest.raises(BlockedURLError, match=r"private"):
         await fetcher(["127.0.0.1/32"]).invoke({"url": "http://10.0.0.1/"}, tool_context)
 
 
@@ -170,7 +169,7 @@ async def test_allow_list_of_one_address_does_not_open_others(server: Any, tool_
 async def test_redirect_to_the_metadata_address_is_blocked(server: Any, tool_context: Any
                                                            ) -> None:
     target = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
-    with pytest.raises(BlockedURLError, match="169.254.169.254.*cloud metadata"):
+    with pytest.raises(BlockedURLError, match=r"169.254.169.254.*cloud metadata"):
         await fetcher(LOCAL).invoke({"url": server.url(f"/redirect?to={target}")},
                                     tool_context)
 
@@ -195,7 +194,7 @@ async def test_redirect_hops_are_checked_again(server: Any, tool_context: Any,
 
 
 async def test_redirect_to_another_scheme_is_blocked(server: Any, tool_context: Any) -> None:
-    with pytest.raises(BlockedURLError, match="only http and https"):
+    with pytest.raises(BlockedURLError, match=r"only http and https"):
         await fetcher(LOCAL).invoke({"url": server.url("/redirect?to=file:///etc/passwd")},
                                     tool_context)
 
@@ -206,9 +205,9 @@ async def test_relative_redirects_and_chains_are_followed(server: Any, tool_cont
     result = await tool.invoke({"url": server.url("/redirect-chain?n=3")}, tool_context)
     assert result["final_url"] == server.url("/article")
     assert len(result["redirects"]) == 3
-    with pytest.raises(ToolError, match="more than 3 redirects"):
+    with pytest.raises(ToolError, match=r"more than 3 redirects"):
         await tool.invoke({"url": server.url("/redirect-chain?n=4")}, tool_context)
-    with pytest.raises(ToolError, match="more than 3 redirects"):
+    with pytest.raises(ToolError, match=r"more than 3 redirects"):
         await tool.invoke({"url": server.url("/redirect-loop")}, tool_context)
 
 
@@ -238,7 +237,7 @@ async def test_a_name_with_any_blocked_address_is_refused(tool_context: Any) -> 
         return ["93.184.215.14", "127.0.0.1"]
 
     tool = WebFetchTool(WebSettings(), resolver=mixed)
-    with pytest.raises(BlockedURLError, match="loopback"):
+    with pytest.raises(BlockedURLError, match=r"loopback"):
         await tool.invoke({"url": "http://mixed.example/"}, tool_context)
 
 
@@ -268,7 +267,7 @@ async def test_https_pinned_to_the_address_verifies_the_name(tls_server: Any,
 
     mismatch = WebFetchTool(WebSettings(policy=AddressPolicy.from_strings(["127.0.0.1/32"])),
                             resolver=wrong, verify=context)
-    with pytest.raises(ToolError, match="cannot fetch"):
+    with pytest.raises(ToolError, match=r"cannot fetch"):
         await mismatch.invoke({"url": f"https://other.example:{server.port}/echo-host"},
                               tool_context)
 
@@ -280,13 +279,13 @@ async def test_byte_cap_truncates(server: Any, tool_context: Any) -> None:
                                          tool_context)
     assert result["truncated"] is True and result["bytes"] == 10_000
     assert len(result["content"]) == 10_000
-    with pytest.raises(ToolInputError, match="max_bytes_limit"):
+    with pytest.raises(ToolInputError, match=r"max_bytes_limit"):
         await fetcher(LOCAL, max_bytes_limit=100, max_bytes=50).invoke(
             {"url": server.url("/big"), "max_bytes": 1000}, tool_context)
 
 
 async def test_time_cap(server: Any, tool_context: Any) -> None:
-    with pytest.raises(ToolError, match="longer than 0.5 s") as info:
+    with pytest.raises(ToolError, match=r"longer than 0.5 s") as info:
         await fetcher(LOCAL).invoke({"url": server.url("/slow"), "timeout": 0.5}, tool_context)
     assert info.value.retriable is True
 
@@ -299,7 +298,7 @@ async def test_http_errors(server: Any, tool_context: Any, status: int, retriabl
 
 
 async def test_unresolvable_name_is_a_retriable_error(tool_context: Any) -> None:
-    with pytest.raises(ToolError, match="cannot resolve") as info:
+    with pytest.raises(ToolError, match=r"cannot resolve") as info:
         await fetcher().invoke({"url": "http://no-such-host.invalid/"}, tool_context)
     assert info.value.retriable is True
 
@@ -310,16 +309,16 @@ async def test_connection_refused_is_reported(tool_context: Any) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(ToolError, match="cannot fetch"):
+    with pytest.raises(ToolError, match=r"cannot fetch"):
         await fetcher(LOCAL).invoke({"url": f"http://127.0.0.1:{port}/"}, tool_context)
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ConfigError, match="allow_networks"):
+    with pytest.raises(ConfigError, match=r"allow_networks"):
         WebSettings.from_section({"allow_networks": ["not-a-net"]})
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key"):
         WebSettings.from_section({"alow_networks": []})
-    with pytest.raises(ConfigError, match="max_redirects"):
+    with pytest.raises(ConfigError, match=r"max_redirects"):
         WebSettings.from_section({"max_redirects": -1})
     settings = WebSettings.from_section({"allow_networks": ["127.0.0.1"], "timeout": 5})
     assert settings.timeout == 5.0 and len(settings.policy.allow_networks) == 1

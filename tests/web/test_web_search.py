@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import flowyard_web.plugin
+import pytest
 from flowyard.errors import ConfigError, ToolError
 from flowyard.stack import Stack
 from flowyard.testing import ToolContract
@@ -58,7 +57,7 @@ async def test_searxng_backend_maps_results_and_parameters(server: Any, tool_con
 
 async def test_backend_failure_is_a_retriable_tool_error(server: Any, tool_context: Any) -> None:
     tool = WebSearchTool(WebSettings(), backend=SearxngBackend(base_url=server.url("")))
-    with pytest.raises(ToolError, match="searxng.*HTTP 503") as info:
+    with pytest.raises(ToolError, match=r"searxng.*HTTP 503") as info:
         await tool.invoke({"query": "fail"}, tool_context)
     assert info.value.retriable is True
 
@@ -115,15 +114,15 @@ async def test_backend_from_a_module_factory_reference(tmp_path: Path, tool_cont
 
 
 def test_unknown_or_broken_backends_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown search_backend 'nope'.*ddgs.*searxng"):
+    with pytest.raises(ConfigError, match=r"unknown search_backend 'nope'.*ddgs.*searxng"):
         load_backend("nope", {})
-    with pytest.raises(ConfigError, match="cannot be imported"):
+    with pytest.raises(ConfigError, match=r"cannot be imported"):
         load_backend("no_such_module_xyz:factory", {})
-    with pytest.raises(ConfigError, match="do not fit backend 'searxng'"):
+    with pytest.raises(ConfigError, match=r"do not fit backend 'searxng'"):
         load_backend("searxng", {"bogus": 1})
-    with pytest.raises(ConfigError, match="base_url"):
+    with pytest.raises(ConfigError, match=r"base_url"):
         load_backend("searxng", {"base_url": "ftp://x"})
-    with pytest.raises(ConfigError, match="no name and async search"):
+    with pytest.raises(ConfigError, match=r"no name and async search"):
         load_backend("builtins:dict", {})
 
 
@@ -134,7 +133,7 @@ async def test_a_backend_returning_the_wrong_type_is_reported(tool_context: Any)
         async def search(self, query: str, **kwargs: Any) -> list[Any]:
             return [{"title": "not a SearchResult"}]
 
-    with pytest.raises(ToolError, match="not a SearchResult"):
+    with pytest.raises(ToolError, match=r"not a SearchResult"):
         await WebSearchTool(WebSettings(), backend=Sloppy()).invoke({"query": "x"},
                                                                     tool_context)
 
@@ -172,6 +171,6 @@ async def test_ddgs_rate_limit_is_retriable(monkeypatch: pytest.MonkeyPatch, too
     monkeypatch.setattr(ddgs.ddgs.DDGS, "text", limited)
     tool = WebSearchTool(WebSettings())
     assert isinstance(tool.backend, DDGSBackend), "ddgs is the default backend"
-    with pytest.raises(ToolError, match="ddgs.*Ratelimit") as info:
+    with pytest.raises(ToolError, match=r"ddgs.*Ratelimit") as info:
         await tool.invoke({"query": "tides"}, tool_context)
     assert info.value.retriable is True

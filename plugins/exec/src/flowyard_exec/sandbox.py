@@ -14,7 +14,6 @@ process of the sandbox, including ones that started their own session.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -30,7 +29,6 @@ from typing import Any
 
 import anyio
 import attrs
-
 from flowyard.errors import ConfigError, ToolError
 
 __all__ = [
@@ -48,27 +46,31 @@ ISOLATION_LEVELS = ("none", "auto", "required")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# The launcher runs as ``python -I -S -c _LAUNCHER <spec-json> -- <argv...>``.
+# The launcher runs as ``python -I -S -c _LAUNCHER <cwd> <uid> <gid> <limits> <env names> --
+# <argv...>`` (uid/gid "-" keeps the account; limits "RLIMIT_CPU=60,..."; env names
+# comma-separated). It avoids importing json: that alone doubles the interpreter's start-up.
 _LAUNCHER = r"""
-import json, os, resource, sys
+import os, resource, sys
 import warnings  # os.execvp imports it lazily: load it before dropping privileges
-spec = json.loads(sys.argv[1])
-argv = sys.argv[3:]
+cwd, uid, gid, limits, names = sys.argv[1:6]
+argv = sys.argv[7:]
 try:
-    for name, value in spec["limits"].items():
+    for item in limits.split(","):
+        name, _, value = item.partition("=")
         res = getattr(resource, name)
+        value = int(value)
         soft, hard = resource.getrlimit(res)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(res, (value, value))
-    if spec.get("uid") is not None:
+    if uid != "-":
         os.setgroups([])
-        os.setgid(spec["gid"])
-        os.setuid(spec["uid"])
-    os.chdir(spec["cwd"])
+        os.setgid(int(gid))
+        os.setuid(int(uid))
+    os.chdir(cwd)
     os.umask(0o022)
     # The interpreter may add variables at start-up (PEP 538 sets LC_CTYPE): drop them.
-    for name in set(os.environ) - set(spec["env_names"]):
+    for name in set(os.environ) - set(names.split(",")):
         del os.environ[name]
 except OSError as exc:
     sys.stderr.write("flowyard-exec launcher: %s\n" % (exc,))
@@ -419,11 +421,10 @@ async def probe_bubblewrap(settings: ExecSettings) -> tuple[bool, str]:
 
 def _launcher_argv(settings: ExecSettings, cwd: str, account: tuple[int, int] | None,
                    argv: Sequence[str], env_names: Sequence[str] = ("PATH",)) -> list[str]:
-    spec: dict[str, Any] = {"limits": settings.limits(), "cwd": cwd,
-                            "env_names": sorted(env_names)}
-    if account is not None:
-        spec["uid"], spec["gid"] = account
-    return [settings.python, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec), "--", *argv]
+    uid, gid = (str(account[0]), str(account[1])) if account is not None else ("-", "-")
+    limits = ",".join(f"{name}={value}" for name, value in settings.limits().items())
+    return [settings.python, "-I", "-S", "-c", _LAUNCHER, cwd, uid, gid, limits,
+            ",".join(sorted(env_names)), "--", *argv]
 
 
 # ----------------------------------------------------------------------------- running

@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx
-
 from flowyard.config import Config
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError

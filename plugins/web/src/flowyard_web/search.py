@@ -18,7 +18,6 @@ from typing import Any, Protocol, runtime_checkable
 import anyio.to_thread
 import attrs
 import httpx
-
 from flowyard.config import Config
 from flowyard.context import ToolContext
 from flowyard.errors import ConfigError, ToolError

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
 from flowyard.errors import ConfigError
 
 from flowyard_web.ssrf import AddressPolicy
@@ -47,7 +46,7 @@ class WebSettings:
         ConfigError: a value has the wrong type or range (the message names the key).
     """
 
-    policy: AddressPolicy = AddressPolicy()
+    policy: AddressPolicy = attrs.field(factory=AddressPolicy)
     timeout: float = 20.0
     max_timeout: float = 120.0
     max_bytes: int = 5_000_000

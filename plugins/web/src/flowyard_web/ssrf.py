@@ -18,7 +18,6 @@ from typing import Union
 
 import anyio
 import attrs
-
 from flowyard.errors import ToolError
 
 __all__ = [
