@@ -24,6 +24,7 @@ loaded machine the CPU-time ratio is the steadier figure.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import time
@@ -95,6 +96,10 @@ async def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+async def _engine_run(stack: Stack, workflow: Any, limit: int, out: list[Any]) -> None:
+    out.append(await stack.run(workflow, max_concurrency=limit))
+
+
 async def measure(repeat: int, limit: int) -> list[dict[str, Any]]:
     rows = []
     for name, dag in (("fanout 1->5000->1", fanout()), ("chain 1000", chain()),
@@ -109,13 +114,10 @@ async def measure(repeat: int, limit: int) -> list[dict[str, Any]]:
             validate_s = time.perf_counter() - started
             engine_times, base_times = [], []
             for _ in range(repeat):
-                base_times.append(await timed(lambda: hand_written(dag, limit)))
+                base_times.append(await timed(functools.partial(hand_written, dag, limit)))
                 result: list[Any] = []
-
-                async def engine() -> None:
-                    result.append(await stack.run(workflow, max_concurrency=limit))
-
-                engine_times.append(await timed(engine))
+                engine_times.append(await timed(functools.partial(
+                    _engine_run, stack, workflow, limit, result)))
                 assert result[0].ok, result[0].error
                 stored = await stack.storage.list_events(result[0].run_id, limit=100_000)
                 assert len(stored) >= 2 * steps

@@ -10,7 +10,6 @@ import anyio
 import pytest
 
 import flowyard
-from flowyard.builtin.fake import FakeProvider
 from flowyard.errors import BudgetExceeded, ToolError, WorkflowValidationError
 from flowyard.models import Event
 from flowyard.stack import Stack

@@ -172,7 +172,7 @@ def test_structural_errors_are_all_reported() -> None:
 
 
 def test_inputs_declared_and_referenced(stack: Stack) -> None:
-    with pytest.raises(WorkflowValidationError, match="unknown input 'nme'.*did you mean 'name'"):
+    with pytest.raises(WorkflowValidationError, match=r"unknown input 'nme'.*did you mean 'name'"):
         stack.load_workflow({"name": "i", "inputs": {"name": {"type": "string"}},
                              "steps": [{"id": "a", "uses": "echo",
                                         "with": {"value": "{{ inputs.nme }}"}}]})

@@ -77,7 +77,6 @@ async def run_workflow(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | 
 async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
                options: dict[str, Any], stream: Any) -> RunResult:
     from .runner import Run, check_inputs, new_record
-
     from .validate import load_workflow_with_definition
 
     wf, definition, content_hash = load_workflow_with_definition(stack, workflow)

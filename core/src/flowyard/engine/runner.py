@@ -296,7 +296,7 @@ class Run:
                 with anyio.CancelScope(shield=True):
                     try:
                         await self._finish("failed", f"internal error: {exc!r}", started)
-                    except Exception:  # noqa: BLE001 - the original error is what matters
+                    except Exception:  # the original error is what matters
                         log.exception("could not record the failure of run %s", self.run_id)
                 raise
             if status == "completed":

@@ -300,7 +300,7 @@ def _cycles(deps: dict[str, set[str]], order: list[str]) -> list[list[str]]:
                 if nxt not in color:
                     continue
                 if color[nxt] == grey:
-                    cyc = path[path.index(nxt):] + [nxt]
+                    cyc = [*path[path.index(nxt):], nxt]
                     key = frozenset(cyc)
                     if key not in reported:
                         reported.add(key)
