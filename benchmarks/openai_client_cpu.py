@@ -136,17 +136,17 @@ def main() -> None:
     rows: list[tuple[str, int, str, float, float]] = []
     try:
         for concurrency, total in ((8, args.requests_8), (64, args.requests_64)):
-            plan: list[tuple[str, str, Callable[[], Awaitable[tuple[float, float]]]]] = [
-                ("asyncio", "raw httpx", lambda: run_raw_httpx(base, concurrency, total)),
-                ("asyncio", "raw aiohttp", lambda: run_raw_aiohttp(base, concurrency, total)),
-                ("asyncio", "plugin", lambda: run_plugin(base, concurrency, total, "auto")),
-                ("asyncio", "plugin/httpx",
-                 lambda: run_plugin(base, concurrency, total, "httpx")),
-                ("trio", "raw httpx", lambda: run_raw_httpx(base, concurrency, total)),
-                ("trio", "plugin", lambda: run_plugin(base, concurrency, total, "auto")),
+            plan: list[tuple[str, str, Callable[..., Awaitable[tuple[float, float]]],
+                             tuple[Any, ...]]] = [
+                ("asyncio", "raw httpx", run_raw_httpx, ()),
+                ("asyncio", "raw aiohttp", run_raw_aiohttp, ()),
+                ("asyncio", "plugin", run_plugin, ("auto",)),
+                ("asyncio", "plugin/httpx", run_plugin, ("httpx",)),
+                ("trio", "raw httpx", run_raw_httpx, ()),
+                ("trio", "plugin", run_plugin, ("auto",)),
             ]
-            for backend, label, job in plan:
-                wall, cpu = anyio.run(job, backend=backend)
+            for backend, label, job, extra in plan:
+                wall, cpu = anyio.run(job, base, concurrency, total, *extra, backend=backend)
                 rows.append((backend, concurrency, label, total / wall, cpu / total * 1000))
                 print(f"  measured {backend:7} c={concurrency:<3} {label:13} "
                       f"{total / wall:8.0f} req/s {cpu / total * 1000:7.3f} ms CPU/req",

@@ -4,6 +4,7 @@ https://docs.anthropic.com/en/api/messages and .../messages-streaming."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -64,7 +65,7 @@ class FakeAnthropic:
         if "max_tokens" not in body:
             return _error(400, "invalid_request_error", "max_tokens: Field required")
         roles = [m["role"] for m in body["messages"]]
-        if any(a == b for a, b in zip(roles, roles[1:])) or roles[:1] != ["user"]:
+        if any(a == b for a, b in itertools.pairwise(roles)) or roles[:1] != ["user"]:
             return _error(400, "invalid_request_error", "roles must alternate, user first")
         input_tokens = sum(len(_text_of(m["content"]).split()) for m in body["messages"]) + 3
         choice = body.get("tool_choice") or {"type": "auto"}

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from flowyard.testing import ProviderContract
 from flowyard_anthropic.provider import AnthropicProvider
 

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-
 from flowyard.errors import (
     AuthenticationError,
     BadRequestError,

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
 from flowyard.testing import ProviderContract
 from flowyard_openai.provider import OpenAIProvider
 

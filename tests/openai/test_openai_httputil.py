@@ -5,10 +5,10 @@ from __future__ import annotations
 import pickle
 
 import pytest
-
 from flowyard.errors import (
     AuthenticationError,
     BadRequestError,
+    ConfigError,
     ProviderTimeoutError,
     RateLimitedError,
     ServerError,
@@ -21,7 +21,6 @@ from flowyard.httputil import (
     parse_retry_after,
     redact,
 )
-from flowyard.errors import ConfigError
 from flowyard.models import Usage
 
 NOW = 1_700_000_000.0
@@ -126,7 +125,6 @@ async def test_sharded_transport_spreads_and_releases(mock_openai_server: object
                                                       anyio_backend: str) -> None:
     import anyio
     import httpx
-
     from flowyard.httputil import sharded_transport
 
     transport = sharded_transport(max_connections=6, shard_size=2)
@@ -169,7 +167,6 @@ async def test_pooled_client_backend_per_event_loop(anyio_backend: str) -> None:
 
 def test_pooled_client_is_rebuilt_in_a_new_event_loop() -> None:
     import anyio
-
     from flowyard.httputil import PooledClient
 
     pooled = PooledClient(base_url="http://127.0.0.1:9", backend="httpx")

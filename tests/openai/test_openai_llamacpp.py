@@ -8,7 +8,6 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-
 from flowyard.errors import MalformedResponseError, ServerError
 from flowyard.models import ChatChunk, ChatRequest, Message
 from flowyard_openai.provider import OpenAIProvider

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-
 from flowyard.errors import (
     AuthenticationError,
     BadRequestError,

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import (
     AuthenticationError,
-    ConfigError,
     BadRequestError,
+    ConfigError,
     MalformedResponseError,
     ProviderError,
     ProviderTimeoutError,
@@ -464,7 +464,7 @@ def stream_errors(*, provider: str, model: str | None = None,
     return _StreamErrors(provider, model, list(secrets))
 
 
-class open_stream:  # noqa: N801 - used as a function: ``async with open_stream(...)``
+class open_stream:
     """``async with open_stream(client, "POST", url, ...) as response:`` sends a request with a
     streamed response body and checks its status before the body is read.
 

@@ -13,7 +13,12 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from flowyard.errors import AuthenticationError, BadRequestError, ConfigError, MalformedResponseError
+from flowyard.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    MalformedResponseError,
+)
 from flowyard.httputil import (
     PooledClient,
     PriceTable,

@@ -281,14 +281,14 @@ class MockOpenAIServer:
         """Run the server in a daemon thread with its own event loop; return self once it
         listens. Stop it with :meth:`stop_thread`."""
         ready = threading.Event()
-        failure: list[BaseException] = []
+        failure: list[OSError] = []
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             try:
                 loop.run_until_complete(self.start())
-            except BaseException as exc:  # reported to the starting thread
+            except OSError as exc:  # reported to the starting thread (port in use...)
                 failure.append(exc)
                 ready.set()
                 return
