@@ -11,6 +11,7 @@ keeps a TLS connection made for one name from being reused for another on the sa
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -144,6 +145,17 @@ class WebFetchTool(BaseTool):
         self.settings = settings or WebSettings()
         self.resolver = resolver or system_resolver
         self.verify = verify
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context shared by this tool's per-hop clients (built once: loading the CA
+        bundle is the most expensive part of creating an httpx client)."""
+        if self._ssl_context is None:
+            if isinstance(self.verify, ssl.SSLContext):
+                self._ssl_context = self.verify
+            else:
+                self._ssl_context = httpx.create_ssl_context(verify=self.verify)
+        return self._ssl_context
 
     @classmethod
     def from_config(cls, config: Config) -> WebFetchTool:
@@ -248,7 +260,7 @@ class WebFetchTool(BaseTool):
                        "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5"}
             extensions = {"sni_hostname": host} if url.scheme == "https" else {}
             async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                         verify=self.verify, timeout=None) as client:
+                                         verify=self.ssl_context(), timeout=None) as client:
                 request = client.build_request("GET", pinned, headers=headers,
                                                extensions=extensions)
                 try:
