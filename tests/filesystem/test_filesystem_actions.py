@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from flowyard.context import ToolContext
 from flowyard.errors import ConfigError, ToolError, ToolInputError
 from flowyard_filesystem.plugin import TOOL_NAMES
@@ -57,7 +56,7 @@ async def test_write_read_text_and_binary(fs_stack: Any, root_dir: Path) -> None
 
 async def test_write_overwrite_false_and_directory_target(fs_stack: Any, root_dir: Path) -> None:
     await call(fs_stack, "write", path="a.txt", content="one")
-    with pytest.raises(ToolError, match="'a.txt' already exists"):
+    with pytest.raises(ToolError, match=r"'a\.txt' already exists"):
         await call(fs_stack, "write", path="a.txt", content="two", overwrite=False)
     assert (root_dir / "a.txt").read_text() == "one"
     (root_dir / "dir").mkdir()
@@ -83,14 +82,14 @@ async def test_append_creates_then_extends(fs_stack: Any, root_dir: Path) -> Non
 
 
 async def test_read_errors_name_the_path(fs_stack: Any, root_dir: Path) -> None:
-    with pytest.raises(ToolError, match="'nope.txt' does not exist") as info:
+    with pytest.raises(ToolError, match=r"'nope\.txt' does not exist") as info:
         await call(fs_stack, "read", path="nope.txt")
     assert info.value.tool == "filesystem.read"
     (root_dir / "d").mkdir()
     with pytest.raises(ToolError, match="'d' is a directory"):
         await call(fs_stack, "read", path="d")
     (root_dir / "big.txt").write_text("x" * 100)
-    with pytest.raises(ToolError, match="'big.txt' is 100 bytes; the read limit is 10"):
+    with pytest.raises(ToolError, match=r"'big\.txt' is 100 bytes; the read limit is 10"):
         await call(fs_stack, "read", path="big.txt", max_bytes=10)
 
 
@@ -197,7 +196,7 @@ async def test_move(fs_stack: Any, root_dir: Path) -> None:
     assert await call(fs_stack, "move", source="a.txt", destination="x/y.txt") == {
         "source": "a.txt", "destination": "x/y.txt"}
     assert not (root_dir / "a.txt").exists() and (root_dir / "x" / "y.txt").read_text() == "a"
-    with pytest.raises(ToolError, match="'b.txt' already exists"):
+    with pytest.raises(ToolError, match=r"'b\.txt' already exists"):
         await call(fs_stack, "move", source="x/y.txt", destination="b.txt")
     await call(fs_stack, "move", source="x/y.txt", destination="b.txt", overwrite=True)
     assert (root_dir / "b.txt").read_text() == "a"
@@ -255,8 +254,8 @@ async def test_default_root_is_workspace_under_data_dir(flowyard_home: Path) -> 
 
 def test_bad_configuration_is_reported(flowyard_home: Path) -> None:
     from flowyard.config import Config
-    from flowyard_filesystem import plugin
     from flowyard.registry import Register, Registry
+    from flowyard_filesystem import plugin
 
     registry: Registry[Any] = Registry("tool")
     with pytest.raises(ConfigError, match=r"\[filesystem\] read_only"):
@@ -266,3 +265,13 @@ def test_bad_configuration_is_reported(flowyard_home: Path) -> None:
                           Config({"filesystem": {"max_file_bytes": -1}}))
     with pytest.raises(ConfigError, match=r"\[filesystem\] max_file_bytes"):
         registry.get("filesystem.read")
+
+
+async def test_a_file_used_as_a_directory(fs_stack: Any, root_dir: Path) -> None:
+    (root_dir / "a.txt").write_text("a")
+    assert (await call(fs_stack, "exists", path="a.txt/b"))["exists"] is False
+    with pytest.raises(ToolError, match=r"'a\.txt/b': 'a\.txt' is not a directory"):
+        await call(fs_stack, "read", path="a.txt/b")
+    with pytest.raises(ToolError, match=r"'a\.txt' is not a directory"):
+        await call(fs_stack, "write", path="a.txt/b", content="x")
+    assert (root_dir / "a.txt").read_text() == "a"

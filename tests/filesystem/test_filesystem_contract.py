@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from flowyard.safepath import SafeRoot
 from flowyard.testing import ToolContract
 from flowyard_filesystem import tools

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from flowyard.errors import ToolError
 from flowyard.safepath import QuotaExceededError, SafeRoot
 
@@ -23,7 +22,7 @@ def _leftovers(root: Path) -> list[str]:
 def test_per_file_quota(root_dir: Path) -> None:
     root = SafeRoot(root_dir, fsync=False, max_file_bytes=100)
     assert root.write_bytes("ok.bin", b"x" * 100) == 100
-    with pytest.raises(QuotaExceededError, match="'big.bin': 101 bytes exceeds the per-file "
+    with pytest.raises(QuotaExceededError, match=r"'big\.bin': 101 bytes exceeds the per-file "
                                                  "quota of 100 bytes"):
         root.write_bytes("big.bin", b"x" * 101)
     assert not (root_dir / "big.bin").exists()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError
 from flowyard.safepath import SafeRoot
@@ -99,7 +98,7 @@ async def test_template_file_with_include(report: ReportWriteTool, root_dir: Pat
     await write(report, path="out.md", template_path="templates/base.md.j2", title="H",
                 data={"body": "text"})
     assert (root_dir / "out.md").read_text() == "# H\nBody: text\n"
-    with pytest.raises(ToolError, match="report template 'templates/nope.j2' not found"):
+    with pytest.raises(ToolError, match=r"report template 'templates/nope\.j2' not found"):
         await write(report, path="out2.md", template_path="templates/nope.j2")
 
 
@@ -202,7 +201,8 @@ steps:
       data:
         count: "${total}"
         items: "{{ inputs.items }}"
-      template: "<h1>{{ '{{' }} title {{ '}}' }}</h1><p>{{ '{{' }} count {{ '}}' }}</p>{{ '{%' }} for i in items {{ '%}' }}<i>{{ '{{' }} i {{ '}}' }}</i>{{ '{%' }} endfor {{ '%}' }}"
+      template: "{% raw %}<h1>{{ title }}</h1><p>{{ count }}</p>\
+{% for i in items %}<i>{{ i }}</i>{% endfor %}{% endraw %}"
 outputs:
   report: "${write.path}"
   size: "${write.bytes_written}"

@@ -85,7 +85,7 @@ class QuotaExceededError(ToolError):
 
 
 class PathNotFoundError(ToolError):
-    """Nothing is at the path (or one of its parent directories is missing)."""
+    """Nothing is at the path: a parent directory is missing or is not a directory."""
 
 
 @attrs.frozen
@@ -415,8 +415,8 @@ class SafeRoot:
                         follow(name, target)
                         continue
                     if exc.errno == errno.ENOTDIR:
-                        raise ToolError(f"{path!r}: {'/'.join([*names, name])!r} is not a "
-                                        "directory") from None
+                        raise PathNotFoundError(f"{path!r}: {'/'.join([*names, name])!r} is "
+                                                "not a directory") from None
                     raise ToolError(f"{path!r}: {'/'.join([*names, name])!r} changed while it "
                                     "was being opened; try again", retriable=True) from None
                 fds.append(fd)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
-
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError
 from flowyard.safepath import SafeRoot, decode_content

@@ -47,6 +47,7 @@ def register_tools(register: Register, config: Config) -> None:
 
     def make() -> Any:
         from flowyard.safepath import safe_root_from_config
+
         from flowyard_report.tool import ReportWriteTool
 
         root = safe_root_from_config(config, "report", defaults=dict(DEFAULT_LIMITS))

@@ -20,12 +20,11 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flowyard.errors import ToolError, ToolInputError
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import Markup
-
-from flowyard.errors import ToolError, ToolInputError
 
 __all__ = ["ReportRenderer", "DEFAULT_TEMPLATES", "FORMATS", "infer_format"]
 

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
-
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError
 from flowyard.safepath import PathNotFoundError, SafeRoot
 from flowyard.tools import BaseTool
+
 from flowyard_report.render import FORMATS, ReportRenderer, infer_format
 
 __all__ = ["ReportWriteTool"]
