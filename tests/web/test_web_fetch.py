@@ -69,6 +69,8 @@ async def test_loopback_in_every_spelling_is_blocked(server: Any, tool_context: 
     ("http://192.168.0.1/", "private"),
     ("http://172.16.5.4/", "private"),
     ("http://0.0.0.0/", "unspecified"),
+    ("http://0:8080/", "unspecified"),
+    ("http://[::]/", "unspecified"),
     ("http://[fe80::1]/", "link-local"),
     ("http://224.0.0.1/", "multicast"),
     ("http://100.64.0.1/", "not globally routable"),
