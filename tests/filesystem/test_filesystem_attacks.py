@@ -13,6 +13,8 @@ import pytest
 from flowyard.errors import ToolError, ToolInputError
 from flowyard.safepath import SafeRoot, UnsafePathError
 from flowyard_filesystem import tools
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TRAVERSALS = [
     "../outside/secret.txt",
@@ -348,4 +350,32 @@ def test_file_swapped_between_link_check_and_open(root_dir: Path, outside: Path)
     (root_dir / "f.txt").write_text("again")
     with pytest.raises(UnsafePathError, match="symbolic link that changed"):
         root.append_bytes("f.txt", b"pwned")
+    assert (outside / "secret.txt").read_text() == "SECRET"
+
+
+_PIECES = ["..", ".", "a", "b", "", "%2e%2e", "..\\", "\\", "~", "r_evil", "outside", "é",
+           "..%2f", " ", "link_out", "link_in"]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8),
+       absolute=st.booleans())
+def test_no_generated_path_escapes(pieces: list[str], absolute: bool, safe_root: SafeRoot,
+                                   outside: Path, tmp_path: Path) -> None:
+    """Any mix of traversal pieces either is refused or writes inside the root."""
+    root = safe_root.root
+    (root / "a").mkdir(exist_ok=True)
+    if not (root / "link_out").is_symlink():
+        (root / "link_out").symlink_to(outside)
+        (root / "link_in").symlink_to("a")
+    path = "/".join(pieces)
+    if absolute:
+        path = str(root) + "/" + path
+    try:
+        safe_root.write_bytes(path, b"generated")
+    except ToolError:
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "r"]
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
     assert (outside / "secret.txt").read_text() == "SECRET"

@@ -22,8 +22,8 @@ from typing import Any
 
 from flowyard.errors import ToolError, ToolInputError
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
-from jinja2.exceptions import TemplateError, TemplateNotFound
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError, TemplateError, TemplateNotFound
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 __all__ = ["ReportRenderer", "DEFAULT_TEMPLATES", "FORMATS", "infer_format"]
