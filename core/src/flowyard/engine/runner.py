@@ -43,6 +43,7 @@ from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.templating import Compiled, evaluate
 from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
 
+from .calls import invoke_tool
 from .slots import PrioritySlots
 from .validate import step_dependencies, templated_arguments
 
@@ -542,6 +543,9 @@ class Run:
         every attempt and item of the step)."""
         if state.budget_chain is _UNSET:
             step = state.step
+            if step.budget_usd is None and self.budget is None and not self.parent_budgets:
+                state.budget_chain = None
+                return None
             chain = BudgetChain.of([*self.parent_budgets, self.budget,
                                     Budget(step.budget_usd, scope="step", name=step.id)
                                     if step.budget_usd is not None else None])
@@ -663,8 +667,6 @@ class Run:
             if not isinstance(arguments, Mapping):
                 raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
                                     f"arguments, got {type(arguments).__name__}")
-            from .calls import invoke_tool
-
             action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
         return await self._executor(step.executor).execute(action, step_id=step.id)
 
@@ -699,7 +701,12 @@ def _finish_attempt(record: StepAttempt, usage: _Usage) -> None:
     record.cost_usd = usage.cost_usd
 
 
+_PLAIN = (str, int, float, bool, type(None), dict, list)
+
+
 def _jsonable(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if attrs.has(type(value)):
         from flowyard.serialization import unstructure
 
