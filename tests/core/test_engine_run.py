@@ -602,3 +602,29 @@ async def test_step_budget_is_shared_by_items_and_attempts() -> None:
     chains = {id(ctx.budget) for ctx in rec.contexts}
     budgets = {id(b) for ctx in rec.contexts for b in ctx.budget}
     assert len(rec.contexts) == 3 and len(chains) == 1 and len(budgets) == 1
+
+
+@pytest.mark.anyio
+async def test_outputs_are_made_json_ready_or_rejected() -> None:
+    from pathlib import PurePosixPath
+
+    from flowyard.models import Usage
+
+    @flowyard.tool(name="odd.values")
+    def odd_values() -> Any:
+        """Return values that are not plain JSON."""
+        return {"usage": Usage(1, 2), "tags": ("a", "b"), "path": PurePosixPath("/x")}
+
+    @flowyard.tool(name="odd.object")
+    def odd_object() -> Any:
+        """Return an object JSON cannot represent."""
+        return object()
+
+    stack = make_stack(odd_values, odd_object)
+    async with stack:
+        result = await stack.run({"name": "odd", "on_failure": "continue", "steps": [
+            {"id": "v", "uses": "odd.values"}, {"id": "o", "uses": "odd.object"}]})
+    assert result.steps["v"].output == {"usage": {"input_tokens": 1, "output_tokens": 2},
+                                        "tags": ["a", "b"], "path": "/x"}
+    assert result.steps["o"].status == "failed"
+    assert "not JSON-ready" in result.steps["o"].error

@@ -701,19 +701,26 @@ def _finish_attempt(record: StepAttempt, usage: _Usage) -> None:
     record.cost_usd = usage.cost_usd
 
 
-_PLAIN = (str, int, float, bool, type(None), dict, list)
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def _jsonable(value: Any) -> Any:
-    if type(value) in _PLAIN:
-        return value
-    if attrs.has(type(value)):
-        from flowyard.serialization import unstructure
+    """Return a step output as JSON-ready builtins (attrs models, tuples, sets, paths and
+    bytes are converted as :func:`flowyard.serialization.json_default` does).
 
-        return unstructure(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+    Raises:
+        WorkflowError: the output cannot be represented as JSON.
+    """
+    if type(value) in _SCALARS:
+        return value
+    import json
+
+    from flowyard.serialization import json_default
+
+    try:
+        return json.loads(json.dumps(value, default=json_default))
+    except (TypeError, ValueError) as exc:
+        raise WorkflowError(f"the action's output is not JSON-ready: {exc}") from None
 
 
 def new_record(workflow: Workflow, inputs: dict[str, Any], run_id: str | None,
