@@ -144,3 +144,18 @@ def test_tool_error_is_not_retriable_for_quota(root_dir: Path) -> None:
     with pytest.raises(ToolError) as info:
         root.write_bytes("a", b"ab")
     assert info.value.retriable is False
+
+
+def test_walk_limit_is_configurable_and_enforced(flowyard_home: Path, root_dir: Path) -> None:
+    from flowyard.config import Config
+    from flowyard.safepath import safe_root_from_config
+
+    for i in range(5):
+        (root_dir / f"f{i}").write_text("x")
+    root = safe_root_from_config(Config({"filesystem": {"root": str(root_dir),
+                                                        "max_walk_entries": 3,
+                                                        "max_total_bytes": 100}}))
+    assert root.max_walk_entries == 3
+    with pytest.raises(ToolError, match="more than 3 entries"):
+        root.write_bytes("g", b"y")
+    assert not (root_dir / "g").exists()

@@ -762,6 +762,8 @@ class SafeRoot:
                 mode = stat_mod.S_IMODE(existing.st_mode)
             tmp, written = self._write_temp(loc, path, chunks, mode=mode, budget=budget)
             self._commit(loc, path, tmp, overwrite=overwrite)
+            if self.fsync:
+                os.fsync(loc.dir_fd)  # make the rename itself durable
             return written
 
     def write_bytes(self, path: str, data: bytes, *, overwrite: bool = True,
@@ -1126,14 +1128,15 @@ def safe_root_from_config(config: Config, section: str = "filesystem", *,
                           factory: Callable[..., SafeRoot] = SafeRoot) -> SafeRoot:
     """Build a :class:`SafeRoot` from ``[<section>]``: ``root`` (see :func:`workspace_root`),
     ``max_file_bytes``, ``max_total_bytes``, ``max_read_bytes`` (bytes; ``0`` is refused,
-    omit a key for its default) and ``fsync`` (bool).
+    omit a key for its default), ``max_walk_entries`` (entries a tree walk may visit) and
+    ``fsync`` (bool).
 
     Raises:
         ConfigError: a value has the wrong type.
     """
     table = config.section(section)
     limits = dict(defaults or {})
-    for key in ("max_file_bytes", "max_total_bytes", "max_read_bytes"):
+    for key in ("max_file_bytes", "max_total_bytes", "max_read_bytes", "max_walk_entries"):
         if key in table:
             limits[key] = _positive(section, key, table[key])
     fsync = table.get("fsync", True)

@@ -7,9 +7,11 @@ Configuration, table ``[filesystem]`` of ``flowyard.toml`` (or ``FLOWYARD_FILESY
 ``max_file_bytes``   per-file quota in bytes (default 100 MiB)
 ``max_total_bytes``  quota on all regular files under the root, in bytes (default 1 GiB)
 ``max_read_bytes``   largest file ``filesystem.read`` returns, in bytes (default 20 MiB)
+``max_walk_entries`` most entries a tree walk visits (glob, directory copy, the total-quota
+                     sum; default 200,000)
 ``read_only``        true: the tools that change files refuse (default false)
-``fsync``            flush each written file to disk before it replaces the old one
-                     (default true)
+``fsync``            flush each written file to disk before it replaces the old one, and its
+                     directory after the rename (default true)
 """
 
 from __future__ import annotations
