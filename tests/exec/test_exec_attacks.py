@@ -184,3 +184,41 @@ async def test_setsid_escape_is_killed_in_the_sandbox(gone: Any, make_tools: Any
          "timeout": 1}, tool_context)
     assert result["timed_out"] is True
     assert gone(marker) == []
+
+
+TAMPER = """
+import os
+argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')
+result_path = argv[-2].decode()          # the runner's last argument
+os.{how}({target!r}, result_path)
+os._exit(0)                              # leave before the runner writes the real result
+"""
+
+
+async def test_result_file_swapped_for_a_symlink_is_not_followed(
+        make_tools: Any, tool_context: Any, tmp_path: Path) -> None:
+    """The code runs with less privilege than flowyard: it must not make flowyard read a
+    host file for it by turning its result file into a link."""
+    secret = tmp_path / "host-secret.json"
+    secret.write_text('{"ok": true, "result": "host secret"}')
+    _, python = make_tools()
+    with pytest.raises(ToolError, match=r"replaced") as info:
+        await python.invoke({"code": TAMPER.format(how="symlink", target=str(secret))},
+                            tool_context)
+    assert "host secret" not in str(info.value)
+
+
+async def test_result_file_hard_link_is_refused(make_tools: Any, tool_context: Any,
+                                                open_work_dir: Path) -> None:
+    """A hard link to a file flowyard's account owns is refused by the kernel
+    (fs.protected_hardlinks) or, where that protection is off, by the single-link check."""
+    decoy = open_work_dir / "decoy.json"
+    decoy.write_text('{"ok": true, "result": "planted"}')
+    decoy.chmod(0o644)
+    _, python = make_tools(work_dir=str(open_work_dir))
+    with pytest.raises(ToolError, match=r"single link|Operation not permitted") as info:
+        await python.invoke({"code": TAMPER.format(how="link", target=str(decoy))},
+                            tool_context)
+    assert "planted" not in str(info.value)
+    assert sorted(p.name for p in open_work_dir.iterdir()) == ["decoy.json"], \
+        "the call's own files are removed from a fixed work dir"

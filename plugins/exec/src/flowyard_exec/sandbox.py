@@ -521,10 +521,6 @@ class Sandbox:
             os.chown(path, *account)
         return path, temporary
 
-    def prepare_file(self, path: str) -> None:
-        """Make a file flowyard wrote readable by the account the command runs as."""
-        os.chmod(path, 0o644)
-
     async def run(
         self,
         argv: Sequence[str],

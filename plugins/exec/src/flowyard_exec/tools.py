@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -215,9 +217,15 @@ except (TypeError, ValueError) as exc:
 _write(payload)
 """
 
-_SCRIPT_NAME = "__flowyard_main__.py"
-_CONTEXT_NAME = "__flowyard_context__.json"
-_RESULT_NAME = "__flowyard_result__.json"
+def _write_new(path: str, text: str) -> None:
+    """Create ``path`` afresh (never through a symlink or into an existing file) with mode
+    0644, so the account the code runs as can read it but not change it."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fd, 0o644)
+        fh.write(text)
 
 
 class PythonRunTool(_ExecTool):
@@ -296,23 +304,24 @@ class PythonRunTool(_ExecTool):
         isolation = await self.sandbox.resolve_isolation(
             _requested_isolation(arguments, context))
         work_dir, temporary = self.sandbox.make_work_dir()
+        # Unique names: calls sharing a fixed work dir never touch each other's files.
+        tag = secrets.token_hex(8)
+        script_path = os.path.join(work_dir, f"__flowyard_main_{tag}__.py")
+        context_path = os.path.join(work_dir, f"__flowyard_context_{tag}__.json")
+        result_path = os.path.join(work_dir, f"__flowyard_result_{tag}__.json")
         try:
-            files = {_SCRIPT_NAME: source, _CONTEXT_NAME: context_json}
-            for name, text in files.items():
-                target = os.path.join(work_dir, name)
-                with open(target, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                self.sandbox.prepare_file(target)
-            result_path = os.path.join(work_dir, _RESULT_NAME)
-            if os.path.lexists(result_path):
-                os.unlink(result_path)
-            argv = [self.settings.python, "-I", "-c", _RUNNER,
-                    os.path.join(work_dir, _SCRIPT_NAME), os.path.join(work_dir, _CONTEXT_NAME),
+            _write_new(script_path, source)
+            _write_new(context_path, context_json)
+            argv = [self.settings.python, "-I", "-c", _RUNNER, script_path, context_path,
                     result_path]
             outcome = await self.sandbox.run(argv, work_dir=work_dir, isolation=isolation,
                                              timeout=timeout, env=arguments.get("env"))
             payload = self._read_result(result_path)
         finally:
+            if not temporary:
+                for path in (script_path, context_path, result_path):
+                    if os.path.lexists(path):
+                        os.unlink(path)
             self._cleanup(work_dir, temporary, context)
         where = "code" if origin == "<code>" else f"script {origin}"
         if outcome.timed_out:
@@ -345,15 +354,24 @@ class PythonRunTool(_ExecTool):
         }
 
     def _read_result(self, path: str) -> dict[str, Any] | None:
+        """Read the runner's result file, which the code itself could have tampered with:
+        never through a symlink, only a regular file with one link (no hard link to a file
+        elsewhere)."""
         limit = self.settings.max_output_bytes * 10
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(limit + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ToolError(f"python.run: cannot read the script's result: {exc}",
-                            tool=self.name) from exc
+            raise ToolError(f"python.run: cannot read the script's result (was it replaced by "
+                            f"a link?): {exc.strerror}", tool=self.name) from exc
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise ToolError("python.run: the result file was replaced by the code (not a "
+                                "regular file with a single link); refusing to read it",
+                                tool=self.name)
+            data = fh.read(limit + 1)
         if len(data) > limit:
             raise ToolError(f"python.run: the script's result is larger than {limit} bytes",
                             tool=self.name)
