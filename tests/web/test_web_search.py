@@ -174,3 +174,12 @@ async def test_ddgs_rate_limit_is_retriable(monkeypatch: pytest.MonkeyPatch, too
     with pytest.raises(ToolError, match=r"ddgs.*Ratelimit") as info:
         await tool.invoke({"query": "tides"}, tool_context)
     assert info.value.retriable is True
+
+
+def test_installed_entry_point_registers_both_tools() -> None:
+    stack = Stack(discover=True, config={"plugins": {"enabled": ["web"]},
+                                         "web": {"allow_networks": ["127.0.0.1/32"]}})
+    fetch = stack.tools.get("web.fetch")
+    assert {"web.search", "web.fetch"} <= set(stack.tools.names())
+    assert fetch.idempotent is True and list(fetch.side_effects) == ["network"]
+    assert str(fetch.settings.policy.allow_networks[0]) == "127.0.0.1/32"
