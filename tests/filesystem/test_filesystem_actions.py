@@ -36,7 +36,8 @@ async def test_registers_all_actions_with_declared_effects(fs_stack: Any) -> Non
 
 async def test_write_read_text_and_binary(fs_stack: Any, root_dir: Path) -> None:
     assert await call(fs_stack, "write", path="notes/a.txt", content="héllo\n") == {
-        "path": "notes/a.txt", "bytes_written": 7}
+        "path": "notes/a.txt", "bytes_written": 7,
+        "location": str(root_dir / "notes" / "a.txt")}
     assert (root_dir / "notes" / "a.txt").read_text(encoding="utf-8") == "héllo\n"
     got = await call(fs_stack, "read", path="notes/a.txt")
     assert got == {"path": "notes/a.txt", "content": "héllo\n", "encoding": "utf-8", "size": 7}
@@ -77,7 +78,8 @@ async def test_write_keeps_the_mode_of_the_replaced_file(fs_stack: Any, root_dir
 async def test_append_creates_then_extends(fs_stack: Any, root_dir: Path) -> None:
     assert (await call(fs_stack, "append", path="log/x.log", content="a\n"))["size"] == 2
     got = await call(fs_stack, "append", path="log/x.log", content="bc\n")
-    assert got == {"path": "log/x.log", "bytes_appended": 3, "size": 5}
+    assert got == {"path": "log/x.log", "bytes_appended": 3, "size": 5,
+                   "location": str(root_dir / "log" / "x.log")}
     assert (root_dir / "log" / "x.log").read_text() == "a\nbc\n"
 
 

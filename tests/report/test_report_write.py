@@ -57,7 +57,7 @@ async def test_markdown_from_inline_template(report: ReportWriteTool, root_dir: 
     # trim_blocks: the newline right after a block tag is dropped
     assert text == "# Scores\n\n- a: 2\n- <b>: 3\nTotal: 5\n"
     assert got == {"path": "reports/scores.md", "bytes_written": len(text.encode()),
-                   "format": "markdown"}
+                   "format": "markdown", "location": str(root_dir / "reports" / "scores.md")}
 
 
 async def test_html_escapes_values_and_renders_markdown_safely(report: ReportWriteTool,

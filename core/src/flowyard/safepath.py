@@ -446,6 +446,16 @@ class SafeRoot:
         with self._locate(path, follow_final=True) as loc:
             return loc.rel
 
+    def location(self, path: str) -> Path:
+        """Return the absolute host path of ``path`` (after in-root symlinks), for showing
+        people where a file is; never use it to open the file (use this class).
+
+        Raises:
+            UnsafePathError, ToolError: as :meth:`resolve`.
+        """
+        rel = self.resolve(path)
+        return self.root if rel == "." else self.root / rel
+
     def stat(self, path: str, *, follow_symlinks: bool = True) -> EntryInfo | None:
         """Describe ``path``; None when nothing is there.
 

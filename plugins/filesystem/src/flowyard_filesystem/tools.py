@@ -153,7 +153,8 @@ class WriteTool(FilesystemTool):
     side_effects = ("filesystem",)
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Returns ``{"path", "bytes_written"}``.
+        """Returns ``{"path", "bytes_written", "location"}`` (location: the absolute host path,
+        for people; models should keep using ``path``).
 
         Raises:
             QuotaExceededError: over the per-file or total quota (nothing is written).
@@ -165,7 +166,8 @@ class WriteTool(FilesystemTool):
         written = self.root.write_bytes(path, data,
                                         overwrite=arguments.get("overwrite", True),
                                         make_parents=arguments.get("make_parents", True))
-        return {"path": path, "bytes_written": written}
+        return {"path": path, "bytes_written": written,
+                "location": str(self.root.location(path))}
 
 
 class AppendTool(FilesystemTool):
@@ -190,7 +192,8 @@ class AppendTool(FilesystemTool):
     side_effects = ("filesystem",)
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Returns ``{"path", "bytes_appended", "size"}`` (the new size in bytes).
+        """Returns ``{"path", "bytes_appended", "size", "location"}`` (size: the new size in
+        bytes; location: the absolute host path).
 
         Raises:
             QuotaExceededError: over a quota (nothing is appended).
@@ -202,7 +205,8 @@ class AppendTool(FilesystemTool):
                               path=path)
         size = self.root.append_bytes(path, data,
                                       make_parents=arguments.get("make_parents", True))
-        return {"path": path, "bytes_appended": len(data), "size": size}
+        return {"path": path, "bytes_appended": len(data), "size": size,
+                "location": str(self.root.location(path))}
 
 
 class ListTool(FilesystemTool):

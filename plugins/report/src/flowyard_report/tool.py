@@ -88,13 +88,15 @@ class ReportWriteTool(BaseTool):
                                     title=arguments.get("title"))
         written = self.root.write_bytes(path, text.encode("utf-8"),
                                         overwrite=arguments.get("overwrite", True))
-        return {"path": path, "bytes_written": written, "format": fmt}
+        return {"path": path, "bytes_written": written, "format": fmt,
+                "location": str(self.root.location(path))}
 
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> dict[str, Any]:
         """Render the report and write it (in a worker thread).
 
         Returns:
-            ``{"path": the path as given, "bytes_written": size in bytes, "format"}``.
+            ``{"path": the path as given, "bytes_written": size in bytes, "format",
+            "location": the absolute host path of the file}``.
 
         Raises:
             ToolInputError: a refused path, both templates given, a template syntax error.
