@@ -168,3 +168,27 @@ async def test_resume_limit_marks_the_run_failed() -> None:
         with pytest.raises(RunNotFoundError):
             await stack.resume("no-such-run")
     assert record.status == "failed" and "max_resume_attempts" in record.error
+
+
+@pytest.mark.anyio
+async def test_stored_status_is_running_while_a_run_or_resume_is_in_flight() -> None:
+    gate = Gate()
+    gate.blocked = {"b-a"}
+    stack = Stack([Plugin(gate)])
+    seen: list[str] = []
+
+    async def spy() -> None:
+        await anyio.sleep(0.1)
+        seen.append((await stack.storage.get_run("run-live")).status)
+
+    async with stack:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spy)
+            await interrupted_run(stack, gate, WF, "run-live")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spy)
+            with anyio.move_on_after(0.3):
+                await stack.resume("run-live")
+        final = await stack.storage.get_run("run-live")
+    assert seen == ["running", "running"]
+    assert final.status == "cancelled" and final.resume_count == 1

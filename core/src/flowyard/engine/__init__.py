@@ -217,6 +217,8 @@ async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **option
     costs = await storage.list_costs(run_id)
     record.resume_count += 1
     record.error = None
+    record.status = "running"
+    record.finished_at = None
     await storage.update_run(record)
     run = Run(stack, wf, dict(record.inputs), record, checkpoints=checkpoints,
               attempts=attempts, max_concurrency=max_concurrency, previous_costs=costs)

@@ -726,11 +726,12 @@ def _jsonable(value: Any) -> Any:
 def new_record(workflow: Workflow, inputs: dict[str, Any], run_id: str | None,
                metadata: dict[str, Any], definition: dict[str, Any] | None = None,
                content_hash: str | None = None) -> RunRecord:
-    """Return a new :class:`RunRecord` for ``workflow`` (status ``pending``)."""
+    """Return a new :class:`RunRecord` for ``workflow`` (status ``running``: it is created
+    when the run starts)."""
     from flowyard.workflow import definition_hash
 
     if definition is None:
         definition = workflow.to_dict()
-    return RunRecord(id=run_id or new_id(), workflow_name=workflow.name, status="pending",
+    return RunRecord(id=run_id or new_id(), workflow_name=workflow.name, status="running",
                      inputs=inputs, workflow_hash=content_hash or definition_hash(definition),
-                     workflow=definition, metadata=metadata)
+                     workflow=definition, metadata=metadata, started_at=time.time())
