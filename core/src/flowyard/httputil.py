@@ -563,6 +563,8 @@ def _sharded_class() -> Any:
     global _SHARDED
     if _SHARDED is not None:
         return _SHARDED
+    import ssl
+
     import httpx
 
     class CountedStream(httpx.AsyncByteStream):
@@ -592,6 +594,12 @@ def _sharded_class() -> Any:
             count = max(1, -(-max_connections // shard_size))
             limits = httpx.Limits(max_connections=shard_size,
                                   max_keepalive_connections=shard_size)
+            verify = kwargs.pop("verify", True)
+            if not isinstance(verify, ssl.SSLContext):
+                # one context for every shard: loading the CA bundle costs ~60 ms of CPU
+                verify = httpx.create_ssl_context(verify=verify, cert=kwargs.pop("cert", None),
+                                                  trust_env=kwargs.get("trust_env", True))
+            kwargs["verify"] = verify
             self.pools = [httpx.AsyncHTTPTransport(limits=limits, **kwargs)
                           for _ in range(count)]
             self.inflight = [0] * count
