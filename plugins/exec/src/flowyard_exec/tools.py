@@ -52,7 +52,7 @@ def _tail(text: str, size: int = 2000) -> str:
 
 
 class _ExecTool(BaseTool):
-    side_effects = ("process", "filesystem")
+    side_effects: tuple[str, ...] = ("process", "filesystem")
     idempotent = False
 
     def __init__(self, settings: ExecSettings | None = None) -> None:
