@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from flowyard.config import Config
 from flowyard.errors import ToolError, ToolInputError
 from flowyard.safepath import SafeRoot, decode_content, workspace_root
