@@ -39,7 +39,7 @@ def test_root_is_created_on_first_use_unless_told_not_to(tmp_path: Path) -> None
     lazy.write_bytes("x", b"1")
     assert (tmp_path / "new" / "root" / "x").read_bytes() == b"1"
     strict = SafeRoot(tmp_path / "absent", create=False)
-    with pytest.raises(ToolError, match="the filesystem root .* does not exist"):
+    with pytest.raises(ToolError, match=r"the filesystem root .* does not exist"):
         strict.read_bytes("x")
     assert not (tmp_path / "absent").exists()
 
