@@ -158,8 +158,14 @@ async def test_required_isolation_refuses_without_bubblewrap(make_tools: Any, to
 async def test_a_call_or_step_can_require_isolation_but_not_weaken_it(
         make_tools: Any, tool_context: Any) -> None:
     shell, _ = make_tools(bwrap="/nonexistent/bin/bwrap", user="")
+    logs: list[Any] = []
+    unsubscribe = tool_context.stack.events.subscribe(
+        lambda event: logs.append(event) if event.type == "log" else None, name="test-logs")
     auto = await shell.invoke({"command": ["true"]}, tool_context)
+    unsubscribe()
     assert auto["isolation"] == "none"
+    assert any("running without a sandbox" in e.data["message"] and
+               e.data["level"] == "warning" for e in logs), "the fallback is logged"
     with pytest.raises(ToolError, match=r"isolation is required"):
         await shell.invoke({"command": ["true"], "isolation": "required"}, tool_context)
     step = tool_context.child(extras={"isolation": "required"})

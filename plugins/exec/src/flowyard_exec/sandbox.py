@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -488,8 +488,13 @@ class Sandbox:
             env[name] = value
         return env
 
-    async def resolve_isolation(self, requested: str | None) -> str:
+    async def resolve_isolation(self, requested: str | None,
+                                warn: Callable[[str], None] | None = None) -> str:
         """Decide ``"bubblewrap"`` or ``"none"`` for a call that asks for ``requested``.
+
+        Args:
+            requested: the call's (or step's) level, None when it asks for nothing.
+            warn: called with a message when ``auto`` falls back to running unsandboxed.
 
         Raises:
             ToolError: isolation is required (by config or call) and bubblewrap is missing or
@@ -504,6 +509,8 @@ class Sandbox:
         if level == "required":
             raise ToolError(f"isolation is required but unavailable: {reason}; refusing to run "
                             f"unsandboxed")
+        if warn is not None:
+            warn(f"running without a sandbox (isolation auto): {reason}")
         return "none"
 
     def make_work_dir(self) -> tuple[str, bool]:

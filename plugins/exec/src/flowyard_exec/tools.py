@@ -155,7 +155,8 @@ class ShellRunTool(_ExecTool):
         argv = self._argv(arguments)
         timeout = self.sandbox.clamp_timeout(arguments.get("timeout"))
         isolation = await self.sandbox.resolve_isolation(
-            _requested_isolation(arguments, context))
+            _requested_isolation(arguments, context),
+            warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
         stdin = arguments.get("stdin")
         work_dir, temporary = self.sandbox.make_work_dir()
         try:
@@ -302,7 +303,8 @@ class PythonRunTool(_ExecTool):
                                  tool=self.name) from exc
         timeout = self.sandbox.clamp_timeout(arguments.get("timeout"))
         isolation = await self.sandbox.resolve_isolation(
-            _requested_isolation(arguments, context))
+            _requested_isolation(arguments, context),
+            warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
         work_dir, temporary = self.sandbox.make_work_dir()
         # Unique names: calls sharing a fixed work dir never touch each other's files.
         tag = secrets.token_hex(8)
