@@ -125,3 +125,16 @@ async def test_live_view_tracks_steps_status_and_tokens() -> None:
     assert text.count("completed") == 2
     assert view.rows["ask"]["tokens"] == 7 and view.tokens == 7
     assert "cost $0.000011" in text
+
+
+def test_inputs_file_and_flags_combine(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "in.yaml").write_text("n: 5\ntags: [from-file]\n")
+    result = runner.invoke(cli, ["run", "wf.yaml", "--inputs", "in.yaml", "-i", "n=6",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["outputs"]["double"] == 12
+    assert json.loads(result.stdout)["outputs"]["tags"] == ["from-file"]
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    bad = runner.invoke(cli, ["run", "wf.yaml", "--inputs", "list.yaml"])
+    assert bad.exit_code == 2 and "must hold a mapping" in bad.output

@@ -43,6 +43,25 @@ def parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _inputs_file(path: str | None) -> dict[str, Any]:
+    """Read a YAML/JSON mapping of inputs. Raises click.BadParameter naming the file."""
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--inputs") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: must hold a mapping of input names to values",
+                                 param_hint="--inputs")
+    return data
+
+
 class _LiveView:
     """Step table updated from events: status, elapsed seconds, tokens."""
 
@@ -140,7 +159,8 @@ def _show_issues(exc: Any) -> None:
         click.echo(f"  {issue}", err=True)
 
 
-def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: bool) -> None:
+def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: bool,
+             run_id: str | None = None) -> None:
     import anyio
     from rich.console import Console
 
@@ -165,6 +185,10 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
 
     try:
         result = anyio.run(main)
+    except KeyboardInterrupt:
+        hint = f"; continue it with: flowyard resume {run_id}" if run_id else ""
+        click.echo(f"interrupted{hint}", err=True)
+        sys.exit(130)
     except FlowyardError as exc:
         from flowyard.errors import WorkflowValidationError
 
@@ -188,9 +212,11 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
 @click.option("--run-id", default=None, help="Id of the new run (default: random).")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=None,
               help="Global limit of steps running at once.")
+@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="A YAML/JSON file with a mapping of inputs (-i wins).")
 @click.option("--no-live", is_flag=True, help="No live view (the summary is still printed).")
 def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
-        max_concurrency: int | None, no_live: bool) -> None:
+        max_concurrency: int | None, inputs_file: str | None, no_live: bool) -> None:
     """Run the workflow FILE and print a summary (or JSON with --json).
 
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid.
@@ -198,7 +224,7 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     from flowyard.errors import WorkflowValidationError
     from flowyard.stack import Stack
 
-    values = parse_inputs(inputs)
+    values = {**_inputs_file(inputs_file), **parse_inputs(inputs)}
     stack = Stack.default()
     try:
         workflow = stack.load_workflow(file)
@@ -208,9 +234,10 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     except WorkflowValidationError as exc:
         _show_issues(exc)
         sys.exit(2)
-    options: dict[str, Any] = {}
-    if run_id:
-        options["run_id"] = run_id
+    from flowyard.models import new_id
+
+    run_id = run_id or new_id()
+    options: dict[str, Any] = {"run_id": run_id}
     if max_concurrency:
         options["max_concurrency"] = max_concurrency
     live = not as_json and not no_live and sys.stderr.isatty() and sys.stdout.isatty()
@@ -218,7 +245,7 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     async def go(stack: Any) -> Any:
         return await stack.run(workflow, values, **options)
 
-    _execute(stack, go, workflow, as_json, live)
+    _execute(stack, go, workflow, as_json, live, run_id)
 
 
 @click.command()
@@ -272,4 +299,4 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
     async def go(stack: Any) -> Any:
         return await stack.resume(run_id, force=force, **options)
 
-    _execute(Stack.default(), go, None, as_json, live=False)
+    _execute(Stack.default(), go, None, as_json, live=False, run_id=run_id)

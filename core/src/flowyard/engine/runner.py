@@ -647,7 +647,7 @@ class Run:
             self.slots.release()
 
     def _executor(self, name: str | None) -> Any:
-        name = name or "local"
+        name = name or str(self.stack.config.get("engine.executor") or "local")
         executor = self._executors.get(name)
         if executor is None:
             executor = self._executors[name] = self.stack.executors.get(name)
