@@ -189,3 +189,53 @@ async def test_a_workflow_step_with_requirements_is_routed_to_the_cheapest_fit(
     assert "cheapest of 2 eligible" in choice.data["reason"]
     assert [(c.model, c.step_id) for c in costs] == [("budget", "ask")]
     assert costs[0].cost_usd is not None  # the provider reported it (the fake: free)
+
+
+@pytest.mark.anyio
+async def test_ucb_learning_is_kept_in_storage_across_stacks() -> None:
+    from flowyard.builtin.memory_storage import MemoryStorage
+
+    shared = MemoryStorage()
+
+    class SharedStorage:
+        @hookimpl
+        def register_storage(self, register, config):  # type: ignore[no-untyped-def]
+            register("shared", lambda url, config: shared, default_priority=100)
+
+    def make() -> Stack:
+        failing = FakeProvider("a", script=[ServerError("down", provider="a")] * 50)
+        return Stack(plugins=[("routing", flowyard_routing.plugin), SharedStorage(),
+                              ("providers", _Providers(failing, FakeProvider("b")))],
+                     config={"routing": {"router": "ucb"}, "circuit": {"enabled": False}})
+
+    route = RouteRequest(candidates=["a/echo", "b/echo"])
+    first = make()
+    async with first:
+        for _ in range(5):
+            await first.llm.chat("hi", model="auto", route=route)
+        learned = first.routers.get("ucb").stats()
+        stored = await first.storage.kv_get("flowyard.routing", "ucb")
+    assert stored is not None and stored["arms"]["a/echo"]["failures"] >= 1
+    second = make()
+    async with second:
+        await second.llm.chat("hi", model="auto", route=route)
+        relearned = second.routers.get("ucb").stats()
+    assert relearned["a/echo"]["tries"] >= learned["a/echo"]["tries"]
+    assert relearned["b/echo"]["tries"] == learned["b/echo"]["tries"] + 1
+
+    off = Stack(plugins=[("routing", flowyard_routing.plugin), SharedStorage()],
+                config={"routing": {"persist": False}, "models": {"default": "fake/echo"}})
+    async with off:
+        await off.llm.chat("hi", model="auto", router="ucb")
+        fresh = off.routers.get("ucb").stats()
+    assert "a/echo" not in fresh and fresh["fake/echo"]["tries"] == 1  # nothing was loaded
+
+
+class _Providers:
+    def __init__(self, *providers: FakeProvider) -> None:
+        self.providers = providers
+
+    @hookimpl
+    def register_providers(self, register, config):  # type: ignore[no-untyped-def]
+        for p in self.providers:
+            register(p.name, p)

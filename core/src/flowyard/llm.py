@@ -25,6 +25,10 @@ output_tokens, cost_usd, latency_s, waited_s, agent, finish_reason, router],
 ``router.choice`` [router, model, reason, attempt, fallbacks], ``budget.exceeded``
 [provider, model, scope, limit_usd, requested_usd, error], ``ratelimit.wait`` [key, waited_s],
 ``ratelimit.paused`` [key, seconds], ``circuit.state`` [provider, old, new].
+
+Learning routers (those with ``export_state``/``import_state``, like ``ucb``) keep what they
+learned in the storage key-value area (namespace ``flowyard.routing``) when the stack's storage
+is open, unless ``routing.persist = false``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ __all__ = ["LLMGateway", "split_ref", "AUTO"]
 
 #: The model reference that asks a router to choose.
 AUTO = "auto"
+#: Storage key-value namespace where learning routers' state is kept (key: router name).
+ROUTER_STATE_NAMESPACE = "flowyard.routing"
 
 _UNKNOWN_PRICE_POLICIES = ("refuse", "allow")
 
@@ -127,6 +133,7 @@ class LLMGateway:
         self._limiters: LimiterSet | None = None
         self._breakers: BreakerSet | None = None
         self._live: LiveMetrics | None = None
+        self._router_state_loaded: set[str] = set()
         _ = self.live  # subscribe the in-process metrics now, so every call is counted
 
     # ------------------------------------------------------------------ configuration
@@ -423,6 +430,7 @@ class LLMGateway:
         from flowyard.interfaces import RouteRequest
 
         router_name, chooser = self._router(router)
+        await self._load_router_state(router_name, chooser)
         route = route if route is not None else RouteRequest()
         capabilities = set(route.capabilities)
         estimate = route.estimated_input_tokens
@@ -448,6 +456,37 @@ class LLMGateway:
             raise UnknownNameError("model meeting the route requirements", AUTO,
                                    [m.ref for m in models])
         return router_name, choices
+
+    def _persist_routers(self) -> bool:
+        value = self.stack.config.get("routing.persist", True)
+        if not isinstance(value, bool):
+            raise ConfigError(f"routing.persist must be true or false, got {value!r}")
+        return value and self.stack.storage_is_open
+
+    async def _load_router_state(self, name: str, chooser: Any) -> None:
+        """Give a learning router (one with ``import_state``) what it learned in earlier
+        processes, from the storage key-value area (namespace ``flowyard.routing``)."""
+        if name in self._router_state_loaded or not callable(getattr(chooser, "import_state",
+                                                                     None)):
+            return
+        if not self._persist_routers():
+            return
+        self._router_state_loaded.add(name)
+        state = await self.stack.storage.kv_get(ROUTER_STATE_NAMESPACE, name)
+        if state is None:
+            return
+        try:
+            chooser.import_state(state)
+        except ValueError as exc:
+            # The stored state is kept as it is (never lose data); the router starts afresh.
+            self.stack.events.make("router.state_error", router=name, error=str(exc))
+
+    async def _save_router_state(self, name: str, chooser: Any) -> None:
+        if name not in self._router_state_loaded or not callable(
+                getattr(chooser, "export_state", None)):
+            return
+        if self._persist_routers():
+            await self.stack.storage.kv_set(ROUTER_STATE_NAMESPACE, name, chooser.export_state())
 
     async def _routed(self, router_name: str, chooser: Any,
                       choices: list[tuple[ModelInfo, str]], ctx: ToolContext | None,
@@ -537,7 +576,11 @@ class LLMGateway:
             probe = self.build_request(AUTO, messages, **params)
             router_name, choices = await self.route(route, router=router, request=probe)
             _, chooser = self._router(router_name)
-            return await self._routed(router_name, chooser, choices, context, messages, params)
+            try:
+                return await self._routed(router_name, chooser, choices, context, messages,
+                                          params)
+            finally:
+                await self._save_router_state(router_name, chooser)
         provider_name, model_id = split_ref(ref)
         return await self._chat_one(provider_name, model_id, messages, context, dict(params))
 
@@ -563,6 +606,17 @@ class LLMGateway:
         probe = self.build_request(AUTO, messages, **params)
         router_name, choices = await self.route(route, router=router, request=probe)
         _, chooser = self._router(router_name)
+        try:
+            async for chunk in self._stream_routed(router_name, chooser, choices, context,
+                                                   messages, params):
+                yield chunk
+        finally:
+            await self._save_router_state(router_name, chooser)
+
+    async def _stream_routed(self, router_name: str, chooser: Any,
+                             choices: list[tuple[ModelInfo, str]], context: ToolContext | None,
+                             messages: Sequence[Message] | str, params: dict[str, Any]
+                             ) -> AsyncIterator[ChatChunk]:
         last: BaseException | None = None
         for attempt, (info, reason) in enumerate(choices):
             self._emit(context, "router.choice", router=router_name, model=info.ref,
