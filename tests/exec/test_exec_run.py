@@ -299,3 +299,20 @@ async def test_json_result_round_trip(make_tools: Any, tool_context: Any) -> Non
     assert out["result"] == payload
     json.dumps(out)
 
+
+
+async def test_ro_binds_make_host_data_visible_read_only(make_tools: Any, tool_context: Any,
+                                                         tmp_path: Path) -> None:
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "rows.csv").write_text("a,b\n1,2\n")
+    shell, _ = make_tools(ro_binds=[str(data)])
+    result = await shell.invoke(
+        {"command": ["sh", "-c", f"cat {data}/rows.csv; echo x > {data}/new.csv; echo $?"]},
+        tool_context)
+    assert result["stdout"].startswith("a,b\n1,2\n")
+    assert result["stdout"].strip().splitlines()[-1] != "0"
+    assert not (data / "new.csv").exists()
+    missing, _ = make_tools(ro_binds=[str(tmp_path / "missing")])
+    with pytest.raises(ToolError, match=r"ro_binds: .*missing does not exist"):
+        await missing.invoke({"command": ["true"]}, tool_context)

@@ -335,6 +335,9 @@ def bubblewrap_args(settings: ExecSettings, work_dir: str, *, extra_ro: Sequence
     namespace when flowyard is not root. The system directories and the interpreter's
     prefixes are bound read-only, ``/tmp`` is a private tmpfs, ``work_dir`` the only
     writable host directory.
+
+    Raises:
+        ToolError: an ``ro_binds`` entry does not exist.
     """
     assert settings.bwrap is not None
     args = [settings.bwrap, "--die-with-parent", "--new-session", "--unshare-pid",
@@ -368,6 +371,9 @@ def bubblewrap_args(settings: ExecSettings, work_dir: str, *, extra_ro: Sequence
     interpreter = os.path.realpath(settings.python)
     prefixes = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
                 os.path.dirname(os.path.dirname(interpreter))]
+    for path in [*settings.ro_binds, *extra_ro]:
+        if not os.path.exists(path):
+            raise ToolError(f"[exec] ro_binds: {path} does not exist")
     for path in [*prefixes, *settings.ro_binds, *extra_ro]:
         real = os.path.realpath(path)
         if os.path.exists(real) and not _covered(real, bound):
