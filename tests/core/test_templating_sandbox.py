@@ -59,6 +59,12 @@ def test_unresolved_reference_names_step_and_field() -> None:
         render_value("hello {{ inputs.missing }}", CTX, where="w")
 
 
+def test_arithmetic_still_works() -> None:
+    assert render_value("{{ 2 ** 10 }}", CTX) == 1024
+    assert render_value("{{ 'ab' * 3 }}", CTX) == "ababab"
+    assert render_value("{{ inputs.n * 2.5 }}", CTX) == 7.5
+
+
 def test_conditions() -> None:
     assert evaluate("inputs.n > 2", CTX) is True
     assert evaluate("{{ inputs.n > 5 }}", CTX) is False
@@ -102,6 +108,9 @@ SSTI_PAYLOADS = [
     "{{ inputs|attr('__class__') }}",
     "{{ (inputs|attr('\\x5f\\x5fclass\\x5f\\x5f')) }}",
     "{{ range(10**9)|list }}",
+    "{{ 'a' * 10**9 }}",
+    "{{ [0] * 100000000 }}",
+    "{{ 9 ** 9 ** 9 }}",
 ]
 
 

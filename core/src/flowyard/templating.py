@@ -48,6 +48,8 @@ __all__ = [
 _REF = re.compile(r"(\$?)\$\{\s*([A-Za-z_][\w-]*)((?:\.[A-Za-z_][\w-]*|\[\d+\])*)\s*\}")
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
 MAX_TEMPLATE_CHARS = 100_000
+#: Largest string or list a template may build with ``*`` (characters or items).
+MAX_RESULT = 1_000_000
 
 
 def has_template(value: str) -> bool:
@@ -86,10 +88,28 @@ def environment() -> Any:
     class _Environment(ImmutableSandboxedEnvironment):  # type: ignore[misc]
         """Data first: ``inputs.items`` is the key ``items``, not the ``dict.items`` method."""
 
+        intercepted_binops = frozenset(["*", "**"])
+
         def getattr(self, obj: Any, attribute: str) -> Any:
             if isinstance(obj, Mapping) and isinstance(attribute, str) and attribute in obj:
                 return obj[attribute]
             return super().getattr(obj, attribute)
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            """Refuse ``*`` and ``**`` whose result would be huge (memory exhaustion)."""
+            from jinja2.exceptions import SecurityError
+
+            if operator == "**":
+                if (isinstance(left, (int, float)) and isinstance(right, (int, float))
+                        and abs(right) > 64 and abs(left) > 1):
+                    raise SecurityError(f"exponent {right!r} is too large")
+                return left ** right
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and (
+                        len(seq) * count > MAX_RESULT):
+                    raise SecurityError(f"repetition would produce more than {MAX_RESULT} "
+                                        "items")
+            return left * right
 
     env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     for name in ("cycler", "joiner", "lipsum"):
