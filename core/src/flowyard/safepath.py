@@ -422,9 +422,11 @@ class SafeRoot:
                 fds.append(fd)
                 names.append(name)
             return _Located(fds, None, names)
-        except BaseException:
+        except BaseException as exc:
             for fd in fds:
                 os.close(fd)
+            if isinstance(exc, OSError):  # EACCES, ENAMETOOLONG, EROFS, ...
+                raise self._oserror(path, exc, "open") from None
             raise
 
     def _oserror(self, path: str, exc: OSError, action: str) -> ToolError:
