@@ -276,3 +276,19 @@ async def test_concurrent_callers_during_the_probe_fail_fast() -> None:
         for _ in range(4):
             tg.start_soon(call)
     assert sorted(results) == ["ok", "open", "open", "open"]
+
+
+async def test_an_open_circuit_fails_fast_without_queueing_for_a_rate_limit() -> None:
+    provider = FakeProvider("p", script=[ServerError("down", provider="p")])
+    stack, _ = _stack([provider], circuit={"failure_threshold": 1, "cooldown_s": 100},
+                      limits={"p": {"concurrency": 1}})
+    clock = VirtualClock()
+    stack.llm.use_clock(clock)
+    with pytest.raises(ServerError):
+        await stack.llm.chat("hi", model="p/echo")
+    held = await stack.llm.limiters.limiter("p").acquire()  # the only slot is taken
+    with anyio.fail_after(5):
+        with pytest.raises(CircuitOpenError):
+            await stack.llm.chat("hi", model="p/echo")
+    held.release()
+    assert stack.llm.breakers.breaker("p").rejected == 1  # type: ignore[union-attr]

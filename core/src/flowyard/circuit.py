@@ -75,6 +75,22 @@ class CircuitBreaker:
         if old != new and self.on_change is not None:
             self.on_change(self.name, old, new)
 
+    def check(self) -> None:
+        """Fail fast, without changing state, while the breaker is open and cooling down (the
+        gateway asks this before queueing for a rate limit).
+
+        Raises:
+            CircuitOpenError: open and the cooldown has not passed.
+        """
+        if self.state == "open" and self.opened_at is not None:
+            wait = self.opened_at + self.cooldown_s - self.clock.now()
+            if wait > 0:
+                self.rejected += 1
+                raise CircuitOpenError(
+                    f"circuit of provider {self.name!r} is open after "
+                    f"{self.consecutive_failures} consecutive failures; next probe in "
+                    f"{wait:.1f} s", provider=self.name)
+
     def before_call(self) -> bool:
         """Ask to make a call. Returns True when this call is the half-open probe.
 

@@ -345,6 +345,9 @@ class LLMGateway:
         info = await self.models.get(ref)
         prompt = await self._prompt_tokens(provider, request)
         max_out = request.max_tokens or (info.max_output_tokens if info else None)
+        breaker = self.breakers.breaker(provider_name)
+        if breaker is not None:
+            breaker.check()  # fail fast before reserving money or queueing
         reservation = self._reserve(ctx, ref, info, prompt, request.max_tokens)
         call = _Call(provider_name, model_id, info, prompt, reservation)
         try:
@@ -357,7 +360,6 @@ class LLMGateway:
         call.waited_s = limited.waited_s
         if limited.waited_s > 0:
             self._emit(ctx, "ratelimit.wait", key=ref, waited_s=limited.waited_s)
-        breaker = self.breakers.breaker(provider_name)
         probe = False
         try:
             probe = breaker.before_call() if breaker is not None else False
