@@ -171,8 +171,10 @@ def estimate_text_tokens(text: str) -> int:
     """
     if not text:
         return 0
-    non_ascii = sum(1 for ch in text if ord(ch) > 127)
-    return math.ceil((len(text) - non_ascii) / 3) + non_ascii
+    if text.isascii():
+        return math.ceil(len(text) / 3)
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return math.ceil(ascii_chars / 3) + (len(text) - ascii_chars)
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
