@@ -403,3 +403,29 @@ async def test_stream_answered_with_json_instead_of_events(router: respx.MockRou
     router.post("/chat/completions").respond(200, json=recorded("chat_text.json"))
     with pytest.raises(MalformedResponseError, match="event stream"):
         [c async for c in provider.stream(req())]
+
+
+async def test_key_never_reaches_stack_events(router: respx.MockRouter,
+                                              provider: OpenAIProvider,
+                                              flowyard_home: Path) -> None:
+    from flowyard.hookspecs import hookimpl
+    from flowyard.stack import Stack
+
+    class KeyTestPlugin:
+        @hookimpl
+        def register_providers(self, register: Any, config: Any) -> None:
+            register("openai", provider)
+
+    router.get("/models").respond(401, json=OPENAI_401)
+    router.post("/chat/completions").respond(401, json=OPENAI_401)
+    stack = Stack([("keytest", KeyTestPlugin())], config={"storage": {"url": "memory://"}})
+    events: list[Any] = []
+    async with stack:
+        stack.events.subscribe(events.append)
+        assert [m for m in await stack.llm.list_models() if m.provider == "openai"] == []
+        with pytest.raises(AuthenticationError) as info:
+            await stack.llm.chat("hi", model="openai/gpt-4o-mini")
+    assert any(e.type == "provider.error" for e in events)
+    dumped = json.dumps([e.data for e in events], default=str) + str(info.value)
+    assert "Incorrect API key provided" in dumped
+    assert KEY not in dumped and "SECRETabcdef" not in dumped
