@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from flowyard.testing import ProviderContract
 from flowyard_llamacpp import LlamaCppProvider
 

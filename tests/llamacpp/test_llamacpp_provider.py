@@ -15,7 +15,6 @@ from contextlib import aclosing
 import anyio
 import jsonschema
 import pytest
-
 from flowyard.errors import BadRequestError
 from flowyard.models import ChatRequest, ImagePart, Message, ToolCall, ToolSpec
 from flowyard_llamacpp import LlamaCppProvider, engine
@@ -182,14 +181,23 @@ async def test_conversation_with_a_tool_result_continues(provider: LlamaCppProvi
 
 async def test_cancelling_a_long_generation_returns_promptly(provider: LlamaCppProvider) -> None:
     await provider.chat(request("Hi", max_tokens=2))  # loaded and warm
-    started = time.perf_counter()
-    with anyio.move_on_after(0.4) as scope:
-        await provider.chat(request("Write a very long story about dragons.",
-                                    max_tokens=2000, seed=1))
-    elapsed = time.perf_counter() - started
-    assert scope.cancelled_caught
-    # 2000 tokens would take well over ten seconds; cancellation stops within a token
-    assert elapsed < 3.0
+    cancelled_at = 0.0
+    finished = False
+
+    async def long_generation() -> None:
+        nonlocal finished
+        await provider.chat(request("Write a very long story about dragons.", max_tokens=2000,
+                                    seed=1))
+        finished = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_generation)
+        await anyio.sleep(1.0)  # well into token generation (2000 tokens take minutes)
+        cancelled_at = time.perf_counter()
+        tg.cancel_scope.cancel()
+    assert not finished
+    # the worker thread checks the cancel flag before every token
+    assert time.perf_counter() - cancelled_at < 2.0
     assert idle(provider)
     after = await provider.chat(request("Say yes.", max_tokens=4, seed=1))
     assert 1 <= after.usage.output_tokens <= 4
@@ -197,12 +205,16 @@ async def test_cancelling_a_long_generation_returns_promptly(provider: LlamaCppP
 
 async def test_cancelling_a_stream_consumer_stops_generation(provider: LlamaCppProvider) -> None:
     seen = 0
-    started = time.perf_counter()
-    with anyio.move_on_after(0.4) as scope:
-        async for _chunk in provider.stream(request("Write a very long poem.", max_tokens=2000)):
+    cancelled_at = 0.0
+    with anyio.CancelScope() as scope:
+        async for chunk in provider.stream(request("Write a very long poem.", max_tokens=2000)):
             seen += 1
-    assert scope.cancelled_caught and seen > 0
-    assert time.perf_counter() - started < 3.0
+            if chunk.delta and seen >= 3:
+                cancelled_at = time.perf_counter()
+                scope.cancel()
+    assert scope.cancelled_caught and seen >= 3
+    # the generating thread notices within a token and hands the context back
+    assert time.perf_counter() - cancelled_at < 2.0
     assert idle(provider)
 
 
@@ -235,7 +247,7 @@ async def test_generation_runs_off_the_event_loop(provider: LlamaCppProvider) ->
         elapsed = time.perf_counter() - started
         done = True
     # a blocked loop would tick about once; a free one ticks every ~10 ms
-    assert ticks >= max(3, int(elapsed / 0.01) // 4)
+    assert ticks >= max(3, int(elapsed / 0.01) // 10)
 
 
 async def test_concurrent_calls_share_one_context_safely(provider: LlamaCppProvider) -> None:
@@ -307,6 +319,19 @@ async def test_models_load_once_per_process_and_are_shared() -> None:
     assert (await b.chat(request("Hi", max_tokens=2))).usage.output_tokens >= 1
 
 
+async def test_aliases_sharing_a_file_keep_their_own_settings() -> None:
+    path = smollm2_path()
+    provider = LlamaCppProvider({
+        "short": ModelSpec(alias="short", path=path, max_tokens=3, source="test"),
+        "longer": ModelSpec(alias="longer", path=path, max_tokens=5, source="test"),
+    })
+    assert await provider.load("short") is await provider.load("longer")
+    for alias, cap in (("short", 3), ("longer", 5)):
+        response = await provider.chat(ChatRequest(
+            model=alias, messages=[Message.user("Write a long essay.")], seed=1))
+        assert response.model == alias and response.usage.output_tokens == cap
+
+
 async def test_embeddings_are_normalised_and_deterministic(provider: LlamaCppProvider) -> None:
     vectors = await provider.embed(["the cat sat on the mat", "stock markets fell",
                                     "the cat sat on the mat"], model="smollm2")
@@ -342,7 +367,7 @@ async def test_missing_gguf_file_is_a_clear_error(tmp_path) -> None:  # type: ig
     missing = tmp_path / "absent.gguf"
     provider = LlamaCppProvider({"gone": ModelSpec(alias="gone", path=missing,
                                                    source="[llamacpp.models.gone]")})
-    with pytest.raises(BadRequestError, match="absent.gguf"):
+    with pytest.raises(BadRequestError, match=r"absent\.gguf"):
         await provider.chat(ChatRequest(model="gone", messages=[Message.user("hi")]))
     [info] = await provider.list_models()
     assert "absent.gguf" in info.metadata["error"] and not info.capabilities

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from flowyard.errors import ConfigError
 from flowyard.stack import Stack
 from flowyard_llamacpp import engine, read_metadata, smollm2_path, specs_from_config

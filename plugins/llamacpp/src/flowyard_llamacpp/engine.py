@@ -15,10 +15,9 @@ import queue
 import random
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-
 from flowyard.errors import BadRequestError, ProviderError
 
 from flowyard_llamacpp.spec import DEFAULT_N_CTX, SMOLLM2_FILE, ModelSpec
@@ -90,7 +89,7 @@ class LoadedModel:
         # binding's token buffer has the requested size, which is the real limit.
         self.n_ctx: int = min(first.n_ctx(), len(first.input_ids))
         self.metadata: dict[str, str] = dict(first.metadata)
-        self._formatter: Any = None
+        self._formatters: dict[str, Any] = {}
         bos_id, eos_id = first.token_bos(), first.token_eos()
         self.bos_id = bos_id
         self.eos_id = eos_id
@@ -176,31 +175,39 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ prompt
 
-    def format_chat(self, messages: list[dict[str, Any]]) -> str:
-        """Render chat messages (``{"role", "content"}`` dicts) to the prompt text with the
-        model's chat template (the configured one, else the GGUF's ``tokenizer.chat_template``).
+    def format_chat(self, messages: list[dict[str, Any]], *, template: str | None = None,
+                    alias: str | None = None) -> str:
+        """Render chat messages (``{"role", "content"}`` dicts) to the prompt text.
+
+        Args:
+            messages: the conversation.
+            template: a Jinja chat template overriding the GGUF's ``tokenizer.chat_template``.
+            alias: the model alias, for error messages.
 
         Raises:
             BadRequestError: the model has no chat template, or the template rejected the
                 messages (message from the template).
         """
-        if self._formatter is None:
+        alias = alias or self.spec.alias
+        template = template or self.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise BadRequestError(
+                f"local/{alias}: {self.spec.path} has no chat template in its GGUF metadata; "
+                "set chat_template in its [llamacpp.models] table",
+                provider=PROVIDER, model=alias)
+        formatter = self._formatters.get(template)
+        if formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            template = self.spec.chat_template or self.metadata.get("tokenizer.chat_template")
-            if not template:
-                raise BadRequestError(
-                    f"local/{self.spec.alias}: {self.spec.path} has no chat template in its "
-                    "GGUF metadata; set chat_template in its [llamacpp.models] table",
-                    provider=PROVIDER, model=self.spec.alias)
-            self._formatter = Jinja2ChatFormatter(
+            formatter = Jinja2ChatFormatter(
                 template=template, eos_token=self.eos_text, bos_token=self.bos_text)
+            self._formatters[template] = formatter
         try:
-            return str(self._formatter(messages=messages).prompt)
+            return str(formatter(messages=cast(Any, messages)).prompt)
         except (ValueError, TypeError, LookupError) as exc:
             raise BadRequestError(
-                f"local/{self.spec.alias}: the chat template rejected the messages: {exc}",
-                provider=PROVIDER, model=self.spec.alias) from exc
+                f"local/{alias}: the chat template rejected the messages: {exc}",
+                provider=PROVIDER, model=alias) from exc
 
     def tokenize(self, llm: Llama, prompt: str) -> list[int]:
         """Tokenize a rendered prompt (special tokens parsed; BOS added when the model wants
@@ -304,8 +311,8 @@ def _held_back(buffer: str, stops: tuple[str, ...]) -> int:
 
 
 def generate(model: LoadedModel, prompt: str, params: GenerationParams,
-             cancel: threading.Event, on_text: Callable[[str], None] | None = None
-             ) -> GenerationResult:
+             cancel: threading.Event, on_text: Callable[[str], None] | None = None,
+             *, alias: str | None = None) -> GenerationResult:
     """Generate a completion of ``prompt`` token by token (blocking).
 
     The cancel flag is checked before every token; when it is set generation stops within
@@ -319,14 +326,15 @@ def generate(model: LoadedModel, prompt: str, params: GenerationParams,
     """
     from llama_cpp import llama_cpp as ll
 
+    alias = alias or model.spec.alias
     with model.acquire(cancel) as llm:
         tokens = model.tokenize(llm, prompt)
         room = model.n_ctx - len(tokens)
         if room < 1:
             raise BadRequestError(
-                f"local/{model.spec.alias}: the prompt has {len(tokens)} tokens and the "
+                f"local/{alias}: the prompt has {len(tokens)} tokens and the "
                 f"context window is {model.n_ctx} tokens; shorten the conversation or raise "
-                "n_ctx", provider=PROVIDER, model=model.spec.alias)
+                "n_ctx", provider=PROVIDER, model=alias)
         limit = room if params.max_tokens is None else min(params.max_tokens, room)
         grammar = None
         if params.grammar is not None:
@@ -335,8 +343,8 @@ def generate(model: LoadedModel, prompt: str, params: GenerationParams,
             try:
                 grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
             except ValueError as exc:
-                raise BadRequestError(f"local/{model.spec.alias}: invalid grammar: {exc}",
-                                      provider=PROVIDER, model=model.spec.alias) from exc
+                raise BadRequestError(f"local/{alias}: invalid grammar: {exc}",
+                                      provider=PROVIDER, model=alias) from exc
         llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = tuple(s for s in params.stop if s)
@@ -394,21 +402,23 @@ def generate(model: LoadedModel, prompt: str, params: GenerationParams,
         return GenerationResult("".join(parts), len(tokens), count, finish)
 
 
-def embed(model: LoadedModel, texts: list[str]) -> list[list[float]]:
+def embed(model: LoadedModel, texts: list[str], *, alias: str | None = None
+          ) -> list[list[float]]:
     """Return one L2-normalised, mean-pooled embedding per text (blocking).
 
     Raises:
         BadRequestError: a text is longer than the context window.
     """
+    alias = alias or model.spec.alias
     out: list[list[float]] = []
     with model.acquire() as llm:
         for text in texts:
             n = len(llm.tokenize(text.encode("utf-8"), add_bos=model.add_bos, special=False))
             if n > model.n_ctx:
                 raise BadRequestError(
-                    f"local/{model.spec.alias}: a text of {n} tokens does not fit the "
+                    f"local/{alias}: a text of {n} tokens does not fit the "
                     f"context window of {model.n_ctx} tokens", provider=PROVIDER,
-                    model=model.spec.alias)
+                    model=alias)
             vectors = llm.embed(text, normalize=True)
             out.append([float(v) for v in vectors[0]] if vectors and isinstance(
                 vectors[0], list) else [float(v) for v in vectors])

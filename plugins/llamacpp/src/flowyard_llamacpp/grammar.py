@@ -51,8 +51,9 @@ def tool_call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
 def _converter() -> Any:
     from llama_cpp.llama_grammar import SchemaConverter
 
-    return SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False,
-                           dotall=False, raw_pattern=False)
+    return SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False,
+        raw_pattern=False)
 
 
 def _visit(converter: Any, schema: dict[str, Any], name: str, what: str) -> None:

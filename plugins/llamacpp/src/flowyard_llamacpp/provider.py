@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
-
 from flowyard.errors import BadRequestError, MalformedResponseError, ProviderError
 from flowyard.models import (
     ChatChunk,
@@ -49,10 +48,11 @@ _POLL_S = 0.005
 
 
 class _Prepared:
-    __slots__ = ("prompt", "params", "tool_mode", "tools")
+    __slots__ = ("prompt", "params", "tool_mode", "tools", "alias")
 
     def __init__(self, prompt: str, params: GenerationParams, tool_mode: str | None,
-                 tools: list[ToolSpec]) -> None:
+                 tools: list[ToolSpec], alias: str) -> None:
+        self.alias = alias
         self.prompt = prompt
         self.params = params
         self.tool_mode = tool_mode  # None (no tools), "auto" or "required"
@@ -192,7 +192,9 @@ class LlamaCppProvider:
     # ------------------------------------------------------------------ requests
 
     def _prepare(self, model: LoadedModel, request: ChatRequest) -> _Prepared:
-        spec = model.spec
+        # settings come from this provider's spec: the loaded model may be shared with
+        # another alias of the same file that has other defaults
+        spec = self.spec(request.model)
         if request.max_tokens is not None and request.max_tokens < 1:
             raise BadRequestError(f"max_tokens must be at least 1, got {request.max_tokens}",
                                   provider=self.name, model=request.model)
@@ -237,14 +239,14 @@ class LlamaCppProvider:
                                "content": f"{messages[0]['content']}\n\n{hint}".strip()}
             else:
                 messages.insert(0, {"role": "system", "content": hint})
-        prompt = model.format_chat(messages)
+        prompt = model.format_chat(messages, template=spec.chat_template, alias=spec.alias)
         params = GenerationParams(
             max_tokens=request.max_tokens if request.max_tokens is not None else spec.max_tokens,
             temperature=spec.temperature if request.temperature is None else request.temperature,
             top_p=spec.top_p if request.top_p is None else request.top_p,
             top_k=spec.top_k, min_p=spec.min_p, repeat_penalty=spec.repeat_penalty,
             seed=request.seed, stop=tuple(request.stop), grammar=grammar)
-        return _Prepared(prompt, params, tool_mode, tools)
+        return _Prepared(prompt, params, tool_mode, tools, spec.alias)
 
     def _message(self, prepared: _Prepared, result: GenerationResult, request: ChatRequest
                  ) -> tuple[Message, str]:
@@ -318,22 +320,28 @@ class LlamaCppProvider:
         done = threading.Event()
         send, receive = anyio.create_memory_object_stream[tuple[str, Any]](
             max_buffer_size=math.inf)
-        token = anyio.lowlevel.current_token()
+        soon = _call_soon_threadsafe()
 
-        def push(kind: str, payload: Any) -> None:
-            anyio.from_thread.run_sync(send.send_nowait, (kind, payload), token=token)
+        def deliver(item: tuple[str, Any]) -> None:  # runs on the event loop
+            try:
+                send.send_nowait(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                cancel.set()  # the consumer went away: stop generating
+
+        def push(kind: str, payload: Any) -> None:  # runs in the worker thread, never blocks
+            soon(deliver, (kind, payload))
 
         def work() -> None:
             try:
                 result = _generate(model, prepared, cancel, lambda t: push("text", t), self.name)
                 push("done", result)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the consumer went away; generation already stopped
-            except Exception as exc:  # handed to the consumer, re-raised there
+            except RuntimeError:
+                cancel.set()  # the event loop is gone; nobody is listening
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
                 try:
                     push("error", exc)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
-                    pass
+                except RuntimeError:
+                    cancel.set()
             finally:
                 done.set()
 
@@ -410,7 +418,7 @@ class LlamaCppProvider:
             return []
         loaded = await self.load(model, embedding=True)
         cancel = threading.Event()
-        return await _run_in_thread(lambda: engine.embed(loaded, items), cancel)
+        return await _run_in_thread(lambda: engine.embed(loaded, items, alias=model), cancel)
 
     async def aclose(self) -> None:
         """Mark this provider closed. Loaded models stay in the process-wide cache for other
@@ -421,15 +429,40 @@ class LlamaCppProvider:
         return f"LlamaCppProvider(name={self.name!r}, models={sorted(self.specs)!r})"
 
 
+def _call_soon_threadsafe() -> Callable[..., Any]:
+    """Return a non-blocking ``schedule(fn, *args)`` that runs ``fn`` on the current event
+    loop from any thread.
+
+    ``anyio.from_thread.run_sync`` would make the generating thread wait for the event loop
+    after every token; the backends' own fire-and-forget schedulers (asyncio's
+    ``call_soon_threadsafe``, trio's ``TrioToken.run_sync_soon``) let it go straight on to the
+    next token. Other backends fall back to the blocking anyio call.
+    """
+    import sniffio
+
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        import asyncio
+
+        return asyncio.get_running_loop().call_soon_threadsafe
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    token = anyio.lowlevel.current_token()
+    return lambda fn, *args: anyio.from_thread.run_sync(fn, *args, token=token)
+
+
 def _generate(model: LoadedModel, prepared: _Prepared, cancel: threading.Event,
               on_text: Callable[[str], None] | None, provider: str) -> GenerationResult:
     try:
-        return engine.generate(model, prepared.prompt, prepared.params, cancel, on_text)
+        return engine.generate(model, prepared.prompt, prepared.params, cancel, on_text,
+                               alias=prepared.alias)
     except engine.Cancelled:
         return GenerationResult("", 0, 0, "cancelled")
     except (RuntimeError, OSError) as exc:
-        raise ProviderError(f"{provider}/{model.spec.alias}: llama.cpp failed: {exc}",
-                            provider=provider, model=model.spec.alias) from exc
+        raise ProviderError(f"{provider}/{prepared.alias}: llama.cpp failed: {exc}",
+                            provider=provider, model=prepared.alias) from exc
 
 
 def _render_messages(messages: Sequence[Message], model: str, provider: str

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 from flowyard.errors import ConfigError
 
 __all__ = [
@@ -126,6 +125,7 @@ class ModelSpec:
 
 def _check(table: Mapping[str, Any], where: str, *, allow_global: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    value: Any
     for key, value in table.items():
         if allow_global and key in _GLOBAL_ONLY:
             continue
@@ -137,11 +137,12 @@ def _check(table: Mapping[str, Any], where: str, *, allow_global: bool) -> dict[
             raise ConfigError(f"{where}.{key}: expected {_type_name(expected)}, got {value!r}")
         if not isinstance(value, expected):
             raise ConfigError(f"{where}.{key}: expected {_type_name(expected)}, got {value!r}")
-        if key in ("n_ctx", "n_batch", "pool_size", "max_tokens", "n_threads") and value < 1:
+        number: Any = value
+        if key in ("n_ctx", "n_batch", "pool_size", "max_tokens", "n_threads") and number < 1:
             raise ConfigError(f"{where}.{key}: must be at least 1, got {value!r}")
-        if key in ("temperature", "top_p", "min_p", "repeat_penalty") and value < 0:
+        if key in ("temperature", "top_p", "min_p", "repeat_penalty") and number < 0:
             raise ConfigError(f"{where}.{key}: must not be negative, got {value!r}")
-        out[key] = float(value) if expected == (int, float) else value
+        out[key] = float(number) if expected == (int, float) else value
     return out
 
 
