@@ -192,3 +192,17 @@ async def test_fifty_concurrent_calls_never_overspend_one_budget() -> None:
     worst = estimate_max_cost(ModelPrice(1.0, 2.0), 2 * len(prompt), 150)
     assert limit - run.spent_usd < worst
     assert not math.isnan(total.known_cost_usd)
+
+
+@pytest.mark.anyio
+async def test_a_providers_own_prompt_count_is_used_for_the_reservation() -> None:
+    class Counting(FakeProvider):
+        async def count_prompt_tokens(self, request: ChatRequest) -> int:
+            return 400_000  # pretend the prompt is huge
+
+    stack = _stack(Counting("fk"))
+    budget = Budget(0.3)
+    ctx = ToolContext(stack=stack, budget=budget)
+    # 400k input tokens at $1/M = $0.40 > $0.30, although the text is two words
+    with pytest.raises(BudgetExceeded, match=r"cannot cover \$0\.40"):
+        await stack.llm.chat("two words", model="fk/priced", context=ctx, max_tokens=1)

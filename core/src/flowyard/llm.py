@@ -296,7 +296,7 @@ class LLMGateway:
                         f"{type(budget).__name__}")
 
     async def _prompt_tokens(self, provider: Any, request: ChatRequest) -> int:
-        counter = getattr(provider, "count_tokens", None)
+        counter = getattr(provider, "count_prompt_tokens", None)
         if callable(counter):
             counted = counter(request)
             if inspect.isawaitable(counted):
