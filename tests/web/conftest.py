@@ -52,6 +52,36 @@ LATIN1_PAGE = ("<html><head><title>Caf\xe9</title></head><body><article><p>Le ca
                "poisson et du temps qu'il fera demain.</p></article></body></html>")
 
 
+def make_pdf(lines: list[str], title: str) -> bytes:
+    """A small valid PDF with one page of Helvetica text (offsets computed, not hard-coded)."""
+    text = " ".join(f"({line}) Tj 0 -28 Td" for line in lines)
+    stream = f"BT /F1 20 Tf 72 720 Td {text} ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        f"<< /Title ({title}) >>".encode(),
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += (b"trailer\n<< /Size %d /Root 1 0 R /Info 6 0 R >>\nstartxref\n%d\n%%%%EOF\n"
+            % (len(objects) + 1, xref))
+    return bytes(out)
+
+
+PDF = make_pdf(["Tidal energy report", "Turbines in harbour channels"], "Harbour Tides")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "flowyard-test/1"
 
@@ -82,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "just some plain text\n", "text/plain; charset=utf-8")
         elif path == "/json":
             self._send(200, json.dumps({"ok": True}), "application/json")
+        elif path == "/report.pdf":
+            self._send(200, PDF, "application/pdf")
         elif path == "/binary":
             self._send(200, bytes(range(256)), "application/octet-stream")
         elif path == "/big":

@@ -148,6 +148,16 @@ async def test_plain_text_and_json_are_returned_as_is(server: Any, tool_context:
     assert json.loads(data["content"]) == {"ok": True}
 
 
+async def test_pdf_text_is_extracted(server: Any, tool_context: Any) -> None:
+    tool = fetcher(LOCAL)
+    result = await tool.invoke({"url": server.url("/report.pdf")}, tool_context)
+    assert result["extraction"] == "pdf" and result["title"] == "Harbour Tides"
+    assert "Tidal energy report" in result["content"]
+    assert "Turbines in harbour channels" in result["content"]
+    with pytest.raises(ToolError, match=r"larger than max_bytes"):
+        await tool.invoke({"url": server.url("/report.pdf"), "max_bytes": 100}, tool_context)
+
+
 async def test_binary_content_is_refused(server: Any, tool_context: Any) -> None:
     with pytest.raises(ToolError, match=r"application/octet-stream"):
         await fetcher(LOCAL).invoke({"url": server.url("/binary")}, tool_context)

@@ -81,6 +81,29 @@ def extract_text(html: str | bytes, *, url: str | None, output: str, include_lin
     return "", title, "empty"
 
 
+def _pdf_text(body: bytes, url: str) -> tuple[str, str | None]:
+    """Return ``(text, title)`` of a PDF (pypdf; pages separated by blank lines).
+
+    Raises:
+        ToolError: the PDF cannot be parsed (damaged, encrypted).
+    """
+    import io
+
+    import pypdf
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(body))
+        if reader.is_encrypted:
+            raise ToolError(f"web.fetch: the PDF at {url} is encrypted", tool="web.fetch")
+        pages = [(page.extract_text() or "").strip() for page in reader.pages]
+        title = reader.metadata.title if reader.metadata and reader.metadata.title else None
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise ToolError(f"web.fetch: cannot read the PDF at {url}: {exc}",
+                        tool="web.fetch") from exc
+    return "\n\n".join(p for p in pages if p), title
+
+
 def _charset(content_type_header: str) -> str | None:
     for part in content_type_header.split(";")[1:]:
         key, _, value = part.strip().partition("=")
@@ -102,6 +125,7 @@ class WebFetchTool(BaseTool):
         ``{"url", "final_url", "status", "content_type", "title", "content", "format",
         "extraction", "bytes", "truncated", "redirects", "address", "elapsed_s"}``;
         ``redirects`` lists the URLs that redirected, ``address`` the IP connected to last.
+        PDFs (``application/pdf``) are returned as their text (``extraction: "pdf"``).
 
     Raises:
         BlockedURLError: a URL or redirect target is refused by the SSRF guard.
@@ -217,10 +241,17 @@ class WebFetchTool(BaseTool):
         title: str | None = None
         extraction = "none"
         charset = _charset(header)
-        if output == "html" or not _is_html(content_type):
-            if not _is_text(content_type):
-                raise ToolError(f"web.fetch: {final_url} is {content_type}, not text or HTML",
+        if content_type == "application/pdf" and output != "html":
+            if truncated:
+                raise ToolError(f"web.fetch: the PDF at {final_url} is larger than max_bytes "
+                                f"({len(body)} bytes read); raise max_bytes to read it",
                                 tool=self.name)
+            content, title = await anyio.to_thread.run_sync(lambda: _pdf_text(body, final_url))
+            extraction = "pdf"
+        elif output == "html" or not _is_html(content_type):
+            if not _is_text(content_type):
+                raise ToolError(f"web.fetch: {final_url} is {content_type}, not text, HTML "
+                                f"or PDF", tool=self.name)
             content = body.decode(charset or "utf-8", "replace")
         else:
             source: str | bytes = body.decode(charset, "replace") if charset else body
