@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowyard.config import Config
 from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
+
+if TYPE_CHECKING:
+    import click
 
 
 @hookimpl
@@ -25,3 +28,11 @@ def register_tools(register: Register, config: Config) -> None:
 
     register("shell.run", factory=shell)
     register("python.run", factory=python)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    """Add ``flowyard sandbox check``."""
+    from flowyard_exec.commands import sandbox
+
+    cli.add_command(sandbox)

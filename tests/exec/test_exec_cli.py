@@ -1,0 +1,37 @@
+"""``flowyard sandbox check``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from flowyard.cli import cli
+
+
+def test_check_reports_a_working_sandbox(flowyard_home: Any) -> None:
+    result = CliRunner().invoke(cli, ["sandbox", "check", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["bubblewrap"]["usable"] is True and report["bubblewrap"]["reason"] is None
+    assert report["limits"]["RLIMIT_NPROC"] == 64
+
+
+def test_check_explains_a_missing_sandbox(flowyard_home: Any,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWYARD_EXEC__BWRAP", "/nonexistent/bwrap")
+    monkeypatch.setenv("FLOWYARD_EXEC__ISOLATION", "required")
+    result = CliRunner().invoke(cli, ["sandbox", "check"])
+    assert result.exit_code == 1
+    assert "NOT usable: bubblewrap not found at /nonexistent/bwrap" in result.output
+    assert "calls will be refused" in result.output
+
+
+def test_check_rejects_invalid_configuration(flowyard_home: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWYARD_EXEC__ISOLATION", "sometimes")
+    result = CliRunner().invoke(cli, ["sandbox", "check"])
+    assert result.exit_code == 2
+    assert "isolation must be one of" in result.output
