@@ -22,7 +22,6 @@ def check(as_json: bool) -> None:
     why), 2 when the [exec] configuration is invalid.
     """
     import anyio
-
     from flowyard.config import Config
     from flowyard.errors import ConfigError
 
