@@ -241,3 +241,54 @@ async def test_a_429_with_retry_after_pauses_the_model_in_the_gateway() -> None:
         assert clock.now() == before
     assert "ratelimit.wait" in seen
     assert stack.llm.live.snapshot()["ratelimit"]["p/echo"]["wait_s"] == pytest.approx(12.0)
+
+
+async def test_acquire_with_a_timeout_gives_up_its_place() -> None:
+    clock = VirtualClock()
+    limiter = RateLimiter(RateLimits(rpm=1), clock=clock, name="p")
+    async with clock.autojump():
+        (await limiter.acquire()).release()
+        with pytest.raises(TimeoutError, match="not admitted within 5 s"):
+            await limiter.acquire(timeout=5)
+        assert clock.now() == 5.0 and limiter.queued == 0
+        (await limiter.acquire(timeout=60)).release()
+        assert clock.now() == 60.0
+
+
+async def test_a_long_rate_limit_wait_lets_routing_move_on() -> None:
+    from flowyard.builtin.fake import FakeProvider
+    from flowyard.hookspecs import hookimpl
+    from flowyard.interfaces import RouteRequest
+    from flowyard.modelregistry import eligible
+
+    class InOrder:
+        async def choose(self, request, models):  # type: ignore[no-untyped-def]
+            fitting = {m.ref: m for m in eligible(models, request)}
+            return [fitting[r] for r in request.candidates]
+
+        def record_outcome(self, model, **outcome):  # type: ignore[no-untyped-def]
+            return None
+
+    class Plugin:
+        @hookimpl
+        def register_providers(self, register, config):  # type: ignore[no-untyped-def]
+            register("a", FakeProvider("a"))
+            register("b", FakeProvider("b"))
+
+        @hookimpl
+        def register_routers(self, register, config):  # type: ignore[no-untyped-def]
+            register("in-order", InOrder())
+
+    stack = Stack(plugins=[Plugin()], config={"limits": {"max_wait_s": 10, "a": {"rpm": 1}}})
+    clock = VirtualClock()
+    stack.llm.use_clock(clock)
+    route = RouteRequest(candidates=["a/echo", "b/echo"])
+    async with clock.autojump():
+        first = await stack.llm.chat("hi", model="auto", router="in-order", route=route)
+        second = await stack.llm.chat("hi", model="auto", router="in-order", route=route)
+        assert clock.now() == 10.0
+    assert (first.provider, second.provider) == ("a", "b")
+    with pytest.raises(ConfigError, match="max_wait_s"):
+        LimiterSet({"max_wait_s": "long"})
+    with pytest.raises(ConfigError, match="must be a table"):
+        LimiterSet({"openai": 5})

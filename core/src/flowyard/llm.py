@@ -10,7 +10,8 @@ For each call it:
 2. reserves the call's estimated maximum cost in the caller's budgets
    (``context.budget``, a :class:`~flowyard.budget.BudgetChain`) or raises
    :class:`~flowyard.errors.BudgetExceeded` without calling;
-3. waits for the provider's and model's rate limits (fair FIFO queue);
+3. waits for the provider's and model's rate limits (fair FIFO queue; a wait longer than
+   ``limits.max_wait_s`` becomes a retriable ``RateLimitedError``, so routing moves on);
 4. asks the provider's circuit breaker (fails fast with ``CircuitOpenError`` while open);
 5. calls the provider, then settles the reservation with the actual cost, records the token
    usage with the rate limiter, emits ``llm.call`` (or ``llm.error``) and stores a cost line
@@ -353,6 +354,11 @@ class LLMGateway:
         try:
             limited = await self.limiters.acquire(provider_name, model_id,
                                                   prompt + (max_out or 0))
+        except TimeoutError as exc:
+            if reservation is not None:
+                BudgetChain.release(reservation)
+            raise RateLimitedError(f"{ref}: {exc} (limits.max_wait_s)", provider=provider_name,
+                                   model=model_id) from exc
         except BaseException:
             if reservation is not None:
                 BudgetChain.release(reservation)

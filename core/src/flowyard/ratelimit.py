@@ -13,6 +13,9 @@ Configuration (``flowyard.toml``)::
     [limits."openai/gpt-4o"]     # one model; applies on top of the provider's limits
     rpm = 100
 
+    [limits]
+    max_wait_s = 120             # optional: a call waiting longer fails with RateLimitedError
+
 The long names ``requests_per_minute``, ``requests_per_hour``, ``requests_per_day``,
 ``tokens_per_minute`` and ``concurrent_requests`` are accepted too.
 
@@ -263,36 +266,48 @@ class RateLimiter:
 
     # ------------------------------------------------------------------ admission
 
-    async def acquire(self, tokens: int = 0) -> Permit:
+    async def acquire(self, tokens: int = 0, *, timeout: float | None = None) -> Permit:
         """Wait (first come, first served) until a call of ``tokens`` tokens may start.
 
         A request estimated above ``tpm`` is admitted alone, when the last 60 s hold no tokens
         (it could never fit otherwise). Cancelling the wait leaves the queue.
 
+        Args:
+            tokens: estimated tokens of the call (prompt plus maximum output).
+            timeout: the most seconds to wait (None: no limit).
+
         Returns:
             A :class:`Permit`; call ``permit.release()`` when the call ends.
+
+        Raises:
+            TimeoutError: not admitted within ``timeout`` seconds (the place is given up).
         """
         tokens = max(0, int(tokens))
         if self.limits.tpm is not None:
             tokens = min(tokens, self.limits.tpm)
         clock = self.clock
         started = clock.now()
+        deadline = math.inf if timeout is None else started + max(0.0, timeout)
         waiter = _Waiter(tokens)
         self._queue.append(waiter)
         blocked = False
         try:
             while True:
+                now = clock.now()
                 if self._queue[0] is waiter:
-                    delay = self._delay(tokens, clock.now())
+                    delay = self._delay(tokens, now)
                     if delay == 0.0:
                         break
-                    blocked = True
-                    waiter.event = anyio.Event()
-                    await clock.wait(waiter.event, None if math.isinf(delay) else delay)
                 else:
-                    blocked = True
-                    waiter.event = anyio.Event()
-                    await waiter.event.wait()
+                    delay = math.inf
+                if now >= deadline - _EPS:
+                    raise TimeoutError(
+                        f"rate limit {self.name!r}: not admitted within {timeout:g} s "
+                        f"({len(self._queue) - 1} other caller(s) waiting)")
+                blocked = True
+                waiter.event = anyio.Event()
+                wait = min(delay, deadline - now)
+                await clock.wait(waiter.event, None if math.isinf(wait) else wait)
         except BaseException:
             was_head = bool(self._queue) and self._queue[0] is waiter
             self._queue.remove(waiter)
@@ -353,7 +368,18 @@ class LimiterSet:
                  clock: Clock | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.configured: dict[str, RateLimits] = {}
+        #: ``max_wait_s``: the most seconds a call waits for its limits (None: no limit).
+        self.max_wait_s: float | None = None
         for key, table in (config or {}).items():
+            if key == "max_wait_s":
+                if isinstance(table, bool) or not isinstance(table, (int, float)) or table < 0:
+                    raise ConfigError(f"limits.max_wait_s must be a number of seconds >= 0, "
+                                      f"got {table!r}")
+                self.max_wait_s = float(table)
+                continue
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"limits.{key!r} must be a table of limits (rpm, rph, rpd, "
+                                  f"tpm, concurrency), got {table!r}")
             self.configured[str(key)] = RateLimits.from_mapping(table, where=f"limits.{key!r}")
         self._limiters: dict[str, RateLimiter] = {}
 
@@ -369,10 +395,17 @@ class LimiterSet:
         """Wait for the model's limiter, then the provider's; return both permits.
 
         The order is fixed (model, then provider), so two calls never hold each other's slots.
+        Both waits together last at most :attr:`max_wait_s` seconds.
+
+        Raises:
+            TimeoutError: not admitted within ``max_wait_s``.
         """
-        first = await self.limiter(f"{provider}/{model}").acquire(tokens)
+        started = self.clock.now()
+        first = await self.limiter(f"{provider}/{model}").acquire(tokens, timeout=self.max_wait_s)
         try:
-            second = await self.limiter(provider).acquire(tokens)
+            rest = (None if self.max_wait_s is None
+                    else max(0.0, self.max_wait_s - (self.clock.now() - started)))
+            second = await self.limiter(provider).acquire(tokens, timeout=rest)
         except BaseException:
             first.release()
             raise
