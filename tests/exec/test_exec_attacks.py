@@ -164,10 +164,11 @@ async def test_timeout_kills_grandchildren(gone: Any, make_tools: Any, tool_cont
     assert (work / "tick").read_text() == first
 
 
-async def test_background_process_does_not_outlive_a_finished_call(gone: Any, make_tools: Any,
-                                                                   tool_context: Any) -> None:
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+async def test_background_process_does_not_outlive_a_finished_call(
+        gone: Any, make_tools: Any, tool_context: Any, isolation: dict[str, Any]) -> None:
     marker = f"background-{uuid.uuid4().hex}"
-    shell, _ = make_tools(isolation="none")
+    shell, _ = make_tools(**isolation)
     result = await shell.invoke(
         {"command": ["sh", "-c", f"(sleep 30 # {marker}\n) >/dev/null 2>&1 & echo started"],
          "timeout": 20}, tool_context)
