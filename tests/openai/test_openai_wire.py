@@ -188,6 +188,8 @@ async def test_list_models_merges_the_price_table(router: respx.MockRouter,
         {"id": "text-embedding-3-large", "object": "model", "created": 1705953180,
          "owned_by": "system"},
         {"id": "ft:gpt-4o-mini:acme::abc", "object": "model", "created": 1, "owned_by": "acme"},
+        {"id": "whisper-1", "object": "model", "created": 1, "owned_by": "openai-internal"},
+        {"id": "dall-e-3", "object": "model", "created": 1, "owned_by": "system"},
     ]})
     models = {m.model: m for m in await provider.list_models()}
     assert models["gpt-4o"].price.input_per_mtok == 2.5
@@ -198,6 +200,8 @@ async def test_list_models_merges_the_price_table(router: respx.MockRouter,
     assert models["text-embedding-3-large"].capabilities == {"embeddings"}
     assert models["ft:gpt-4o-mini:acme::abc"].price is None
     assert models["ft:gpt-4o-mini:acme::abc"].metadata["owned_by"] == "acme"
+    assert "tools" in models["ft:gpt-4o-mini:acme::abc"].capabilities
+    assert models["whisper-1"].capabilities == set() == models["dall-e-3"].capabilities
 
 
 # ----------------------------------------------------------------------------- errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,10 @@ logger = logging.getLogger("flowyard_openai")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 _STRUCTURED_MODES = ("json_schema", "json_object")
+#: Model ids of OpenAI's that do not serve Chat Completions (images, audio, moderation,
+#: legacy completions): listed without capabilities.
+_NOT_CHAT = re.compile(r"^(dall-e|whisper|tts|gpt-image|omni-moderation|text-moderation|"
+                       r"babbage|davinci|sora|gpt-4o(-mini)?-(transcribe|tts|realtime))")
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
            "function_call": "tool_calls", "content_filter": "content_filter"}
 
@@ -468,7 +473,8 @@ class OpenAIProvider:
         """Return the served models (``GET /models``) with the price table's metadata.
 
         Models missing from the table have no price (unknown) and capabilities guessed from
-        the name (``embed`` in the id: embeddings; otherwise chat and streaming). Server
+        the name (``embed`` in the id: embeddings; image, audio, moderation and legacy
+        completion models: none; otherwise chat, streaming, tools and json). Server
         metadata (``owned_by``, ``created``, llama.cpp's ``meta``) is kept in ``metadata``.
         """
         self._check_key(None)
@@ -486,8 +492,11 @@ class OpenAIProvider:
             server_meta = item.get("meta") if isinstance(item.get("meta"), Mapping) else {}
             if server_meta:
                 meta["server"] = dict(server_meta)
-            default_caps = ({"embeddings"} if "embed" in model_id
-                            else {"chat", "streaming", "tools", "json"})
+            default_caps: set[str] = {"chat", "streaming", "tools", "json"}
+            if "embed" in model_id:
+                default_caps = {"embeddings"}
+            elif _NOT_CHAT.match(model_id):
+                default_caps = set()
             info = self.prices.info(self.name, model_id, default_capabilities=default_caps,
                                     metadata=meta)
             if info.price is None and self.free:
