@@ -292,3 +292,19 @@ async def test_an_open_circuit_fails_fast_without_queueing_for_a_rate_limit() ->
             await stack.llm.chat("hi", model="p/echo")
     held.release()
     assert stack.llm.breakers.breaker("p").rejected == 1  # type: ignore[union-attr]
+
+
+async def test_a_provider_that_cannot_list_is_not_asked_on_every_call() -> None:
+    asked: list[int] = []
+
+    class Slow(FakeProvider):
+        async def list_models(self) -> list[ModelInfo]:
+            asked.append(1)
+            raise ProviderTimeoutError("no answer", provider=self.name)
+
+    stack, _ = _stack([FakeProvider("a"), Slow("z")], {"mine": ListRouter(["a/echo"])})
+    for _ in range(3):
+        await stack.llm.chat("hi", model="auto", router="mine")
+    assert len(asked) == 1
+    await stack.llm.models.all(refresh=True)
+    assert len(asked) == 2

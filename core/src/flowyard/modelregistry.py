@@ -193,21 +193,38 @@ class ModelRegistry:
     async def all(self, *, refresh: bool = False) -> list[ModelInfo]:
         """Return the models of every registered provider, sorted by reference.
 
-        Providers that fail to list (or take longer than ``timeout_s``) are left out and
-        recorded in :attr:`errors`; a malformed ``[models.info]`` table raises ConfigError.
+        Providers are asked concurrently. Those that fail to list (or take longer than
+        ``timeout_s``) are left out, recorded in :attr:`errors` and, unless ``refresh``, not
+        asked again for :attr:`retry_failed_s` seconds. A malformed ``[models.info]`` table
+        raises ConfigError.
         """
-        out: list[ModelInfo] = []
-        for name in self.stack.providers.names():
+        out: dict[str, list[ModelInfo]] = {}
+        config_errors: list[ConfigError] = []
+        now = time.monotonic()
+
+        async def one(name: str) -> None:
             try:
                 models = await self.load_provider(name, refresh=refresh)
-            except ConfigError:
-                raise
+            except ConfigError as exc:
+                config_errors.append(exc)
+                return
             except (FlowyardError, OSError, TimeoutError) as exc:
                 self.errors[name] = f"{type(exc).__name__}: {exc}"
+                self._failed_at[name] = time.monotonic()
                 self.stack.events.make("provider.error", provider=name, error=str(exc))
-                continue
-            out.extend(models.values())
-        return sorted(out, key=lambda m: m.ref)
+                return
+            out[name] = list(models.values())
+
+        async with anyio.create_task_group() as tg:
+            for name in self.stack.providers.names():
+                failed_at = self._failed_at.get(name)
+                if (not refresh and failed_at is not None
+                        and now - failed_at < self.retry_failed_s):
+                    continue
+                tg.start_soon(one, name)
+        if config_errors:
+            raise config_errors[0]
+        return sorted((m for infos in out.values() for m in infos), key=lambda m: m.ref)
 
     def invalidate(self, provider: str | None = None) -> None:
         """Forget cached listings (of one provider, or all)."""
