@@ -251,7 +251,7 @@ class LiveMetrics:
 
     def reset(self) -> None:
         """Forget everything."""
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self._calls: Counter[str] = Counter()
             self._errors: dict[str, Counter[str]] = defaultdict(Counter)
             self._tokens_in: Counter[str] = Counter()
