@@ -292,13 +292,13 @@ async def test_a_failing_write_in_a_group_commit_fails_alone(sqlite_storage: SQL
     def insert(row: dict[str, Any]) -> Any:
         from flowyard_sql.schema import runs
 
-        return lambda conn: conn.execute(runs.insert(), row).rowcount
+        return lambda ex: ex.execute(runs.insert(), row)
 
     batch = [_Request(insert(row)) for row in rows]
     sqlite_storage._write_batch(batch)
     assert [r.result for r in batch] == [1, None, 1]
     assert batch[0].error is None and batch[2].error is None
-    assert isinstance(batch[1].error, sa.exc.IntegrityError)
+    assert isinstance(batch[1].error, sqlite3.IntegrityError)
     stored = await sqlite_storage.list_runs(RunQuery(order="created_at"))
     assert sorted(r.id for r in stored) == ["a", "b", "taken"]
 

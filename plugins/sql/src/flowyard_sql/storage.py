@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 import attrs
@@ -87,10 +88,87 @@ def normalize_url(url: str) -> sa.URL:
     )
 
 
+# Write statements, built once; values are bound parameters named after the columns (the
+# columns given decide the column list) or ``b_*`` for WHERE clauses.
+_RUN_EXISTS = sa.select(runs.c.id).where(runs.c.id == sa.bindparam("b_id"))
+_RUN_INSERT = runs.insert()
+_RUN_UPDATE = runs.update().where(runs.c.id == sa.bindparam("b_id"))
+_EVENT_INSERT = events.insert()
+_LOG_INSERT = logs.insert()
+_COST_INSERT = costs.insert()
+_KV_DELETE = kv.delete().where(kv.c.namespace == sa.bindparam("b_namespace"),
+                               kv.c.key == sa.bindparam("b_key"))
+
+
+class _Exec(Protocol):
+    """What write functions run statements through: a SQLAlchemy connection (PostgreSQL,
+    in-memory SQLite) or the raw writer connection of a SQLite file (see _RawSQLite)."""
+
+    def execute(self, stmt: Any, params: Any) -> int:
+        """Run ``stmt`` with a dict of parameters (or a list: executemany); return rowcount."""
+        ...
+
+    def first(self, stmt: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Run a SELECT and return its first row, or None."""
+        ...
+
+
+class _SAExec:
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, stmt: Any, params: Any) -> int:
+        return int(self.conn.execute(stmt, params).rowcount)
+
+    def first(self, stmt: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        row = self.conn.execute(stmt, params).first()
+        return None if row is None else tuple(row)
+
+
+class _RawSQLite:
+    """Runs write statements on one sqlite3 connection, compiled once to SQL text.
+
+    SQLAlchemy's per-statement execution costs several times SQLite's own work for these
+    small writes, so the writer of a SQLite file sends the compiled SQL to the driver
+    directly. Only the group-commit leader uses it, one thread at a time.
+    """
+
+    _dialect: Any = None
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self._sql: dict[tuple[int, tuple[str, ...]], str] = {}
+        if _RawSQLite._dialect is None:
+            from sqlalchemy.dialects.sqlite import pysqlite
+
+            _RawSQLite._dialect = pysqlite.dialect(paramstyle="named")
+
+    def _compile(self, stmt: Any, params: dict[str, Any]) -> str:
+        keys = tuple(params)
+        cache_key = (id(stmt), keys)
+        sql = self._sql.get(cache_key)
+        if sql is None:
+            columns = [k for k in keys if not k.startswith("b_")]
+            sql = self._sql[cache_key] = str(stmt.compile(dialect=self._dialect,
+                                                          column_keys=columns))
+        return sql
+
+    def execute(self, stmt: Any, params: Any) -> int:
+        if isinstance(params, list):
+            if not params:
+                return 0
+            return self.connection.executemany(self._compile(stmt, params[0]), params).rowcount
+        return self.connection.execute(self._compile(stmt, params), params).rowcount
+
+    def first(self, stmt: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        row = self.connection.execute(self._compile(stmt, params), params).fetchone()
+        return None if row is None else tuple(row)
+
+
 class _Request:
     __slots__ = ("fn", "result", "error", "done")
 
-    def __init__(self, fn: Callable[[sa.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[_Exec], Any]) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
@@ -112,7 +190,7 @@ class _GroupCommit:
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
 
-    def submit(self, fn: Callable[[sa.Connection], Any]) -> Any:
+    def submit(self, fn: Callable[[_Exec], Any]) -> Any:
         request = _Request(fn)
         with self._queue_lock:
             self._queue.append(request)
@@ -192,6 +270,8 @@ class SQLStorage:
                                ">= 1")
         self._engine: sa.Engine | None = None
         self._upserts: dict[str, Any] = {}
+        self._writer: sqlite3.Connection | None = None
+        self._raw: _RawSQLite | None = None
         self._open_lock = threading.Lock()
         # The in-memory SQLite database is one shared connection: serialise its users.
         self._memory_lock = threading.Lock() if self._in_memory else None
@@ -235,10 +315,26 @@ class SQLStorage:
             engine = self._make_engine()
             try:
                 self._guard(self._migrate, engine)
+                if self._group is not None:
+                    self._writer = self._guard(self._connect_writer)
+                    self._raw = _RawSQLite(self._writer)
             except BaseException:
                 engine.dispose()
                 raise
             self._engine = engine
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The group-commit writer's own connection, set up like the pool's."""
+        connection = sqlite3.connect(str(self.path), timeout=self.busy_timeout,
+                                     isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def _check_sqlite_file(self, path: Path) -> None:
         if path.is_dir():
@@ -327,8 +423,11 @@ class SQLStorage:
     async def close(self) -> None:
         """Release the connections. Safe to call twice; a later :meth:`open` reconnects."""
         engine, self._engine = self._engine, None
+        writer, self._writer, self._raw = self._writer, None, None
         if engine is not None:
             await anyio.to_thread.run_sync(engine.dispose)
+        if writer is not None:
+            await anyio.to_thread.run_sync(writer.close)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -345,6 +444,8 @@ class SQLStorage:
             raise StorageError(f"{self.location}: {detail}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"{self.location}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.location}: {exc}") from exc
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._engine is None:
@@ -355,51 +456,64 @@ class SQLStorage:
         assert self._engine is not None
         return self._engine.connect()
 
-    def _write_tx(self, fn: Callable[[sa.Connection], T]) -> T:
+    def _write_tx(self, fn: Callable[[_Exec], T]) -> T:
         if self._group is not None:
             return self._group.submit(fn)  # type: ignore[no-any-return]
         assert self._engine is not None
         with self._engine.connect() as conn:
             conn.execution_options(flowyard_write=True)
             with conn.begin():
-                return fn(conn)
+                return fn(_SAExec(conn))
 
     def _write_batch(self, batch: list[_Request]) -> None:
-        """Run the writes of ``batch`` in one transaction and commit.
+        """Run the writes of ``batch`` in one transaction on the writer connection and commit.
 
         When one write fails (a duplicate run id...), the transaction is rolled back and the
         batch is run again with each write in its own savepoint, so that only the failing
         write reports its error. Write functions only touch the database, so running them
         again after a rollback is safe."""
-        assert self._engine is not None
-        with self._engine.connect() as conn:
-            conn.execution_options(flowyard_write=True)
-            if len(batch) == 1:
-                with conn.begin():
-                    batch[0].result = batch[0].fn(conn)
-                return
-            # Fast path: the whole batch in one transaction without savepoints.
-            try:
-                with conn.begin():
-                    for request in batch:
-                        request.result = request.fn(conn)
-                return
-            except Exception:  # noqa: BLE001 - retried below, write by write
-                for request in batch:
-                    request.result = None
-            # A write failed: run them again, each in a savepoint, so that only the failing
-            # write reports its error and the others still commit.
-            with conn.begin():
-                for request in batch:
-                    try:
-                        with conn.begin_nested():
-                            request.result = request.fn(conn)
-                    except Exception as exc:  # noqa: BLE001 - handed to that write's caller
-                        request.error = exc
+        raw = self._raw
+        assert raw is not None, "the SQLite writer is not open"
+        connection = raw.connection
 
-    def _upsert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any],
-                keys: Sequence[str]) -> None:
-        """INSERT ... ON CONFLICT (keys) DO UPDATE, with a statement built once per table."""
+        def transaction(body: Callable[[], None]) -> None:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                body()
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+        def all_at_once() -> None:
+            for request in batch:
+                request.result = request.fn(raw)
+
+        if len(batch) == 1:
+            transaction(all_at_once)
+            return
+        try:
+            transaction(all_at_once)
+            return
+        except Exception:  # noqa: BLE001 - retried below, write by write
+            for request in batch:
+                request.result = None
+
+        def one_by_one() -> None:
+            for request in batch:
+                connection.execute("SAVEPOINT flowyard_write")
+                try:
+                    request.result = request.fn(raw)
+                except Exception as exc:  # noqa: BLE001 - handed to that write's caller
+                    request.error = exc
+                    connection.execute("ROLLBACK TO flowyard_write")
+                connection.execute("RELEASE flowyard_write")
+
+        transaction(one_by_one)
+
+    def _upsert_stmt(self, table: sa.Table, keys: Sequence[str]) -> Any:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE of ``table``, built once per table."""
         stmt = self._upserts.get(table.name)
         if stmt is None:
             base: Any
@@ -415,7 +529,7 @@ class SQLStorage:
                 index_elements=list(keys),
                 set_={c.name: base.excluded[c.name] for c in table.c if c.name not in keys})
             self._upserts[table.name] = stmt
-        conn.execute(stmt, values)
+        return stmt
 
     # ------------------------------------------------------------------ runs
 
@@ -449,11 +563,10 @@ class SQLStorage:
         """
         row = self._run_row(run)
 
-        def insert(conn: sa.Connection) -> None:
-            exists = conn.execute(sa.select(runs.c.id).where(runs.c.id == run.id)).first()
-            if exists is not None:
+        def insert(ex: _Exec) -> None:
+            if ex.first(_RUN_EXISTS, {"b_id": run.id}) is not None:
                 raise StorageError(f"run {run.id} already exists in {self.location}")
-            conn.execute(runs.insert(), row)
+            ex.execute(_RUN_INSERT, row)
 
         await self._call(self._write_tx, insert)
 
@@ -461,10 +574,10 @@ class SQLStorage:
         """Replace the stored fields of ``run`` (matched by id). Raises RunNotFoundError."""
         row = self._run_row(run)
         row.pop("id")
+        row["b_id"] = run.id
 
-        def update(conn: sa.Connection) -> None:
-            result = conn.execute(runs.update().where(runs.c.id == run.id).values(**row))
-            if result.rowcount == 0:
+        def update(ex: _Exec) -> None:
+            if ex.execute(_RUN_UPDATE, row) == 0:
                 raise RunNotFoundError(f"no run {run.id!r} in {self.location}")
 
         await self._call(self._write_tx, update)
@@ -544,8 +657,10 @@ class SQLStorage:
                 extra[name] = value
         row["extra"] = _dumps(extra, f"attempt of step {attempt.step_key!r}")
 
-        def save(conn: sa.Connection) -> None:
-            self._upsert(conn, attempts, row, ("run_id", "step_key", "attempt"))
+        stmt = self._upsert_stmt(attempts, ("run_id", "step_key", "attempt"))
+
+        def save(ex: _Exec) -> None:
+            ex.execute(stmt, row)
 
         await self._call(self._write_tx, save)
 
@@ -574,8 +689,10 @@ class SQLStorage:
                "output": _dumps(output, f"output of step {step_key!r} of run {run_id}"),
                "saved_at": now()}
 
-        def save(conn: sa.Connection) -> None:
-            self._upsert(conn, checkpoints, row, ("run_id", "step_key"))
+        stmt = self._upsert_stmt(checkpoints, ("run_id", "step_key"))
+
+        def save(ex: _Exec) -> None:
+            ex.execute(stmt, row)
 
         await self._call(self._write_tx, save)
 
@@ -600,8 +717,8 @@ class SQLStorage:
                  "time": e.time, "data": _dumps(e.data, f"data of event {e.type!r}")}
                 for e in events_]
 
-        def insert(conn: sa.Connection) -> None:
-            conn.execute(events.insert(), rows)
+        def insert(ex: _Exec) -> None:
+            ex.execute(_EVENT_INSERT, rows)
 
         await self._call(self._write_tx, insert)
 
@@ -626,8 +743,8 @@ class SQLStorage:
         row = {"run_id": record.run_id, "step_id": record.step_id, "level": record.level,
                "message": record.message, "time": record.time}
 
-        def insert(conn: sa.Connection) -> None:
-            conn.execute(logs.insert(), row)
+        def insert(ex: _Exec) -> None:
+            ex.execute(_LOG_INSERT, row)
 
         await self._call(self._write_tx, insert)
 
@@ -647,8 +764,8 @@ class SQLStorage:
         """Append a cost line (``cost_usd`` None when the price was unknown)."""
         row = attrs.asdict(line, recurse=False)
 
-        def insert(conn: sa.Connection) -> None:
-            conn.execute(costs.insert(), row)
+        def insert(ex: _Exec) -> None:
+            ex.execute(_COST_INSERT, row)
 
         await self._call(self._write_tx, insert)
 
@@ -684,17 +801,19 @@ class SQLStorage:
         row = {"namespace": namespace, "key": key,
                "value": _dumps(value, f"value of {namespace}/{key}"), "updated_at": now()}
 
-        def save(conn: sa.Connection) -> None:
-            self._upsert(conn, kv, row, ("namespace", "key"))
+        stmt = self._upsert_stmt(kv, ("namespace", "key"))
+
+        def save(ex: _Exec) -> None:
+            ex.execute(stmt, row)
 
         await self._call(self._write_tx, save)
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         """Delete a value (no error when absent)."""
-        stmt = kv.delete().where(kv.c.namespace == namespace, kv.c.key == key)
+        params = {"b_namespace": namespace, "b_key": key}
 
-        def delete(conn: sa.Connection) -> None:
-            conn.execute(stmt)
+        def delete(ex: _Exec) -> None:
+            ex.execute(_KV_DELETE, params)
 
         await self._call(self._write_tx, delete)
 
