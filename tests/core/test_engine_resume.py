@@ -28,11 +28,13 @@ class Gate(BaseTool):
         self.side_effects = ("test",)
         self.blocked: set[Any] = set()
         self.calls: list[tuple[Any, str]] = []
+        self.entered = anyio.Event()
 
     async def run(self, arguments: dict[str, Any], context: Any) -> Any:
         value = arguments.get("value")
         self.calls.append((value, context.idempotency_key))
         if value in self.blocked:
+            self.entered.set()
             await anyio.sleep_forever()
         return value
 
@@ -57,10 +59,26 @@ WF = {
 }
 
 
-async def interrupted_run(stack: Stack, gate: Gate, workflow: Any, run_id: str) -> None:
-    """Run until everything not blocked is done, then cancel (a crash of the process)."""
-    with anyio.move_on_after(0.3):
-        await stack.run(workflow, run_id=run_id)
+async def interrupted_run(stack: Stack, gate: Gate, workflow: Any, run_id: str, *,
+                          resume: bool = False, while_blocked: Any = None) -> None:
+    """Run (or resume) until a blocked value is reached, then cancel: a crash of the process.
+
+    ``while_blocked`` is awaited before the cancellation."""
+    gate.entered = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        async def go() -> None:
+            if resume:
+                await stack.resume(run_id)
+            else:
+                await stack.run(workflow, run_id=run_id)
+
+        tg.start_soon(go)
+        with anyio.fail_after(30):
+            await gate.entered.wait()
+        await anyio.sleep(0.05)  # let unblocked siblings finish, as a real crash would find
+        if while_blocked is not None:
+            await while_blocked()
+        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
@@ -160,8 +178,7 @@ async def test_resume_limit_marks_the_run_failed() -> None:
     stack = Stack([Plugin(gate)], config={"runs": {"max_resume_attempts": 1}})
     async with stack:
         await interrupted_run(stack, gate, WF, "run-lim")
-        with anyio.move_on_after(0.2):
-            await stack.resume("run-lim")  # still blocked: interrupted again
+        await interrupted_run(stack, gate, WF, "run-lim", resume=True)  # interrupted again
         with pytest.raises(ResumeLimitError, match="max_resume_attempts"):
             await stack.resume("run-lim")
         record = await stack.storage.get_run("run-lim")
@@ -178,17 +195,11 @@ async def test_stored_status_is_running_while_a_run_or_resume_is_in_flight() -> 
     seen: list[str] = []
 
     async def spy() -> None:
-        await anyio.sleep(0.1)
         seen.append((await stack.storage.get_run("run-live")).status)
 
     async with stack:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(spy)
-            await interrupted_run(stack, gate, WF, "run-live")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(spy)
-            with anyio.move_on_after(0.3):
-                await stack.resume("run-live")
+        await interrupted_run(stack, gate, WF, "run-live", while_blocked=spy)
+        await interrupted_run(stack, gate, WF, "run-live", resume=True, while_blocked=spy)
         final = await stack.storage.get_run("run-live")
     assert seen == ["running", "running"]
     assert final.status == "cancelled" and final.resume_count == 1

@@ -337,9 +337,26 @@ async def test_cancelling_the_caller_cancels_the_run_cleanly() -> None:
         {"id": "a", "uses": "sleep", "with": {"seconds": 10}},
         {"id": "b", "uses": "sleep", "with": {"seconds": 10}},
         {"id": "c", "uses": "echo", "depends_on": ["a"]}]}
+    started: list[str] = []
+    both = anyio.Event()
+
+    def watch(event: Event) -> None:
+        if event.type == "tool.call" or event.type == "step.started":
+            started.append(event.step_id or "")
+            if {"a", "b"} <= set(started):
+                both.set()
+
+    stack.events.subscribe(watch)
     async with stack:
-        with anyio.move_on_after(0.1):
-            await stack.run(wf, run_id="r-cancel")
+        async with anyio.create_task_group() as tg:
+            async def go() -> None:
+                await stack.run(wf, run_id="r-cancel")
+
+            tg.start_soon(go)
+            with anyio.fail_after(30):
+                await both.wait()
+            await anyio.sleep(0.05)  # both attempts are inside the sleep action
+            tg.cancel_scope.cancel()
         run = await stack.storage.get_run("r-cancel")
         attempts = await stack.storage.list_attempts("r-cancel")
         events = await stack.storage.list_events("r-cancel")
