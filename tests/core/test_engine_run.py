@@ -292,7 +292,7 @@ async def test_on_error_continue_and_fallback() -> None:
 
 @pytest.mark.anyio
 async def test_fail_fast_cancels_in_flight_and_skips_the_rest() -> None:
-    bad = Recorder("bad", fail_times=99, error=ToolError("broken"))
+    bad = Recorder("bad", fail_times=99, error=ToolError("broken"), delay=0.1)
     stack = make_stack(bad)
     wf = {"name": "ff", "steps": [
         {"id": "slow", "uses": "sleep", "with": {"seconds": 10}},
