@@ -75,15 +75,12 @@ def test_every_problem_is_reported_with_file_line_and_column(stack: Stack,
     path.write_text(BROKEN)
     with pytest.raises(WorkflowValidationError) as info:
         stack.load_workflow(path)
-    # structural problems are reported first (the unknown key 'retyr')
-    (issue,) = info.value.issues
-    assert "unknown key 'retyr'" in issue.message and "did you mean 'retry'" in issue.message
-    assert (issue.file, issue.line, issue.column) == (str(path), 23, 5)
-
-    path.write_text(BROKEN.replace("    retyr: 3\n", ""))
-    with pytest.raises(WorkflowValidationError) as info:
-        stack.load_workflow(path)
     found = issues_of(info.value)
+    # structural and semantic problems come together, in source order
+    retyr = [f for f in found if "unknown key 'retyr'" in f[0]]
+    assert retyr and "did you mean 'retry'" in retyr[0][0] and retyr[0][1:] == (23, 5)
+    assert info.value.issues[-1].message.startswith("unknown key 'retyr'")
+    assert all(i.file == str(path) for i in info.value.issues)
     text = str(info.value)
     assert f"{path}:6:10" in text  # a: not-a-number
     expect = {
@@ -99,6 +96,19 @@ def test_every_problem_is_reported_with_file_line_and_column(stack: Stack,
         assert (message, *where) in found, (message, found)
     cycles = [f for f in found if f[0].startswith("dependency cycle")]
     assert len(cycles) == 1 and set(cycles[0][0].split(": ")[1].split(" -> ")) == {"c", "d"}
+
+
+def test_semantic_issues_keep_source_positions_when_a_step_does_not_parse(
+        stack: Stack) -> None:
+    text = ("name: shifted\nsteps:\n  - id: broken\n  - id: later\n    uses: nope\n"
+            "  - id: user\n    uses: echo\n    with: {value: '${broken}'}\n")
+    with pytest.raises(WorkflowValidationError) as info:
+        stack.load_workflow(text)
+    found = issues_of(info.value)
+    assert ("step 'broken' has no 'uses' (the action to run)", 3, 5) in found
+    assert ("unknown action 'nope' in step 'later'", 5, 11) in found
+    # the reference to the step that did not parse is not reported a second time
+    assert not any("unknown step 'broken'" in f[0] for f in found)
 
 
 def test_yaml_syntax_errors_and_duplicate_keys_have_locations() -> None:

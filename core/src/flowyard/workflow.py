@@ -78,6 +78,15 @@ class Locations:
         self.file = file
         self.positions: dict[str, tuple[int, int]] = dict(positions or {})
         self.keys: dict[str, tuple[int, int]] = {}
+        #: for each parsed step, its index in the source's ``steps`` list
+        self.step_sources: list[int] = []
+
+    def step_path(self, index: int, count: int) -> str:
+        """Return ``steps[i]`` with the source index of the ``index``-th of ``count`` parsed
+        steps (steps that failed to parse shift the positions)."""
+        if len(self.step_sources) == count:
+            return f"steps[{self.step_sources[index]}]"
+        return f"steps[{index}]"
 
     def find(self, path: str) -> tuple[int | None, int | None]:
         """Return ``(line, column)`` of ``path`` or of its nearest ancestor, or (None, None)."""
@@ -540,7 +549,9 @@ def parse_workflow(data: Mapping[str, Any], *, locations: Locations | None = Non
         the workflow (not yet checked for cycles, references and actions).
 
     Raises:
-        WorkflowValidationError: every structural problem found, with locations.
+        WorkflowValidationError: every structural problem found, with locations; its
+            ``partial`` attribute holds the workflow built from the parts that parsed and
+            ``declared_ids`` the step ids written in the source.
     """
     loc = locations or Locations(file=source)
     c = _Collector(loc)
@@ -588,6 +599,7 @@ def parse_workflow(data: Mapping[str, Any], *, locations: Locations | None = Non
             step = _parse_step(raw, i, c)
             if step is not None:
                 steps.append(step)
+                loc.step_sources.append(i)
     outputs = data.get("outputs") or {}
     if not isinstance(outputs, Mapping):
         c.add("'outputs' must be a mapping of output name to template", "outputs")
@@ -616,7 +628,13 @@ def parse_workflow(data: Mapping[str, Any], *, locations: Locations | None = Non
         locations=loc,
     )
     if c.issues:
-        raise WorkflowValidationError(c.issues)
+        error = WorkflowValidationError(c.issues)
+        # what could be parsed, so that validation can report the other problems too
+        error.partial = workflow  # type: ignore[attr-defined]
+        error.declared_ids = {  # type: ignore[attr-defined]
+            str(raw["id"]) for raw in (raw_steps if isinstance(raw_steps, list) else [])
+            if isinstance(raw, Mapping) and isinstance(raw.get("id"), str)}
+        raise error
     return workflow
 
 

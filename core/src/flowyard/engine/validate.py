@@ -105,23 +105,19 @@ def load_workflow_with_definition(stack: Stack, source: Any, *, validate: bool =
     Raises:
         WorkflowValidationError: every problem found, with file, line and column.
     """
-    if isinstance(source, Workflow):
-        workflow = source
-    elif isinstance(source, Mapping):
-        workflow = parse_workflow(source)
-    elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
-        path = Path(source)
-        if not path.is_file():
-            raise WorkflowValidationError([ValidationIssue(
-                "workflow file not found", file=str(path))])
-        workflow = _read_source(stack, path)
-    elif isinstance(source, str):
-        from flowyard.builtin.loader import NativeLoader
-
-        workflow = NativeLoader().load(source)
-    else:
-        raise TypeError(f"cannot load a workflow from {type(source).__name__}; give a path, "
-                        "YAML text, a dict or a Workflow")
+    try:
+        workflow = _parse_source(stack, source)
+    except WorkflowValidationError as exc:
+        partial = getattr(exc, "partial", None)
+        if not validate or partial is None:
+            raise
+        try:  # report the semantic problems of what parsed along with the structural ones
+            validate_workflow(stack, partial, known_ids=getattr(exc, "declared_ids", set()))
+        except WorkflowValidationError as more:
+            issues = sorted([*exc.issues, *more.issues],
+                            key=lambda i: (i.line is None, i.line or 0, i.column or 0))
+            raise WorkflowValidationError(issues) from None
+        raise
     definition = workflow.to_dict()
     key = definition_hash(definition)
     if validate:
@@ -131,6 +127,25 @@ def load_workflow_with_definition(stack: Stack, source: Any, *, validate: bool =
             validate_workflow(stack, workflow)
             validated.add(cache_key)
     return workflow, definition, key
+
+
+def _parse_source(stack: Stack, source: Any) -> Workflow:
+    if isinstance(source, Workflow):
+        return source
+    if isinstance(source, Mapping):
+        return parse_workflow(source)
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+        path = Path(source)
+        if not path.is_file():
+            raise WorkflowValidationError([ValidationIssue(
+                "workflow file not found", file=str(path))])
+        return _read_source(stack, path)
+    if isinstance(source, str):
+        from flowyard.builtin.loader import NativeLoader
+
+        return NativeLoader().load(source)
+    raise TypeError(f"cannot load a workflow from {type(source).__name__}; give a path, "
+                    "YAML text, a dict or a Workflow")
 
 
 def _index(workflow: Workflow) -> dict[str, int]:
@@ -171,12 +186,15 @@ def _check_schema(schema: Mapping[str, Any], params: Mapping[str, Any], where: s
         issue(f"invalid arguments for {tool!r}: {err.message}", f"{where}{sub}")
 
 
-def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
+def validate_workflow(stack: Stack | None, workflow: Workflow, *,
+                      known_ids: set[str] | None = None) -> Workflow:
     """Check a workflow; return it unchanged when valid.
 
     Args:
         stack: the stack whose tools resolve ``uses`` (None: actions are not checked).
         workflow: the parsed workflow.
+        known_ids: more step ids to accept in references (steps written in the source that
+            did not parse; their own problems are reported by the parser).
 
     Raises:
         WorkflowValidationError: every problem, each with path, file, line and column.
@@ -189,16 +207,18 @@ def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
 
     index = _index(workflow)
     seen: set[str] = set()
+    count = len(workflow.steps)
     for i, step in enumerate(workflow.steps):
         if step.id in seen:
-            issue(f"duplicate step id {step.id!r} (first defined at steps[{index[step.id]}])",
-                  f"steps[{i}].id")
+            first = loc.step_path(index[step.id], count)
+            issue(f"duplicate step id {step.id!r} (first defined at {first})",
+                  f"{loc.step_path(i, count)}.id")
         seen.add(step.id)
 
-    ids = set(index)
+    ids = set(index) | set(known_ids or ())
     deps: dict[str, set[str]] = {}
     for i, step in enumerate(workflow.steps):
-        base = f"steps[{i}]"
+        base = loc.step_path(i, count)
         own: set[str] = set()
         for j, dep in enumerate(step.depends_on):
             if dep == step.id:
@@ -252,7 +272,8 @@ def validate_workflow(stack: Stack | None, workflow: Workflow) -> Workflow:
                   where)
 
     for cycle in _cycles(deps, [s.id for s in workflow.steps]):
-        issue("dependency cycle: " + " -> ".join(cycle), f"steps[{index[cycle[0]]}]")
+        issue("dependency cycle: " + " -> ".join(cycle),
+              loc.step_path(index[cycle[0]], count))
 
     if issues:
         raise WorkflowValidationError(issues)
