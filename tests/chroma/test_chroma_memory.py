@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-
 from flowyard.config import Config
 from flowyard.errors import ConfigError
 from flowyard.models import MemoryEntry
@@ -73,7 +72,7 @@ async def test_filter_operators_lists_and_entry_fields(store: ChromaMemoryStore)
 
 
 def test_bad_filters_are_rejected_with_the_key_named() -> None:
-    with pytest.raises(ValueError, match="'team'.*null"):
+    with pytest.raises(ValueError, match=r"'team'.*null"):
         build_where({"team": None})
     with pytest.raises(ValueError, match="unknown operator"):
         build_where({"team": {"$regex": "x"}})
@@ -85,7 +84,7 @@ def test_bad_filters_are_rejected_with_the_key_named() -> None:
 
 
 async def test_bad_entries_and_arguments_raise_clear_errors(store: ChromaMemoryStore) -> None:
-    with pytest.raises(ValueError, match="memory entry 1 .*text"):
+    with pytest.raises(ValueError, match=r"memory entry 1 .*text"):
         await store.add([MemoryEntry(text="fine"), MemoryEntry(text="  ")])
     with pytest.raises(ValueError, match=r"score must be a number in \[0, 1\]"):
         await store.add([MemoryEntry(text="x", score=3.0)])
@@ -177,7 +176,7 @@ async def test_provider_embeddings_go_through_the_stack_gateway(chroma_config: C
 
 def test_settings_errors_name_the_key(tmp_path: Any) -> None:
     base = {"paths": {"data_dir": str(tmp_path)}}
-    with pytest.raises(ConfigError, match="unknown key.*colour"):
+    with pytest.raises(ConfigError, match=r"unknown key.*colour"):
         ChromaMemoryStore(Config({**base, "chroma": {"colour": "red"}}))
     with pytest.raises(ConfigError, match="chunk_overlap"):
         ChromaMemoryStore(Config({**base, "chroma": {"chunk_tokens": 10, "chunk_overlap": 10}}))

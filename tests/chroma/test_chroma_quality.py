@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from flowyard.config import Config
 from flowyard_chroma.loaders import load_pydoc_topics
 from flowyard_chroma.retriever import ChromaRetriever

@@ -3,11 +3,11 @@ replace-on-change, retrieval modes and context budgets."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from flowyard.models import Chunk, Document
 from flowyard_chroma.chunking import chunk_text, truncate_to_tokens
 from flowyard_chroma.embeddings import count_tokens
@@ -63,7 +63,7 @@ def test_chunks_respect_the_token_size_and_overlap() -> None:
         assert c.tokens <= 50
         assert count_tokens(c.text) == c.tokens
     assert all(c.tokens > 25 for c in chunks[:-1])
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert b.start < a.end, "consecutive chunks overlap"
         assert b.start > a.start and b.end > a.end
     assert [c.index for c in chunks] == list(range(len(chunks)))
@@ -122,12 +122,12 @@ def test_loaders_read_markdown_text_html_and_pdf(tmp_path: Path) -> None:
     assert [Path(d.source).name for d in only_md] == ["guide.md"]
     with pytest.raises(ValueError, match=r"unsupported file type '\.png'"):
         load_file(tmp_path / "image.png")
-    with pytest.raises(FileNotFoundError, match="missing.md"):
+    with pytest.raises(FileNotFoundError, match=r"missing.md"):
         load_file(tmp_path / "missing.md")
     with pytest.raises(NotADirectoryError):
         load_directory(tmp_path / "guide.md")
     (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(ValueError, match="latin.txt: not UTF-8"):
+    with pytest.raises(ValueError, match=r"latin.txt: not UTF-8"):
         load_file(tmp_path / "latin.txt")
 
 
@@ -237,7 +237,7 @@ async def test_get_context_fits_the_budget_and_cuts_only_the_first_chunk(rag: Ch
     assert [c.id for c in narrow] == [wide[0].id]
     tiny = await rag.get_context("on-call escalation", top_k=3, max_tokens=5)
     assert len(tiny) == 1 and tiny[0].metadata["truncated"] is True
-    assert count_tokens(tiny[0].text) <= 5 and wide[0].text.startswith(tiny[0].text) or \
+    assert (count_tokens(tiny[0].text) <= 5 and wide[0].text.startswith(tiny[0].text)) or \
         tiny[0].document_id != wide[0].document_id
     with pytest.raises(ValueError, match="max_tokens"):
         await rag.get_context("x", max_tokens=0)

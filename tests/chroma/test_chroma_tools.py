@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import flowyard_chroma.plugin as chroma_plugin
+import pytest
 from flowyard.context import ToolContext
 from flowyard.errors import ToolInputError
 from flowyard.stack import Stack
@@ -134,7 +133,7 @@ async def test_rag_index_reports_bad_sources(chroma_stack: Stack, tool_context: 
     index = chroma_stack.tools.get("rag.index")
     with pytest.raises(ToolInputError, match="no documents"):
         await index.invoke({}, tool_context)
-    with pytest.raises(ToolInputError, match="missing.md: no such file"):
+    with pytest.raises(ToolInputError, match=r"missing.md: no such file"):
         await index.invoke({"paths": [str(tmp_path / "missing.md")]}, tool_context)
     with pytest.raises(ToolInputError, match="unknown pydoc topic 'nope'"):
         await index.invoke({"pydoc_topics": ["nope"]}, tool_context)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
-
 from flowyard.config import Config
 from flowyard.errors import ConfigError, StorageError
+
 from flowyard_chroma.embeddings import Embedder, make_embedder
 from flowyard_chroma.settings import ChromaSettings
 

@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
-
 from flowyard.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
-    from tokenizers import Tokenizer
-
     from flowyard.llm import LLMGateway
+    from tokenizers import Tokenizer
 
 __all__ = [
     "Embedder",
@@ -126,8 +124,8 @@ class SentenceTransformerEmbedder:
     def __init__(self, model_path: str | Path | None = None, *, device: str = "cpu",
                  batch_size: int = 64) -> None:
         path = bundled_model_path() if model_path is None else Path(model_path).expanduser()
-        if not path.is_dir() or not (path / "modules.json").is_file() and not (
-                path / "config.json").is_file():
+        if not path.is_dir() or (not (path / "modules.json").is_file() and not (
+                path / "config.json").is_file()):
             raise ConfigError(f"embedding model {str(path)!r} is not a sentence-transformers "
                               "model directory (no modules.json or config.json)")
         self.path = path.resolve()

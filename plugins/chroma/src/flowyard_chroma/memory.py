@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowyard.models import MemoryEntry, MemoryHit
+
 from flowyard_chroma.base import ChromaBase
 
 __all__ = ["ChromaMemoryStore", "FILTER_OPERATORS"]
@@ -225,7 +226,8 @@ class ChromaMemoryStore(ChromaBase):
                            include=["documents", "metadatas", "distances"])
         hits = []
         for rid, text, meta, dist in zip(result["ids"][0], result["documents"][0],
-                                         result["metadatas"][0], result["distances"][0]):
+                                         result["metadatas"][0], result["distances"][0],
+                                         strict=True):
             score = max(-1.0, min(1.0, 1.0 - float(dist)))
             if min_score is not None and score < min_score:
                 continue
@@ -244,7 +246,8 @@ class ChromaMemoryStore(ChromaBase):
         def fetch() -> list[MemoryEntry]:
             got = col.get(ids=ids, include=["documents", "metadatas"])
             found = {rid: _from_record(rid, text or "", meta or {}, namespace)
-                     for rid, text, meta in zip(got["ids"], got["documents"], got["metadatas"])}
+                     for rid, text, meta in zip(got["ids"], got["documents"], got["metadatas"],
+                                                strict=True)}
             return [found[i] for i in ids if i in found]
 
         return await self._run(fetch)
@@ -266,7 +269,7 @@ class ChromaMemoryStore(ChromaBase):
             got = col.get(include=["documents", "metadatas"])
             entries = [_from_record(rid, text or "", meta or {}, namespace)
                        for rid, text, meta in zip(got["ids"], got["documents"],
-                                                  got["metadatas"])]
+                                                  got["metadatas"], strict=True)]
             entries.sort(key=lambda e: (e.created_at, e.id))
             return entries[offset:offset + limit]
 
@@ -358,7 +361,7 @@ class ChromaMemoryStore(ChromaBase):
                 return 0
             entries = [_from_record(rid, text or "", meta or {}, namespace)
                        for rid, text, meta in zip(got["ids"], got["documents"],
-                                                  got["metadatas"])]
+                                                  got["metadatas"], strict=True)]
             vectors = np.asarray(got["embeddings"], dtype=np.float32)
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             norms[norms == 0] = 1.0

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-
 from flowyard.models import Chunk, Document
+
 from flowyard_chroma.base import GENERATION_KEY, ChromaBase
 from flowyard_chroma.chunking import chunk_text, truncate_to_tokens
 from flowyard_chroma.settings import MODES
@@ -289,7 +289,8 @@ class ChromaRetriever(ChromaBase):
                         include=["documents", "metadatas", "distances"])
         return [self._chunk(cid, text or "", meta or {}, 1.0 - float(dist))
                 for cid, text, meta, dist in zip(got["ids"][0], got["documents"][0],
-                                                 got["metadatas"][0], got["distances"][0])]
+                                                 got["metadatas"][0], got["distances"][0],
+                                                 strict=True)]
 
     def _bm25_index(self, col: Any, collection: str) -> _Bm25Index:
         import bm25s

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 from flowyard.config import Config
 from flowyard.errors import ConfigError
 
