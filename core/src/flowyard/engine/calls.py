@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowyard.context import ToolContext
+from flowyard.models import Event
 
 __all__ = ["invoke_tool"]
 
@@ -25,13 +26,15 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any])
     try:
         result = await tool.invoke(arguments, ctx)
     except Exception as exc:
-        ctx.emit("tool.call", tool=tool.name, idempotent=bool(tool.idempotent),
-                 side_effects=list(tool.side_effects),
-                 duration_s=round(time.perf_counter() - started, 6), ok=False,
-                 error=f"{type(exc).__name__}: {exc}", agent=ctx.agent)
+        _emit(ctx, tool, started, f"{type(exc).__name__}: {exc}")
         raise
-    ctx.emit("tool.call", tool=tool.name, idempotent=bool(tool.idempotent),
-             side_effects=list(tool.side_effects),
-             duration_s=round(time.perf_counter() - started, 6), ok=True, error=None,
-             agent=ctx.agent)
+    _emit(ctx, tool, started, None)
     return result
+
+
+def _emit(ctx: ToolContext, tool: Any, started: float, error: str | None) -> None:
+    ctx.stack.events.emit(Event(type="tool.call", run_id=ctx.run_id, step_id=ctx.step_id, data={
+        "tool": tool.name, "idempotent": bool(tool.idempotent),
+        "side_effects": list(tool.side_effects),
+        "duration_s": round(time.perf_counter() - started, 6), "ok": error is None,
+        "error": error, "agent": ctx.agent}))

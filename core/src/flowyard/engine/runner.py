@@ -43,6 +43,8 @@ from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.templating import Compiled, evaluate
 from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
 
+from flowyard.builtin.executor import LocalExecutor
+
 from .calls import invoke_tool
 from .slots import PrioritySlots
 from .validate import step_dependencies, templated_arguments
@@ -393,7 +395,7 @@ class Run:
         step = state.step
         res = state.result
         blocked = [d for d in state.deps if self.states[d].blocking
-                   or self.states[d].result.reason == "upstream failed"]
+                   or self.states[d].result.reason == "upstream failed"] if state.deps else ()
         if blocked:
             res.status = "skipped"
             res.reason = "upstream failed"
@@ -667,7 +669,11 @@ class Run:
             if not isinstance(arguments, Mapping):
                 raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
                                     f"arguments, got {type(arguments).__name__}")
+            executor = self._executor(step.executor)
+            if type(executor) is LocalExecutor:  # it would just await the call: skip a frame
+                return await invoke_tool(ctx, tool, arguments)
             action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
+            return await executor.execute(action, step_id=step.id)
         return await self._executor(step.executor).execute(action, step_id=step.id)
 
     async def _sub_workflow(self, step: Step, arguments: Mapping[str, Any],
