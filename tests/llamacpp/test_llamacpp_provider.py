@@ -13,6 +13,7 @@ import time
 from contextlib import aclosing
 
 import anyio
+import attrs
 import jsonschema
 import pytest
 from flowyard.errors import BadRequestError
@@ -156,6 +157,29 @@ async def test_auto_tool_choice_gives_a_call_or_plain_text(provider: LlamaCppPro
             jsonschema.validate(call.arguments, WEATHER.parameters)
         else:
             assert response.text and not response.text.lstrip().startswith("{")
+
+
+async def test_output_opening_with_the_divert_prefix_restarts_under_other_params(
+        provider: LlamaCppProvider) -> None:
+    """The mechanism behind tool_choice="auto": prose runs unconstrained, and an output
+    that opens a call restarts under the call grammar without emitting anything first."""
+    model = await provider.load("smollm2")
+    prompt = model.format_chat([{"role": "user", "content": "Describe the sea."}])
+    base = engine.GenerationParams(max_tokens=12, temperature=0.0, top_p=0.95, top_k=40,
+                                   min_p=0.05, repeat_penalty=1.0, seed=1)
+    cancel = threading.Event()
+    plain = engine.generate(model, prompt, base, cancel)
+    assert plain.text and plain.completion_tokens == 12
+    diverted_to = attrs.evolve(base, max_tokens=3, grammar='root ::= "ok" [a-z]*')
+    seen: list[str] = []
+    result = engine.generate(
+        model, prompt, attrs.evolve(base, divert_prefix=plain.text[0],
+                                    divert_params=diverted_to), cancel, seen.append)
+    assert result.text.startswith("ok") and result.completion_tokens <= 3
+    assert "".join(seen) == result.text  # nothing of the first attempt leaked out
+    kept = engine.generate(model, prompt, attrs.evolve(
+        base, divert_prefix="\x00", divert_params=diverted_to), cancel)
+    assert kept.text == plain.text  # no divert: the unconstrained answer, unchanged
 
 
 async def test_tool_choice_none_ignores_the_tools(provider: LlamaCppProvider) -> None:

@@ -273,7 +273,9 @@ class GenerationParams:
     """Sampling and stopping parameters of one generation.
 
     ``max_tokens`` None means up to the context window. ``grammar`` is GBNF text
-    constraining the output. ``seed`` None draws a random seed.
+    constraining the output. ``seed`` None draws a random seed. ``divert_prefix`` and
+    ``divert_params``: when the output starts with the prefix, generation restarts with the
+    other parameters (see :func:`generate`).
     """
 
     max_tokens: int | None
@@ -285,6 +287,8 @@ class GenerationParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: str | None = None
+    divert_prefix: str | None = None
+    divert_params: GenerationParams | None = None
 
 
 @attrs.define
@@ -319,13 +323,15 @@ def generate(model: LoadedModel, prompt: str, params: GenerationParams,
     one token and the result's ``finish_reason`` is ``"cancelled"``. ``on_text`` receives
     each new piece of text as soon as it is known not to belong to a stop sequence.
 
+    When ``params.divert_prefix`` is set and the output starts with it, nothing is emitted
+    and generation restarts on the same context with ``params.divert_params`` (the prompt's
+    KV cache is reused); the result is that second generation's.
+
     Raises:
         BadRequestError: the prompt does not fit the context window, or the grammar is
             invalid.
         Cancelled: the flag was set while waiting for a free context.
     """
-    from llama_cpp import llama_cpp as ll
-
     alias = alias or model.spec.alias
     with model.acquire(cancel) as llm:
         tokens = model.tokenize(llm, prompt)
@@ -335,71 +341,90 @@ def generate(model: LoadedModel, prompt: str, params: GenerationParams,
                 f"local/{alias}: the prompt has {len(tokens)} tokens and the "
                 f"context window is {model.n_ctx} tokens; shorten the conversation or raise "
                 "n_ctx", provider=PROVIDER, model=alias)
-        limit = room if params.max_tokens is None else min(params.max_tokens, room)
-        grammar = None
-        if params.grammar is not None:
-            from llama_cpp.llama_grammar import LlamaGrammar
+        result = _generate_on(llm, tokens, room, params, cancel, on_text, alias)
+        if result.finish_reason == "divert" and params.divert_params is not None:
+            result = _generate_on(llm, tokens, room, params.divert_params, cancel, on_text,
+                                  alias)
+        return result
 
-            try:
-                grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
-            except ValueError as exc:
-                raise BadRequestError(f"local/{alias}: invalid grammar: {exc}",
-                                      provider=PROVIDER, model=alias) from exc
-        llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = tuple(s for s in params.stop if s)
-        vocab = llm._model.vocab
-        parts: list[str] = []
-        buffer = ""
-        count = 0
-        finish = "length"
-        stopped_by_sequence = False
 
-        def emit(text: str) -> None:
-            if text:
-                parts.append(text)
-                if on_text is not None:
-                    on_text(text)
+def _generate_on(llm: Llama, tokens: list[int], room: int, params: GenerationParams,
+                 cancel: threading.Event, on_text: Callable[[str], None] | None, alias: str
+                 ) -> GenerationResult:
+    from llama_cpp import llama_cpp as ll
 
-        if limit > 0 and not cancel.is_set():
-            gen = llm.generate(
-                tokens, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
-                temp=params.temperature, repeat_penalty=params.repeat_penalty,
-                grammar=grammar, reset=True)
-            try:
-                for token in gen:
-                    if ll.llama_vocab_is_eog(vocab, token):
-                        finish = "stop"
-                        break
-                    count += 1
-                    buffer += decoder.decode(llm.detokenize([token]))
-                    if stops:
-                        hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
-                        if hits:
-                            emit(buffer[:min(hits)])
-                            buffer = ""
-                            finish = "stop"
-                            stopped_by_sequence = True
-                            break
-                        keep = _held_back(buffer, stops)
-                        emit(buffer[:len(buffer) - keep])
-                        buffer = buffer[len(buffer) - keep:]
-                    else:
-                        emit(buffer)
+    limit = room if params.max_tokens is None else min(params.max_tokens, room)
+    grammar = None
+    if params.grammar is not None:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
+        except ValueError as exc:
+            raise BadRequestError(f"local/{alias}: invalid grammar: {exc}",
+                                  provider=PROVIDER, model=alias) from exc
+    llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = tuple(s for s in params.stop if s)
+    divert = params.divert_prefix
+    vocab = llm._model.vocab
+    parts: list[str] = []
+    buffer = ""
+    count = 0
+    finish = "length"
+    stopped_by_sequence = False
+
+    def emit(text: str) -> None:
+        if text:
+            parts.append(text)
+            if on_text is not None:
+                on_text(text)
+
+    if limit > 0 and not cancel.is_set():
+        gen = llm.generate(
+            tokens, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+            temp=params.temperature, repeat_penalty=params.repeat_penalty,
+            grammar=grammar, reset=True)
+        try:
+            for token in gen:
+                if ll.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                count += 1
+                buffer += decoder.decode(llm.detokenize([token]))
+                if divert and buffer:
+                    if buffer.startswith(divert) or divert.startswith(buffer):
+                        if buffer.startswith(divert):
+                            return GenerationResult("", len(tokens), count, "divert")
+                        continue  # not decided yet
+                    divert = None
+                if stops:
+                    hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
+                    if hits:
+                        emit(buffer[:min(hits)])
                         buffer = ""
-                    if count >= limit:
-                        finish = "length"
+                        finish = "stop"
+                        stopped_by_sequence = True
                         break
-                    if cancel.is_set():
-                        finish = "cancelled"
-                        break
-            finally:
-                gen.close()
-        elif cancel.is_set():
-            finish = "cancelled"
-        if not stopped_by_sequence:
-            emit(buffer + decoder.decode(b"", final=True))
-        return GenerationResult("".join(parts), len(tokens), count, finish)
+                    keep = _held_back(buffer, stops)
+                    emit(buffer[:len(buffer) - keep])
+                    buffer = buffer[len(buffer) - keep:]
+                else:
+                    emit(buffer)
+                    buffer = ""
+                if count >= limit:
+                    finish = "length"
+                    break
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+        finally:
+            gen.close()
+    elif cancel.is_set():
+        finish = "cancelled"
+    if not stopped_by_sequence:
+        emit(buffer + decoder.decode(b"", final=True))
+    return GenerationResult("".join(parts), len(tokens), count, finish)
 
 
 def embed(model: LoadedModel, texts: list[str], *, alias: str | None = None

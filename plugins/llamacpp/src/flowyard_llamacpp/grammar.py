@@ -6,10 +6,13 @@ llama.cpp's ``json_schema_to_grammar``). A tool call is the JSON object
 branch fixing ``name`` with ``const`` and ``arguments`` with the tool's parameter schema, so
 the sampled output is always a call of a known tool with arguments of the right shape.
 
-With ``tool_choice="auto"`` the grammar is ``root ::= call | answer``: the model either emits
-a tool call (which starts with ``{``) or a plain-text answer whose first character is not
-``{`` (or, when a ``response_schema`` is also given, a JSON value of that schema). The first
-character the model samples decides.
+With ``tool_choice="auto"`` the language is ``call | answer``: the model either emits a tool
+call (which starts with ``{``) or a plain-text answer whose first character is not ``{`` (or,
+when a ``response_schema`` is also given, a JSON value of that schema). The first character
+the model samples decides. The provider implements the plain-text case without a grammar
+(prose is generated unconstrained and an output opening with ``{`` restarts under the call
+grammar), which is the same language and much cheaper per token; :func:`tool_grammar` with
+``"auto"`` builds the equivalent single grammar.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+import attrs
 from flowyard.errors import BadRequestError, MalformedResponseError, ProviderError
 from flowyard.models import (
     ChatChunk,
@@ -224,8 +225,16 @@ class LlamaCppProvider:
                         f"{', '.join(t.name for t in tools)}", provider=self.name,
                         model=request.model)
                 tools, tool_mode = named, "required"
-        if tool_mode is not None:
-            grammar: str | None = tool_grammar(
+        divert: GenerationParams | None = None
+        if tool_mode == "auto" and request.response_schema is None:
+            # Unconstrained text unless the first character opens a call, in which case
+            # generation restarts under the call grammar: the same choice as the grammar
+            # `call | text` (text never starts with "{"), without paying for a grammar check
+            # over the whole vocabulary at every token of a prose answer.
+            grammar: str | None = None
+            divert_grammar = tool_grammar(tools, tool_choice="required")
+        elif tool_mode is not None:
+            grammar = tool_grammar(
                 tools, tool_choice=tool_mode, response_schema=request.response_schema)
         elif request.response_schema is not None:
             grammar = schema_grammar(request.response_schema)
@@ -246,14 +255,16 @@ class LlamaCppProvider:
             top_p=spec.top_p if request.top_p is None else request.top_p,
             top_k=spec.top_k, min_p=spec.min_p, repeat_penalty=spec.repeat_penalty,
             seed=request.seed, stop=tuple(request.stop), grammar=grammar)
+        if tool_mode == "auto" and request.response_schema is None:
+            divert = attrs.evolve(params, grammar=divert_grammar, stop=())
+            params = attrs.evolve(params, divert_prefix="{", divert_params=divert)
         return _Prepared(prompt, params, tool_mode, tools, spec.alias)
 
     def _message(self, prepared: _Prepared, result: GenerationResult, request: ChatRequest
                  ) -> tuple[Message, str]:
         text = result.text
         finish = result.finish_reason
-        if prepared.tool_mode is not None and text.lstrip().startswith("{") and (
-                finish != "length"):
+        if prepared.tool_mode is not None and text.startswith("{") and finish != "length":
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
@@ -306,8 +317,8 @@ class LlamaCppProvider:
         usage, the finish reason and any tool call.
 
         Tool-call JSON is not streamed as text: when the output is a tool call (always with
-        ``tool_choice="required"`` or a tool name; with ``"auto"`` when the first character
-        is ``{``) the text deltas are withheld and the call arrives on the final chunk.
+        ``tool_choice="required"`` or a tool name; with ``"auto"`` when the model starts a
+        call) the text deltas are withheld and the call arrives on the final chunk.
         Closing the iterator early (``break`` inside ``aclosing``) or cancelling the consumer
         stops generation.
 
@@ -358,11 +369,8 @@ class LlamaCppProvider:
                     if kind == "text":
                         if not decided:
                             pending += payload
-                            stripped = pending.lstrip()
-                            if not stripped:
-                                continue
                             decided = True
-                            withhold = stripped.startswith("{")
+                            withhold = pending.startswith("{")
                             payload, pending = pending, ""
                         if not withhold:
                             yield ChatChunk(delta=payload)
