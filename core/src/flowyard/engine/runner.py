@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 
 from flowyard.budget import Budget, BudgetChain
+from flowyard.builtin.executor import LocalExecutor
 from flowyard.context import ToolContext
 from flowyard.errors import (
     BudgetExceeded,
@@ -42,8 +42,6 @@ from flowyard.errors import (
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.templating import Compiled, evaluate
 from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
-
-from flowyard.builtin.executor import LocalExecutor
 
 from .calls import invoke_tool
 from .slots import PrioritySlots
