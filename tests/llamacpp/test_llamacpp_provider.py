@@ -289,6 +289,30 @@ async def test_concurrent_calls_share_one_context_safely(provider: LlamaCppProvi
     assert engine.get_model(provider.spec("smollm2")).contexts == 1
 
 
+async def test_a_call_waiting_for_a_busy_context_can_be_cancelled(provider: LlamaCppProvider
+                                                                  ) -> None:
+    await provider.chat(request("Hi", max_tokens=2))
+    first_done = False
+
+    async def long_generation() -> None:
+        nonlocal first_done
+        await provider.chat(request("Write a very long story.", max_tokens=2000))
+        first_done = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_generation)
+        await anyio.sleep(0.3)  # the only context is now busy
+        started = time.perf_counter()
+        with anyio.move_on_after(0.5) as waiting:
+            await provider.chat(request("Say hi.", max_tokens=4))
+        waiting_cancelled_in = time.perf_counter() - started - 0.5
+        assert waiting.cancelled_caught
+        assert not first_done  # the waiting call gave up without the context being free
+        tg.cancel_scope.cancel()
+    assert waiting_cancelled_in < 1.0
+    assert idle(provider)
+
+
 async def test_pool_runs_generations_in_parallel_contexts() -> None:
     path = smollm2_path()
     spec = ModelSpec(alias="pooled", path=path, n_ctx=512, pool_size=2, source="test")
