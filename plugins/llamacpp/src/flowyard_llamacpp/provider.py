@@ -294,6 +294,8 @@ class LlamaCppProvider:
         ``finish_reason`` is ``"stop"`` (end of answer or a stop sequence), ``"length"``
         (``max_tokens`` or the context window; a cut tool call is returned as text) or
         ``"tool_calls"``. ``cost_usd`` is 0.0.
+        With ``request.metadata["debug_prompt"]`` true, ``response.raw["prompt"]`` holds the
+        rendered prompt (chat template, tool and schema instructions) for debugging.
 
         Raises:
             BadRequestError: unknown model, missing file, images in the messages, invalid
