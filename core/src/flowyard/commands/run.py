@@ -145,7 +145,7 @@ def _print_summary(console: Any, result: Any) -> None:
     style = _STATUS_STYLE.get(result.status, "")
     console.print(f"[{style}]run {result.run_id} {result.status}[/]: {len(result.steps)} steps "
                   f"({counts}); tokens {result.input_tokens} in / {result.output_tokens} out; "
-                  f"cost {cost}; {result.duration_s:.2f}s", soft_wrap=True)
+                  f"cost {cost}; {result.duration_s:.2f}s", soft_wrap=True, highlight=False)
     if result.error:
         console.print(f"[red]error:[/] {result.error}", soft_wrap=True)
     if result.outputs:
