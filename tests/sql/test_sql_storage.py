@@ -63,7 +63,7 @@ def test_bad_sqlite_settings_are_refused(sqlite_url: str) -> None:
     from flowyard.config import Config
 
     with pytest.raises(StorageError, match="synchronous"):
-        SQLStorage(sqlite_url, Config({"storage": {"sqlite": {"synchronous": "sometimes"}}}))
+        SQLStorage(sqlite_url, Config({"storage": {"sqlite": {"synchronous": "OFF"}}}))
     with pytest.raises(StorageError, match="busy_timeout"):
         SQLStorage(sqlite_url, Config({"storage": {"sqlite": {"busy_timeout": -1}}}))
 

@@ -7,7 +7,10 @@ finishes its transaction (the thread is not abandoned), so a commit is never hal
 
 SQLite is set up for several processes sharing one file: WAL journal, a busy timeout, and
 ``BEGIN IMMEDIATE`` for every write transaction (a writer waits for the write lock up front
-instead of failing when it upgrades a read lock). PostgreSQL uses psycopg 3.
+instead of failing when it upgrades a read lock). Within a process, writes are
+group-committed on one dedicated writer connection, with the SQL of each write statement
+compiled once (see :class:`_GroupCommit` and :class:`_RawSQLite`); reads use SQLAlchemy's
+connection pool. PostgreSQL uses psycopg 3 through SQLAlchemy for everything.
 """
 
 from __future__ import annotations
@@ -261,9 +264,10 @@ class SQLStorage:
         except (TypeError, ValueError) as exc:
             raise StorageError(f"invalid storage configuration: {exc}") from None
         self.synchronous = str(sqlite_cfg.get("synchronous", "FULL")).upper()
-        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if self.synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            # OFF is refused: an operating-system crash could then corrupt the database.
             raise StorageError(
-                "storage.sqlite.synchronous must be OFF, NORMAL, FULL or EXTRA, got "
+                "storage.sqlite.synchronous must be NORMAL, FULL or EXTRA, got "
                 f"{self.synchronous!r}")
         if self.busy_timeout <= 0 or self.pool_size < 1:
             raise StorageError("storage.sqlite.busy_timeout must be > 0 and storage.pool_size "
