@@ -108,6 +108,9 @@ async def test_native_tool_loop_until_final_answer() -> None:
     assert [t.name for t in first.tools] == ["math.add"]
     assert second.messages[-1].role == "tool" and second.messages[-1].text == "5"
     assert second.messages[-1].tool_call_id == "c1"
+    (started,) = [e.data for e in seen if e.type == "agent.started"]
+    assert started["system"] == "Be exact." and started["prompt"] == "What is 2 + 3?"
+    assert started["tools"] == ["math.add"] and started["mode"] == "native"
     turns = [e for e in seen if e.type == "agent.turn"]
     assert [t.data["turn"] for t in turns] == [1, 2]
     assert turns[0].data["tool_calls"][0]["arguments"] == {"a": 2, "b": 3}

@@ -9,8 +9,10 @@ Two modes:
             ``Action Input:`` ... ``Final Answer:``), parsed by the loop.
 
 The loop stops on a final answer, a turn limit (:class:`AgentTurnLimitError`) or a budget
-(:class:`~flowyard.errors.BudgetExceeded`). Every turn is recorded as an ``agent.turn`` event
-(the model's text, its tool calls and the tool results), every tool call as ``tool.call``.
+(:class:`~flowyard.errors.BudgetExceeded`). The transcript is recorded as events: an
+``agent.started`` event (model, mode, tools, the system prompt and the prompt), then one
+``agent.turn`` per model call (the model's text, its tool calls and the tool results); every
+tool call is also a ``tool.call`` event.
 Tool errors (:class:`~flowyard.errors.ToolError`, unknown tool names) are shown to the model
 as the tool's result so it can correct itself.
 
@@ -240,6 +242,9 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
                             f"{json.dumps(s.parameters)}" for s in specs) or "(no tools)"
         system += f"\n\nYou can use these tools:\n{listing}\n\n{REACT_FORMAT}"
     messages = [Message.system(system), Message.user(prompt)]
+    actx.emit("agent.started", agent=agent.name, model=agent.model, mode=agent.mode,
+              tools=[s.name for s in specs], max_turns=agent.max_turns,
+              budget_usd=agent.budget_usd, system=system, prompt=prompt)
     params: dict[str, Any] = {}
     if agent.temperature is not None:
         params["temperature"] = agent.temperature
