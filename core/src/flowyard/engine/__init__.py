@@ -9,6 +9,10 @@ Options accepted by :func:`run_workflow` and :func:`stream_workflow`:
 ``raise_on_failure`` raise :class:`~flowyard.errors.StepFailedError` when the run does not
                      complete (default False: the status is in the result)
 ``metadata``         extra JSON-ready data stored on the run record
+
+Used by the engine itself for sub-workflows: ``parent_run_id`` and ``parent_step`` (stored in
+the child run's metadata) and ``parent_budget`` (the parent step's budget chain, so the child's
+calls count against the parent's budgets too).
 """
 
 from __future__ import annotations
