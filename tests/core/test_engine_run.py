@@ -645,3 +645,31 @@ async def test_outputs_are_made_json_ready_or_rejected() -> None:
                                         "tags": ["a", "b"], "path": "/x"}
     assert result.steps["o"].status == "failed"
     assert "not JSON-ready" in result.steps["o"].error
+
+
+@pytest.mark.anyio
+async def test_failing_item_cancels_siblings_waiting_in_retry_backoff() -> None:
+    class Picky(BaseTool):
+        name = "picky"
+        description = "fails item 0 for good, others retriably"
+        parameters = {"type": "object"}
+        idempotent = True
+        side_effects = ()
+
+        async def run(self, arguments: dict[str, Any], context: Any) -> Any:
+            if arguments["i"] == 0:
+                await anyio.sleep(0.1)
+                raise ToolError("item 0 is broken", retriable=False)
+            raise ToolError("try later", retriable=True)
+
+    stack = make_stack(Picky())
+    started = time.monotonic()
+    async with stack:
+        result = await stack.run({"name": "fan", "steps": [
+            {"id": "f", "uses": "picky", "for_each": [0, 1, 2], "with": {"i": "{{ item }}"},
+             "retry": {"attempts": 5, "backoff": 10, "jitter": 0}}]})
+        attempts = await stack.storage.list_attempts(result.run_id)
+    assert time.monotonic() - started < 5  # the 10 s backoffs were cancelled
+    assert result.steps["f"].status == "failed"
+    assert result.steps["f"].error == "item 0 is broken"
+    assert {a.step_key for a in attempts} == {"f[0]", "f[1]", "f[2]"}
