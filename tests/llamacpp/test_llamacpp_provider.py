@@ -16,7 +16,7 @@ import anyio
 import attrs
 import jsonschema
 import pytest
-from flowyard.errors import BadRequestError
+from flowyard.errors import BadRequestError, MalformedResponseError
 from flowyard.models import ChatRequest, ImagePart, Message, ToolCall, ToolSpec
 from flowyard_llamacpp import LlamaCppProvider, engine
 from flowyard_llamacpp.spec import ModelSpec, smollm2_path
@@ -113,6 +113,28 @@ async def test_structured_output_satisfies_the_schema(provider: LlamaCppProvider
                                            max_tokens=80, seed=5))
     assert response.finish_reason == "stop"
     jsonschema.validate(json.loads(response.text), schema)
+
+
+async def test_integer_ranges_are_enforced_by_the_grammar(provider: LlamaCppProvider) -> None:
+    schema = {"type": "object",
+              "properties": {"score": {"type": "integer", "minimum": 3, "maximum": 7},
+                             "delta": {"type": "integer", "exclusiveMinimum": -2,
+                                       "exclusiveMaximum": 2}},
+              "required": ["score", "delta"], "additionalProperties": False}
+    for seed in (1, 2, 3):
+        response = await provider.chat(request("Rate the movie Titanic.", response_schema=schema,
+                                               max_tokens=30, seed=seed, temperature=1.5))
+        value = json.loads(response.text)
+        jsonschema.validate(value, schema)
+
+
+async def test_schema_keywords_the_grammar_cannot_enforce_are_checked(
+        provider: LlamaCppProvider) -> None:
+    unsatisfiable = {"type": "integer", "not": {"type": "integer"}}
+    with pytest.raises(MalformedResponseError, match="violates its JSON Schema") as info:
+        await provider.chat(request("Pick a number.", response_schema=unsatisfiable,
+                                    max_tokens=12, seed=1))
+    assert info.value.retriable
 
 
 async def test_required_tool_choice_produces_a_valid_call(provider: LlamaCppProvider) -> None:
@@ -429,6 +451,7 @@ async def test_bad_requests_are_rejected_before_generating(provider: LlamaCppPro
         request("hi", tool_choice="required"),
         request("hi", response_schema={"type": "object", "properties": {"x": {"type": "x"}}}),
         request("hi", max_tokens=0),
+        request("hi", response_schema={"type": "object", "required": "name"}),
         request("hi", temperature=-1.0),
         ChatRequest(model="smollm2", messages=[]),
     ]

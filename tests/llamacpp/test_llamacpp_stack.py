@@ -188,3 +188,33 @@ async def test_workflow_with_llm_chat_and_agent_steps_runs_offline(flowyard_home
     assert result.cost_usd == 0.0
     assert {(c.provider, c.model) for c in costs} == {("local", "smollm2")}
     assert json.dumps(result.outputs)  # outputs are JSON-ready
+
+
+@pytest.mark.parametrize(("lo", "hi"), [
+    (0, 10), (3, 7), (-5, 5), (-120, -3), (123, 4567), (0, None), (7, None), (None, -4),
+    (None, None), (1, 1), (-1, 0), (95, 105), (None, 42), (-1000, 999),
+])
+def test_integer_range_rule_matches_exactly_the_range(lo: int | None, hi: int | None) -> None:
+    import re
+
+    from flowyard_llamacpp.grammar import integer_range_rule
+
+    # the rule uses only literals, digit classes, alternation and bounded repetition, which
+    # read the same as a regular expression once the quotes and spaces are dropped
+    rule = integer_range_rule(lo, hi)
+    pattern = re.compile(rule.replace('"', "").replace(" ", ""))
+    for n in range(-3000, 3001):
+        expected = (lo is None or n >= lo) and (hi is None or n <= hi)
+        assert bool(pattern.fullmatch(str(n))) == expected, (n, rule)
+    for text in ("007", "-0", "01", "+1", "", "1.0"):
+        assert not pattern.fullmatch(text), (text, rule)
+    if hi is None:
+        assert pattern.fullmatch("9" * 16) and not pattern.fullmatch("9" * 17)
+
+
+def test_empty_integer_range_is_a_bad_request() -> None:
+    from flowyard.errors import BadRequestError
+    from flowyard_llamacpp.grammar import schema_grammar
+
+    with pytest.raises(BadRequestError, match="empty range"):
+        schema_grammar({"type": "integer", "minimum": 5, "exclusiveMaximum": 5})

@@ -207,6 +207,10 @@ class LlamaCppProvider:
             raise BadRequestError(f"top_p must be in (0, 1], got {request.top_p}",
                                   provider=self.name, model=request.model)
         tools = list(request.tools)
+        _check_schema(request.response_schema, "response_schema", request, self.name)
+        for tool in tools:
+            _check_schema(tool.parameters, f"the parameters of tool {tool.name!r}", request,
+                          self.name)
         choice = request.tool_choice or "auto"
         tool_mode: str | None = None
         if choice == "required" and not tools:
@@ -277,6 +281,9 @@ class LlamaCppProvider:
             names = {t.name for t in prepared.tools}
             if (isinstance(data, dict) and set(data) == {"name", "arguments"}
                     and data["name"] in names and isinstance(data["arguments"], dict)):
+                tool = next(t for t in prepared.tools if t.name == data["name"])
+                self._validate(data["arguments"], tool.parameters, request,
+                               f"the arguments of the call of {tool.name!r}")
                 call = ToolCall(id=f"call_{new_id()[:24]}", name=data["name"],
                                 arguments=data["arguments"])
                 return Message.assistant("", tool_calls=[call]), "tool_calls"
@@ -284,7 +291,40 @@ class LlamaCppProvider:
                 raise MalformedResponseError(
                     f"{self.name}/{request.model}: the constrained output is not a tool call: "
                     f"{text[:200]!r}", provider=self.name, model=request.model)
+        if request.response_schema is not None and finish not in ("length", "cancelled"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise MalformedResponseError(
+                    f"{self.name}/{request.model}: the constrained answer is not valid JSON "
+                    f"({exc}): {text[:200]!r}", provider=self.name, model=request.model
+                ) from exc
+            self._validate(value, request.response_schema, request, "the answer")
         return Message.assistant(text), finish
+
+    def _validate(self, value: Any, schema: dict[str, Any], request: ChatRequest, what: str
+                  ) -> None:
+        """Check a constrained output against its schema: the grammar enforces structure,
+        types, enums, lengths and integer ranges, but not every JSON Schema keyword (number
+        ranges, multipleOf, uniqueItems, not, if/then...).
+
+        Raises:
+            MalformedResponseError: the output violates the schema (retriable: another
+                sample usually fits).
+        """
+        import jsonschema
+
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+            raise MalformedResponseError(
+                f"{self.name}/{request.model}: {what} violates its JSON Schema at {where}: "
+                f"{exc.message} (a keyword the decoding grammar cannot enforce)",
+                provider=self.name, model=request.model) from exc
+        except jsonschema.SchemaError as exc:
+            raise BadRequestError(f"invalid JSON Schema: {exc.message}", provider=self.name,
+                                  model=request.model) from exc
 
     # ------------------------------------------------------------------ chat
 
@@ -473,6 +513,21 @@ def _generate(model: LoadedModel, prepared: _Prepared, cancel: threading.Event,
     except (RuntimeError, OSError) as exc:
         raise ProviderError(f"{provider}/{prepared.alias}: llama.cpp failed: {exc}",
                             provider=provider, model=prepared.alias) from exc
+
+
+def _check_schema(schema: Any, what: str, request: ChatRequest, provider: str) -> None:
+    if schema is None:
+        return
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise BadRequestError(f"{what} must be a JSON Schema object, got {schema!r}",
+                              provider=provider, model=request.model)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise BadRequestError(f"{what} is not a valid JSON Schema: {exc.message}",
+                              provider=provider, model=request.model) from exc
 
 
 def _render_messages(messages: Sequence[Message], model: str, provider: str
