@@ -118,7 +118,7 @@ async def test_consolidate_keeps_the_most_important_and_counts_merges(store: Chr
     other = MemoryEntry(text=FACTS[2], score=0.5)
     await store.add([low, high, third, other])
     assert await store.consolidate(threshold=0.95) == 2
-    left = await store.list()
+    left = await store.entries()
     assert {e.id for e in left} == {high.id, other.id}
     survivor = next(e for e in left if e.id == high.id)
     assert survivor.score == 0.8

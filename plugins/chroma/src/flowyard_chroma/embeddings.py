@@ -92,7 +92,8 @@ def _normalize(vectors: np.ndarray) -> np.ndarray:
 
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32, copy=False)
+    normalized: np.ndarray = (vectors / norms).astype(np.float32, copy=False)
+    return normalized
 
 
 class Embedder(Protocol):

@@ -252,7 +252,7 @@ class ChromaMemoryStore(ChromaBase):
 
         return await self._run(fetch)
 
-    async def list(self, *, namespace: str = "default", limit: int = 100, offset: int = 0
+    async def entries(self, *, namespace: str = "default", limit: int = 100, offset: int = 0
                    ) -> list[MemoryEntry]:
         """Return a page of a namespace's entries, oldest first.
 

@@ -186,8 +186,10 @@ class ChromaRetriever(ChromaBase):
             for start in range(0, len(stale), 500):
                 col.delete(where={"doc_id": {"$in": stale[start:start + 500]}})
             for start in range(0, len(ids), step):
-                col.add(ids=ids[start:start + step], embeddings=vectors[start:start + step],
-                        documents=texts[start:start + step], metadatas=metas[start:start + step])
+                col.upsert(ids=ids[start:start + step],
+                           embeddings=vectors[start:start + step],
+                           documents=texts[start:start + step],
+                           metadatas=metas[start:start + step])
             self._bump_generation(col)
 
     async def delete_documents(self, ids: Sequence[str], *, collection: str = "default") -> int:
