@@ -79,8 +79,9 @@ async def test_stack_resume_continues_a_stopped_run(tmp_path: Path,
             await stack.run(WORKFLOW, run_id="stopped")
             raise AssertionError("the run finished before it was stopped")
         done_before = set(await stack.storage.load_checkpoints("stopped"))
-    assert {"first", "each[0]", "each[1]"} <= done_before
-    assert "last" not in done_before
+    items_done = {k for k in done_before if k.startswith("each[")}
+    assert "first" in done_before and len(items_done) >= 2
+    assert "last" not in done_before and len(items_done) < 5
 
     async with _stack(url) as stack:  # a new stack, as after a restart
         resumed = await stack.resume("stopped")
