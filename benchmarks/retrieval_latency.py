@@ -172,35 +172,34 @@ def main() -> None:
         top = np.argpartition(-scores, args.top_k)[:args.top_k]
         top[np.argsort(-scores[top])]
 
-    async def flowyard_mode(mode: str) -> list[float]:
-        times = []
-        for q in queries:
-            t0 = time.perf_counter()
+    def flowyard_search(mode: str) -> object:
+        async def search(q: str) -> None:
             await retriever.search(q, top_k=args.top_k, collection="bench", mode=mode)
-            times.append(time.perf_counter() - t0)
-        return times
 
-    def timed(func: object) -> list[float]:
-        times = []
-        for q in queries:
-            t0 = time.perf_counter()
-            func(q)  # type: ignore[operator]
-            times.append(time.perf_counter() - t0)
-        return times
+        return search
 
-    # Warm up every path once (BM25 cache build, first query allocations).
-    for mode in ("dense", "bm25", "hybrid"):
-        anyio.run(lambda m=mode: retriever.search("warm up", collection="bench", mode=m))
-    base_dense("warm up")
-    base_bm25("warm up")
-
-    results = {
-        "baseline dense (encode + chroma query)": timed(base_dense),
-        "baseline bm25 (bm25s get_scores + top-k)": timed(base_bm25),
-        "flowyard dense": anyio.run(flowyard_mode, "dense"),
-        "flowyard bm25": anyio.run(flowyard_mode, "bm25"),
-        "flowyard hybrid (dense + bm25, RRF)": anyio.run(flowyard_mode, "hybrid"),
+    paths: dict[str, object] = {
+        "baseline dense (encode + chroma query)": base_dense,
+        "baseline bm25 (bm25s get_scores + top-k)": base_bm25,
+        "flowyard dense": flowyard_search("dense"),
+        "flowyard bm25": flowyard_search("bm25"),
+        "flowyard hybrid (dense + bm25, RRF)": flowyard_search("hybrid"),
     }
+
+    async def measure() -> dict[str, list[float]]:
+        # Round-robin per query, so CPU noise from other processes hits every path alike.
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for q in ["warm up", *queries]:
+            for name, func in paths.items():
+                t0 = time.perf_counter()
+                result = func(q)  # type: ignore[operator]
+                if inspect.isawaitable(result):
+                    await result
+                if q != "warm up":
+                    times[name].append(time.perf_counter() - t0)
+        return times
+
+    results = anyio.run(measure)
     base = {"dense": percentiles(results["baseline dense (encode + chroma query)"]),
             "bm25": percentiles(results["baseline bm25 (bm25s get_scores + top-k)"])}
     base["hybrid"] = (base["dense"][0] + base["bm25"][0], base["dense"][1] + base["bm25"][1])
