@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from flowyard.config import Config
 from flowyard.errors import StorageError
 from flowyard.testing import MemoryContract, RetrieverContract
@@ -99,5 +98,5 @@ def test_server_mode_keeps_nothing_on_disk(server_config: Config, tmp_path: Path
 async def test_an_unreachable_server_is_a_storage_error(tmp_path: Path) -> None:
     store = ChromaMemoryStore(Config({"chroma": {"url": f"http://127.0.0.1:{_free_port()}"},
                                       "paths": {"data_dir": str(tmp_path)}}))
-    with pytest.raises(StorageError, match="cannot open chroma store http://127.0.0.1"):
+    with pytest.raises(StorageError, match=r"cannot open chroma store http://127.0.0.1"):
         await store.namespaces()
