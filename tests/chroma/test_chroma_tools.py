@@ -183,3 +183,32 @@ async def test_a_workflow_indexes_retrieves_and_remembers(chroma_stack: Stack) -
     assert again.status == "completed"
     assert again.outputs["indexed"]["unchanged"] == 4
     assert "pydoc_data.topics:break" in again.outputs["sources"]
+
+
+AGENT_WORKFLOW = {
+    "name": "remembering-agent",
+    "inputs": {"task": {"type": "string"}},
+    "steps": [
+        {"id": "helper", "uses": "agent",
+         "with": {"prompt": "{{ inputs.task }}", "model": "fake/echo",
+                  "memory": {"namespace": "helper", "top_k": 3, "store_answer": True}}},
+    ],
+    "outputs": {"answer": "${helper.answer}"},
+}
+
+
+@pytest.mark.anyio
+async def test_agent_memory_option_uses_the_chroma_store(chroma_stack: Stack) -> None:
+    fake = chroma_stack.providers.get("fake")
+    first = await chroma_stack.run(AGENT_WORKFLOW, {"task": "Rotate the staging API keys"})
+    assert first.status == "completed", first
+    store = chroma_stack.memory()
+    [stored] = await store.search("staging API keys", namespace="helper", top_k=5)
+    assert stored.entry.text.startswith("Q: Rotate the staging API keys")
+    assert stored.entry.source_run == first.run_id and stored.entry.source_step == "helper"
+    second = await chroma_stack.run(AGENT_WORKFLOW, {"task": "Rotate the production API keys"})
+    assert second.status == "completed", second
+    system = fake.requests[-1].messages[0]
+    assert system.role == "system"
+    assert "Relevant memories:" in system.text
+    assert "Q: Rotate the staging API keys" in system.text
