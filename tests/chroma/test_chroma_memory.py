@@ -186,3 +186,29 @@ def test_settings_errors_name_the_key(tmp_path: Any) -> None:
         _ = ChromaMemoryStore(Config({**base, "chroma": {"embedding": "nonsense"}})).embedder
     default = ChromaMemoryStore(Config(base))
     assert default.settings.path == tmp_path / "chroma"
+
+
+async def test_an_unbound_store_reaches_providers_through_a_stack_of_the_same_config(
+        chroma_config: Config) -> None:
+    store = ChromaMemoryStore(chroma_config.with_overrides({"chroma": {"embedding":
+                                                                       "fake/echo"}}))
+    await store.add([MemoryEntry(text=t) for t in FACTS])
+    [hit] = await store.search("squashed pull requests", top_k=1)
+    assert hit.entry.text == FACTS[1]
+    assert store.embedder.name == "provider:fake/echo"
+
+
+async def test_concurrent_adds_and_searches_lose_nothing(store: ChromaMemoryStore) -> None:
+    import anyio
+
+    texts = [f"{fact} (note {i})" for i, fact in enumerate(FACTS * 3)]
+
+    async def add(text: str) -> None:
+        await store.add([MemoryEntry(text=text, namespace="shared")])
+        assert await store.search(text, namespace="shared", top_k=1)
+
+    async with anyio.create_task_group() as tg:
+        for text in texts:
+            tg.start_soon(add, text)
+    assert await store.count(namespace="shared") == len(texts)
+    assert {e.text for e in await store.entries(namespace="shared", limit=100)} == set(texts)
