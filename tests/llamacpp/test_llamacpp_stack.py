@@ -31,13 +31,14 @@ def test_smollm2_is_located_without_importing_its_package() -> None:
     assert out.stdout.strip().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def test_plugin_import_does_not_load_llama_cpp() -> None:
+def test_plugin_import_does_not_load_llama_cpp(flowyard_home: Path) -> None:
     code = ("import sys, flowyard_llamacpp.plugin, flowyard_llamacpp; "
             "from flowyard.stack import Stack; "
             "s = Stack(discover=True, config={'storage': {'url': 'memory://'}}); "
             "assert 'local' in s.providers.names(); "
             "assert 'llama_cpp' not in sys.modules, 'llama_cpp imported at registration'")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                   cwd=flowyard_home)
 
 
 def test_specs_from_config_adds_aliases_and_defaults(tmp_path: Path) -> None:
