@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 import flowyard
+from flowyard.context import ToolContext
 from flowyard.errors import BudgetExceeded, ToolError, WorkflowValidationError
 from flowyard.models import Event
 from flowyard.stack import Stack
@@ -673,3 +674,26 @@ async def test_failing_item_cancels_siblings_waiting_in_retry_backoff() -> None:
     assert result.steps["f"].status == "failed"
     assert result.steps["f"].error == "item 0 is broken"
     assert {a.step_key for a in attempts} == {"f[0]", "f[1]", "f[2]"}
+
+
+@pytest.mark.anyio
+async def test_events_from_sync_tools_in_worker_threads_reach_stream_and_storage() -> None:
+    @flowyard.tool(name="threaded.log")
+    def threaded_log(text: str, context: ToolContext) -> str:
+        """Log from a worker thread.
+
+        Args:
+            text: what to log.
+        """
+        context.log(f"from thread: {text}")
+        return text
+
+    stack = make_stack(threaded_log)
+    async with stack:
+        events = [e async for e in stack.stream({"name": "t", "steps": [
+            {"id": "a", "uses": "threaded.log", "with": {"text": "hi"}}]}, run_id="r-thr")]
+        logs = await stack.storage.list_logs("r-thr")
+        stored = await stack.storage.list_events("r-thr")
+    assert any(e.type == "log" and e.data["message"] == "from thread: hi" for e in events)
+    assert [r.message for r in logs] == ["from thread: hi"]
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))

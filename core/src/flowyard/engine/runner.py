@@ -23,11 +23,13 @@ import contextvars
 import hashlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
 
 from flowyard.budget import Budget, BudgetChain
 from flowyard.builtin.executor import LocalExecutor
@@ -190,6 +192,7 @@ class Run:
         self.stream = stream
         self.storage = stack.storage
         self._buffer: list[Event] = []
+        self._loop_thread = threading.get_ident()
         self._logs: list[LogRecord] = []
         self.usage = _Usage()
         self.step_usage: dict[str, _Usage] = {}
@@ -219,6 +222,17 @@ class Run:
     def _on_event(self, event: Event) -> None:
         if event.run_id != self.run_id:
             return
+        if threading.get_ident() != self._loop_thread:
+            # emitted by a sync tool in a worker thread: hand it to the event loop's thread
+            try:
+                anyio.from_thread.run_sync(self._accept, event)
+                return
+            except RuntimeError:  # not an anyio worker thread: record it, without streaming
+                self._accept(event, live=False)
+                return
+        self._accept(event)
+
+    def _accept(self, event: Event, live: bool = True) -> None:
         self._buffer.append(event)
         if event.type == "llm.call":
             data = event.data
@@ -232,7 +246,7 @@ class Run:
             self._logs.append(LogRecord(run_id=self.run_id, message=str(event.data.get(
                 "message", "")), level=str(event.data.get("level", "info")),
                 step_id=event.step_id, time=event.time))
-        if self.stream is not None:
+        if self.stream is not None and live:
             try:
                 self.stream.send_nowait(event)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -266,6 +280,7 @@ class Run:
         Cancellation from outside marks the run ``cancelled`` (and its in-flight steps), then
         propagates.
         """
+        self._loop_thread = threading.get_ident()
         unsubscribe = self.stack.events.subscribe(self._on_event, name=f"run:{self.run_id}")
         record = self.record
         record.status = "running"
