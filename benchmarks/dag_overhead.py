@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-
 from flowyard.stack import Stack
 
 Dag = dict[str, list[str]]
