@@ -697,3 +697,30 @@ async def test_events_from_sync_tools_in_worker_threads_reach_stream_and_storage
     assert any(e.type == "log" and e.data["message"] == "from thread: hi" for e in events)
     assert [r.message for r in logs] == ["from thread: hi"]
     assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+
+
+@pytest.mark.anyio
+async def test_arguments_of_protocol_only_tools_are_validated_at_call_time() -> None:
+    class Bare:
+        """A Tool by the protocol alone (no BaseTool), which does not validate."""
+
+        name = "bare"
+        description = "needs an integer n"
+        parameters = {"type": "object", "properties": {"n": {"type": "integer"}},
+                      "required": ["n"]}
+        idempotent = True
+        side_effects = ()
+        calls = 0
+
+        async def invoke(self, arguments: Any, context: Any) -> Any:
+            Bare.calls += 1
+            return arguments["n"]
+
+    stack = make_stack(Bare())
+    async with stack:
+        result = await stack.run({"name": "bare", "inputs": {"n": {"default": "x"}},
+                                  "steps": [{"id": "b", "uses": "bare",
+                                             "with": {"n": "{{ inputs.n }}"}}]})
+    assert result.steps["b"].status == "failed"
+    assert result.steps["b"].error_type == "ToolInputError" and "n: 'x'" in result.steps["b"].error
+    assert Bare.calls == 0

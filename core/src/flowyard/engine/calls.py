@@ -8,12 +8,16 @@ from typing import Any
 
 from flowyard.context import ToolContext
 from flowyard.models import Event
+from flowyard.tools import BaseTool, validate_arguments
 
 __all__ = ["invoke_tool"]
 
 
 async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any]) -> Any:
     """Call ``tool.invoke(arguments, ctx)`` and emit a ``tool.call`` event.
+
+    The arguments are checked against ``tool.parameters`` first (tools built on
+    :class:`~flowyard.tools.BaseTool` check them in ``invoke`` themselves).
 
     The event's data: ``tool`` (name), ``idempotent``, ``side_effects``, ``duration_s``
     (seconds), ``ok`` and ``error`` (message, None when ok), plus ``agent`` when an agent
@@ -24,6 +28,9 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any])
     """
     started = time.perf_counter()
     try:
+        if not isinstance(tool, BaseTool):  # BaseTool.invoke validates; other tools may not
+            validate_arguments(getattr(tool, "parameters", {}) or {}, arguments,
+                               tool=tool.name)
         result = await tool.invoke(arguments, ctx)
     except Exception as exc:
         _emit(ctx, tool, started, f"{type(exc).__name__}: {exc}")
