@@ -11,8 +11,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from flowyard.models import Event
 
 __all__ = ["EventBus"]
@@ -56,7 +54,8 @@ class EventBus:
         if event.run_id:
             seq = self._seq.get(event.run_id, 0) + 1
             self._seq[event.run_id] = seq
-            event = attrs.evolve(event, seq=seq)
+            # a direct constructor call: attrs.evolve costs ~10% of a no-op step
+            event = Event(event.type, event.run_id, event.step_id, event.data, event.time, seq)
         for name, listener in tuple(self._listeners):
             try:
                 listener(event)
@@ -66,7 +65,7 @@ class EventBus:
 
     def make(self, type: str, run_id: str = "", step_id: str | None = None, **data: Any) -> Event:
         """Build and emit an event; return it numbered."""
-        return self.emit(Event(type=type, run_id=run_id, step_id=step_id, data=data))
+        return self.emit(Event(type, run_id, step_id, data))
 
     def __len__(self) -> int:
         return len(self._listeners)
