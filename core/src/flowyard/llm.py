@@ -662,20 +662,32 @@ class LLMGateway:
         request = self.build_request(model_id, messages, **params)
         started = time.perf_counter()
         usage = Usage()
+        usage_reported = False
         try:
             async with self._guard(provider, provider_name, model_id, request, context) as call:
                 started = time.perf_counter()
                 async for chunk in provider.stream(request):
                     if chunk.usage is not None:
                         usage = chunk.usage
+                        usage_reported = True
                     yield chunk
                 call.usage = usage
-                call.cost_usd = await self._cost(f"{provider_name}/{model_id}", None, usage)
+                if usage_reported:
+                    call.cost_usd = await self._cost(f"{provider_name}/{model_id}", None, usage)
+                else:
+                    # the stream carried no usage (some OpenAI-compatible servers): the cost
+                    # is unknown unless the model is free
+                    info = await self.models.get(f"{provider_name}/{model_id}")
+                    free = (info is not None and info.price is not None
+                            and info.price.input_per_mtok == 0
+                            and info.price.output_per_mtok == 0)
+                    call.cost_usd = 0.0 if free else None
         except (ProviderError, BudgetExceeded) as exc:
             self._error_event(context, provider_name, model_id, exc, started)
             raise
         await self._record(context, provider_name, model_id, usage, call.cost_usd,
                            time.perf_counter() - started, streamed=True,
+                           usage_reported=usage_reported,
                            waited_s=round(call.waited_s, 6), **extra)
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> list[list[float]]:
