@@ -18,7 +18,8 @@ from flowyard.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["Stack", "hookimpl", "tool", "Config", "ToolContext", "__version__"]
+__all__ = ["BaseTool", "Config", "RunResult", "Stack", "ToolContext", "Workflow",
+           "WorkflowBuilder", "__version__", "hookimpl", "tool"]
 
 _LAZY = {
     "Stack": ("flowyard.stack", "Stack"),
@@ -26,6 +27,9 @@ _LAZY = {
     "Config": ("flowyard.config", "Config"),
     "ToolContext": ("flowyard.context", "ToolContext"),
     "BaseTool": ("flowyard.tools", "BaseTool"),
+    "Workflow": ("flowyard.workflow", "Workflow"),
+    "WorkflowBuilder": ("flowyard.workflow", "WorkflowBuilder"),
+    "RunResult": ("flowyard.workflow", "RunResult"),
 }
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
     from flowyard.context import ToolContext
     from flowyard.stack import Stack
     from flowyard.tools import BaseTool, tool
+    from flowyard.workflow import RunResult, Workflow, WorkflowBuilder
 
 
 def __getattr__(name: str) -> Any:
