@@ -46,11 +46,12 @@ def test_named_environment_variables(tmp_path: Path) -> None:
 
 def test_environment_values_are_parsed_as_toml_when_they_parse(tmp_path: Path) -> None:
     env = {"FLOWYARD_LIMITS__RPM": "60", "FLOWYARD_X__NAME": "plain words",
-           "FLOWYARD_X__LIST": '["a", "b"]'}
+           "FLOWYARD_X__LIST": '["a", "b"]', "FLOWYARD_STORAGE__SQLITE__BUSY_TIMEOUT": "5"}
     config = Config.load(env=env, cwd=tmp_path, user_config_dir=tmp_path)
     assert config.get("limits.rpm") == 60
     assert config.get("x.name") == "plain words"
     assert config.get("x.list") == ["a", "b"]
+    assert config.get("storage.sqlite.busy_timeout") == 5
 
 
 def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:

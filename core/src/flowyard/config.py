@@ -3,8 +3,9 @@
 Precedence, highest first:
 
 1. values given in code (``Stack(config={...})`` or ``Config.load(overrides=...)``);
-2. environment variables: ``FLOWYARD_SECTION__KEY=value`` sets ``section.key`` (the value is
-   parsed as TOML when it parses, else kept as a string), plus the named variables below;
+2. environment variables: ``FLOWYARD_SECTION__KEY=value`` sets ``section.key``, and
+   ``FLOWYARD_A__B__C`` sets ``a.b.c`` (the value is parsed as TOML when it parses, else kept
+   as a string), plus the named variables below;
 3. the project file: ``$FLOWYARD_CONFIG`` when set, else ``./flowyard.toml``;
 4. the user file: ``flowyard.toml`` in the user config directory (platformdirs,
    ``~/.config/flowyard/flowyard.toml`` on Linux);
@@ -175,10 +176,16 @@ class Config:
                 section, key = _FLAG_ENV[name]
                 env_data.setdefault(section, {})[key] = raw
             elif "__" in name:
-                section, _, key = name[len(ENV_PREFIX):].partition("__")
-                if section in _NOT_SECTIONS or not key:
+                parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+                if parts[0].upper() in _NOT_SECTIONS or not all(parts):
                     continue
-                env_data.setdefault(section.lower(), {})[key.lower()] = _parse_env_value(raw)
+                node = env_data
+                for part in parts[:-1]:
+                    node = node.setdefault(part, {})
+                    if not isinstance(node, dict):
+                        raise ConfigError(f"environment variable {name}: {part!r} is set both "
+                                          "as a value and as a table")
+                node[parts[-1]] = _parse_env_value(raw)
         _merge(data, env_data)
         if overrides:
             _merge(data, overrides)

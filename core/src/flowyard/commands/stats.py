@@ -294,12 +294,14 @@ def doctor(timeout_s: float, as_json: bool) -> None:
                               indent=2))
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table("area", "check", "status", "detail")
         colour = {"ok": "green", "warn": "yellow", "fail": "red"}
         for c in checks:
-            table.add_row(c.area, c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+            table.add_row(escape(c.area), escape(c.name), f"[{colour[c.status]}]{c.status}[/]",
+                          escape(c.detail))
         Console().print(table)
     if failed:
         raise SystemExit(1)
