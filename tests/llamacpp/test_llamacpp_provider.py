@@ -314,25 +314,31 @@ async def test_concurrent_calls_share_one_context_safely(provider: LlamaCppProvi
 async def test_a_call_waiting_for_a_busy_context_can_be_cancelled(provider: LlamaCppProvider
                                                                   ) -> None:
     await provider.chat(request("Hi", max_tokens=2))
-    first_done = False
+    model = engine.get_model(provider.spec("smollm2"))
+    holding = threading.Event()
+    release = threading.Event()
 
-    async def long_generation() -> None:
-        nonlocal first_done
-        await provider.chat(request("Write a very long story.", max_tokens=2000))
-        first_done = True
+    def hold_the_only_context() -> None:
+        # a generation that cannot end early: the context is held until released
+        with model.acquire():
+            holding.set()
+            release.wait(30)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(long_generation)
-        await anyio.sleep(0.3)  # the only context is now busy
+        tg.start_soon(anyio.to_thread.run_sync, hold_the_only_context)
+        while not holding.is_set():
+            await anyio.sleep(0.01)
         started = time.perf_counter()
         with anyio.move_on_after(0.5) as waiting:
             await provider.chat(request("Say hi.", max_tokens=4))
         waiting_cancelled_in = time.perf_counter() - started - 0.5
         assert waiting.cancelled_caught
-        assert not first_done  # the waiting call gave up without the context being free
-        tg.cancel_scope.cancel()
+        assert not release.is_set()  # it gave up while the context was still busy
+        release.set()
     assert waiting_cancelled_in < 1.0
     assert idle(provider)
+    # the context is usable again
+    assert (await provider.chat(request("Hi", max_tokens=2))).usage.output_tokens > 0
 
 
 async def test_pool_runs_generations_in_parallel_contexts() -> None:
