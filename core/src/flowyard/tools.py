@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import enum
 import inspect
 import types
@@ -120,8 +121,8 @@ def validate_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any], 
         raise ToolInputError(f"invalid arguments for tool {tool!r}: {detail}", tool=tool)
 
 
-class BaseTool:
-    """Base class for stateful tool objects.
+class BaseTool(abc.ABC):
+    """Base class for stateful tool objects (abstract: subclasses implement :meth:`run`).
 
     Subclasses set ``name``, ``description``, ``parameters``, ``idempotent`` and
     ``side_effects`` and implement :meth:`run`. :meth:`invoke` validates the arguments
@@ -144,9 +145,9 @@ class BaseTool:
         validate_arguments(self.parameters, arguments, tool=self.name)
         return await self.run(dict(arguments), context)
 
+    @abc.abstractmethod
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         """Do the work; return a JSON-ready result."""
-        raise NotImplementedError(f"{type(self).__name__} must implement run()")
 
     def spec(self) -> Any:
         """Return the :class:`~flowyard.models.ToolSpec` shown to models."""
