@@ -363,6 +363,11 @@ def _generate_on(llm: Llama, tokens: list[int], room: int, params: GenerationPar
         except ValueError as exc:
             raise BadRequestError(f"local/{alias}: invalid grammar: {exc}",
                                   provider=PROVIDER, model=alias) from exc
+    if params.seed is not None:
+        # A seeded call must not depend on what the context evaluated before: reusing the
+        # cached prompt prefix evaluates the prompt in different batches, which changes the
+        # logits in their last bits and, under sampling, the answer. Evaluate it afresh.
+        llm.reset()
     llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = tuple(s for s in params.stop if s)
