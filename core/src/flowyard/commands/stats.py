@@ -188,7 +188,8 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
     - configuration: ``[limits]``, ``[circuit]`` and ``budgets.unknown_price`` parse;
     - providers: each answers ``list_models()`` within ``timeout_s`` seconds (authentication
       or configuration errors: warn, as the provider is installed but not set up; other
-      errors and timeouts: fail); the default model resolves;
+      errors and timeouts: fail when the provider has a ``[name]`` table or serves the default
+      model, else warn); the default model resolves;
     - storage: opens, and a key written in the key-value area reads back and is deleted;
     - disk: free space where data goes (``disk_path``, default the data directory):
       below 100 MiB fails, below 1 GiB warns.
@@ -217,6 +218,10 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
         except ConfigError as exc:
             checks.append(Check("config", area, "fail", str(exc)))
 
+    try:
+        default_provider: str | None = stack.llm.default_model().partition("/")[0]
+    except ConfigError:
+        default_provider = None
     for name in stack.providers.names():
         started = time.perf_counter()
         try:
@@ -232,7 +237,12 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
             checks.append(Check("providers", name, "warn",
                                 f"not set up: {type(exc).__name__}: {exc}"))
         except (FlowyardError, OSError) as exc:
-            checks.append(Check("providers", name, "fail", f"{type(exc).__name__}: {exc}"))
+            # an installed provider that nobody configured (no [name] table) and that is not
+            # the default model's is only a warning: e.g. flowyard-ollama without a server
+            relied_on = bool(stack.config.get(name)) or default_provider == name
+            checks.append(Check("providers", name, "fail" if relied_on else "warn",
+                                f"{type(exc).__name__}: {exc}" if relied_on else
+                                f"unreachable and not configured: {type(exc).__name__}: {exc}"))
     try:
         default = stack.llm.default_model()
         checks.append(Check("providers", "default model", "ok", default))
