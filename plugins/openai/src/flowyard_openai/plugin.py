@@ -3,7 +3,7 @@
 Configuration (``flowyard.toml``; every key optional)::
 
     [openai]
-    api_key = "sk-..."            # default: $OPENAI_API_KEY
+    api_key = "sk-..."            # default: $OPENAI_API_KEY for OpenAI's base_url only
     base_url = "https://api.openai.com/v1"   # default: $OPENAI_BASE_URL, else OpenAI's
     default_model = "gpt-4o-mini" # opt in to be the stack's default model ...
     default_priority = 5          # ... with this priority (the local model is the default)
