@@ -517,8 +517,12 @@ class open_stream:
 # ----------------------------------------------------------------------------- clients
 
 
-def current_loop_token() -> tuple[str, int]:
-    """Return ``(library, id)`` naming the running event loop ("asyncio" or "trio").
+def current_loop_token() -> tuple[str, object]:
+    """Return ``(library, loop)`` naming the running event loop ("asyncio" or "trio").
+
+    The second item is the loop object itself (the asyncio loop, or trio's run token), to be
+    compared with ``==``/``is``: an ``id()`` could be reused by a later loop once the first is
+    collected, which would hand that loop a client bound to a dead one.
 
     Raises:
         RuntimeError: called outside an event loop.
@@ -529,12 +533,12 @@ def current_loop_token() -> tuple[str, int]:
     if library == "asyncio":
         import asyncio
 
-        return library, id(asyncio.get_running_loop())
+        return library, asyncio.get_running_loop()
     if library == "trio":
         import trio
 
-        return library, id(trio.lowlevel.current_trio_token())
-    return library, 0
+        return library, trio.lowlevel.current_trio_token()
+    return library, None
 
 
 def sharded_transport(*, max_connections: int = 100, shard_size: int = 8, **kwargs: Any) -> Any:
@@ -670,7 +674,7 @@ class PooledClient:
         self.transport = transport
         self.max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
-        self._token: tuple[str, int] | None = None
+        self._token: tuple[str, object] | None = None
         self.active_backend: str | None = None
 
     def __repr__(self) -> str:
