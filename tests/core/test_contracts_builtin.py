@@ -9,7 +9,13 @@ import pytest
 import flowyard
 from flowyard.builtin.fake import FakeProvider
 from flowyard.builtin.memory_storage import MemoryStorage
-from flowyard.testing import ProviderContract, StorageContract, ToolContract
+from flowyard.testing import (
+    ExecutorContract,
+    ProviderContract,
+    StorageContract,
+    ToolContract,
+    WorkflowLoaderContract,
+)
 
 
 class TestFakeProviderContract(ProviderContract):
@@ -53,3 +59,27 @@ class TestFunctionToolContract(ToolContract):
     @pytest.fixture
     def invalid_arguments(self) -> dict[str, Any]:
         return {"text": 5}
+
+
+class TestLocalExecutorContract(ExecutorContract):
+    @pytest.fixture
+    def executor(self) -> Any:
+        from flowyard.builtin.executor import LocalExecutor
+
+        return LocalExecutor()
+
+
+class TestNativeLoaderContract(WorkflowLoaderContract):
+    @pytest.fixture
+    def loader(self) -> Any:
+        from flowyard.stack import Stack
+
+        return Stack(config={"storage": {"url": "memory://"}}).loaders.get("native")
+
+    @pytest.fixture
+    def valid_source(self) -> str:
+        return "name: contract\nsteps:\n  - id: a\n    uses: echo\n    with: {value: 1}\n"
+
+    @pytest.fixture
+    def invalid_source(self) -> str:
+        return "name: contract\nsteps:\n  - id: a\n    uses: [echo\n"

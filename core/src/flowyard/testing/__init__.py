@@ -31,7 +31,10 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ExecutorContract",
     "ProviderContract",
+    "RouterContract",
+    "WorkflowLoaderContract",
     "ToolContract",
     "StorageContract",
     "MemoryContract",

@@ -44,7 +44,10 @@ from flowyard.models import (
 )
 
 __all__ = [
+    "ExecutorContract",
     "ProviderContract",
+    "RouterContract",
+    "WorkflowLoaderContract",
     "ToolContract",
     "StorageContract",
     "MemoryContract",
@@ -501,3 +504,143 @@ class RetrieverContract:
         chunks = await retriever.search("green tea water", top_k=5, collection="two")
         assert all(c.document_id == "bikes" for c in chunks)
 
+
+
+# ============================================================================ routers
+
+
+def _model(name: str, *, caps: Sequence[str], context: int, price: float | None) -> ModelInfo:
+    from flowyard.models import ModelPrice
+
+    return ModelInfo(provider="contract", model=name, context_window=context,
+                     capabilities=frozenset({"chat", *caps}),
+                     price=None if price is None else ModelPrice(price, price * 2))
+
+
+class RouterContract:
+    """What every :class:`~flowyard.interfaces.Router` promises.
+
+    Provide a fixture ``router``. Every request in these checks lists its ``candidates`` (in
+    order), so routers that need an explicit order (like ``fallback``) apply too.
+    """
+
+    pytestmark = _ANYIO
+
+    models: ClassVar[list[ModelInfo]] = [
+        _model("big-tools", caps=["tools", "json"], context=8192, price=1.0),
+        _model("small-plain", caps=[], context=8192, price=0.1),
+        _model("short-tools", caps=["tools"], context=2048, price=0.5),
+    ]
+
+    def _route(self, **kwargs: Any) -> Any:
+        from flowyard.interfaces import RouteRequest
+
+        kwargs.setdefault("candidates", [m.ref for m in self.models])
+        return RouteRequest(**kwargs)
+
+    async def test_choices_meet_the_requirements(self, router: Any) -> None:
+        chosen = await router.choose(self._route(capabilities=["tools"], min_context=4096),
+                                     self.models)
+        assert [m.ref for m in chosen] == ["contract/big-tools"]
+
+    async def test_choices_are_distinct_offered_models(self, router: Any) -> None:
+        chosen = await router.choose(self._route(), self.models)
+        assert chosen, "a request every model meets must get a choice"
+        refs = [m.ref for m in chosen]
+        assert len(refs) == len(set(refs))
+        assert set(refs) <= {m.ref for m in self.models}
+
+    async def test_price_cap_and_candidates_are_respected(self, router: Any) -> None:
+        cheap = await router.choose(self._route(max_input_price=0.6), self.models)
+        assert cheap and all(m.price is not None and m.price.input_per_mtok <= 0.6
+                             for m in cheap)
+        only = await router.choose(self._route(candidates=["contract/small-plain"]),
+                                   self.models)
+        assert [m.ref for m in only] == ["contract/small-plain"]
+
+    async def test_no_fitting_model_raises_unknown_name_error(self, router: Any) -> None:
+        from flowyard.errors import UnknownNameError
+
+        with pytest.raises(UnknownNameError):
+            await router.choose(self._route(capabilities=["vision"]), self.models)
+
+    async def test_outcomes_are_accepted(self, router: Any) -> None:
+        router.record_outcome(self.models[0], success=True, cost_usd=0.002, latency_s=0.4)
+        router.record_outcome(self.models[1], success=False, cost_usd=None, latency_s=1.5)
+        assert await router.choose(self._route(), self.models)
+
+
+# ============================================================================ executors
+
+
+class ExecutorContract:
+    """What every :class:`~flowyard.interfaces.Executor` promises.
+
+    Provide a fixture ``executor``.
+    """
+
+    pytestmark = _ANYIO
+
+    async def test_returns_the_action_result(self, executor: Any) -> None:
+        async def action() -> dict[str, Any]:
+            return {"answer": [4, 2]}
+
+        assert await executor.execute(action, step_id="s") == {"answer": [4, 2]}
+
+    async def test_errors_propagate_unchanged(self, executor: Any) -> None:
+        class Boom(Exception):
+            pass
+
+        async def action() -> None:
+            raise Boom("from the action")
+
+        with pytest.raises(Boom, match="from the action"):
+            await executor.execute(action, step_id="s")
+
+    async def test_cancellation_reaches_the_action(self, executor: Any) -> None:
+        import anyio
+
+        seen: list[str] = []
+
+        async def action() -> None:
+            try:
+                await anyio.sleep(30)
+            except anyio.get_cancelled_exc_class():
+                seen.append("cancelled")
+                raise
+
+        with anyio.move_on_after(0.2) as scope:
+            await executor.execute(action, step_id="s")
+        assert scope.cancelled_caught and seen == ["cancelled"]
+
+
+# ============================================================================ loaders
+
+
+class WorkflowLoaderContract:
+    """What every :class:`~flowyard.interfaces.WorkflowLoader` promises.
+
+    Provide fixtures ``loader``, ``valid_source`` (text of a workflow named ``contract`` with
+    at least one step) and ``invalid_source`` (text with a syntax or structure error).
+    """
+
+    pytestmark = _ANYIO
+
+    async def test_declares_file_suffixes(self, loader: Any) -> None:
+        assert loader.suffixes
+        assert all(isinstance(s, str) and s.startswith(".") for s in loader.suffixes)
+
+    async def test_loads_a_valid_workflow(self, loader: Any, valid_source: str) -> None:
+        workflow = loader.load(valid_source, path="contract" + loader.suffixes[0])
+        assert workflow.name == "contract"
+        assert len(workflow.steps) >= 1
+
+    async def test_invalid_source_reports_file_and_line(self, loader: Any,
+                                                        invalid_source: str) -> None:
+        from flowyard.errors import WorkflowValidationError
+
+        path = "broken" + loader.suffixes[0]
+        with pytest.raises(WorkflowValidationError) as info:
+            loader.load(invalid_source, path=path)
+        assert info.value.issues
+        assert all(issue.file == path and issue.line is not None for issue in info.value.issues)
