@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,16 @@ def test_cli_plugins_json_reports_defaults_test_and_broken_plugins(flowyard_home
     version = subprocess.run([str(VENV_BIN / "flowyard"), "--version"], capture_output=True,
                              text=True, timeout=120)
     assert version.stdout.strip() == f"flowyard, version {flowyard.__version__}"
+
+
+def test_cli_run_warns_about_failed_plugins_and_runs(flowyard_home: Path) -> None:
+    workflow = flowyard_home / "one.yaml"
+    workflow.write_text("name: one\nsteps:\n  - id: a\n    uses: testplugin.greet\n"
+                        "    with: {name: ada}\noutputs: {greeting: '${a}'}\n")
+    out = subprocess.run([str(VENV_BIN / "flowyard"), "run", str(workflow), "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=flowyard_home,
+                         env={**os.environ, "FLOWYARD_STORAGE_URL": "memory://"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["outputs"] == {"greeting": "hello, ada!"}
+    assert ("2 plugin(s) failed to load and are skipped: broken-hook, broken-import"
+            in out.stderr)

@@ -222,10 +222,9 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid.
     """
     from flowyard.errors import WorkflowValidationError
-    from flowyard.stack import Stack
 
     values = {**_inputs_file(inputs_file), **parse_inputs(inputs)}
-    stack = Stack.default()
+    stack = default_stack()
     try:
         workflow = stack.load_workflow(file)
         from flowyard.engine.runner import check_inputs
@@ -248,6 +247,20 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     _execute(stack, go, workflow, as_json, live, run_id)
 
 
+def default_stack() -> Any:
+    """Return ``Stack.default()``, telling stderr in one line which plugins failed to load
+    (the run goes on without them; ``flowyard plugins`` shows why)."""
+    from flowyard.stack import Stack
+
+    stack = Stack.default()
+    failed = stack.plugin_manager.failed()
+    if failed:
+        names = ", ".join(sorted(status.name for status in failed))
+        click.echo(f"flowyard: warning: {len(failed)} plugin(s) failed to load and are "
+                   f"skipped: {names} (see 'flowyard plugins')", err=True)
+    return stack
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
@@ -257,10 +270,9 @@ def validate(file: str, as_json: bool) -> None:
     Exits 1 when there are problems (each printed as file:line:column: message).
     """
     from flowyard.errors import WorkflowValidationError
-    from flowyard.stack import Stack
 
     try:
-        workflow = Stack.default().load_workflow(file)
+        workflow = default_stack().load_workflow(file)
     except WorkflowValidationError as exc:
         if as_json:
             click.echo(json.dumps({"valid": False,
@@ -290,7 +302,6 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
 
     Exits 1 when the run does not complete (or cannot be resumed).
     """
-    from flowyard.stack import Stack
 
     options: dict[str, Any] = {}
     if workflow_file:
@@ -299,4 +310,4 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
     async def go(stack: Any) -> Any:
         return await stack.resume(run_id, force=force, **options)
 
-    _execute(Stack.default(), go, None, as_json, live=False, run_id=run_id)
+    _execute(default_stack(), go, None, as_json, live=False, run_id=run_id)
