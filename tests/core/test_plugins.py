@@ -164,7 +164,7 @@ def test_trace_plugins_writes_hook_calls_to_stderr(flowyard_home: Path) -> None:
     out = subprocess.run([str(VENV_BIN / "flowyard"), "tools", "--json"], env=env,
                          capture_output=True, text=True, timeout=120, cwd=flowyard_home)
     assert out.returncode == 0, out.stderr
-    assert "register_tools -> testplugin" in out.stderr
+    assert "register_tools -> testplugin: 1 registered" in out.stderr
 
 
 def test_cli_plugins_json_reports_defaults_test_and_broken_plugins(flowyard_home: Path) -> None:
@@ -197,3 +197,21 @@ def test_cli_run_warns_about_failed_plugins_and_runs(flowyard_home: Path) -> Non
     assert json.loads(out.stdout)["outputs"] == {"greeting": "hello, ada!"}
     assert ("2 plugin(s) failed to load and are skipped: broken-hook, broken-import"
             in out.stderr)
+
+
+def test_defaults_follow_default_priority_then_registration_order(flowyard_home: Path) -> None:
+    class Providers:
+        @flowyard.hookimpl
+        def register_providers(self, register: Any) -> None:
+            from flowyard.builtin.fake import FakeProvider
+
+            register("low", FakeProvider("low"), default_model="low/echo", default_priority=1)
+            register("high", FakeProvider("high"), default_model="high/echo", default_priority=5)
+            register("tie", FakeProvider("tie"), default_model="tie/echo", default_priority=5)
+            register("none", FakeProvider("none"), default_priority=99)  # offers no model
+
+    stack = Stack(plugins=[("p", Providers())], config={"storage": {"url": "memory://"}})
+    assert stack.llm.default_model() == "high/echo"
+    assert stack.providers.preferred() == "none"
+    assert stack.storage_schemes.preferred() == "memory"
+    assert stack.storage_url() == "memory://"

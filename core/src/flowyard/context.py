@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.models import Event, LogRecord
+from flowyard.models import Event
 
 if TYPE_CHECKING:
     from flowyard.stack import Stack
@@ -49,10 +49,8 @@ class ToolContext:
 
     def log(self, message: str, level: str = "info") -> None:
         """Record a log line for this run and step (emitted as a ``log`` event)."""
-        record = LogRecord(run_id=self.run_id, message=message, level=level,
-                           step_id=self.step_id)
         self.stack.events.emit(Event(type="log", run_id=self.run_id, step_id=self.step_id,
-                                     data={"level": record.level, "message": record.message}))
+                                     data={"level": level, "message": message}))
 
     def child(self, **changes: Any) -> ToolContext:
         """Return a copy with ``changes`` applied (e.g. ``agent="researcher"``)."""

@@ -200,20 +200,14 @@ class LLMGateway:
         configured = self.stack.config.get("models.default")
         if configured:
             return str(configured)
-        best: tuple[int, str] | None = None
-        for name in self.stack.providers.names():
-            meta = self.stack.providers.metadata_of(name)
-            if meta.get("default_model"):
-                candidate = (int(meta.get("default_priority", 0)), str(meta["default_model"]))
-                if best is None or candidate[0] > best[0]:
-                    best = candidate
-        if best is None:
+        provider = self.stack.providers.preferred(requires="default_model")
+        if provider is None:
             raise ConfigError(
                 "no default model: set models.default in flowyard.toml (or "
                 "FLOWYARD_DEFAULT_MODEL), or install flowyard-llamacpp for the local default; "
                 f"providers registered: {', '.join(self.stack.providers.names()) or 'none'}"
             )
-        return best[1]
+        return str(self.stack.providers.metadata_of(provider)["default_model"])
 
     def _alias(self, ref: str) -> str:
         aliases = self.stack.config.get("models.aliases", {}) or {}

@@ -11,7 +11,6 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-import attrs
 from attrs import define, field, frozen
 
 __all__ = [
@@ -478,7 +477,3 @@ class Chunk:
     score: float = 0.0
     metadata: dict[str, Any] = field(factory=dict)
 
-
-def evolve(instance: Any, **changes: Any) -> Any:
-    """Return a copy of an attrs instance with ``changes`` applied."""
-    return attrs.evolve(instance, **changes)

@@ -21,7 +21,7 @@ import pluggy
 from flowyard import hookspecs
 from flowyard.config import Config
 from flowyard.errors import PluginError
-from flowyard.registry import Registry
+from flowyard.registry import Register, Registry
 
 __all__ = ["PluginStatus", "PluginManager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGIN"]
 
@@ -49,32 +49,6 @@ class PluginStatus:
     def to_dict(self) -> dict[str, Any]:
         """Return the status as a JSON-ready dict."""
         return attrs.asdict(self)
-
-
-class _StagedRegister:
-    """A ``register`` callable that buffers entries until the hook returns successfully."""
-
-    __slots__ = ("registry", "plugin", "entries")
-
-    def __init__(self, registry: Registry[Any], plugin: str) -> None:
-        self.registry = registry
-        self.plugin = plugin
-        self.entries: list[tuple[str, Any, Any, dict[str, Any]]] = []
-
-    def __call__(self, name: str, obj: Any = None, *, factory: Any = None, **metadata: Any
-                 ) -> None:
-        if (obj is None) == (factory is None):
-            raise TypeError("register() takes exactly one of obj and factory=")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.registry.kind} name must be a non-empty string, got {name!r}")
-        self.entries.append((name, obj, factory, metadata))
-
-    def commit(self) -> None:
-        for name, obj, factory, meta in self.entries:
-            if factory is not None:
-                self.registry.add(name, factory=factory, plugin=self.plugin, **meta)
-            else:
-                self.registry.add(name, obj, plugin=self.plugin, **meta)
 
 
 def _describe(exc: BaseException) -> str:
@@ -193,18 +167,20 @@ class PluginManager:
             status = self.statuses[name]
             if impl is None or status.status != "loaded":
                 continue
-            staged = _StagedRegister(registry, name)
+            staged = Register(registry, name, staged=True)
             kwargs = {"register": staged, "config": self.config}
             started = time.perf_counter()
+            count = 0
             try:
                 impl.function(*[kwargs[arg] for arg in impl.argnames])
+                count = len(staged.entries)
                 staged.commit()
             except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported, not fatal
                 self._fail(status, exc)
             if self.config.trace_plugins:
                 ms = (time.perf_counter() - started) * 1000
-                print(f"flowyard: {hook_name} -> {name}: {len(staged.entries)} registered "
-                      f"in {ms:.2f} ms", file=sys.stderr)
+                print(f"flowyard: {hook_name} -> {name}: {count} registered in {ms:.2f} ms",
+                      file=sys.stderr)
 
     def call_commands(self, cli: Any) -> None:
         """Call ``register_commands(cli)`` on each loaded plugin inside its own guard."""

@@ -42,19 +42,40 @@ class Register:
     arguments are kept as the entry's metadata (for example ``default_model="local/smollm2"``
     and ``default_priority=10`` on a provider; see :meth:`Registry.metadata_of`). The plugin
     name is filled in by the plugin manager.
+
+    Args:
+        registry: where entries go.
+        plugin: the registering plugin's name (kept per entry).
+        staged: buffer entries until :meth:`commit` (the plugin manager commits only when the
+            plugin's hook returned without raising); otherwise add them at once.
+
+    Raises (on call):
+        TypeError: not exactly one of ``obj`` and ``factory=``.
+        ValueError: ``name`` is empty or not a string.
     """
 
-    __slots__ = ("_registry", "_plugin")
+    __slots__ = ("_registry", "_plugin", "_staged", "entries")
 
-    def __init__(self, registry: Registry[Any], plugin: str) -> None:
+    def __init__(self, registry: Registry[Any], plugin: str, *, staged: bool = False) -> None:
         self._registry = registry
         self._plugin = plugin
+        self._staged = staged
+        self.entries: list[tuple[str, Any, Callable[[], Any] | None, dict[str, Any]]] = []
 
     def __call__(self, name: str, obj: Any = _MISSING, *, factory: Callable[[], Any] | None = None,
                  **metadata: Any) -> None:
         if (obj is _MISSING) == (factory is None):
             raise TypeError("register() takes exactly one of obj and factory=")
-        self._registry.add(name, obj, factory=factory, plugin=self._plugin, **metadata)
+        self._registry.check_name(name)
+        self.entries.append((name, obj, factory, metadata))
+        if not self._staged:
+            self.commit()
+
+    def commit(self) -> None:
+        """Add the buffered entries to the registry (in registration order)."""
+        entries, self.entries = self.entries, []
+        for name, obj, factory, metadata in entries:
+            self._registry.add(name, obj, factory=factory, plugin=self._plugin, **metadata)
 
 
 class Registry(Generic[T]):
@@ -85,8 +106,7 @@ class Registry(Generic[T]):
         Raises:
             ValueError: ``name`` is empty or not a string.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        self.check_name(name)
         if name in self._plugins:
             dup = Duplicate(self.kind, name, self._plugins[name], plugin)
             if self.strict:
@@ -102,6 +122,11 @@ class Registry(Generic[T]):
             self._factories[name] = factory
         else:
             self._values[name] = obj
+
+    def check_name(self, name: object) -> None:
+        """Raise ValueError unless ``name`` is a non-empty string."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name``, building it on first use when lazy.
@@ -136,6 +161,23 @@ class Registry(Generic[T]):
         if name not in self._plugins:
             raise UnknownNameError(self.kind, name, self._plugins)
         return dict(self._metadata[name])
+
+    def preferred(self, *, requires: str | None = None) -> str | None:
+        """Return the name with the highest ``default_priority`` metadata (0 when unset; ties
+        go to the name registered first), or None when nothing qualifies.
+
+        Args:
+            requires: only consider entries whose metadata has this key set (truthy).
+        """
+        best: tuple[int, str] | None = None
+        for name in self._plugins:  # registration order
+            meta = self._metadata[name]
+            if requires is not None and not meta.get(requires):
+                continue
+            priority = int(meta.get("default_priority", 0))
+            if best is None or priority > best[0]:
+                best = (priority, name)
+        return None if best is None else best[1]
 
     def names(self) -> list[str]:
         """Return the registered names, sorted."""

@@ -160,17 +160,11 @@ class Stack:
         configured = self.config.get("storage.url")
         if configured:
             return str(configured)
-        best: tuple[int, str] | None = None
-        for scheme in self.storage_schemes.names():
-            meta = self.storage_schemes.metadata_of(scheme)
-            priority = int(meta.get("default_priority", 0))
-            if best is None or priority > best[0]:
-                best = (priority, scheme)
-        if best is None:
+        scheme = self.storage_schemes.preferred()
+        if scheme is None:
             raise StorageError("no storage backend registered (is the builtin plugin disabled?)")
-        meta = self.storage_schemes.metadata_of(best[1])
-        make_url = meta.get("default_url")
-        return str(make_url(self.config)) if callable(make_url) else f"{best[1]}://"
+        make_url = self.storage_schemes.metadata_of(scheme).get("default_url")
+        return str(make_url(self.config)) if callable(make_url) else f"{scheme}://"
 
     @property
     def storage(self) -> StorageBackend:
@@ -211,25 +205,33 @@ class Stack:
         await self.aclose()
 
     def memory(self, name: str | None = None) -> MemoryStore:
-        """Return a memory store (``memory.store`` config, else the only/first registered)."""
+        """Return a memory store: ``name``, else ``memory.store`` in the configuration, else the
+        registered store with the highest ``default_priority``.
+
+        Raises:
+            UnknownNameError: no such store, or none registered.
+        """
         return self.memory_stores.get(name or self._pick("memory.store", self.memory_stores))
 
     def retriever(self, name: str | None = None) -> Retriever:
-        """Return a retriever (``rag.retriever`` config, else the first registered)."""
+        """Return a retriever: ``name``, else ``rag.retriever`` in the configuration, else the
+        registered retriever with the highest ``default_priority``.
+
+        Raises:
+            UnknownNameError: no such retriever, or none registered.
+        """
         return self.retrievers.get(name or self._pick("rag.retriever", self.retrievers))
 
     def _pick(self, key: str, registry: Registry[Any]) -> str:
         configured = self.config.get(key)
         if configured:
             return str(configured)
-        names = registry.names()
-        if not names:
+        name = registry.preferred()
+        if name is None:
             from flowyard.errors import UnknownNameError
 
-            raise UnknownNameError(registry.kind, "<default>", names)
-        ranked = sorted(names, key=lambda n: -int(registry.metadata_of(n).get("default_priority",
-                                                                               0)))
-        return ranked[0]
+            raise UnknownNameError(registry.kind, "<default>", [])
+        return name
 
     # ------------------------------------------------------------------ workflows
 
