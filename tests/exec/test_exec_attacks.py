@@ -20,6 +20,8 @@ ISOLATIONS = [
     # Unsandboxed, the command still runs as `nobody` when the tests run as root, so that
     # RLIMIT_NPROC is enforced by the kernel.
     pytest.param({"isolation": "none"}, id="none"),
+    # No bubblewrap: Landlock confines the files, the account and the limits do the rest.
+    pytest.param({"bwrap": "/nonexistent/bwrap"}, id="landlock"),
 ]
 
 

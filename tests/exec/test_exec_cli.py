@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 import pytest
@@ -16,6 +18,22 @@ def test_check_reports_a_working_sandbox(flowyard_home: Any) -> None:
     report = json.loads(result.output)
     assert report["bubblewrap"]["usable"] is True and report["bubblewrap"]["reason"] is None
     assert report["limits"]["RLIMIT_NPROC"] == 64
+    assert report["effective_isolation"] == "bubblewrap"
+    assert report["landlock"]["usable"] is True
+    assert report["python"]["path"] == sys.executable
+    if os.geteuid() == 0:
+        assert report["runs_as"] == "nobody"
+
+
+def test_check_names_the_fallbacks_without_bubblewrap(flowyard_home: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWYARD_EXEC__BWRAP", "/nonexistent/bwrap")
+    result = CliRunner().invoke(cli, ["sandbox", "check"])
+    assert result.exit_code == 1, result.output
+    assert "NOT usable: bubblewrap not found at /nonexistent/bwrap" in result.output
+    assert "landlock:   usable" in result.output
+    assert "isolation:  auto (calls run with: landlock)" in result.output
+    assert "python:     /" in result.output
 
 
 def test_check_explains_a_missing_sandbox(flowyard_home: Any,

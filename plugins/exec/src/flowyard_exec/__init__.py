@@ -2,8 +2,10 @@
 
 Commands run in a child process with a wall-clock timeout that kills the whole process group,
 ``setrlimit`` resource limits (CPU seconds, address space, processes, file size, open files),
-an allow-listed environment and a private working directory; inside a bubblewrap sandbox (no
-network, read-only system, writable work directory) when ``bwrap`` is installed and works.
+an allow-listed environment, a private working directory and, when flowyard is root, the
+``nobody`` account; inside a bubblewrap sandbox (no network, read-only system, writable work
+directory) when ``bwrap`` is installed and works, else confined by Landlock when the kernel
+has it.
 See ``docs/plugins/exec.md``.
 """
 
@@ -16,10 +18,12 @@ from typing import Any
 _EXPORTS = {
     "ExecSettings": "flowyard_exec.sandbox",
     "ProcessOutcome": "flowyard_exec.sandbox",
+    "PythonChoice": "flowyard_exec.sandbox",
     "PythonRunTool": "flowyard_exec.tools",
     "Sandbox": "flowyard_exec.sandbox",
     "ShellRunTool": "flowyard_exec.tools",
     "probe_bubblewrap": "flowyard_exec.sandbox",
+    "probe_landlock": "flowyard_exec.sandbox",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,15 +1,26 @@
-"""Running one command under limits: settings, bubblewrap probing, the process runner.
+"""Running one command under limits: settings, isolation probing, the process runner.
 
 The chain for one call is::
 
     flowyard ──(new session)──> [bwrap <namespaces, binds> --] python -I -S -c LAUNCHER spec -- argv
 
-The *launcher* is a few lines of Python executed in the child (inside the sandbox when there is
-one): it applies the ``setrlimit`` limits, drops to the configured user when flowyard runs as
-root, changes to the work directory and ``exec``\\ s the command. A wall-clock timeout kills the
-child's whole process group with SIGKILL; in the sandbox the command is PID 1's child in a new
-PID namespace and bubblewrap runs with ``--die-with-parent``, so killing bubblewrap ends every
-process of the sandbox, including ones that started their own session.
+The *launcher* is a few lines of Python run by flowyard's own interpreter in the child (inside
+the sandbox when there is one): it applies the ``setrlimit`` limits, drops to the configured
+user when flowyard runs as root, changes to the work directory, confines the process with
+Landlock when that is the isolation level, and ``exec``\\ s the command. A wall-clock timeout
+kills the child's whole process group with SIGKILL; in the sandbox the command is PID 1's
+child in a new PID namespace and bubblewrap runs with ``--die-with-parent``, so killing
+bubblewrap ends every process of the sandbox, including ones that started their own session.
+
+Isolation levels of a call (``ProcessOutcome.isolation``):
+
+- ``bubblewrap``: new namespaces, the system and the interpreter bound read-only, the work
+  directory the only writable host path, no network.
+- ``landlock``: no bubblewrap, but the kernel's Landlock LSM (Linux >= 5.13) confines the
+  process and its children: writes only beneath the work directory (and to ``/dev/null``),
+  reads only the same paths bubblewrap would bind. The network and the host's process list
+  stay visible.
+- ``none``: the limits and the account only.
 """
 
 from __future__ import annotations
@@ -33,27 +44,109 @@ from flowyard.errors import ConfigError, ToolError
 
 __all__ = [
     "ISOLATION_LEVELS",
+    "ISOLATION_RESULTS",
     "ExecSettings",
     "ProcessOutcome",
+    "PythonChoice",
     "Sandbox",
+    "default_pythons",
     "probe_bubblewrap",
+    "probe_landlock",
     "strictest_isolation",
 ]
 
-#: Isolation requests, weakest first. ``auto``: bubblewrap when it works, else none;
-#: ``required``: bubblewrap or refuse; ``none``: never sandbox.
+#: Isolation requests, weakest first. ``auto``: bubblewrap when it works, else Landlock when
+#: it works, else none; ``required``: bubblewrap or refuse; ``none``: never sandbox.
 ISOLATION_LEVELS = ("none", "auto", "required")
+
+#: What a call actually ran under, strongest first (the ``isolation`` field of results).
+ISOLATION_RESULTS = ("bubblewrap", "landlock", "none")
+
+#: The interpreter that runs the launcher (before privileges are dropped): flowyard's own.
+LAUNCHER_PYTHON = sys.executable
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# The launcher runs as ``python -I -S -c _LAUNCHER <cwd> <uid> <gid> <limits> <env names> --
-# <argv...>`` (uid/gid "-" keeps the account; limits "RLIMIT_CPU=60,..."; env names
-# comma-separated). It avoids importing json: that alone doubles the interpreter's start-up.
+# The launcher runs as ``python -I -S -c _LAUNCHER <cwd> <uid> <gid> <limits> <env names>
+# <confine> [<readable path>...] -- <argv...>`` (uid/gid "-" keeps the account; limits
+# "RLIMIT_CPU=60,..."; env names comma-separated; confine "landlock" or "-"; the readable
+# paths are what Landlock lets the command read). It avoids importing json: that alone
+# doubles the interpreter's start-up.
 _LAUNCHER = r"""
 import os, resource, sys
 import warnings  # os.execvp imports it lazily: load it before dropping privileges
-cwd, uid, gid, limits, names = sys.argv[1:6]
-argv = sys.argv[7:]
+cwd, uid, gid, limits, names, confine = sys.argv[1:7]
+rest = sys.argv[7:]
+cut = rest.index("--")
+readable, argv = rest[:cut], rest[cut + 1:]
+
+
+def fail(message):
+    sys.stderr.write("flowyard-exec launcher: %s\n" % (message,))
+    sys.stderr.flush()
+    os._exit(126)
+
+
+if confine == "landlock":
+    # Landlock through raw system calls (444-446 on every architecture). Everything is loaded
+    # before the privileges are dropped: the interpreter may be unreadable afterwards.
+    try:
+        import ctypes, stat
+        libc = ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError) as exc:
+        fail("Landlock needs ctypes: %s" % (exc,))
+    libc.syscall.restype = ctypes.c_long
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    def syscall(number, *args):
+        value = libc.syscall(ctypes.c_long(number), *args)
+        if value < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, "Landlock system call %d: %s" % (number, os.strerror(error)))
+        return value
+
+    def landlock(work, readable):
+        abi = syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+        handled = (1 << 13) - 1            # EXECUTE ... MAKE_SYM (ABI 1)
+        if abi >= 2:
+            handled |= 1 << 13             # REFER: links and renames across directories
+        if abi >= 3:
+            handled |= 1 << 14             # TRUNCATE
+        scoped = 3 if abi >= 6 else 0      # abstract unix sockets and signals stay inside
+        attr = (ctypes.c_uint64 * 3)(handled, 0, scoped)
+        ruleset = syscall(444, ctypes.byref(attr), ctypes.c_size_t(24 if abi >= 6 else 8),
+                          ctypes.c_uint32(0))
+
+        def allow(path, access, required=False):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                if required:
+                    raise
+                return  # absent, or unreachable for this account anyway: allow nothing
+            try:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    access &= 0x4007       # file rights: EXECUTE, WRITE_FILE, READ_FILE, TRUNCATE
+                rule = PathBeneath(access & handled, fd)
+                syscall(445, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule),
+                        ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+
+        for path in readable:
+            allow(path, 0xD)               # EXECUTE | READ_FILE | READ_DIR
+        for path in ("/dev/null", "/dev/zero", "/dev/full"):
+            allow(path, 0x4006)            # READ_FILE | WRITE_FILE | TRUNCATE
+        allow(work, handled, required=True)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid gains
+            error = ctypes.get_errno()
+            raise OSError(error, "prctl(PR_SET_NO_NEW_PRIVS): %s" % (os.strerror(error),))
+        syscall(446, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+        os.close(ruleset)
+
 try:
     for item in limits.split(","):
         name, _, value = item.partition("=")
@@ -72,10 +165,10 @@ try:
     # The interpreter may add variables at start-up (PEP 538 sets LC_CTYPE): drop them.
     for name in set(os.environ) - set(names.split(",")):
         del os.environ[name]
+    if confine == "landlock":
+        landlock(cwd, readable)
 except OSError as exc:
-    sys.stderr.write("flowyard-exec launcher: %s\n" % (exc,))
-    sys.stderr.flush()
-    os._exit(126)
+    fail(exc)
 try:
     os.execvp(argv[0], argv)
 except OSError as exc:
@@ -84,6 +177,11 @@ except OSError as exc:
     os._exit(127)
 """
 
+# python.run's interpreter probe: prints the version when the interpreter starts, with the
+# modules the runner needs.
+_PYTHON_PROBE = ("import json, sys, traceback\n"
+                 "sys.stdout.write('%d.%d.%d' % sys.version_info[:3])\n")
+
 # Files of /etc that programs commonly need (dynamic loader, locale, TLS roots, user names).
 _ETC_FILES = (
     "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
@@ -91,6 +189,43 @@ _ETC_FILES = (
     "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types",
 )
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# What Landlock lets a command read besides the system directories, /etc files and binds.
+_LANDLOCK_KERNEL_FILES = ("/proc", "/dev")
+
+
+def default_pythons() -> tuple[str, ...]:
+    """The default ``[exec] python`` candidates, in order: flowyard's own interpreter, then
+    the system's ``/usr/local/bin/python3`` and ``/usr/bin/python3``.
+
+    python.run uses the first one the account the code runs as can execute (see
+    :meth:`Sandbox.resolve_python`): flowyard's interpreter keeps flowyard's virtualenv
+    packages; a system interpreter is the fallback when that account cannot reach
+    flowyard's (e.g. a virtualenv under a 0700 ``/root`` while the code runs as ``nobody``).
+    """
+    own = [sys.executable] if sys.executable else []
+    return tuple(dict.fromkeys([*own, "/usr/local/bin/python3", "/usr/bin/python3"]))
+
+
+def _python_setting(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise ConfigError(f"[exec] python must be an interpreter path or a non-empty list of "
+                          f"paths, got {value!r}")
+    out = []
+    for item in items:
+        if not item:
+            raise ConfigError("[exec] python: an interpreter path is empty")
+        if not os.path.isabs(item):
+            found = shutil.which(item)
+            if found is None:
+                raise ConfigError(f"[exec] python: {item!r} is not an absolute path and is not "
+                                  f"found on PATH")
+            item = found
+        out.append(item)
+    return tuple(dict.fromkeys(out))
 
 
 def strictest_isolation(*levels: str | None) -> str:
@@ -148,7 +283,11 @@ class ExecSettings:
         allow_shell: allow ``shell.run`` to take a shell string (with ``shell: true``).
         allowed_commands: when non-empty, the program names (basename of argv[0]) shell.run
             may start.
-        python: interpreter for ``python.run`` and for the launcher (default: flowyard's own).
+        python: candidate interpreters for ``python.run``, in order; each call uses the first
+            one the account the code runs as can execute (probed once per process). A single
+            path (a string in the configuration) is used as it is. Default:
+            :func:`default_pythons` (flowyard's own, then the system's ``python3``). The
+            launcher always runs with flowyard's own interpreter.
         script_dir: ``python.run`` script files must lie inside this directory (default: the
             current directory).
         ro_binds: extra host paths made visible read-only inside the sandbox.
@@ -175,7 +314,7 @@ class ExecSettings:
     temp_root: str | None = None
     allow_shell: bool = False
     allowed_commands: tuple[str, ...] = ()
-    python: str = sys.executable
+    python: tuple[str, ...] = attrs.field(factory=default_pythons)
     script_dir: str = "."
     ro_binds: tuple[str, ...] = ()
 
@@ -219,7 +358,7 @@ class ExecSettings:
         for key in ("network", "allow_shell"):
             if not isinstance(section.get(key, False), bool):
                 raise ConfigError(f"[exec] {key} must be true or false")
-        for key in ("work_dir", "temp_root", "python", "script_dir"):
+        for key in ("work_dir", "temp_root", "script_dir"):
             if key in section and not isinstance(section[key], str):
                 raise ConfigError(f"[exec] {key} must be a path string, got {section[key]!r}")
         timeout = _positive(section, "timeout", 30.0, integer=False)
@@ -245,7 +384,8 @@ class ExecSettings:
             temp_root=section.get("temp_root"),
             allow_shell=section.get("allow_shell", False),
             allowed_commands=lists["allowed_commands"],
-            python=section.get("python", sys.executable),
+            python=(_python_setting(section["python"]) if "python" in section
+                    else default_pythons()),
             script_dir=section.get("script_dir", "."),
             ro_binds=lists["ro_binds"],
         )
@@ -275,8 +415,10 @@ class ProcessOutcome:
         stdout_truncated, stderr_truncated: True when output was cut.
         timed_out: the wall-clock timeout fired and the process group was killed.
         duration_s: wall-clock seconds from start to end.
-        isolation: ``"bubblewrap"`` or ``"none"``.
+        isolation: ``"bubblewrap"``, ``"landlock"`` or ``"none"`` (see the module docstring).
         work_dir: the working directory used (deleted afterwards when temporary).
+        user: the account the command ran as (``"nobody"`` when flowyard is root and
+            ``[exec] user`` is the default; ``"root"`` only when configured with ``user = ""``).
     """
 
     exit_code: int | None
@@ -289,6 +431,7 @@ class ProcessOutcome:
     duration_s: float
     isolation: str
     work_dir: str
+    user: str
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON-ready dict given to workflows."""
@@ -308,9 +451,10 @@ def _signal_name(code: int | None, isolation: str) -> str | None:
         return None
 
 
-# ----------------------------------------------------------------------------- bubblewrap
+# ----------------------------------------------------------------------------- visibility
 
-_PROBES: dict[tuple[str, int, str, bool], tuple[bool, str]] = {}
+_PROBES: dict[tuple[Any, ...], tuple[bool, str]] = {}
+_PYTHON_PROBES: dict[tuple[Any, ...], tuple[bool, str]] = {}
 
 
 def _ancestors(path: str) -> list[str]:
@@ -327,14 +471,57 @@ def _covered(path: str, roots: Sequence[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def bubblewrap_args(settings: ExecSettings, work_dir: str, *, extra_ro: Sequence[str] = ()
-                    ) -> list[str]:
+def _interpreter_paths(python: str) -> list[str]:
+    """Host paths an interpreter needs to start: the installation prefix of the real binary
+    (``<prefix>/bin/python3.x`` -> ``<prefix>``) and, for a virtualenv, its root (the
+    directory holding ``pyvenv.cfg``), else the directory of the path as given."""
+    real = os.path.realpath(python)
+    prefix = os.path.dirname(os.path.dirname(real))
+    out = [prefix if prefix != "/" else os.path.dirname(real)]
+    given = os.path.abspath(python)
+    venv = os.path.dirname(os.path.dirname(given))
+    if venv != "/" and os.path.isfile(os.path.join(venv, "pyvenv.cfg")):
+        out.append(venv)
+    else:
+        out.append(os.path.dirname(given))
+    return [path for path in out if path != "/"]
+
+
+def readonly_paths(settings: ExecSettings, interpreters: Sequence[str] = (),
+                   extra_ro: Sequence[str] = ()) -> list[str]:
+    """Host paths made readable for a call besides the system directories and ``/etc`` files:
+    flowyard's own prefixes (the launcher runs from them), the prefixes of ``interpreters``,
+    ``[exec] ro_binds`` and ``extra_ro``; real paths, without duplicates.
+
+    Raises:
+        ToolError: an ``ro_binds`` or ``extra_ro`` entry does not exist.
+    """
+    for path in [*settings.ro_binds, *extra_ro]:
+        if not os.path.exists(path):
+            raise ToolError(f"[exec] ro_binds: {path} does not exist")
+    paths = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)]
+    for python in (LAUNCHER_PYTHON, *interpreters):
+        paths += _interpreter_paths(python)
+    paths += [os.path.realpath(path) for path in [*settings.ro_binds, *extra_ro]]
+    return [path for path in dict.fromkeys(paths) if os.path.exists(path)]
+
+
+# ----------------------------------------------------------------------------- bubblewrap
+
+
+def bubblewrap_args(settings: ExecSettings, work_dir: str, *, interpreters: Sequence[str] = (),
+                    extra_ro: Sequence[str] = ()) -> list[str]:
     """Return the bubblewrap command line (up to and including ``--``) for one call.
 
     Namespaces: PID, IPC, UTS, cgroup, network (unless ``network`` is set), and a user
-    namespace when flowyard is not root. The system directories and the interpreter's
-    prefixes are bound read-only, ``/tmp`` is a private tmpfs, ``work_dir`` the only
-    writable host directory.
+    namespace when flowyard is not root. The system directories and
+    :func:`readonly_paths` (the interpreters' prefixes, ``ro_binds``, ``extra_ro``) are bound
+    read-only, ``/tmp`` is a private tmpfs, ``work_dir`` the only writable host directory.
+
+    Parents of a bound path that are not bound themselves are created afresh (mode 0755) in
+    the sandbox's own root: a 0700 ``/root`` does not hide ``/root/.venv`` from the account
+    the command runs as. The bound directories keep their own modes, so a prefix that is
+    itself private (0700) stays unreadable for that account.
 
     Raises:
         ToolError: an ``ro_binds`` entry does not exist.
@@ -368,22 +555,36 @@ def bubblewrap_args(settings: ExecSettings, work_dir: str, *, extra_ro: Sequence
         args.extend([mode, path, path])
         bound.append(path)
 
-    interpreter = os.path.realpath(settings.python)
-    prefixes = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
-                os.path.dirname(os.path.dirname(interpreter))]
-    for path in [*settings.ro_binds, *extra_ro]:
-        if not os.path.exists(path):
-            raise ToolError(f"[exec] ro_binds: {path} does not exist")
-    for path in [*prefixes, *settings.ro_binds, *extra_ro]:
-        real = os.path.realpath(path)
-        if os.path.exists(real) and not _covered(real, bound):
-            bind(real, "--ro-bind")
-    python_path = os.path.abspath(settings.python)
-    if not _covered(os.path.realpath(os.path.dirname(python_path)), bound):
-        bind(os.path.dirname(python_path), "--ro-bind")
+    for path in readonly_paths(settings, interpreters, extra_ro):
+        if not _covered(path, bound):
+            bind(path, "--ro-bind")
     bind(os.path.realpath(work_dir), "--bind")
     args += ["--chdir", os.path.realpath(work_dir), "--"]
     return args
+
+
+async def _probe(key: tuple[Any, ...], argv: Sequence[str], what: str, cannot: str
+                 ) -> tuple[bool, str]:
+    """Run ``argv`` (a launcher running ``true``) once per process and ``key``; return
+    ``(True, "")`` when it exits with 0, else ``(False, reason)``."""
+    if key in _PROBES:
+        return _PROBES[key]
+    try:
+        with anyio.fail_after(20):
+            done = await anyio.run_process(list(argv), check=False,
+                                           env={"PATH": "/usr/bin:/bin"})
+    except TimeoutError:
+        outcome = (False, f"the {what} probe did not finish within 20 s")
+    except OSError as exc:
+        outcome = (False, f"cannot start the {what} probe: {exc}")
+    else:
+        if done.returncode == 0:
+            outcome = (True, "")
+        else:
+            detail = done.stderr.decode("utf-8", "replace").strip()[-500:]
+            outcome = (False, f"{cannot} (exit {done.returncode}): {detail}")
+    _PROBES[key] = outcome
+    return outcome
 
 
 async def probe_bubblewrap(settings: ExecSettings) -> tuple[bool, str]:
@@ -394,43 +595,56 @@ async def probe_bubblewrap(settings: ExecSettings) -> tuple[bool, str]:
     """
     if not settings.bwrap:
         return False, "bubblewrap (bwrap) is not installed"
-    key = (settings.bwrap, os.geteuid(), settings.python, settings.network)
+    if not (os.path.isfile(settings.bwrap) and os.access(settings.bwrap, os.X_OK)):
+        return False, f"bubblewrap not found at {settings.bwrap}"
+    key = ("bubblewrap", settings.bwrap, os.geteuid(), LAUNCHER_PYTHON, settings.network)
     if key in _PROBES:
         return _PROBES[key]
-    if not (os.path.isfile(settings.bwrap) and os.access(settings.bwrap, os.X_OK)):
-        outcome = (False, f"bubblewrap not found at {settings.bwrap}")
-    else:
-        work = tempfile.mkdtemp(prefix="flowyard-exec-probe-")
-        try:
-            argv = [*bubblewrap_args(settings, work), *_launcher_argv(settings, work, None,
-                                                                      ["true"])]
-            try:
-                with anyio.fail_after(20):
-                    done = await anyio.run_process(argv, check=False,
-                                                   env={"PATH": "/usr/bin:/bin"})
-            except TimeoutError:
-                outcome = (False, "bubblewrap probe did not finish within 20 s")
-            except OSError as exc:
-                outcome = (False, f"cannot start bubblewrap: {exc}")
-            else:
-                if done.returncode == 0:
-                    outcome = (True, "")
-                else:
-                    detail = done.stderr.decode("utf-8", "replace").strip()[-500:]
-                    outcome = (False, f"bubblewrap cannot create a sandbox here "
-                                      f"(exit {done.returncode}): {detail}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    _PROBES[key] = outcome
-    return outcome
+    work = tempfile.mkdtemp(prefix="flowyard-exec-probe-")
+    try:
+        argv = [*bubblewrap_args(settings, work), *_launcher_argv(settings, work, None,
+                                                                  ["true"])]
+        return await _probe(key, argv, "bubblewrap", "bubblewrap cannot create a sandbox here")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def probe_landlock(settings: ExecSettings) -> tuple[bool, str]:
+    """Check that the launcher can confine a process with Landlock here (result cached).
+
+    Landlock needs Linux >= 5.13 with the LSM enabled (``lsm=...,landlock``), and a seccomp
+    policy that allows its three system calls.
+
+    Returns:
+        ``(True, "")`` when a trivial command ran confined, else ``(False, reason)``.
+    """
+    key = ("landlock", os.geteuid(), LAUNCHER_PYTHON)
+    if key in _PROBES:
+        return _PROBES[key]
+    work = tempfile.mkdtemp(prefix="flowyard-exec-probe-")
+    try:
+        argv = _launcher_argv(settings, work, None, ["true"], confine="landlock",
+                              readable=_landlock_readable(settings))
+        return await _probe(key, argv, "Landlock", "Landlock cannot confine a process here")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _landlock_readable(settings: ExecSettings, interpreters: Sequence[str] = (),
+                       extra_ro: Sequence[str] = ()) -> list[str]:
+    """What a Landlock-confined command may read: the same as bubblewrap binds, plus the
+    kernel's ``/proc`` and ``/dev`` (the host's: there is no private one)."""
+    return [*(p for p in _SYSTEM_DIRS if os.path.lexists(p)), *_ETC_FILES,
+            *_LANDLOCK_KERNEL_FILES, *readonly_paths(settings, interpreters, extra_ro)]
 
 
 def _launcher_argv(settings: ExecSettings, cwd: str, account: tuple[int, int] | None,
-                   argv: Sequence[str], env_names: Sequence[str] = ("PATH",)) -> list[str]:
+                   argv: Sequence[str], env_names: Sequence[str] = ("PATH",), *,
+                   confine: str = "-", readable: Sequence[str] = ()) -> list[str]:
     uid, gid = (str(account[0]), str(account[1])) if account is not None else ("-", "-")
     limits = ",".join(f"{name}={value}" for name, value in settings.limits().items())
-    return [settings.python, "-I", "-S", "-c", _LAUNCHER, cwd, uid, gid, limits,
-            ",".join(sorted(env_names)), "--", *argv]
+    return [LAUNCHER_PYTHON, "-I", "-S", "-c", _LAUNCHER, cwd, uid, gid, limits,
+            ",".join(sorted(env_names)), confine, *readable, "--", *argv]
 
 
 # ----------------------------------------------------------------------------- running
@@ -456,6 +670,21 @@ async def _drain(stream: Any, buffer: bytearray, cap: int, flags: dict[str, bool
         pass
 
 
+@attrs.frozen
+class PythonChoice:
+    """The interpreter python.run uses for a call.
+
+    Attributes:
+        path: the interpreter (one of ``[exec] python``).
+        version: its version (``"3.11.2"``) when it was probed, else None.
+        skipped: ``(path, reason)`` of earlier candidates the account could not run.
+    """
+
+    path: str
+    version: str | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
 class Sandbox:
     """Runs commands under one :class:`ExecSettings`.
 
@@ -476,8 +705,27 @@ class Sandbox:
                             f"machine") from None
         return entry.pw_uid, entry.pw_gid
 
-    def environment(self, extra: Mapping[str, str] | None, work_dir: str) -> dict[str, str]:
+    def account_name(self) -> str:
+        """The name of the account commands run as (``[exec] user`` when flowyard is root and
+        it is set, else flowyard's own account; the uid as text when it has no name).
+
+        Raises:
+            ToolError: the configured user does not exist.
+        """
+        account = self._account()
+        uid = account[0] if account is not None else os.geteuid()
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+    def environment(self, extra: Mapping[str, str] | None, work_dir: str,
+                    isolation: str = "bubblewrap") -> dict[str, str]:
         """The child's environment: allow-listed names, fixed ``env``, HOME/TMPDIR, ``extra``.
+
+        ``HOME`` is the work directory; ``TMPDIR`` is ``/tmp`` in bubblewrap (a private
+        tmpfs) and the work directory otherwise (no shared host ``/tmp``; under Landlock it
+        is the only writable place).
 
         Raises:
             ToolError: an ``extra`` name is not a valid variable name.
@@ -486,7 +734,7 @@ class Sandbox:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.update(self.settings.env)
         env["HOME"] = work_dir
-        env["TMPDIR"] = "/tmp"
+        env["TMPDIR"] = "/tmp" if isolation == "bubblewrap" else work_dir
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         for name, value in (extra or {}).items():
             if not _ENV_NAME.match(name) or "\0" in value:
@@ -496,11 +744,13 @@ class Sandbox:
 
     async def resolve_isolation(self, requested: str | None,
                                 warn: Callable[[str], None] | None = None) -> str:
-        """Decide ``"bubblewrap"`` or ``"none"`` for a call that asks for ``requested``.
+        """Decide ``"bubblewrap"``, ``"landlock"`` or ``"none"`` for a call that asks for
+        ``requested``.
 
         Args:
             requested: the call's (or step's) level, None when it asks for nothing.
-            warn: called with a message when ``auto`` falls back to running unsandboxed.
+            warn: called with a message when ``auto`` falls back from bubblewrap (to Landlock
+                or to nothing), saying why.
 
         Raises:
             ToolError: isolation is required (by config or call) and bubblewrap is missing or
@@ -515,9 +765,90 @@ class Sandbox:
         if level == "required":
             raise ToolError(f"isolation is required but unavailable: {reason}; refusing to run "
                             f"unsandboxed")
+        confined, why_not = await probe_landlock(self.settings)
+        if confined:
+            if warn is not None:
+                warn(f"running without bubblewrap (isolation auto): {reason}; confined by "
+                     f"Landlock instead (writes only in the work directory, reads only the "
+                     f"system and the interpreter; the network and the host's process list "
+                     f"stay visible)")
+            return "landlock"
         if warn is not None:
-            warn(f"running without a sandbox (isolation auto): {reason}")
+            warn(f"running without a sandbox (isolation auto): {reason}; Landlock is "
+                 f"unavailable too: {why_not}")
         return "none"
+
+    async def resolve_python(self, isolation: str, warn: Callable[[str], None] | None = None
+                             ) -> PythonChoice:
+        """Choose python.run's interpreter: the first of ``[exec] python`` that the account
+        the code runs as can start under ``isolation`` (probed once per process by starting
+        it through the launcher; a single configured interpreter is used without a probe).
+
+        Args:
+            isolation: the call's level from :meth:`resolve_isolation`.
+            warn: called with a message when an earlier candidate was skipped (the code then
+                runs without the packages of the skipped interpreter's environment).
+
+        Raises:
+            ToolError: no candidate can be started by that account; the message names each
+                with its reason and the ways out.
+        """
+        candidates = self.settings.python
+        if len(candidates) == 1:
+            return PythonChoice(candidates[0])
+        skipped: list[tuple[str, str]] = []
+        for python in candidates:
+            usable, detail = await self._probe_python(python, isolation)
+            if usable:
+                choice = PythonChoice(python, detail, tuple(skipped))
+                if skipped and warn is not None:
+                    warn(f"{self._skipped_text(skipped, isolation)}; using {python} (Python "
+                         f"{detail}) instead: packages installed only in the skipped "
+                         f"interpreter's environment are not importable")
+                return choice
+            skipped.append((python, detail))
+        ways = ["set [exec] python to an interpreter that account can execute"]
+        if isolation != "bubblewrap":
+            ways.insert(0, "install bubblewrap (the sandbox shows the interpreter's prefix "
+                           "to the account even below a private /root)")
+        if self._account() is not None:
+            ways.append("set [exec] user = \"\" to run the code as root (only for code you "
+                        "trust)")
+        raise ToolError(f"python.run: no interpreter can be started: "
+                        f"{self._skipped_text(skipped, isolation)}; " + ", or ".join(ways))
+
+    def _skipped_text(self, skipped: Sequence[tuple[str, str]], isolation: str) -> str:
+        names = "; ".join(f"{path}: {reason}" for path, reason in skipped)
+        return f"account {self.account_name()!r} cannot start (isolation {isolation}): {names}"
+
+    async def _probe_python(self, python: str, isolation: str) -> tuple[bool, str]:
+        """``(True, version)`` when the account can start ``python`` under ``isolation``
+        with the modules python.run's runner needs, else ``(False, reason)``; cached."""
+        key = (python, isolation, self._account(), self.settings.bwrap, LAUNCHER_PYTHON)
+        if key in _PYTHON_PROBES:
+            return _PYTHON_PROBES[key]
+        if not os.path.exists(python):
+            return False, "not found"
+        work = os.path.realpath(tempfile.mkdtemp(prefix="flowyard-exec-probe-",
+                                                 dir=self.settings.temp_root))
+        try:
+            account = self._account()
+            if account is not None:
+                os.chown(work, *account)
+            outcome = await self.run([python, "-I", "-c", _PYTHON_PROBE], work_dir=work,
+                                     isolation=isolation, timeout=20, interpreters=[python])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        version = outcome.stdout.strip()
+        if outcome.exit_code == 0 and re.fullmatch(r"\d+\.\d+\.\d+", version):
+            result = (True, version)
+        elif outcome.timed_out:
+            result = (False, "did not start within 20 s")
+        else:
+            result = (False, f"exit code {outcome.exit_code}: "
+                             f"{outcome.stderr.strip()[-300:] or '(no output)'}")
+        _PYTHON_PROBES[key] = result
+        return result
 
     def make_work_dir(self) -> tuple[str, bool]:
         """Return ``(path, temporary)``: the configured work dir, or a new temporary one."""
@@ -544,23 +875,37 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         extra_ro: Sequence[str] = (),
+        interpreters: Sequence[str] = (),
     ) -> ProcessOutcome:
         """Run ``argv`` in ``work_dir`` and collect its outcome.
 
         Args:
             argv: program and arguments (argv[0] looked up on the child's PATH).
-            isolation: ``"bubblewrap"`` or ``"none"`` (from :meth:`resolve_isolation`).
+            isolation: ``"bubblewrap"``, ``"landlock"`` or ``"none"`` (from
+                :meth:`resolve_isolation`).
             timeout: wall-clock seconds; then the process group is killed (SIGKILL).
             env: extra environment variables; stdin: bytes fed to the command.
             extra_ro: more host paths visible read-only in the sandbox.
+            interpreters: interpreters the command starts, whose prefixes are made visible
+                (bound in bubblewrap, readable under Landlock).
 
         Raises:
-            ToolError: the process could not be started.
+            ToolError: the process could not be started; an ``ro_binds`` path is missing.
         """
+        if isolation not in ISOLATION_RESULTS:
+            raise ValueError(f"unknown isolation {isolation!r}; use one of {ISOLATION_RESULTS}")
         account = self._account()
-        child_env = self.environment(env, work_dir)
-        inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env))
-        full = ([*bubblewrap_args(self.settings, work_dir, extra_ro=extra_ro), *inner]
+        user = self.account_name()
+        child_env = self.environment(env, work_dir, isolation)
+        if isolation == "landlock":
+            inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env),
+                                   confine="landlock",
+                                   readable=_landlock_readable(self.settings, interpreters,
+                                                               extra_ro))
+        else:
+            inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env))
+        full = ([*bubblewrap_args(self.settings, work_dir, interpreters=interpreters,
+                                  extra_ro=extra_ro), *inner]
                 if isolation == "bubblewrap" else inner)
         cap = self.settings.max_output_bytes
         out, err = bytearray(), bytearray()
@@ -624,6 +969,7 @@ class Sandbox:
             duration_s=round(time.monotonic() - started, 6),
             isolation=isolation,
             work_dir=work_dir,
+            user=user,
         )
 
     def clamp_timeout(self, requested: float | None) -> float:
@@ -647,4 +993,3 @@ def remove_work_dir(path: str) -> str | None:
     except OSError as exc:
         return f"could not remove temporary work directory {path}: {exc}"
     return None
-

@@ -24,9 +24,10 @@ _COMMON: dict[str, Any] = {
                 "description": "Wall-clock limit in seconds; the whole process group is killed "
                                "when it passes (default from [exec] timeout)."},
     "isolation": {"enum": list(ISOLATION_LEVELS),
-                  "description": "auto: sandbox when bubblewrap works; required: refuse to run "
-                                 "without the sandbox; none: no sandbox. A call can only make "
-                                 "the configured level stricter."},
+                  "description": "auto: the bubblewrap sandbox when it works, else Landlock "
+                                 "confinement when the kernel has it; required: refuse to run "
+                                 "without the bubblewrap sandbox; none: no sandbox. A call can "
+                                 "only make the configured level stricter."},
     "env": {"type": "object", "additionalProperties": {"type": "string"},
             "description": "Extra environment variables (the rest is scrubbed)."},
 }
@@ -86,7 +87,9 @@ class ShellRunTool(_ExecTool):
 
     Returns:
         ``{"exit_code", "signal", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
-        "timed_out", "duration_s", "isolation", "work_dir", "command"}``.
+        "timed_out", "duration_s", "isolation", "work_dir", "user", "command"}``;
+        ``isolation`` is ``"bubblewrap"``, ``"landlock"`` or ``"none"``, ``user`` the account
+        the command ran as.
 
     Raises:
         ToolInputError: bad arguments (shell string not allowed, program not allowed).
@@ -240,17 +243,23 @@ class PythonRunTool(_ExecTool):
     ``[exec] script_dir``), ``context`` (JSON object, visible to the code as ``context``),
     ``env``, ``timeout`` (seconds), ``isolation``.
 
+    The interpreter is the first of ``[exec] python`` that the account the code runs as can
+    start (flowyard's own, else the system's ``python3``; see
+    :meth:`~flowyard_exec.sandbox.Sandbox.resolve_python`); a skipped one is logged as a
+    warning and the one used is in the result.
+
     Returns:
         ``{"result", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "exit_code",
-        "duration_s", "isolation"}``; ``result`` is the code's ``result`` variable (None when
-        it set none).
+        "duration_s", "isolation", "user", "python"}``; ``result`` is the code's ``result``
+        variable (None when it set none), ``python`` the interpreter's path.
 
     Raises:
         ToolInputError: neither or both of code/script; a script outside ``script_dir``;
             a context that is not JSON-serialisable.
         ToolError: the code raised (type, message and traceback in the message), timed out,
             was killed by a limit, or set a result that is not JSON-serialisable; isolation
-            was required but is unavailable.
+            was required but is unavailable; no configured interpreter can be started by the
+            account the code runs as.
     """
 
     name = "python.run"
@@ -305,6 +314,9 @@ class PythonRunTool(_ExecTool):
         isolation = await self.sandbox.resolve_isolation(
             _requested_isolation(arguments, context),
             warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
+        python = await self.sandbox.resolve_python(
+            isolation,
+            warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
         work_dir, temporary = self.sandbox.make_work_dir()
         # Unique names: calls sharing a fixed work dir never touch each other's files.
         tag = secrets.token_hex(8)
@@ -314,10 +326,10 @@ class PythonRunTool(_ExecTool):
         try:
             _write_new(script_path, source)
             _write_new(context_path, context_json)
-            argv = [self.settings.python, "-I", "-c", _RUNNER, script_path, context_path,
-                    result_path]
+            argv = [python.path, "-I", "-c", _RUNNER, script_path, context_path, result_path]
             outcome = await self.sandbox.run(argv, work_dir=work_dir, isolation=isolation,
-                                             timeout=timeout, env=arguments.get("env"))
+                                             timeout=timeout, env=arguments.get("env"),
+                                             interpreters=[python.path])
             payload = self._read_result(result_path)
         finally:
             if not temporary:
@@ -334,15 +346,20 @@ class PythonRunTool(_ExecTool):
                 f"exit code {outcome.exit_code}")
             hint = ""
             if outcome.exit_code == 127 and "cannot execute" in outcome.stderr:
-                hint = (f" (hint: the interpreter {self.settings.python} must be readable and "
-                        f"executable by the account the code runs as; see [exec] python and "
-                        f"[exec] user)")
+                hint = (f" (hint: the interpreter {python.path} must be readable and "
+                        f"executable by the account the code runs as, {outcome.user!r}; list "
+                        f"fallbacks in [exec] python, install bubblewrap, or see [exec] user)")
             raise ToolError(f"python.run: {where} ended without a result ({detail}); stderr: "
                             f"{_tail(outcome.stderr)}{hint}", tool=self.name)
         if not payload.get("ok"):
             error = payload.get("error") or {}
+            note = ""
+            if python.skipped and error.get("type") in ("ModuleNotFoundError", "ImportError"):
+                note = (f"\n(note: the code ran with {python.path} because account "
+                        f"{outcome.user!r} cannot start {python.skipped[0][0]}; install "
+                        f"bubblewrap or see [exec] python in docs/plugins/exec.md)")
             raise ToolError(f"python.run: {where} raised {error.get('type')}: "
-                            f"{error.get('message')}\n{_tail(error.get('traceback', ''))}",
+                            f"{error.get('message')}\n{_tail(error.get('traceback', ''))}{note}",
                             tool=self.name)
         return {
             "result": payload.get("result"),
@@ -353,6 +370,8 @@ class PythonRunTool(_ExecTool):
             "exit_code": outcome.exit_code,
             "duration_s": outcome.duration_s,
             "isolation": outcome.isolation,
+            "user": outcome.user,
+            "python": python.path,
         }
 
     def _read_result(self, path: str) -> dict[str, Any] | None:
