@@ -52,6 +52,41 @@ class ToolContext:
         self.stack.events.emit(Event(type="log", run_id=self.run_id, step_id=self.step_id,
                                      data={"level": level, "message": message}))
 
+    def progress(self, done: float, total: float | None = None, *, unit: str = "items",
+                 description: str = "") -> None:
+        """Report how far this call is (``done`` of ``total`` ``unit``), for live displays.
+
+        Call it as often as is convenient (every item of a loop): the stack's event bus emits
+        a ``step.progress`` event at most every 0.2 s per step key (plus the first report, a
+        change of ``unit``/``description``/``total``, and reaching ``total``), only while a
+        live display listens, and never stores it. See :meth:`flowyard.events.EventBus.progress`.
+
+        Args:
+            done: units done so far (a number >= 0).
+            total: units in all, None when unknown.
+            unit: what is counted, a plural noun (``"chunks"``).
+            description: the current phase (``"embedding"``).
+
+        Raises:
+            ValueError: ``done`` or ``total`` is not a number >= 0.
+        """
+        self.stack.events.progress(self.run_id, self.step_id, self.step_key, done, total,
+                                   unit=unit, description=description, attempt=self.attempt)
+
+    def stream_text(self, delta: str, *, final: bool = False) -> None:
+        """Report new text this call produced (a streamed answer), for live displays.
+
+        Pieces are buffered and emitted as ``step.delta`` events at most every 0.2 s per step
+        key, and flushed when ``final`` is True: call once with ``final=True`` when the text is
+        complete (also after an error), so that nothing stays buffered. Not stored; the step's
+        output is what the tool returns. See :meth:`flowyard.events.EventBus.text`.
+
+        Raises:
+            TypeError: ``delta`` is not a string.
+        """
+        self.stack.events.text(self.run_id, self.step_id, self.step_key, delta, final=final,
+                               attempt=self.attempt)
+
     def child(self, **changes: Any) -> ToolContext:
         """Return a copy with ``changes`` applied (e.g. ``agent="researcher"``)."""
         return attrs.evolve(self, **changes)

@@ -4,13 +4,15 @@
 ``log``       record a log line for the run (``message``, ``level``); returns the message
 ``sleep``     wait ``seconds``; returns the seconds waited
 ``llm.chat``  one LLM call through the stack's gateway; returns the answer text, or the parsed
-              JSON value when ``response_schema`` is given
+              JSON value when ``response_schema`` is given; streams the answer as
+              ``step.delta`` events while a live display listens
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -104,7 +106,15 @@ class ChatAction(BaseTool):
     ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``, ``response_schema`` (JSON
     Schema: the answer is parsed and checked), ``requirements`` (``capabilities``,
     ``min_context``, ``max_input_price``, ``candidates``: a router picks the model; the model
-    defaults to ``auto``).
+    defaults to ``auto``), ``stream``.
+
+    Streaming: with ``stream: true`` the answer is generated through ``stack.llm.stream`` and
+    each piece is reported with :meth:`~flowyard.context.ToolContext.stream_text` (throttled
+    ``step.delta`` events, never stored); ``false`` makes one ``stack.llm.chat`` call. The
+    default streams exactly when a live display listens (``flowyard run`` in a terminal;
+    ``stack.events.wants_transient()``) and no ``response_schema`` is given, so runs without
+    a display (``--json``, pipes, library calls) make the same call as always. The output is
+    the complete answer either way.
 
     Returns the answer text, or the parsed JSON value with ``response_schema``.
     """
@@ -124,6 +134,9 @@ class ChatAction(BaseTool):
             "stop": {"type": "array", "items": {"type": "string"}},
             "seed": {"type": "integer"},
             "response_schema": {"type": "object"},
+            "stream": {"type": "boolean",
+                       "description": "stream the answer as step.delta events (default: "
+                                      "while a live display listens)"},
             "requirements": {
                 "type": "object",
                 "properties": {
@@ -174,16 +187,23 @@ class ChatAction(BaseTool):
                 estimated_input_tokens=sum(len(m.text) for m in messages) // 4,
             )
             model = model or "auto"
-        response = await context.stack.llm.chat(messages, model=model, context=context,
-                                                **params)
         schema = arguments.get("response_schema")
+        stream = arguments.get("stream")
+        if stream is None:
+            stream = schema is None and context.stack.events.wants_transient()
+        if stream:
+            text = await self._stream(context, messages, model, params)
+        else:
+            response = await context.stack.llm.chat(messages, model=model, context=context,
+                                                    **params)
+            text = response.text
         if schema is None:
-            return response.text
+            return text
         try:
-            value = json.loads(response.text)
+            value = json.loads(text)
         except ValueError as exc:
             raise ToolError(f"llm.chat: the answer is not valid JSON ({exc}): "
-                            f"{response.text[:200]!r}", tool=self.name, retriable=True) from None
+                            f"{text[:200]!r}", tool=self.name, retriable=True) from None
         import jsonschema
 
         errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
@@ -191,6 +211,30 @@ class ChatAction(BaseTool):
             raise ToolError(f"llm.chat: the answer does not match response_schema: "
                             f"{errors[0].message}", tool=self.name, retriable=True)
         return value
+
+    @staticmethod
+    async def _stream(context: ToolContext, messages: list[Any], model: str | None,
+                      params: dict[str, Any]) -> str:
+        """Stream the answer through ``stack.llm.stream``, reporting each piece with
+        ``context.stream_text``; return the whole text (the concatenated deltas).
+
+        Raises:
+            ProviderError, BudgetExceeded: from the gateway (the text reported so far is
+                flushed first).
+        """
+        if context.idempotency_key and "idempotency_key" not in params:
+            params = {**params, "idempotency_key": context.idempotency_key}
+        parts: list[str] = []
+        try:
+            async with aclosing(context.stack.llm.stream(messages, model=model,
+                                                         context=context, **params)) as chunks:
+                async for chunk in chunks:
+                    if chunk.delta:
+                        parts.append(chunk.delta)
+                        context.stream_text(chunk.delta)
+        finally:
+            context.stream_text("", final=True)
+        return "".join(parts)
 
 
 def builtin_actions() -> list[BaseTool]:

@@ -8,8 +8,12 @@ or the command line is wrong.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -62,25 +66,172 @@ def _inputs_file(path: str | None) -> dict[str, Any]:
     return data
 
 
-class _LiveView:
-    """Step table updated from events: status, elapsed seconds, tokens."""
+#: Characters of streamed text kept per step key by the live view (only the tail is shown).
+_TAIL_CHARS = 2000
 
-    def __init__(self, workflow: Any) -> None:
+
+def _step_of(key: str) -> str:
+    """Return the step id of a step key (``answers[2]`` -> ``answers``, ``loop#3`` -> ``loop``)."""
+    return re.sub(r"(\[\d+\]|#\d+)$", "", key)
+
+
+def _fmt_duration(seconds: float) -> str:
+    """``h:mm:ss`` of a number of seconds (rounded up)."""
+    total = int(math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _fmt_rate(per_second: float) -> str:
+    if per_second >= 100:
+        return f"{per_second:.0f}"
+    if per_second >= 10:
+        return f"{per_second:.1f}"
+    return f"{per_second:.2f}"
+
+
+def _progress_columns() -> tuple[Any, ...]:
+    """The columns of a step's progress: phase, bar, done/total, unit, rate, ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Units per second over rich's speed window (30 s), e.g. ``35.2 chunks/s``."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text("")
+            return Text(f"{_fmt_rate(speed)} {task.fields.get('unit', '')}/s",
+                        style="progress.data.speed")
+
+    class EtaColumn(ProgressColumn):
+        """Estimated time left (``ETA 0:00:11``) from the rate; empty when unknown."""
+
+        def render(self, task: Any) -> Text:
+            remaining = None if task.finished else task.time_remaining
+            if remaining is None:
+                return Text("")
+            return Text(f"ETA {_fmt_duration(remaining)}", style="progress.remaining")
+
+    return (TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"), RateColumn(), EtaColumn())
+
+
+class _Tail:
+    """The end of a streamed text on one line, cut on the left to the width it gets."""
+
+    def __init__(self, text: str) -> None:
+        self.text = " ".join(text.split())
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.cells import cell_len
+        from rich.text import Text
+
+        width = max(1, options.max_width)
+        text = self.text[-4 * width:]
+        if cell_len(text) > width:
+            kept: list[str] = []
+            used = 1  # the ellipsis
+            for char in reversed(text):
+                size = cell_len(char)
+                if used + size > width:
+                    break
+                kept.append(char)
+                used += size
+            text = "…" + "".join(reversed(kept))
+        yield Text(text, no_wrap=True, overflow="crop")
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        size = min(cell_len(self.text), options.max_width)
+        return Measurement(min(size, 12), size)
+
+
+class _Line:
+    """What the live view knows of one running step key (of the run or a sub-workflow)."""
+
+    __slots__ = ("run_id", "step_id", "key", "root", "label", "start", "task", "signature",
+                 "text", "attempt")
+
+    def __init__(self, run_id: str, step_id: str, key: str, root: str, label: str,
+                 start: float) -> None:
+        self.run_id = run_id
+        self.step_id = step_id
+        self.key = key
+        self.root = root  # the run's top-level step it belongs to
+        self.label = label
+        self.start = start
+        self.task: Any = None  # rich progress task id
+        self.signature: tuple[Any, ...] = ()
+        self.text = ""
+        self.attempt = 0
+
+
+class _LiveView:
+    """The live table of ``flowyard run``, updated from the run's events.
+
+    One row per step: status, elapsed seconds, progress, tokens. The progress cell shows the
+    step's latest ``step.progress`` report with rich's progress columns (phase, bar,
+    ``done/total unit``, rate in units per second over the last 30 s, ETA), or the tail of
+    the text it streams (``step.delta``, e.g. ``llm.chat``'s answer as it is generated).
+    Below a step, one indented line per running step key of its fan-out items or of its
+    sub-workflow runs (``answers[2] › answer``), with the same cell. Tokens and cost include
+    the sub-workflows' calls.
+
+    Subscribe it with ``transient=True`` (progress and deltas are transient events). Events
+    may come from worker threads while rich's refresh thread calls :meth:`render`; a lock
+    guards the state.
+
+    Args:
+        workflow: the workflow being run.
+        clock: monotonic time in seconds (elapsed times, rates and ETAs).
+    """
+
+    def __init__(self, workflow: Any, *, clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.progress import Progress
+
         self.workflow = workflow
+        self.clock = clock
         self.rows: dict[str, dict[str, Any]] = {
             s.id: {"status": "pending", "start": None, "end": None, "tokens": 0, "attempts": 0}
             for s in workflow.steps}
-        self.started = time.monotonic()
+        self.started = clock()
         self.run_id = ""
         self.tokens = 0
         self.cost: float | None = 0.0
+        self.lines: dict[tuple[str, str], _Line] = {}
+        self._runs: dict[str, tuple[str, str]] = {}  # sub-workflow run -> (root step, label)
+        self._lock = threading.RLock()
+        self.progress = Progress(*_progress_columns(), get_time=clock, auto_refresh=False)
 
     def __call__(self, event: Any) -> None:
-        if event.type == "run.started" and not self.run_id:
-            self.run_id = event.run_id
-        if event.run_id != self.run_id:
+        with self._lock:
+            self._handle(event)
+
+    def _handle(self, event: Any) -> None:
+        from flowyard.events import DELTA_EVENT, PROGRESS_EVENT
+
+        if event.type == "run.started":
+            if not self.run_id:
+                self.run_id = event.run_id
+            else:
+                self._sub_run(event)
             return
-        row = self.rows.get(event.step_id or "")
+        main = event.run_id == self.run_id
+        if not main and event.run_id not in self._runs:
+            return
+        if event.type == PROGRESS_EVENT:
+            self._progress(event)
+            return
+        if event.type == DELTA_EVENT:
+            self._delta(event)
+            return
+        root = event.step_id if main else self._runs[event.run_id][0]
+        row = self.rows.get(root or "")
         if event.type == "llm.call":
             tokens = int(event.data.get("input_tokens", 0)) + int(event.data.get("output_tokens",
                                                                                   0))
@@ -89,9 +240,13 @@ class _LiveView:
             self.cost = None if cost is None or self.cost is None else self.cost + cost
             if row is not None:
                 row["tokens"] += tokens
+            return
+        if not main:
+            self._sub_step(event)
+            return
         if row is None:
             return
-        now = time.monotonic()
+        now = self.clock()
         if event.type == "step.started":
             row["status"], row["start"] = "running", now
         elif event.type == "step.retrying":
@@ -104,25 +259,126 @@ class _LiveView:
             row["status"], row["end"] = "skipped", now
         elif event.type == "tool.call":
             row["attempts"] += 1
+        if event.type in ("step.completed", "step.failed", "step.skipped"):
+            self._drop(lambda line: line.root == event.step_id)
+
+    def _sub_run(self, event: Any) -> None:
+        """Place a sub-workflow's run under the step key that started it."""
+        parent, parent_step = event.data.get("parent_run_id"), event.data.get("parent_step")
+        if not parent or not parent_step:
+            return
+        if parent == self.run_id:
+            self._runs[event.run_id] = (_step_of(parent_step), parent_step)
+        elif parent in self._runs:
+            root, label = self._runs[parent]
+            self._runs[event.run_id] = (root, f"{label} › {parent_step}")
+
+    def _sub_step(self, event: Any) -> None:
+        if event.type == "step.started" and event.step_id:
+            self._line(event.run_id, event.step_id, event.step_id)
+        elif event.type in ("step.completed", "step.failed", "step.skipped"):
+            self._drop(lambda line: line.run_id == event.run_id
+                       and line.step_id == event.step_id)
+        elif event.type == "run.finished":
+            self._drop(lambda line: line.run_id == event.run_id)
+
+    def _line(self, run_id: str, step_id: str, key: str) -> _Line:
+        line = self.lines.get((run_id, key))
+        if line is None:
+            if run_id == self.run_id:
+                root, label = step_id, key
+            else:
+                root, prefix = self._runs[run_id]
+                label = f"{prefix} › {key}"
+            line = self.lines[(run_id, key)] = _Line(run_id, step_id, key, root, label,
+                                                     self.clock())
+        return line
+
+    def _attempt(self, line: _Line, attempt: int) -> None:
+        if attempt != line.attempt:  # a new attempt starts afresh
+            line.attempt = attempt
+            line.text = ""
+            if line.task is not None:
+                self.progress.remove_task(line.task)
+                line.task = None
+
+    def _progress(self, event: Any) -> None:
+        data = event.data
+        if not event.step_id:
+            return
+        line = self._line(event.run_id, event.step_id, data.get("step_key") or event.step_id)
+        self._attempt(line, int(data.get("attempt", 1)))
+        unit, description, total = data.get("unit", ""), data.get("description", ""), \
+            data.get("total")
+        signature = (unit, description, total)
+        if line.task is None or line.signature != signature:
+            if line.task is not None:  # a new phase: a new count and rate
+                self.progress.remove_task(line.task)
+            line.task = self.progress.add_task(description, total=total,
+                                               completed=data.get("done", 0), unit=unit)
+            line.signature = signature
+        else:
+            self.progress.update(line.task, completed=data.get("done", 0))
+
+    def _delta(self, event: Any) -> None:
+        data = event.data
+        if not event.step_id:
+            return
+        line = self._line(event.run_id, event.step_id, data.get("step_key") or event.step_id)
+        self._attempt(line, int(data.get("attempt", 1)))
+        line.text = (line.text + str(data.get("text", "")))[-_TAIL_CHARS:]
+
+    def _drop(self, which: Callable[[_Line], bool]) -> None:
+        for key, line in list(self.lines.items()):
+            if which(line):
+                if line.task is not None:
+                    self.progress.remove_task(line.task)
+                del self.lines[key]
+
+    def _cell(self, line: _Line | None, tasks: dict[Any, Any]) -> Any:
+        if line is None:
+            return ""
+        parts: list[Any] = []
+        if line.task is not None and line.task in tasks:
+            parts.append(self.progress.make_tasks_table([tasks[line.task]]))
+        if line.text:
+            parts.append(_Tail(line.text))
+        if len(parts) == 1:
+            return parts[0]
+        from rich.console import Group
+
+        return Group(*parts) if parts else ""
 
     def render(self) -> Any:
+        """Return the table as it is now (a rich renderable)."""
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"{self.workflow.name}  {self.run_id}", title_justify="left")
-        table.add_column("step")
-        table.add_column("status")
-        table.add_column("elapsed", justify="right")
-        table.add_column("tokens", justify="right")
-        now = time.monotonic()
-        for sid, row in list(self.rows.items()):
-            elapsed = ""
-            if row["start"] is not None:
-                elapsed = f"{(row['end'] or now) - row['start']:.1f}s"
-            style = _STATUS_STYLE.get(row["status"], "")
-            table.add_row(sid, f"[{style}]{row['status']}[/]", elapsed, str(row["tokens"] or ""))
-        cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
-        table.caption = (f"{now - self.started:.1f}s  tokens {self.tokens}  cost {cost}")
-        return table
+        with self._lock:
+            table = Table(title=f"{self.workflow.name}  {self.run_id}", title_justify="left")
+            table.add_column("step")
+            table.add_column("status")
+            table.add_column("elapsed", justify="right")
+            table.add_column("progress")
+            table.add_column("tokens", justify="right")
+            now = self.clock()
+            tasks = {task.id: task for task in self.progress.tasks}
+            for sid, row in list(self.rows.items()):
+                elapsed = ""
+                if row["start"] is not None:
+                    elapsed = f"{(row['end'] or now) - row['start']:.1f}s"
+                style = _STATUS_STYLE.get(row["status"], "")
+                own = self.lines.get((self.run_id, sid))
+                table.add_row(Text(sid), Text(row["status"], style=style), elapsed,
+                              self._cell(own, tasks), str(row["tokens"] or ""))
+                for line in self.lines.values():
+                    if line.root == sid and line is not own:
+                        table.add_row(Text(f"  {line.label}", style="dim"),
+                                      Text("running", style=_STATUS_STYLE["running"]),
+                                      f"{now - line.start:.1f}s", self._cell(line, tasks), "")
+            cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
+            table.caption = f"{now - self.started:.1f}s  tokens {self.tokens}  cost {cost}"
+            return table
 
 
 def _print_summary(console: Any, result: Any) -> None:
@@ -175,7 +431,8 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
             from rich.live import Live
 
             view = _LiveView(workflow)
-            unsubscribe = stack.events.subscribe(view, name="cli-live-view")
+            # transient: the view also takes step.progress and step.delta events
+            unsubscribe = stack.events.subscribe(view, name="cli-live-view", transient=True)
             try:
                 with Live(get_renderable=view.render, console=console, refresh_per_second=8,
                           transient=True):

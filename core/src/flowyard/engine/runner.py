@@ -287,7 +287,9 @@ class Run:
         record.started_at = record.started_at or time.time()
         started = time.time()
         self.emit("run.started", workflow=self.workflow.name, inputs=self.inputs,
-                  resumed=record.resume_count > 0, resume_count=record.resume_count)
+                  resumed=record.resume_count > 0, resume_count=record.resume_count,
+                  parent_run_id=record.metadata.get("parent_run_id"),
+                  parent_step=record.metadata.get("parent_step"))
         status = "completed"
         error: str | None = None
         try:
@@ -499,6 +501,8 @@ class Run:
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, Exception]] = []
         limiter = anyio.CapacityLimiter(step.max_parallel) if step.max_parallel else None
+        done = [sum(f"{step.id}[{i}]" in self.checkpoints for i in range(len(items)))]
+        self.stack.events.progress(self.run_id, step.id, step.id, done[0], len(items))
 
         async def one(i: int, item: Any) -> None:
             key = f"{step.id}[{i}]"
@@ -515,6 +519,9 @@ class Run:
             except Exception as exc:  # noqa: BLE001 - first failure cancels the siblings
                 errors.append((i, exc))
                 tg.cancel_scope.cancel()
+                return
+            done[0] += 1  # transient, throttled progress for live displays (never stored)
+            self.stack.events.progress(self.run_id, step.id, step.id, done[0], len(items))
 
         async with anyio.create_task_group() as tg:
             for i, item in enumerate(items):
