@@ -6,6 +6,11 @@ hash of the document (text, source, metadata and the chunking settings), its pos
 size. Re-indexing a document whose hash is unchanged does nothing; a changed document has
 its chunks replaced (the new chunks are embedded before the old ones are deleted).
 
+Indexing reports its progress through an optional callback with the signature of
+:meth:`flowyard.context.ToolContext.progress` (``progress(done, total, unit=...,
+description=...)``): documents chunked (``"chunking"``), chunks embedded (``"embedding"``,
+in slices of :attr:`ChromaRetriever.embed_slice` texts) and chunks written (``"writing"``).
+
 Retrieval modes:
 
 ``dense``   cosine similarity of MiniLM (or the configured model's) vectors, via chroma.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -35,6 +40,9 @@ from flowyard_chroma.settings import MODES
 __all__ = ["ChromaRetriever", "format_context"]
 
 _DOC_META = "doc_metadata_json"
+
+#: ``progress(done, total, *, unit, description)``, as :meth:`ToolContext.progress`.
+ProgressCallback = Callable[..., None]
 
 
 @attrs.define
@@ -87,6 +95,10 @@ class ChromaRetriever(ChromaBase):
 
     kind = "rag"
     prefix = "fy_rag"
+    #: Chunks embedded per call of the embedder while indexing (progress is reported after
+    #: each slice); the same slicing is used whether or not progress is reported, so the
+    #: vectors never depend on it.
+    embed_slice = 256
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,9 +107,17 @@ class ChromaRetriever(ChromaBase):
 
     # ------------------------------------------------------------------ indexing
 
-    async def index(self, documents: Sequence[Document], *, collection: str = "default"
-                    ) -> dict[str, int]:
+    async def index(self, documents: Sequence[Document], *, collection: str = "default",
+                    progress: ProgressCallback | None = None) -> dict[str, int]:
         """Index ``documents`` into ``collection``.
+
+        Args:
+            documents: the documents.
+            collection: the collection (created when absent).
+            progress: called as ``progress(done, total, unit=..., description=...)`` while
+                the changed documents are chunked (unit ``"documents"``), their chunks
+                embedded and written (unit ``"chunks"``); possibly from a worker thread.
+                :meth:`flowyard.context.ToolContext.progress` fits (and throttles).
 
         Returns:
             ``{"added", "updated", "unchanged", "chunks", "empty"}``: documents new to the
@@ -137,10 +157,10 @@ class ChromaRetriever(ChromaBase):
                 todo.append(doc)
         if not todo:
             return counts
-        pieces = await self._run(self._chunk_all, todo)
+        pieces = await self._run(self._chunk_all, todo, progress)
         texts = [c.text for _, chunks in pieces for c in chunks]
-        vectors = await self.embedder.embed(texts)
-        await self._run(self._write, col, pieces, vectors, hashes, existing)
+        vectors = await self._embed_all(texts, progress)
+        await self._run(self._write, col, pieces, vectors, hashes, existing, progress)
         for doc, chunks in pieces:
             if not chunks:
                 counts["empty"] += 1
@@ -151,10 +171,34 @@ class ChromaRetriever(ChromaBase):
             counts["chunks"] += len(chunks)
         return counts
 
-    def _chunk_all(self, docs: list[Document]) -> list[tuple[Document, list[Any]]]:
+    def _chunk_all(self, docs: list[Document], progress: ProgressCallback | None = None
+                   ) -> list[tuple[Document, list[Any]]]:
         s = self.settings
-        return [(d, chunk_text(d.text, chunk_tokens=s.chunk_tokens, overlap=s.chunk_overlap))
-                for d in docs]
+        out = []
+        for n, d in enumerate(docs, 1):
+            out.append((d, chunk_text(d.text, chunk_tokens=s.chunk_tokens,
+                                      overlap=s.chunk_overlap)))
+            if progress is not None:
+                progress(n, len(docs), unit="documents", description="chunking")
+        return out
+
+    async def _embed_all(self, texts: list[str], progress: ProgressCallback | None = None
+                         ) -> Any:
+        """Embed ``texts`` in slices of :attr:`embed_slice`; return one array of vectors."""
+        if len(texts) <= self.embed_slice and progress is None:
+            return await self.embedder.embed(texts)
+        import numpy as np
+
+        total = len(texts)
+        if progress is not None:
+            progress(0, total, unit="chunks", description="embedding")
+        parts = []
+        for start in range(0, total, self.embed_slice):
+            parts.append(await self.embedder.embed(texts[start:start + self.embed_slice]))
+            if progress is not None:
+                progress(min(start + self.embed_slice, total), total, unit="chunks",
+                         description="embedding")
+        return np.concatenate(parts) if parts else await self.embedder.embed([])
 
     def _existing_hashes(self, col: Any, ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -167,7 +211,8 @@ class ChromaRetriever(ChromaBase):
         return found
 
     def _write(self, col: Any, pieces: list[tuple[Document, list[Any]]], vectors: Any,
-               hashes: dict[str, str], existing: dict[str, str]) -> None:
+               hashes: dict[str, str], existing: dict[str, str],
+               progress: ProgressCallback | None = None) -> None:
         ids: list[str] = []
         texts: list[str] = []
         metas: list[dict[str, Any]] = []
@@ -190,6 +235,9 @@ class ChromaRetriever(ChromaBase):
                            embeddings=vectors[start:start + step],
                            documents=texts[start:start + step],
                            metadatas=metas[start:start + step])
+                if progress is not None:
+                    progress(min(start + step, len(ids)), len(ids), unit="chunks",
+                             description="writing")
             self._bump_generation(col)
 
     async def delete_documents(self, ids: Sequence[str], *, collection: str = "default") -> int:

@@ -187,7 +187,9 @@ async def rag_index(
 ) -> dict[str, Any]:
     """Index documents for retrieval; unchanged documents are skipped, changed ones replaced.
 
-    Sources can be combined in one call.
+    Sources can be combined in one call. While it chunks, embeds and writes, the step reports
+    its progress (``step.progress`` events: documents or chunks done of the total), shown by
+    the live view of ``flowyard run``.
 
     Args:
         collection: the collection to index into.
@@ -218,12 +220,24 @@ async def rag_index(
     if not docs:
         raise ToolInputError("rag.index: no documents: give texts, documents, paths, "
                              "directory or pydoc_topics", tool="rag.index")
+    retriever = _retriever(context)
+    extra: dict[str, Any] = {}
+    if _takes_progress(retriever.index):
+        extra["progress"] = context.progress
     try:
-        counts = await _retriever(context).index(docs, collection=collection)
+        counts = await retriever.index(docs, collection=collection, **extra)
     except (ValueError, TypeError) as exc:
         raise _input_error("rag.index", exc) from exc
     context.log(f"rag.index {collection}: {counts}")
     return {"collection": collection, "documents": len(docs), **counts}
+
+
+def _takes_progress(method: Any) -> bool:
+    """Whether a retriever's ``index`` accepts a ``progress`` callback (the chroma one does;
+    the :class:`~flowyard.interfaces.Retriever` protocol does not require it)."""
+    import inspect
+
+    return "progress" in inspect.signature(method).parameters
 
 
 def _mode_kwargs(retriever: Any, mode: str | None, name: str) -> dict[str, Any]:
