@@ -138,6 +138,8 @@ if confine == "landlock":
 
         for path in readable:
             allow(path, 0xD)               # EXECUTE | READ_FILE | READ_DIR
+        for path in ("/dev/random", "/dev/urandom"):
+            allow(path, 0x4)               # READ_FILE
         for path in ("/dev/null", "/dev/zero", "/dev/full"):
             allow(path, 0x4006)            # READ_FILE | WRITE_FILE | TRUNCATE
         allow(work, handled, required=True)
@@ -189,8 +191,9 @@ _ETC_FILES = (
     "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types",
 )
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# What Landlock lets a command read besides the system directories, /etc files and binds.
-_LANDLOCK_KERNEL_FILES = ("/proc", "/dev")
+# What Landlock lets a command read besides the system directories, /etc files and binds
+# (and the devices /dev/null, zero, full, random, urandom, allowed by the launcher itself).
+_LANDLOCK_KERNEL_FILES = ("/proc",)
 
 
 def default_pythons() -> tuple[str, ...]:
@@ -260,8 +263,9 @@ class ExecSettings:
     """The ``[exec]`` configuration section, validated.
 
     Args:
-        isolation: ``"auto"`` (default), ``"required"`` or ``"none"``; a call may ask for a
-            stricter level, never a weaker one.
+        isolation: ``"auto"`` (default: bubblewrap, else Landlock, else none),
+            ``"required"`` (bubblewrap or refuse) or ``"none"``; a call may ask for a stricter
+            level, never a weaker one.
         bwrap: path of the bubblewrap binary (default: ``bwrap`` on ``PATH``; None when absent).
         network: keep the network inside the sandbox (default False: ``--unshare-net``).
         timeout: default wall-clock timeout in seconds (30); max_timeout: the largest a call may
@@ -290,7 +294,8 @@ class ExecSettings:
             launcher always runs with flowyard's own interpreter.
         script_dir: ``python.run`` script files must lie inside this directory (default: the
             current directory).
-        ro_binds: extra host paths made visible read-only inside the sandbox.
+        ro_binds: extra host paths made visible read-only inside the sandbox (bound in
+            bubblewrap, readable under Landlock).
 
     Raises:
         ConfigError: a value has the wrong type or range (the message names the key).
@@ -623,8 +628,10 @@ async def probe_landlock(settings: ExecSettings) -> tuple[bool, str]:
         return _PROBES[key]
     work = tempfile.mkdtemp(prefix="flowyard-exec-probe-")
     try:
+        # Only what `true` needs: the probe must not depend on (or fail for) ro_binds.
+        readable = [*(p for p in _SYSTEM_DIRS if os.path.lexists(p)), *_ETC_FILES]
         argv = _launcher_argv(settings, work, None, ["true"], confine="landlock",
-                              readable=_landlock_readable(settings))
+                              readable=readable)
         return await _probe(key, argv, "Landlock", "Landlock cannot confine a process here")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -633,7 +640,11 @@ async def probe_landlock(settings: ExecSettings) -> tuple[bool, str]:
 def _landlock_readable(settings: ExecSettings, interpreters: Sequence[str] = (),
                        extra_ro: Sequence[str] = ()) -> list[str]:
     """What a Landlock-confined command may read: the same as bubblewrap binds, plus the
-    kernel's ``/proc`` and ``/dev`` (the host's: there is no private one)."""
+    host's ``/proc`` (there is no private one).
+
+    Raises:
+        ToolError: an ``ro_binds`` or ``extra_ro`` entry does not exist.
+    """
     return [*(p for p in _SYSTEM_DIRS if os.path.lexists(p)), *_ETC_FILES,
             *_LANDLOCK_KERNEL_FILES, *readonly_paths(settings, interpreters, extra_ro)]
 
