@@ -355,9 +355,11 @@ class PythonRunTool(_ExecTool):
             error = payload.get("error") or {}
             note = ""
             if python.skipped and error.get("type") in ("ModuleNotFoundError", "ImportError"):
+                remedy = ("install bubblewrap or " if outcome.isolation != "bubblewrap"
+                          else "")
                 note = (f"\n(note: the code ran with {python.path} because account "
-                        f"{outcome.user!r} cannot start {python.skipped[0][0]}; install "
-                        f"bubblewrap or see [exec] python in docs/plugins/exec.md)")
+                        f"{outcome.user!r} cannot start {python.skipped[0][0]}; {remedy}see "
+                        f"[exec] python in docs/plugins/exec.md)")
             raise ToolError(f"python.run: {where} raised {error.get('type')}: "
                             f"{error.get('message')}\n{_tail(error.get('traceback', ''))}{note}",
                             tool=self.name)
