@@ -115,6 +115,25 @@ def test_progress_shows_done_total_rate_and_eta_then_the_answer_tail(files: Path
     assert "answers[1] › answer" not in _text(view.render())
 
 
+def test_sparse_reports_still_show_a_rate_and_eta(files: Path) -> None:
+    clock = Clock()
+    view = _LiveView(Stack().load_workflow(files / "qa.yaml"), clock=clock)
+    bus = EventBus()
+    bus.clock = clock
+    bus.subscribe(view, transient=True)
+    bus.make("run.started", "main")
+    bus.make("step.started", "main", "index")
+    bus.progress("main", "index", "index", 64, 821, unit="chunks", description="embedding")
+    assert "chunks/s" not in _text(view.render())  # nothing done in this phase yet
+    for now, done in ((100.0, 128), (200.0, 192)):  # further apart than rich's window
+        clock.now = now
+        bus.progress("main", "index", "index", done, 821, unit="chunks",
+                     description="embedding")
+    text = _text(view.render())
+    # the average since the phase began: 128 chunks in 200 s; 629 left at that rate
+    assert "192/821" in text and "0.64 chunks/s" in text and "ETA 0:16:23" in text
+
+
 def test_a_new_attempt_starts_the_streamed_text_afresh(files: Path) -> None:
     view = _LiveView(Stack().load_workflow(files / "qa.yaml"))
     bus = EventBus()

@@ -91,29 +91,45 @@ def _fmt_rate(per_second: float) -> str:
     return f"{per_second:.2f}"
 
 
+def _rate(task: Any) -> float | None:
+    """Units per second of a rich progress task: rich's estimate over its window (the last
+    60 s) when it has two reports in it, else the average since the phase began (reports of
+    a slow step can be further apart than the window); None before any unit is done."""
+    if task.finished_speed:
+        return float(task.finished_speed)
+    if task.speed:
+        return float(task.speed)
+    done = task.completed - task.fields.get("initial", 0)
+    elapsed = task.elapsed
+    if done > 0 and elapsed:
+        return float(done / elapsed)
+    return None
+
+
 def _progress_columns() -> tuple[Any, ...]:
     """The columns of a step's progress: phase, bar, done/total, unit, rate, ETA."""
     from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
-        """Units per second over rich's speed window (30 s), e.g. ``35.2 chunks/s``."""
+        """Units per second (see :func:`_rate`), e.g. ``35.2 chunks/s``."""
 
         def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            if speed is None:
+            rate = _rate(task)
+            if rate is None:
                 return Text("")
-            return Text(f"{_fmt_rate(speed)} {task.fields.get('unit', '')}/s",
+            return Text(f"{_fmt_rate(rate)} {task.fields.get('unit', '')}/s",
                         style="progress.data.speed")
 
     class EtaColumn(ProgressColumn):
-        """Estimated time left (``ETA 0:00:11``) from the rate; empty when unknown."""
+        """Estimated time left at the current rate (``ETA 0:00:11``); empty when unknown."""
 
         def render(self, task: Any) -> Text:
-            remaining = None if task.finished else task.time_remaining
-            if remaining is None:
+            rate = _rate(task)
+            if task.finished or task.total is None or not rate:
                 return Text("")
-            return Text(f"ETA {_fmt_duration(remaining)}", style="progress.remaining")
+            return Text(f"ETA {_fmt_duration((task.total - task.completed) / rate)}",
+                        style="progress.remaining")
 
     return (TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
             TextColumn("{task.fields[unit]}"), RateColumn(), EtaColumn())
@@ -176,7 +192,7 @@ class _LiveView:
 
     One row per step: status, elapsed seconds, progress, tokens. The progress cell shows the
     step's latest ``step.progress`` report with rich's progress columns (phase, bar,
-    ``done/total unit``, rate in units per second over the last 30 s, ETA), or the tail of
+    ``done/total unit``, rate in units per second over the last 60 s, ETA), or the tail of
     the text it streams (``step.delta``, e.g. ``llm.chat``'s answer as it is generated).
     Below a step, one indented line per running step key of its fan-out items or of its
     sub-workflow runs (``answers[2] › answer``), with the same cell. Tokens and cost include
@@ -206,7 +222,8 @@ class _LiveView:
         self.lines: dict[tuple[str, str], _Line] = {}
         self._runs: dict[str, tuple[str, str]] = {}  # sub-workflow run -> (root step, label)
         self._lock = threading.RLock()
-        self.progress = Progress(*_progress_columns(), get_time=clock, auto_refresh=False)
+        self.progress = Progress(*_progress_columns(), get_time=clock, auto_refresh=False,
+                                 speed_estimate_period=60.0)
 
     def __call__(self, event: Any) -> None:
         with self._lock:
@@ -314,8 +331,9 @@ class _LiveView:
         if line.task is None or line.signature != signature:
             if line.task is not None:  # a new phase: a new count and rate
                 self.progress.remove_task(line.task)
-            line.task = self.progress.add_task(description, total=total,
-                                               completed=data.get("done", 0), unit=unit)
+            done = data.get("done", 0)
+            line.task = self.progress.add_task(description, total=total, completed=done,
+                                               unit=unit, initial=done)
             line.signature = signature
         else:
             self.progress.update(line.task, completed=data.get("done", 0))

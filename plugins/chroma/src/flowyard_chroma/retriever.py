@@ -96,9 +96,10 @@ class ChromaRetriever(ChromaBase):
     kind = "rag"
     prefix = "fy_rag"
     #: Chunks embedded per call of the embedder while indexing (progress is reported after
-    #: each slice); the same slicing is used whether or not progress is reported, so the
-    #: vectors never depend on it.
-    embed_slice = 256
+    #: each slice: one batch of the default embedder, a fraction of a second on a laptop);
+    #: the same slicing is used whether or not progress is reported, so the vectors never
+    #: depend on it.
+    embed_slice = 64
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
