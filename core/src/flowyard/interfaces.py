@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import attrs
+
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -33,10 +35,13 @@ if TYPE_CHECKING:
     from flowyard.workflow import Workflow
 
 __all__ = [
+    "Diagnostic",
     "Provider",
+    "SupportsDiagnostics",
     "Tool",
     "StorageBackend",
     "RunQuery",
+    "RunLease",
     "MemoryStore",
     "Retriever",
     "Router",
@@ -89,6 +94,41 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and loaded models. Safe to call twice."""
+        ...
+
+
+@attrs.frozen
+class Diagnostic:
+    """One finding of a plugin's self-check, shown by ``flowyard doctor``.
+
+    Attributes:
+        name: what was checked (``"generation"``, ``"build"``), shown after the plugin's name.
+        status: ``"ok"``, ``"warn"`` or ``"fail"`` (a failure makes ``doctor`` exit 1).
+        detail: one line for a person.
+    """
+
+    name: str
+    status: str
+    detail: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.status not in ("ok", "warn", "fail"):
+            raise ValueError(f"Diagnostic.status must be ok, warn or fail, got {self.status!r}")
+
+
+@runtime_checkable
+class SupportsDiagnostics(Protocol):
+    """An optional provider capability: checks deeper than ``list_models`` for ``doctor``.
+
+    A local model, for instance, proves that it can generate a token on this CPU.
+    """
+
+    async def diagnose(self, *, timeout_s: float) -> list[Diagnostic]:
+        """Run the self-checks within about ``timeout_s`` seconds in all.
+
+        Returns:
+            The findings, in display order. Failures are findings, not exceptions.
+        """
         ...
 
 
@@ -161,12 +201,56 @@ class RunQuery:
         self.order = order
 
 
+@attrs.define
+class RunLease:
+    """Who is executing a run right now: the run's owner process and its heartbeat.
+
+    The engine claims a run's lease when a run starts or is resumed, renews it every
+    ``runs.heartbeat_interval`` seconds while the run executes, and releases it when the run
+    ends. A process that dies stops renewing: its lease expires ``runs.lease_timeout`` seconds
+    after the last heartbeat, and a ``running`` run without a live lease is *abandoned* (see
+    :mod:`flowyard.engine.lease`).
+
+    Attributes:
+        run_id: the run held.
+        owner: a random token (32 hex characters) unique to one claim: two runs, or two claims
+            of one run, never share it, even in one process or after a pid is reused.
+        host: the owner's host name (for people; liveness checks use ``host_id``).
+        pid: the owner's process id.
+        host_id: identifies the owner's machine and pid namespace (on Linux the boot id and
+            the pid namespace); ``""`` when unknown. Two leases with the same non-empty
+            ``host_id`` can check each other's pid.
+        process_start: identifies the owner process instance with ``pid`` (on Linux its start
+            time in clock ticks since boot), so a reused pid is not mistaken for the owner;
+            ``""`` when unknown.
+        acquired_at, heartbeat_at, expires_at: UNIX seconds (UTC) of the claim, of the last
+            heartbeat, and after which the lease no longer protects the run (the owner's
+            ``heartbeat_at + lease_timeout``).
+    """
+
+    run_id: str
+    owner: str
+    host: str
+    pid: int
+    acquired_at: float
+    heartbeat_at: float
+    expires_at: float
+    host_id: str = ""
+    process_start: str = ""
+
+    def expired(self, now: float) -> bool:
+        """True when ``now`` (UNIX seconds) is at or past ``expires_at``."""
+        return self.expires_at <= now
+
+
 @runtime_checkable
 class StorageBackend(Protocol):
-    """Persists runs, step attempts, checkpoints, events, logs, cost lines and plugin data.
+    """Persists runs, run leases, step attempts, checkpoints, events, logs, cost lines and
+    plugin data.
 
     Every write is durable when the awaited call returns (for SQL: committed). Step outputs
-    are JSON-ready values.
+    are JSON-ready values. A run's lease (:class:`RunLease`) is kept apart from its record:
+    :meth:`update_run` never changes it.
     """
 
     async def open(self) -> None:
@@ -191,6 +275,43 @@ class StorageBackend(Protocol):
 
     async def list_runs(self, query: RunQuery) -> list[RunRecord]:
         """Return runs matching ``query``, in ``query.order``."""
+        ...
+
+    async def claim_lease(self, lease: RunLease, *, now: float,
+                          replace_owner: str | None = None) -> RunLease:
+        """Make ``lease`` the lease of run ``lease.run_id``, atomically (compare-and-set).
+
+        The claim succeeds when the run has no lease, or its lease belongs to ``lease.owner``
+        already, or has expired (``expires_at <= now``, ``now`` in UNIX seconds), or belongs
+        to ``replace_owner`` (an owner the caller found dead). Checking and writing happen in
+        one transaction, safe across processes: of two concurrent claims at most one wins.
+
+        Returns:
+            the lease in force after the call: ``lease`` itself when claimed, else the
+            current holder's lease (the claim was refused).
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        ...
+
+    async def renew_lease(self, run_id: str, owner: str, *, heartbeat_at: float,
+                          expires_at: float) -> bool:
+        """Record a heartbeat: set the lease's ``heartbeat_at`` and ``expires_at`` (UNIX
+        seconds) if ``owner`` still holds it. One small write.
+
+        Returns:
+            True when renewed; False when ``owner`` no longer holds the lease (another process
+            claimed it after it expired, or it was released).
+        """
+        ...
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Drop the run's lease if ``owner`` holds it. Returns True when it was dropped."""
+        ...
+
+    async def get_leases(self, run_ids: Sequence[str]) -> dict[str, RunLease]:
+        """Return ``{run_id: lease}`` for the given runs that hold a lease (expired or not)."""
         ...
 
     async def save_attempt(self, attempt: StepAttempt) -> None:

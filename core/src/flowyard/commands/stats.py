@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from flowyard.metrics import Metrics
     from flowyard.stack import Stack
 
-__all__ = ["stats", "doctor", "parse_since", "gather_stats", "run_doctor", "Check",
-           "format_stats"]
+__all__ = ["stats", "doctor", "parse_since", "gather_stats", "count_abandoned", "run_doctor",
+           "Check", "format_stats"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -58,12 +58,59 @@ def parse_since(text: str | None, *, now: float | None = None) -> float | None:
 async def gather_stats(stack: Stack, *, since: float | None = None,
                        workflow: str | None = None, max_runs: int = 1000,
                        events: bool = True) -> Metrics:
-    """Open the stack's storage and return :func:`flowyard.metrics.collect_metrics`."""
+    """Open the stack's storage and return :func:`flowyard.metrics.collect_metrics`, with
+    ``runs_by_status`` counting the runs stored as running that no live process holds under
+    ``"abandoned"`` instead of ``"running"`` (see :mod:`flowyard.engine.lease`).
+
+    Raises:
+        StorageError: the backend failed.
+    """
     from flowyard.metrics import collect_metrics
 
     await stack.open()
-    return await collect_metrics(stack.storage, since=since, workflow=workflow,
-                                 max_runs=max_runs, events=events)
+    metrics = await collect_metrics(stack.storage, since=since, workflow=workflow,
+                                    max_runs=max_runs, events=events)
+    if metrics.runs_by_status.get("running"):
+        abandoned = await count_abandoned(stack.storage, since=since, workflow=workflow,
+                                          max_runs=max_runs)
+        if abandoned:
+            counts = metrics.runs_by_status
+            counts["running"] -= abandoned
+            if not counts["running"]:
+                del counts["running"]
+            counts["abandoned"] = abandoned
+    return metrics
+
+
+async def count_abandoned(storage: Any, *, since: float | None = None,
+                          workflow: str | None = None, max_runs: int = 1000) -> int:
+    """Count the abandoned runs among the newest ``max_runs`` runs created since ``since``
+    (UNIX seconds) of ``workflow`` -- the runs :func:`flowyard.metrics.collect_metrics`
+    considers with the same arguments.
+
+    Raises:
+        StorageError: the backend failed.
+    """
+    from flowyard.engine.lease import run_state
+    from flowyard.interfaces import RunQuery
+
+    # the oldest run considered, in list order (created_at, then id, both descending)
+    oldest = await storage.list_runs(RunQuery(workflow_name=workflow, created_after=since,
+                                              limit=1, offset=max_runs - 1))
+    cutoff = (oldest[0].created_at, oldest[0].id) if oldest else None
+    running: list[Any] = []
+    offset = 0
+    while True:
+        page = await storage.list_runs(RunQuery(status="running", workflow_name=workflow,
+                                                created_after=since, limit=1000,
+                                                offset=offset))
+        running.extend(r for r in page if cutoff is None or (r.created_at, r.id) >= cutoff)
+        if len(page) < 1000:
+            break
+        offset += len(page)
+    leases = await storage.get_leases([r.id for r in running])
+    now = time.time()
+    return sum(run_state(r, leases.get(r.id), now=now) == "abandoned" for r in running)
 
 
 def _money(value: float | None, unknown_calls: int = 0) -> str:
@@ -131,7 +178,9 @@ def format_stats(m: Metrics) -> list[tuple[str, list[tuple[str, str]]]]:
 def stats(since: str | None, workflow: str | None, max_runs: int, no_events: bool,
           as_json: bool) -> None:
     """Run metrics: runs and steps by status, success rate, latency percentiles, tokens, cost
-    (unknown prices shown as unknown) and rate-limit waiting time."""
+    (unknown prices shown as unknown) and rate-limit waiting time.
+
+    Runs stored as running whose process died are counted as abandoned."""
     import anyio
 
     from flowyard.stack import Stack
@@ -181,7 +230,8 @@ class Check:
 
 
 async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
-                     disk_path: str | None = None) -> list[Check]:
+                     disk_path: str | None = None,
+                     diagnose_timeout_s: float = 60.0) -> list[Check]:
     """Check the installation and return one :class:`Check` per finding.
 
     - plugins: each plugin's load status (failed: fail), duplicate names (warn);
@@ -190,6 +240,10 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
       or configuration errors: warn, as the provider is installed but not set up; other
       errors and timeouts: fail when the provider has a ``[name]`` table or serves the default
       model, else warn); the default model resolves;
+    - provider self-checks: each provider that implements
+      :class:`flowyard.interfaces.SupportsDiagnostics` runs its own checks within
+      ``diagnose_timeout_s`` seconds (the ``local`` provider shows llama.cpp's build and this
+      CPU's features and generates a few tokens in a child process);
     - storage: opens, and a key written in the key-value area reads back and is deleted;
     - disk: free space where data goes (``disk_path``, default the data directory):
       below 100 MiB fails, below 1 GiB warns.
@@ -243,6 +297,26 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
             checks.append(Check("providers", name, "fail" if relied_on else "warn",
                                 f"{type(exc).__name__}: {exc}" if relied_on else
                                 f"unreachable and not configured: {type(exc).__name__}: {exc}"))
+    from flowyard.interfaces import SupportsDiagnostics
+
+    for name in stack.providers.names():
+        provider = stack.providers.get(name)
+        if not isinstance(provider, SupportsDiagnostics):
+            continue
+        try:
+            with anyio.fail_after(diagnose_timeout_s + 5.0):
+                findings = await provider.diagnose(timeout_s=diagnose_timeout_s)
+        except TimeoutError:
+            checks.append(Check("providers", f"{name} self-check", "fail",
+                                f"no answer within {diagnose_timeout_s:g}s"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is a finding, not a crash
+            checks.append(Check("providers", f"{name} self-check", "fail",
+                                f"{type(exc).__name__}: {exc}"))
+            continue
+        for finding in findings:
+            checks.append(Check("providers", f"{name} {finding.name}", finding.status,
+                                finding.detail))
     try:
         default = stack.llm.default_model()
         checks.append(Check("providers", "default model", "ok", default))
@@ -279,8 +353,12 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
 @click.command()
 @click.option("--timeout", "timeout_s", default=5.0, show_default=True, type=float,
               help="Seconds to wait for each provider's model list.")
+@click.option("--check-timeout", "diagnose_timeout_s", default=60.0, show_default=True,
+              type=float,
+              help="Seconds for each provider's self-check (e.g. loading a local model and "
+                   "generating a few tokens).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def doctor(timeout_s: float, as_json: bool) -> None:
+def doctor(timeout_s: float, diagnose_timeout_s: float, as_json: bool) -> None:
     """Check plugins, configuration, providers, storage and disk space.
 
     Exits with status 1 when any check fails (warnings do not).
@@ -293,7 +371,8 @@ def doctor(timeout_s: float, as_json: bool) -> None:
 
     async def main() -> list[Check]:
         try:
-            return await run_doctor(stack, timeout_s=timeout_s)
+            return await run_doctor(stack, timeout_s=timeout_s,
+                                    diagnose_timeout_s=diagnose_timeout_s)
         finally:
             await stack.aclose()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import os
 import queue
 import random
 import threading
@@ -30,8 +31,12 @@ __all__ = [
     "GenerationParams",
     "GenerationResult",
     "LoadedModel",
+    "available_cores",
+    "default_threads",
     "generate",
     "get_model",
+    "import_llama_cpp",
+    "llama_load_kwargs",
     "loaded_models",
     "unload_models",
 ]
@@ -42,6 +47,107 @@ _CACHE: dict[tuple[Any, ...], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 #: How often a thread waiting for a busy context re-checks its cancel flag, in seconds.
 _POLL_S = 0.02
+
+
+#: OpenMP wait policy used for llama.cpp's threads unless ``OMP_WAIT_POLICY`` is already set.
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+_OMP_LOCK = threading.Lock()
+#: What :func:`import_llama_cpp` did about the wait policy, for ``flowyard doctor``.
+omp_wait_policy_note = "llama_cpp not imported yet"
+
+
+def import_llama_cpp() -> Any:
+    """Import ``llama_cpp`` with OpenMP threads that sleep instead of spinning when idle.
+
+    llama.cpp's CPU backend synchronises its threads with OpenMP barriers. With GNU OpenMP's
+    default policy a waiting thread spins for a long time; on a 2-core machine where another
+    process (or another llama.cpp context) is busy, the spinning thread takes the core from the
+    thread it waits for, and one 64-token generation was measured at 0.9 s in one run and 46 s in
+    the next. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep (see
+    ``benchmarks/llamacpp_contention.py``). libgomp reads the variable once, when it is loaded
+    (by this import), so it is set only for the import and then removed again, leaving other
+    OpenMP users (torch carries its own libgomp) untouched. A value the user set is kept.
+
+    Returns:
+        The ``llama_cpp`` module.
+    """
+    global omp_wait_policy_note
+    with _OMP_LOCK:
+        import sys
+
+        if "llama_cpp" in sys.modules:
+            return sys.modules["llama_cpp"]
+        user_value = os.environ.get("OMP_WAIT_POLICY")
+        if user_value is not None:
+            omp_wait_policy_note = f"OMP_WAIT_POLICY={user_value} (set by the environment)"
+            import llama_cpp
+            return llama_cpp
+        os.environ["OMP_WAIT_POLICY"] = DEFAULT_OMP_WAIT_POLICY
+        try:
+            import llama_cpp
+        finally:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        omp_wait_policy_note = f"OMP_WAIT_POLICY={DEFAULT_OMP_WAIT_POLICY} (flowyard's default)"
+        return llama_cpp
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(pool_size: int, cores: int | None = None) -> int:
+    """Threads per llama.cpp context when the configuration sets none.
+
+    The model's ``pool_size`` contexts may generate at the same time, so the cores are shared
+    among them and never oversubscribed: ``max(1, cores // pool_size)``. (llama-cpp-python's
+    own default is half the cores for generation and all of them for prompt processing, per
+    context, which oversubscribes as soon as two contexts work at once.)
+
+    Args:
+        pool_size: contexts of the model that may run at once (at least 1).
+        cores: cores available (default: :func:`available_cores`).
+
+    Returns:
+        Threads for both generation and prompt processing, at least 1.
+    """
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(1, pool_size))
+
+
+def llama_load_kwargs(model_path: str, *, n_ctx: int, n_batch: int = 512,
+                      n_gpu_layers: int = 0, n_threads: int | None = None,
+                      pool_size: int = 1, **extra: Any) -> dict[str, Any]:
+    """The keyword arguments flowyard passes to ``llama_cpp.Llama`` for one context.
+
+    Args:
+        model_path: the GGUF file.
+        n_ctx: context size in tokens.
+        n_batch: prompt-processing batch size in tokens (capped at ``n_ctx``).
+        n_gpu_layers: layers offloaded to a GPU build.
+        n_threads: threads for generation and prompt processing (None:
+            :func:`default_threads` of ``pool_size``).
+        pool_size: contexts of this model that may run at once.
+        **extra: further ``Llama`` arguments, passed unchanged.
+
+    Returns:
+        A dict for ``Llama(**kwargs)``.
+    """
+    threads = n_threads if n_threads is not None else default_threads(pool_size)
+    kwargs: dict[str, Any] = {
+        "model_path": model_path,
+        "n_ctx": n_ctx,
+        "n_batch": min(n_batch, n_ctx),
+        "n_gpu_layers": n_gpu_layers,
+        "n_threads": threads,
+        "n_threads_batch": threads,
+        "verbose": False,
+    }
+    kwargs.update(extra)
+    return kwargs
 
 
 class Cancelled(Exception):
@@ -100,6 +206,7 @@ class LoadedModel:
     # ------------------------------------------------------------------ contexts
 
     def _new_context(self) -> Llama:
+        import_llama_cpp()
         from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
 
         spec = self.spec
@@ -107,16 +214,9 @@ class LoadedModel:
         if n_ctx is None:
             trained = _trained_context(spec)
             n_ctx = min(trained, DEFAULT_N_CTX) if trained else DEFAULT_N_CTX
-        kwargs: dict[str, Any] = {
-            "model_path": str(spec.path),
-            "n_ctx": n_ctx,
-            "n_batch": min(spec.n_batch, n_ctx),
-            "n_gpu_layers": spec.n_gpu_layers,
-            "verbose": False,
-        }
-        if spec.n_threads is not None:
-            kwargs["n_threads"] = spec.n_threads
-            kwargs["n_threads_batch"] = spec.n_threads
+        kwargs = llama_load_kwargs(str(spec.path), n_ctx=n_ctx, n_batch=spec.n_batch,
+                                   n_gpu_layers=spec.n_gpu_layers, n_threads=spec.n_threads,
+                                   pool_size=self.pool_size)
         if self.embedding:
             kwargs["embedding"] = True
             kwargs["pooling_type"] = LLAMA_POOLING_TYPE_MEAN

@@ -19,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 from flowyard.errors import BadRequestError, MalformedResponseError, ProviderError
+from flowyard.interfaces import Diagnostic
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -35,7 +36,7 @@ from flowyard.models import (
 from flowyard_llamacpp import engine
 from flowyard_llamacpp.engine import GenerationParams, GenerationResult, LoadedModel
 from flowyard_llamacpp.grammar import schema_grammar, tool_grammar
-from flowyard_llamacpp.spec import DEFAULT_N_CTX, ModelSpec
+from flowyard_llamacpp.spec import DEFAULT_ALIAS, DEFAULT_N_CTX, ModelSpec
 
 __all__ = ["LlamaCppProvider", "PRICE"]
 
@@ -90,18 +91,20 @@ class LlamaCppProvider:
         specs: ``{alias: ModelSpec}`` of the models served (see
             :func:`flowyard_llamacpp.spec.specs_from_config`); by default only ``smollm2``.
         name: the provider name (model references are ``<name>/<alias>``).
+        default_alias: the model checked by :meth:`diagnose` (default ``smollm2``).
 
     Models load on first use (in a worker thread), once per process per file and load
     settings, and are shared by every provider instance and stack in the process.
     """
 
-    def __init__(self, specs: Mapping[str, ModelSpec] | None = None, *, name: str = "local"
-                 ) -> None:
+    def __init__(self, specs: Mapping[str, ModelSpec] | None = None, *, name: str = "local",
+                 default_alias: str = DEFAULT_ALIAS) -> None:
         if specs is None:
             from flowyard_llamacpp.spec import specs_from_config
 
             specs, _ = specs_from_config({})
         self.name = name
+        self.default_alias = default_alias
         self.specs: dict[str, ModelSpec] = dict(specs)
         self.closed = False
 
@@ -115,8 +118,8 @@ class LlamaCppProvider:
         """
         from flowyard_llamacpp.spec import specs_from_config
 
-        specs, _ = specs_from_config(section)
-        return cls(specs, name=name)
+        specs, default_alias = specs_from_config(section)
+        return cls(specs, name=name, default_alias=default_alias)
 
     # ------------------------------------------------------------------ models
 
@@ -469,6 +472,80 @@ class LlamaCppProvider:
         loaded = await self.load(model, embedding=True)
         cancel = threading.Event()
         return await _run_in_thread(lambda: engine.embed(loaded, items, alias=model), cancel)
+
+    async def diagnose(self, *, timeout_s: float) -> list[Diagnostic]:
+        """Self-checks for ``flowyard doctor`` (:class:`flowyard.interfaces.SupportsDiagnostics`).
+
+        Findings, in order:
+
+        - ``build``: the llama-cpp-python version and the instruction sets its ggml CPU backend
+          was compiled for (``llama_print_system_info()``), against this CPU's
+          ``/proc/cpuinfo`` flags. Fails when the build uses an instruction set the CPU lacks
+          (it would stop with SIGILL); warns when the build enables AMX on a CPU that has AMX
+          (the kernels crash on virtualised Sapphire/Granite Rapids hosts, ggml-org/llama.cpp
+          issue 20824; scripts/build-llama-wheel builds without them).
+        - ``threads``: threads per context, cores, and the OpenMP wait policy.
+        - ``generation``: the default model loaded in a child process generates 8 tokens
+          greedily within ``timeout_s`` seconds; a crash is reported with its signal.
+
+        Args:
+            timeout_s: limit for the generation check, in seconds.
+
+        Returns:
+            A list of :class:`flowyard.interfaces.Diagnostic`; failures are findings.
+        """
+        from importlib.metadata import PackageNotFoundError, version
+
+        from flowyard_llamacpp import diagnostics
+
+        findings: list[Diagnostic] = []
+        try:
+            binding = version("llama-cpp-python")
+        except PackageNotFoundError:
+            binding = "unknown version"
+        try:
+            info = await anyio.to_thread.run_sync(diagnostics.system_info)
+        except (ImportError, OSError) as exc:
+            return [Diagnostic("build", "fail", f"llama_cpp does not import: {exc}")]
+        features = diagnostics.build_features(info)
+        flags = diagnostics.cpu_flags()
+        enabled = [name for name, on in features.items() if on]
+        shown = {"pni", "ssse3", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f",
+                 "avx512_vnni", "avx512_bf16", "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16"}
+        cpu_text = ("unknown (no /proc/cpuinfo flags)" if flags is None else " ".join(
+            sorted("sse3" if f == "pni" else f for f in set(flags) & shown)))
+        detail = (f"llama-cpp-python {binding}; build uses {' '.join(enabled) or 'nothing'}; "
+                  f"CPU has {cpu_text}")
+        missing = diagnostics.missing_cpu_features(features, flags)
+        if missing:
+            findings.append(Diagnostic("build", "fail", f"{detail}; this CPU lacks "
+                                       f"{', '.join(missing)}: rebuild with "
+                                       "scripts/build-llama-wheel"))
+        elif features.get("AMX_INT8") and diagnostics.has_amx(flags):
+            findings.append(Diagnostic("build", "warn", f"{detail}; the build's AMX kernels "
+                                       "crash on virtualised Intel hosts (llama.cpp issue "
+                                       "20824): rebuild with scripts/build-llama-wheel"))
+        else:
+            findings.append(Diagnostic("build", "ok", detail))
+        spec = self.specs[self.default_alias] if self.default_alias in self.specs else None
+        if spec is not None:
+            threads = spec.n_threads or engine.default_threads(spec.pool_size)
+            findings.append(Diagnostic(
+                "threads", "ok",
+                f"local/{spec.alias}: {spec.pool_size} context(s) x {threads} thread(s) on "
+                f"{engine.available_cores()} core(s); {engine.omp_wait_policy_note}"))
+        if spec is None or spec.path is None or not spec.path.is_file():
+            reason = str(engine._missing_file_error(spec)) if spec is not None else "no model"
+            findings.append(Diagnostic("generation", "warn", f"not checked: {reason}"))
+            return findings
+        kwargs: dict[str, Any] = {}
+        if spec.n_threads is not None:
+            kwargs["n_threads"] = spec.n_threads
+        check = await diagnostics.run_generation_check(spec.path, timeout_s=timeout_s,
+                                                       load_kwargs=kwargs)
+        findings.append(Diagnostic("generation", "ok" if check.ok else "fail",
+                                   f"local/{spec.alias}: {check.detail}"))
+        return findings
 
     async def aclose(self) -> None:
         """Mark this provider closed. Loaded models stay in the process-wide cache for other
