@@ -15,7 +15,7 @@ import attrs
 
 from flowyard.config import Config
 from flowyard.errors import RunNotFoundError, StorageError
-from flowyard.interfaces import RunQuery
+from flowyard.interfaces import RunLease, RunQuery
 from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt
 
 __all__ = ["MemoryStorage"]
@@ -38,6 +38,7 @@ class MemoryStorage:
         self._logs: dict[str, list[LogRecord]] = defaultdict(list)
         self._costs: list[CostLine] = []
         self._kv: dict[tuple[str, str], Any] = {}
+        self._leases: dict[str, RunLease] = {}
         self._open = False
 
     async def open(self) -> None:
@@ -86,6 +87,48 @@ class MemoryStorage:
         ]
         runs.sort(key=lambda r: (r.created_at, r.id), reverse=query.order.startswith("-"))
         return [copy.deepcopy(r) for r in runs[query.offset:query.offset + query.limit]]
+
+    async def claim_lease(self, lease: RunLease, *, now: float,
+                          replace_owner: str | None = None) -> RunLease:
+        """Make ``lease`` the run's lease unless another live owner holds it (no await between
+        the check and the write, so the claim is atomic). Returns the lease in force.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        self._check()
+        if lease.run_id not in self._runs:
+            raise RunNotFoundError(f"no run {lease.run_id!r}")
+        current = self._leases.get(lease.run_id)
+        if (current is None or current.owner in (lease.owner, replace_owner)
+                or current.expired(now)):
+            self._leases[lease.run_id] = copy.copy(lease)
+            return copy.copy(lease)
+        return copy.copy(current)
+
+    async def renew_lease(self, run_id: str, owner: str, *, heartbeat_at: float,
+                          expires_at: float) -> bool:
+        """Move the lease's heartbeat and expiry if ``owner`` holds it; False otherwise."""
+        self._check()
+        current = self._leases.get(run_id)
+        if current is None or current.owner != owner:
+            return False
+        current.heartbeat_at, current.expires_at = heartbeat_at, expires_at
+        return True
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Drop the lease if ``owner`` holds it; True when dropped."""
+        self._check()
+        current = self._leases.get(run_id)
+        if current is None or current.owner != owner:
+            return False
+        del self._leases[run_id]
+        return True
+
+    async def get_leases(self, run_ids: Sequence[str]) -> dict[str, RunLease]:
+        """Return copies of the leases of ``run_ids`` that have one."""
+        self._check()
+        return {rid: copy.copy(self._leases[rid]) for rid in run_ids if rid in self._leases}
 
     async def save_attempt(self, attempt: StepAttempt) -> None:
         """Insert or replace an attempt."""

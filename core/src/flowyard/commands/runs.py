@@ -5,6 +5,11 @@ default stack's storage, or ``--storage URL``). Times are shown in local time; `
 ``--until`` take an ISO 8601 date/time, UNIX seconds, or an age such as ``30m``, ``2h``,
 ``7d`` (minutes, hours, days, weeks ago). Money is US dollars; a cost is shown as
 ``unknown`` when a call's price was unknown (never as 0).
+
+A run stored as ``running`` that no live process holds (its process died: its lease expired,
+or its owner pid on this machine is gone) is shown as ``abandoned``, a derived state (see
+:mod:`flowyard.engine.lease`); the stored status is left as it is until ``flowyard resume``
+takes the run over.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ T = TypeVar("T")
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled", "partial")
+#: --status choices: the stored statuses and the derived ``abandoned``.
+_STATES = (*_STATUSES, "abandoned")
+_STATE_STYLE = {"completed": "green", "failed": "red", "running": "yellow",
+                "partial": "yellow", "cancelled": "magenta", "abandoned": "bold red"}
 _GROUPS = ("provider", "model", "step", "agent", "workflow", "run")
 
 
@@ -133,8 +142,49 @@ def runs(ctx: click.Context, storage_url: str | None) -> None:
     ctx.obj = {"storage_url": storage_url}
 
 
+async def _running_with_leases(storage: Any, query: Any) -> list[tuple[Any, Any, str]]:
+    """Return (run, lease or None, state) of every stored ``running`` run matching the
+    filters of ``query`` (paging ignored), in ``query.order``."""
+    from flowyard.engine.lease import run_state
+    from flowyard.interfaces import RunQuery
+
+    found: list[Any] = []
+    while True:
+        page = await storage.list_runs(RunQuery(
+            status="running", workflow_name=query.workflow_name,
+            created_after=query.created_after, created_before=query.created_before,
+            limit=1000, offset=len(found), order=query.order))
+        found.extend(page)
+        if len(page) < 1000:
+            break
+    leases = await storage.get_leases([r.id for r in found])
+    now = time.time()
+    return [(r, leases.get(r.id), run_state(r, leases.get(r.id), now=now)) for r in found]
+
+
+async def _with_states(storage: Any, found: list[Any]) -> list[tuple[Any, Any, str]]:
+    """Return (run, lease or None, state) for ``found`` (leases are read for running runs)."""
+    from flowyard.engine.lease import run_state
+
+    leases = await storage.get_leases([r.id for r in found if r.status == "running"])
+    now = time.time()
+    return [(r, leases.get(r.id), run_state(r, leases.get(r.id), now=now)) for r in found]
+
+
+def _lease_json(lease: Any, now: float) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    from flowyard.serialization import unstructure
+
+    data: dict[str, Any] = unstructure(lease)
+    data["heartbeat_age_s"] = round(max(0.0, now - lease.heartbeat_at), 3)
+    return data
+
+
 @runs.command("list")
-@click.option("--status", type=click.Choice(_STATUSES), help="Only runs with this status.")
+@click.option("--status", type=click.Choice(_STATES),
+              help="Only runs in this state (abandoned: stored as running, but no live process "
+                   "holds them; running: only the live ones).")
 @click.option("--workflow", "workflow_name", metavar="NAME", help="Only runs of this workflow.")
 @click.option("--since", type=TIME, help="Only runs created at or after this time.")
 @click.option("--until", type=TIME, help="Only runs created before this time.")
@@ -143,38 +193,53 @@ def runs(ctx: click.Context, storage_url: str | None) -> None:
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True,
               help="Page number (1 is the newest runs, or the oldest with --oldest-first).")
 @click.option("--oldest-first", is_flag=True, help="Oldest runs first.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array of runs).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (one array of runs, each with its derived 'state' and 'lease').")
 @click.pass_obj
 def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None,
               since: float | None, until: float | None, limit: int, page: int,
               oldest_first: bool, as_json: bool) -> None:
-    """List runs, newest first, filtered by status, workflow and creation time."""
+    """List runs, newest first, filtered by state, workflow and creation time.
+
+    A run stored as running whose process died is shown as abandoned (resume it with
+    'flowyard resume RUN_ID').
+    """
     from flowyard.interfaces import RunQuery
     from flowyard.serialization import unstructure
 
-    query = RunQuery(status=status, workflow_name=workflow_name, created_after=since,
-                     created_before=until, limit=limit, offset=(page - 1) * limit,
-                     order="created_at" if oldest_first else "-created_at")
+    offset = (page - 1) * limit
+    order = "created_at" if oldest_first else "-created_at"
+    derived = status in ("running", "abandoned")
+    query = RunQuery(status=None if derived else status, workflow_name=workflow_name,
+                     created_after=since, created_before=until, limit=limit,
+                     offset=0 if derived else offset, order=order)
 
-    async def body(storage: Any) -> list[Any]:
-        return list(await storage.list_runs(query))
+    async def body(storage: Any) -> list[tuple[Any, Any, str]]:
+        if derived:  # the state depends on leases: filter every running run, then page
+            rows = await _running_with_leases(storage, query)
+            return [row for row in rows if row[2] == status][offset:offset + limit]
+        return await _with_states(storage, list(await storage.list_runs(query)))
 
     found = _with_storage(obj["storage_url"], body)
+    now = time.time()
     if as_json:
-        rows = [unstructure(r) for r in found]
-        for row in rows:
+        out = []
+        for run, lease, state in found:
+            row = unstructure(run)
             row.pop("workflow", None)
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+            row["state"] = state
+            row["lease"] = _lease_json(lease, now)
+            out.append(row)
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
     from rich.table import Table
 
     table = Table("run", "workflow", "status", "created", "duration", "tokens", "cost",
                   "resumes")
-    for run in found:
-        style = {"completed": "green", "failed": "red", "running": "yellow",
-                 "partial": "yellow", "cancelled": "magenta"}.get(run.status, "")
-        table.add_row(run.id, run.workflow_name, f"[{style}]{run.status}[/]" if style
-                      else run.status, _fmt_time(run.created_at),
+    for run, _lease, state in found:
+        style = _STATE_STYLE.get(state, "")
+        table.add_row(run.id, run.workflow_name, f"[{style}]{state}[/]" if style else state,
+                      _fmt_time(run.created_at),
                       _fmt_duration(run.started_at, run.finished_at),
                       str(run.input_tokens + run.output_tokens), _fmt_cost(run.cost_usd),
                       str(run.resume_count))
@@ -183,6 +248,9 @@ def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None
         console.print("no runs match" + (f" (page {page})" if page > 1 else ""))
         return
     console.print(table)
+    if any(state == "abandoned" for _r, _l, state in found):
+        console.print("abandoned: stored as running, but its process is gone; continue it with "
+                      "'flowyard resume RUN_ID'")
     if len(found) == limit:
         console.print(f"page {page}; more may follow: --page {page + 1}")
 
@@ -196,10 +264,15 @@ def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
     """Show a run: status, inputs, outputs, error, its steps, logs and cost lines."""
     from flowyard.serialization import unstructure
 
+    from flowyard.engine.lease import run_state
+
     async def body(storage: Any) -> dict[str, Any]:
         run = await storage.get_run(run_id)
+        lease = (await storage.get_leases([run_id])).get(run_id)
         return {
             "run": run,
+            "state": run_state(run, lease),
+            "lease": lease,
             "attempts": await storage.list_attempts(run_id),
             "checkpoints": await storage.load_checkpoints(run_id),
             "logs": await storage.list_logs(run_id),
@@ -207,14 +280,30 @@ def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
         }
 
     data = _with_storage(obj["storage_url"], body)
+    now = time.time()
     if as_json:
-        click.echo(json.dumps(unstructure(data), indent=2, ensure_ascii=False, default=str))
+        lease = data.pop("lease")
+        out = unstructure(data)
+        out["lease"] = _lease_json(lease, now)
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False, default=str))
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    run = data["run"]
+    from flowyard.engine.lease import describe_lease
+
+    run, lease, state = data["run"], data["lease"], data["state"]
     console = _console()
-    console.print(f"[bold]run {run.id}[/]  workflow {run.workflow_name}  status {run.status}")
+    style = _STATE_STYLE.get(state, "")
+    console.print(f"[bold]run {run.id}[/]  workflow {escape(run.workflow_name)}  status "
+                  + (f"[{style}]{state}[/]" if style else state))
+    if state == "abandoned":
+        owner = (f"its last owner ({escape(describe_lease(lease, now))}) is gone"
+                 if lease is not None else "no process holds it")
+        console.print(f"[bold red]abandoned:[/] stored as running, but {owner}; continue it "
+                      f"with: flowyard resume {run.id}")
+    elif lease is not None and state == "running":
+        console.print(f"executed by {escape(describe_lease(lease, now))}")
     console.print(f"created {_fmt_time(run.created_at)}  started {_fmt_time(run.started_at)}  "
                   f"finished {_fmt_time(run.finished_at)}  duration "
                   f"{_fmt_duration(run.started_at, run.finished_at)}")

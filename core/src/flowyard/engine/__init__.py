@@ -13,6 +13,11 @@ Options accepted by :func:`run_workflow` and :func:`stream_workflow`:
 Used by the engine itself for sub-workflows: ``parent_run_id`` and ``parent_step`` (stored in
 the child run's metadata) and ``parent_budget`` (the parent step's budget chain, so the child's
 calls count against the parent's budgets too).
+
+Every run holds a lease while it executes (:mod:`flowyard.engine.lease`): its process is
+recorded as the run's owner and renews a heartbeat every ``runs.heartbeat_interval`` seconds, so
+a run whose process died is recognised as abandoned, and resuming a run that a live process
+is executing is refused (:class:`RunInUseError`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import WorkflowChangedError, WorkflowError
 
+from .lease import LeaseKeeper, LeaseSettings, RunInUseError, RunLeaseLostError
 from .validate import load_workflow, step_dependencies, validate_workflow
 
 if TYPE_CHECKING:
@@ -39,6 +45,8 @@ __all__ = [
     "stream_workflow",
     "resume_run",
     "ResumeLimitError",
+    "RunInUseError",
+    "RunLeaseLostError",
     "DEFAULT_MAX_RESUME_ATTEMPTS",
 ]
 
@@ -95,12 +103,15 @@ async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
     metadata = _metadata(wf, options)
     if options:
         raise TypeError(f"unknown run options: {', '.join(sorted(options))}")
+    settings = LeaseSettings.from_config(stack.config)
     record = new_record(wf, values, run_id, metadata, definition, content_hash)
     await stack.storage.create_run(record)
+    keeper = LeaseKeeper(stack.storage, record.id, settings)
+    await keeper.claim()
     run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream,
-              parent_budget=parent_budget)
+              parent_budget=parent_budget, lease=keeper)
     try:
-        result = await run.execute()
+        result = await keeper.hold(run.execute)
     finally:
         stack.events.forget(record.id)
     if raise_on_failure:
@@ -152,26 +163,53 @@ async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **option
                      ) -> RunResult:
     """Continue a stored run; completed step keys are never run again.
 
+    The run's lease is claimed first, atomically: a run that a live process is executing is
+    refused before anything is read or written; a run whose owner died (abandoned), or that
+    ended, is taken over.
+
     Args:
         stack: the stack (opened here when needed).
         run_id: the run to continue.
-        force: run even when the workflow changed since the run started.
+        force: run even when the workflow changed since the run started (a run held by a
+            live process is refused even then).
         **options: ``workflow`` (a path, dict or Workflow to use instead of the stored
             definition / its source file), ``max_concurrency``, ``raise_on_failure``.
 
     Raises:
         RunNotFoundError: no such run.
+        RunInUseError: a live process holds the run's lease (it is executing the run); the
+            message names its host, pid and the seconds since its last heartbeat.
+        RunLeaseLostError: this process lost the lease while resuming (it was frozen for
+            longer than ``runs.lease_timeout`` and another process took the run over).
         WorkflowChangedError: the workflow's content hash differs from the run's and
             ``force`` is False.
         ResumeLimitError: the run was already resumed ``runs.max_resume_attempts`` times
             (default 3); it is marked failed.
+        ConfigError: ``runs.heartbeat_interval`` or ``runs.lease_timeout`` is invalid.
     """
+    if not stack.storage_is_open:
+        await stack.open()
+    settings = LeaseSettings.from_config(stack.config)
+    raise_on_failure = bool(options.pop("raise_on_failure", False))
+    keeper = LeaseKeeper(stack.storage, run_id, settings)
+    await keeper.claim()
+    try:
+        result = await keeper.hold(lambda: _resume_claimed(stack, keeper, run_id, force,
+                                                           options))
+    finally:
+        stack.events.forget(run_id)
+    if raise_on_failure:
+        result.raise_for_status()
+    return result
+
+
+async def _resume_claimed(stack: Stack, keeper: LeaseKeeper, run_id: str, force: bool,
+                          options: dict[str, Any]) -> RunResult:
+    """The body of :func:`resume_run`, run while this process holds the run's lease."""
     from flowyard.workflow import parse_workflow
 
     from .runner import Run
 
-    if not stack.storage_is_open:
-        await stack.open()
     storage = stack.storage
     record = await storage.get_run(run_id)
     limit = int(stack.config.get("runs.max_resume_attempts", DEFAULT_MAX_RESUME_ATTEMPTS))
@@ -197,7 +235,6 @@ async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **option
                 "(--force) to run the new definition")
         record.workflow_hash = current_hash
         record.workflow = wf.to_dict()
-    raise_on_failure = bool(options.pop("raise_on_failure", False))
     max_concurrency = options.pop("max_concurrency", None)
     if options:
         raise TypeError(f"unknown resume options: {', '.join(sorted(options))}")
@@ -225,11 +262,6 @@ async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **option
     record.finished_at = None
     await storage.update_run(record)
     run = Run(stack, wf, dict(record.inputs), record, checkpoints=checkpoints,
-              attempts=attempts, max_concurrency=max_concurrency, previous_costs=costs)
-    try:
-        result = await run.execute()
-    finally:
-        stack.events.forget(run_id)
-    if raise_on_failure:
-        result.raise_for_status()
-    return result
+              attempts=attempts, max_concurrency=max_concurrency, previous_costs=costs,
+              lease=keeper)
+    return await run.execute()

@@ -14,7 +14,10 @@ How a run goes:
    resuming never re-runs a checkpointed key and gives in-flight keys the same idempotency
    key (``sha256(run_id ":" step_key)``);
 5. events go to the stack's event bus as they happen and to storage in batches at step
-   boundaries; the run ends with ``update_run`` and a ``run.finished`` event.
+   boundaries; the run ends with ``update_run`` and a ``run.finished`` event;
+6. meanwhile the caller holds the run's lease (:mod:`flowyard.engine.lease`) and renews its
+   heartbeat in a background task; if the lease is lost to another process, the run is
+   cancelled and writes nothing more (:attr:`Run.detached`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from .validate import step_dependencies, templated_arguments
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectSendStream
+
+    from .lease import LeaseKeeper
 
     from flowyard.stack import Stack
 
@@ -178,8 +183,10 @@ class Run:
                  attempts: dict[str, int] | None = None, max_concurrency: int | None = None,
                  stream: MemoryObjectSendStream[Event] | None = None,
                  previous_costs: list[Any] | None = None,
-                 parent_budget: BudgetChain | None = None) -> None:
+                 parent_budget: BudgetChain | None = None,
+                 lease: LeaseKeeper | None = None) -> None:
         self.stack = stack
+        self.lease = lease
         self.workflow = workflow
         self.inputs = inputs
         self.record = record
@@ -216,6 +223,22 @@ class Run:
         for state in self.states.values():
             for dep in state.deps:
                 self.states[dep].children.append(state)
+
+    @property
+    def detached(self) -> bool:
+        """True once this process lost the run's lease: another process executes the run now,
+        so this one stops and writes nothing more to it."""
+        return self.lease is not None and self.lease.lost
+
+    async def _owned(self) -> bool:
+        """Before a write: True while this process holds the run's lease. Costs a clock read
+        unless the last heartbeat is about to expire (see :meth:`LeaseKeeper.ensure`); when
+        the lease was lost, the run is cancelled (raised here unless shielded) and False is
+        returned."""
+        if self.lease is None:
+            return True
+        await self.lease.ensure()
+        return not self.lease.lost
 
     # ------------------------------------------------------------------ events
 
@@ -263,7 +286,10 @@ class Run:
         self.stack.events.emit(Event(type=type, run_id=self.run_id, step_id=step_id, data=data))
 
     async def flush(self) -> None:
-        """Write the buffered events to storage in one call."""
+        """Write the buffered events to storage in one call (dropped once detached)."""
+        if not await self._owned():
+            self._buffer, self._logs = [], []
+            return
         if self._buffer:
             batch, self._buffer = self._buffer, []
             await self.storage.append_events(batch)
@@ -379,7 +405,8 @@ class Run:
         try:
             await self.flush()
         finally:
-            await self.storage.update_run(record)
+            if not self.detached:  # else the run belongs to another process now
+                await self.storage.update_run(record)
         return result
 
     # ------------------------------------------------------------------ steps
@@ -460,7 +487,7 @@ class Run:
             await self._step_error(state, exc)
             return
         res.finished_at = time.time()
-        if step.for_each is not None or step.until is not None:
+        if (step.for_each is not None or step.until is not None) and await self._owned():
             await self.storage.save_checkpoint(self.run_id, step.id, res.output)
         self.emit("step.completed", step.id, attempts=res.attempts,
                   duration_s=round(res.finished_at - res.started_at, 6))
@@ -478,7 +505,8 @@ class Run:
         if has_fallback:
             res.status = "completed"
             res.output = fallback
-            await self.storage.save_checkpoint(self.run_id, step.id, fallback)
+            if await self._owned():
+                await self.storage.save_checkpoint(self.run_id, step.id, fallback)
             self.emit("step.completed", step.id, attempts=res.attempts, fallback=True,
                       error=res.error, error_type=res.error_type)
         else:
@@ -581,7 +609,8 @@ class Run:
             output = await self._attempt(state, key, context)
         else:
             output = await self._with_retries(state, key, context, policy)
-        await self.storage.save_checkpoint(self.run_id, key, output)
+        if await self._owned():
+            await self.storage.save_checkpoint(self.run_id, key, output)
         return output
 
     async def _with_retries(self, state: _State, key: str, context: dict[str, Any],
@@ -629,7 +658,8 @@ class Run:
         usage = _Usage()
         token = _ATTEMPT_USAGE.set(usage)
         try:
-            await self.storage.save_attempt(record)
+            if await self._owned():
+                await self.storage.save_attempt(record)
             ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
                               step_key=key, attempt=number, idempotency_key=idem,
                               workflow_name=self.workflow.name,
@@ -648,21 +678,24 @@ class Run:
                 record.status = "cancelled"
                 record.error = "cancelled"
                 _finish_attempt(record, usage)
-                with anyio.CancelScope(shield=True):
-                    await self.storage.save_attempt(record)
+                if not self.detached:
+                    with anyio.CancelScope(shield=True):
+                        await self.storage.save_attempt(record)
                 raise
             except Exception as exc:
                 record.status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
                 record.error = str(exc) or type(exc).__name__
                 record.error_type = type(exc).__name__
                 _finish_attempt(record, usage)
-                await self.storage.save_attempt(record)
+                if await self._owned():
+                    await self.storage.save_attempt(record)
                 raise
             output = _jsonable(output)
             record.status = "completed"
             record.output = output
             _finish_attempt(record, usage)
-            await self.storage.save_attempt(record)
+            if await self._owned():
+                await self.storage.save_attempt(record)
             return output
         finally:
             _ATTEMPT_USAGE.reset(token)

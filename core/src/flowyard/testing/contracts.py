@@ -25,7 +25,7 @@ from flowyard.errors import (
     RunNotFoundError,
     ToolInputError,
 )
-from flowyard.interfaces import RunQuery
+from flowyard.interfaces import RunLease, RunQuery
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -230,7 +230,10 @@ class ToolContract:
 class StorageContract:
     """What every :class:`~flowyard.interfaces.StorageBackend` promises.
 
-    Provide a fixture ``storage`` returning an *opened* backend on an empty store.
+    Provide a fixture ``storage`` returning an *opened* backend on an empty store. The run
+    lease checks (claim, renew, release; a claim refused while a live owner holds the lease,
+    allowed once it expired or its owner is named dead) give ``now`` explicitly, so they do
+    not depend on the clock.
     """
 
     pytestmark = _ANYIO
@@ -358,6 +361,111 @@ class StorageContract:
         await storage.kv_delete("plugin", "k")
         assert await storage.kv_get("plugin", "k") is None
         assert await storage.kv_get("other", "k") == 3
+
+    @staticmethod
+    def _lease(run_id: str, *, owner: str | None = None, at: float = 1_700_000_000.0,
+               timeout: float = 30.0, pid: int = 4242) -> RunLease:
+        return RunLease(run_id=run_id, owner=owner or new_id(), host="host-a", pid=pid,
+                        host_id="boot/pidns", process_start="12345", acquired_at=at,
+                        heartbeat_at=at, expires_at=at + timeout)
+
+    async def test_lease_claim_renew_release(self, storage: Any) -> None:
+        run = self._run(status="running")
+        await storage.create_run(run)
+        assert await storage.get_leases([run.id]) == {}
+        lease = self._lease(run.id)
+        t = lease.acquired_at
+        assert await storage.claim_lease(lease, now=t) == lease
+        assert await storage.get_leases([run.id, "no-such-run"]) == {run.id: lease}
+        # the holder claims again (idempotent) and renews: one heartbeat moves both times
+        assert await storage.claim_lease(lease, now=t + 1) == lease
+        assert await storage.renew_lease(run.id, lease.owner, heartbeat_at=t + 5,
+                                         expires_at=t + 35) is True
+        stored = (await storage.get_leases([run.id]))[run.id]
+        assert (stored.owner, stored.heartbeat_at, stored.expires_at) == (lease.owner, t + 5,
+                                                                          t + 35)
+        assert (stored.host, stored.pid, stored.host_id, stored.process_start,
+                stored.acquired_at) == ("host-a", 4242, "boot/pidns", "12345", t)
+        # update_run never touches the lease
+        run.status = "completed"
+        await storage.update_run(run)
+        assert (await storage.get_leases([run.id]))[run.id] == stored
+        # only the owner renews or releases
+        assert await storage.renew_lease(run.id, "someone-else", heartbeat_at=t + 9,
+                                         expires_at=t + 39) is False
+        assert await storage.release_lease(run.id, "someone-else") is False
+        assert await storage.release_lease(run.id, lease.owner) is True
+        assert await storage.get_leases([run.id]) == {}
+        assert await storage.release_lease(run.id, lease.owner) is False
+        assert await storage.renew_lease(run.id, lease.owner, heartbeat_at=t + 9,
+                                         expires_at=t + 39) is False
+        # a released run can be claimed by anyone
+        other = self._lease(run.id, at=t + 10)
+        assert await storage.claim_lease(other, now=t + 10) == other
+
+    async def test_lease_claim_is_refused_while_a_live_owner_holds_it(self, storage: Any
+                                                                      ) -> None:
+        run = self._run(status="running")
+        await storage.create_run(run)
+        first = self._lease(run.id, timeout=30)
+        t = first.acquired_at
+        assert await storage.claim_lease(first, now=t) == first
+        second = self._lease(run.id, at=t + 29, pid=5151)
+        assert await storage.claim_lease(second, now=t + 29) == first  # refused: the holder
+        assert (await storage.get_leases([run.id]))[run.id].owner == first.owner
+        # a renewal keeps it alive past its first expiry
+        assert await storage.renew_lease(run.id, first.owner, heartbeat_at=t + 20,
+                                         expires_at=t + 50)
+        assert (await storage.claim_lease(second, now=t + 45)).owner == first.owner
+        # naming another owner as dead does not help
+        third = self._lease(run.id, at=t + 45)
+        assert (await storage.claim_lease(third, now=t + 45, replace_owner=second.owner)
+                ).owner == first.owner
+
+    async def test_lease_can_be_claimed_once_expired_or_its_owner_is_dead(self, storage: Any
+                                                                          ) -> None:
+        run = self._run(status="running")
+        await storage.create_run(run)
+        first = self._lease(run.id, timeout=30)
+        t = first.acquired_at
+        await storage.claim_lease(first, now=t)
+        after_expiry = self._lease(run.id, at=t + 30)
+        assert await storage.claim_lease(after_expiry, now=t + 30) == after_expiry
+        # the old owner has lost it: it can neither renew nor release it
+        assert await storage.renew_lease(run.id, first.owner, heartbeat_at=t + 31,
+                                         expires_at=t + 61) is False
+        assert await storage.release_lease(run.id, first.owner) is False
+        # an owner found dead (its pid is gone) is replaced before its lease expires
+        replacing = self._lease(run.id, at=t + 31)
+        assert await storage.claim_lease(replacing, now=t + 31,
+                                         replace_owner=after_expiry.owner) == replacing
+        assert (await storage.get_leases([run.id]))[run.id] == replacing
+
+    async def test_concurrent_claims_have_one_winner(self, storage: Any) -> None:
+        import anyio
+
+        run = self._run(status="running")
+        await storage.create_run(run)
+        t = 1_700_000_000.0
+        stale = self._lease(run.id, at=t - 100)  # expired: every claimer may take it over
+        await storage.claim_lease(stale, now=t - 100)
+        claims = [self._lease(run.id, at=t, pid=1000 + i) for i in range(8)]
+        answers: list[RunLease] = []
+
+        async def claim(lease: RunLease) -> None:
+            answers.append(await storage.claim_lease(lease, now=t, replace_owner=stale.owner))
+
+        async with anyio.create_task_group() as tg:
+            for lease in claims:
+                tg.start_soon(claim, lease)
+        stored = (await storage.get_leases([run.id]))[run.id]
+        assert stored.owner in {c.owner for c in claims}
+        assert [a.owner for a in answers] == [stored.owner] * len(claims)
+
+    async def test_lease_of_an_unknown_run_raises(self, storage: Any) -> None:
+        with pytest.raises(RunNotFoundError):
+            await storage.claim_lease(self._lease("no-such-run"), now=1_700_000_000.0)
+        assert await storage.get_leases([]) == {}
 
     async def test_returned_objects_are_copies(self, storage: Any) -> None:
         run = self._run(outputs={"list": [1]})

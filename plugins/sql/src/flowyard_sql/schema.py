@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "runs", "attempts", "checkpoints", "events", "logs", "costs", "kv"]
+__all__ = ["metadata", "runs", "leases", "attempts", "checkpoints", "events", "logs", "costs",
+           "kv"]
 
 metadata = sa.MetaData()
 
@@ -39,6 +40,22 @@ runs = sa.Table(
     sa.Column("resume_count", sa.Integer(), nullable=False),
     sa.Column("metadata", sa.Text(), nullable=False),
     sa.Column("extra", sa.Text(), nullable=False),
+)
+
+#: The lease of each run being executed (see flowyard.interfaces.RunLease); a row is deleted
+#: when its owner releases it. Kept out of fy_runs so that update_run never touches it.
+leases = sa.Table(
+    "fy_run_leases",
+    metadata,
+    sa.Column("run_id", sa.String(), primary_key=True),
+    sa.Column("owner", sa.String(), nullable=False),
+    sa.Column("host", sa.String(), nullable=False),
+    sa.Column("pid", sa.BigInteger(), nullable=False),
+    sa.Column("host_id", sa.String(), nullable=False),
+    sa.Column("process_start", sa.String(), nullable=False),
+    sa.Column("acquired_at", sa.Float(), nullable=False),
+    sa.Column("heartbeat_at", sa.Float(), nullable=False),
+    sa.Column("expires_at", sa.Float(), nullable=False),
 )
 
 attempts = sa.Table(

@@ -29,11 +29,11 @@ import attrs
 import sqlalchemy as sa
 from flowyard.config import Config
 from flowyard.errors import RunNotFoundError, StorageError
-from flowyard.interfaces import RunQuery
+from flowyard.interfaces import RunLease, RunQuery
 from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt, now
 from flowyard.serialization import json_default
 
-from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, logs, runs
+from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, leases, logs, runs
 
 __all__ = ["SQLStorage", "RUN_FILTERS", "SQLITE_HEADER", "normalize_url"]
 
@@ -99,6 +99,15 @@ _RUN_UPDATE = runs.update().where(runs.c.id == sa.bindparam("b_id"))
 _EVENT_INSERT = events.insert()
 _LOG_INSERT = logs.insert()
 _COST_INSERT = costs.insert()
+_LEASE_FIELDS = tuple(c.name for c in leases.c)
+_LEASE_SELECT = sa.select(leases).where(leases.c.run_id == sa.bindparam("b_run_id"))
+_LEASE_RENEW = leases.update().where(leases.c.run_id == sa.bindparam("b_run_id"),
+                                     leases.c.owner == sa.bindparam("b_owner"))
+_LEASE_DELETE = leases.delete().where(leases.c.run_id == sa.bindparam("b_run_id"),
+                                      leases.c.owner == sa.bindparam("b_owner"))
+#: How many run ids one get_leases query binds (SQLite's default limit is 32766 parameters,
+#: older builds 999).
+_IN_CHUNK = 500
 _KV_DELETE = kv.delete().where(kv.c.namespace == sa.bindparam("b_namespace"),
                                kv.c.key == sa.bindparam("b_key"))
 
@@ -643,6 +652,107 @@ class SQLStorage:
                 return int(conn.execute(stmt).scalar_one())
 
         return await self._call(count)
+
+    # ------------------------------------------------------------------ run leases
+
+    def _lease_claim_stmt(self) -> Any:
+        """INSERT the lease, or replace the current one only when the WHERE of the conflict
+        clause allows it: same owner, expired, or the owner the caller found dead. One
+        statement, so the check and the write are atomic on PostgreSQL too (the conflicting
+        row is locked and the condition re-checked against its newest version)."""
+        stmt = self._upserts.get("lease-claim")
+        if stmt is None:
+            base: Any
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                base = sqlite_insert(leases)
+            else:
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                base = pg_insert(leases)
+            stmt = base.on_conflict_do_update(
+                index_elements=["run_id"],
+                set_={c.name: base.excluded[c.name] for c in leases.c if c.name != "run_id"},
+                where=sa.or_(leases.c.owner == sa.bindparam("b_owner"),
+                             leases.c.expires_at <= sa.bindparam("b_now"),
+                             leases.c.owner == sa.bindparam("b_replace")))
+            self._upserts["lease-claim"] = stmt
+        return stmt
+
+    async def claim_lease(self, lease: RunLease, *, now: float,
+                          replace_owner: str | None = None) -> RunLease:
+        """Make ``lease`` the run's lease unless another owner holds a live one; atomic across
+        processes (one write transaction: ``BEGIN IMMEDIATE`` on SQLite, a conditional upsert
+        on PostgreSQL). ``now`` and the lease's times are UNIX seconds.
+
+        Returns:
+            the lease in force after the call (``lease`` when claimed, else the holder's).
+
+        Raises:
+            RunNotFoundError: no such run.
+            StorageError: the database failed.
+        """
+        row = attrs.asdict(lease)
+        params = {**row, "b_owner": lease.owner, "b_now": now, "b_replace": replace_owner}
+        stmt = self._lease_claim_stmt()
+
+        def claim(ex: _Exec) -> tuple[Any, ...]:
+            if ex.first(_RUN_EXISTS, {"b_id": lease.run_id}) is None:
+                raise RunNotFoundError(f"no run {lease.run_id!r} in {self.location}")
+            for _ in range(3):
+                ex.execute(stmt, params)
+                current = ex.first(_LEASE_SELECT, {"b_run_id": lease.run_id})
+                if current is not None:
+                    return current
+                # refused, then the holder released it before the read (PostgreSQL): again
+            raise StorageError(f"{self.location}: the lease of run {lease.run_id} kept "
+                               "changing while it was being claimed")
+
+        current = await self._call(self._write_tx, claim)
+        return RunLease(**dict(zip(_LEASE_FIELDS, current, strict=True)))
+
+    async def renew_lease(self, run_id: str, owner: str, *, heartbeat_at: float,
+                          expires_at: float) -> bool:
+        """Set the heartbeat and expiry (UNIX seconds) of ``owner``'s lease: one UPDATE.
+
+        Returns:
+            False when ``owner`` no longer holds the run's lease.
+        """
+        params = {"heartbeat_at": heartbeat_at, "expires_at": expires_at, "b_run_id": run_id,
+                  "b_owner": owner}
+
+        def renew(ex: _Exec) -> int:
+            return ex.execute(_LEASE_RENEW, params)
+
+        return bool(await self._call(self._write_tx, renew))
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Delete the run's lease if ``owner`` holds it; True when deleted."""
+        params = {"b_run_id": run_id, "b_owner": owner}
+
+        def release(ex: _Exec) -> int:
+            return ex.execute(_LEASE_DELETE, params)
+
+        return bool(await self._call(self._write_tx, release))
+
+    async def get_leases(self, run_ids: Sequence[str]) -> dict[str, RunLease]:
+        """Return ``{run_id: lease}`` of the given runs that have a lease."""
+        ids = list(dict.fromkeys(run_ids))
+
+        def select() -> dict[str, RunLease]:
+            found: dict[str, RunLease] = {}
+            with self._read() as conn:
+                for start in range(0, len(ids), _IN_CHUNK):
+                    stmt = sa.select(leases).where(
+                        leases.c.run_id.in_(ids[start:start + _IN_CHUNK]))
+                    for r in conn.execute(stmt).mappings():
+                        found[r["run_id"]] = RunLease(**{n: r[n] for n in _LEASE_FIELDS})
+            return found
+
+        if not ids:
+            return {}
+        return await self._call(select)
 
     # ------------------------------------------------------------------ attempts / checkpoints
 
