@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 import flowyard
+from flowyard.builtin.memory_storage import MemoryStorage
 from flowyard.commands.stats import gather_stats
 from flowyard.engine import RunInUseError, RunLeaseLostError
 from flowyard.engine.lease import (
@@ -299,3 +300,34 @@ async def test_stats_count_abandoned_runs_apart_from_live_ones() -> None:
         # only the newest run is considered: it is the live one
         newest = await gather_stats(stack, events=False, max_runs=1)
         assert newest.runs_by_status == {"running": 1}
+
+
+class _RenewBug(RuntimeError):
+    pass
+
+
+class BuggyRenewStorage(MemoryStorage):
+    """A third-party backend whose renew_lease has a bug (raises a non-StorageError)."""
+
+    async def renew_lease(self, run_id: str, owner: str, *, heartbeat_at: float,
+                          expires_at: float) -> bool:
+        raise _RenewBug("renew_lease is broken")
+
+
+class BuggyStoragePlugin:
+    @flowyard.hookimpl
+    def register_storage(self, register: Any, config: Any) -> None:
+        register("buggy", lambda url, config: BuggyRenewStorage(url, config))
+
+
+async def test_a_backend_bug_while_renewing_stops_the_run_with_that_error() -> None:
+    tool = Hold()
+    tool.held = {"b-a"}
+    stack = Stack([Plugin(tool), BuggyStoragePlugin()],
+                  config={**SHORT, "storage": {"url": "buggy://"}})
+    async with stack:
+        with anyio.fail_after(30), pytest.raises(_RenewBug, match="broken"):
+            await stack.run(WF, run_id="bug")  # held at "b" until the heartbeat fails
+        record = await stack.storage.get_run("bug")
+        leases = await stack.storage.get_leases(["bug"])
+    assert record.status == "cancelled" and leases == {}

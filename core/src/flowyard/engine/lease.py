@@ -149,7 +149,7 @@ class LeaseSettings:
             ConfigError: a value is not a number, not positive, or the timeout is not longer
                 than the interval.
         """
-        values = {}
+        values: dict[str, float] = {}
         for key, default in (("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL),
                              ("lease_timeout", DEFAULT_LEASE_TIMEOUT)):
             raw = config.get(f"runs.{key}", default)
@@ -312,6 +312,7 @@ class LeaseKeeper:
         #: the lease in force when it was lost (None: unknown, or the run has none)
         self.holder: RunLease | None = None
         self._scope: anyio.CancelScope | None = None
+        self._heartbeat_error: Exception | None = None
         # ensure() asks storage only when the last heartbeat is this close to the expiry
         self._margin = min(settings.heartbeat_interval,
                            (settings.lease_timeout - settings.heartbeat_interval) / 2)
@@ -353,7 +354,9 @@ class LeaseKeeper:
         Raises:
             RunLeaseLostError: another process took the run over meanwhile (``body`` was
                 cancelled, or finished without writing its end).
-            Exception: whatever ``body()`` raises.
+            Exception: whatever ``body()`` raises; or what the storage backend raised when
+                renewing the lease, other than ``StorageError`` (a backend bug: ``body`` was
+                cancelled, since the lease could no longer be kept).
         """
         assert self.lease is not None, "claim() the lease first"
         failure: Exception | None = None
@@ -376,6 +379,8 @@ class LeaseKeeper:
             raise RunLeaseLostError(self.run_id, self.holder)
         if failure is not None:
             raise failure
+        if self._heartbeat_error is not None:
+            raise self._heartbeat_error
         return result  # type: ignore[no-any-return]
 
     async def ensure(self) -> None:
@@ -427,7 +432,15 @@ class LeaseKeeper:
     async def _heartbeat(self) -> None:
         while not self.lost:
             await anyio.sleep(self.settings.heartbeat_interval)
-            await self._renew()
+            try:
+                await self._renew()
+            except Exception as exc:  # noqa: BLE001 - re-raised by hold(), outside the group
+                log.error("run %s: renewing its lease failed: %r; stopping the run",
+                          self.run_id, exc)
+                self._heartbeat_error = exc
+                if self._scope is not None:
+                    self._scope.cancel()
+                return
 
     async def _release(self) -> None:
         lease = self.lease
