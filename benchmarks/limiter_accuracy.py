@@ -1,6 +1,6 @@
 """Rate limiter accuracy: configured rate against achieved rate over 60 s of virtual time.
 
-Many clients hammer one :class:`flowyard.ratelimit.RateLimiter` on a
+Many clients hammer one :class:`flowyard.llm.ratelimit.RateLimiter` on a
 :class:`flowyard.clock.VirtualClock` (so 60 s of traffic take milliseconds). For each scenario
 the achieved rate over [0, 60) s is divided by the rate the configuration allows (the baseline,
 computed for the same run); the target is within 1% (ratio 0.99-1.00), never above 1.00.
@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from flowyard.clock import VirtualClock
-from flowyard.ratelimit import RateLimiter, RateLimits
+from flowyard.llm.ratelimit import RateLimiter, RateLimits
 
 #: Virtual times are sums of floats (0.2 + 0.2 + ...), so two calls exactly 60 s apart can
 #: differ by 60 - 1e-14 s; windows are measured with this tolerance (the limiter's own is 1 ns).

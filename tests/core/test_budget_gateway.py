@@ -7,7 +7,7 @@ import math
 
 import anyio
 import pytest
-from flowyard.budget import (
+from flowyard.llm.budget import (
     IMAGE_TOKENS,
     Budget,
     BudgetChain,

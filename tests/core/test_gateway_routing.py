@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from flowyard.builtin.fake import FakeProvider
-from flowyard.circuit import BreakerSet, CircuitBreaker
+from flowyard.llm.circuit import BreakerSet, CircuitBreaker
 from flowyard.clock import VirtualClock
 from flowyard.context import ToolContext
 from flowyard.errors import (
@@ -24,7 +24,7 @@ from flowyard.errors import (
 )
 from flowyard.hookspecs import hookimpl
 from flowyard.interfaces import RouteRequest
-from flowyard.modelregistry import eligible, ineligibility
+from flowyard.llm.modelregistry import eligible, ineligibility
 from flowyard.models import Event, ModelInfo, ToolSpec
 from flowyard.stack import Stack
 

@@ -7,7 +7,7 @@ import anyio
 import pytest
 from flowyard.clock import VirtualClock
 from flowyard.errors import ConfigError, RateLimitedError
-from flowyard.ratelimit import LimiterSet, RateLimiter, RateLimits
+from flowyard.llm.ratelimit import LimiterSet, RateLimiter, RateLimits
 from flowyard.stack import Stack
 
 pytestmark = pytest.mark.anyio
@@ -259,7 +259,7 @@ async def test_a_long_rate_limit_wait_lets_routing_move_on() -> None:
     from flowyard.builtin.fake import FakeProvider
     from flowyard.hookspecs import hookimpl
     from flowyard.interfaces import RouteRequest
-    from flowyard.modelregistry import eligible
+    from flowyard.llm.modelregistry import eligible
 
     class InOrder:
         async def choose(self, request, models):  # type: ignore[no-untyped-def]

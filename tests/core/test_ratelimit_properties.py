@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 from flowyard.clock import VirtualClock
-from flowyard.ratelimit import RateLimiter, RateLimits
+from flowyard.llm.ratelimit import RateLimiter, RateLimits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

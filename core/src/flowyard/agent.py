@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.budget import Budget, BudgetChain
+from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.context import ToolContext
 from flowyard.errors import BudgetExceeded, ToolError, WorkflowError
 from flowyard.models import MemoryEntry, Message, ToolSpec

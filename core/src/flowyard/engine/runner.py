@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.from_thread
 
-from flowyard.budget import Budget, BudgetChain
+from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.builtin.executor import LocalExecutor
 from flowyard.context import ToolContext
 from flowyard.errors import (

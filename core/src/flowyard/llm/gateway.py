@@ -8,7 +8,7 @@ For each call it:
    :class:`~flowyard.interfaces.RouteRequest`, and the gateway tries the returned models in
    order after retriable errors; every choice and its reason is a ``router.choice`` event;
 2. reserves the call's estimated maximum cost in the caller's budgets
-   (``context.budget``, a :class:`~flowyard.budget.BudgetChain`) or raises
+   (``context.budget``, a :class:`~flowyard.llm.budget.BudgetChain`) or raises
    :class:`~flowyard.errors.BudgetExceeded` without calling;
 3. waits for the provider's and model's rate limits (fair FIFO queue; a wait longer than
    ``limits.max_wait_s`` becomes a retriable ``RateLimitedError``, so routing moves on);
@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.budget import (
+from flowyard.llm.budget import (
     Budget,
     BudgetChain,
     Reservation,
     estimate_max_cost,
     estimate_prompt_tokens,
 )
-from flowyard.circuit import BreakerSet, counts_as_failure
+from flowyard.llm.circuit import BreakerSet, counts_as_failure
 from flowyard.clock import Clock, MonotonicClock
 from flowyard.errors import (
     BudgetExceeded,
@@ -59,7 +59,7 @@ from flowyard.errors import (
     RateLimitedError,
     UnknownNameError,
 )
-from flowyard.modelregistry import ModelRegistry
+from flowyard.llm.modelregistry import ModelRegistry
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -69,7 +69,7 @@ from flowyard.models import (
     ModelInfo,
     Usage,
 )
-from flowyard.ratelimit import LimiterSet
+from flowyard.llm.ratelimit import LimiterSet
 
 if TYPE_CHECKING:
     from flowyard.context import ToolContext
@@ -123,7 +123,7 @@ class LLMGateway:
             by default; a :class:`~flowyard.clock.VirtualClock` in tests).
 
     Attributes:
-        models: the :class:`~flowyard.modelregistry.ModelRegistry`.
+        models: the :class:`~flowyard.llm.modelregistry.ModelRegistry`.
         live: in-process :class:`~flowyard.metrics.LiveMetrics` fed by the stack's events.
     """
 
@@ -559,7 +559,7 @@ class LLMGateway:
             model: ``provider/model``, an alias, ``"auto"`` (a router chooses), or None (the
                 default model, which may itself be ``"auto"``).
             context: the calling step's context: events and cost lines are attributed to it,
-                and ``context.budget`` (a :class:`~flowyard.budget.BudgetChain`) is charged.
+                and ``context.budget`` (a :class:`~flowyard.llm.budget.BudgetChain`) is charged.
             route: requirements for ``"auto"`` (capabilities, minimum context, maximum price,
                 candidates).
             router: router name for ``"auto"`` (default: ``routing.router``, else
@@ -693,7 +693,7 @@ class LLMGateway:
         Raises:
             ConfigError: no model given and ``models.embedding`` is not set.
         """
-        from flowyard.budget import estimate_text_tokens
+        from flowyard.llm.budget import estimate_text_tokens
 
         ref = model or self.stack.config.get("models.embedding")
         if not ref:
