@@ -13,6 +13,17 @@ from typing import Any
 import pytest
 from flowyard_exec import ExecSettings, PythonRunTool, ShellRunTool
 
+# Real models are loaded from installed packages only; never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run each ``@pytest.mark.anyio`` test once on asyncio and once on trio."""
+    return str(request.param)
+
 
 @pytest.fixture
 def make_tools() -> Callable[..., tuple[ShellRunTool, PythonRunTool]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import threading
 import time
@@ -12,6 +13,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+# Real models are loaded from installed packages only; never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run each ``@pytest.mark.anyio`` test once on asyncio and once on trio."""
+    return str(request.param)
+
 
 ARTICLE = """<!DOCTYPE html>
 <html lang="en">
