@@ -48,7 +48,7 @@ from flowyard.errors import BudgetExceeded, ToolError, WorkflowError
 from flowyard.models import MemoryEntry, Message, ToolSpec
 
 if TYPE_CHECKING:
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
 
 __all__ = ["Agent", "AgentResult", "AgentTurnLimitError", "run_agent", "run_agent_step",
            "parse_react", "REACT_FORMAT"]
@@ -180,7 +180,7 @@ class Agent:
     requirements: Mapping[str, Any] | None = None
     name: str = "agent"
 
-    async def run(self, stack: Stack, prompt: str, *, context: ToolContext | None = None
+    async def run(self, stack: Services, prompt: str, *, context: ToolContext | None = None
                   ) -> AgentResult:
         """Run the loop on ``prompt``; see :func:`run_agent`."""
         ctx = context or ToolContext(stack=stack, step_id=self.name)

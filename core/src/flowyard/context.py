@@ -9,7 +9,7 @@ import attrs
 from flowyard.models import Event
 
 if TYPE_CHECKING:
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
 
 __all__ = ["ToolContext"]
 
@@ -19,7 +19,8 @@ class ToolContext:
     """Where a tool call happens, and the services it may use.
 
     Args:
-        stack: the stack running the call (providers, memory, storage, events).
+        stack: the services of the stack running the call (providers, memory, storage,
+            events; a :class:`~flowyard.interfaces.Services`).
         run_id: the run ("" outside a run, e.g. a direct call in a test).
         step_id: the step id; step_key: the step key (with fan-out index / loop iteration).
         attempt: 1-based attempt number of the step.
@@ -31,7 +32,7 @@ class ToolContext:
         extras: free-form data for plugins.
     """
 
-    stack: Stack
+    stack: Services
     run_id: str = ""
     step_id: str | None = None
     step_key: str | None = None
@@ -41,6 +42,11 @@ class ToolContext:
     agent: str | None = None
     budget: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def services(self) -> Services:
+        """The stack's services (the same object as :attr:`stack`, by its protocol's name)."""
+        return self.stack
 
     def emit(self, type: str, **data: Any) -> None:
         """Emit an event of ``type`` with ``data`` for this run and step."""

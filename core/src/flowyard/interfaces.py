@@ -31,10 +31,16 @@ from flowyard.models import (
 )
 
 if TYPE_CHECKING:
+    from flowyard.config import Config
     from flowyard.context import ToolContext
+    from flowyard.events import EventBus
+    from flowyard.models import Message
+    from flowyard.registry import Registry
     from flowyard.workflow import Workflow
 
 __all__ = [
+    "Services",
+    "LLMService",
     "Diagnostic",
     "Provider",
     "SupportsDiagnostics",
@@ -509,4 +515,107 @@ class EventListener(Protocol):
 
     def __call__(self, event: Event) -> None:
         """Handle one event."""
+        ...
+
+
+@runtime_checkable
+class LLMService(Protocol):
+    """The LLM gateway as the layers below it see it (:class:`flowyard.llm.LLMGateway`).
+
+    Every model call of the engine, agents and plugins goes through it: budgets, rate limits,
+    circuit breakers, routing and cost accounting apply. See :mod:`flowyard.llm.gateway`
+    for the full documentation of each method.
+    """
+
+    def default_model(self) -> str:
+        """Return the default model reference (``provider/model`` or ``"auto"``)."""
+        ...
+
+    async def chat(self, messages: Sequence[Message] | str, *, model: str | None = None,
+                   context: ToolContext | None = None, route: RouteRequest | None = None,
+                   router: str | None = None, **params: Any) -> ChatResponse:
+        """Call a model and return its response (``cost_usd`` None when the price is unknown).
+
+        Raises:
+            BudgetExceeded: the estimated maximum cost does not fit a budget (nothing sent).
+            ProviderError: typed provider errors.
+        """
+        ...
+
+    def stream(self, messages: Sequence[Message] | str, *, model: str | None = None,
+               context: ToolContext | None = None, route: RouteRequest | None = None,
+               router: str | None = None, **params: Any) -> AsyncIterator[ChatChunk]:
+        """Stream a completion chunk by chunk (an async generator)."""
+        ...
+
+    async def embed(self, texts: Sequence[str], *, model: str | None = None
+                    ) -> list[list[float]]:
+        """Return one embedding (a list of floats) per text, in order."""
+        ...
+
+    async def model_info(self, ref: str) -> ModelInfo | None:
+        """Return the :class:`ModelInfo` of ``provider/model``, None when unknown."""
+        ...
+
+
+@runtime_checkable
+class Services(Protocol):
+    """What a stack offers to the layers below the composition root.
+
+    :class:`flowyard.stack.Stack` implements it; the engine, the agent loop, the LLM gateway,
+    :class:`~flowyard.context.ToolContext` and registration hooks that ask for ``services``
+    see only this protocol, never ``Stack`` itself.
+
+    Attributes:
+        config: the stack's :class:`~flowyard.config.Config`.
+        events: the stack's :class:`~flowyard.events.EventBus`.
+        providers, tools, storage_schemes, memory_stores, retrievers, routers, executors,
+        loaders, listeners: the per-family registries (:class:`~flowyard.registry.Registry`).
+    """
+
+    config: Config
+    events: EventBus
+    providers: Registry[Provider]
+    tools: Registry[Tool]
+    storage_schemes: Registry[Any]
+    memory_stores: Registry[MemoryStore]
+    retrievers: Registry[Retriever]
+    routers: Registry[Router]
+    executors: Registry[Executor]
+    loaders: Registry[WorkflowLoader]
+    listeners: Registry[EventListener]
+
+    @property
+    def llm(self) -> LLMService:
+        """The LLM gateway (built on first use)."""
+        ...
+
+    @property
+    def storage(self) -> StorageBackend:
+        """The storage backend (built on first use, opened by :meth:`open`)."""
+        ...
+
+    @property
+    def storage_is_open(self) -> bool:
+        """True once :meth:`open` has opened the storage backend."""
+        ...
+
+    async def open(self) -> Services:
+        """Open the storage backend (idempotent) and return the services."""
+        ...
+
+    def memory(self, name: str | None = None) -> MemoryStore:
+        """Return a memory store by name, else the configured or preferred one.
+
+        Raises:
+            UnknownNameError: no such store, or none registered.
+        """
+        ...
+
+    def retriever(self, name: str | None = None) -> Retriever:
+        """Return a retriever by name, else the configured or preferred one.
+
+        Raises:
+            UnknownNameError: no such retriever, or none registered.
+        """
         ...

@@ -23,11 +23,13 @@ from flowyard.config import Config
 from flowyard.errors import PluginError
 from flowyard.registry import Register, Registry
 
-__all__ = ["PluginStatus", "PluginManager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGIN"]
+__all__ = ["PluginStatus", "PluginManager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGIN", "BUILTIN_MODULE"]
 
 ENTRY_POINT_GROUP = "flowyard"
 #: The name under which the in-core defaults are registered (disable it like any plugin).
 BUILTIN_PLUGIN = "builtin"
+#: The module of the built-in plugin, imported by name by the composition root.
+BUILTIN_MODULE = "flowyard.builtin.plugin"
 
 
 @attrs.define

@@ -6,6 +6,7 @@ mutable state, so two stacks in one process never interfere.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from flowyard.config import Config
 from flowyard.errors import StorageError
 from flowyard.events import EventBus
 from flowyard.hookspecs import FAMILIES
-from flowyard.plugins import BUILTIN_PLUGIN, PluginManager, PluginStatus
+from flowyard.plugins import BUILTIN_MODULE, BUILTIN_PLUGIN, PluginManager, PluginStatus
 from flowyard.registry import Duplicate, Registry
 
 if TYPE_CHECKING:
@@ -90,8 +91,9 @@ class Stack:
 
         self.plugin_manager = PluginManager(self.config)
         if builtins:
-            from flowyard.builtin import plugin as builtin_plugin
-
+            # Imported by name, like pytest's default plugins: the built-in plugin sits above
+            # the composition root and is replaceable and disable-able like any other plugin.
+            builtin_plugin = importlib.import_module(BUILTIN_MODULE)
             self.plugin_manager.add(builtin_plugin, name=BUILTIN_PLUGIN, source="flowyard core",
                                     distribution="flowyard", version=_core_version())
         if discover:

@@ -34,7 +34,7 @@ from .validate import load_workflow, step_dependencies, validate_workflow
 
 if TYPE_CHECKING:
     from flowyard.models import Event
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
     from flowyard.workflow import RunResult, Workflow
 
 __all__ = [
@@ -69,7 +69,7 @@ def _metadata(workflow: Workflow, options: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-async def run_workflow(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None = None,
+async def run_workflow(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None = None,
                        **options: Any) -> RunResult:
     """Run a workflow to its end and return its :class:`~flowyard.workflow.RunResult`.
 
@@ -86,7 +86,7 @@ async def run_workflow(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | 
     return await _run(stack, workflow, inputs, options, None)
 
 
-async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
+async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
                options: dict[str, Any], stream: Any) -> RunResult:
     from .runner import Run, check_inputs, new_record
     from .validate import load_workflow_with_definition
@@ -119,7 +119,7 @@ async def _run(stack: Stack, workflow: Any, inputs: Mapping[str, Any] | None,
     return result
 
 
-async def stream_workflow(stack: Stack, workflow: Any,
+async def stream_workflow(stack: Services, workflow: Any,
                           inputs: Mapping[str, Any] | None = None, **options: Any
                           ) -> AsyncIterator[Event]:
     """Run a workflow and yield its events as they happen, ending with ``run.finished``.
@@ -159,7 +159,7 @@ async def stream_workflow(stack: Stack, workflow: Any,
         raise failure[0]
 
 
-async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **options: Any
+async def resume_run(stack: Services, run_id: str, *, force: bool = False, **options: Any
                      ) -> RunResult:
     """Continue a stored run; completed step keys are never run again.
 
@@ -203,7 +203,7 @@ async def resume_run(stack: Stack, run_id: str, *, force: bool = False, **option
     return result
 
 
-async def _resume_claimed(stack: Stack, keeper: LeaseKeeper, run_id: str, force: bool,
+async def _resume_claimed(stack: Services, keeper: LeaseKeeper, run_id: str, force: bool,
                           options: dict[str, Any]) -> RunResult:
     """The body of :func:`resume_run`, run while this process holds the run's lease."""
     from flowyard.workflow import parse_workflow

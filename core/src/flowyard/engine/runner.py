@@ -35,7 +35,6 @@ import anyio
 import anyio.from_thread
 
 from flowyard.llm.budget import Budget, BudgetChain
-from flowyard.builtin.executor import LocalExecutor
 from flowyard.context import ToolContext
 from flowyard.errors import (
     BudgetExceeded,
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
 
     from .lease import LeaseKeeper
 
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
 
 __all__ = ["Run", "StepTimeoutError", "idempotency_key", "check_inputs", "DEFAULT_CONCURRENCY"]
 
@@ -178,7 +177,7 @@ class Run:
         parent_budget: the budgets of the parent step, for a sub-workflow's run.
     """
 
-    def __init__(self, stack: Stack, workflow: Workflow, inputs: dict[str, Any],
+    def __init__(self, stack: Services, workflow: Workflow, inputs: dict[str, Any],
                  record: RunRecord, *, checkpoints: dict[str, Any] | None = None,
                  attempts: dict[str, int] | None = None, max_concurrency: int | None = None,
                  stream: MemoryObjectSendStream[Event] | None = None,
@@ -722,11 +721,8 @@ class Run:
             if not isinstance(arguments, Mapping):
                 raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
                                     f"arguments, got {type(arguments).__name__}")
-            executor = self._executor(step.executor)
-            if type(executor) is LocalExecutor:  # it would just await the call: skip a frame
-                return await invoke_tool(ctx, tool, arguments)
             action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
-            return await executor.execute(action, step_id=step.id)
+            return await self._executor(step.executor).execute(action, step_id=step.id)
         return await self._executor(step.executor).execute(action, step_id=step.id)
 
     async def _sub_workflow(self, step: Step, arguments: Mapping[str, Any],

@@ -19,7 +19,7 @@ from flowyard.templating import Reference, find_references, has_template
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
 if TYPE_CHECKING:
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
 
 __all__ = ["load_workflow", "validate_workflow", "step_dependencies", "templated_arguments",
            "SPECIAL_ACTIONS"]
@@ -59,7 +59,7 @@ def step_dependencies(step: Step) -> set[str]:
     return deps
 
 
-def _read_source(stack: Stack, path: Path) -> Workflow:
+def _read_source(stack: Services, path: Path) -> Workflow:
     suffix = path.suffix.lower()
     loader = None
     for name in stack.loaders.names():
@@ -84,12 +84,12 @@ def _read_source(stack: Stack, path: Path) -> Workflow:
     return loader.load(text, path=str(path))
 
 
-def load_workflow(stack: Stack, source: Any, *, validate: bool = True) -> Workflow:
+def load_workflow(stack: Services, source: Any, *, validate: bool = True) -> Workflow:
     """See :func:`load_workflow_with_definition`; returns only the workflow."""
     return load_workflow_with_definition(stack, source, validate=validate)[0]
 
 
-def load_workflow_with_definition(stack: Stack, source: Any, *, validate: bool = True
+def load_workflow_with_definition(stack: Services, source: Any, *, validate: bool = True
                                   ) -> tuple[Workflow, dict[str, Any], str]:
     """Return a validated :class:`Workflow` from a path, YAML text, a dict or a workflow.
 
@@ -129,7 +129,7 @@ def load_workflow_with_definition(stack: Stack, source: Any, *, validate: bool =
     return workflow, definition, key
 
 
-def _parse_source(stack: Stack, source: Any) -> Workflow:
+def _parse_source(stack: Services, source: Any) -> Workflow:
     if isinstance(source, Workflow):
         return source
     if isinstance(source, Mapping):
@@ -140,10 +140,8 @@ def _parse_source(stack: Stack, source: Any) -> Workflow:
             raise WorkflowValidationError([ValidationIssue(
                 "workflow file not found", file=str(path))])
         return _read_source(stack, path)
-    if isinstance(source, str):
-        from flowyard.builtin.loader import NativeLoader
-
-        return NativeLoader().load(source)
+    if isinstance(source, str):  # YAML/JSON text: the registered native loader parses it
+        return stack.loaders.get("native").load(source)
     raise TypeError(f"cannot load a workflow from {type(source).__name__}; give a path, "
                     "YAML text, a dict or a Workflow")
 
@@ -186,7 +184,7 @@ def _check_schema(schema: Mapping[str, Any], params: Mapping[str, Any], where: s
         issue(f"invalid arguments for {tool!r}: {err.message}", f"{where}{sub}")
 
 
-def validate_workflow(stack: Stack | None, workflow: Workflow, *,
+def validate_workflow(stack: Services | None, workflow: Workflow, *,
                       known_ids: set[str] | None = None) -> Workflow:
     """Check a workflow; return it unchanged when valid.
 
@@ -337,7 +335,7 @@ def _cycles(deps: dict[str, set[str]], order: list[str]) -> list[list[str]]:
     return cycles
 
 
-def _check_action(stack: Stack, workflow: Workflow, step: Step, base: str, issue: Any) -> None:
+def _check_action(stack: Services, workflow: Workflow, step: Step, base: str, issue: Any) -> None:
     if step.uses == "agent":
         _check_agent(stack, step, base, issue)
         return
@@ -385,7 +383,7 @@ def _sub_path(workflow: Workflow, target: str) -> Path:
     return path
 
 
-def _check_agent(stack: Stack, step: Step, base: str, issue: Any) -> None:
+def _check_agent(stack: Services, step: Step, base: str, issue: Any) -> None:
     params = step.with_
     for key in params:
         if key not in AGENT_KEYS:

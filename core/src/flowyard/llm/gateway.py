@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from flowyard.context import ToolContext
     from flowyard.interfaces import Provider, Router, RouteRequest
     from flowyard.metrics import LiveMetrics
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
 
 __all__ = ["LLMGateway", "split_ref", "AUTO"]
 
@@ -127,7 +127,7 @@ class LLMGateway:
         live: in-process :class:`~flowyard.metrics.LiveMetrics` fed by the stack's events.
     """
 
-    def __init__(self, stack: Stack, *, clock: Clock | None = None) -> None:
+    def __init__(self, stack: Services, *, clock: Clock | None = None) -> None:
         self.stack = stack
         self.clock: Clock = clock or MonotonicClock()
         self.models = ModelRegistry(stack)

@@ -30,7 +30,7 @@ from flowyard.models import ModelInfo, ModelPrice
 
 if TYPE_CHECKING:
     from flowyard.interfaces import RouteRequest
-    from flowyard.stack import Stack
+    from flowyard.interfaces import Services
 
 __all__ = ["ModelRegistry", "ineligibility", "eligible", "apply_overrides"]
 
@@ -126,7 +126,7 @@ class ModelRegistry:
         timeout_s: seconds to wait for one provider's ``list_models``.
     """
 
-    def __init__(self, stack: Stack, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, stack: Services, *, timeout_s: float = 10.0) -> None:
         self.stack = stack
         self.timeout_s = timeout_s
         self._by_provider: dict[str, dict[str, ModelInfo]] = {}
