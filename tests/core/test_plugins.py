@@ -15,6 +15,9 @@ from flowyard.errors import DuplicateNameError, PluginError, UnknownNameError
 from flowyard.stack import Stack
 
 VENV_BIN = Path(sys.executable).parent
+# The test-only plugins (tests/plugins: testplugin, broken-import, broken-hook) are installed
+# nowhere; this fixture (tests/conftest.py) makes them discoverable for these tests only.
+pytestmark = pytest.mark.usefixtures("test_only_plugins")
 
 
 def statuses(stack: Stack) -> dict[str, Any]:
@@ -160,7 +163,7 @@ def test_lazy_factories_are_built_once(flowyard_home: Path) -> None:
 
 def test_trace_plugins_writes_hook_calls_to_stderr(flowyard_home: Path) -> None:
     env = {"FLOWYARD_TRACE_PLUGINS": "1", "PATH": str(VENV_BIN),
-           "FLOWYARD_DATA_DIR": str(flowyard_home)}
+           "FLOWYARD_DATA_DIR": str(flowyard_home), "PYTHONPATH": os.environ["PYTHONPATH"]}
     out = subprocess.run([str(VENV_BIN / "flowyard"), "tools", "--json"], env=env,
                          capture_output=True, text=True, timeout=120, cwd=flowyard_home)
     assert out.returncode == 0, out.stderr

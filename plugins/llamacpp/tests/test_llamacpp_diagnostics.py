@@ -154,7 +154,6 @@ def test_doctor_shows_the_generation_check(tmp_path: Path, monkeypatch: pytest.M
     from flowyard.cli import cli
 
     monkeypatch.setenv("FLOWYARD_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("FLOWYARD_DISABLE_PLUGINS", "broken-import,broken-hook")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["doctor", "--json", "--timeout", "2"])
     report = json.loads(result.output)
