@@ -1,4 +1,4 @@
-"""Cost of confinement: flowyard.safepath (the filesystem and report tools) against plain
+"""Cost of confinement: flowyard_safepath (the filesystem and report tools) against plain
 Python file access measured in the same run.
 
 Cases (each a ratio against its baseline; fsync off on both sides so the disk does not
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flowyard.safepath import SafeRoot
+from flowyard_safepath import SafeRoot
 from flowyard_filesystem.tools import GlobTool
 
 

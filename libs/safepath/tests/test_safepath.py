@@ -1,4 +1,4 @@
-"""The core helper flowyard.safepath on its own: lookups, root selection, content decoding."""
+"""flowyard_safepath on its own: lookups, root selection, content decoding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flowyard.config import Config
 from flowyard.errors import ToolError, ToolInputError
-from flowyard.safepath import SafeRoot, decode_content, workspace_root
+from flowyard_safepath import SafeRoot, decode_content, workspace_root
 
 
 def test_stat_resolve_and_location(safe_root: SafeRoot, outside: Path) -> None:

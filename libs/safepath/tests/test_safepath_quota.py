@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from flowyard.errors import ToolError
-from flowyard.safepath import QuotaExceededError, SafeRoot
+from flowyard_safepath import QuotaExceededError, SafeRoot
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -80,7 +80,7 @@ def test_failure_inside_the_content_source_removes_the_partial_file(root_dir: Pa
 
 _DISK_FULL = textwrap.dedent("""
     import json, os, resource, signal, sys
-    from flowyard.safepath import SafeRoot
+    from flowyard_safepath import SafeRoot
     from flowyard.errors import ToolError
 
     root_dir = sys.argv[1]
@@ -125,7 +125,7 @@ def test_disk_full_leaves_no_partial_file(root_dir: Path) -> None:
 def test_quota_configuration_is_validated(flowyard_home: Path) -> None:
     from flowyard.config import Config
     from flowyard.errors import ConfigError
-    from flowyard.safepath import safe_root_from_config
+    from flowyard_safepath import safe_root_from_config
 
     for bad in [0, -5, "10MB", True]:
         with pytest.raises(ConfigError, match=r"\[filesystem\] max_total_bytes"):
@@ -148,7 +148,7 @@ def test_tool_error_is_not_retriable_for_quota(root_dir: Path) -> None:
 
 def test_walk_limit_is_configurable_and_enforced(flowyard_home: Path, root_dir: Path) -> None:
     from flowyard.config import Config
-    from flowyard.safepath import safe_root_from_config
+    from flowyard_safepath import safe_root_from_config
 
     for i in range(5):
         (root_dir / f"f{i}").write_text("x")

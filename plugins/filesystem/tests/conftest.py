@@ -1,12 +1,25 @@
-"""Fixtures of the filesystem plugin tests: a root under tmp_path and an outside directory."""
+"""Test configuration of flowyard-filesystem: every async test runs on both anyio backends; a
+root under tmp_path and an outside directory."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flowyard.safepath import SafeRoot
+from flowyard_safepath import SafeRoot
+
+# Real models are loaded from installed packages only; never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run each ``@pytest.mark.anyio`` test once on asyncio and once on trio."""
+    return str(request.param)
 
 
 @pytest.fixture

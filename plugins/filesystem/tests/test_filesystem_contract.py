@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flowyard.safepath import SafeRoot
 from flowyard.testing import ToolContract
 from flowyard_filesystem import tools
+from flowyard_safepath import SafeRoot
 
 
 def _root(tmp_path: Path) -> SafeRoot:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins" / "filesystem.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "plugins" / "filesystem.md"
 
 
 @pytest.mark.anyio

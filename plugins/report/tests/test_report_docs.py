@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins" / "report.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "plugins" / "report.md"
 
 
 @pytest.mark.anyio

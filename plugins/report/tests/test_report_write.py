@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError
-from flowyard.safepath import SafeRoot
 from flowyard.testing import ToolContract
 from flowyard_report.tool import ReportWriteTool
+from flowyard_safepath import SafeRoot
 
 pytestmark = pytest.mark.anyio
 

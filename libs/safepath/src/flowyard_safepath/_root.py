@@ -53,7 +53,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from flowyard.errors import ConfigError, ToolError, ToolInputError
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ class _Shared:
     def root(self) -> Any:
         with self._lock:
             if self._root is None:
-                from flowyard.safepath import safe_root_from_config
+                from flowyard_safepath import safe_root_from_config
 
                 self._root = safe_root_from_config(self.config, "filesystem",
                                                    defaults=dict(DEFAULT_LIMITS))

@@ -1,5 +1,5 @@
 """The filesystem tools. Every path argument is relative to the configured root (see
-:mod:`flowyard.safepath` for how paths are checked and why symlink races cannot escape it).
+:mod:`flowyard_safepath` for how paths are checked and why symlink races cannot escape it).
 
 All tools run their blocking file operations in a worker thread, so they never block the
 event loop, and raise :class:`~flowyard.errors.ToolInputError` (bad or refused path, bad
@@ -18,8 +18,8 @@ from typing import Any
 import anyio.to_thread
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError
-from flowyard.safepath import SafeRoot, decode_content
 from flowyard.tools import BaseTool
+from flowyard_safepath import SafeRoot, decode_content
 
 __all__ = [
     "FilesystemTool",

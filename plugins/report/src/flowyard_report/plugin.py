@@ -46,7 +46,7 @@ def register_tools(register: Register, config: Config) -> None:
     max_range_items = _positive(table, "max_range_items", 1_000_000)
 
     def make() -> Any:
-        from flowyard.safepath import safe_root_from_config
+        from flowyard_safepath import safe_root_from_config
 
         from flowyard_report.tool import ReportWriteTool
 

@@ -8,8 +8,8 @@ from typing import Any
 import anyio.to_thread
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError, ToolInputError
-from flowyard.safepath import PathNotFoundError, SafeRoot
 from flowyard.tools import BaseTool
+from flowyard_safepath import PathNotFoundError, SafeRoot
 
 from flowyard_report.render import FORMATS, ReportRenderer, infer_format
 
@@ -23,7 +23,7 @@ class ReportWriteTool(BaseTool):
 
     Args:
         root: where templates are read from and reports are written to (paths are confined
-            to it, see :mod:`flowyard.safepath`).
+            to it, see :mod:`flowyard_safepath`).
         max_output_chars: largest rendered report, in characters.
         max_range_items: most items ``range()`` may produce in one render.
     """
