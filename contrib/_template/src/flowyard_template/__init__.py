@@ -1,0 +1,1 @@
+"""flowyard-template: the scaffold of a contrib plugin (a word-count tool)."""
