@@ -1,7 +1,7 @@
 """The Anthropic Messages API provider.
 
-Plain httpx (one pooled client per instance, see :class:`flowyard.httputil.PooledClient`),
-the SSE event stream parsed with httpx-sse. API reference:
+The HTTP side (secrets, pooled client, typed errors, the SSE stream up to ``message_stop``)
+is :class:`flowyard_http.HTTPProvider`'s; this module is the wire format only. API reference:
 https://docs.anthropic.com/en/api/messages and .../messages-streaming (version
 ``2023-06-01``; shapes as documented in 2025).
 """
@@ -9,26 +9,11 @@ https://docs.anthropic.com/en/api/messages and .../messages-streaming (version
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from contextlib import aclosing
+from typing import Any, ClassVar
 
-from flowyard.errors import (
-    AuthenticationError,
-    BadRequestError,
-    ConfigError,
-    MalformedResponseError,
-)
-from flowyard.httputil import (
-    PooledClient,
-    PriceTable,
-    Secret,
-    error_from_payload,
-    open_stream,
-    parse_json_body,
-    request_json,
-    stream_errors,
-)
+from flowyard.errors import BadRequestError
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -36,12 +21,12 @@ from flowyard.models import (
     ImagePart,
     Message,
     ModelInfo,
-    ModelPrice,
     TextPart,
     ToolCall,
     ToolSpec,
     Usage,
 )
+from flowyard_http import HTTPProvider, PriceTable, Secret
 
 __all__ = ["AnthropicProvider", "ANTHROPIC_BASE_URL", "API_VERSION", "RESPONSE_TOOL",
            "load_price_table"]
@@ -129,7 +114,7 @@ def to_wire_messages(messages: Sequence[Message]) -> tuple[str | None, list[dict
     return system, wire
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     """Chat, streaming, tool use, structured output (through a forced tool), images and
     model listing over Anthropic's Messages API. Anthropic has no embeddings API.
 
@@ -139,14 +124,21 @@ class AnthropicProvider:
         base_url: API root without ``/v1`` (``https://api.anthropic.com``).
         headers: extra headers (e.g. ``anthropic-beta``).
         timeout: seconds per request.
-        backend: ``"auto"``, ``"httpx"`` or ``"aiohttp"`` (see :class:`PooledClient`).
-        transport: an explicit ``httpx.AsyncBaseTransport`` (tests).
+        backend, transport, max_connections: see :class:`flowyard_http.HTTPProvider`.
         prices: ``{model: {"input": x, "output": y}}`` overrides (US dollars per million
             tokens).
         default_max_tokens: ``max_tokens`` sent when the request has none and the price table
             does not know the model's output cap.
-        max_connections: connection pool size.
+
+    Raises:
+        ConfigError: an invalid name or backend.
     """
+
+    base_url_suffix: ClassVar[str] = "/v1"
+    auth_header: ClassVar[str] = "x-api-key"
+    auth_prefix: ClassVar[str] = ""
+    fixed_headers: ClassVar[Mapping[str, str]] = {"anthropic-version": API_VERSION}
+    end_marker: ClassVar[str] = "message_stop"
 
     def __init__(
         self,
@@ -162,45 +154,19 @@ class AnthropicProvider:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         max_connections: int = 100,
     ) -> None:
-        if not name or "/" in name:
-            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
-        if backend not in PooledClient.BACKENDS:
-            raise ConfigError(f"[{name}] backend must be one of "
-                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
-        self.name = name
-        self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
-        if self.base_url.endswith("/v1"):
-            self.base_url = self.base_url[:-3]
-        if api_key is None:
-            api_key = os.environ.get("ANTHROPIC_API_KEY")
-        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
-        self.prices = load_price_table(prices)
         self.default_max_tokens = int(default_max_tokens)
-        wire_headers = {"anthropic-version": API_VERSION, "Accept": "application/json",
-                        **dict(headers or {})}
-        if self._api_key:
-            wire_headers["x-api-key"] = self._api_key.get()
-        self._client = PooledClient(base_url=self.base_url, headers=wire_headers,
-                                    timeout=timeout, backend=backend, transport=transport,
-                                    max_connections=max_connections)
+        super().__init__(name, base_url=base_url or ANTHROPIC_BASE_URL, api_key=api_key,
+                         api_key_env="ANTHROPIC_API_KEY", key_required=True, headers=headers,
+                         timeout=timeout, backend=backend, transport=transport,
+                         max_connections=max_connections, prices=load_price_table(prices))
 
-    def __repr__(self) -> str:
-        return (f"AnthropicProvider(name={self.name!r}, base_url={self.base_url!r}, "
-                f"api_key={self._api_key!r})")
+    def is_error_event(self, name: str, data: Mapping[str, Any]) -> bool:
+        """An ``error`` event, or an object of ``"type": "error"``."""
+        return super().is_error_event(name, data) or data.get("type") == "error"
 
-    @property
-    def _secrets(self) -> list[Secret]:
-        return [self._api_key]
-
-    def _check_key(self, model: str | None) -> None:
-        if not self._api_key:
-            raise AuthenticationError(
-                f"{self.name}: no API key: set ANTHROPIC_API_KEY or api_key in the "
-                f"[{self.name}] section of flowyard.toml", provider=self.name, model=model)
-
-    def price(self, model: str) -> ModelPrice | None:
-        """Return the price of ``model`` (US dollars per million tokens), or None if unknown."""
-        return self.prices.price(model)  # type: ignore[no-any-return]
+    def is_end_event(self, name: str, data: Mapping[str, Any]) -> bool:
+        """The ``message_stop`` event."""
+        return data.get("type", name) == "message_stop"
 
     # ------------------------------------------------------------------ requests
 
@@ -282,16 +248,13 @@ class AnthropicProvider:
         """
         model = request.model
         if not isinstance(data, Mapping):
-            raise MalformedResponseError(f"{self.name}: message is not a JSON object",
-                                         provider=self.name, model=model)
-        if data.get("type") == "error" or data.get("error"):
-            raise error_from_payload(data, provider=self.name, model=model,
-                                     secrets=self._secrets)
+            raise self.malformed("message is not a JSON object", model)
+        if self.is_error_event("", data):
+            raise self.payload_error(data, model)
         content = data.get("content")
         if not isinstance(content, list) or "usage" not in data:
-            raise MalformedResponseError(
-                f"{self.name}: message lacks content[] or usage: {json.dumps(data)[:300]}",
-                provider=self.name, model=model)
+            raise self.malformed(f"message lacks content[] or usage: {json.dumps(data)[:300]}",
+                                 model)
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in content:
@@ -300,18 +263,16 @@ class AnthropicProvider:
                 texts.append(str(block.get("text", "")))
             elif kind == "tool_use":
                 if not block.get("name") or not isinstance(block.get("input"), Mapping):
-                    raise MalformedResponseError(f"{self.name}: broken tool_use block",
-                                                 provider=self.name, model=model)
+                    raise self.malformed("broken tool_use block", model)
                 calls.append(ToolCall(id=str(block.get("id") or ""), name=str(block["name"]),
                                       arguments=dict(block["input"])))
         text, calls, finish = self._finish("".join(texts), calls, data.get("stop_reason"),
                                            request)
         usage = self._usage(data["usage"])
-        price = self.price(model)
         return ChatResponse(
             message=Message.assistant(text, tool_calls=calls), usage=usage,
             model=str(data.get("model") or model), provider=self.name, finish_reason=finish,
-            cost_usd=price.cost(usage) if price is not None else None,
+            cost_usd=self.cost(model, usage),
             raw={"id": data.get("id"), "usage": dict(data["usage"])},
         )
 
@@ -323,10 +284,8 @@ class AnthropicProvider:
             (``retry_after`` in seconds), ProviderTimeoutError, ServerError (5xx, 529
             overloaded), BadRequestError, MalformedResponseError.
         """
-        self._check_key(request.model)
-        data = await request_json(self._client.get(), "POST", "/v1/messages",
-                                  provider=self.name, model=request.model,
-                                  secrets=self._secrets, json_body=self.build_body(request))
+        data = await self.request_json("POST", "/v1/messages", model=request.model,
+                                       json_body=self.build_body(request))
         return self.parse_response(data, request)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -340,68 +299,37 @@ class AnthropicProvider:
             MalformedResponseError: the stream ended before ``message_stop``; the typed error
                 of an ``error`` event sent after HTTP 200; the errors of :meth:`chat`.
         """
-        from httpx_sse import EventSource
-
-        self._check_key(request.model)
         model = request.model
         usage_in: Mapping[str, Any] = {}
         output_tokens = 0
         stop_reason: str | None = None
         blocks: dict[int, dict[str, Any]] = {}
-        done = False
-        async with open_stream(self._client.get(), "POST", "/v1/messages", provider=self.name,
-                               model=model, secrets=self._secrets,
-                               json_body=self.build_body(request, stream=True)) as response:
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
-                with stream_errors(provider=self.name, model=model, secrets=self._secrets):
-                    raw = await response.aread()
-                data = parse_json_body(raw, provider=self.name, model=model)
-                if isinstance(data, Mapping) and (data.get("type") == "error"
-                                                  or data.get("error")):
-                    raise error_from_payload(data, provider=self.name, model=model,
-                                             secrets=self._secrets)
-                raise MalformedResponseError(
-                    f"{self.name}: expected an event stream, got content-type {ctype!r}",
-                    provider=self.name, model=model)
-            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
-                async for sse in EventSource(response).aiter_sse():
-                    if not sse.data or sse.event == "ping":
-                        continue
-                    event = parse_json_body(sse.data, provider=self.name, model=model,
-                                            what="stream event")
-                    kind = event.get("type", sse.event) if isinstance(event, Mapping) else None
-                    if kind == "error" or sse.event == "error":
-                        raise error_from_payload(event, provider=self.name, model=model,
-                                                 secrets=self._secrets)
-                    if kind == "message_start":
-                        usage_in = (event.get("message") or {}).get("usage") or {}
-                        output_tokens = int(usage_in.get("output_tokens") or 0)
-                    elif kind == "content_block_start":
-                        block = dict(event.get("content_block") or {})
-                        block["_json"] = ""
-                        blocks[int(event.get("index", len(blocks)))] = block
-                        if block.get("type") == "text" and block.get("text"):
-                            yield ChatChunk(delta=str(block["text"]))
-                    elif kind == "content_block_delta":
-                        delta = event.get("delta") or {}
-                        block = blocks.setdefault(int(event.get("index", 0)),
-                                                  {"type": "text", "_json": ""})
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            yield ChatChunk(delta=str(delta["text"]))
-                        elif delta.get("type") == "input_json_delta":
-                            block["_json"] += str(delta.get("partial_json") or "")
-                    elif kind == "message_delta":
-                        stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
-                        output_tokens = int((event.get("usage") or {}).get(
-                            "output_tokens", output_tokens) or 0)
-                    elif kind == "message_stop":
-                        done = True
-                        break
-        if not done:
-            raise MalformedResponseError(
-                f"{self.name}: stream ended before its end marker (message_stop)",
-                provider=self.name, model=model)
+        events = self.stream_events("/v1/messages", model=model,
+                                    json_body=self.build_body(request, stream=True))
+        async with aclosing(events):
+            async for name, event in events:
+                kind = event.get("type", name)
+                if kind == "message_start":
+                    usage_in = (event.get("message") or {}).get("usage") or {}
+                    output_tokens = int(usage_in.get("output_tokens") or 0)
+                elif kind == "content_block_start":
+                    block = dict(event.get("content_block") or {})
+                    block["_json"] = ""
+                    blocks[int(event.get("index", len(blocks)))] = block
+                    if block.get("type") == "text" and block.get("text"):
+                        yield ChatChunk(delta=str(block["text"]))
+                elif kind == "content_block_delta":
+                    delta = event.get("delta") or {}
+                    block = blocks.setdefault(int(event.get("index", 0)),
+                                              {"type": "text", "_json": ""})
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield ChatChunk(delta=str(delta["text"]))
+                    elif delta.get("type") == "input_json_delta":
+                        block["_json"] += str(delta.get("partial_json") or "")
+                elif kind == "message_delta":
+                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                    output_tokens = int((event.get("usage") or {}).get(
+                        "output_tokens", output_tokens) or 0)
         calls: list[ToolCall] = []
         for _, block in sorted(blocks.items()):
             if block.get("type") != "tool_use":
@@ -410,9 +338,8 @@ class AnthropicProvider:
             try:
                 arguments = json.loads(text)
             except ValueError:
-                raise MalformedResponseError(
-                    f"{self.name}: tool_use {block.get('name')!r} input is not JSON: "
-                    f"{text[:200]!r}", provider=self.name, model=model) from None
+                raise self.malformed(f"tool_use {block.get('name')!r} input is not JSON: "
+                                     f"{text[:200]!r}", model) from None
             calls.append(ToolCall(id=str(block.get("id") or ""), name=str(block.get("name")),
                                   arguments=arguments))
         answer, calls, finish = self._finish("", calls, stop_reason, request)
@@ -434,15 +361,12 @@ class AnthropicProvider:
         """Return the models of ``GET /v1/models`` (every page) with the price table's
         context windows, output caps and prices; ``display_name`` and ``created_at`` go to
         ``metadata``. A model missing from the table has no price (unknown)."""
-        self._check_key(None)
         out: list[ModelInfo] = []
         params: dict[str, Any] = {"limit": 100}
         while True:
-            data = await request_json(self._client.get(), "GET", "/v1/models",
-                                      provider=self.name, secrets=self._secrets, params=params)
+            data = await self.request_json("GET", "/v1/models", params=params)
             if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
-                raise MalformedResponseError(f"{self.name}: model list lacks data[]",
-                                             provider=self.name)
+                raise self.malformed("model list lacks data[]")
             for item in data["data"]:
                 model_id = str(item.get("id", ""))
                 if not model_id:
@@ -455,13 +379,3 @@ class AnthropicProvider:
                 break
             params = {"limit": 100, "after_id": data["last_id"]}
         return out
-
-    async def aclose(self) -> None:
-        """Close the connection pool. Safe to call twice."""
-        await self._client.aclose()
-
-    async def __aenter__(self) -> AnthropicProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()

@@ -1,8 +1,9 @@
 """The Ollama native API provider: ``/api/chat``, ``/api/generate``, ``/api/embed``,
 ``/api/tags`` and ``/api/show``, with NDJSON streaming and image inputs.
 
-Plain httpx (one pooled client per instance, see :class:`flowyard.httputil.PooledClient`);
-streams are read line by line (one JSON object per line, the last with ``"done": true``).
+The HTTP side (secrets, pooled client, typed errors, NDJSON streams read line by line up to
+the line with ``"done": true``) is :class:`flowyard_http.HTTPProvider`'s; this module is the
+wire format only.
 API reference: https://github.com/ollama/ollama/blob/main/docs/api.md (as documented in 2025).
 """
 
@@ -12,21 +13,11 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from contextlib import aclosing
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from flowyard.errors import BadRequestError, ConfigError, MalformedResponseError
-from flowyard.httputil import (
-    PooledClient,
-    PriceTable,
-    Secret,
-    error_for_exception,
-    error_from_payload,
-    open_stream,
-    parse_json_body,
-    request_json,
-    stream_errors,
-)
+from flowyard.errors import BadRequestError
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -39,6 +30,7 @@ from flowyard.models import (
     Usage,
     new_id,
 )
+from flowyard_http import HTTPProvider, PriceTable, Secret
 
 __all__ = ["OllamaProvider", "DEFAULT_BASE_URL", "base_url_from_env", "load_price_table"]
 
@@ -79,7 +71,7 @@ def is_cloud_model(model: str) -> bool:
     return name.endswith("-cloud") or tag == "cloud" or tag.endswith("-cloud")
 
 
-class OllamaProvider:
+class OllamaProvider(HTTPProvider):
     """Chat, streaming, tool calls, structured output (``format``), images, embeddings,
     raw generation and model listing over Ollama's native API.
 
@@ -95,8 +87,15 @@ class OllamaProvider:
         free: local models cost 0 (default: True unless the base URL is ollama.com); cloud
             models' cost stays unknown unless priced.
         prices: ``{model: {"input": x, "output": y}}`` (US dollars per million tokens).
-        backend, transport, max_connections: see :class:`flowyard.httputil.PooledClient`.
+        backend, transport, max_connections: see :class:`flowyard_http.HTTPProvider`.
+
+    Raises:
+        ConfigError: an invalid name or backend.
     """
+
+    base_url_suffix: ClassVar[str] = "/api"
+    stream_format: ClassVar[str] = "ndjson"
+    end_marker: ClassVar[str] = "done: true"
 
     def __init__(
         self,
@@ -114,52 +113,27 @@ class OllamaProvider:
         transport: Any = None,
         max_connections: int = 100,
     ) -> None:
-        if not name or "/" in name:
-            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
-        if backend not in PooledClient.BACKENDS:
-            raise ConfigError(f"[{name}] backend must be one of "
-                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
-        self.name = name
-        self.base_url = (base_url or base_url_from_env(os.environ.get("OLLAMA_HOST"))
-                         or DEFAULT_BASE_URL).rstrip("/")
-        if self.base_url.endswith("/api"):
-            self.base_url = self.base_url[:-4]
-        if api_key is None:
-            api_key = os.environ.get("OLLAMA_API_KEY")
-        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
+        base_url = (base_url or base_url_from_env(os.environ.get("OLLAMA_HOST"))
+                    or DEFAULT_BASE_URL)
+        if free is None:
+            free = (urlsplit(base_url).hostname or "") != "ollama.com"
         self.keep_alive = keep_alive
         self.options = dict(options or {})
-        self.free = (urlsplit(self.base_url).hostname or "") != "ollama.com" if free is None \
-            else bool(free)
-        self.prices = load_price_table(prices)
-        wire_headers = {"Accept": "application/json", **dict(headers or {})}
-        if self._api_key:
-            wire_headers["Authorization"] = f"Bearer {self._api_key.get()}"
-        self._client = PooledClient(base_url=self.base_url, headers=wire_headers,
-                                    timeout=timeout, backend=backend, transport=transport,
-                                    max_connections=max_connections)
+        super().__init__(name, base_url=base_url, api_key=api_key, api_key_env="OLLAMA_API_KEY",
+                         headers=headers, timeout=timeout, backend=backend,
+                         transport=transport, max_connections=max_connections,
+                         prices=load_price_table(prices), free=bool(free))
 
-    def __repr__(self) -> str:
-        return (f"OllamaProvider(name={self.name!r}, base_url={self.base_url!r}, "
-                f"api_key={self._api_key!r})")
-
-    @property
-    def _secrets(self) -> list[Secret]:
-        return [self._api_key]
-
-    # ------------------------------------------------------------------ prices
-
-    def price(self, model: str) -> ModelPrice | None:
-        """Return the price of ``model`` (US dollars per million tokens): configured prices
-        first; 0 for a local model when the provider is free; else None (unknown)."""
-        price = self.prices.price(model)
-        if price is None and self.free and not is_cloud_model(model):
+    def free_price(self, model: str) -> ModelPrice | None:
+        """0 for a local model when the provider is free; None (unknown) for cloud models
+        (:func:`is_cloud_model`) unless priced."""
+        if self.free and not is_cloud_model(model):
             return ModelPrice(0.0, 0.0, source=f"{self.name}: local model, no per-token charge")
-        return price  # type: ignore[no-any-return]
+        return None
 
-    def _cost(self, model: str, usage: Usage) -> float | None:
-        price = self.price(model)
-        return price.cost(usage) if price is not None else None
+    def is_end_event(self, name: str, data: Mapping[str, Any]) -> bool:
+        """The line with ``"done": true``."""
+        return bool(data.get("done"))
 
     # ------------------------------------------------------------------ requests
 
@@ -178,10 +152,13 @@ class OllamaProvider:
                                   provider=self.name)
         import httpx
 
+        client = self.client()
+        # built apart from the client so that its default headers (the API key) stay home
+        request = httpx.Request("GET", url, extensions={"timeout": client.timeout.as_dict()})
         try:
-            response = await self._client.get().get(url)
+            response = await client.send(request)
         except httpx.HTTPError as exc:
-            raise error_for_exception(exc, provider=self.name, secrets=self._secrets) from None
+            raise self.transport_error(exc) from None
         if response.status_code != 200:
             raise BadRequestError(f"{self.name}: fetching image {url} gave HTTP "
                                   f"{response.status_code}", provider=self.name,
@@ -266,8 +243,7 @@ class OllamaProvider:
                 except ValueError:
                     arguments = None
             if not name or not isinstance(arguments, dict):
-                raise MalformedResponseError(f"{self.name}: broken tool call {item!r}"[:300],
-                                             provider=self.name, model=model)
+                raise self.malformed(f"broken tool call {item!r}"[:300], model)
             call_id = item.get("id") or f"call_{new_id()[:24]}"
             calls.append(ToolCall(id=str(call_id), name=str(name), arguments=arguments))
         return calls
@@ -278,19 +254,15 @@ class OllamaProvider:
 
     def _response(self, data: Any, model: str, text_key: str = "message") -> ChatResponse:
         if not isinstance(data, Mapping):
-            raise MalformedResponseError(f"{self.name}: response is not a JSON object",
-                                         provider=self.name, model=model)
+            raise self.malformed("response is not a JSON object", model)
         if data.get("error"):
-            raise error_from_payload(data, provider=self.name, model=model,
-                                     secrets=self._secrets)
+            raise self.payload_error(data, model)
         if not data.get("done"):
-            raise MalformedResponseError(f"{self.name}: response is not done (no done: true)",
-                                         provider=self.name, model=model)
+            raise self.malformed("response is not done (no done: true)", model)
         if text_key == "message":
             raw = data.get("message")
             if not isinstance(raw, Mapping):
-                raise MalformedResponseError(f"{self.name}: response lacks message",
-                                             provider=self.name, model=model)
+                raise self.malformed("response lacks message", model)
             text = str(raw.get("content") or "")
             calls = self._tool_calls(raw.get("tool_calls"), model)
         else:
@@ -302,7 +274,7 @@ class OllamaProvider:
                                         "prompt_eval_duration", "eval_duration") if k in data}
         return ChatResponse(message=Message.assistant(text, tool_calls=calls), usage=usage,
                             model=str(data.get("model") or model), provider=self.name,
-                            finish_reason=finish, cost_usd=self._cost(model, usage),
+                            finish_reason=finish, cost_usd=self.cost(model, usage),
                             raw={"durations_ns": timings})
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
@@ -313,44 +285,26 @@ class OllamaProvider:
             AuthenticationError, RateLimitedError, ProviderTimeoutError, ServerError (also
             when the server cannot be reached), MalformedResponseError.
         """
-        data = await request_json(self._client.get(), "POST", "/api/chat", provider=self.name,
-                                  model=request.model, secrets=self._secrets,
-                                  json_body=await self.build_body(request))
+        data = await self.request_json("POST", "/api/chat", model=request.model,
+                                       json_body=await self.build_body(request))
         return self._response(data, request.model)
 
     async def _ndjson(self, path: str, body: dict[str, Any], model: str,
                       text_key: str) -> AsyncIterator[ChatChunk]:
         calls: list[ToolCall] = []
-        final: Mapping[str, Any] | None = None
-        async with open_stream(self._client.get(), "POST", path, provider=self.name,
-                               model=model, secrets=self._secrets, json_body=body) as response:
-            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    event = parse_json_body(line, provider=self.name, model=model,
-                                            what="stream line")
-                    if not isinstance(event, Mapping):
-                        raise MalformedResponseError(f"{self.name}: stream line is not an "
-                                                     "object", provider=self.name, model=model)
-                    if event.get("error"):
-                        raise error_from_payload(event, provider=self.name, model=model,
-                                                 secrets=self._secrets)
-                    if text_key == "message":
-                        message = event.get("message") or {}
-                        text = message.get("content")
-                        calls.extend(self._tool_calls(message.get("tool_calls"), model))
-                    else:
-                        text = event.get("response")
-                    if text:
-                        yield ChatChunk(delta=str(text))
-                    if event.get("done"):
-                        final = event
-                        break
-        if final is None:
-            raise MalformedResponseError(
-                f"{self.name}: stream ended before its end marker (done: true)",
-                provider=self.name, model=model)
+        final: Mapping[str, Any] = {}
+        events = self.stream_events(path, model=model, json_body=body)
+        async with aclosing(events):
+            async for _name, event in events:
+                if text_key == "message":
+                    message = event.get("message") or {}
+                    text = message.get("content")
+                    calls.extend(self._tool_calls(message.get("tool_calls"), model))
+                else:
+                    text = event.get("response")
+                if text:
+                    yield ChatChunk(delta=str(text))
+                final = event
         reason = str(final.get("done_reason") or "stop")
         yield ChatChunk(done=True, usage=self._usage(final), tool_calls=calls,
                         finish_reason="tool_calls" if calls else _FINISH.get(reason, reason))
@@ -399,9 +353,7 @@ class OllamaProvider:
             the errors of :meth:`chat`.
         """
         body = await self._generate_body(prompt, model, system, images, False, params)
-        data = await request_json(self._client.get(), "POST", "/api/generate",
-                                  provider=self.name, model=model, secrets=self._secrets,
-                                  json_body=body)
+        data = await self.request_json("POST", "/api/generate", model=model, json_body=body)
         return self._response(data, model, text_key="response")
 
     async def stream_generate(self, prompt: str, *, model: str, system: str | None = None,
@@ -424,28 +376,22 @@ class OllamaProvider:
         body: dict[str, Any] = {"model": model, "input": list(texts)}
         if self.keep_alive is not None:
             body["keep_alive"] = self.keep_alive
-        data = await request_json(self._client.get(), "POST", "/api/embed", provider=self.name,
-                                  model=model, secrets=self._secrets, json_body=body)
+        data = await self.request_json("POST", "/api/embed", model=model, json_body=body)
         vectors = data.get("embeddings") if isinstance(data, Mapping) else None
         if not isinstance(vectors, list) or len(vectors) != len(texts):
-            raise MalformedResponseError(
-                f"{self.name}: asked for {len(texts)} embeddings, got "
-                f"{len(vectors) if isinstance(vectors, list) else 'none'}",
-                provider=self.name, model=model)
+            got = len(vectors) if isinstance(vectors, list) else "none"
+            raise self.malformed(f"asked for {len(texts)} embeddings, got {got}", model)
         try:
             return [[float(x) for x in vector] for vector in vectors]
         except (TypeError, ValueError):
-            raise MalformedResponseError(f"{self.name}: embeddings are not lists of numbers",
-                                         provider=self.name, model=model) from None
+            raise self.malformed("embeddings are not lists of numbers", model) from None
 
     async def show(self, model: str) -> dict[str, Any]:
         """Return ``POST /api/show`` for ``model`` (details, model_info, capabilities)."""
-        data = await request_json(self._client.get(), "POST", "/api/show", provider=self.name,
-                                  model=model, secrets=self._secrets,
-                                  json_body={"model": model})
+        data = await self.request_json("POST", "/api/show", model=model,
+                                       json_body={"model": model})
         if not isinstance(data, Mapping):
-            raise MalformedResponseError(f"{self.name}: /api/show answer is not an object",
-                                         provider=self.name, model=model)
+            raise self.malformed("/api/show answer is not an object", model)
         return dict(data)
 
     async def list_models(self) -> list[ModelInfo]:
@@ -455,11 +401,9 @@ class OllamaProvider:
         parameter size, quantization, size in bytes) in ``metadata``."""
         import anyio
 
-        data = await request_json(self._client.get(), "GET", "/api/tags", provider=self.name,
-                                  secrets=self._secrets)
+        data = await self.request_json("GET", "/api/tags")
         if not isinstance(data, Mapping) or not isinstance(data.get("models"), list):
-            raise MalformedResponseError(f"{self.name}: /api/tags lacks models[]",
-                                         provider=self.name)
+            raise self.malformed("/api/tags lacks models[]")
         tags = [m for m in data["models"] if isinstance(m, Mapping) and (m.get("model")
                                                                          or m.get("name"))]
         shows: dict[int, dict[str, Any]] = {}
@@ -489,14 +433,3 @@ class OllamaProvider:
                                  capabilities=frozenset(caps), price=self.price(model),
                                  metadata={k: v for k, v in meta.items() if v is not None}))
         return out
-
-    async def aclose(self) -> None:
-        """Close the connection pool. Safe to call twice."""
-        await self._client.aclose()
-
-    async def __aenter__(self) -> OllamaProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
-

@@ -1,7 +1,7 @@
 """The OpenAI Chat Completions / Embeddings provider, for OpenAI and compatible servers.
 
-Plain httpx (one pooled client per instance, see :class:`flowyard.httputil.PooledClient`),
-SSE parsed with httpx-sse. API reference: https://platform.openai.com/docs/api-reference/chat
+The HTTP side (secrets, pooled client, typed errors, the SSE stream up to ``data: [DONE]``)
+is :class:`flowyard_http.HTTPProvider`'s; this module is the wire format only. API reference: https://platform.openai.com/docs/api-reference/chat
 (request and stream shapes as documented there in 2025).
 """
 
@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from contextlib import aclosing
+from typing import Any, ClassVar
 
-from flowyard.errors import BadRequestError, ConfigError, MalformedResponseError
-from flowyard.httputil import (
-    PooledClient,
-    PriceTable,
-    Secret,
-    error_from_payload,
-    open_stream,
-    parse_json_body,
-    request_json,
-    stream_errors,
-)
+from flowyard.errors import BadRequestError, ConfigError
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -32,12 +22,12 @@ from flowyard.models import (
     ImagePart,
     Message,
     ModelInfo,
-    ModelPrice,
     TextPart,
     ToolCall,
     Usage,
     new_id,
 )
+from flowyard_http import HTTPProvider, PriceTable, Secret
 
 __all__ = ["OpenAIProvider", "OPENAI_BASE_URL", "load_price_table"]
 
@@ -96,7 +86,7 @@ def _message_to_wire(message: Message) -> dict[str, Any]:
     return out
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     """Chat, streaming, tool calls, structured output, embeddings and model listing over the
     OpenAI HTTP API, for OpenAI itself or any OpenAI-compatible server.
 
@@ -108,9 +98,7 @@ class OpenAIProvider:
         organization, project: OpenAI organization and project headers, when set.
         headers: extra headers sent with every request.
         timeout: seconds per request (connect, read, write, pool).
-        backend: HTTP transport: ``"auto"`` (aiohttp-backed on asyncio, httpx on trio),
-            ``"httpx"`` or ``"aiohttp"``.
-        transport: an explicit ``httpx.AsyncBaseTransport`` (tests).
+        backend, transport, max_connections: see :class:`flowyard_http.HTTPProvider`.
         prices: ``{model: {"input": x, "output": y}}`` in US dollars per million tokens; wins
             over the shipped table.
         price_table: use the shipped OpenAI table (default: only when ``base_url`` is
@@ -122,11 +110,13 @@ class OpenAIProvider:
         max_tokens_field: request field for the output cap: ``"max_completion_tokens"``
             (default for OpenAI) or ``"max_tokens"`` (default for other servers).
         stream_usage: ask for usage in streams (``stream_options.include_usage``).
-        max_connections: connection pool size.
 
     Raises:
         ConfigError: an invalid option value.
     """
+
+    end_data: ClassVar[str | None] = "[DONE]"
+    end_marker: ClassVar[str] = "data: [DONE]"
 
     def __init__(
         self,
@@ -148,75 +138,30 @@ class OpenAIProvider:
         stream_usage: bool = True,
         max_connections: int = 100,
     ) -> None:
-        if not name or "/" in name:
-            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
+        base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
+        self.is_openai = base_url == OPENAI_BASE_URL
         if structured_output not in _STRUCTURED_MODES:
             raise ConfigError(f"[{name}] structured_output must be one of "
                               f"{', '.join(_STRUCTURED_MODES)}, got {structured_output!r}")
-        if backend not in PooledClient.BACKENDS:
-            raise ConfigError(f"[{name}] backend must be one of "
-                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
-        self.name = name
-        self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
-        self.is_openai = self.base_url == OPENAI_BASE_URL
-        if api_key is None and self.is_openai:
-            api_key = os.environ.get("OPENAI_API_KEY")
-        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
-        self.structured_output = structured_output
         if max_tokens_field is None:
             max_tokens_field = "max_completion_tokens" if self.is_openai else "max_tokens"
         if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
             raise ConfigError(f"[{name}] max_tokens_field must be max_tokens or "
                               f"max_completion_tokens, got {max_tokens_field!r}")
+        self.structured_output = structured_output
         self.max_tokens_field = max_tokens_field
         self.stream_usage = stream_usage
-        self.free = free
         use_table = self.is_openai if price_table is None else price_table
-        table_data: Any = None
-        if use_table:
-            table_data = load_price_table(prices)
-        else:
-            table_data = PriceTable({"source": "", "as_of": "", "models": {}}, overrides=prices)
-        self.prices: PriceTable = table_data
-        wire_headers = {"Accept": "application/json", **dict(headers or {})}
-        if self._api_key:
-            wire_headers["Authorization"] = f"Bearer {self._api_key.get()}"
-        if organization:
-            wire_headers["OpenAI-Organization"] = organization
-        if project:
-            wire_headers["OpenAI-Project"] = project
-        self._client = PooledClient(base_url=self.base_url, headers=wire_headers, timeout=timeout,
-                                    backend=backend, transport=transport,
-                                    max_connections=max_connections)
-
-    def __repr__(self) -> str:
-        return (f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r}, "
-                f"api_key={self._api_key!r})")
-
-    @property
-    def _secrets(self) -> list[Secret]:
-        return [self._api_key]
-
-    def _check_key(self, model: str | None) -> None:
-        if self.is_openai and not self._api_key:
-            from flowyard.errors import AuthenticationError
-
-            raise AuthenticationError(
-                f"{self.name}: no API key: set OPENAI_API_KEY or api_key in the [{self.name}] "
-                "section of flowyard.toml", provider=self.name, model=model)
-
-    # ------------------------------------------------------------------ prices
-
-    def price(self, model: str) -> ModelPrice | None:
-        """Return the price of ``model`` (US dollars per million tokens), or None if unknown."""
-        price = self.prices.price(model)
-        if price is None and self.free:
-            return ModelPrice(0.0, 0.0, source=f"{self.name}: configured free (local server)")
-        return price
-
-    def _cost(self, model: str, usage: Usage) -> float | None:
-        price = self.price(model)
-        return price.cost(usage) if price is not None else None
+        org_headers = {"OpenAI-Organization": organization, "OpenAI-Project": project}
+        super().__init__(
+            name, base_url=base_url, api_key=api_key,
+            api_key_env="OPENAI_API_KEY" if self.is_openai else None,
+            key_required=self.is_openai,
+            headers={**dict(headers or {}), **{k: v for k, v in org_headers.items() if v}},
+            timeout=timeout, backend=backend, transport=transport,
+            max_connections=max_connections, free=free,
+            prices=load_price_table(prices) if use_table else PriceTable(
+                {"source": "", "as_of": "", "models": {}}, overrides=prices))
 
     # ------------------------------------------------------------------ requests
 
@@ -275,8 +220,7 @@ class OpenAIProvider:
         function = raw.get("function") or {}
         name = function.get("name")
         if not name:
-            raise MalformedResponseError(f"{self.name}: tool call without a function name",
-                                         provider=self.name, model=model)
+            raise self.malformed("tool call without a function name", model)
         arguments_text = function.get("arguments") or "{}"
         if isinstance(arguments_text, Mapping):
             arguments = dict(arguments_text)
@@ -284,13 +228,10 @@ class OpenAIProvider:
             try:
                 arguments = json.loads(arguments_text)
             except ValueError:
-                raise MalformedResponseError(
-                    f"{self.name}: tool call {name!r} has arguments that are not JSON: "
-                    f"{str(arguments_text)[:200]!r}", provider=self.name, model=model) from None
+                raise self.malformed(f"tool call {name!r} has arguments that are not JSON: "
+                                     f"{str(arguments_text)[:200]!r}", model) from None
         if not isinstance(arguments, dict):
-            raise MalformedResponseError(
-                f"{self.name}: tool call {name!r} arguments are not a JSON object",
-                provider=self.name, model=model)
+            raise self.malformed(f"tool call {name!r} arguments are not a JSON object", model)
         call_id = raw.get("id") or f"call_{new_id()[:24]}"
         return ToolCall(id=str(call_id), name=str(name), arguments=arguments)
 
@@ -308,32 +249,28 @@ class OpenAIProvider:
             MalformedResponseError: required fields are missing.
         """
         if not isinstance(data, Mapping):
-            raise MalformedResponseError(f"{self.name}: chat completion is not a JSON object",
-                                         provider=self.name, model=model)
+            raise self.malformed("chat completion is not a JSON object", model)
         if data.get("error"):
-            raise error_from_payload(data, provider=self.name, model=model,
-                                     secrets=self._secrets)
+            raise self.payload_error(data, model)
         try:
             choice = data["choices"][0]
             raw_message = choice["message"]
         except (KeyError, IndexError, TypeError):
-            raise MalformedResponseError(
-                f"{self.name}: chat completion has no choices[0].message: "
-                f"{json.dumps(data)[:300]}", provider=self.name, model=model) from None
+            raise self.malformed("chat completion has no choices[0].message: "
+                                 f"{json.dumps(data)[:300]}", model) from None
         content = raw_message.get("content") or ""
         if not isinstance(content, str):
             content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
         calls = [self._tool_call(c, model) for c in raw_message.get("tool_calls") or []]
         usage = self._usage(data.get("usage"))
         if usage is None:
-            raise MalformedResponseError(f"{self.name}: chat completion has no usage",
-                                         provider=self.name, model=model)
+            raise self.malformed("chat completion has no usage", model)
         finish = choice.get("finish_reason") or "stop"
         answered_model = str(data.get("model") or model)
         return ChatResponse(
             message=Message.assistant(content, tool_calls=calls), usage=usage,
             model=answered_model, provider=self.name, finish_reason=_FINISH.get(finish, finish),
-            cost_usd=self._cost(model, usage),
+            cost_usd=self.cost(model, usage),
             raw={"id": data.get("id"), "system_fingerprint": data.get("system_fingerprint")},
         )
 
@@ -346,11 +283,9 @@ class OpenAIProvider:
             AuthenticationError, RateLimitedError (``retry_after`` in seconds),
             ProviderTimeoutError, ServerError, BadRequestError, MalformedResponseError.
         """
-        self._check_key(request.model)
-        data = await request_json(
-            self._client.get(), "POST", "/chat/completions", provider=self.name,
-            model=request.model, secrets=self._secrets, json_body=self.build_body(request),
-            headers=self._headers(request))
+        data = await self.request_json("POST", "/chat/completions", model=request.model,
+                                       json_body=self.build_body(request),
+                                       headers=self._headers(request))
         return self.parse_response(data, request.model)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -362,67 +297,34 @@ class OpenAIProvider:
                 not JSON; the typed error of an error event sent after HTTP 200; and the
                 errors of :meth:`chat` for a failed status.
         """
-        from httpx_sse import EventSource
-
-        self._check_key(request.model)
         model = request.model
-        body = self.build_body(request, stream=True)
         usage: Usage | None = None
         finish: str | None = None
         calls: dict[int, dict[str, Any]] = {}
-        done = False
-        async with open_stream(self._client.get(), "POST", "/chat/completions",
-                               provider=self.name, model=model, secrets=self._secrets,
-                               json_body=body, headers=self._headers(request)) as response:
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
-                with stream_errors(provider=self.name, model=model, secrets=self._secrets):
-                    raw = await response.aread()
-                data = parse_json_body(raw, provider=self.name, model=model)
-                if isinstance(data, Mapping) and data.get("error"):
-                    raise error_from_payload(data, provider=self.name, model=model,
-                                             secrets=self._secrets)
-                raise MalformedResponseError(
-                    f"{self.name}: expected an event stream, got content-type {ctype!r}",
-                    provider=self.name, model=model)
-            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
-                async for sse in EventSource(response).aiter_sse():
-                    if sse.data == "[DONE]":
-                        done = True
-                        break
-                    if not sse.data:
-                        continue
-                    event = parse_json_body(sse.data, provider=self.name, model=model,
-                                            what="stream event")
-                    if not isinstance(event, Mapping):
-                        raise MalformedResponseError(f"{self.name}: stream event is not an "
-                                                     "object", provider=self.name, model=model)
-                    if sse.event == "error" or event.get("error"):
-                        raise error_from_payload(event, provider=self.name, model=model,
-                                                 secrets=self._secrets)
-                    if event.get("usage"):
-                        usage = self._usage(event["usage"])
-                    for choice in event.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        text = delta.get("content")
-                        if text:
-                            yield ChatChunk(delta=text)
-                        for fragment in delta.get("tool_calls") or []:
-                            slot = calls.setdefault(int(fragment.get("index", len(calls))),
-                                                    {"id": None, "name": "", "arguments": ""})
-                            if fragment.get("id"):
-                                slot["id"] = fragment["id"]
-                            function = fragment.get("function") or {}
-                            if function.get("name"):
-                                slot["name"] += function["name"]
-                            if function.get("arguments"):
-                                slot["arguments"] += function["arguments"]
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-        if not done:
-            raise MalformedResponseError(
-                f"{self.name}: stream ended before its end marker (data: [DONE])",
-                provider=self.name, model=model)
+        events = self.stream_events("/chat/completions", model=model,
+                                    json_body=self.build_body(request, stream=True),
+                                    headers=self._headers(request))
+        async with aclosing(events):
+            async for _name, event in events:
+                if event.get("usage"):
+                    usage = self._usage(event["usage"])
+                for choice in event.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content")
+                    if text:
+                        yield ChatChunk(delta=text)
+                    for fragment in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(int(fragment.get("index", len(calls))),
+                                                {"id": None, "name": "", "arguments": ""})
+                        if fragment.get("id"):
+                            slot["id"] = fragment["id"]
+                        function = fragment.get("function") or {}
+                        if function.get("name"):
+                            slot["name"] += function["name"]
+                        if function.get("arguments"):
+                            slot["arguments"] += function["arguments"]
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
         tool_calls = [
             self._tool_call({"id": slot["id"], "function": {"name": slot["name"],
                                                             "arguments": slot["arguments"]}},
@@ -442,31 +344,25 @@ class OpenAIProvider:
         """
         if not texts:
             return []
-        self._check_key(model)
-        data = await request_json(
-            self._client.get(), "POST", "/embeddings", provider=self.name, model=model,
-            secrets=self._secrets,
+        data = await self.request_json(
+            "POST", "/embeddings", model=model,
             json_body={"model": model, "input": list(texts), "encoding_format": "float"})
         try:
             items = sorted(data["data"], key=lambda item: int(item.get("index", 0)))
             raw_vectors = [item["embedding"] for item in items]
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise MalformedResponseError(f"{self.name}: embeddings response lacks data[]."
-                                         "embedding", provider=self.name, model=model) from None
+            raise self.malformed("embeddings response lacks data[].embedding", model) from None
         vectors: list[list[float]] = []
         for raw in raw_vectors:
             if not isinstance(raw, list) or not all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
                 hint = (" (a list of per-token vectors: the server's model has no pooling)"
                         if isinstance(raw, list) and raw and isinstance(raw[0], list) else "")
-                raise MalformedResponseError(
-                    f"{self.name}: embedding is not a flat list of numbers{hint}",
-                    provider=self.name, model=model)
+                raise self.malformed(f"embedding is not a flat list of numbers{hint}", model)
             vectors.append([float(x) for x in raw])
         if len(vectors) != len(texts):
-            raise MalformedResponseError(
-                f"{self.name}: asked for {len(texts)} embeddings, got {len(vectors)}",
-                provider=self.name, model=model)
+            raise self.malformed(f"asked for {len(texts)} embeddings, got {len(vectors)}",
+                                 model)
         return vectors
 
     async def list_models(self) -> list[ModelInfo]:
@@ -477,12 +373,9 @@ class OpenAIProvider:
         completion models: none; otherwise chat, streaming, tools and json). Server
         metadata (``owned_by``, ``created``, llama.cpp's ``meta``) is kept in ``metadata``.
         """
-        self._check_key(None)
-        data = await request_json(self._client.get(), "GET", "/models", provider=self.name,
-                                  secrets=self._secrets)
+        data = await self.request_json("GET", "/models")
         if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
-            raise MalformedResponseError(f"{self.name}: model list lacks data[]",
-                                         provider=self.name)
+            raise self.malformed("model list lacks data[]")
         out: list[ModelInfo] = []
         for item in data["data"]:
             model_id = str(item.get("id", ""))
@@ -509,13 +402,3 @@ class OpenAIProvider:
                 info = evolve(info, context_window=int(server_meta["n_ctx_train"]))
             out.append(info)
         return out
-
-    async def aclose(self) -> None:
-        """Close the connection pool. Safe to call twice."""
-        await self._client.aclose()
-
-    async def __aenter__(self) -> OpenAIProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()

@@ -1,0 +1,65 @@
+"""flowyard-http: what flowyard's HTTP model providers share.
+
+A library distribution, not a plugin (no entry point): the provider plugins that call a model
+service over HTTP (``flowyard-openai``, ``flowyard-anthropic``, ``flowyard-ollama``) depend on
+it. It holds
+
+* :class:`HTTPProvider`, the base class of those providers: constructor checks, the API key
+  as a :class:`Secret`, repr, key check, price lookup, one pooled client per instance and its
+  ``aclose``, typed error mapping, and streamed responses (SSE or NDJSON) read up to their end
+  marker; a subclass keeps only its wire format;
+* the helpers underneath it: :class:`PooledClient`, :func:`sharded_transport`,
+  :func:`request_json`, :class:`open_stream`, :func:`stream_errors`,
+  :func:`error_for_status`, :func:`error_for_exception`, :func:`error_from_payload`,
+  :func:`parse_retry_after`, :func:`redact`, :class:`PriceTable`.
+
+Errors are the core's typed :mod:`flowyard.errors` (``retriable`` and ``retry_after`` set).
+"""
+
+from __future__ import annotations
+
+from flowyard_http._provider import HTTPProvider, StreamEvent
+from flowyard_http._util import (
+    REDACTED,
+    PooledClient,
+    PriceTable,
+    Secret,
+    current_loop_token,
+    error_for_exception,
+    error_for_status,
+    error_from_payload,
+    error_message_from_body,
+    open_stream,
+    parse_json_body,
+    parse_retry_after,
+    redact,
+    request_json,
+    sharded_transport,
+    status_for_error_type,
+    stream_errors,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HTTPProvider",
+    "PooledClient",
+    "PriceTable",
+    "REDACTED",
+    "Secret",
+    "StreamEvent",
+    "__version__",
+    "current_loop_token",
+    "error_for_exception",
+    "error_for_status",
+    "error_from_payload",
+    "error_message_from_body",
+    "open_stream",
+    "parse_json_body",
+    "parse_retry_after",
+    "redact",
+    "request_json",
+    "sharded_transport",
+    "status_for_error_type",
+    "stream_errors",
+]

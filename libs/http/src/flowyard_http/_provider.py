@@ -1,0 +1,317 @@
+"""One base class for model providers that speak JSON over HTTP.
+
+:class:`HTTPProvider` holds what every HTTP provider does the same way: it checks its name
+and transport backend, keeps the API key in a :class:`~flowyard_http.Secret` (never shown in
+a repr, a message or a log), refuses calls without a key when the service needs one, looks up
+prices, owns one pooled client per instance (closed by :meth:`HTTPProvider.aclose`), maps
+every failure to the core's typed errors, and reads streamed responses (server-sent events or
+NDJSON) up to their end marker. A subclass keeps only its wire format: how a request becomes
+a body, how a response or a stream event becomes flowyard's models, and which event ends a
+stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from flowyard.errors import AuthenticationError, ConfigError, MalformedResponseError
+from flowyard.models import ModelPrice, Usage
+
+from flowyard_http._util import (
+    PooledClient,
+    PriceTable,
+    Secret,
+    error_for_exception,
+    error_from_payload,
+    open_stream,
+    parse_json_body,
+    request_json,
+    stream_errors,
+)
+
+if TYPE_CHECKING:
+    import httpx
+    from flowyard.errors import ProviderError
+
+__all__ = ["HTTPProvider", "StreamEvent"]
+
+_P = TypeVar("_P", bound="HTTPProvider")
+
+#: One event of a streamed response: ``(name, data)``. ``name`` is the SSE ``event`` field
+#: (``"message"`` when the server sends none; ``""`` for NDJSON lines); ``data`` is the event's
+#: JSON object.
+StreamEvent = tuple[str, Mapping[str, Any]]
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """Yield ``(event name, data text)`` of each server-sent event with data."""
+    from httpx_sse import EventSource
+
+    async for sse in EventSource(response).aiter_sse():
+        if sse.data:
+            yield sse.event, sse.data
+
+
+async def _ndjson_lines(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """Yield ``("", line)`` of each non-blank line of an NDJSON body."""
+    async for line in response.aiter_lines():
+        if line.strip():
+            yield "", line
+
+
+class HTTPProvider:
+    """Base of the providers that call a model service over HTTP (OpenAI, Anthropic, Ollama).
+
+    Subclasses set the class attributes below, call ``super().__init__`` with the resolved
+    base URL and API key, and implement the ``ModelProvider`` methods (``chat``, ``stream``,
+    ``embed``, ``list_models``) with :meth:`request_json` and :meth:`stream_events`.
+
+    Args:
+        name: provider name, the prefix of model references (``"openai"``); non-empty,
+            without ``/``.
+        base_url: the service root; a trailing ``/`` and :attr:`base_url_suffix` are removed.
+        api_key: the API key; ``None`` reads the environment variable ``api_key_env`` (when
+            given); empty means no key (no auth header is sent).
+        api_key_env: the environment variable read when ``api_key`` is None, also named in the
+            error of a missing key.
+        key_required: calls fail with :class:`~flowyard.errors.AuthenticationError` before
+            any request when there is no key (the official services); self-hosted servers
+            usually need none.
+        headers: extra headers sent with every request (after the subclass's
+            :attr:`fixed_headers`, before the auth header).
+        timeout: seconds per request (connect, read, write, pool).
+        backend: HTTP transport: ``"auto"`` (aiohttp-backed on asyncio, httpx's own on trio),
+            ``"httpx"`` or ``"aiohttp"`` (see :class:`~flowyard_http.PooledClient`).
+        transport: an explicit ``httpx.AsyncBaseTransport`` (tests); overrides ``backend``.
+        max_connections: connection pool size.
+        prices: the model table (prices in US dollars per million tokens, context windows);
+            an empty table when None.
+        free: every model without a known price costs 0 (a local server); otherwise unknown
+            (None, never 0). Subclasses narrow this with :meth:`free_price`.
+
+    Raises:
+        ConfigError: an invalid name or backend.
+    """
+
+    #: Path suffix stripped from ``base_url`` (Anthropic's ``/v1``: the paths carry it).
+    base_url_suffix: ClassVar[str] = ""
+    #: Header that carries the key, and the prefix before the key in its value.
+    auth_header: ClassVar[str] = "Authorization"
+    auth_prefix: ClassVar[str] = "Bearer "
+    #: Headers every request of this service carries (an API version).
+    fixed_headers: ClassVar[Mapping[str, str]] = {}
+    #: How streamed responses are framed: ``"sse"`` (server-sent events) or ``"ndjson"``.
+    stream_format: ClassVar[str] = "sse"
+    #: SSE ``data`` text that ends a stream without being JSON (OpenAI's ``[DONE]``).
+    end_data: ClassVar[str | None] = None
+    #: The end marker as named in the error raised when a stream stops before it.
+    end_marker: ClassVar[str] = "end marker"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str | Secret | None = None,
+        api_key_env: str | None = None,
+        key_required: bool = False,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        backend: str = "auto",
+        transport: Any = None,
+        max_connections: int = 100,
+        prices: PriceTable | None = None,
+        free: bool = False,
+    ) -> None:
+        if not name or "/" in name:
+            raise ConfigError(f"provider name must be non-empty without '/', got {name!r}")
+        if backend not in PooledClient.BACKENDS:
+            raise ConfigError(f"[{name}] backend must be one of "
+                              f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
+        self.name = name
+        base_url = base_url.rstrip("/")
+        if self.base_url_suffix and base_url.endswith(self.base_url_suffix):
+            base_url = base_url[: -len(self.base_url_suffix)]
+        self.base_url = base_url
+        if api_key is None and api_key_env:
+            import os
+
+            api_key = os.environ.get(api_key_env)
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
+        self.api_key_env = api_key_env
+        self.key_required = key_required
+        self.prices = prices if prices is not None else PriceTable(
+            {"source": "", "as_of": "", "models": {}})
+        self.free = free
+        wire_headers = {"Accept": "application/json", **self.fixed_headers,
+                        **dict(headers or {})}
+        if self._api_key:
+            wire_headers[self.auth_header] = f"{self.auth_prefix}{self._api_key.get()}"
+        self._client = PooledClient(base_url=self.base_url, headers=wire_headers,
+                                    timeout=timeout, backend=backend, transport=transport,
+                                    max_connections=max_connections)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r}, "
+                f"api_key={self._api_key!r})")
+
+    # ------------------------------------------------------------------ keys and errors
+
+    @property
+    def _secrets(self) -> list[Secret]:
+        """The values redacted from every error message (the API key)."""
+        return [self._api_key]
+
+    def check_key(self, model: str | None = None) -> None:
+        """Refuse a call when this service needs a key and none is configured.
+
+        Raises:
+            AuthenticationError: ``key_required`` and no key (the message says where to set
+                one: ``api_key_env`` or ``api_key`` in the ``[<name>]`` section).
+        """
+        if self.key_required and not self._api_key:
+            where = f"{self.api_key_env} or " if self.api_key_env else ""
+            raise AuthenticationError(
+                f"{self.name}: no API key: set {where}api_key in the [{self.name}] section of "
+                "flowyard.toml", provider=self.name, model=model)
+
+    def malformed(self, message: str, model: str | None = None) -> MalformedResponseError:
+        """Return (for the caller to raise) a :class:`MalformedResponseError` saying
+        ``"<name>: <message>"``."""
+        return MalformedResponseError(f"{self.name}: {message}", provider=self.name,
+                                      model=model)
+
+    def payload_error(self, payload: Any, model: str | None = None) -> ProviderError:
+        """Return the typed error for an error object received after HTTP 200 (an error
+        stream event, a JSON body with ``error``), typed by its ``type``/``code``; secrets
+        redacted. See :func:`flowyard_http.error_from_payload`."""
+        return error_from_payload(payload, provider=self.name, model=model,
+                                  secrets=self._secrets)
+
+    def transport_error(self, exc: BaseException, model: str | None = None) -> ProviderError:
+        """Return the typed error for an httpx/aiohttp transport exception (the caller raises
+        it ``from None``). See :func:`flowyard_http.error_for_exception`."""
+        return error_for_exception(exc, provider=self.name, model=model, secrets=self._secrets)
+
+    def is_error_event(self, name: str, data: Mapping[str, Any]) -> bool:
+        """True when a stream event carries an error (``event: error`` or an ``error`` key);
+        subclasses add their own shapes."""
+        return name == "error" or bool(data.get("error"))
+
+    def is_end_event(self, name: str, data: Mapping[str, Any]) -> bool:
+        """True for the event that ends a stream (it is yielded, then the stream stops)."""
+        return False
+
+    # ------------------------------------------------------------------ prices
+
+    def free_price(self, model: str) -> ModelPrice | None:
+        """The price of a model missing from the table: 0 when the provider is ``free``,
+        else None (unknown). Subclasses narrow what counts as free."""
+        if self.free:
+            return ModelPrice(0.0, 0.0, source=f"{self.name}: configured free (local server)")
+        return None
+
+    def price(self, model: str) -> ModelPrice | None:
+        """Return the price of ``model`` (US dollars per million tokens): the table's
+        (configured prices first), else :meth:`free_price`; None when unknown (never 0)."""
+        price: ModelPrice | None = self.prices.price(model)
+        return price if price is not None else self.free_price(model)
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """Return the cost of ``usage`` on ``model`` in US dollars, None when the price is
+        unknown."""
+        price = self.price(model)
+        return price.cost(usage) if price is not None else None
+
+    # ------------------------------------------------------------------ requests
+
+    def client(self) -> httpx.AsyncClient:
+        """Return the pooled client of the running event loop (created on first use)."""
+        return self._client.get()
+
+    async def request_json(self, method: str, path: str, *, model: str | None = None,
+                           json_body: Any = None, headers: Mapping[str, str] | None = None,
+                           params: Mapping[str, Any] | None = None) -> Any:
+        """Check the key, send one request to ``base_url + path`` and return its parsed JSON.
+
+        Raises:
+            AuthenticationError: no key where one is required (before any request).
+            ProviderError: a typed subclass for a failed status (``RateLimitedError`` with
+                ``retry_after`` in seconds, ``ServerError``, ``BadRequestError``...), a
+                transport failure, or a body that is not JSON (``MalformedResponseError``).
+        """
+        self.check_key(model)
+        return await request_json(self.client(), method, path, provider=self.name,
+                                  model=model, secrets=self._secrets, json_body=json_body,
+                                  headers=headers, params=params)
+
+    async def stream_events(self, path: str, *, model: str, json_body: Any,
+                            headers: Mapping[str, str] | None = None
+                            ) -> AsyncIterator[StreamEvent]:
+        """``POST`` to ``path`` and yield the streamed response's events (``(name, data)``,
+        see :data:`StreamEvent`) up to and including the end event; empty events are skipped.
+
+        SSE streams (:attr:`stream_format` ``"sse"``) must have the content type
+        ``text/event-stream``; a JSON body instead is read as an error (a typed error when it
+        carries one). The response is closed when the iteration ends or is abandoned (the
+        generator is closed).
+
+        Raises:
+            AuthenticationError: no key where one is required (before any request).
+            ProviderError: a typed subclass for a failed status or a transport failure, and
+                the typed error of an error event (:meth:`is_error_event`).
+            ProviderTimeoutError: the stream stalled past the timeout.
+            MalformedResponseError: the stream ended (or was cut) before its end marker
+                (:meth:`is_end_event`, :attr:`end_data`), an event is not a JSON object, or an
+                SSE response has another content type.
+        """
+        self.check_key(model)
+        async with open_stream(self.client(), "POST", path, provider=self.name, model=model,
+                               secrets=self._secrets, json_body=json_body,
+                               headers=headers) as response:
+            if self.stream_format == "sse":
+                await self._expect_event_stream(response, model)
+                raw_events: AsyncIterator[tuple[str, str]] = _sse_events(response)
+                what = "stream event"
+            else:
+                raw_events, what = _ndjson_lines(response), "stream line"
+            with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+                async with aclosing(raw_events) as events:
+                    async for name, text in events:
+                        if self.end_data is not None and text == self.end_data:
+                            return
+                        data = parse_json_body(text, provider=self.name, model=model,
+                                               what=what)
+                        if not isinstance(data, Mapping):
+                            raise self.malformed(f"{what} is not a JSON object", model)
+                        if self.is_error_event(name, data):
+                            raise self.payload_error(data, model)
+                        yield name, data
+                        if self.is_end_event(name, data):
+                            return
+        raise self.malformed(f"stream ended before its end marker ({self.end_marker})", model)
+
+    async def _expect_event_stream(self, response: httpx.Response, model: str) -> None:
+        ctype = response.headers.get("content-type", "")
+        if "text/event-stream" in ctype:
+            return
+        with stream_errors(provider=self.name, model=model, secrets=self._secrets):
+            raw = await response.aread()
+        data = parse_json_body(raw, provider=self.name, model=model)
+        if isinstance(data, Mapping) and self.is_error_event("", data):
+            raise self.payload_error(data, model)
+        raise self.malformed(f"expected an event stream, got content-type {ctype!r}", model)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        await self._client.aclose()
+
+    async def __aenter__(self: _P) -> _P:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
