@@ -117,7 +117,7 @@ async def test_native_tool_loop_until_final_answer() -> None:
     assert turns[0].data["tool_results"][0] == {"id": "c1", "tool": "math.add", "ok": True,
                                                 "result": "5"}
     assert turns[1].data["final"] is True
-    calls = [e for e in seen if e.type == "tool.call"]
+    calls = [e for e in seen if e.type == "tool.call" and e.data["tool"] != "agent"]
     assert len(calls) == 1 and calls[0].data["agent"] == "helper"
     llm = [e for e in seen if e.type == "llm.call"]
     assert len(llm) == 2 and all(e.data["agent"] == "helper" for e in llm)

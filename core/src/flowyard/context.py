@@ -27,6 +27,8 @@ class ToolContext:
         idempotency_key: stable across retries and resumes of the same step key; tools with
             side effects use it to make them happen once.
         workflow_name: the workflow of the run.
+        workflow_source: the workflow's file, when it came from one (relative paths in
+            arguments resolve against its folder).
         agent: the agent step's id when the call comes from an agent loop.
         budget: an opaque budget scope handle used by the LLM gateway (None: no budget).
         extras: free-form data for plugins.
@@ -39,6 +41,7 @@ class ToolContext:
     attempt: int = 1
     idempotency_key: str | None = None
     workflow_name: str = ""
+    workflow_source: str | None = None
     agent: str | None = None
     budget: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
@@ -52,6 +55,13 @@ class ToolContext:
         """Emit an event of ``type`` with ``data`` for this run and step."""
         self.stack.events.emit(Event(type=type, run_id=self.run_id, step_id=self.step_id,
                                      data=data))
+
+    def add_usage(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> None:
+        """Count tokens and cost (US dollars, None when unknown) spent outside this run's own
+        LLM calls, such as a sub-workflow's run, into this step's totals (a ``step.usage``
+        event)."""
+        self.emit("step.usage", input_tokens=input_tokens, output_tokens=output_tokens,
+                  cost_usd=cost_usd)
 
     def log(self, message: str, level: str = "info") -> None:
         """Record a log line for this run and step (emitted as a ``log`` event)."""

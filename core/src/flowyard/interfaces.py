@@ -36,13 +36,15 @@ if TYPE_CHECKING:
     from flowyard.events import EventBus
     from flowyard.models import Message
     from flowyard.registry import Registry
-    from flowyard.workflow import Workflow
+    from flowyard.workflow import Step, Workflow
 
 __all__ = [
     "Services",
     "LLMService",
     "Diagnostic",
     "Provider",
+    "SupportsStepValidation",
+    "SupportsRawArguments",
     "SupportsDiagnostics",
     "Tool",
     "StorageBackend",
@@ -617,5 +619,39 @@ class Services(Protocol):
 
         Raises:
             UnknownNameError: no such retriever, or none registered.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsRawArguments(Protocol):
+    """An action that receives some keys of its step's ``with`` unrendered.
+
+    ``raw_arguments`` names those keys (the ``workflow`` action's ``with.workflow``, a
+    sub-workflow with templates of its own); they are neither rendered nor scanned for step
+    references.
+    """
+
+    raw_arguments: tuple[str, ...]
+
+
+@runtime_checkable
+class SupportsStepValidation(Protocol):
+    """An action that checks its steps itself when a workflow is validated.
+
+    The engine calls :meth:`validate_step` instead of checking ``with`` against the action's
+    JSON schema (``parameters``).
+    """
+
+    def validate_step(self, step: Step, *, workflow: Workflow, services: Services,
+                      issue: Callable[[str, str], None], base: str) -> None:
+        """Report every problem of ``step`` as ``issue(message, path)``.
+
+        Args:
+            step: the step using this action.
+            workflow: the workflow being validated (its ``source`` resolves relative paths).
+            services: the stack's services (registries, configuration).
+            issue: records one problem: a message and a path such as ``steps[2].with.prompt``.
+            base: the step's path (``steps[2]``), the prefix of ``issue`` paths.
         """
         ...

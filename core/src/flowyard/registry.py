@@ -1,8 +1,17 @@
 """Per-family registries of a stack.
 
 A :class:`Registry` maps names to objects (or to lazy factories) and remembers which plugin
-registered each one. Registries belong to one :class:`~flowyard.stack.Stack`; there is no
-module-level registry.
+registered each one. Registries belong to one stack; there is no module-level registry.
+
+The priority rule (how a plugin replaces a built-in, or any other registration, by name):
+every registration has a ``default_priority`` (its metadata, 0 when unset). When a name is
+registered twice, the registration with the **higher** priority is kept; on a tie the first
+one is kept (plugins register in load order: ``builtin`` first, then entry points, then
+plugins given in code). The ``builtin`` plugin registers everything at priority -1, so a
+plugin that registers ``echo``, ``agent``, ``workflow``, ``local`` or ``memory`` at the default
+priority 0 replaces the built-in one. Every replaced or ignored registration is recorded as a
+:class:`Duplicate`; only an ignored one (a tie) raises in strict mode. The same priority picks
+the default among different names (:meth:`Registry.preferred`).
 """
 
 from __future__ import annotations
@@ -100,14 +109,24 @@ class Registry(Generic[T]):
             plugin: str = "<code>", **metadata: Any) -> None:
         """Register ``obj`` (or a lazy ``factory``) under ``name``.
 
-        A second registration of the same name is recorded in :attr:`duplicates` and ignored
-        (the first wins), or raises :class:`DuplicateNameError` when the registry is strict.
+        A second registration of the same name replaces the first when its
+        ``default_priority`` is higher (the module's priority rule); otherwise it is ignored.
+        Either way it is recorded in :attr:`duplicates`.
 
         Raises:
             ValueError: ``name`` is empty or not a string.
+            DuplicateNameError: an ignored registration (same or lower priority) in a strict
+                registry.
         """
         self.check_name(name)
         if name in self._plugins:
+            old_priority = int(self._metadata[name].get("default_priority", 0))
+            if int(metadata.get("default_priority", 0)) > old_priority:
+                self.duplicates.append(Duplicate(self.kind, name, plugin, self._plugins[name]))
+                self._values.pop(name, None)
+                self._factories.pop(name, None)
+                del self._plugins[name]  # re-added below, at the end of the order
+                return self.add(name, obj, factory=factory, plugin=plugin, **metadata)
             dup = Duplicate(self.kind, name, self._plugins[name], plugin)
             if self.strict:
                 raise DuplicateNameError(

@@ -1,4 +1,8 @@
-"""Hook implementations of the in-core defaults (plugin name ``builtin``)."""
+"""Hook implementations of the in-core defaults (plugin name ``builtin``).
+
+Everything here registers at ``default_priority=-1``: a plugin that registers the same name
+at the default priority 0 replaces it (see the priority rule in :mod:`flowyard.registry`).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ def _memory_storage(url: str, config: Config) -> Any:
 @hookimpl
 def register_storage(register: Register, config: Config) -> None:
     """``memory://``: the in-memory backend (lowest default priority)."""
-    register("memory", _memory_storage, default_priority=0,
+    register("memory", _memory_storage, default_priority=-1,
              default_url=lambda _config: "memory://")
 
 
@@ -27,7 +31,7 @@ def register_executors(register: Register, config: Config) -> None:
     """``local``: run actions in-process."""
     from flowyard.builtin.executor import LocalExecutor
 
-    register("local", LocalExecutor())
+    register("local", LocalExecutor(), default_priority=-1)
 
 
 @hookimpl
@@ -39,7 +43,7 @@ def register_providers(register: Register, config: Config) -> None:
 
         return FakeProvider()
 
-    register("fake", factory=make)
+    register("fake", factory=make, default_priority=-1)
 
 
 @hookimpl
@@ -52,13 +56,16 @@ def register_workflow_loaders(register: Register, config: Config) -> None:
         return NativeLoader(max_bytes=int(config.get("workflows.max_bytes", MAX_BYTES)),
                             max_nodes=int(config.get("workflows.max_nodes", MAX_NODES)))
 
-    register("native", factory=make, suffixes=(".yaml", ".yml", ".json"))
+    register("native", factory=make, suffixes=(".yaml", ".yml", ".json"),
+             default_priority=-1)
 
 
 @hookimpl
 def register_tools(register: Register, config: Config) -> None:
-    """The built-in actions: ``echo``, ``log``, ``sleep`` and ``llm.chat``."""
-    from flowyard.builtin.actions import builtin_actions
+    """The built-in actions: ``echo``, ``log``, ``sleep``, ``llm.chat``, ``agent`` and
+    ``workflow`` (each replaceable by a registration with a higher ``default_priority``)."""
+    from flowyard.builtin.actions import builtin_actions  # lazy: keeps Stack() building fast
+    from flowyard.builtin.flow import AgentAction, WorkflowAction  # lazy: imports the engine
 
-    for action in builtin_actions():
-        register(action.name, action)
+    for action in (*builtin_actions(), AgentAction(), WorkflowAction()):
+        register(action.name, action, default_priority=-1)

@@ -49,7 +49,7 @@ from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepRes
 
 from .calls import invoke_tool
 from .slots import PrioritySlots
-from .validate import step_dependencies, templated_arguments
+from .validate import raw_arguments, step_dependencies, templated_arguments
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -123,16 +123,17 @@ def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any
 class _State:
     """Scheduling state of one step."""
 
-    __slots__ = ("step", "deps", "children", "remaining", "result", "with_", "for_each",
+    __slots__ = ("step", "deps", "raw", "children", "remaining", "result", "with_", "for_each",
                  "blocking", "slot_priority", "budget_chain")
 
-    def __init__(self, step: Step, deps: set[str]) -> None:
+    def __init__(self, step: Step, deps: set[str], raw: tuple[str, ...] = ()) -> None:
         self.step = step
         self.deps = deps
+        self.raw = raw
         self.children: list[_State] = []
         self.remaining = len(deps)
         self.result = StepResult(id=step.id)
-        self.with_ = Compiled(templated_arguments(step), f"step {step.id!r}, field with")
+        self.with_ = Compiled(templated_arguments(step, raw), f"step {step.id!r}, field with")
         self.for_each = Compiled(step.for_each, f"step {step.id!r}, field for_each")
         self.blocking = False
         self.slot_priority = step.priority
@@ -217,7 +218,8 @@ class Run:
         self.base_context = {"inputs": inputs, "steps": self.steps_view,
                              "run": {"id": self.run_id, "workflow": workflow.name}}
         for step in workflow.steps:
-            self.states[step.id] = _State(step, step_dependencies(step))
+            raw = raw_arguments(stack, step)
+            self.states[step.id] = _State(step, step_dependencies(step, raw), raw)
             self.step_usage[step.id] = _Usage()
         for state in self.states.values():
             for dep in state.deps:
@@ -264,6 +266,10 @@ class Run:
             if usage is not None:  # the call happened inside an attempt of this task
                 usage.add(data.get("input_tokens", 0), data.get("output_tokens", 0),
                           data.get("cost_usd"))
+        elif event.type == "step.usage":  # e.g. a sub-workflow's totals (its own run's calls)
+            data = event.data
+            self._count(event.step_id, data.get("input_tokens", 0), data.get("output_tokens", 0),
+                        data.get("cost_usd"))
         elif event.type == "log":
             self._logs.append(LogRecord(run_id=self.run_id, message=str(event.data.get(
                 "message", "")), level=str(event.data.get("level", "info")),
@@ -662,6 +668,7 @@ class Run:
             ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
                               step_key=key, attempt=number, idempotency_key=idem,
                               workflow_name=self.workflow.name,
+                              workflow_source=self.workflow.source,
                               budget=self._budget_chain(state))
             try:
                 arguments = state.with_.render(context)
@@ -708,45 +715,16 @@ class Run:
         return executor
 
     async def _dispatch(self, step: Step, arguments: Any, ctx: ToolContext) -> Any:
-        uses = step.uses
-        if uses == "agent":
-            from flowyard.agent import run_agent_step
-
-            action = lambda: run_agent_step(ctx, arguments)  # noqa: E731
-        elif uses == "workflow":
-            arguments = {**arguments, "workflow": step.with_.get("workflow")}
-            action = lambda: self._sub_workflow(step, arguments, ctx)  # noqa: E731
-        else:
-            tool = self.stack.tools.get(uses)
-            if not isinstance(arguments, Mapping):
-                raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
-                                    f"arguments, got {type(arguments).__name__}")
-            action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
-            return await self._executor(step.executor).execute(action, step_id=step.id)
+        """Run the step's registered action (a tool) on the step's executor."""
+        tool = self.stack.tools.get(step.uses)
+        if not isinstance(arguments, Mapping):
+            raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
+                                f"arguments, got {type(arguments).__name__}")
+        raw = self.states[step.id].raw
+        if raw:  # keys the action renders itself (SupportsRawArguments), passed as written
+            arguments = {**arguments, **{k: step.with_[k] for k in raw if k in step.with_}}
+        action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
         return await self._executor(step.executor).execute(action, step_id=step.id)
-
-    async def _sub_workflow(self, step: Step, arguments: Mapping[str, Any],
-                            ctx: ToolContext) -> Any:
-        from pathlib import Path
-
-        from . import run_workflow
-        from .validate import load_workflow
-
-        target = arguments.get("workflow")
-        if isinstance(target, str):
-            path = Path(target)
-            if not path.is_absolute() and self.workflow.source:
-                path = Path(self.workflow.source).parent / path
-            target = path
-        child = load_workflow(self.stack, target)
-        result = await run_workflow(self.stack, child, dict(arguments.get("inputs") or {}),
-                                    parent_run_id=self.run_id, parent_step=ctx.step_key,
-                                    parent_budget=ctx.budget)
-        self._count(step.id, result.input_tokens, result.output_tokens, result.cost_usd)
-        if not result.ok:
-            raise WorkflowError(f"sub-workflow {child.name!r} (run {result.run_id}) "
-                                f"{result.status}: {result.error}")
-        return result.outputs
 
 
 def _finish_attempt(record: StepAttempt, usage: _Usage) -> None:

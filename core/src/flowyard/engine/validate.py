@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
+from flowyard.interfaces import SupportsRawArguments, SupportsStepValidation
 from flowyard.templating import Reference, find_references, has_template
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
@@ -22,34 +23,39 @@ if TYPE_CHECKING:
     from flowyard.interfaces import Services
 
 __all__ = ["load_workflow", "validate_workflow", "step_dependencies", "templated_arguments",
-           "SPECIAL_ACTIONS"]
+           "raw_arguments", "unknown_message"]
 
 #: Content hashes of workflows already validated against each stack (a stack's registries do
 #: not change after it is built, so the same definition validates the same way again).
 _VALIDATED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
-#: Actions handled by the engine itself rather than a registered tool.
-SPECIAL_ACTIONS = ("agent", "workflow")
+def raw_arguments(services: Services | None, step: Step) -> tuple[str, ...]:
+    """Return the keys of ``step.with_`` its action takes unrendered (see
+    :class:`~flowyard.interfaces.SupportsRawArguments`); none for unknown actions."""
+    if services is None or step.uses not in services.tools:
+        return ()
+    tool = services.tools.get(step.uses)
+    return tuple(tool.raw_arguments) if isinstance(tool, SupportsRawArguments) else ()
 
-AGENT_KEYS = {"model", "instructions", "prompt", "tools", "max_turns", "budget_usd", "mode",
-              "memory", "temperature", "max_tokens", "requirements"}
 
-
-def templated_arguments(step: Step) -> dict[str, Any]:
+def templated_arguments(step: Step, raw: Collection[str] = ()) -> dict[str, Any]:
     """Return the part of ``step.with_`` that is rendered before the action runs.
 
-    A ``workflow`` step's ``with.workflow`` (a path or an inline definition with templates
-    of its own) is left out: the sub-workflow renders its own templates.
+    Args:
+        step: the step.
+        raw: keys left out (the action's ``raw_arguments``, e.g. a ``workflow`` step's
+            ``with.workflow``, which renders its own templates).
     """
-    if step.uses == "workflow":
-        return {k: v for k, v in step.with_.items() if k != "workflow"}
+    if raw:
+        return {k: v for k, v in step.with_.items() if k not in raw}
     return step.with_
 
 
-def step_dependencies(step: Step) -> set[str]:
-    """Return the step ids ``step`` depends on: ``depends_on`` plus template references."""
+def step_dependencies(step: Step, raw: Collection[str] = ()) -> set[str]:
+    """Return the step ids ``step`` depends on: ``depends_on`` plus template references
+    (outside the ``raw`` keys of ``with``)."""
     deps = set(step.depends_on)
-    for value, expr in ((templated_arguments(step), False), (step.when, True),
+    for value, expr in ((templated_arguments(step, raw), False), (step.when, True),
                         (step.for_each, False), (step.until, True)):
         if value is None or isinstance(value, bool):
             continue
@@ -222,11 +228,12 @@ def validate_workflow(stack: Services | None, workflow: Workflow, *,
             if dep == step.id:
                 issue(f"step {step.id!r} depends on itself", f"{base}.depends_on[{j}]")
             elif dep not in ids:
-                issue(_unknown("step", dep, ids, f"in depends_on of step {step.id!r}"),
+                issue(unknown_message("step", dep, ids, f"in depends_on of step {step.id!r}"),
                       f"{base}.depends_on[{j}]")
             else:
                 own.add(dep)
-        for field, value, expr in (("with", templated_arguments(step), False),
+        for field, value, expr in (("with", templated_arguments(step, raw_arguments(stack, step)),
+                                    False),
                                    ("when", step.when, True),
                                    ("for_each", step.for_each, False),
                                    ("until", step.until, True)):
@@ -246,12 +253,12 @@ def validate_workflow(stack: Services | None, workflow: Workflow, *,
                         issue(f"step {step.id!r} refers to its own output (use 'previous' or "
                               "'output' inside loops)", where)
                     elif ref.name not in ids:
-                        issue(_unknown("step", ref.name, ids, f"referenced by step "
+                        issue(unknown_message("step", ref.name, ids, f"referenced by step "
                                        f"{step.id!r}"), where)
                     else:
                         own.add(ref.name)
                 elif ref.name not in workflow.inputs:
-                    issue(_unknown("input", ref.name, set(workflow.inputs),
+                    issue(unknown_message("input", ref.name, set(workflow.inputs),
                                    f"referenced by step {step.id!r}"), where)
         deps[step.id] = own
         if stack is not None:
@@ -264,9 +271,9 @@ def validate_workflow(stack: Services | None, workflow: Workflow, *,
             issue(f"unknown name {ref.name!r} in the outputs (available: "
                   f"{', '.join(sorted(_BASE_NAMES))})", where)
         elif ref.kind == "steps" and ref.name not in ids:
-            issue(_unknown("step", ref.name, ids, "referenced by the outputs"), where)
+            issue(unknown_message("step", ref.name, ids, "referenced by the outputs"), where)
         elif ref.kind == "inputs" and ref.name not in workflow.inputs:
-            issue(_unknown("input", ref.name, set(workflow.inputs), "referenced by the outputs"),
+            issue(unknown_message("input", ref.name, set(workflow.inputs), "referenced by the outputs"),
                   where)
 
     for cycle in _cycles(deps, [s.id for s in workflow.steps]):
@@ -294,7 +301,8 @@ def _names_for(step: Step, field: str) -> set[str]:
     return names
 
 
-def _unknown(kind: str, name: str, known: set[str], context: str) -> str:
+def unknown_message(kind: str, name: str, known: set[str], context: str) -> str:
+    """Return ``unknown <kind> <name> <context>`` with the closest known name as a hint."""
     close = difflib.get_close_matches(name, sorted(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {kind} {name!r} {context}{hint}"
@@ -336,91 +344,17 @@ def _cycles(deps: dict[str, set[str]], order: list[str]) -> list[list[str]]:
 
 
 def _check_action(stack: Services, workflow: Workflow, step: Step, base: str, issue: Any) -> None:
-    if step.uses == "agent":
-        _check_agent(stack, step, base, issue)
-        return
-    if step.uses == "workflow":
-        target = step.with_.get("workflow")
-        if target is None:
-            issue("a 'workflow' step needs with.workflow (a path or an inline definition)",
-                  f"{base}.with")
-        elif isinstance(target, str) and not has_template(target):
-            path = _sub_path(workflow, target)
-            if not path.is_file():
-                issue(f"sub-workflow file {target!r} not found (looked at {path})",
-                      f"{base}.with.workflow")
-        elif isinstance(target, Mapping):
-            try:
-                load_workflow(stack, target)
-            except WorkflowValidationError as exc:
-                for sub in exc.issues:
-                    issue(f"in the inline sub-workflow: {sub.message}"
-                          + (f" ({sub.path})" if sub.path else ""), f"{base}.with.workflow")
-        elif not isinstance(target, str):
-            issue("with.workflow must be a path or a mapping", f"{base}.with.workflow")
-        extra = set(step.with_) - {"workflow", "inputs"}
-        if extra:
-            issue(f"unknown arguments for a 'workflow' step: {', '.join(sorted(extra))} "
-                  "(allowed: workflow, inputs)", f"{base}.with")
-        return
     if step.uses not in stack.tools:
-        known = set(stack.tools.names()) | set(SPECIAL_ACTIONS)
-        issue(_unknown("action", step.uses, known, f"in step {step.id!r}"), f"{base}.uses")
+        issue(unknown_message("action", step.uses, set(stack.tools.names()),
+                              f"in step {step.id!r}"), f"{base}.uses")
         return
     if step.executor is not None and step.executor not in stack.executors:
-        issue(_unknown("executor", step.executor, set(stack.executors.names()),
-                       f"in step {step.id!r}"), f"{base}.executor")
+        issue(unknown_message("executor", step.executor, set(stack.executors.names()),
+                              f"in step {step.id!r}"), f"{base}.executor")
     tool = stack.tools.get(step.uses)
+    if isinstance(tool, SupportsStepValidation):
+        tool.validate_step(step, workflow=workflow, services=stack, issue=issue, base=base)
+        return
     schema = getattr(tool, "parameters", None)
     if isinstance(schema, Mapping):
         _check_schema(schema, step.with_, f"{base}.with", step.uses, issue)
-
-
-def _sub_path(workflow: Workflow, target: str) -> Path:
-    path = Path(target)
-    if not path.is_absolute() and workflow.source:
-        path = Path(workflow.source).parent / path
-    return path
-
-
-def _check_agent(stack: Services, step: Step, base: str, issue: Any) -> None:
-    params = step.with_
-    for key in params:
-        if key not in AGENT_KEYS:
-            close = difflib.get_close_matches(key, sorted(AGENT_KEYS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            issue(f"unknown agent argument {key!r}{hint} (allowed: "
-                  f"{', '.join(sorted(AGENT_KEYS))})", f"{base}.with.{key}")
-    if "prompt" not in params:
-        issue("an agent step needs with.prompt", f"{base}.with")
-    mode = params.get("mode", "native")
-    if mode not in ("native", "react"):
-        issue(f"agent mode must be 'native' or 'react', got {mode!r}", f"{base}.with.mode")
-    tools = params.get("tools", [])
-    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-        issue("agent tools must be a list of tool names", f"{base}.with.tools")
-    else:
-        for j, name in enumerate(tools):
-            if name not in stack.tools:
-                issue(_unknown("tool", name, set(stack.tools.names()),
-                               f"in the tools of agent {step.id!r}"), f"{base}.with.tools[{j}]")
-    max_turns = params.get("max_turns", 10)
-    if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
-        issue("agent max_turns must be an integer >= 1", f"{base}.with.max_turns")
-    budget = params.get("budget_usd")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or budget < 0):
-        issue("agent budget_usd must be a number >= 0 (US dollars)", f"{base}.with.budget_usd")
-    memory = params.get("memory")
-    if memory is not None:
-        if not isinstance(memory, Mapping):
-            issue("agent memory must be a mapping (namespace, top_k, store_answer)",
-                  f"{base}.with.memory")
-        else:
-            extra = set(memory) - {"namespace", "top_k", "store_answer", "store"}
-            if extra:
-                issue(f"unknown agent memory keys: {', '.join(sorted(extra))} (allowed: "
-                      "namespace, top_k, store_answer, store)", f"{base}.with.memory")
-            if not stack.memory_stores.names():
-                issue("agent memory needs a memory store, and none is registered (install "
-                      "flowyard-chroma or another memory plugin)", f"{base}.with.memory")
