@@ -260,3 +260,18 @@ async def test_api_key_for_ollama_com_is_hidden(router: respx.MockRouter) -> Non
         await provider.chat(req())
     assert route.calls.last.request.headers["authorization"] == "Bearer ollama-abc12345"
     assert "ollama-abc12345" not in str(info.value) and "ollama-abc" not in repr(provider)
+
+
+async def test_image_urls_are_fetched_without_the_api_key() -> None:
+    r = respx.MockRouter(assert_all_called=False)
+    chat = r.post("https://ollama.com/api/chat").respond(json=recorded("chat_tool_call.json"))
+    image = r.get("https://images.example/cat.png").respond(content=b"catbytes")
+    provider = OllamaProvider(base_url="https://ollama.com", api_key="ollama-abc12345",
+                              transport=httpx.MockTransport(r.async_handler))
+    async with provider:
+        await provider.chat(req(messages=[Message.user("What is this?", images=[
+            ImagePart(url="https://images.example/cat.png")])]))
+    assert chat.calls.last.request.headers["authorization"] == "Bearer ollama-abc12345"
+    assert "authorization" not in image.calls.last.request.headers
+    sent = json.loads(chat.calls.last.request.content)
+    assert sent["messages"][0]["images"] == [base64.b64encode(b"catbytes").decode()]
