@@ -8,8 +8,12 @@ match the specifications below, registered through the entry-point group ``flowy
 
 Registration hooks are called once when a :class:`~flowyard.stack.Stack` is built. They must be
 cheap and synchronous: import heavy libraries inside the objects' methods or factories, not at
-module level. Each hook receives a ``register`` callable and the stack's
-:class:`~flowyard.config.Config`:
+module level. Each hook receives a ``register`` callable, the stack's
+:class:`~flowyard.config.Config` and, if the implementation names it (pluggy's opt-in
+arguments: an implementation takes any subset of the specification's arguments), the stack's
+``services`` (:class:`~flowyard.interfaces.Services`: registries, the LLM gateway, storage).
+Objects that need the gateway keep ``services`` and use it lazily, at call time; a plugin
+never builds a stack of its own:
 
 ``register(name, obj)``
     registers an object now.
@@ -18,7 +22,10 @@ module level. Each hook receives a ``register`` callable and the stack's
     expensive to build, such as a local model).
 
 The objects registered implement the interfaces in :mod:`flowyard.interfaces` and carry the
-async methods. No hook here is ``firstresult``: every plugin gets its say.
+async methods. No hook here is ``firstresult``: every plugin gets its say. Implementations
+run in plugin load order; ``@hookimpl(tryfirst=True)`` runs before the others and
+``trylast=True`` after them. ``wrapper=True`` and ``hookwrapper=True`` are refused on
+registration hooks (the plugin fails with a :class:`~flowyard.errors.PluginError`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ if TYPE_CHECKING:
     import click
 
     from flowyard.config import Config
+    from flowyard.interfaces import Services
     from flowyard.registry import Register
 
 PROJECT = "flowyard"
@@ -55,7 +63,7 @@ FAMILIES: dict[str, str] = {
 
 
 @hookspec
-def register_providers(register: Register, config: Config) -> None:
+def register_providers(register: Register, config: Config, services: Services) -> None:
     """Register LLM providers (:class:`flowyard.interfaces.Provider`) by provider name.
 
     The name is the prefix of model references: a provider registered as ``"openai"`` serves
@@ -64,13 +72,13 @@ def register_providers(register: Register, config: Config) -> None:
 
 
 @hookspec
-def register_tools(register: Register, config: Config) -> None:
+def register_tools(register: Register, config: Config, services: Services) -> None:
     """Register tools (:class:`flowyard.interfaces.Tool`) by their dotted action name
     (``"filesystem.write"``). Workflow steps name them in ``uses``."""
 
 
 @hookspec
-def register_storage(register: Register, config: Config) -> None:
+def register_storage(register: Register, config: Config, services: Services) -> None:
     """Register storage backend *factories* by URL scheme.
 
     The factory is called as ``factory(url: str, config: Config)`` and returns a
@@ -81,35 +89,35 @@ def register_storage(register: Register, config: Config) -> None:
 
 
 @hookspec
-def register_memory_stores(register: Register, config: Config) -> None:
+def register_memory_stores(register: Register, config: Config, services: Services) -> None:
     """Register memory stores (:class:`flowyard.interfaces.MemoryStore`) by name."""
 
 
 @hookspec
-def register_retrievers(register: Register, config: Config) -> None:
+def register_retrievers(register: Register, config: Config, services: Services) -> None:
     """Register retrievers (:class:`flowyard.interfaces.Retriever`) by name."""
 
 
 @hookspec
-def register_routers(register: Register, config: Config) -> None:
+def register_routers(register: Register, config: Config, services: Services) -> None:
     """Register model routers (:class:`flowyard.interfaces.Router`) by name
     (``"cheapest"``, ``"fallback"``, ``"ucb"``)."""
 
 
 @hookspec
-def register_executors(register: Register, config: Config) -> None:
+def register_executors(register: Register, config: Config, services: Services) -> None:
     """Register executors (:class:`flowyard.interfaces.Executor`), which decide where a step
     runs. ``"local"`` is the in-core default."""
 
 
 @hookspec
-def register_workflow_loaders(register: Register, config: Config) -> None:
+def register_workflow_loaders(register: Register, config: Config, services: Services) -> None:
     """Register workflow loaders (:class:`flowyard.interfaces.WorkflowLoader`) by format name.
     ``"native"`` (YAML/JSON) is the in-core default."""
 
 
 @hookspec
-def register_event_listeners(register: Register, config: Config) -> None:
+def register_event_listeners(register: Register, config: Config, services: Services) -> None:
     """Register event listeners (:class:`flowyard.interfaces.EventListener`) by name.
 
     Listeners see every event of every run of the stack: the cost ledger, audit log,

@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Iterable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -23,11 +23,15 @@ from flowyard.config import Config
 from flowyard.errors import PluginError
 from flowyard.registry import Register, Registry
 
+if TYPE_CHECKING:
+    from flowyard.interfaces import Services
+
 __all__ = ["PluginStatus", "PluginManager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGIN", "BUILTIN_MODULE"]
 
 ENTRY_POINT_GROUP = "flowyard"
 #: The name under which the in-core defaults are registered (disable it like any plugin).
 BUILTIN_PLUGIN = "builtin"
+_REGISTRATION_HOOKS = frozenset(hookspecs.FAMILIES.values()) | {"register_commands"}
 #: The module of the built-in plugin, imported by name by the composition root.
 BUILTIN_MODULE = "flowyard.builtin.plugin"
 
@@ -112,15 +116,30 @@ class PluginManager:
             return status
         try:
             self.pm.register(plugin, name=name)
-            status.hooks = sorted(
-                impl.name
-                for impl in self.pm.get_hookcallers(plugin) or []
-            )
-        except (pluggy.PluginValidationError, ValueError) as exc:
+            callers = self.pm.get_hookcallers(plugin) or []
+            status.hooks = sorted(caller.name for caller in callers)
+            self._refuse_wrappers(name, callers)
+        except (pluggy.PluginValidationError, ValueError, PluginError) as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
             self._fail(status, exc)
             return status
         self._order.append(name)
         return status
+
+    def _refuse_wrappers(self, name: str, callers: Sequence[Any]) -> None:
+        """Raise PluginError for a wrapper implementation of a registration hook: they are
+        called one plugin at a time, so there is nothing for a wrapper to wrap."""
+        for caller in callers:
+            if caller.name not in _REGISTRATION_HOOKS:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name == name and (impl.hookwrapper or impl.wrapper):
+                    kind = "hookwrapper=True" if impl.hookwrapper else "wrapper=True"
+                    raise PluginError(
+                        f"plugin {name!r}: hook {caller.name!r} is marked {kind}, which "
+                        f"registration hooks do not support (each plugin's hook is called "
+                        f"on its own); use tryfirst=True or trylast=True to order it")
 
     def discover(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
         """Load every plugin of the entry-point group ``flowyard`` inside its own guard."""
@@ -156,21 +175,37 @@ class PluginManager:
 
     # ------------------------------------------------------------------ calling
 
-    def call_registration(self, hook_name: str, registry: Registry[Any]) -> None:
-        """Call ``hook_name(register, config)`` on each loaded plugin, each in its own guard.
-
-        A plugin whose hook raises is marked failed and what it registered in that call is
-        dropped.
-        """
+    def ordered(self, hook_name: str) -> list[Any]:
+        """Return the hook implementations of loaded plugins in calling order: those marked
+        ``tryfirst``, then the others, then those marked ``trylast``, each group in plugin load
+        order."""
         hook = getattr(self.pm.hook, hook_name)
         impls = {impl.plugin_name: impl for impl in hook.get_hookimpls()}
-        for name in self._order:
-            impl = impls.get(name)
+        found = [impls[name] for name in self._order
+                 if name in impls and self.statuses[name].status == "loaded"]
+        return sorted(found, key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)
+
+    def call_registration(self, hook_name: str, registry: Registry[Any],
+                          services: Services | None = None) -> None:
+        """Call ``hook_name(register, config[, services])`` on each loaded plugin, each in its
+        own guard, in the order of :meth:`ordered`.
+
+        An implementation receives the arguments it names (pluggy's opt-in arguments). A
+        plugin whose hook raises is marked failed and what it registered in that call is
+        dropped.
+        """
+        for impl in self.ordered(hook_name):
+            name = impl.plugin_name
             status = self.statuses[name]
-            if impl is None or status.status != "loaded":
+            if status.status != "loaded":  # failed in an earlier hook of this loop
+                continue
+            if services is None and "services" in impl.argnames:
+                self._fail(status, PluginError(
+                    f"plugin {name!r}: {hook_name} asks for services, and none were given "
+                    "(call the hook through a Stack)"))
                 continue
             staged = Register(registry, name, staged=True)
-            kwargs = {"register": staged, "config": self.config}
+            kwargs = {"register": staged, "config": self.config, "services": services}
             started = time.perf_counter()
             count = 0
             try:
@@ -186,11 +221,8 @@ class PluginManager:
 
     def call_commands(self, cli: Any) -> None:
         """Call ``register_commands(cli)`` on each loaded plugin inside its own guard."""
-        impls = {impl.plugin_name: impl for impl in self.pm.hook.register_commands.get_hookimpls()}
-        for name in self._order:
-            impl = impls.get(name)
-            if impl is None or self.statuses[name].status != "loaded":
-                continue
+        for impl in self.ordered("register_commands"):
+            name = impl.plugin_name
             try:
                 impl.function(cli)
             except Exception as exc:  # noqa: BLE001 - reported per plugin

@@ -106,7 +106,7 @@ class Stack:
                 name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{index}"
             self.plugin_manager.add(obj, name=str(name), source="code")
         for family, hook in FAMILIES.items():
-            self.plugin_manager.call_registration(hook, self._by_family[family])
+            self.plugin_manager.call_registration(hook, self._by_family[family], self)
         for name in self.listeners.names():
             self.events.subscribe(self.listeners.get(name), name=name)
 

@@ -10,6 +10,8 @@ import pytest
 from flowyard.config import Config
 from flowyard.errors import ConfigError
 from flowyard.models import MemoryEntry
+from flowyard.stack import Stack
+from flowyard_chroma import plugin as chroma_plugin
 from flowyard_chroma.memory import ChromaMemoryStore, build_where
 
 pytestmark = pytest.mark.anyio
@@ -188,10 +190,17 @@ def test_settings_errors_name_the_key(tmp_path: Any) -> None:
     assert default.settings.path == tmp_path / "chroma"
 
 
-async def test_an_unbound_store_reaches_providers_through_a_stack_of_the_same_config(
-        chroma_config: Config) -> None:
+async def test_an_unbound_store_never_builds_a_private_stack(chroma_config: Config) -> None:
     store = ChromaMemoryStore(chroma_config.with_overrides({"chroma": {"embedding":
                                                                        "fake/echo"}}))
+    with pytest.raises(ConfigError, match="go through a stack's LLM gateway"):
+        await store.add([MemoryEntry(text=t) for t in FACTS])
+
+
+async def test_the_stack_hands_its_services_to_the_store(chroma_config: Config) -> None:
+    stack = Stack(plugins=[("chroma", chroma_plugin)],
+                  config=chroma_config.with_overrides({"chroma": {"embedding": "fake/echo"}}))
+    store = stack.memory("chroma")
     await store.add([MemoryEntry(text=t) for t in FACTS])
     [hit] = await store.search("squashed pull requests", top_k=1)
     assert hit.entry.text == FACTS[1]

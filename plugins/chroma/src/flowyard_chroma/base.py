@@ -18,8 +18,7 @@ from flowyard_chroma.embeddings import Embedder, make_embedder
 from flowyard_chroma.settings import ChromaSettings
 
 if TYPE_CHECKING:
-    from flowyard.llm import LLMGateway
-    from flowyard.stack import Stack
+    from flowyard.interfaces import LLMService, Services
 
 __all__ = ["ChromaBase", "collection_name", "KIND_KEY", "NAME_KEY", "EMBEDDER_KEY",
            "GENERATION_KEY"]
@@ -68,13 +67,12 @@ class ChromaBase:
     kind = "base"
     prefix = "fy"
 
-    def __init__(self, config: Config | None = None, *, stack: Stack | None = None,
+    def __init__(self, config: Config | None = None, *, stack: Services | None = None,
                  embedder: Embedder | None = None, **overrides: Any) -> None:
         self.config = config if config is not None else (stack.config if stack else
                                                          Config.load())
         self.settings = ChromaSettings.from_config(self.config, overrides)
         self._stack = stack
-        self._private_stack: Stack | None = None
         self._embedder = embedder
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -82,19 +80,18 @@ class ChromaBase:
 
     # ------------------------------------------------------------------ wiring
 
-    def bind(self, stack: Stack) -> None:
+    def bind(self, stack: Services) -> None:
         """Use ``stack``'s LLM gateway for ``provider/model`` embeddings. Idempotent."""
         self._stack = stack
 
-    def _gateway(self) -> LLMGateway:
-        if self._stack is not None:
-            return self._stack.llm
-        if self._private_stack is None:
-            # Built from the same configuration, so the same providers and keys are used.
-            from flowyard.stack import Stack
-
-            self._private_stack = Stack.default(config=self.config)
-        return self._private_stack.llm
+    def _gateway(self) -> LLMService:
+        if self._stack is None:
+            raise ConfigError(
+                f"chroma {self.kind}: provider/model embeddings "
+                f"({self.settings.embedding!r}) go through a stack's LLM gateway, and this "
+                "object has none: get it from a stack (stack.memory('chroma')), pass stack=, "
+                "or call bind(stack) first")
+        return self._stack.llm
 
     @property
     def embedder(self) -> Embedder:

@@ -24,7 +24,7 @@ from flowyard.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
-    from flowyard.llm import LLMGateway
+    from flowyard.interfaces import LLMService
     from tokenizers import Tokenizer
 
 __all__ = [
@@ -184,7 +184,7 @@ class ProviderEmbedder:
 
     Args:
         ref: ``provider/model`` (``"openai/text-embedding-3-small"``).
-        gateway: returns the :class:`~flowyard.llm.LLMGateway` to call (resolved per call, so
+        gateway: returns the :class:`~flowyard.interfaces.LLMService` (the stack's gateway) to call (resolved per call, so
             the owning store can be bound to a stack after it is built).
         batch_size: texts per request.
 
@@ -193,7 +193,7 @@ class ProviderEmbedder:
         vectors or vectors of differing sizes.
     """
 
-    def __init__(self, ref: str, gateway: Callable[[], LLMGateway], *, batch_size: int = 64
+    def __init__(self, ref: str, gateway: Callable[[], LLMService], *, batch_size: int = 64
                  ) -> None:
         self.ref = ref
         self.name = f"provider:{ref}"
@@ -225,7 +225,7 @@ class ProviderEmbedder:
 
 
 def make_embedder(spec: str, *, device: str = "cpu", batch_size: int = 64,
-                  gateway: Callable[[], LLMGateway] | None = None) -> Embedder:
+                  gateway: Callable[[], LLMService] | None = None) -> Embedder:
     """Build the embedder named by ``spec``.
 
     ``spec`` is one of: a bundled alias (``"minilm"``, ``"all-MiniLM-L6-v2"``,

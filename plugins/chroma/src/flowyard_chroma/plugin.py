@@ -6,33 +6,36 @@ lookup, and chromadb, torch and sentence-transformers are imported only then.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowyard.config import Config
 from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
 
+if TYPE_CHECKING:
+    from flowyard.interfaces import Services
+
 
 @hookimpl
-def register_memory_stores(register: Register, config: Config) -> None:
+def register_memory_stores(register: Register, config: Config, services: Services) -> None:
     """``chroma``: the chromadb memory store (default priority 10)."""
 
     def make() -> Any:
         from flowyard_chroma.memory import ChromaMemoryStore
 
-        return ChromaMemoryStore(config)
+        return ChromaMemoryStore(config, stack=services)
 
     register("chroma", factory=make, default_priority=10)
 
 
 @hookimpl
-def register_retrievers(register: Register, config: Config) -> None:
+def register_retrievers(register: Register, config: Config, services: Services) -> None:
     """``chroma``: the chromadb hybrid (dense + BM25) retriever (default priority 10)."""
 
     def make() -> Any:
         from flowyard_chroma.retriever import ChromaRetriever
 
-        return ChromaRetriever(config)
+        return ChromaRetriever(config, stack=services)
 
     register("chroma", factory=make, default_priority=10)
 
