@@ -8,7 +8,7 @@ import pytest
 
 import flowyard
 from flowyard.builtin.fake import FakeProvider
-from flowyard.commands.stats import run_doctor
+from flowyard.commands.doctor import run_doctor
 from flowyard.errors import ServerError
 from flowyard.stack import Stack
 

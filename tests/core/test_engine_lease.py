@@ -17,7 +17,6 @@ import pytest
 
 import flowyard
 from flowyard.builtin.memory_storage import MemoryStorage
-from flowyard.commands.stats import gather_stats
 from flowyard.engine import RunInUseError, RunLeaseLostError
 from flowyard.engine.lease import (
     LeaseKeeper,
@@ -283,23 +282,6 @@ async def test_settings_read_from_config() -> None:
     stack = Stack([], config={"runs": {"heartbeat_interval": "2", "lease_timeout": 9}})
     assert LeaseSettings.from_config(stack.config) == LeaseSettings(2.0, 9.0)
     assert LeaseSettings.from_config(Stack([]).config) == LeaseSettings(5.0, 30.0)
-
-
-async def test_stats_count_abandoned_runs_apart_from_live_ones() -> None:
-    stack = Stack([])
-    async with stack:
-        storage = stack.storage
-        for n, (run_id, status) in enumerate([("done", "completed"), ("dead", "running"),
-                                              ("alive", "running")]):
-            await storage.create_run(RunRecord(id=run_id, workflow_name="w", status=status,
-                                               created_at=1_700_000_000.0 + n))
-        keeper = LeaseKeeper(storage, "alive", LeaseSettings())
-        await keeper.claim()  # held by this live process
-        metrics = await gather_stats(stack, events=False)
-        assert metrics.runs_by_status == {"completed": 1, "running": 1, "abandoned": 1}
-        # only the newest run is considered: it is the live one
-        newest = await gather_stats(stack, events=False, max_runs=1)
-        assert newest.runs_by_status == {"running": 1}
 
 
 class _RenewBug(RuntimeError):

@@ -251,7 +251,6 @@ async def test_gateway_fails_fast_while_open_and_recovers_after_a_probe() -> Non
     assert (await stack.llm.chat("hi", model="p/echo")).text == "echo: hi"
     states = [(e.data["old"], e.data["new"]) for e in events if e.type == "circuit.state"]
     assert states == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
-    assert stack.llm.live.snapshot()["circuit_opens"] == {"p": 1}
 
 
 async def test_concurrent_callers_during_the_probe_fail_fast() -> None:

@@ -227,7 +227,10 @@ async def test_a_429_with_retry_after_pauses_the_model_in_the_gateway() -> None:
     clock = VirtualClock()
     stack.llm.use_clock(clock)
     seen: list[str] = []
+    waited: list[float] = []
     stack.events.subscribe(lambda e: seen.append(e.type))
+    stack.events.subscribe(lambda e: waited.append(e.data["waited_s"])
+                           if e.type == "ratelimit.wait" and e.data["key"] == "p/echo" else None)
     async with clock.autojump():
         with pytest.raises(RateLimitedError):
             await stack.llm.chat("hi", model="p/echo")
@@ -240,7 +243,7 @@ async def test_a_429_with_retry_after_pauses_the_model_in_the_gateway() -> None:
         await stack.llm.chat("hi", model="p/priced")
         assert clock.now() == before
     assert "ratelimit.wait" in seen
-    assert stack.llm.live.snapshot()["ratelimit"]["p/echo"]["wait_s"] == pytest.approx(12.0)
+    assert sum(waited) == pytest.approx(12.0)
 
 
 async def test_acquire_with_a_timeout_gives_up_its_place() -> None:

@@ -25,8 +25,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("flowyard.commands.run:validate", "Validate a workflow file."),
     "resume": ("flowyard.commands.run:resume", "Resume a stored run after a crash."),
     "runs": ("flowyard.commands.runs:runs", "Query stored runs: list, show, logs, cost."),
-    "stats": ("flowyard.commands.stats:stats", "Run metrics: status counts, latency, cost."),
-    "doctor": ("flowyard.commands.stats:doctor", "Check plugins, providers, storage and disk."),
+    "doctor": ("flowyard.commands.doctor:doctor", "Check plugins, providers, storage and disk."),
 }
 
 

@@ -74,7 +74,6 @@ from flowyard.llm.ratelimit import LimiterSet
 if TYPE_CHECKING:
     from flowyard.context import ToolContext
     from flowyard.interfaces import Provider, Router, RouteRequest
-    from flowyard.metrics import LiveMetrics
     from flowyard.interfaces import Services
 
 __all__ = ["LLMGateway", "split_ref", "AUTO"]
@@ -124,7 +123,6 @@ class LLMGateway:
 
     Attributes:
         models: the :class:`~flowyard.llm.modelregistry.ModelRegistry`.
-        live: in-process :class:`~flowyard.metrics.LiveMetrics` fed by the stack's events.
     """
 
     def __init__(self, stack: Services, *, clock: Clock | None = None) -> None:
@@ -133,9 +131,7 @@ class LLMGateway:
         self.models = ModelRegistry(stack)
         self._limiters: LimiterSet | None = None
         self._breakers: BreakerSet | None = None
-        self._live: LiveMetrics | None = None
         self._router_state_loaded: set[str] = set()
-        _ = self.live  # subscribe the in-process metrics now, so every call is counted
 
     # ------------------------------------------------------------------ configuration
 
@@ -159,16 +155,6 @@ class LLMGateway:
             self._breakers = BreakerSet(self.stack.config.section("circuit"), clock=self.clock,
                                         on_change=self._circuit_changed)
         return self._breakers
-
-    @property
-    def live(self) -> LiveMetrics:
-        """In-process metrics of this stack's LLM calls (subscribed on first access)."""
-        if self._live is None:
-            from flowyard.metrics import LiveMetrics
-
-            self._live = LiveMetrics()
-            self.stack.events.subscribe(self._live, name="flowyard.metrics.live")
-        return self._live
 
     def unknown_price_policy(self) -> str:
         """``budgets.unknown_price``: ``"refuse"`` (default) or ``"allow"``.

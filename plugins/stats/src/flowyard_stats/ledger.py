@@ -8,7 +8,7 @@ A call whose model has no known price has ``cost_usd = None``; totals keep such 
 
 Example::
 
-    from flowyard.ledger import CostLedger
+    from flowyard_stats.ledger import CostLedger
 
     ledger = CostLedger(stack.storage)
     total = await ledger.total(run_id)            # CostTotal

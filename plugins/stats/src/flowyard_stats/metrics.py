@@ -6,7 +6,7 @@
 - :class:`LiveMetrics` is an event listener counting the same LLM figures for the current
   process (the gateway subscribes one: ``stack.llm.live``), including calls outside runs.
 
-``flowyard stats`` prints :func:`collect_metrics` (see :mod:`flowyard.commands.stats`).
+``flowyard stats`` prints :func:`collect_metrics` (see :mod:`flowyard_stats.command`).
 Times are in seconds, money in US dollars.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.ledger import CostTotal, aggregate, total_of
+from flowyard_stats.ledger import CostTotal, aggregate, total_of
 from flowyard.models import Event
 
 if TYPE_CHECKING:

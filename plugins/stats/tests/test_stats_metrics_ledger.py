@@ -9,9 +9,11 @@ import pytest
 from click.testing import CliRunner
 from flowyard.builtin.memory_storage import MemoryStorage
 from flowyard.cli import cli
-from flowyard.commands.stats import format_stats, gather_stats, parse_since, run_doctor
-from flowyard.ledger import CostLedger, aggregate, total_of
-from flowyard.metrics import LatencyStats, LiveMetrics, collect_metrics, percentiles
+from flowyard.commands.doctor import run_doctor
+from flowyard_stats import plugin as stats_plugin
+from flowyard_stats.command import format_stats, gather_stats, parse_since
+from flowyard_stats.ledger import CostLedger, aggregate, total_of
+from flowyard_stats.metrics import LatencyStats, LiveMetrics, collect_metrics, percentiles
 from flowyard.models import CostLine, Event, RunRecord, StepAttempt
 from flowyard.stack import Stack
 
@@ -108,7 +110,7 @@ async def test_collect_metrics_from_a_store() -> None:
 
 @pytest.mark.anyio
 async def test_metrics_of_real_runs_through_the_engine(flowyard_home: Path) -> None:
-    stack = Stack(config={"storage": {"url": "memory://"}})
+    stack = Stack([("stats", stats_plugin)], config={"storage": {"url": "memory://"}})
     async with stack:
         await stack.run({"name": "ok", "steps": [
             {"id": "a", "uses": "llm.chat", "with": {"prompt": "one two", "model": "fake/priced"}},
@@ -120,7 +122,7 @@ async def test_metrics_of_real_runs_through_the_engine(flowyard_home: Path) -> N
         ]})
         assert over.steps["c"].status == "budget_exceeded"
         m = await gather_stats(stack)
-        live = stack.llm.live.snapshot()
+        live = stack.listeners.get(stats_plugin.LIVE).snapshot()
     assert m.runs_by_status == {"completed": 1, "failed": 1}
     assert m.steps_by_status.get("budget_exceeded") == 1
     assert m.cost.calls == 2 and m.cost.cost_usd is None  # one call was unpriced
@@ -210,7 +212,7 @@ async def test_doctor_reports_plugins_providers_storage_and_disk(flowyard_home: 
 
 def test_stats_and_doctor_commands(flowyard_home: Path) -> None:
     (flowyard_home / "flowyard.toml").write_text(
-        '[storage]\nurl = "memory://"\n[plugins]\nenabled = ["builtin"]\n')
+        '[storage]\nurl = "memory://"\n[plugins]\nenabled = ["builtin", "stats"]\n')
     runner = CliRunner()
     result = runner.invoke(cli, ["stats", "--json", "--since", "7d"])
     assert result.exit_code == 0, result.output
