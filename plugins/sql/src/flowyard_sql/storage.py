@@ -15,8 +15,10 @@ connection pool. PostgreSQL uses psycopg 3 through SQLAlchemy for everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +45,10 @@ T = TypeVar("T")
 
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_HEADER = b"SQLite format 3\x00"
+#: ``check_on_open = "auto"`` runs the full ``integrity_check`` below this size in bytes and
+#: the cheaper ``quick_check`` (page structure only, not index contents) above it.
+FULL_CHECK_MAX_BYTES = 256 * 1024 * 1024
+_CHECK_MODES = ("auto", "full", "quick", "off")
 
 #: The run fields :meth:`SQLStorage.list_runs` may filter on, and the condition each builds.
 #: Values are always bound parameters; any other field name is refused.
@@ -227,14 +233,41 @@ class _GroupCommit:
 
 
 def _dumps(value: Any, what: str) -> str:
+    """Serialise ``value`` to JSON text for a TEXT column.
+
+    Raises:
+        StorageError: the value is not JSON-ready, or holds text that is not
+            valid Unicode (a lone surrogate such as ``"\\ud800"``, which no UTF-8 database
+            can store); ``what`` names the value (run, step, field).
+    """
     try:
-        return json.dumps(value, default=json_default, ensure_ascii=False)
+        text = json.dumps(value, default=json_default, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise StorageError(f"{what} is not JSON-ready: {exc}") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StorageError(
+            f"{what} holds text that is not valid Unicode: {exc.object[exc.start:exc.end]!r} "
+            f"at character {exc.start} of its JSON form (a lone surrogate); nothing was "
+            "stored") from None
+    return text
 
 
-def _loads(text: str) -> Any:
-    return json.loads(text)
+def _loads(text: Any, what: str = "a stored value") -> Any:
+    """Parse JSON text read from a TEXT column.
+
+    Raises:
+        StorageError: the stored text is damaged (not JSON, or bytes that are
+            not UTF-8); ``what`` names the value (run, step, event).
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+        raise StorageError(f"{what} is damaged in the database and cannot be read: "
+                           f"{type(exc).__name__}: {exc}") from None
 
 
 class SQLStorage:
@@ -247,7 +280,11 @@ class SQLStorage:
             ``storage.sqlite.busy_timeout`` (seconds a writer waits for the lock, default 30),
             ``storage.sqlite.synchronous`` (``"FULL"`` default: a commit survives power loss;
             ``"NORMAL"`` survives process crashes only but writes faster),
-            ``storage.pool_size`` (connections kept per process, default 5).
+            ``storage.pool_size`` (connections kept per process, default 5),
+            ``storage.sqlite.check_on_open`` (``"auto"`` default: SQLite's
+            ``integrity_check`` for files up to 256 MiB, ``quick_check`` above; ``"full"``,
+            ``"quick"`` or ``"off"``), ``storage.sqlite.adopt_existing`` (false: an existing
+            SQLite file with tables but without flowyard's schema is refused).
 
     Raises:
         StorageError: the URL is invalid (at construction); the database is unreadable,
@@ -278,6 +315,15 @@ class SQLStorage:
             raise StorageError(
                 "storage.sqlite.synchronous must be NORMAL, FULL or EXTRA, got "
                 f"{self.synchronous!r}")
+        self.check_on_open = str(sqlite_cfg.get("check_on_open", "auto")).lower()
+        if self.check_on_open not in _CHECK_MODES:
+            raise StorageError(f"storage.sqlite.check_on_open must be one of "
+                               f"{', '.join(_CHECK_MODES)}, got {self.check_on_open!r}")
+        adopt = sqlite_cfg.get("adopt_existing", False)
+        if not isinstance(adopt, bool):
+            raise StorageError(f"storage.sqlite.adopt_existing must be true or false, got "
+                               f"{adopt!r}")
+        self.adopt_existing = adopt
         if self.busy_timeout <= 0 or self.pool_size < 1:
             raise StorageError("storage.sqlite.busy_timeout must be > 0 and storage.pool_size "
                                ">= 1")
@@ -350,24 +396,107 @@ class SQLStorage:
         return connection
 
     def _check_sqlite_file(self, path: Path) -> None:
+        """Refuse a file that is not a sound flowyard database, before anything writes to it.
+
+        A missing file is created here, already in WAL mode, under a temporary name that is
+        then linked into place, so a file at ``path`` is never one this process half-made: an
+        empty (0-byte) file is therefore refused rather than initialised (it is what a
+        truncation leaves). An existing file must start with SQLite's header, must not hold
+        other tables without flowyard's schema (unless ``adopt_existing``), and must pass
+        SQLite's integrity check (``check_on_open``). Every check reads through a read-only
+        connection; a refused file is left exactly as it was.
+
+        Raises:
+            StorageError: naming the file and what is wrong with it.
+        """
         if path.is_dir():
             raise StorageError(f"{self.location}: the path is a directory, not a database file")
         try:
             with open(path, "rb") as fh:
                 header = fh.read(len(SQLITE_HEADER))
         except FileNotFoundError:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(f"{self.location}: cannot create its directory "
-                                   f"{path.parent}: {exc.strerror}") from None
+            self._create_sqlite_file(path)
             return
         except OSError as exc:
             raise StorageError(f"{self.location}: cannot read the file: {exc.strerror}") from None
-        if header and header != SQLITE_HEADER:
+        if not header:
+            raise StorageError(
+                f"{self.location}: the file is empty (0 bytes), which is what a truncated "
+                "database looks like; flowyard never leaves an empty database file, so it was "
+                "left untouched rather than initialised. Restore it from a backup, or delete "
+                "it to start a new database.")
+        if header != SQLITE_HEADER:
             raise StorageError(
                 f"{self.location}: the file is not an SQLite database (unrecognised header); it "
                 "was left untouched. Restore it from a backup or point storage.url elsewhere.")
+        self._inspect_sqlite_file(path)
+
+    def _create_sqlite_file(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.location}: cannot create its directory "
+                               f"{path.parent}: {exc.strerror}") from None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        try:
+            connection = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")  # writes the header page
+            finally:
+                connection.close()
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # never replaces a file another process created meanwhile
+            except FileExistsError:
+                pass
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"{self.location}: cannot create the database file: {exc}"
+                               ) from None
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+    def _inspect_sqlite_file(self, path: Path) -> None:
+        from flowyard_sql.migrate import VERSION_TABLE
+
+        try:
+            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                         timeout=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.location}: cannot open the database read-only to check "
+                               f"it: {exc}") from None
+        try:
+            tables = {row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and VERSION_TABLE not in tables and not self.adopt_existing:
+                shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+                raise StorageError(
+                    f"{self.location}: the file is an SQLite database of something else (tables "
+                    f"{shown}; no {VERSION_TABLE}); it was left untouched. Point storage.url at "
+                    "another file, or set storage.sqlite.adopt_existing = true to add "
+                    "flowyard's tables to it.")
+            mode = self.check_on_open
+            if mode == "auto":
+                mode = "full" if path.stat().st_size <= FULL_CHECK_MAX_BYTES else "quick"
+            if mode != "off":
+                pragma = "integrity_check(5)" if mode == "full" else "quick_check(5)"
+                problems = [str(row[0]) for row in connection.execute(f"PRAGMA {pragma}")]
+                if problems != ["ok"]:
+                    raise StorageError(
+                        f"{self.location}: the database is damaged (SQLite {pragma.split('(')[0]}: "
+                        f"{'; '.join(problems)}); it was left untouched. Restore it from a "
+                        f"backup, or salvage what is readable with `sqlite3 {path} .recover`. "
+                        "(storage.sqlite.check_on_open = \"off\" skips this check.)")
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise StorageError(f"{self.location}: the database is damaged ({exc}); it was left "
+                               f"untouched. Restore it from a backup, or salvage what is "
+                               f"readable with `sqlite3 {path} .recover`.") from None
+        except OSError as exc:
+            raise StorageError(f"{self.location}: cannot read the file: {exc.strerror}") from None
+        finally:
+            connection.close()
 
     def _make_engine(self) -> sa.Engine:
         if self.dialect == "postgresql":
@@ -459,6 +588,10 @@ class SQLStorage:
             raise StorageError(f"{self.location}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StorageError(f"{self.location}: {exc}") from exc
+        except UnicodeError as exc:
+            # the driver decodes TEXT columns itself: bytes that are not UTF-8 are damage
+            raise StorageError(f"{self.location}: stored text is damaged (not UTF-8): {exc}"
+                               ) from exc
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._engine is None:
@@ -563,9 +696,11 @@ class SQLStorage:
 
     @staticmethod
     def _run_from_row(row: sa.RowMapping) -> RunRecord:
-        data = {name: (_loads(row[name]) if name in _RUN_JSON else row[name])
+        what = f"run {row['id']}"
+        data = {name: (_loads(row[name], f"field {name!r} of {what}") if name in _RUN_JSON
+                       else row[name])
                 for name in _RUN_COLUMNS}
-        data.update(_loads(row["extra"]))
+        data.update(_loads(row["extra"], f"{what} (extra fields)"))
         return RunRecord(**{k: v for k, v in data.items() if k in _RUN_FIELDS})
 
     async def create_run(self, run: RunRecord) -> None:
@@ -788,9 +923,11 @@ class SQLStorage:
                 rows = conn.execute(stmt).mappings().all()
             result = []
             for r in rows:
-                data = {name: (_loads(r[name]) if name in _ATTEMPT_JSON else r[name])
+                what = f"attempt {r['attempt']} of step {r['step_key']!r} of run {run_id}"
+                data = {name: (_loads(r[name], f"field {name!r} of {what}")
+                               if name in _ATTEMPT_JSON else r[name])
                         for name in _ATTEMPT_COLUMNS}
-                data.update(_loads(r["extra"]))
+                data.update(_loads(r["extra"], f"{what} (extra fields)"))
                 result.append(StepAttempt(**{k: v for k, v in data.items()
                                              if k in _ATTEMPT_FIELDS}))
             return result
@@ -817,7 +954,8 @@ class SQLStorage:
 
         def select() -> dict[str, Any]:
             with self._read() as conn:
-                return {key: _loads(out) for key, out in conn.execute(stmt)}
+                return {key: _loads(out, f"checkpoint of step {key!r} of run {run_id}")
+                        for key, out in conn.execute(stmt)}
 
         return await self._call(select)
 
@@ -848,7 +986,9 @@ class SQLStorage:
             with self._read() as conn:
                 rows = conn.execute(stmt).mappings().all()
             return [Event(type=r["type"], run_id=r["run_id"], step_id=r["step_id"],
-                          data=_loads(r["data"]), time=r["time"], seq=r["seq"]) for r in rows]
+                          data=_loads(r["data"], f"data of event {r['seq']} ({r['type']}) of "
+                                            f"run {run_id}"),
+                          time=r["time"], seq=r["seq"]) for r in rows]
 
         return await self._call(select)
 
@@ -906,7 +1046,7 @@ class SQLStorage:
         def get() -> Any:
             with self._read() as conn:
                 value = conn.execute(stmt).scalar_one_or_none()
-            return None if value is None else _loads(value)
+            return None if value is None else _loads(value, f"value of {namespace}/{key}")
 
         return await self._call(get)
 
