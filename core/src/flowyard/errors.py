@@ -174,7 +174,17 @@ class ToolInputError(ToolError):
 
 
 class StorageError(FlowyardError):
-    """A storage backend failed (unreadable database, failed migration, ...)."""
+    """A storage backend failed (unreadable database, failed migration, ...).
+
+    Args:
+        message: what failed and where (the file or URL, the run and step).
+        retriable: True when the same operation may succeed later (a lock held past the busy
+            timeout, a dropped connection); False for damage and invalid values.
+    """
+
+    def __init__(self, message: str = "", *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class RunNotFoundError(StorageError, LookupError):

@@ -203,3 +203,36 @@ def test_random_damage_is_a_storage_error_or_a_clean_open(tmp_path_factory: pyte
         assert str(path) in str(exc) or "run r0" in str(exc) or "of run" in str(exc), exc
         if "damaged (SQLite" in str(exc) or "not an SQLite" in str(exc):
             assert digest(path) == before
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_a_retriable_storage_error(
+        tmp_path: Path) -> None:
+    from flowyard.config import Config
+
+    path = tmp_path / "runs.db"
+    await make_database(path, runs=1)
+    storage = SQLStorage(f"sqlite:///{path}",
+                         Config({"storage": {"sqlite": {"busy_timeout": 0.2}}}))
+    await storage.open()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+        with pytest.raises(StorageError) as info:
+            await storage.create_run(RunRecord(id="late", workflow_name="wf"))
+        assert info.value.retriable is True
+        assert str(path) in str(info.value) and "locked" in str(info.value)
+        assert "busy timeout of 0.2s" in str(info.value)
+        holder.execute("ROLLBACK")
+        await storage.create_run(RunRecord(id="late", workflow_name="wf"))  # now it works
+        assert (await storage.get_run("late")).workflow_name == "wf"
+    finally:
+        holder.close()
+        await storage.close()
+
+
+async def test_damage_is_not_retriable(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"")
+    with pytest.raises(StorageError) as info:
+        await SQLStorage(f"sqlite:///{path}").open()
+    assert info.value.retriable is False

@@ -232,6 +232,23 @@ class _GroupCommit:
         return request.result
 
 
+#: PostgreSQL SQLSTATE classes and codes that mean "try again": connection exceptions,
+#: serialization failures, deadlocks, lock timeouts, admin shutdown.
+_PG_TRANSIENT = ("08", "40001", "40P01", "55P03", "57P01", "57P02", "57P03")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether a database error may go away on retry (locks, dropped connections)."""
+    orig = getattr(exc, "orig", exc)
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig).lower()
+        return "locked" in text or "busy" in text
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(code, str) and code.startswith(_PG_TRANSIENT):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
 def _dumps(value: Any, what: str) -> str:
     """Serialise ``value`` to JSON text for a TEXT column.
 
@@ -583,10 +600,20 @@ class SQLStorage:
             raise
         except sa.exc.DBAPIError as exc:
             detail = str(exc.orig).strip() or type(exc.orig).__name__
+            if _is_transient(exc):
+                raise StorageError(
+                    f"{self.location}: {detail} (another writer held the database longer than "
+                    f"the busy timeout of {self.busy_timeout:g}s, or the connection dropped; "
+                    "retriable)", retriable=True) from exc
             raise StorageError(f"{self.location}: {detail}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"{self.location}: {exc}") from exc
         except sqlite3.Error as exc:
+            if _is_transient(exc):
+                raise StorageError(
+                    f"{self.location}: {exc} (another writer held the database longer than the "
+                    f"busy timeout of {self.busy_timeout:g}s; retriable)", retriable=True
+                ) from exc
             raise StorageError(f"{self.location}: {exc}") from exc
         except UnicodeError as exc:
             # the driver decodes TEXT columns itself: bytes that are not UTF-8 are damage
