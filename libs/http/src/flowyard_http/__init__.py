@@ -11,7 +11,7 @@ it. It holds
 * the helpers underneath it: :class:`PooledClient`, :func:`sharded_transport`,
   :func:`request_json`, :class:`open_stream`, :func:`stream_errors`,
   :func:`error_for_status`, :func:`error_for_exception`, :func:`error_from_payload`,
-  :func:`parse_retry_after`, :func:`redact`, :class:`PriceTable`.
+  :func:`parse_retry_after`, :func:`redact`, :func:`redact_value`, :class:`PriceTable`.
 
 Errors are the core's typed :mod:`flowyard.errors` (``retriable`` and ``retry_after`` set).
 """
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from flowyard_http._provider import HTTPProvider, StreamEvent
 from flowyard_http._util import (
+    DEFAULT_MAX_RETRY_AFTER,
     REDACTED,
     PooledClient,
     PriceTable,
     Secret,
     current_loop_token,
+    deadline_error,
     error_for_exception,
     error_for_status,
     error_from_payload,
@@ -33,6 +35,7 @@ from flowyard_http._util import (
     parse_json_body,
     parse_retry_after,
     redact,
+    redact_value,
     request_json,
     sharded_transport,
     status_for_error_type,
@@ -42,6 +45,7 @@ from flowyard_http._util import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_RETRY_AFTER",
     "HTTPProvider",
     "PooledClient",
     "PriceTable",
@@ -50,6 +54,7 @@ __all__ = [
     "StreamEvent",
     "__version__",
     "current_loop_token",
+    "deadline_error",
     "error_for_exception",
     "error_for_status",
     "error_from_payload",
@@ -58,6 +63,7 @@ __all__ = [
     "parse_json_body",
     "parse_retry_after",
     "redact",
+    "redact_value",
     "request_json",
     "sharded_transport",
     "status_for_error_type",

@@ -12,7 +12,8 @@ stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -20,13 +21,16 @@ from flowyard.errors import AuthenticationError, ConfigError, MalformedResponseE
 from flowyard.models import ModelPrice, Usage
 
 from flowyard_http._util import (
+    DEFAULT_MAX_RETRY_AFTER,
     PooledClient,
     PriceTable,
     Secret,
+    deadline_error,
     error_for_exception,
     error_from_payload,
     open_stream,
     parse_json_body,
+    redact,
     request_json,
     stream_errors,
 )
@@ -38,6 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["HTTPProvider", "StreamEvent"]
 
 _P = TypeVar("_P", bound="HTTPProvider")
+_T = TypeVar("_T")
+
+#: Marks the end of an event iterator in :meth:`HTTPProvider.stream_events`.
+_END: Any = object()
 
 #: One event of a streamed response: ``(name, data)``. ``name`` is the SSE ``event`` field
 #: (``"message"`` when the server sends none; ``""`` for NDJSON lines); ``data`` is the event's
@@ -81,7 +89,18 @@ class HTTPProvider:
             usually need none.
         headers: extra headers sent with every request (after the subclass's
             :attr:`fixed_headers`, before the auth header).
-        timeout: seconds per request (connect, read, write, pool).
+        timeout: seconds per phase of a request (connect, each read, each write, waiting for
+            a pooled connection).
+        deadline: seconds a whole call may take (None: ``timeout``). A plain request must be
+            answered in full within it; a stream must deliver its first event within it and
+            each further event within it of the one before (an idle limit per event, not per
+            byte: a server trickling bytes cannot keep a stream open; a stream that keeps
+            sending events has no overall limit). Passing it raises a retriable
+            :class:`~flowyard.errors.ProviderTimeoutError`.
+        max_retry_after: the longest ``Retry-After`` of a 429 honoured, in seconds (``[limits]
+            max_retry_after``, default 60): a longer one makes the
+            :class:`~flowyard.errors.RateLimitedError` non-retriable, its message stating the
+            delay.
         backend: HTTP transport: ``"auto"`` (aiohttp-backed on asyncio, httpx's own on trio),
             ``"httpx"`` or ``"aiohttp"`` (see :class:`~flowyard_http.PooledClient`).
         transport: an explicit ``httpx.AsyncBaseTransport`` (tests); overrides ``backend``.
@@ -92,7 +111,8 @@ class HTTPProvider:
             (None, never 0). Subclasses narrow this with :meth:`free_price`.
 
     Raises:
-        ConfigError: an invalid name or backend.
+        ConfigError: an invalid name or backend, a ``deadline`` that is not a number > 0, or a
+            ``max_retry_after`` that is not a number >= 0.
     """
 
     #: Path suffix stripped from ``base_url`` (Anthropic's ``/v1``: the paths carry it).
@@ -119,6 +139,8 @@ class HTTPProvider:
         key_required: bool = False,
         headers: Mapping[str, str] | None = None,
         timeout: float = 600.0,
+        deadline: float | None = None,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         backend: str = "auto",
         transport: Any = None,
         max_connections: int = 100,
@@ -131,6 +153,21 @@ class HTTPProvider:
             raise ConfigError(f"[{name}] backend must be one of "
                               f"{', '.join(PooledClient.BACKENDS)}, got {backend!r}")
         self.name = name
+        if deadline is None and isinstance(timeout, (int, float)):
+            deadline = float(timeout)
+        if deadline is not None and (isinstance(deadline, bool)
+                                     or not isinstance(deadline, (int, float))
+                                     or not 0 < deadline < math.inf):
+            raise ConfigError(f"[{name}] deadline must be a number of seconds > 0, "
+                              f"got {deadline!r}")
+        if (isinstance(max_retry_after, bool) or not isinstance(max_retry_after, (int, float))
+                or not 0 <= max_retry_after < math.inf):
+            raise ConfigError(f"limits.max_retry_after must be a number of seconds >= 0, got "
+                              f"{max_retry_after!r} (provider {name!r})")
+        #: Seconds a whole call may take (see the class docstring); None: no overall limit.
+        self.deadline: float | None = float(deadline) if deadline is not None else None
+        #: The longest ``Retry-After`` honoured, in seconds.
+        self.max_retry_after = float(max_retry_after)
         base_url = base_url.rstrip("/")
         if self.base_url_suffix and base_url.endswith(self.base_url_suffix):
             base_url = base_url[: -len(self.base_url_suffix)]
@@ -179,9 +216,28 @@ class HTTPProvider:
 
     def malformed(self, message: str, model: str | None = None) -> MalformedResponseError:
         """Return (for the caller to raise) a :class:`MalformedResponseError` saying
-        ``"<name>: <message>"``."""
-        return MalformedResponseError(f"{self.name}: {message}", provider=self.name,
-                                      model=model)
+        ``"<name>: <message>"``, secrets redacted (the message often quotes the response)."""
+        return MalformedResponseError(redact(f"{self.name}: {message}", self._secrets),
+                                      provider=self.name, model=model)
+
+    async def within_deadline(self, call: Awaitable[_T], model: str | None = None, *,
+                              what: str = "a complete response") -> _T:
+        """Await ``call`` within :attr:`deadline` seconds (for requests a subclass sends
+        itself, like fetching an image).
+
+        Raises:
+            ProviderTimeoutError: the deadline passed (``call`` is cancelled).
+        """
+        import anyio
+
+        done, result = False, None
+        limit = self.deadline if self.deadline is not None else math.inf
+        with anyio.move_on_after(limit):
+            result = await call
+            done = True
+        if not done:
+            raise deadline_error(limit, provider=self.name, model=model, what=what)
+        return result  # type: ignore[return-value]
 
     def payload_error(self, payload: Any, model: str | None = None) -> ProviderError:
         """Return the typed error for an error object received after HTTP 200 (an error
@@ -245,7 +301,8 @@ class HTTPProvider:
         self.check_key(model)
         return await request_json(self.client(), method, path, provider=self.name,
                                   model=model, secrets=self._secrets, json_body=json_body,
-                                  headers=headers, params=params)
+                                  headers=headers, params=params, deadline=self.deadline,
+                                  max_retry_after=self.max_retry_after)
 
     async def stream_events(self, path: str, *, model: str, json_body: Any,
                             headers: Mapping[str, str] | None = None
@@ -262,28 +319,57 @@ class HTTPProvider:
             AuthenticationError: no key where one is required (before any request).
             ProviderError: a typed subclass for a failed status or a transport failure, and
                 the typed error of an error event (:meth:`is_error_event`).
-            ProviderTimeoutError: the stream stalled past the timeout.
+            ProviderTimeoutError: the stream stalled past a per-read timeout, or an event came
+                too late: the first one more than :attr:`deadline` seconds after the call
+                began, a later one more than :attr:`deadline` seconds after the one before.
             MalformedResponseError: the stream ended (or was cut) before its end marker
                 (:meth:`is_end_event`, :attr:`end_data`), an event is not a JSON object, or an
                 SSE response has another content type.
         """
         self.check_key(model)
-        async with open_stream(self.client(), "POST", path, provider=self.name, model=model,
-                               secrets=self._secrets, json_body=json_body,
-                               headers=headers) as response:
+        import anyio
+
+        limit = self.deadline if self.deadline is not None else math.inf
+        first_by = anyio.current_time() + limit
+        opener = open_stream(self.client(), "POST", path, provider=self.name, model=model,
+                             secrets=self._secrets, json_body=json_body, headers=headers,
+                             max_retry_after=self.max_retry_after)
+        try:
+            response: httpx.Response | None = None
+            with anyio.CancelScope(deadline=first_by):
+                opened = await opener.__aenter__()
+                if self.stream_format == "sse":
+                    await self._expect_event_stream(opened, model)
+                response = opened
+            if response is None:
+                raise deadline_error(limit, provider=self.name, model=model,
+                                     what="stream response")
             if self.stream_format == "sse":
-                await self._expect_event_stream(response, model)
                 raw_events: AsyncIterator[tuple[str, str]] = _sse_events(response)
                 what = "stream event"
             else:
                 raw_events, what = _ndjson_lines(response), "stream line"
+            first = True
             with stream_errors(provider=self.name, model=model, secrets=self._secrets):
                 async with aclosing(raw_events) as events:
-                    async for name, text in events:
+                    while True:
+                        item: Any = None
+                        wait_until = first_by if first else anyio.current_time() + limit
+                        with anyio.CancelScope(deadline=wait_until):
+                            item = await anext(events, _END)
+                        if item is None:
+                            raise deadline_error(
+                                limit, provider=self.name, model=model,
+                                what=f"first {what}" if first else
+                                f"{what} after the previous one (the stream went idle)")
+                        if item is _END:
+                            break
+                        first = False
+                        name, text = item
                         if self.end_data is not None and text == self.end_data:
                             return
                         data = parse_json_body(text, provider=self.name, model=model,
-                                               what=what)
+                                               what=what, secrets=self._secrets)
                         if not isinstance(data, Mapping):
                             raise self.malformed(f"{what} is not a JSON object", model)
                         if self.is_error_event(name, data):
@@ -291,6 +377,8 @@ class HTTPProvider:
                         yield name, data
                         if self.is_end_event(name, data):
                             return
+        finally:
+            await opener.__aexit__(None, None, None)
         raise self.malformed(f"stream ended before its end marker ({self.end_marker})", model)
 
     async def _expect_event_stream(self, response: httpx.Response, model: str) -> None:
@@ -299,7 +387,7 @@ class HTTPProvider:
             return
         with stream_errors(provider=self.name, model=model, secrets=self._secrets):
             raw = await response.aread()
-        data = parse_json_body(raw, provider=self.name, model=model)
+        data = parse_json_body(raw, provider=self.name, model=model, secrets=self._secrets)
         if isinstance(data, Mapping) and self.is_error_event("", data):
             raise self.payload_error(data, model)
         raise self.malformed(f"expected an event stream, got content-type {ctype!r}", model)

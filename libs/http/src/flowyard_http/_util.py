@@ -8,7 +8,11 @@ What lives here is what every HTTP provider needs and no vendor owns:
   :mod:`flowyard.errors` (with ``retriable`` set);
 * :func:`error_for_exception` maps transport exceptions (httpx, and aiohttp's through the
   ``httpx-aiohttp`` transport) to typed errors;
-* :class:`Secret` and :func:`redact` keep API keys out of reprs, messages and logs;
+* :class:`Secret` and :func:`redact` keep API keys out of reprs, messages and logs, and
+  :func:`redact_value` out of every value parsed from a response (a server may echo the key,
+  plain, URL-encoded, JSON-escaped or as HTML character references);
+* :func:`request_json` bounds a whole request by an overall ``deadline``, so that a server
+  trickling bytes cannot keep a call open past it;
 * :class:`PooledClient` holds one pooled ``httpx.AsyncClient`` per provider instance, created
   lazily in the running event loop (aiohttp-backed on asyncio when ``httpx-aiohttp`` is
   installed, httpx's own transport on trio) and closed by ``aclose``.
@@ -21,8 +25,10 @@ provider plugin's module) stays cheap until a request is made.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Secret",
     "redact",
+    "redact_value",
     "parse_retry_after",
     "error_message_from_body",
     "error_for_status",
@@ -61,6 +68,8 @@ __all__ = [
     "sharded_transport",
     "current_loop_token",
     "REDACTED",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "deadline_error",
 ]
 
 logger = logging.getLogger("flowyard_http")
@@ -70,6 +79,10 @@ REDACTED = "***"
 
 #: Longest error body excerpt kept in an exception message, in characters.
 MAX_BODY_EXCERPT = 500
+
+#: The longest ``Retry-After`` honoured by default, in seconds (``limits.max_retry_after``):
+#: a 429 asking for a longer wait is not retriable.
+DEFAULT_MAX_RETRY_AFTER = 60.0
 
 
 # ----------------------------------------------------------------------------- secrets
@@ -114,19 +127,103 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
+def _hex(value: int, width: int) -> str:
+    """A regex matching ``value`` in hexadecimal with ``width`` digits, either case."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c
+                   for c in format(value, f"0{width}x"))
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(value: str) -> re.Pattern[str]:
+    """A regex matching ``value`` with each character written plainly or encoded.
+
+    Each character may independently appear as itself, a JSON escape (``\\u0073``, ``\\/``),
+    URL percent-encoding of its UTF-8 bytes (``%73``, either hex case) or an HTML character
+    reference (``&#115;``, ``&#x73;``).
+    """
+    parts = []
+    for char in value:
+        code = ord(char)
+        forms = [re.escape(char)]
+        if code <= 0xFFFF:
+            forms.append(r"\\u" + _hex(code, 4))
+        if char == "/":
+            forms.append(r"\\/")
+        forms.append("".join("%" + _hex(b, 2) for b in char.encode("utf-8")))
+        forms.append(f"&#0*{code};")
+        forms.append("&#[xX]0*" + _hex(code, 1) + ";")
+        parts.append("(?:" + "|".join(forms) + ")")
+    return re.compile("".join(parts))
+
+
+def _values(secrets: Iterable[str | Secret | None]) -> list[str]:
+    """The secret values long enough to redact (4 characters or more), longest first."""
+    out = []
+    for secret in secrets:
+        value = secret.get() if isinstance(secret, Secret) else secret
+        if value and len(value) >= 4:
+            out.append(value)
+    return sorted(set(out), key=len, reverse=True)
+
+
+def _redact_secrets(text: str, values: list[str]) -> str:
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+        if any(mark in text for mark in ("\\", "%", "&#")):
+            text = _secret_pattern(value).sub(REDACTED, text)
+    return text
+
+
 def redact(text: str, secrets: Iterable[str | Secret | None]) -> str:
     """Return ``text`` with every secret value (and any ``Bearer <token>``) replaced by ``***``.
+
+    Used on request data and on every text taken from a response (error messages, body
+    excerpts, stream error events). A secret is found written plainly and also with any of
+    its characters encoded: JSON ``\\uXXXX`` escapes (and ``\\/``), URL percent-encoding
+    (``%XX`` of the UTF-8 bytes, either hex case) and HTML character references
+    (``&#115;``, ``&#x73;``). Other encodings (base64, named HTML entities) are not
+    recognised. Redact a whole text before cutting an excerpt from it, so that no piece of a
+    secret survives at the cut.
 
     Args:
         text: any message.
         secrets: the values to hide; empty and None entries are ignored. Values shorter than
             4 characters are ignored too (replacing them would mangle ordinary words).
     """
-    for secret in secrets:
-        value = secret.get() if isinstance(secret, Secret) else secret
-        if value and len(value) >= 4:
-            text = text.replace(value, REDACTED)
+    text = _redact_secrets(text, _values(secrets))
     return re.sub(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}", r"\1 " + REDACTED, text)
+
+
+def redact_value(value: Any, secrets: Iterable[str | Secret | None]) -> Any:
+    """Return a parsed JSON value with every secret (plain or encoded, see :func:`redact`)
+    replaced by ``***`` in its strings, object keys included.
+
+    Unlike :func:`redact` it leaves ``Bearer <word>`` alone, since a model's own text may say
+    that. Values without a secret are returned as they are (the same object).
+
+    Args:
+        value: a parsed JSON value (dicts, lists, strings, numbers, booleans, None).
+        secrets: as for :func:`redact`.
+    """
+    values = _values(secrets)
+    if not values:
+        return value
+    return _walk(value, values)
+
+
+def _walk(value: Any, values: list[str]) -> Any:
+    if isinstance(value, str):
+        return _redact_secrets(value, values)
+    if isinstance(value, Mapping):
+        return {_redact_secrets(str(k), values): _walk(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_walk(v, values) for v in value]
+    return value
+
+
+def _contains_secret(text: str, values: list[str]) -> bool:
+    return any(value in text or _secret_pattern(value).search(text) for value in values)
 
 
 # ----------------------------------------------------------------------------- retry-after
@@ -230,6 +327,7 @@ def error_for_status(
     provider: str,
     model: str | None = None,
     secrets: Iterable[str | Secret | None] = (),
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> ProviderError:
     """Return the typed error for a failed HTTP response (the caller raises it).
 
@@ -239,7 +337,9 @@ def error_for_status(
     401, 403                  AuthenticationError [no]
     408                       ProviderTimeoutError [yes]
     429                       RateLimitedError [yes; no for an exhausted quota,
-                              ``insufficient_quota``], with ``retry_after`` in seconds
+                              ``insufficient_quota``, and no when the server asks to
+                              wait longer than ``max_retry_after``], with
+                              ``retry_after`` in seconds
     400, 404, 409, 413, 422   BadRequestError [no] (409 ``conflict``: [yes], ServerError)
     other 4xx                 BadRequestError [no]
     5xx, 529 (overloaded)     ServerError [yes]
@@ -250,24 +350,37 @@ def error_for_status(
         body: the raw body (bytes/str, parsed as JSON when it is) or an already parsed value.
         headers: the response headers (for ``retry-after``).
         provider: the provider name, for the message; model: the model id, when known.
-        secrets: values redacted from the message (API keys).
+        secrets: values redacted from the message (API keys), from the whole body before any
+            excerpt is cut (see :func:`redact`).
+        max_retry_after: the longest retry-after honoured, in seconds; a 429 asking for a
+            longer wait is not retriable and its message states the delay (the call fails at
+            once instead of waiting).
 
     Returns:
         A :class:`~flowyard.errors.ProviderError` subclass instance; its message names the
         provider, the status and the server's own message, never a secret.
     """
+    secrets = list(secrets)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    body = redact(body, secrets) if isinstance(body, str) else redact_value(body, secrets)
     message, kind = _body_message(body)
-    message = redact(message, secrets)
     where = f"{provider}" + (f" model {model!r}" if model else "")
-    text = f"{where}: HTTP {status}" + (f" {kind}" if kind else "") + f": {message}"
+    text = redact(f"{where}: HTTP {status}" + (f" {kind}" if kind else "") + f": {message}",
+                  secrets)
     kwargs: dict[str, Any] = {"provider": provider, "model": model, "status_code": status}
     if status in (401, 403):
         return AuthenticationError(text, **kwargs)
     if status == 408:
         return ProviderTimeoutError(text, **kwargs)
     if status == 429:
-        err = RateLimitedError(text, retry_after=parse_retry_after(headers or {}), **kwargs)
-        if kind in _QUOTA_TYPES:
+        delay = parse_retry_after(headers or {})
+        too_long = delay is not None and delay > max_retry_after
+        if too_long:
+            text += (f" (the server asks to wait {delay:g} s, more than the {max_retry_after:g}"
+                     " s allowed by limits.max_retry_after: not retried)")
+        err = RateLimitedError(text, retry_after=delay, **kwargs)
+        if kind in _QUOTA_TYPES or too_long:
             err.retriable = False
         return err
     if status == 409:
@@ -276,8 +389,8 @@ def error_for_status(
         return BadRequestError(text, **kwargs)
     if status >= 500:
         return ServerError(text, **kwargs)
-    return MalformedResponseError(f"{where}: unexpected HTTP status {status}: {message}",
-                                  **kwargs)
+    return MalformedResponseError(redact(f"{where}: unexpected HTTP status {status}: {message}",
+                                         secrets), **kwargs)
 
 
 def error_for_exception(
@@ -325,16 +438,39 @@ def error_for_exception(
 
 
 def parse_json_body(content: bytes | str, *, provider: str, model: str | None = None,
-                    what: str = "response") -> Any:
-    """Parse a JSON body; raise :class:`MalformedResponseError` (with an excerpt) when invalid."""
+                    what: str = "response", secrets: Iterable[str | Secret | None] = ()) -> Any:
+    """Parse a JSON body, with every secret in it redacted.
+
+    Args:
+        content: the body (UTF-8 bytes or text).
+        provider, model: named in the error; what: what the body is ("response",
+            "stream event").
+        secrets: values replaced by ``***`` in every string of the parsed value and in the
+            excerpt of an invalid body (the API key, should a server echo it).
+
+    Returns:
+        The parsed value, strings redacted with :func:`redact_value`.
+
+    Raises:
+        MalformedResponseError: the body is not JSON; the message quotes the first 200
+            characters of the redacted body.
+    """
+    values = _values(secrets)
     try:
-        return json.loads(content)
+        parsed = json.loads(content)
     except ValueError as exc:
-        excerpt = content[:200] if isinstance(content, str) else content[:200].decode(
-            "utf-8", errors="replace")
+        text = content if isinstance(content, str) else content.decode("utf-8",
+                                                                        errors="replace")
+        excerpt = redact(text, values)[:200]
         raise MalformedResponseError(
-            f"{provider}: {what} is not valid JSON ({exc}); body starts {excerpt!r}",
-            provider=provider, model=model) from None
+            redact(f"{provider}: {what} is not valid JSON ({exc}); body starts {excerpt!r}",
+                   values), provider=provider, model=model) from None
+    if values:
+        text = content if isinstance(content, str) else content.decode("utf-8",
+                                                                       errors="replace")
+        if _contains_secret(text, values):
+            return _walk(parsed, values)
+    return parsed
 
 
 #: HTTP status implied by an error ``type`` carried in a body (errors sent after HTTP 200,
@@ -386,7 +522,19 @@ def error_from_payload(payload: Any, *, provider: str, model: str | None = None,
         code = payload["error"].get("code")
     status = status_for_error_type(kind, default=0) or status_for_error_type(
         code, default=default_status)
-    return error_for_status(status, payload, {}, provider=provider, model=model, secrets=secrets)
+    return error_for_status(status, payload, {}, provider=provider, model=model,
+                            secrets=secrets)
+
+
+def deadline_error(deadline: float, *, provider: str, model: str | None = None,
+                   what: str = "a complete response") -> ProviderTimeoutError:
+    """Return the (retriable) :class:`ProviderTimeoutError` of a call that passed its overall
+    deadline: ``"<provider> model '<m>': no <what> within the <deadline> s deadline"``."""
+    where = f"{provider}" + (f" model {model!r}" if model else "")
+    return ProviderTimeoutError(
+        f"{where}: no {what} within the {deadline:g} s deadline (the server was still "
+        "sending or silent; set deadline in the provider's section to change it)",
+        provider=provider, model=model)
 
 
 async def request_json(
@@ -400,30 +548,46 @@ async def request_json(
     json_body: Any = None,
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
+    deadline: float | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> Any:
-    """Send one request and return its parsed JSON body.
+    """Send one request and return its parsed JSON body (secrets redacted from it).
+
+    Args:
+        deadline: seconds the whole call may take, from sending the request to the last byte
+            of the body (None: only the client's per-phase timeouts apply, which a server
+            trickling bytes can stretch for ever).
+        max_retry_after: see :func:`error_for_status`.
 
     Raises:
+        ProviderTimeoutError: the deadline passed (retriable), or a per-phase timeout.
         ProviderError: a typed subclass: the status mapped by :func:`error_for_status`,
             transport failures by :func:`error_for_exception`, a body that is not JSON as
             :class:`MalformedResponseError`.
     """
+    import anyio
     import httpx
 
     secrets = list(secrets)
     started = time.perf_counter()
-    try:
-        response = await client.request(method, url, json=json_body, headers=headers,
-                                        params=params)
-    except httpx.HTTPError as exc:
-        raise error_for_exception(exc, provider=provider, model=model, secrets=secrets) from None
+    response = None
+    with anyio.move_on_after(deadline if deadline is not None else math.inf) as scope:
+        try:
+            response = await client.request(method, url, json=json_body, headers=headers,
+                                            params=params)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc, provider=provider, model=model,
+                                      secrets=secrets) from None
+    if scope.cancelled_caught or response is None:
+        raise deadline_error(float(deadline or 0.0), provider=provider, model=model)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s %s %s -> %d in %.3fs", provider, method, response.url.path,
                      response.status_code, time.perf_counter() - started)
     if response.status_code >= 400 or response.status_code < 200:
         raise error_for_status(response.status_code, response.content, response.headers,
-                               provider=provider, model=model, secrets=secrets)
-    return parse_json_body(response.content, provider=provider, model=model)
+                               provider=provider, model=model, secrets=secrets,
+                               max_retry_after=max_retry_after)
+    return parse_json_body(response.content, provider=provider, model=model, secrets=secrets)
 
 
 class _StreamErrors:
@@ -475,7 +639,9 @@ class open_stream:
 
     def __init__(self, client: httpx.AsyncClient, method: str, url: str, *, provider: str,
                  model: str | None = None, secrets: Iterable[str | Secret | None] = (),
-                 json_body: Any = None, headers: Mapping[str, str] | None = None) -> None:
+                 json_body: Any = None, headers: Mapping[str, str] | None = None,
+                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER) -> None:
+        self.max_retry_after = max_retry_after
         self.client = client
         self.method = method
         self.url = url
@@ -506,7 +672,7 @@ class open_stream:
                 await response.aclose()
             raise error_for_status(response.status_code, body, response.headers,
                                    provider=self.provider, model=self.model,
-                                   secrets=self.secrets)
+                                   secrets=self.secrets, max_retry_after=self.max_retry_after)
         return response
 
     async def __aexit__(self, *exc_info: Any) -> None:

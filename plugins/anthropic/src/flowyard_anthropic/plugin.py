@@ -8,7 +8,8 @@ Configuration (``flowyard.toml``; every key optional)::
     default_model = "claude-haiku-4-5" # opt in to be the stack's default model ...
     default_priority = 5               # ... with this priority
 
-Other keys: ``headers`` (table, e.g. ``anthropic-beta``), ``timeout`` (seconds), ``backend``
+Other keys: ``headers`` (table, e.g. ``anthropic-beta``), ``timeout`` (seconds per phase),
+``deadline`` (seconds per call; default ``timeout``), ``backend``
 (auto/httpx/aiohttp), ``prices`` (``{model = {input=, output=}}``, US dollars per million
 tokens), ``default_max_tokens``, ``max_connections``, ``enabled``.
 """
@@ -23,7 +24,7 @@ from flowyard.errors import ConfigError
 from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
 
-_PROVIDER_KEYS = {"api_key", "base_url", "headers", "timeout", "backend", "prices",
+_PROVIDER_KEYS = {"api_key", "base_url", "headers", "timeout", "deadline", "backend", "prices",
                   "default_max_tokens", "max_connections"}
 _REGISTRATION_KEYS = {"default_model", "default_priority", "enabled"}
 
@@ -39,6 +40,8 @@ def register_providers(register: Register, config: Config) -> None:
     if not section.get("enabled", True):
         return
     kwargs = {k: v for k, v in section.items() if k in _PROVIDER_KEYS}
+    if config.get("limits.max_retry_after") is not None:
+        kwargs["max_retry_after"] = config.get("limits.max_retry_after")
     if "base_url" not in kwargs and os.environ.get("ANTHROPIC_BASE_URL"):
         kwargs["base_url"] = os.environ["ANTHROPIC_BASE_URL"]
     meta: dict[str, Any] = {}

@@ -26,7 +26,7 @@ from flowyard.models import (
     ToolSpec,
     Usage,
 )
-from flowyard_http import HTTPProvider, PriceTable, Secret
+from flowyard_http import DEFAULT_MAX_RETRY_AFTER, HTTPProvider, PriceTable, Secret
 
 __all__ = ["AnthropicProvider", "ANTHROPIC_BASE_URL", "API_VERSION", "RESPONSE_TOOL",
            "load_price_table"]
@@ -123,7 +123,12 @@ class AnthropicProvider(HTTPProvider):
         api_key: sent as ``x-api-key``; None reads ``ANTHROPIC_API_KEY``.
         base_url: API root without ``/v1`` (``https://api.anthropic.com``).
         headers: extra headers (e.g. ``anthropic-beta``).
-        timeout: seconds per request.
+        timeout: seconds per phase of a request.
+        deadline: seconds a whole call may take (default ``timeout``): a plain response in
+            full, a stream's first event, then each event after the one before
+            (see :class:`~flowyard_http.HTTPProvider`).
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds (``[limits]
+            max_retry_after``, default 60); a 429 asking for more fails at once, not retriable.
         backend, transport, max_connections: see :class:`flowyard_http.HTTPProvider`.
         prices: ``{model: {"input": x, "output": y}}`` overrides (US dollars per million
             tokens).
@@ -148,6 +153,8 @@ class AnthropicProvider(HTTPProvider):
         base_url: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 600.0,
+        deadline: float | None = None,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         backend: str = "auto",
         transport: Any = None,
         prices: Mapping[str, Any] | None = None,
@@ -157,7 +164,8 @@ class AnthropicProvider(HTTPProvider):
         self.default_max_tokens = int(default_max_tokens)
         super().__init__(name, base_url=base_url or ANTHROPIC_BASE_URL, api_key=api_key,
                          api_key_env="ANTHROPIC_API_KEY", key_required=True, headers=headers,
-                         timeout=timeout, backend=backend, transport=transport,
+                         timeout=timeout, deadline=deadline,
+            max_retry_after=max_retry_after, backend=backend, transport=transport,
                          max_connections=max_connections, prices=load_price_table(prices))
 
     def is_error_event(self, name: str, data: Mapping[str, Any]) -> bool:

@@ -10,8 +10,8 @@ Configuration (``flowyard.toml``; every key optional)::
     default_priority = 5                  # ... with this priority
 
 Other keys: ``api_key`` (default ``$OLLAMA_API_KEY``; for ollama.com), ``headers``,
-``timeout`` (seconds), ``free`` (bool: local models cost 0; default true unless the base URL
-is ollama.com), ``prices`` (``{model = {input=, output=}}``, US dollars per million tokens),
+``timeout`` (seconds per phase), ``deadline`` (seconds per call; default ``timeout``),
+``free`` (bool: local models cost 0; default true unless the base URL is ollama.com), ``prices`` (``{model = {input=, output=}}``, US dollars per million tokens),
 ``backend``, ``max_connections``, ``enabled``.
 """
 
@@ -24,8 +24,8 @@ from flowyard.errors import ConfigError
 from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
 
-_PROVIDER_KEYS = {"base_url", "api_key", "headers", "timeout", "keep_alive", "options", "free",
-                  "prices", "backend", "max_connections"}
+_PROVIDER_KEYS = {"base_url", "api_key", "headers", "timeout", "deadline", "keep_alive",
+                  "options", "free", "prices", "backend", "max_connections"}
 _REGISTRATION_KEYS = {"default_model", "default_priority", "enabled"}
 
 
@@ -40,6 +40,8 @@ def register_providers(register: Register, config: Config) -> None:
     if not section.get("enabled", True):
         return
     kwargs = {k: v for k, v in section.items() if k in _PROVIDER_KEYS}
+    if config.get("limits.max_retry_after") is not None:
+        kwargs["max_retry_after"] = config.get("limits.max_retry_after")
     meta: dict[str, Any] = {}
     if section.get("default_model"):
         model = str(section["default_model"])

@@ -30,7 +30,7 @@ from flowyard.models import (
     Usage,
     new_id,
 )
-from flowyard_http import HTTPProvider, PriceTable, Secret
+from flowyard_http import DEFAULT_MAX_RETRY_AFTER, HTTPProvider, PriceTable, Secret
 
 __all__ = ["OllamaProvider", "DEFAULT_BASE_URL", "base_url_from_env", "load_price_table"]
 
@@ -80,7 +80,12 @@ class OllamaProvider(HTTPProvider):
         base_url: server root (``http://127.0.0.1:11434``); None reads ``OLLAMA_HOST``.
         api_key: sent as a bearer token when set (ollama.com); None reads ``OLLAMA_API_KEY``.
         headers: extra headers.
-        timeout: seconds per request (model loading can take a while: default 600).
+        timeout: seconds per phase of a request (model loading can take a while: default 600).
+        deadline: seconds a whole call may take (default ``timeout``): a plain response in
+            full, a stream's first event, then each event after the one before
+            (see :class:`~flowyard_http.HTTPProvider`).
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds (``[limits]
+            max_retry_after``, default 60); a 429 asking for more fails at once, not retriable.
         keep_alive: how long the server keeps the model loaded after a call (``"5m"``,
             seconds as a number, ``-1`` forever); None leaves the server's default.
         options: extra model options sent with every call (``{"num_ctx": 8192}``).
@@ -105,6 +110,8 @@ class OllamaProvider(HTTPProvider):
         api_key: str | Secret | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 600.0,
+        deadline: float | None = None,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         keep_alive: str | float | None = None,
         options: Mapping[str, Any] | None = None,
         free: bool | None = None,
@@ -120,7 +127,8 @@ class OllamaProvider(HTTPProvider):
         self.keep_alive = keep_alive
         self.options = dict(options or {})
         super().__init__(name, base_url=base_url, api_key=api_key, api_key_env="OLLAMA_API_KEY",
-                         headers=headers, timeout=timeout, backend=backend,
+                         headers=headers, timeout=timeout, deadline=deadline,
+            max_retry_after=max_retry_after, backend=backend,
                          transport=transport, max_connections=max_connections,
                          prices=load_price_table(prices), free=bool(free))
 
@@ -156,7 +164,8 @@ class OllamaProvider(HTTPProvider):
         # built apart from the client so that its default headers (the API key) stay home
         request = httpx.Request("GET", url, extensions={"timeout": client.timeout.as_dict()})
         try:
-            response = await client.send(request)
+            response = await self.within_deadline(client.send(request),
+                                                  what=f"image from {url}")
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
         if response.status_code != 200:

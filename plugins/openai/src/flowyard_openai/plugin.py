@@ -14,7 +14,7 @@ Configuration (``flowyard.toml``; every key optional)::
     free = true                   # a local server: cost 0 instead of unknown
 
 Other keys of a section: ``organization``, ``project``, ``headers`` (table), ``timeout``
-(seconds), ``backend`` (auto/httpx/aiohttp), ``prices`` (``{model = {input=, output=}}`` in US
+(seconds per phase), ``deadline`` (seconds per call; default ``timeout``), ``backend`` (auto/httpx/aiohttp), ``prices`` (``{model = {input=, output=}}`` in US
 dollars per million tokens), ``price_table`` (bool), ``structured_output`` (json_schema or
 json_object), ``max_tokens_field``, ``stream_usage`` (bool), ``max_connections``, ``enabled``.
 """
@@ -31,7 +31,8 @@ from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
 
 _PROVIDER_KEYS = {
-    "api_key", "base_url", "organization", "project", "headers", "timeout", "backend",
+    "api_key", "base_url", "organization", "project", "headers", "timeout", "deadline",
+    "backend",
     "prices", "price_table", "free", "structured_output", "max_tokens_field", "stream_usage",
     "max_connections",
 }
@@ -76,6 +77,7 @@ def _factory(name: str, kwargs: dict[str, Any]) -> Any:
 def register_providers(register: Register, config: Config) -> None:
     """Register ``openai`` and one provider per ``[openai.endpoints.<name>]`` table, lazily."""
     section = config.section("openai")
+    max_retry_after = config.get("limits.max_retry_after")
     endpoints = section.pop("endpoints", {}) or {}
     if not isinstance(endpoints, Mapping):
         raise ConfigError("[openai] endpoints must be a table of tables")
@@ -83,6 +85,8 @@ def register_providers(register: Register, config: Config) -> None:
         section["base_url"] = os.environ["OPENAI_BASE_URL"]
     if section.get("enabled", True):
         kwargs, meta = provider_options("openai", section, where="[openai]")
+        if max_retry_after is not None:
+            kwargs["max_retry_after"] = max_retry_after
         register("openai", factory=_factory("openai", kwargs), **meta)
     for name, table in endpoints.items():
         where = f"[openai.endpoints.{name}]"
@@ -95,4 +99,6 @@ def register_providers(register: Register, config: Config) -> None:
         if not table.get("enabled", True):
             continue
         kwargs, meta = provider_options(name, table, where=where)
+        if max_retry_after is not None:
+            kwargs["max_retry_after"] = max_retry_after
         register(name, factory=_factory(name, kwargs), **meta)

@@ -27,7 +27,7 @@ from flowyard.models import (
     Usage,
     new_id,
 )
-from flowyard_http import HTTPProvider, PriceTable, Secret
+from flowyard_http import DEFAULT_MAX_RETRY_AFTER, HTTPProvider, PriceTable, Secret
 
 __all__ = ["OpenAIProvider", "OPENAI_BASE_URL", "load_price_table"]
 
@@ -97,7 +97,12 @@ class OpenAIProvider(HTTPProvider):
         base_url: the API root including ``/v1`` (``http://127.0.0.1:8000/v1``).
         organization, project: OpenAI organization and project headers, when set.
         headers: extra headers sent with every request.
-        timeout: seconds per request (connect, read, write, pool).
+        timeout: seconds per phase of a request (connect, read, write, pool).
+        deadline: seconds a whole call may take (default ``timeout``): a plain response in
+            full, a stream's first event, then each event after the one before
+            (see :class:`~flowyard_http.HTTPProvider`).
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds (``[limits]
+            max_retry_after``, default 60); a 429 asking for more fails at once, not retriable.
         backend, transport, max_connections: see :class:`flowyard_http.HTTPProvider`.
         prices: ``{model: {"input": x, "output": y}}`` in US dollars per million tokens; wins
             over the shipped table.
@@ -128,6 +133,8 @@ class OpenAIProvider(HTTPProvider):
         project: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 600.0,
+        deadline: float | None = None,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         backend: str = "auto",
         transport: Any = None,
         prices: Mapping[str, Any] | None = None,
@@ -158,7 +165,8 @@ class OpenAIProvider(HTTPProvider):
             api_key_env="OPENAI_API_KEY" if self.is_openai else None,
             key_required=self.is_openai,
             headers={**dict(headers or {}), **{k: v for k, v in org_headers.items() if v}},
-            timeout=timeout, backend=backend, transport=transport,
+            timeout=timeout, deadline=deadline,
+            max_retry_after=max_retry_after, backend=backend, transport=transport,
             max_connections=max_connections, free=free,
             prices=load_price_table(prices) if use_table else PriceTable(
                 {"source": "", "as_of": "", "models": {}}, overrides=prices))
