@@ -17,7 +17,9 @@ For each call it:
    usage with the rate limiter, emits ``llm.call`` (or ``llm.error``) and stores a cost line
    when the call belongs to a run.
 
-A 429 with a retry-after pauses the model's limiter for that long. See
+A 429 with a retry-after pauses the model's limiter for that long, up to
+``limits.max_retry_after`` (60 s by default); a longer one does not pause it and the
+``RateLimitedError`` is made non-retriable (it fails at once). See
 ``docs/budgets-and-limits.md``.
 
 Events emitted (``data`` keys in brackets): ``llm.call`` [provider, model, input_tokens,
@@ -357,7 +359,11 @@ class LLMGateway:
         try:
             yield call
         except RateLimitedError as exc:
-            if exc.retry_after is not None and exc.retry_after > 0:
+            if (exc.retry_after is not None
+                    and exc.retry_after > self.limiters.max_retry_after):
+                # longer than limits.max_retry_after: fail now, never park the model
+                exc.retriable = False
+            elif exc.retry_after is not None and exc.retry_after > 0:
                 key = self.limiters.pause(provider_name, model_id, exc.retry_after)
                 self._emit(ctx, "ratelimit.paused", key=key, seconds=exc.retry_after)
             if breaker is not None:
@@ -696,7 +702,9 @@ class LLMGateway:
         try:
             vectors = await provider.embed(list(texts), model=model_id)
         except RateLimitedError as exc:
-            if exc.retry_after:
+            if exc.retry_after and exc.retry_after > self.limiters.max_retry_after:
+                exc.retriable = False  # longer than limits.max_retry_after: fail now
+            elif exc.retry_after:
                 self.limiters.pause(provider_name, model_id, exc.retry_after)
             if breaker is not None:
                 breaker.on_abort(probe)

@@ -15,6 +15,7 @@ Configuration (``flowyard.toml``)::
 
     [limits]
     max_wait_s = 120             # optional: a call waiting longer fails with RateLimitedError
+    max_retry_after = 60         # longest 429 Retry-After honoured (seconds; default 60)
 
 The long names ``requests_per_minute``, ``requests_per_hour``, ``requests_per_day``,
 ``tokens_per_minute`` and ``concurrent_requests`` are accepted too.
@@ -370,7 +371,17 @@ class LimiterSet:
         self.configured: dict[str, RateLimits] = {}
         #: ``max_wait_s``: the most seconds a call waits for its limits (None: no limit).
         self.max_wait_s: float | None = None
+        #: ``max_retry_after``: the longest retry-after of a 429 honoured, in seconds; a longer
+        #: one does not pause the model and makes the error non-retriable.
+        self.max_retry_after: float = 60.0
         for key, table in (config or {}).items():
+            if key == "max_retry_after":
+                if (isinstance(table, bool) or not isinstance(table, (int, float))
+                        or not 0 <= table < math.inf):
+                    raise ConfigError(f"limits.max_retry_after must be a number of seconds "
+                                      f">= 0, got {table!r}")
+                self.max_retry_after = float(table)
+                continue
             if key == "max_wait_s":
                 if isinstance(table, bool) or not isinstance(table, (int, float)) or table < 0:
                     raise ConfigError(f"limits.max_wait_s must be a number of seconds >= 0, "
