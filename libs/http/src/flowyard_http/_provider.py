@@ -221,7 +221,7 @@ class HTTPProvider:
                                       provider=self.name, model=model)
 
     async def within_deadline(self, call: Awaitable[_T], model: str | None = None, *,
-                              what: str = "a complete response") -> _T:
+                              what: str = "complete response") -> _T:
         """Await ``call`` within :attr:`deadline` seconds (for requests a subclass sends
         itself, like fetching an image).
 

@@ -527,7 +527,7 @@ def error_from_payload(payload: Any, *, provider: str, model: str | None = None,
 
 
 def deadline_error(deadline: float, *, provider: str, model: str | None = None,
-                   what: str = "a complete response") -> ProviderTimeoutError:
+                   what: str = "complete response") -> ProviderTimeoutError:
     """Return the (retriable) :class:`ProviderTimeoutError` of a call that passed its overall
     deadline: ``"<provider> model '<m>': no <what> within the <deadline> s deadline"``."""
     where = f"{provider}" + (f" model {model!r}" if model else "")
