@@ -14,6 +14,7 @@ import anyio.to_thread
 from flowyard.config import Config
 from flowyard.errors import ConfigError, StorageError
 
+from flowyard_chroma._imports import importing
 from flowyard_chroma.embeddings import Embedder, make_embedder
 from flowyard_chroma.settings import ChromaSettings
 
@@ -110,7 +111,11 @@ class ChromaBase:
         """
         if self._client is not None:
             return self._client
-        with self._client_lock:
+        # The plugin-wide lock, not only this object's: chromadb keeps one shared system per
+        # path in a process-wide cache that is not thread-safe, so a memory store and a
+        # retriever on the same directory creating their clients at once corrupt it
+        # ("'RustBindingsAPI' object has no attribute 'bindings'").
+        with self._client_lock, importing():
             if self._client is None:
                 import chromadb
                 from chromadb.config import Settings

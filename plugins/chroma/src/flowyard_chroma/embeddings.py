@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio.to_thread
 from flowyard.errors import ConfigError
 
+from flowyard_chroma._imports import importing
+
 if TYPE_CHECKING:
     import numpy as np
     from flowyard.interfaces import LLMService
@@ -88,7 +90,8 @@ def count_tokens(text: str) -> int:
 
 
 def _normalize(vectors: np.ndarray) -> np.ndarray:
-    import numpy as np
+    with importing():
+        import numpy as np
 
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
@@ -146,7 +149,8 @@ class SentenceTransformerEmbedder:
             if model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
+                with importing():
+                    from sentence_transformers import SentenceTransformer
 
                 model = SentenceTransformer(str(self.path), device=self.device,
                                             local_files_only=True)
@@ -156,7 +160,8 @@ class SentenceTransformerEmbedder:
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
         """Encode ``texts`` in the calling thread (blocking); see :meth:`embed`."""
-        import numpy as np
+        with importing():
+            import numpy as np
 
         model = self.model()
         if not texts:
@@ -202,7 +207,8 @@ class ProviderEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return unit vectors of ``texts`` (the provider's vectors, L2-normalised)."""
-        import numpy as np
+        with importing():
+            import numpy as np
 
         texts = list(texts)
         rows: list[list[float]] = []

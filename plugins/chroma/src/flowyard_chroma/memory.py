@@ -17,6 +17,7 @@ from typing import Any
 
 from flowyard.models import MemoryEntry, MemoryHit
 
+from flowyard_chroma._imports import importing
 from flowyard_chroma.base import ChromaBase
 
 __all__ = ["ChromaMemoryStore", "FILTER_OPERATORS"]
@@ -352,7 +353,8 @@ class ChromaMemoryStore(ChromaBase):
         return await self._run(self._consolidate_sync, col, namespace, float(threshold))
 
     def _consolidate_sync(self, col: Any, namespace: str, threshold: float) -> int:
-        import numpy as np
+        with importing():
+            import numpy as np
 
         with self._write_lock:
             got = col.get(include=["documents", "metadatas", "embeddings"])

@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 from flowyard.models import Chunk, Document
 
+from flowyard_chroma._imports import importing
 from flowyard_chroma.base import GENERATION_KEY, ChromaBase
 from flowyard_chroma.chunking import chunk_text, truncate_to_tokens
 from flowyard_chroma.settings import MODES
@@ -55,13 +56,15 @@ class _Bm25Index:
 
 
 def _stemmer() -> Any:
-    import Stemmer
+    with importing():
+        import Stemmer
 
     return Stemmer.Stemmer("english")
 
 
 def _tokenize(texts: list[str], stemmer: Any) -> Any:
-    import bm25s
+    with importing():
+        import bm25s
 
     return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
 
@@ -188,7 +191,8 @@ class ChromaRetriever(ChromaBase):
         """Embed ``texts`` in slices of :attr:`embed_slice`; return one array of vectors."""
         if len(texts) <= self.embed_slice and progress is None:
             return await self.embedder.embed(texts)
-        import numpy as np
+        with importing():
+            import numpy as np
 
         total = len(texts)
         if progress is not None:
@@ -344,7 +348,8 @@ class ChromaRetriever(ChromaBase):
                                                  strict=True)]
 
     def _bm25_index(self, col: Any, collection: str) -> _Bm25Index:
-        import bm25s
+        with importing():
+            import bm25s
 
         with self._bm25_lock:
             fresh = self.client().get_collection(col.name, embedding_function=None)
@@ -374,12 +379,14 @@ class ChromaRetriever(ChromaBase):
             return index
 
     def _lexical(self, col: Any, collection: str, query: str, n: int) -> list[Chunk]:
-        import numpy as np
+        with importing():
+            import numpy as np
 
         index = self._bm25_index(col, collection)
         if index.model is None:
             return []
-        import bm25s
+        with importing():
+            import bm25s
 
         tokens = bm25s.tokenize([query], stopwords="en", stemmer=_stemmer(), return_ids=False,
                                 show_progress=False)[0]
