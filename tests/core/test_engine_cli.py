@@ -91,12 +91,29 @@ def test_validate_reports_locations(runner: CliRunner, tmp_path: Path) -> None:
     assert "required inputs: n" in ok.output
     (tmp_path / "broken.yaml").write_text(WORKFLOW.replace("uses: echo", "uses: ecko"))
     bad = runner.invoke(cli, ["validate", "broken.yaml"])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2
     assert "broken.yaml:7:11: unknown action 'ecko'" in bad.output
     as_json = runner.invoke(cli, ["validate", "broken.yaml", "--json"])
+    assert as_json.exit_code == 2
     data = json.loads(as_json.stdout)
     assert data["valid"] is False
     assert data["issues"][0]["line"] == 7 and data["issues"][0]["column"] == 11
+
+
+def test_run_and_validate_agree_on_an_invalid_workflow(runner: CliRunner,
+                                                       tmp_path: Path) -> None:
+    """The same invalid file: the same exit status, and JSON with --json from both."""
+    (tmp_path / "broken.yaml").write_text(WORKFLOW.replace("uses: echo", "uses: ecko"))
+    validated = runner.invoke(cli, ["validate", "broken.yaml", "--json"])
+    ran = runner.invoke(cli, ["run", "broken.yaml", "-i", "n=1", "--json"])
+    assert validated.exit_code == ran.exit_code == 2
+    assert json.loads(ran.stdout) == json.loads(validated.stdout)
+    plain = runner.invoke(cli, ["run", "broken.yaml", "-i", "n=1"])
+    assert plain.exit_code == 2 and "broken.yaml:7:11: unknown action 'ecko'" in plain.output
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    bad_input = runner.invoke(cli, ["run", "wf.yaml", "-i", "n=three", "--json"])
+    assert bad_input.exit_code == 2
+    assert json.loads(bad_input.stdout)["valid"] is False
 
 
 def test_resume_unknown_run_is_an_error(runner: CliRunner) -> None:

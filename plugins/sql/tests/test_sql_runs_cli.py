@@ -103,7 +103,45 @@ def test_show_prints_steps_outputs_errors_and_costs(url: str) -> None:
 
 def test_show_unknown_run_is_a_clear_error(url: str) -> None:
     result = CliRunner().invoke(cli, ["runs", "--storage", url, "show", "nope"])
-    assert result.exit_code == 1 and "no run 'nope'" in result.output
+    assert result.exit_code == 1 and "no run with id 'nope'" in result.output
+
+
+def test_show_logs_and_cost_accept_a_unique_prefix(url: str) -> None:
+    ambiguous = CliRunner().invoke(cli, ["runs", "--storage", url, "show", "run0"])
+    assert ambiguous.exit_code == 1
+    assert "'run0' is the start of 10 run ids" in ambiguous.output
+    shown = json.loads(_invoke("runs", "--storage", url, "show", "run05", "--json"))
+    assert shown["run"]["id"] == "run05"
+    anyio.run(_add_long_run, url)
+    prefix = LONG_ID[:6]
+    shown = json.loads(_invoke("runs", "--storage", url, "show", prefix, "--json"))
+    assert shown["run"]["id"] == LONG_ID
+    _invoke("runs", "--storage", url, "logs", prefix)  # exit 0: the prefix resolved
+    _invoke("runs", "--storage", url, "cost", prefix, "--json")
+    unknown = CliRunner().invoke(cli, ["runs", "--storage", url, "logs", "zz"])
+    assert unknown.exit_code == 1 and "no run with id 'zz'" in unknown.output
+
+
+LONG_ID = "5f0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e"
+
+
+async def _add_long_run(url: str) -> None:
+    storage = SQLStorage(url)
+    await storage.open()
+    try:
+        await storage.create_run(RunRecord(id=LONG_ID, workflow_name="a-long-workflow-name",
+                                           status="completed", created_at=BASE + 10_000))
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_list_never_cuts_run_ids(url: str, columns: int,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    anyio.run(_add_long_run, url)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    table = _invoke("runs", "--storage", url, "list", "--limit", "3")
+    assert LONG_ID in table.replace("\n", "")
 
 
 def test_logs_filter_by_level_and_step(url: str) -> None:

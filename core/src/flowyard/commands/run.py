@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -468,8 +468,10 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
         from flowyard.errors import WorkflowValidationError
 
         if isinstance(exc, WorkflowValidationError):
-            _show_issues(exc)
-            sys.exit(2)
+            _invalid(exc, as_json)
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": str(exc),
+                                   "error_type": type(exc).__name__}, indent=2))
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     if as_json:
@@ -494,7 +496,8 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
         max_concurrency: int | None, inputs_file: str | None, no_live: bool) -> None:
     """Run the workflow FILE and print a summary (or JSON with --json).
 
-    Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid.
+    Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
+    --json the problems are printed as JSON on stdout, as `validate --json` prints them).
     """
     from flowyard.errors import WorkflowValidationError
 
@@ -506,8 +509,7 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
 
         check_inputs(workflow, values)
     except WorkflowValidationError as exc:
-        _show_issues(exc)
-        sys.exit(2)
+        _invalid(exc, as_json)
     from flowyard.models import new_id
 
     run_id = run_id or new_id()
@@ -520,6 +522,20 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
         return await stack.run(workflow, values, **options)
 
     _execute(stack, go, workflow, as_json, live, run_id)
+
+
+#: Exit status of `run`, `validate` and `resume` for an invalid workflow or invalid inputs.
+EXIT_INVALID = 2
+
+
+def _invalid(exc: Any, as_json: bool) -> NoReturn:
+    """Report a WorkflowValidationError (JSON on stdout with --json) and exit with 2."""
+    if as_json:
+        click.echo(json.dumps({"valid": False, "issues": [i.to_dict() for i in exc.issues]},
+                              indent=2))
+    else:
+        _show_issues(exc)
+    sys.exit(EXIT_INVALID)
 
 
 def default_stack() -> Any:
@@ -542,19 +558,15 @@ def default_stack() -> Any:
 def validate(file: str, as_json: bool) -> None:
     """Check the workflow FILE: structure, cycles, references, actions and their arguments.
 
-    Exits 1 when there are problems (each printed as file:line:column: message).
+    Exits 2 when there are problems (each printed as file:line:column: message), the same
+    status `flowyard run` gives for an invalid workflow.
     """
     from flowyard.errors import WorkflowValidationError
 
     try:
         workflow = default_stack().load_workflow(file)
     except WorkflowValidationError as exc:
-        if as_json:
-            click.echo(json.dumps({"valid": False,
-                                   "issues": [i.to_dict() for i in exc.issues]}, indent=2))
-        else:
-            _show_issues(exc)
-        sys.exit(1)
+        _invalid(exc, as_json)
     if as_json:
         click.echo(json.dumps({"valid": True, "name": workflow.name,
                                "steps": [s.id for s in workflow.steps],

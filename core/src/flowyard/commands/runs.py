@@ -127,6 +127,42 @@ def _with_storage(storage_url: str | None, body: Callable[[Any], Awaitable[T]]) 
         raise click.ClickException(str(exc)) from None
 
 
+async def resolve_run_id(storage: Any, given: str) -> str:
+    """Return the id of the stored run that ``given`` names: the exact id, or else the one
+    run whose id starts with ``given`` (like git's abbreviated commit ids).
+
+    The prefix search pages through every stored run (1,000 per query), newest first.
+
+    Raises:
+        RunNotFoundError: no run has that id or an id starting with it.
+        StorageError: the prefix matches several runs (the message lists up to five).
+    """
+    from flowyard.errors import RunNotFoundError, StorageError
+    from flowyard.interfaces import RunQuery
+
+    try:
+        await storage.get_run(given)
+        return given
+    except RunNotFoundError:
+        if not given:
+            raise
+    matches: list[str] = []
+    offset = 0
+    while True:
+        page = await storage.list_runs(RunQuery(limit=1000, offset=offset))
+        matches.extend(r.id for r in page if r.id.startswith(given))
+        if len(page) < 1000:
+            break
+        offset += len(page)
+    if not matches:
+        raise RunNotFoundError(f"no run with id {given!r} or an id starting with it")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise StorageError(f"{given!r} is the start of {len(matches)} run ids ({shown}); "
+                           "give more characters")
+    return matches[0]
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -234,11 +270,16 @@ def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None
         return
     from rich.table import Table
 
+    from rich.markup import escape
+
     table = Table("run", "workflow", "status", "created", "duration", "tokens", "cost",
                   "resumes")
+    # run ids are copied into other commands: never cut them (the other columns give way)
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(run.id) for run, _l, _s in found), default=3)
     for run, _lease, state in found:
         style = _STATE_STYLE.get(state, "")
-        table.add_row(run.id, run.workflow_name, f"[{style}]{state}[/]" if style else state,
+        table.add_row(escape(run.id), escape(run.workflow_name), f"[{style}]{state}[/]" if style else state,
                       _fmt_time(run.created_at),
                       _fmt_duration(run.started_at, run.finished_at),
                       str(run.input_tokens + run.output_tokens), _fmt_cost(run.cost_usd),
@@ -267,16 +308,17 @@ def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
     from flowyard.engine.lease import run_state
 
     async def body(storage: Any) -> dict[str, Any]:
-        run = await storage.get_run(run_id)
-        lease = (await storage.get_leases([run_id])).get(run_id)
+        full_id = await resolve_run_id(storage, run_id)
+        run = await storage.get_run(full_id)
+        lease = (await storage.get_leases([full_id])).get(full_id)
         return {
             "run": run,
             "state": run_state(run, lease),
             "lease": lease,
-            "attempts": await storage.list_attempts(run_id),
-            "checkpoints": await storage.load_checkpoints(run_id),
-            "logs": await storage.list_logs(run_id),
-            "costs": await storage.list_costs(run_id),
+            "attempts": await storage.list_attempts(full_id),
+            "checkpoints": await storage.load_checkpoints(full_id),
+            "logs": await storage.list_logs(full_id),
+            "costs": await storage.list_costs(full_id),
         }
 
     data = _with_storage(obj["storage_url"], body)
@@ -348,8 +390,7 @@ def logs(obj: dict[str, Any], run_id: str, level: str | None, step_id: str | Non
     order = ["debug", "info", "warning", "error"]
 
     async def body(storage: Any) -> list[Any]:
-        await storage.get_run(run_id)  # a clear error for an unknown run
-        return list(await storage.list_logs(run_id))
+        return list(await storage.list_logs(await resolve_run_id(storage, run_id)))
 
     lines = _with_storage(obj["storage_url"], body)
     if level is not None:
@@ -427,9 +468,8 @@ def cost(obj: dict[str, Any], run_id: str | None, by: str, since: float | None,
     """Sum LLM cost lines (tokens and US dollars) of one run, or of all runs."""
 
     async def body(storage: Any) -> list[Any]:
-        if run_id is not None:
-            await storage.get_run(run_id)
-        return list(await storage.list_costs(run_id))
+        full_id = None if run_id is None else await resolve_run_id(storage, run_id)
+        return list(await storage.list_costs(full_id))
 
     lines = _with_storage(obj["storage_url"], body)
     lines = [c for c in lines if (since is None or c.time >= since)
