@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import flowyard
 
@@ -21,3 +23,62 @@ def test_import_flowyard_stays_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "flowyard.stack" not in out and "flowyard.engine" not in out, out
+
+
+CORE = Path(__file__).resolve().parents[2] / "core" / "src" / "flowyard"
+CAPABILITIES = ("SupportsAclose", "SupportsDiagnostics", "SupportsExplainedChoice",
+                "SupportsRawArguments", "SupportsRouterState", "SupportsStepValidation",
+                "SupportsTokenCounting")
+
+
+def _protocol_members() -> set[str]:
+    """Every method and attribute a Protocol of ``flowyard.interfaces`` declares."""
+    tree = ast.parse((CORE / "interfaces.py").read_text(encoding="utf-8"))
+    members: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id == "Protocol" for b in node.bases):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    members.add(item.name)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members.add(item.target.id)
+    # ``name`` is everybody's (tool calls, events...): too common to tell a probe apart.
+    return members - {"name"}
+
+
+def test_capabilities_are_exported_runtime_checkable_protocols() -> None:
+    for name in CAPABILITIES:
+        proto = getattr(flowyard, name)
+        assert name in flowyard.__all__
+        assert getattr(proto, "_is_runtime_protocol", False), name
+        assert proto.__doc__, name
+
+    class Closing:
+        async def aclose(self) -> None: ...
+
+    class Learning:
+        def export_state(self) -> dict[str, object]:
+            return {}
+
+        def import_state(self, state: object) -> None: ...
+
+    assert isinstance(Closing(), flowyard.SupportsAclose)
+    assert not isinstance(Closing(), flowyard.SupportsRouterState)
+    assert isinstance(Learning(), flowyard.SupportsRouterState)
+    assert not isinstance(Learning(), flowyard.SupportsTokenCounting)
+
+
+def test_the_core_declares_capabilities_instead_of_probing_them() -> None:
+    """No ``getattr``/``hasattr`` on a member of an interface: check a Protocol instead."""
+    members = _protocol_members()
+    assert {"aclose", "count_prompt_tokens", "choose_explained", "export_state"} <= members
+    probes = []
+    for path in sorted(CORE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in members):
+                probes.append(f"{path.relative_to(CORE)}:{node.lineno} {node.args[1].value}")
+    assert not probes, f"probed instead of declared (add a Supports* protocol): {probes}"

@@ -46,6 +46,10 @@ __all__ = [
     "SupportsStepValidation",
     "SupportsRawArguments",
     "SupportsDiagnostics",
+    "SupportsAclose",
+    "SupportsTokenCounting",
+    "SupportsExplainedChoice",
+    "SupportsRouterState",
     "Tool",
     "StorageBackend",
     "RunQuery",
@@ -137,6 +141,33 @@ class SupportsDiagnostics(Protocol):
         Returns:
             The findings, in display order. Failures are findings, not exceptions.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsAclose(Protocol):
+    """An object holding connections, processes or loaded models that must be released.
+
+    :class:`Provider` requires it; the stack checks for it (``isinstance``) before calling it
+    on every built provider when it closes, so a minimal provider may leave it out.
+    """
+
+    async def aclose(self) -> None:
+        """Release what the object holds. Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class SupportsTokenCounting(Protocol):
+    """An optional provider capability: counts a request's prompt tokens exactly.
+
+    The gateway reserves a call's worst-case cost in the caller's budgets before sending it;
+    it uses this count instead of its own estimate (about four characters per token) when the
+    provider offers it.
+    """
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int | Awaitable[int]:
+        """Return the number of input tokens ``request`` will use (may be a coroutine)."""
         ...
 
 
@@ -480,6 +511,47 @@ class Router(Protocol):
     def record_outcome(self, model: ModelInfo, *, success: bool, cost_usd: float | None,
                        latency_s: float) -> None:
         """Learn from the result of a call (routers that do not learn ignore it)."""
+        ...
+
+
+@runtime_checkable
+class SupportsExplainedChoice(Protocol):
+    """An optional router capability: says why it chose each model.
+
+    The gateway calls :meth:`choose_explained` instead of :meth:`Router.choose` when offered;
+    the reasons appear in ``router.choice`` events (``flowyard runs logs``).
+    """
+
+    async def choose_explained(self, request: RouteRequest, models: Sequence[ModelInfo]
+                               ) -> list[tuple[ModelInfo, str]]:
+        """Return ``(model, reason)`` pairs in the order of :meth:`Router.choose`.
+
+        Raises:
+            UnknownNameError: no model meets the requirements.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsRouterState(Protocol):
+    """An optional router capability: what a learning router learned survives the process.
+
+    The gateway restores the state from the storage key-value area (namespace
+    ``flowyard.routing``, key: the router's name) before the router's first choice and saves
+    it after each routed call, when the stack's storage is open and ``routing.persist``
+    is not false.
+    """
+
+    def export_state(self) -> dict[str, Any]:
+        """Return the learned state, JSON-ready."""
+        ...
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the learned state with one :meth:`export_state` returned.
+
+        Raises:
+            ValueError: the state is not in the expected shape (the router starts afresh).
+        """
         ...
 
 

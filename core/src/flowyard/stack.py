@@ -15,6 +15,7 @@ from flowyard.config import Config
 from flowyard.errors import StorageError
 from flowyard.events import EventBus
 from flowyard.hookspecs import FAMILIES
+from flowyard.interfaces import SupportsAclose
 from flowyard.plugins import BUILTIN_MODULE, BUILTIN_PLUGIN, PluginManager, PluginStatus
 from flowyard.registry import Duplicate, Registry
 
@@ -193,9 +194,8 @@ class Stack:
     async def aclose(self) -> None:
         """Close storage and every provider that was built. Safe to call twice."""
         for provider in self.providers.loaded().values():
-            close = getattr(provider, "aclose", None)
-            if close is not None:
-                await close()
+            if isinstance(provider, SupportsAclose):
+                await provider.aclose()
         if self._storage is not None and self._storage_open:
             await self._storage.close()
             self._storage_open = False

@@ -29,7 +29,7 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any])
     started = time.perf_counter()
     try:
         if not isinstance(tool, BaseTool):  # BaseTool.invoke validates; other tools may not
-            validate_arguments(getattr(tool, "parameters", {}) or {}, arguments,
+            validate_arguments(tool.parameters or {}, arguments,
                                tool=tool.name)
         result = await tool.invoke(arguments, ctx)
     except Exception as exc:

@@ -72,7 +72,7 @@ def _read_source(stack: Services, path: Path) -> Workflow:
         meta = stack.loaders.metadata_of(name)
         suffixes = meta.get("suffixes")
         if suffixes is None:
-            suffixes = getattr(stack.loaders.get(name), "suffixes", ())
+            suffixes = stack.loaders.get(name).suffixes  # required by WorkflowLoader
         if suffix in tuple(suffixes):
             loader = stack.loaders.get(name)
             break
@@ -355,6 +355,6 @@ def _check_action(stack: Services, workflow: Workflow, step: Step, base: str, is
     if isinstance(tool, SupportsStepValidation):
         tool.validate_step(step, workflow=workflow, services=stack, issue=issue, base=base)
         return
-    schema = getattr(tool, "parameters", None)
+    schema = tool.parameters  # required by the Tool protocol
     if isinstance(schema, Mapping):
         _check_schema(schema, step.with_, f"{base}.with", step.uses, issue)

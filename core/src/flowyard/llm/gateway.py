@@ -29,8 +29,8 @@ output_tokens, cost_usd, latency_s, waited_s, agent, finish_reason, router],
 [provider, model, scope, limit_usd, requested_usd, error], ``ratelimit.wait`` [key, waited_s],
 ``ratelimit.paused`` [key, seconds], ``circuit.state`` [provider, old, new].
 
-Learning routers (those with ``export_state``/``import_state``, like ``ucb``) keep what they
-learned in the storage key-value area (namespace ``flowyard.routing``) when the stack's storage
+Learning routers (:class:`~flowyard.interfaces.SupportsRouterState`, like ``ucb``) keep what
+they learned in the storage key-value area (namespace ``flowyard.routing``) when the stack's storage
 is open, unless ``routing.persist = false``.
 """
 
@@ -72,11 +72,16 @@ from flowyard.models import (
     Usage,
 )
 from flowyard.llm.ratelimit import LimiterSet
+from flowyard.interfaces import (
+    RouteRequest,
+    SupportsExplainedChoice,
+    SupportsRouterState,
+    SupportsTokenCounting,
+)
 
 if TYPE_CHECKING:
     from flowyard.context import ToolContext
-    from flowyard.interfaces import Provider, Router, RouteRequest
-    from flowyard.interfaces import Services
+    from flowyard.interfaces import Provider, Router, Services
 
 __all__ = ["LLMGateway", "split_ref", "AUTO"]
 
@@ -279,9 +284,8 @@ class LLMGateway:
                         f"{type(budget).__name__}")
 
     async def _prompt_tokens(self, provider: Any, request: ChatRequest) -> int:
-        counter = getattr(provider, "count_prompt_tokens", None)
-        if callable(counter):
-            counted = counter(request)
+        if isinstance(provider, SupportsTokenCounting):
+            counted = provider.count_prompt_tokens(request)
             if inspect.isawaitable(counted):
                 counted = await counted
             return int(counted)
@@ -421,8 +425,6 @@ class LLMGateway:
         Raises:
             UnknownNameError: unknown router, or no model meets the requirements.
         """
-        from flowyard.interfaces import RouteRequest
-
         router_name, chooser = self._router(router)
         await self._load_router_state(router_name, chooser)
         route = route if route is not None else RouteRequest()
@@ -440,9 +442,8 @@ class LLMGateway:
                              max_input_price=route.max_input_price,
                              candidates=route.candidates, estimated_input_tokens=estimate)
         models = await self.models.all()
-        explained = getattr(chooser, "choose_explained", None)
-        if callable(explained):
-            choices = list(await explained(route, models))
+        if isinstance(chooser, SupportsExplainedChoice):
+            choices = list(await chooser.choose_explained(route, models))
         else:
             choices = [(m, f"position {i + 1} of router {router_name!r}")
                        for i, m in enumerate(await chooser.choose(route, models))]
@@ -458,10 +459,10 @@ class LLMGateway:
         return value and self.stack.storage_is_open
 
     async def _load_router_state(self, name: str, chooser: Any) -> None:
-        """Give a learning router (one with ``import_state``) what it learned in earlier
-        processes, from the storage key-value area (namespace ``flowyard.routing``)."""
-        if name in self._router_state_loaded or not callable(getattr(chooser, "import_state",
-                                                                     None)):
+        """Give a learning router (:class:`~flowyard.interfaces.SupportsRouterState`) what it
+        learned in earlier processes, from the storage key-value area (namespace
+        ``flowyard.routing``)."""
+        if name in self._router_state_loaded or not isinstance(chooser, SupportsRouterState):
             return
         if not self._persist_routers():
             return
@@ -476,8 +477,8 @@ class LLMGateway:
             self.stack.events.make("router.state_error", router=name, error=str(exc))
 
     async def _save_router_state(self, name: str, chooser: Any) -> None:
-        if name not in self._router_state_loaded or not callable(
-                getattr(chooser, "export_state", None)):
+        if name not in self._router_state_loaded or not isinstance(chooser,
+                                                                   SupportsRouterState):
             return
         if self._persist_routers():
             await self.stack.storage.kv_set(ROUTER_STATE_NAMESPACE, name, chooser.export_state())
