@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attrs
 import pluggy
 
 if TYPE_CHECKING:
@@ -46,20 +47,73 @@ PROJECT = "flowyard"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["hookspec", "hookimpl", "PROJECT", "FAMILIES"]
+__all__ = ["hookspec", "hookimpl", "PROJECT", "HookFamily", "HOOK_FAMILIES", "FAMILIES",
+           "COMMANDS_HOOK", "HOOK_LABELS"]
 
-#: The registration hook families, as ``family -> hook name``.
-FAMILIES: dict[str, str] = {
-    "providers": "register_providers",
-    "tools": "register_tools",
-    "storage": "register_storage",
-    "memory": "register_memory_stores",
-    "retrievers": "register_retrievers",
-    "routers": "register_routers",
-    "executors": "register_executors",
-    "loaders": "register_workflow_loaders",
-    "listeners": "register_event_listeners",
-}
+
+@attrs.frozen
+class HookFamily:
+    """One registration hook family: a hook, the registry it fills and how it is named.
+
+    :data:`HOOK_FAMILIES` is the one table of the families: the :class:`~flowyard.stack.Stack`
+    builds its registries from it, the plugin manager and ``flowyard plugins`` name hooks by
+    it, and the families table of ``docs/plugins.md`` is generated from it (and checked by
+    ``tests/core/test_hook_meta.py``).
+
+    Attributes:
+        name: the family's name, as ``Stack.registry(name)`` and ``flowyard plugins`` show it
+            (``"memory"``).
+        hook: the registration hook (``"register_memory_stores"``), a specification below.
+        attribute: the registry's attribute on ``Stack`` and
+            :class:`~flowyard.interfaces.Services` (``"memory_stores"``).
+        kind: the singular noun used in error messages (``"memory store"``).
+        registers: what the hook registers, for the docs (``"MemoryStore"``).
+        key: what the registered name means, for the docs (``"store name"``).
+        contract: the :mod:`flowyard.testing` contract suite of the family, or ``""``.
+    """
+
+    name: str
+    hook: str
+    attribute: str
+    kind: str
+    registers: str
+    key: str
+    contract: str = ""
+
+
+#: The registration hook families, in the order their hooks are called when a stack is built.
+HOOK_FAMILIES: tuple[HookFamily, ...] = (
+    HookFamily("providers", "register_providers", "providers", "provider", "Provider",
+               "provider name, the prefix of `provider/model`", "ProviderContract"),
+    HookFamily("tools", "register_tools", "tools", "tool", "Tool",
+               "dotted action name (`filesystem.write`)", "ToolContract"),
+    HookFamily("storage", "register_storage", "storage_schemes", "storage scheme",
+               "factory(url, config) -> StorageBackend", "URL scheme (`sqlite`)",
+               "StorageContract"),
+    HookFamily("memory", "register_memory_stores", "memory_stores", "memory store",
+               "MemoryStore", "store name", "MemoryContract"),
+    HookFamily("retrievers", "register_retrievers", "retrievers", "retriever", "Retriever",
+               "retriever name", "RetrieverContract"),
+    HookFamily("routers", "register_routers", "routers", "router", "Router",
+               "router name (`cheapest`)", "RouterContract"),
+    HookFamily("executors", "register_executors", "executors", "executor", "Executor",
+               "executor name (`local`)", "ExecutorContract"),
+    HookFamily("loaders", "register_workflow_loaders", "loaders", "workflow loader",
+               "WorkflowLoader", "format name (`native`)", "WorkflowLoaderContract"),
+    HookFamily("listeners", "register_event_listeners", "listeners", "event listener",
+               "EventListener", "listener name"),
+)
+
+#: ``family name -> hook name``, derived from :data:`HOOK_FAMILIES`.
+FAMILIES: dict[str, str] = {family.name: family.hook for family in HOOK_FAMILIES}
+
+#: The one hook that is not a registration family: it adds commands to the CLI.
+COMMANDS_HOOK = "register_commands"
+
+#: ``hook name -> short label`` (the family's name; ``"commands"`` for the CLI hook), as
+#: ``flowyard plugins`` lists a plugin's hooks.
+HOOK_LABELS: dict[str, str] = {family.hook: family.name for family in HOOK_FAMILIES}
+HOOK_LABELS[COMMANDS_HOOK] = "commands"
 
 
 @hookspec

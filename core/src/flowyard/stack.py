@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flowyard.config import Config
 from flowyard.errors import StorageError
 from flowyard.events import EventBus
-from flowyard.hookspecs import FAMILIES
+from flowyard.hookspecs import FAMILIES, HOOK_FAMILIES
 from flowyard.interfaces import SupportsAclose
 from flowyard.plugins import BUILTIN_MODULE, BUILTIN_PLUGIN, PluginManager, PluginStatus
 from flowyard.registry import Duplicate, Registry
@@ -55,6 +55,18 @@ class Stack:
         ConfigError: the configuration files or environment are invalid.
     """
 
+    # One registry per hook family, built from flowyard.hookspecs.HOOK_FAMILIES; declared
+    # here for type checkers (tests/core/test_hook_meta.py checks they match the table).
+    providers: Registry[Provider]
+    tools: Registry[Tool]
+    storage_schemes: Registry[Any]
+    memory_stores: Registry[MemoryStore]
+    retrievers: Registry[Retriever]
+    routers: Registry[Router]
+    executors: Registry[Executor]
+    loaders: Registry[WorkflowLoader]
+    listeners: Registry[EventListener]
+
     def __init__(
         self,
         plugins: Sequence[object] = (),
@@ -69,26 +81,11 @@ class Stack:
             self.config = Config.load(overrides=config)
         self.events = EventBus()
         strict = self.config.strict_plugins
-        self.providers: Registry[Provider] = Registry("provider", strict=strict)
-        self.tools: Registry[Tool] = Registry("tool", strict=strict)
-        self.storage_schemes: Registry[Any] = Registry("storage scheme", strict=strict)
-        self.memory_stores: Registry[MemoryStore] = Registry("memory store", strict=strict)
-        self.retrievers: Registry[Retriever] = Registry("retriever", strict=strict)
-        self.routers: Registry[Router] = Registry("router", strict=strict)
-        self.executors: Registry[Executor] = Registry("executor", strict=strict)
-        self.loaders: Registry[WorkflowLoader] = Registry("workflow loader", strict=strict)
-        self.listeners: Registry[EventListener] = Registry("event listener", strict=strict)
-        self._by_family: dict[str, Registry[Any]] = {
-            "providers": self.providers,
-            "tools": self.tools,
-            "storage": self.storage_schemes,
-            "memory": self.memory_stores,
-            "retrievers": self.retrievers,
-            "routers": self.routers,
-            "executors": self.executors,
-            "loaders": self.loaders,
-            "listeners": self.listeners,
-        }
+        self._by_family: dict[str, Registry[Any]] = {}
+        for family in HOOK_FAMILIES:
+            registry: Registry[Any] = Registry(family.kind, strict=strict)
+            setattr(self, family.attribute, registry)
+            self._by_family[family.name] = registry
 
         self.plugin_manager = PluginManager(self.config)
         if builtins:
@@ -106,8 +103,9 @@ class Stack:
                 obj = item
                 name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{index}"
             self.plugin_manager.add(obj, name=str(name), source="code")
-        for family, hook in FAMILIES.items():
-            self.plugin_manager.call_registration(hook, self._by_family[family], self)
+        for family in HOOK_FAMILIES:
+            self.plugin_manager.call_registration(family.hook, self._by_family[family.name],
+                                                  self)
         for name in self.listeners.names():
             self.events.subscribe(self.listeners.get(name), name=name)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from flowyard.hookspecs import HOOK_LABELS
+
 
 def _stack() -> Any:
     from flowyard.stack import Stack
@@ -35,7 +37,7 @@ def plugins(as_json: bool) -> None:
     for row in report:
         style = {"loaded": "green", "failed": "red", "disabled": "yellow"}.get(row["status"], "")
         table.add_row(row["name"], row["version"], f"[{style}]{row['status']}[/]",
-                      ", ".join(h.removeprefix("register_") for h in row["hooks"]),
+                      ", ".join(HOOK_LABELS.get(h, h) for h in row["hooks"]),
                       row["error"] or "")
     console = Console()
     console.print(table)
