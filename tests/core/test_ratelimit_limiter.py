@@ -33,7 +33,7 @@ async def _admit_times(limiter: RateLimiter, clock: VirtualClock, n: int, tokens
 
 async def test_rpm_admits_the_limit_then_waits_for_the_window() -> None:
     clock = VirtualClock()
-    limiter = RateLimiter(RateLimits(rpm=5), clock=clock)
+    limiter = RateLimiter(RateLimits(rpm=5, smooth=False), clock=clock)  # a plain window
     times = await _admit_times(limiter, clock, 12)
     assert times[:5] == [0.0] * 5
     assert times[5:10] == [60.0] * 5
@@ -44,7 +44,7 @@ async def test_rpm_admits_the_limit_then_waits_for_the_window() -> None:
 
 async def test_any_window_of_an_hour_holds_at_most_rph() -> None:
     clock = VirtualClock()
-    limiter = RateLimiter(RateLimits(rpm=10, rph=25), clock=clock)
+    limiter = RateLimiter(RateLimits(rpm=10, rph=25, smooth=False), clock=clock)
     times = await _admit_times(limiter, clock, 40)
     for start in times:
         in_window = [t for t in times if start <= t < start + 3600]
@@ -192,7 +192,8 @@ def test_limits_from_configuration_accept_long_names_and_reject_bad_values() -> 
 
 async def test_limiter_set_applies_model_and_provider_limits() -> None:
     clock = VirtualClock()
-    limiters = LimiterSet({"p": {"rpm": 3}, "p/m1": {"rpm": 1}}, clock=clock)
+    limiters = LimiterSet({"p": {"rpm": 3, "smooth": False}, "p/m1": {"rpm": 1}},
+                          clock=clock)
     times: dict[str, list[float]] = {"m1": [], "m2": []}
 
     async def call(model: str) -> None:

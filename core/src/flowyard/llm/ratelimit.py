@@ -1,10 +1,12 @@
-"""Rate limits per provider and per model: requests per minute/hour/day, tokens per minute and
-concurrent requests, with fair (first come, first served) waiting.
+"""Rate limits per provider and per model: requests per second/minute/hour/day, tokens per
+minute and concurrent requests, with fair (first come, first served) waiting.
 
 Configuration (``flowyard.toml``)::
 
     [limits."openai"]            # the whole provider
+    rps = 10                     # requests per second (any 1 s window)
     rpm = 500                    # requests per minute
+    smooth = true                # default: rpm also caps any 1 s at ceil(rpm / 60)
     rph = 20000                  # requests per hour
     rpd = 200000                 # requests per day
     tpm = 200000                 # tokens (prompt + max output) per minute
@@ -17,12 +19,17 @@ Configuration (``flowyard.toml``)::
     max_wait_s = 120             # optional: a call waiting longer fails with RateLimitedError
     max_retry_after = 60         # longest 429 Retry-After honoured (seconds; default 60)
 
-The long names ``requests_per_minute``, ``requests_per_hour``, ``requests_per_day``,
-``tokens_per_minute`` and ``concurrent_requests`` are accepted too.
+The long names ``requests_per_second``, ``requests_per_minute``, ``requests_per_hour``,
+``requests_per_day``, ``tokens_per_minute`` and ``concurrent_requests`` are accepted too.
 
-Algorithm: a *sliding window log* per window (at most ``rpm`` requests in any 60 s, ``rph``
-in any 3600 s, ``rpd`` in any 86400 s, ``tpm`` tokens in any 60 s), which is exactly what the
-limits promise, plus a counter of requests in flight. Waiters queue in arrival order; only
+Algorithm: a *sliding window log* per window (at most ``rps`` requests in any 1 s, ``rpm`` in
+any 60 s, ``rph`` in any 3600 s, ``rpd`` in any 86400 s, ``tpm`` tokens in any 60 s), which is
+exactly what the limits promise, plus a counter of requests in flight. A per-minute window
+alone lets a whole minute's requests start in the same instant (``rpm = 600``: 600 calls in
+one second), which providers reject: they enforce per-minute limits over shorter intervals
+(OpenAI: "60,000 requests/minute may be enforced as 1,000 requests/second"). So unless
+``smooth = false``, ``rpm`` also caps every 1 s window at ``ceil(rpm / 60)`` requests (or at
+``rps`` when that is lower): :attr:`RateLimits.per_second`. The sustained rate is unchanged. Waiters queue in arrival order; only
 the head of the queue may take a slot, so nobody is overtaken. A cancelled waiter leaves the
 queue at once and wakes the next one. :meth:`RateLimiter.pause` (after an HTTP 429 with a
 retry-after) blocks the limiter until the stated time.
@@ -52,11 +59,13 @@ __all__ = ["RateLimits", "RateLimiter", "Permit", "LimiterSet", "LimitedCall"]
 _EPS = 1e-9
 
 _ALIASES = {
+    "rps": "rps", "requests_per_second": "rps",
     "rpm": "rpm", "requests_per_minute": "rpm",
     "rph": "rph", "requests_per_hour": "rph",
     "rpd": "rpd", "requests_per_day": "rpd",
     "tpm": "tpm", "tokens_per_minute": "tpm",
     "concurrency": "concurrency", "concurrent_requests": "concurrency",
+    "smooth": "smooth",
 }
 
 _WINDOWS = (("rpm", 60.0), ("rph", 3600.0), ("rpd", 86400.0))
@@ -77,12 +86,16 @@ class RateLimits:
     """Limits of one provider or model; None means unlimited.
 
     Args:
+        rps: requests per second (any 1 s window).
         rpm: requests per minute (any 60 s window).
         rph: requests per hour (any 3600 s window).
         rpd: requests per day (any 86400 s window).
         tpm: tokens per minute (estimated prompt tokens plus maximum output tokens, corrected
             to the actual usage when the call returns).
         concurrency: requests in flight at once.
+        smooth: True (default): ``rpm`` also caps every 1 s window at ``ceil(rpm / 60)``
+            requests, so a minute's requests cannot start in one burst; False: ``rpm`` is a
+            plain 60 s window.
     """
 
     rpm: int | None = None
@@ -90,30 +103,46 @@ class RateLimits:
     rpd: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+    rps: int | None = None
+    smooth: bool = True
+
+    @property
+    def per_second(self) -> int | None:
+        """The most requests admitted in any 1 s window (None: no such cap): ``rps``, and
+        with ``smooth`` ``ceil(rpm / 60)``, whichever is lower."""
+        caps = [c for c in (self.rps, math.ceil(self.rpm / 60)
+                            if self.rpm is not None and self.smooth else None) if c is not None]
+        return min(caps, default=None)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "limits") -> RateLimits:
         """Build limits from a configuration table.
 
         Raises:
-            ConfigError: an unknown key or a value that is not a positive integer (the message
-                names ``where`` and the key).
+            ConfigError: an unknown key, a ``smooth`` that is not true or false, or another
+                value that is not a positive integer (the message names ``where`` and the key).
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where} must be a table, got {data!r}")
-        values: dict[str, int | None] = {}
+        values: dict[str, Any] = {}
         for key, value in data.items():
             name = _ALIASES.get(str(key).lower())
             if name is None:
                 raise ConfigError(
                     f"{where}: unknown key {key!r}; expected one of {', '.join(sorted(_ALIASES))}")
+            if name == "smooth":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+                values[name] = value
+                continue
             values[name] = _positive_int(value, f"{where}.{key}")
         return cls(**values)
 
     @property
     def unlimited(self) -> bool:
         """True when no limit is set."""
-        return all(v is None for v in attrs.astuple(self))
+        return all(v is None for v in (self.rps, self.rpm, self.rph, self.rpd, self.tpm,
+                                       self.concurrency))
 
 
 @attrs.define(eq=False)
@@ -176,6 +205,8 @@ class RateLimiter:
             (seconds, getattr(self.limits, key), deque())
             for key, seconds in _WINDOWS if getattr(self.limits, key) is not None
         ]
+        if self.limits.per_second is not None:  # rps, or rpm smoothed
+            self._windows.insert(0, (1.0, self.limits.per_second, deque()))
         self._tokens: deque[_TokenEntry] = deque()
         self._token_sum = 0
         self._in_flight = 0
@@ -389,8 +420,8 @@ class LimiterSet:
                 self.max_wait_s = float(table)
                 continue
             if not isinstance(table, Mapping):
-                raise ConfigError(f"limits.{key!r} must be a table of limits (rpm, rph, rpd, "
-                                  f"tpm, concurrency), got {table!r}")
+                raise ConfigError(f"limits.{key!r} must be a table of limits (rps, rpm, rph, "
+                                  f"rpd, tpm, concurrency, smooth), got {table!r}")
             self.configured[str(key)] = RateLimits.from_mapping(table, where=f"limits.{key!r}")
         self._limiters: dict[str, RateLimiter] = {}
 
