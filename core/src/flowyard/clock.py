@@ -155,7 +155,8 @@ class VirtualClock:
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, firing due timers in deadline order and letting
-        the woken tasks run (until all are blocked) after each one."""
+        the woken tasks run (until all are blocked) after each one.
+        """
         if seconds < 0:
             raise ValueError(f"cannot move a clock backwards ({seconds} s)")
         target = self._now + seconds

@@ -59,7 +59,8 @@ class ToolContext:
     def add_usage(self, input_tokens: int, output_tokens: int, cost_usd: float | None) -> None:
         """Count tokens and cost (US dollars, None when unknown) spent outside this run's own
         LLM calls, such as a sub-workflow's run, into this step's totals (a ``step.usage``
-        event)."""
+        event).
+        """
         self.emit("step.usage", input_tokens=input_tokens, output_tokens=output_tokens,
                   cost_usd=cost_usd)
 

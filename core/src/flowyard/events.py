@@ -190,8 +190,8 @@ class EventBus:
 
         Args:
             run_id: the run ("" outside a run).
-            step_id: the step id; step_key: the step key (``id[i]``, ``id#n``; default: the
-                step id).
+            step_id: the step id.
+            step_key: the step key (``id[i]``, ``id#n``; default: the step id).
             done: units done so far (a number >= 0).
             total: units in all (a number >= 0), None when unknown.
             unit: what is counted, a plural noun (``"chunks"``, ``"documents"``).
@@ -239,9 +239,12 @@ class EventBus:
         call from any thread.
 
         Args:
-            run_id, step_id, step_key, attempt: as :meth:`progress`.
+            run_id: the run ("" outside a run).
+            step_id: the step id.
+            step_key: the step key (``id[i]``, ``id#n``; default: the step id).
             delta: the new text.
             final: the text is complete: flush what is buffered.
+            attempt: the step's attempt number; each attempt has its own buffer.
 
         Returns:
             the emitted event, or None when the text was buffered or nobody listens.

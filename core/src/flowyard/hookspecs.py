@@ -128,7 +128,8 @@ def register_providers(register: Register, config: Config, services: Services) -
 @hookspec
 def register_tools(register: Register, config: Config, services: Services) -> None:
     """Register tools (:class:`flowyard.interfaces.Tool`) by their dotted action name
-    (``"filesystem.write"``). Workflow steps name them in ``uses``."""
+    (``"filesystem.write"``). Workflow steps name them in ``uses``.
+    """
 
 
 @hookspec
@@ -155,19 +156,22 @@ def register_retrievers(register: Register, config: Config, services: Services) 
 @hookspec
 def register_routers(register: Register, config: Config, services: Services) -> None:
     """Register model routers (:class:`flowyard.interfaces.Router`) by name
-    (``"cheapest"``, ``"fallback"``, ``"ucb"``)."""
+    (``"cheapest"``, ``"fallback"``, ``"ucb"``).
+    """
 
 
 @hookspec
 def register_executors(register: Register, config: Config, services: Services) -> None:
     """Register executors (:class:`flowyard.interfaces.Executor`), which decide where a step
-    runs. ``"local"`` is the in-core default."""
+    runs. ``"local"`` is the in-core default.
+    """
 
 
 @hookspec
 def register_workflow_loaders(register: Register, config: Config, services: Services) -> None:
     """Register workflow loaders (:class:`flowyard.interfaces.WorkflowLoader`) by format name.
-    ``"native"`` (YAML/JSON) is the in-core default."""
+    ``"native"`` (YAML/JSON) is the in-core default.
+    """
 
 
 @hookspec

@@ -441,7 +441,8 @@ class MemoryStore(Protocol):
 
     async def consolidate(self, *, namespace: str = "default", threshold: float = 0.95) -> int:
         """Merge entries whose similarity is at least ``threshold``; return how many were
-        removed."""
+        removed.
+        """
         ...
 
 
@@ -505,7 +506,8 @@ class Router(Protocol):
 
     async def choose(self, request: RouteRequest, models: Sequence[ModelInfo]) -> list[ModelInfo]:
         """Return the models to try, in order (the first is the choice; the rest are fallbacks
-        after retriable errors). Raises ``UnknownNameError`` when none fits."""
+        after retriable errors). Raises ``UnknownNameError`` when none fits.
+        """
         ...
 
     def record_outcome(self, model: ModelInfo, *, success: bool, cost_usd: float | None,

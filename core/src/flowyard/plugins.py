@@ -129,7 +129,8 @@ class PluginManager:
 
     def _refuse_wrappers(self, name: str, callers: Sequence[Any]) -> None:
         """Raise PluginError for a wrapper implementation of a registration hook: they are
-        called one plugin at a time, so there is nothing for a wrapper to wrap."""
+        called one plugin at a time, so there is nothing for a wrapper to wrap.
+        """
         for caller in callers:
             if caller.name not in _REGISTRATION_HOOKS:
                 continue
@@ -178,7 +179,8 @@ class PluginManager:
     def ordered(self, hook_name: str) -> list[Any]:
         """Return the hook implementations of loaded plugins in calling order: those marked
         ``tryfirst``, then the others, then those marked ``trylast``, each group in plugin load
-        order."""
+        order.
+        """
         hook = getattr(self.pm.hook, hook_name)
         impls = {impl.plugin_name: impl for impl in hook.get_hookimpls()}
         found = [impls[name] for name in self._order

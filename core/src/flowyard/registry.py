@@ -73,6 +73,18 @@ class Register:
 
     def __call__(self, name: str, obj: Any = _MISSING, *, factory: Callable[[], Any] | None = None,
                  **metadata: Any) -> None:
+        """Register ``obj``, or a lazy ``factory``, under ``name`` with ``metadata``.
+
+        Args:
+            name: the registered name, unique in its registry (a non-empty string).
+            obj: the object to register now.
+            factory: a zero-argument callable building the object on first lookup.
+            **metadata: kept with the entry (``default_priority``, ``default_model``...).
+
+        Raises:
+            TypeError: not exactly one of ``obj`` and ``factory=``.
+            ValueError: ``name`` is empty or not a string.
+        """
         if (obj is _MISSING) == (factory is None):
             raise TypeError("register() takes exactly one of obj and factory=")
         self._registry.check_name(name)

@@ -272,7 +272,8 @@ def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where:
 class Reference:
     """A reference found in a template: ``kind`` is ``"steps"`` or ``"inputs"`` (``name`` is
     the step id or input name) or ``"name"`` (another top-level variable such as ``item``);
-    ``text`` is the template it was found in."""
+    ``text`` is the template it was found in.
+    """
 
     __slots__ = ("kind", "name", "text")
 

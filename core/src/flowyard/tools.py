@@ -12,7 +12,7 @@ Example::
     def add(a: int, b: int = 0) -> int:
         '''Add two numbers.
 
-        Args:
+Args:
             a: the first number.
             b: the second number.
         '''
@@ -240,6 +240,8 @@ def tool(
     """Turn a function into a :class:`FunctionTool`; usable bare or with arguments.
 
     Args:
+        func: the function, when used bare (``@tool``); None with arguments (``@tool(...)``),
+            which returns the decorator.
         name: the action name (default: the function's name).
         description: overrides the docstring's summary.
         idempotent: calling twice with the same arguments has the effect of once.

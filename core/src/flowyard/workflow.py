@@ -83,7 +83,8 @@ class Locations:
 
     def step_path(self, index: int, count: int) -> str:
         """Return ``steps[i]`` with the source index of the ``index``-th of ``count`` parsed
-        steps (steps that failed to parse shift the positions)."""
+        steps (steps that failed to parse shift the positions).
+        """
         if len(self.step_sources) == count:
             return f"steps[{self.step_sources[index]}]"
         return f"steps[{index}]"
@@ -330,7 +331,8 @@ class Workflow:
 
 def definition_hash(definition: Mapping[str, Any]) -> str:
     """Return the SHA-256 (hex) of the canonical JSON (sorted keys, no spaces) of a workflow
-    definition dict."""
+    definition dict.
+    """
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -665,7 +667,8 @@ class WorkflowBuilder:
     def step(self, id: str, uses: str, *, with_: Mapping[str, Any] | None = None,
              **options: Any) -> WorkflowBuilder:
         """Add a step; ``options`` are the step keys (``depends_on``, ``when``, ``for_each``,
-        ``retry``, ``timeout``, ``on_error``, ``priority``, ...). Returns self."""
+        ``retry``, ``timeout``, ``on_error``, ``priority``, ...). Returns self.
+        """
         raw: dict[str, Any] = {"id": id, "uses": uses, **options}
         if with_:
             raw["with"] = dict(with_)

@@ -10,7 +10,8 @@ __all__ = ["LocalExecutor"]
 
 class LocalExecutor:
     """Awaits the action directly. Blocking work belongs in the action itself (tools run
-    sync functions in worker threads)."""
+    sync functions in worker threads).
+    """
 
     name = "local"
 

@@ -150,7 +150,8 @@ class WorkflowAction(BaseTool):
     def validate_step(self, step: Step, *, workflow: Workflow, services: Services,
                       issue: Issue, base: str) -> None:
         """Report a missing or unreadable ``with.workflow``, an invalid inline definition
-        and unknown arguments."""
+        and unknown arguments.
+        """
         target = step.with_.get("workflow")
         if target is None:
             issue("a 'workflow' step needs with.workflow (a path or an inline definition)",

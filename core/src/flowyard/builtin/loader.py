@@ -151,7 +151,8 @@ class NativeLoader:
 
     def _json(self, source: str, path: str | None) -> tuple[Any, Locations]:
         """Parse JSON with :mod:`json`; locations come from a YAML pass when JSON's syntax
-        is also valid YAML (the common case), else only JSON syntax errors are located."""
+        is also valid YAML (the common case), else only JSON syntax errors are located.
+        """
         import json
 
         size = len(source.encode("utf-8"))

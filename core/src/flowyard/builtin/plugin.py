@@ -63,7 +63,8 @@ def register_workflow_loaders(register: Register, config: Config) -> None:
 @hookimpl
 def register_tools(register: Register, config: Config) -> None:
     """The built-in actions: ``echo``, ``log``, ``sleep``, ``llm.chat``, ``agent`` and
-    ``workflow`` (each replaceable by a registration with a higher ``default_priority``)."""
+    ``workflow`` (each replaceable by a registration with a higher ``default_priority``).
+    """
     from flowyard.builtin.actions import builtin_actions  # lazy: keeps Stack() building fast
     from flowyard.builtin.flow import AgentAction, WorkflowAction  # lazy: imports the engine
 

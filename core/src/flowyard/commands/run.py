@@ -94,7 +94,8 @@ def _fmt_rate(per_second: float) -> str:
 def _rate(task: Any) -> float | None:
     """Units per second of a rich progress task: rich's estimate over its window (the last
     60 s) when it has two reports in it, else the average since the phase began (reports of
-    a slow step can be further apart than the window); None before any unit is done."""
+    a slow step can be further apart than the window); None before any unit is done.
+    """
     if task.finished_speed:
         return float(task.finished_speed)
     if task.speed:
@@ -540,7 +541,8 @@ def _invalid(exc: Any, as_json: bool) -> NoReturn:
 
 def default_stack() -> Any:
     """Return ``Stack.default()``, telling stderr in one line which plugins failed to load
-    (the run goes on without them; ``flowyard plugins`` shows why)."""
+    (the run goes on without them; ``flowyard plugins`` shows why).
+    """
     from flowyard.stack import Stack
 
     stack = Stack.default()
@@ -589,7 +591,6 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
 
     Exits 1 when the run does not complete (or cannot be resumed).
     """
-
     options: dict[str, Any] = {}
     if workflow_file:
         options["workflow"] = workflow_file

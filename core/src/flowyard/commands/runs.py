@@ -180,7 +180,8 @@ def runs(ctx: click.Context, storage_url: str | None) -> None:
 
 async def _running_with_leases(storage: Any, query: Any) -> list[tuple[Any, Any, str]]:
     """Return (run, lease or None, state) of every stored ``running`` run matching the
-    filters of ``query`` (paging ignored), in ``query.order``."""
+    filters of ``query`` (paging ignored), in ``query.order``.
+    """
     from flowyard.engine.lease import run_state
     from flowyard.interfaces import RunQuery
 

@@ -176,7 +176,8 @@ def _read(path: str) -> str | None:
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
     """Return (state, start time in clock ticks since boot) of ``pid`` from /proc, or None
-    when there is no such process."""
+    when there is no such process.
+    """
     text = _read(f"/proc/{pid}/stat")
     if text is None:
         return None
@@ -238,7 +239,8 @@ class ProcessIdentity:
     def owner_alive(self, lease: RunLease) -> bool | None:
         """Whether ``lease``'s owner process still exists: None when it cannot be told (another
         machine, or an unknown platform); False when its pid is gone, is a zombie, or belongs
-        to a process started at another time (a reused pid)."""
+        to a process started at another time (a reused pid).
+        """
         if not self.same_machine(lease):
             return None
         if lease.pid == self.pid:
@@ -282,7 +284,8 @@ def run_state(run: RunRecord, lease: RunLease | None, *, now: float | None = Non
               me: ProcessIdentity | None = None) -> str:
     """Return the state to show for a stored run: its status, or ``"abandoned"`` when the
     status is ``running`` and no live process holds the run's lease (``lease`` is the run's
-    stored lease or None)."""
+    stored lease or None).
+    """
     if run.status != "running":
         return run.status
     if lease is None or lease_state(lease, now=now, me=me) != "live":

@@ -228,14 +228,16 @@ class Run:
     @property
     def detached(self) -> bool:
         """True once this process lost the run's lease: another process executes the run now,
-        so this one stops and writes nothing more to it."""
+        so this one stops and writes nothing more to it.
+        """
         return self.lease is not None and self.lease.lost
 
     async def _owned(self) -> bool:
         """Before a write: True while this process holds the run's lease. Costs a clock read
         unless the last heartbeat is about to expire (see :meth:`LeaseKeeper.ensure`); when
         the lease was lost, the run is cancelled (raised here unless shielded) and False is
-        returned."""
+        returned.
+        """
         if self.lease is None:
             return True
         await self.lease.ensure()
@@ -595,7 +597,8 @@ class Run:
 
     def _budget_chain(self, state: _State) -> BudgetChain | None:
         """The budgets of ``state``'s calls: the run's, then the step's (one budget shared by
-        every attempt and item of the step)."""
+        every attempt and item of the step).
+        """
         if state.budget_chain is _UNSET:
             step = state.step
             if step.budget_usd is None and self.budget is None and not self.parent_budgets:
@@ -760,7 +763,8 @@ def new_record(workflow: Workflow, inputs: dict[str, Any], run_id: str | None,
                metadata: dict[str, Any], definition: dict[str, Any] | None = None,
                content_hash: str | None = None) -> RunRecord:
     """Return a new :class:`RunRecord` for ``workflow`` (status ``running``: it is created
-    when the run starts)."""
+    when the run starts).
+    """
     from flowyard.workflow import definition_hash
 
     if definition is None:

@@ -31,7 +31,8 @@ _VALIDATED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary
 
 def raw_arguments(services: Services | None, step: Step) -> tuple[str, ...]:
     """Return the keys of ``step.with_`` its action takes unrendered (see
-    :class:`~flowyard.interfaces.SupportsRawArguments`); none for unknown actions."""
+    :class:`~flowyard.interfaces.SupportsRawArguments`); none for unknown actions.
+    """
     if services is None or step.uses not in services.tools:
         return ()
     tool = services.tools.get(step.uses)
@@ -53,7 +54,8 @@ def templated_arguments(step: Step, raw: Collection[str] = ()) -> dict[str, Any]
 
 def step_dependencies(step: Step, raw: Collection[str] = ()) -> set[str]:
     """Return the step ids ``step`` depends on: ``depends_on`` plus template references
-    (outside the ``raw`` keys of ``with``)."""
+    (outside the ``raw`` keys of ``with``).
+    """
     deps = set(step.depends_on)
     for value, expr in ((templated_arguments(step, raw), False), (step.when, True),
                         (step.for_each, False), (step.until, True)):

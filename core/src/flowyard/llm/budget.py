@@ -60,7 +60,7 @@ class Budget:
 
     @property
     def remaining_usd(self) -> float:
-        """limit - spent - reserved, in US dollars (never below 0)."""
+        """The limit minus what is spent and reserved, in US dollars (never below 0)."""
         return max(0.0, self.limit_usd - self.spent_usd - self.reserved_usd)
 
     def snapshot(self) -> dict[str, Any]:
@@ -74,7 +74,8 @@ class Budget:
 @attrs.define(eq=False)
 class Reservation:
     """An amount held in several budgets until :meth:`BudgetChain.settle` or
-    :meth:`BudgetChain.release`."""
+    :meth:`BudgetChain.release`.
+    """
 
     budgets: tuple[Budget, ...]
     amount_usd: float
@@ -181,7 +182,8 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     """Return a conservative estimate of the prompt tokens of ``request``: every message's
     text, tool calls and name (:func:`estimate_text_tokens`), :data:`MESSAGE_OVERHEAD` per
     message, :data:`IMAGE_TOKENS` per image, and the JSON of tool schemas and the response
-    schema."""
+    schema.
+    """
     import json
 
     total = 3  # reply priming
@@ -204,6 +206,7 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
 
 def estimate_max_cost(price: ModelPrice, prompt_tokens: int, max_output_tokens: int) -> float:
     """Return the most a call can cost in US dollars: ``prompt_tokens`` input tokens and
-    ``max_output_tokens`` output tokens at ``price`` (per million tokens)."""
+    ``max_output_tokens`` output tokens at ``price`` (per million tokens).
+    """
     return (prompt_tokens * price.input_per_mtok
             + max_output_tokens * price.output_per_mtok) / 1_000_000

@@ -35,7 +35,8 @@ State = Literal["closed", "open", "half_open"]
 
 def counts_as_failure(exc: BaseException) -> bool:
     """True when ``exc`` says the provider is unhealthy (a retriable provider error other
-    than a rate limit or an open circuit)."""
+    than a rate limit or an open circuit).
+    """
     return (isinstance(exc, ProviderError) and exc.retriable
             and not isinstance(exc, (RateLimitedError, CircuitOpenError)))
 
@@ -138,7 +139,8 @@ class CircuitBreaker:
 
     def on_abort(self, probe: bool) -> None:
         """Record a call that ended without an answer either way (cancelled): a probe's
-        place is freed for the next caller."""
+        place is freed for the next caller.
+        """
         if probe:
             self._probe_in_flight = False
 

@@ -229,7 +229,8 @@ class LLMGateway:
 
     async def list_models(self) -> list[ModelInfo]:
         """Return the models of every registered provider; failing providers are skipped
-        and reported as a ``provider.error`` event."""
+        and reported as a ``provider.error`` event.
+        """
         return await self.models.all()
 
     # ------------------------------------------------------------------ helpers
@@ -461,7 +462,8 @@ class LLMGateway:
     async def _load_router_state(self, name: str, chooser: Any) -> None:
         """Give a learning router (:class:`~flowyard.interfaces.SupportsRouterState`) what it
         learned in earlier processes, from the storage key-value area (namespace
-        ``flowyard.routing``)."""
+        ``flowyard.routing``).
+        """
         if name in self._router_state_loaded or not isinstance(chooser, SupportsRouterState):
             return
         if not self._persist_routers():

@@ -110,7 +110,8 @@ def ineligibility(info: ModelInfo, request: RouteRequest) -> str | None:
 
 def eligible(models: Sequence[ModelInfo], request: RouteRequest) -> list[ModelInfo]:
     """Return the models meeting ``request``, in the given order (candidates' order when the
-    request names candidates)."""
+    request names candidates).
+    """
     fitting = [m for m in models if ineligibility(m, request) is None]
     if request.candidates:
         order = {ref: i for i, ref in enumerate(request.candidates)}
@@ -175,7 +176,8 @@ class ModelRegistry:
     async def get(self, ref: str) -> ModelInfo | None:
         """Return the info of ``provider/model``, or None when the provider does not list it
         (or cannot list its models: the error is kept in :attr:`errors` and the provider is
-        not asked again for :attr:`retry_failed_s` seconds)."""
+        not asked again for :attr:`retry_failed_s` seconds).
+        """
         provider, _, model = ref.partition("/")
         failed_at = self._failed_at.get(provider)
         if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:

@@ -109,7 +109,8 @@ class RateLimits:
     @property
     def per_second(self) -> int | None:
         """The most requests admitted in any 1 s window (None: no such cap): ``rps``, and
-        with ``smooth`` ``ceil(rpm / 60)``, whichever is lower."""
+        with ``smooth`` ``ceil(rpm / 60)``, whichever is lower.
+        """
         caps = [c for c in (self.rps, math.ceil(self.rpm / 60)
                             if self.rpm is not None and self.smooth else None) if c is not None]
         return min(caps, default=None)
@@ -455,7 +456,8 @@ class LimiterSet:
 
     def pause(self, provider: str, model: str | None, seconds: float) -> str:
         """Pause the model's limiter (or the provider's when ``model`` is None) for
-        ``seconds``; return the key paused."""
+        ``seconds``; return the key paused.
+        """
         key = f"{provider}/{model}" if model else provider
         self.limiter(key).pause(seconds)
         return key

@@ -15,7 +15,8 @@ import pytest
 @pytest.fixture
 def flowyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An isolated flowyard home: data and config under ``tmp_path``; FLOWYARD_* variables of
-    the outer environment removed so they cannot leak into the test."""
+    the outer environment removed so they cannot leak into the test.
+    """
     import os
 
     for name in list(os.environ):
@@ -35,7 +36,8 @@ def flowyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 @pytest.fixture
 async def flowyard_stack(flowyard_home: Path) -> AsyncIterator[Any]:
     """A stack of the in-core defaults with in-memory storage and ``fake/echo`` as the default
-    model, opened for the test and closed after it."""
+    model, opened for the test and closed after it.
+    """
     from flowyard.stack import Stack
 
     stack = Stack(config={"storage": {"url": "memory://"}, "models": {"default": "fake/echo"}})

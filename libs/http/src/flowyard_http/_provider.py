@@ -216,7 +216,8 @@ class HTTPProvider:
 
     def malformed(self, message: str, model: str | None = None) -> MalformedResponseError:
         """Return (for the caller to raise) a :class:`MalformedResponseError` saying
-        ``"<name>: <message>"``, secrets redacted (the message often quotes the response)."""
+        ``"<name>: <message>"``, secrets redacted (the message often quotes the response).
+        """
         return MalformedResponseError(redact(f"{self.name}: {message}", self._secrets),
                                       provider=self.name, model=model)
 
@@ -242,18 +243,21 @@ class HTTPProvider:
     def payload_error(self, payload: Any, model: str | None = None) -> ProviderError:
         """Return the typed error for an error object received after HTTP 200 (an error
         stream event, a JSON body with ``error``), typed by its ``type``/``code``; secrets
-        redacted. See :func:`flowyard_http.error_from_payload`."""
+        redacted. See :func:`flowyard_http.error_from_payload`.
+        """
         return error_from_payload(payload, provider=self.name, model=model,
                                   secrets=self._secrets)
 
     def transport_error(self, exc: BaseException, model: str | None = None) -> ProviderError:
         """Return the typed error for an httpx/aiohttp transport exception (the caller raises
-        it ``from None``). See :func:`flowyard_http.error_for_exception`."""
+        it ``from None``). See :func:`flowyard_http.error_for_exception`.
+        """
         return error_for_exception(exc, provider=self.name, model=model, secrets=self._secrets)
 
     def is_error_event(self, name: str, data: Mapping[str, Any]) -> bool:
         """True when a stream event carries an error (``event: error`` or an ``error`` key);
-        subclasses add their own shapes."""
+        subclasses add their own shapes.
+        """
         return name == "error" or bool(data.get("error"))
 
     def is_end_event(self, name: str, data: Mapping[str, Any]) -> bool:
@@ -264,20 +268,23 @@ class HTTPProvider:
 
     def free_price(self, model: str) -> ModelPrice | None:
         """The price of a model missing from the table: 0 when the provider is ``free``,
-        else None (unknown). Subclasses narrow what counts as free."""
+        else None (unknown). Subclasses narrow what counts as free.
+        """
         if self.free:
             return ModelPrice(0.0, 0.0, source=f"{self.name}: configured free (local server)")
         return None
 
     def price(self, model: str) -> ModelPrice | None:
         """Return the price of ``model`` (US dollars per million tokens): the table's
-        (configured prices first), else :meth:`free_price`; None when unknown (never 0)."""
+        (configured prices first), else :meth:`free_price`; None when unknown (never 0).
+        """
         price: ModelPrice | None = self.prices.price(model)
         return price if price is not None else self.free_price(model)
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """Return the cost of ``usage`` on ``model`` in US dollars, None when the price is
-        unknown."""
+        unknown.
+        """
         price = self.price(model)
         return price.cost(usage) if price is not None else None
 

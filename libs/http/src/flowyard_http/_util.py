@@ -499,7 +499,8 @@ ERROR_TYPE_STATUS: dict[str, int] = {
 
 def status_for_error_type(kind: Any, default: int = 500) -> int:
     """Return the HTTP status implied by an error ``type``/``code`` value (``default`` when
-    unknown; an integer ``code`` in 400..599 is taken as the status itself)."""
+    unknown; an integer ``code`` in 400..599 is taken as the status itself).
+    """
     if isinstance(kind, int) and 400 <= kind <= 599:
         return kind
     if isinstance(kind, str):
@@ -529,7 +530,8 @@ def error_from_payload(payload: Any, *, provider: str, model: str | None = None,
 def deadline_error(deadline: float, *, provider: str, model: str | None = None,
                    what: str = "complete response") -> ProviderTimeoutError:
     """Return the (retriable) :class:`ProviderTimeoutError` of a call that passed its overall
-    deadline: ``"<provider> model '<m>': no <what> within the <deadline> s deadline"``."""
+    deadline: ``"<provider> model '<m>': no <what> within the <deadline> s deadline"``.
+    """
     where = f"{provider}" + (f" model {model!r}" if model else "")
     return ProviderTimeoutError(
         f"{where}: no {what} within the {deadline:g} s deadline (the server was still "
@@ -624,7 +626,8 @@ def stream_errors(*, provider: str, model: str | None = None,
                   secrets: Iterable[str | Secret | None] = ()) -> _StreamErrors:
     """Return a context manager for iterating a streamed body: a timeout becomes
     :class:`ProviderTimeoutError`, any other httpx failure (connection dropped mid-stream) a
-    :class:`MalformedResponseError` saying the stream was cut."""
+    :class:`MalformedResponseError` saying the stream was cut.
+    """
     return _StreamErrors(provider, model, list(secrets))
 
 

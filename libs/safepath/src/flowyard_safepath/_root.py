@@ -530,7 +530,8 @@ class SafeRoot:
     def _iter_tree(self, dir_fd: int, prefix: list[str], path: str,
                    counter: list[int]) -> Iterator[tuple[list[str], os.stat_result, int]]:
         """Yield ``(components, lstat, parent_fd)`` below ``dir_fd``, depth first, sorted,
-        never following symlinks."""
+        never following symlinks.
+        """
         with os.scandir(dir_fd) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
@@ -675,7 +676,8 @@ class SafeRoot:
     def _write_temp(self, loc: _Located, path: str, chunks: Iterable[bytes], *,
                     mode: int, budget: int | None) -> tuple[str, int]:
         """Write ``chunks`` to a new temporary file next to the target; return its name and
-        size. The temporary file is removed on any failure."""
+        size. The temporary file is removed on any failure.
+        """
         assert loc.name is not None
         base = loc.name.encode("utf-8")[:100].decode("utf-8", "ignore")
         tmp = f".{base}.{secrets.token_hex(6)}.part"
@@ -862,7 +864,8 @@ class SafeRoot:
 
     def _rmtree_at(self, parent_fd: int, name: str) -> int:
         """Remove directory ``name`` under ``parent_fd`` and everything in it; never follows
-        symlinks (a link is removed, not its target). Returns the entries removed."""
+        symlinks (a link is removed, not its target). Returns the entries removed.
+        """
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         removed = 0
         try:

@@ -47,7 +47,8 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
 
 def load_price_table(overrides: Mapping[str, Any] | None = None) -> PriceTable:
     """Return Anthropic's price table shipped in this package (``prices.json``) with
-    ``overrides`` (``{model: {"input": x, "output": y}}``, US dollars per million tokens)."""
+    ``overrides`` (``{model: {"input": x, "output": y}}``, US dollars per million tokens).
+    """
     return PriceTable.from_package("flowyard_anthropic", overrides=overrides)
 
 
@@ -368,7 +369,8 @@ class AnthropicProvider(HTTPProvider):
     async def list_models(self) -> list[ModelInfo]:
         """Return the models of ``GET /v1/models`` (every page) with the price table's
         context windows, output caps and prices; ``display_name`` and ``created_at`` go to
-        ``metadata``. A model missing from the table has no price (unknown)."""
+        ``metadata``. A model missing from the table has no price (unknown).
+        """
         out: list[ModelInfo] = []
         params: dict[str, Any] = {"limit": 100}
         while True:

@@ -1,5 +1,6 @@
 """What the memory store and the retriever share: settings, the chroma client, the embedder,
-collection naming and the binding to a stack."""
+collection naming and the binding to a stack.
+"""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def bundled_model_path() -> Path:
 
 def minilm_tokenizer() -> Tokenizer:
     """Return the all-MiniLM-L6-v2 word-piece tokenizer (no truncation, no padding), loaded
-    once per process. Used for chunk sizes and context budgets."""
+    once per process. Used for chunk sizes and context budgets.
+    """
     if not _TOKENIZER:
         from tokenizers import Tokenizer
 

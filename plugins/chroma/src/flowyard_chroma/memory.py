@@ -153,7 +153,8 @@ class ChromaMemoryStore(ChromaBase):
 
     async def add(self, entries: Sequence[MemoryEntry]) -> list[str]:
         """Store ``entries`` (an entry with an existing id replaces it); return their ids in
-        order. Entries may belong to several namespaces."""
+        order. Entries may belong to several namespaces.
+        """
         checked = [_check_entry(i, e) for i, e in enumerate(entries)]
         if not checked:
             return []

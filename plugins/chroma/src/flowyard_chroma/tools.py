@@ -40,7 +40,8 @@ def _retriever(context: ToolContext) -> Any:
 
 def hit_dict(hit: MemoryHit) -> dict[str, Any]:
     """Return a memory hit as a JSON-ready dict (the entry's fields plus ``score``, and the
-    entry's importance as ``importance``)."""
+    entry's importance as ``importance``).
+    """
     e = hit.entry
     return {"id": e.id, "text": e.text, "score": round(hit.score, 6), "namespace": e.namespace,
             "category": e.category, "importance": e.score, "metadata": e.metadata,
@@ -234,7 +235,8 @@ async def rag_index(
 
 def _takes_progress(method: Any) -> bool:
     """Whether a retriever's ``index`` accepts a ``progress`` callback (the chroma one does;
-    the :class:`~flowyard.interfaces.Retriever` protocol does not require it)."""
+    the :class:`~flowyard.interfaces.Retriever` protocol does not require it).
+    """
     import inspect
 
     return "progress" in inspect.signature(method).parameters

@@ -479,7 +479,8 @@ def _covered(path: str, roots: Sequence[str]) -> bool:
 def _interpreter_paths(python: str) -> list[str]:
     """Host paths an interpreter needs to start: the installation prefix of the real binary
     (``<prefix>/bin/python3.x`` -> ``<prefix>``) and, for a virtualenv, its root (the
-    directory holding ``pyvenv.cfg``), else the directory of the path as given."""
+    directory holding ``pyvenv.cfg``), else the directory of the path as given.
+    """
     real = os.path.realpath(python)
     prefix = os.path.dirname(os.path.dirname(real))
     out = [prefix if prefix != "/" else os.path.dirname(real)]
@@ -571,7 +572,8 @@ def bubblewrap_args(settings: ExecSettings, work_dir: str, *, interpreters: Sequ
 async def _probe(key: tuple[Any, ...], argv: Sequence[str], what: str, cannot: str
                  ) -> tuple[bool, str]:
     """Run ``argv`` (a launcher running ``true``) once per process and ``key``; return
-    ``(True, "")`` when it exits with 0, else ``(False, reason)``."""
+    ``(True, "")`` when it exits with 0, else ``(False, reason)``.
+    """
     if key in _PROBES:
         return _PROBES[key]
     try:
@@ -834,7 +836,8 @@ class Sandbox:
 
     async def _probe_python(self, python: str, isolation: str) -> tuple[bool, str]:
         """``(True, version)`` when the account can start ``python`` under ``isolation``
-        with the modules python.run's runner needs, else ``(False, reason)``; cached."""
+        with the modules python.run's runner needs, else ``(False, reason)``; cached.
+        """
         key = (python, isolation, self._account(), self.settings.bwrap, LAUNCHER_PYTHON)
         if key in _PYTHON_PROBES:
             return _PYTHON_PROBES[key]

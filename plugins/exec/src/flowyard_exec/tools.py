@@ -223,7 +223,8 @@ _write(payload)
 
 def _write_new(path: str, text: str) -> None:
     """Create ``path`` afresh (never through a symlink or into an existing file) with mode
-    0644, so the account the code runs as can read it but not change it."""
+    0644, so the account the code runs as can read it but not change it.
+    """
     if os.path.lexists(path):
         os.unlink(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -379,7 +380,8 @@ class PythonRunTool(_ExecTool):
     def _read_result(self, path: str) -> dict[str, Any] | None:
         """Read the runner's result file, which the code itself could have tampered with:
         never through a symlink, only a regular file with one link (no hard link to a file
-        elsewhere)."""
+        elsewhere).
+        """
         limit = self.settings.max_output_bytes * 10
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

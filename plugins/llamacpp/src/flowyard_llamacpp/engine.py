@@ -311,7 +311,8 @@ class LoadedModel:
 
     def tokenize(self, llm: Llama, prompt: str) -> list[int]:
         """Tokenize a rendered prompt (special tokens parsed; BOS added when the model wants
-        one and the template did not write it)."""
+        one and the template did not write it).
+        """
         tokens = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
         if self.add_bos and self.bos_id >= 0 and (not tokens or tokens[0] != self.bos_id):
             tokens.insert(0, self.bos_id)
@@ -395,7 +396,8 @@ class GenerationParams:
 class GenerationResult:
     """What a generation produced: the text, token counts and why it ended (``"stop"``:
     end-of-generation token or a stop sequence; ``"length"``: max_tokens or the context
-    window; ``"cancelled"``: the cancel flag was set)."""
+    window; ``"cancelled"``: the cancel flag was set).
+    """
 
     text: str
     prompt_tokens: int

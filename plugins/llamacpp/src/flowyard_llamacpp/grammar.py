@@ -81,7 +81,8 @@ def _digit_class(a: str, b: str) -> str:
 
 def _same_length_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
     """Split ``[lo, hi]`` (non-negative, same digit count) into ranges each of which is a
-    fixed prefix, one digit range, then free digits: 123-129, 130-199, 200-599, ..."""
+    fixed prefix, one digit range, then free digits: 123-129, 130-199, 200-599, ...
+    """
     out: list[tuple[int, int]] = []
     start = lo
     while start <= hi:
@@ -100,7 +101,8 @@ def _same_length_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
 
 def _range_pattern(start: int, end: int) -> str:
     """GBNF sequence matching the integers ``start..end`` (same digit count, one block from
-    :func:`_same_length_ranges`)."""
+    :func:`_same_length_ranges`).
+    """
     a, b = str(start), str(end)
     parts = [_digit_class(x, y) for x, y in zip(a, b, strict=True)]
     return " ".join(parts)
@@ -108,7 +110,8 @@ def _range_pattern(start: int, end: int) -> str:
 
 def _nonnegative_rule(lo: int, hi: int | None) -> str:
     """GBNF alternatives for the integers ``lo..hi`` (``lo >= 0``; ``hi`` None: unbounded,
-    up to 16 digits), without leading zeros."""
+    up to 16 digits), without leading zeros.
+    """
     alternatives: list[str] = []
     top = hi if hi is not None else 10 ** MAX_DIGITS - 1
     top = min(top, 10 ** MAX_DIGITS - 1)
@@ -150,7 +153,8 @@ def _converter() -> Any:
 
     class _Converter(SchemaConverter):  # type: ignore[misc]
         """llama-cpp-python's converter plus integer ranges (minimum/maximum and the
-        exclusive forms), which it leaves unconstrained."""
+        exclusive forms), which it leaves unconstrained.
+        """
 
         def visit(self, schema: Any, name: str) -> Any:
             if (isinstance(schema, dict) and schema.get("type") == "integer"

@@ -63,7 +63,8 @@ class _Prepared:
 
 async def _run_in_thread(fn: Callable[[], T], cancel: threading.Event) -> T:
     """Run ``fn`` in a worker thread; on cancellation set ``cancel`` and wait (shielded) until
-    the thread has finished with the model, then re-raise the cancellation."""
+    the thread has finished with the model, then re-raise the cancellation.
+    """
     started = threading.Event()
     done = threading.Event()
 
@@ -549,7 +550,8 @@ class LlamaCppProvider:
 
     async def aclose(self) -> None:
         """Mark this provider closed. Loaded models stay in the process-wide cache for other
-        stacks; :func:`flowyard_llamacpp.unload_models` frees them. Safe to call twice."""
+        stacks; :func:`flowyard_llamacpp.unload_models` frees them. Safe to call twice.
+        """
         self.closed = True
 
     def __repr__(self) -> str:

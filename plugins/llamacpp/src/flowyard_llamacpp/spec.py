@@ -119,7 +119,8 @@ class ModelSpec:
 
     def load_key(self) -> tuple[Any, ...]:
         """The key of the process-wide model cache: the same file with the same load
-        settings is loaded once per process, whatever the alias or stack."""
+        settings is loaded once per process, whatever the alias or stack.
+        """
         return (str(self.path), self.n_ctx, self.n_threads, self.n_batch, self.n_gpu_layers)
 
 

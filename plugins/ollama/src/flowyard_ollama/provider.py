@@ -51,7 +51,8 @@ def load_price_table(overrides: Mapping[str, Any] | None = None) -> PriceTable:
 
 def base_url_from_env(value: str | None) -> str | None:
     """Turn ``OLLAMA_HOST`` (``host``, ``host:port`` or a URL; ``0.0.0.0`` means this machine)
-    into a base URL, or None when unset."""
+    into a base URL, or None when unset.
+    """
     if not value:
         return None
     value = value.strip()
@@ -134,7 +135,8 @@ class OllamaProvider(HTTPProvider):
 
     def free_price(self, model: str) -> ModelPrice | None:
         """0 for a local model when the provider is free; None (unknown) for cloud models
-        (:func:`is_cloud_model`) unless priced."""
+        (:func:`is_cloud_model`) unless priced.
+        """
         if self.free and not is_cloud_model(model):
             return ModelPrice(0.0, 0.0, source=f"{self.name}: local model, no per-token charge")
         return None
@@ -407,7 +409,8 @@ class OllamaProvider(HTTPProvider):
         """Return the local models (``GET /api/tags``), each completed by ``/api/show``:
         context window (``<architecture>.context_length``), capabilities (completion: chat,
         streaming, json; tools; vision; embedding: embeddings) and details (family,
-        parameter size, quantization, size in bytes) in ``metadata``."""
+        parameter size, quantization, size in bytes) in ``metadata``.
+        """
         import anyio
 
         data = await self.request_json("GET", "/api/tags")

@@ -279,7 +279,8 @@ class MockOpenAIServer:
 
     def start_in_thread(self) -> MockOpenAIServer:
         """Run the server in a daemon thread with its own event loop; return self once it
-        listens. Stop it with :meth:`stop_thread`."""
+        listens. Stop it with :meth:`stop_thread`.
+        """
         ready = threading.Event()
         failure: list[OSError] = []
 
@@ -314,7 +315,8 @@ class MockOpenAIServer:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m flowyard_openai.mock_server [--host H] [--port P]
-    [--latency SECONDS] [--models a,b] [--api-key KEY]``. Prints ``listening <base_url>``."""
+    [--latency SECONDS] [--models a,b] [--api-key KEY]``. Prints ``listening <base_url>``.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8199)

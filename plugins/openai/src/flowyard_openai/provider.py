@@ -47,7 +47,8 @@ _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
 
 def load_price_table(overrides: Mapping[str, Any] | None = None) -> PriceTable:
     """Return OpenAI's price table shipped in this package (``prices.json``), with
-    ``overrides`` (``{model: {"input": x, "output": y}}``, US dollars per million tokens)."""
+    ``overrides`` (``{model: {"input": x, "output": y}}``, US dollars per million tokens).
+    """
     return PriceTable.from_package("flowyard_openai", overrides=overrides)
 
 

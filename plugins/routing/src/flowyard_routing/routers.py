@@ -34,7 +34,8 @@ Choice = tuple[ModelInfo, str]
 
 def expected_cost(info: ModelInfo, request: RouteRequest, output_tokens: int) -> float | None:
     """Return the cost in US dollars of a call with the route's estimated prompt (at least 1
-    token) and ``output_tokens`` output tokens at the model's prices (None: unpriced)."""
+    token) and ``output_tokens`` output tokens at the model's prices (None: unpriced).
+    """
     if info.price is None:
         return None
     return info.price.cost(Usage(max(1, request.estimated_input_tokens), output_tokens))

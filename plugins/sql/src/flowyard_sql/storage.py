@@ -120,7 +120,8 @@ _KV_DELETE = kv.delete().where(kv.c.namespace == sa.bindparam("b_namespace"),
 
 class _Exec(Protocol):
     """What write functions run statements through: a SQLAlchemy connection (PostgreSQL,
-    in-memory SQLite) or the raw writer connection of a SQLite file (see _RawSQLite)."""
+    in-memory SQLite) or the raw writer connection of a SQLite file (see _RawSQLite).
+    """
 
     def execute(self, stmt: Any, params: Any) -> int:
         """Run ``stmt`` with a dict of parameters (or a list: executemany); return rowcount."""
@@ -644,7 +645,8 @@ class SQLStorage:
         When one write fails (a duplicate run id...), the transaction is rolled back and the
         batch is run again with each write in its own savepoint, so that only the failing
         write reports its error. Write functions only touch the database, so running them
-        again after a rollback is safe."""
+        again after a rollback is safe.
+        """
         raw = self._raw
         assert raw is not None, "the SQLite writer is not open"
         connection = raw.connection
@@ -821,7 +823,8 @@ class SQLStorage:
         """INSERT the lease, or replace the current one only when the WHERE of the conflict
         clause allows it: same owner, expired, or the owner the caller found dead. One
         statement, so the check and the write are atomic on PostgreSQL too (the conflicting
-        row is locked and the condition re-checked against its newest version)."""
+        row is locked and the condition re-checked against its newest version).
+        """
         stmt = self._upserts.get("lease-claim")
         if stmt is None:
             base: Any

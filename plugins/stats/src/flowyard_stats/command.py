@@ -174,7 +174,8 @@ def stats(since: str | None, workflow: str | None, max_runs: int, no_events: boo
     """Run metrics: runs and steps by status, success rate, latency percentiles, tokens, cost
     (unknown prices shown as unknown) and rate-limit waiting time.
 
-    Runs stored as running whose process died are counted as abandoned."""
+    Runs stored as running whose process died are counted as abandoned.
+    """
     import anyio
 
     from flowyard.stack import Stack

@@ -101,7 +101,8 @@ class CostTotal:
 class CostRow(CostTotal):
     """A :class:`CostTotal` for one group: ``key`` is the step id, agent, run id, workflow
     name, ``provider/model``, provider, or (per call) ``"<run>:<index>"``; None for lines
-    without that attribute (a call outside any agent)."""
+    without that attribute (a call outside any agent).
+    """
 
     key: str | None = None
     run_id: str | None = None
@@ -174,7 +175,8 @@ class CostLedger:
     async def lines(self, *, run_id: str | None = None, workflow: str | None = None,
                     since: float | None = None) -> list[CostLine]:
         """Return cost lines of one run (or all), optionally of one workflow and at or after
-        ``since`` (UNIX seconds)."""
+        ``since`` (UNIX seconds).
+        """
         lines = await self.storage.list_costs(run_id)
         return [line for line in lines
                 if (workflow is None or line.workflow_name == workflow)
@@ -192,7 +194,8 @@ class CostLedger:
 
     async def run_summary(self, run_id: str) -> dict[str, Any]:
         """Return the cost part of a run summary: total, per step, per agent and per model,
-        JSON-ready (``cost_usd`` None where a price was unknown)."""
+        JSON-ready (``cost_usd`` None where a price was unknown).
+        """
         lines = await self.lines(run_id=run_id)
         return {
             "total": total_of(lines).to_dict(),

@@ -267,7 +267,8 @@ class LiveMetrics:
 
     def __call__(self, event: Event) -> None:
         """Count one event (``llm.call``, ``llm.error``, ``ratelimit.wait``,
-        ``budget.exceeded``, ``circuit.state``, ``router.choice``); others are ignored."""
+        ``budget.exceeded``, ``circuit.state``, ``router.choice``); others are ignored.
+        """
         data = event.data
         with self._lock:
             if event.type == "llm.call":
@@ -300,7 +301,8 @@ class LiveMetrics:
     def snapshot(self) -> dict[str, Any]:
         """Return the figures, JSON-ready: per model calls, errors, tokens, cost (None when
         any call was unpriced) and latency; totals; rate-limit waits per limiter key;
-        budget refusals; circuit openings per provider; router choices."""
+        budget refusals; circuit openings per provider; router choices.
+        """
         with self._lock:
             refs = sorted(set(self._calls) | set(self._errors))
             models = {}

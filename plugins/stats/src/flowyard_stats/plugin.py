@@ -21,7 +21,8 @@ LIVE = "stats.live"
 @hookimpl
 def register_event_listeners(register: Register, config: Config) -> None:
     """``stats.live``: in-process LLM metrics of the stack (calls, latency, errors, cost,
-    rate-limit waits, breaker openings), including calls outside runs."""
+    rate-limit waits, breaker openings), including calls outside runs.
+    """
 
     def make() -> Any:
         from flowyard_stats.metrics import LiveMetrics

@@ -161,10 +161,10 @@ class WebFetchTool(BaseTool):
     def __init__(self, settings: WebSettings | None = None, *, resolver: Resolver | None = None,
                  verify: Any = True) -> None:
         """Args:
-            settings: the ``[web]`` settings (defaults when None).
-            resolver: ``async (host, port) -> [address, ...]``; the system resolver by default.
-            verify: TLS verification for httpx (True, an ``ssl.SSLContext`` or a CA bundle
-                path); never disable it outside tests.
+        settings: the ``[web]`` settings (defaults when None).
+        resolver: ``async (host, port) -> [address, ...]``; the system resolver by default.
+        verify: TLS verification for httpx (True, an ``ssl.SSLContext`` or a CA bundle
+            path); never disable it outside tests.
         """
         self.settings = settings or WebSettings()
         self.resolver = resolver or system_resolver
@@ -173,7 +173,8 @@ class WebFetchTool(BaseTool):
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context shared by this tool's per-hop clients (built once: loading the CA
-        bundle is the most expensive part of creating an httpx client)."""
+        bundle is the most expensive part of creating an httpx client).
+        """
         if self._ssl_context is None:
             if isinstance(self.verify, ssl.SSLContext):
                 self._ssl_context = self.verify

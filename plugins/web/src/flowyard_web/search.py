@@ -60,7 +60,8 @@ class SearchResult:
 
 class SearchBackendError(Exception):
     """A backend failed. ``retriable``: trying again later may succeed (rate limits,
-    timeouts, 5xx)."""
+    timeouts, 5xx).
+    """
 
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
@@ -117,7 +118,8 @@ class DDGSBackend:
                      safesearch: str = "moderate", time_range: str | None = None
                      ) -> list[SearchResult]:
         """Run ``DDGS().text`` in a worker thread (ddgs is synchronous); see
-        :meth:`SearchBackend.search`."""
+        :meth:`SearchBackend.search`.
+        """
         from ddgs import DDGS
         from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
 
@@ -286,9 +288,9 @@ class WebSearchTool(BaseTool):
     def __init__(self, settings: WebSettings | None = None, *,
                  backend: SearchBackend | None = None) -> None:
         """Args:
-            settings: the ``[web]`` settings (defaults when None).
-            backend: a backend object; when None, ``settings.search_backend`` is built on
-                first use.
+        settings: the ``[web]`` settings (defaults when None).
+        backend: a backend object; when None, ``settings.search_backend`` is built on
+            first use.
         """
         self.settings = settings or WebSettings()
         self._backend = backend
