@@ -181,7 +181,7 @@ def test_kill_9_then_resume_runs_completed_steps_exactly_once(
     assert not completed_before & in_flight
     effects_before = scenario.effects_of()
 
-    resumed = scenario.flowyard("resume", run_id)
+    resumed = scenario.flowyard("resume", run_id[:6])  # a unique prefix names the run
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
     status, resume_count = scenario.query("SELECT status, resume_count FROM fy_runs")[0]

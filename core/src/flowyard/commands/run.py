@@ -587,15 +587,19 @@ def validate(file: str, as_json: bool) -> None:
               help="Use this workflow file instead of the run's stored definition.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run result as JSON.")
 def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -> None:
-    """Resume the stored run RUN_ID: completed steps are not run again.
+    """Resume the stored run RUN_ID (or a unique prefix of it): completed steps are not run
+    again.
 
     Exits 1 when the run does not complete (or cannot be resumed).
     """
+    from flowyard.commands.runs import resolve_run_id
+
     options: dict[str, Any] = {}
     if workflow_file:
         options["workflow"] = workflow_file
 
     async def go(stack: Any) -> Any:
-        return await stack.resume(run_id, force=force, **options)
+        full_id = await resolve_run_id(stack.storage, run_id)
+        return await stack.resume(full_id, force=force, **options)
 
     _execute(default_stack(), go, None, as_json, live=False, run_id=run_id)
