@@ -1,4 +1,5 @@
-"""A stream that reports no usage gives an unknown cost, never a cost of 0 tokens."""
+"""A stream that reports no usage is charged for locally counted tokens, marked estimated,
+never a cost of 0 tokens (free models cost 0.0, unpriced ones stay unknown)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ class Setup:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("model", "expected_cost"), [("priced", None), ("echo", 0.0)])
-async def test_stream_without_usage_has_unknown_cost_unless_free(
+@pytest.mark.parametrize(("model", "expected_cost"), [
+    # prompt "hi": 8 tokens estimated at $1/Mtok; "some text": 9 ASCII chars = 3 tokens at $2
+    ("priced", (8 * 1.0 + 3 * 2.0) / 1e6), ("echo", 0.0), ("unpriced", None)])
+async def test_stream_without_usage_is_charged_an_estimate(
         flowyard_home: Any, model: str, expected_cost: float | None) -> None:
     stack = Stack([("setup", Setup())], config={"storage": {"url": "memory://"}})
     events: list[Event] = []
@@ -39,4 +42,9 @@ async def test_stream_without_usage_has_unknown_cost_unless_free(
     assert text == "some text"
     [call] = [e for e in events if e.type == "llm.call"]
     assert call.data["usage_reported"] is False
-    assert call.data["cost_usd"] == expected_cost
+    assert call.data["estimated"] is True
+    assert call.data["output_tokens"] == 3
+    if expected_cost is None:
+        assert call.data["cost_usd"] is None
+    else:
+        assert call.data["cost_usd"] == pytest.approx(expected_cost)

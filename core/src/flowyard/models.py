@@ -405,7 +405,12 @@ class CostLine:
     """The cost of one LLM call.
 
     ``cost_usd`` is None when the model's price is unknown. ``agent`` names the agent step
-    that made the call, when any.
+    that made the call, when any. ``estimated`` is True when the tokens were counted by
+    flowyard rather than reported by the server (a stream without usage, or one cut before
+    its usage arrived; see :func:`flowyard.llm.budget.estimate_output_tokens`).
+    ``overshoot_usd`` is how far the cost went past the budget reservation of the call, in US
+    dollars (0.0 when it stayed within it or no budget applied), e.g. when a server ignored
+    ``max_tokens``.
     """
 
     run_id: str
@@ -418,6 +423,8 @@ class CostLine:
     agent: str | None = None
     workflow_name: str = ""
     time: float = field(factory=now)
+    estimated: bool = False
+    overshoot_usd: float = 0.0
 
 
 # ----------------------------------------------------------------------------- memory / RAG

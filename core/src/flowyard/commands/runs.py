@@ -421,8 +421,13 @@ def _group_costs(lines: list[Any], by: str) -> list[dict[str, Any]]:
     for line in lines:
         key = key_of[by](line)
         g = groups.setdefault(key, {by: key, "calls": 0, "input_tokens": 0, "output_tokens": 0,
-                                    "cost_usd": 0.0, "unpriced_calls": 0})
+                                    "cost_usd": 0.0, "unpriced_calls": 0,
+                                    "estimated_calls": 0, "overshoot_usd": 0.0})
         g["calls"] += 1
+        # tokens counted locally (a stream without usage or cut short), and cost past the
+        # budget reservation (a server ignoring max_tokens)
+        g["estimated_calls"] += int(line.estimated)
+        g["overshoot_usd"] += line.overshoot_usd
         g["input_tokens"] += line.input_tokens
         g["output_tokens"] += line.output_tokens
         if line.cost_usd is None:
@@ -447,13 +452,20 @@ def _print_cost_table(console: Any, lines: list[Any], by: str) -> None:
             cost = f"${g['cost_usd']:.6f}"
             if g["unpriced_calls"]:
                 cost += f" + {g['unpriced_calls']} unpriced call(s)"
+        if g["estimated_calls"]:
+            cost += f" (estimated: {g['estimated_calls']} call(s))"
+        if g["overshoot_usd"]:
+            cost += f" (over reservation: ${g['overshoot_usd']:.6f})"
         table.add_row(g[by], str(g["calls"]), str(g["input_tokens"]), str(g["output_tokens"]),
                       cost)
     known = sum(g["cost_usd"] for g in rows)
     unpriced = sum(g["unpriced_calls"] for g in rows)
+    estimated = sum(g["estimated_calls"] for g in rows)
     console.print(table)
     console.print(f"total ${known:.6f}" + (f" (+ {unpriced} call(s) of unknown price)"
-                                          if unpriced else ""))
+                                          if unpriced else "")
+                  + (f" ({estimated} call(s) estimated from locally counted tokens)"
+                     if estimated else ""))
 
 
 @runs.command("cost")

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from flowyard.models import ChatRequest, ModelPrice
 
 __all__ = ["Budget", "BudgetChain", "Reservation", "estimate_text_tokens",
-           "estimate_prompt_tokens", "estimate_max_cost", "IMAGE_TOKENS", "MESSAGE_OVERHEAD"]
+           "estimate_prompt_tokens", "estimate_output_tokens", "estimate_max_cost",
+           "IMAGE_TOKENS", "MESSAGE_OVERHEAD", "CHARS_PER_OUTPUT_TOKEN"]
 
 #: Tokens assumed per image part (conservative: a 2048 px image at high detail costs about
 #: 1100 OpenAI tokens and 1600 Anthropic tokens).
@@ -43,8 +44,12 @@ class Budget:
         name: which run, step or agent.
 
     Attributes:
-        spent_usd: actual cost of finished calls.
+        spent_usd: actual cost of finished calls (including any overshoot).
         reserved_usd: estimated maximum of calls in flight.
+        overshoot_usd: how much finished calls cost beyond their reservations, in US dollars
+            (a server ignoring ``max_tokens``); already part of ``spent_usd``, so
+            ``spent_usd`` may exceed ``limit_usd`` by at most this much.
+        estimated_calls: finished calls whose cost was estimated from locally counted tokens.
     """
 
     limit_usd: float
@@ -53,6 +58,8 @@ class Budget:
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     unknown_cost_calls: int = 0
+    overshoot_usd: float = 0.0
+    estimated_calls: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.limit_usd < 0:
@@ -68,7 +75,8 @@ class Budget:
         return {"scope": self.scope, "name": self.name, "limit_usd": self.limit_usd,
                 "spent_usd": self.spent_usd, "reserved_usd": self.reserved_usd,
                 "remaining_usd": self.remaining_usd,
-                "unknown_cost_calls": self.unknown_cost_calls}
+                "unknown_cost_calls": self.unknown_cost_calls,
+                "overshoot_usd": self.overshoot_usd, "estimated_calls": self.estimated_calls}
 
 
 @attrs.define(eq=False)
@@ -115,23 +123,37 @@ class BudgetChain:
         return Reservation(self.budgets, amount_usd)
 
     @staticmethod
-    def settle(reservation: Reservation, actual_usd: float | None) -> None:
+    def settle(reservation: Reservation, actual_usd: float | None, *,
+               estimated: bool = False) -> float:
         """Replace the held amount with the actual cost (US dollars). Idempotent.
 
         ``None`` means the cost is unknown (a model without a price, allowed by
         ``budgets.unknown_price = "allow"``): nothing is added to ``spent_usd`` and the
-        budgets count it in ``unknown_cost_calls``.
+        budgets count it in ``unknown_cost_calls``. An actual cost above the reservation (a
+        server that ignored ``max_tokens``) is spent in full and the excess is added to every
+        budget's ``overshoot_usd``. ``estimated`` counts the call in ``estimated_calls``.
+
+        Returns:
+            The overshoot in US dollars: ``actual_usd - amount_usd`` when positive, else 0.0
+            (also 0.0 for an unknown cost and for a reservation settled before).
         """
         with _LOCK:
             if reservation.settled:
-                return
+                return 0.0
             reservation.settled = True
+            overshoot = 0.0
+            if actual_usd is not None and actual_usd > reservation.amount_usd + 1e-12:
+                overshoot = actual_usd - reservation.amount_usd
             for budget in reservation.budgets:
                 budget.reserved_usd -= reservation.amount_usd
                 if actual_usd is None:
                     budget.unknown_cost_calls += 1
                 else:
                     budget.spent_usd += actual_usd
+                    budget.overshoot_usd += overshoot
+                if estimated:
+                    budget.estimated_calls += 1
+            return overshoot
 
     @staticmethod
     def release(reservation: Reservation) -> None:
@@ -176,6 +198,39 @@ def estimate_text_tokens(text: str) -> int:
         return math.ceil(len(text) / 3)
     ascii_chars = len(text.encode("ascii", "ignore"))
     return math.ceil(ascii_chars / 3) + (len(text) - ascii_chars)
+
+
+#: Characters per output token assumed when a server reports no usage: OpenAI's documented
+#: rule of thumb for English ("one token is about 4 characters"), also close for Llama and
+#: Claude tokenizers on English prose.
+CHARS_PER_OUTPUT_TOKEN = 4
+
+
+def estimate_output_tokens(text: str, tool_calls: Sequence[Any] = ()) -> int:
+    """Return an estimate of the output tokens of ``text`` (received reply text) and of
+    ``tool_calls`` (:class:`~flowyard.models.ToolCall`: name and JSON arguments), for a stream
+    whose server sent no usage or was cut before sending it.
+
+    ASCII characters count one token per :data:`CHARS_PER_OUTPUT_TOKEN` (4) characters, every
+    other character one token. Unlike :func:`estimate_text_tokens` (an upper bound, 3
+    characters per token, used to *reserve*), this is the expected count: it is *charged* as
+    spent and decides when a stream has used up its reservation, so a conservative count
+    would both overbill and cut off servers that honour ``max_tokens`` just before their own
+    end. Remote models have no local tokenizer in flowyard, and providers expose no
+    output-counting hook (``count_prompt_tokens`` counts requests only), hence the estimate;
+    cost lines from it are marked ``estimated``.
+    """
+    import json
+
+    total = 0
+    if text:
+        ascii_chars = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
+        total += math.ceil(ascii_chars / CHARS_PER_OUTPUT_TOKEN) + (len(text) - ascii_chars)
+    for call in tool_calls:
+        total += estimate_output_tokens(str(getattr(call, "name", "")))
+        total += estimate_output_tokens(json.dumps(getattr(call, "arguments", {}),
+                                                   ensure_ascii=False, default=str))
+    return total
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:

@@ -17,13 +17,25 @@ For each call it:
    usage with the rate limiter, emits ``llm.call`` (or ``llm.error``) and stores a cost line
    when the call belongs to a run.
 
+A stream whose server sends no usage, or that is cut after some chunks arrived, is charged for
+the prompt and the output actually received, counted locally
+(:func:`~flowyard.llm.budget.estimate_output_tokens`): the reservation is settled with that
+estimate (never released to $0), and the ``llm.call`` event and cost line say
+``estimated=True`` (a cut stream also ``partial=True``, and then ``llm.error`` follows). A
+stream whose received output uses up its reservation (a server ignoring ``max_tokens``) is
+stopped there: the provider's stream is closed and a final chunk with
+``finish_reason="length"`` ends it (``stopped="reservation used up"``). A call that costs more
+than its reservation anyway (a non-streamed reply past ``max_tokens``) is charged in full and
+the excess is ``overshoot_usd`` on the event, the cost line and every budget of the chain.
+
 A 429 with a retry-after pauses the model's limiter for that long, up to
 ``limits.max_retry_after`` (60 s by default); a longer one does not pause it and the
 ``RateLimitedError`` is made non-retriable (it fails at once). See
 ``docs/budgets-and-limits.md``.
 
 Events emitted (``data`` keys in brackets): ``llm.call`` [provider, model, input_tokens,
-output_tokens, cost_usd, latency_s, waited_s, agent, finish_reason, router],
+output_tokens, cost_usd, latency_s, waited_s, agent, finish_reason, router, estimated,
+overshoot_usd; streams also streamed, usage_reported, partial, stopped],
 ``llm.error`` [provider, model, error_type, error, retriable, latency_s],
 ``router.choice`` [router, model, reason, attempt, fallbacks], ``budget.exceeded``
 [provider, model, scope, limit_usd, requested_usd, error], ``ratelimit.wait`` [key, waited_s],
@@ -38,7 +50,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +61,7 @@ from flowyard.llm.budget import (
     BudgetChain,
     Reservation,
     estimate_max_cost,
+    estimate_output_tokens,
     estimate_prompt_tokens,
 )
 from flowyard.llm.circuit import BreakerSet, counts_as_failure
@@ -117,6 +130,48 @@ class _Call:
     waited_s: float = 0.0
     usage: Usage | None = None
     cost_usd: float | None = None
+    #: the body received part of a reply before failing: settle ``cost_usd`` (tokens
+    #: received), never release the reservation
+    partial: bool = False
+    #: ``usage`` was counted locally, not reported by the server
+    estimated: bool = False
+    #: US dollars charged beyond the reservation (set when the reservation is settled)
+    overshoot_usd: float = 0.0
+
+
+class _Received:
+    """What a stream has delivered so far: chunks, characters of text (ASCII and other, to
+    count tokens like :func:`~flowyard.llm.budget.estimate_output_tokens` without joining
+    the text at every chunk), complete tool calls and the finish reason."""
+
+    __slots__ = ("chunks", "ascii_chars", "other_chars", "tool_tokens", "finish_reason")
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.ascii_chars = 0
+        self.other_chars = 0
+        self.tool_tokens = 0
+        self.finish_reason: str | None = None
+
+    def add(self, chunk: ChatChunk) -> None:
+        self.chunks += 1
+        text = chunk.delta
+        if text:
+            ascii_chars = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
+            self.ascii_chars += ascii_chars
+            self.other_chars += len(text) - ascii_chars
+        if chunk.tool_calls:
+            self.tool_tokens += estimate_output_tokens("", chunk.tool_calls)
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+
+    def usage(self, prompt_tokens: int) -> Usage:
+        """``prompt_tokens`` in, and the output received so far (estimated tokens) out."""
+        from flowyard.llm.budget import CHARS_PER_OUTPUT_TOKEN
+
+        out = (-(-self.ascii_chars // CHARS_PER_OUTPUT_TOKEN) + self.other_chars
+               + self.tool_tokens)
+        return Usage(prompt_tokens, out)
 
 
 class LLMGateway:
@@ -251,21 +306,25 @@ class LLMGateway:
         return info.price.cost(usage)
 
     async def _record(self, ctx: ToolContext | None, provider_name: str, model: str,
-                      usage: Usage, cost: float | None, latency_s: float, **extra: Any) -> None:
+                      usage: Usage, cost: float | None, latency_s: float, *,
+                      estimated: bool = False, overshoot_usd: float = 0.0,
+                      **extra: Any) -> None:
         run_id = ctx.run_id if ctx else ""
         step_id = ctx.step_id if ctx else None
         self.stack.events.make(
             "llm.call", run_id=run_id, step_id=step_id, provider=provider_name, model=model,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cost_usd=cost, latency_s=round(latency_s, 6),
-            agent=ctx.agent if ctx else None, **extra,
+            agent=ctx.agent if ctx else None, estimated=estimated,
+            overshoot_usd=overshoot_usd, **extra,
         )
         if ctx is not None and ctx.run_id and self.stack.storage_is_open:
             await self.stack.storage.add_cost(CostLine(
                 run_id=ctx.run_id, provider=provider_name, model=model,
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                 cost_usd=cost, step_id=step_id, agent=ctx.agent,
-                workflow_name=ctx.workflow_name,
+                workflow_name=ctx.workflow_name, estimated=estimated,
+                overshoot_usd=overshoot_usd,
             ))
 
     def _emit(self, ctx: ToolContext | None, type: str, **data: Any) -> None:
@@ -327,7 +386,11 @@ class LLMGateway:
                      request: ChatRequest, ctx: ToolContext | None) -> AsyncIterator[_Call]:
         """Budget, rate limit and circuit breaker around one provider call.
 
-        The body sets ``call.usage`` and ``call.cost_usd`` on success.
+        The body sets ``call.usage`` and ``call.cost_usd`` on success; a body that received
+        part of a reply before a provider error sets them to what was received, with
+        ``call.partial`` (and ``call.estimated`` when counted locally), so the reservation is
+        settled with that cost instead of released. The reservation is held until then.
+        ``call.overshoot_usd`` is set when the reservation is settled.
         """
         ref = f"{provider_name}/{model_id}"
         info = await self.models.get(ref)
@@ -373,8 +436,7 @@ class LLMGateway:
                 self._emit(ctx, "ratelimit.paused", key=key, seconds=exc.retry_after)
             if breaker is not None:
                 breaker.on_abort(probe)
-            if reservation is not None:
-                BudgetChain.release(reservation)
+            self._settle_failed(call, limited)
             raise
         except ProviderError as exc:
             if breaker is not None:
@@ -382,8 +444,7 @@ class LLMGateway:
                     breaker.on_failure(probe)
                 else:
                     breaker.on_success(probe)
-            if reservation is not None:
-                BudgetChain.release(reservation)
+            self._settle_failed(call, limited)
             raise
         except BaseException:
             # Cancelled or broken mid-call: the provider may have billed; keep the
@@ -400,7 +461,22 @@ class LLMGateway:
         if call.usage is not None:
             limited.record_tokens(call.usage.total_tokens)
         if reservation is not None:
-            BudgetChain.settle(reservation, call.cost_usd)
+            call.overshoot_usd = BudgetChain.settle(reservation, call.cost_usd,
+                                                    estimated=call.estimated)
+
+    @staticmethod
+    def _settle_failed(call: _Call, limited: Any) -> None:
+        """After a provider error: charge what a partial reply received (``call.partial``),
+        else give the reservation back (nothing was received, so nothing is charged)."""
+        if not call.partial:
+            if call.reservation is not None:
+                BudgetChain.release(call.reservation)
+            return
+        if call.usage is not None:
+            limited.record_tokens(call.usage.total_tokens)
+        if call.reservation is not None:
+            call.overshoot_usd = BudgetChain.settle(call.reservation, call.cost_usd,
+                                                    estimated=call.estimated)
 
     def _error_event(self, ctx: ToolContext | None, provider_name: str, model_id: str,
                      exc: BaseException, started: float) -> None:
@@ -541,7 +617,8 @@ class LLMGateway:
                                 model=response.model or model_id)
         await self._record(context, provider_name, model_id, response.usage, call.cost_usd,
                            latency, finish_reason=response.finish_reason,
-                           waited_s=round(call.waited_s, 6), **extra)
+                           waited_s=round(call.waited_s, 6),
+                           overshoot_usd=call.overshoot_usd, **extra)
         return response
 
     async def chat(self, messages: Sequence[Message] | str, *, model: str | None = None,
@@ -647,37 +724,93 @@ class LLMGateway:
     async def _stream_one(self, provider_name: str, model_id: str,
                           messages: Sequence[Message] | str, context: ToolContext | None,
                           params: dict[str, Any], **extra: Any) -> AsyncIterator[ChatChunk]:
+        """Stream one model; charge what was received (see the module docstring).
+
+        Usage reported by the server is charged as reported. Without it (a server that sends
+        none, or a stream cut before it) the prompt (``call.prompt_estimate``: the provider's
+        ``count_prompt_tokens`` or the conservative estimate) and the output received
+        (:func:`~flowyard.llm.budget.estimate_output_tokens`) are charged, marked
+        ``estimated``. With a budget and a known price, a stream whose charge passes its
+        reservation is closed after the chunk that passed it and ended with a
+        ``finish_reason="length"`` chunk; the excess (at most that chunk) is the overshoot.
+
+        Raises:
+            ProviderError: the provider's error (a cut stream: after its partial cost line
+                and ``llm.call`` event with ``partial=True``).
+            BudgetExceeded: the reservation did not fit (nothing sent).
+        """
         provider = self.stack.providers.get(provider_name)
         request = self.build_request(model_id, messages, **params)
+        ref = f"{provider_name}/{model_id}"
         started = time.perf_counter()
         usage = Usage()
         usage_reported = False
+        received = _Received()
+        stopped: str | None = None
+        call: _Call | None = None
         try:
             async with self._guard(provider, provider_name, model_id, request, context) as call:
                 started = time.perf_counter()
-                async for chunk in provider.stream(request):
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                        usage_reported = True
-                    yield chunk
-                call.usage = usage
+                price = call.info.price if call.info is not None else None
+                cap = (call.reservation.amount_usd
+                       if call.reservation is not None and price is not None else None)
+                chunks = provider.stream(request)
+                try:
+                    async for chunk in chunks:
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                            usage_reported = True
+                        received.add(chunk)
+                        yield chunk
+                        if cap is not None and not chunk.done:
+                            so_far = usage if usage_reported else received.usage(
+                                call.prompt_estimate)
+                            if price.cost(so_far) > cap + 1e-12:  # type: ignore[union-attr]
+                                stopped = "reservation used up"
+                                break
+                except ProviderError:
+                    if received.chunks:  # the reply had begun: the provider bills it
+                        call.partial = True
+                        self._charge(call, price, usage if usage_reported else None, received)
+                    raise
+                finally:
+                    if isinstance(chunks, AsyncGenerator):  # close the provider's stream now
+                        await chunks.aclose()
                 if usage_reported:
-                    call.cost_usd = await self._cost(f"{provider_name}/{model_id}", None, usage)
+                    call.usage = usage
+                    call.cost_usd = await self._cost(ref, None, usage)
                 else:
-                    # the stream carried no usage (some OpenAI-compatible servers): the cost
-                    # is unknown unless the model is free
-                    info = await self.models.get(f"{provider_name}/{model_id}")
-                    free = (info is not None and info.price is not None
-                            and info.price.input_per_mtok == 0
-                            and info.price.output_per_mtok == 0)
-                    call.cost_usd = 0.0 if free else None
+                    self._charge(call, price, None, received)
         except (ProviderError, BudgetExceeded) as exc:
+            if call is not None and call.partial and call.usage is not None:
+                await self._record(context, provider_name, model_id, call.usage,
+                                   call.cost_usd, time.perf_counter() - started,
+                                   estimated=call.estimated, overshoot_usd=call.overshoot_usd,
+                                   streamed=True, usage_reported=usage_reported, partial=True,
+                                   stopped=None, finish_reason=None,
+                                   waited_s=round(call.waited_s, 6), **extra)
             self._error_event(context, provider_name, model_id, exc, started)
             raise
-        await self._record(context, provider_name, model_id, usage, call.cost_usd,
-                           time.perf_counter() - started, streamed=True,
-                           usage_reported=usage_reported,
+        assert call is not None and call.usage is not None
+        await self._record(context, provider_name, model_id, call.usage, call.cost_usd,
+                           time.perf_counter() - started, estimated=call.estimated,
+                           overshoot_usd=call.overshoot_usd, streamed=True,
+                           usage_reported=usage_reported, partial=False, stopped=stopped,
+                           finish_reason="length" if stopped else received.finish_reason,
                            waited_s=round(call.waited_s, 6), **extra)
+        if stopped:
+            yield ChatChunk(done=True, finish_reason="length", usage=call.usage)
+
+    @staticmethod
+    def _charge(call: _Call, price: Any, reported: Usage | None, received: _Received) -> None:
+        """Set ``call.usage``/``call.cost_usd`` from reported usage, else from the locally
+        counted prompt and received output (``call.estimated``). Cost None: unknown price."""
+        if reported is not None:
+            call.usage = reported
+        else:
+            call.usage = received.usage(call.prompt_estimate)
+            call.estimated = True
+        call.cost_usd = price.cost(call.usage) if price is not None else None
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> list[list[float]]:
         """Return embeddings of ``texts`` from ``model`` (``provider/model``).

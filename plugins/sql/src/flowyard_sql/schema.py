@@ -124,6 +124,8 @@ costs = sa.Table(
     sa.Column("agent", sa.String(), nullable=True),
     sa.Column("workflow_name", sa.String(), nullable=False),
     sa.Column("time", sa.Float(), nullable=False),
+    sa.Column("estimated", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("overshoot_usd", sa.Float(), nullable=False, server_default="0"),
 )
 
 kv = sa.Table(
