@@ -25,7 +25,9 @@ class WantsServices:
 class OldStyle:
     @hookimpl
     def register_providers(self, register: Any, config: Any) -> None:
-        register("old", object())
+        from flowyard.builtin.fake import FakeProvider
+
+        register("old", FakeProvider("old"))
 
 
 def _named(value: str, **opts: Any) -> Any:

@@ -8,11 +8,18 @@ the ``register_commands`` hook; their modules are loaded when the command list i
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 import click
 
 from flowyard import __version__
+
+if sys.version_info < (3, 11):  # pragma: no cover - the backport anyio depends on
+    from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
+else:
+    _BaseExceptionGroup = BaseExceptionGroup
 
 __all__ = ["main", "cli", "CORE_COMMANDS"]
 
@@ -67,6 +74,25 @@ class LazyGroup(click.Group):
             self._load_plugin_commands()
         return self.commands.get(cmd_name)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; an error escaping it is printed as one line, never a traceback.
+
+        A :class:`flowyard.errors.FlowyardError` (a plugin failing in strict mode, a storage
+        error, ...) exits with status 1 and its message; any other exception (a bug, in
+        flowyard or in a plugin) exits with status 1 and names its type. Set
+        ``FLOWYARD_TRACEBACK=1`` to see the traceback instead. Exception groups holding one
+        error are unwrapped first.
+        """
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt,
+                SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+            if os.environ.get("FLOWYARD_TRACEBACK", "") not in ("", "0"):
+                raise
+            raise click.ClickException(_one_line(exc)) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, help_) in CORE_COMMANDS.items()]
         self._load_plugin_commands()
@@ -76,6 +102,19 @@ class LazyGroup(click.Group):
         rows.sort()
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Describe ``exc`` in one line for the CLI (single-error exception groups unwrapped)."""
+    from flowyard.errors import FlowyardError
+
+    while isinstance(exc, _BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, FlowyardError):
+        return message
+    return (f"unexpected {type(exc).__name__}: {message} (a bug in flowyard or a plugin; "
+            "FLOWYARD_TRACEBACK=1 shows the traceback)")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

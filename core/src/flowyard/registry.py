@@ -22,13 +22,33 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from flowyard.errors import DuplicateNameError, UnknownNameError
+from flowyard.errors import DuplicateNameError, PluginError, UnknownNameError
 
-__all__ = ["Registry", "Register", "Duplicate"]
+__all__ = ["Registry", "Register", "Duplicate", "missing_members"]
 
 T = TypeVar("T")
 
 _MISSING = object()
+
+
+def missing_members(obj: Any, protocol: type) -> list[str]:
+    """Return the public members of ``protocol`` that ``obj`` lacks.
+
+    Args:
+        obj: the object to check.
+        protocol: a Protocol class; its methods and annotated attributes count.
+
+    Returns:
+        The missing member names in declaration order; empty when ``obj`` has them all.
+    """
+    wanted: list[str] = []
+    for klass in reversed(protocol.__mro__):
+        if klass in (object, Generic) or getattr(klass, "_is_protocol", False) is False:
+            continue
+        for member in [*getattr(klass, "__annotations__", {}), *vars(klass)]:
+            if not member.startswith("_") and member not in wanted:
+                wanted.append(member)
+    return [member for member in wanted if not hasattr(obj, member)]
 
 
 @attrs.frozen
@@ -95,6 +115,9 @@ class Register:
     def commit(self) -> None:
         """Add the buffered entries to the registry (in registration order)."""
         entries, self.entries = self.entries, []
+        for name, obj, factory, _metadata in entries:  # all or nothing: check before adding
+            if factory is None:
+                self._registry._check_object(name, obj, self._plugin)
         for name, obj, factory, metadata in entries:
             self._registry.add(name, obj, factory=factory, plugin=self._plugin, **metadata)
 
@@ -105,11 +128,17 @@ class Registry(Generic[T]):
     Args:
         kind: the family's singular name, used in error messages (``"provider"``).
         strict: raise :class:`DuplicateNameError` on a duplicate name instead of recording it.
+        protocol: the interface every registered object must provide (a runtime-checkable
+            Protocol); an object registered directly is checked when added, one built by a
+            lazy factory when first built. A mismatch raises :class:`PluginError` naming the
+            plugin, the name and the missing members.
     """
 
-    def __init__(self, kind: str, *, strict: bool = False) -> None:
+    def __init__(self, kind: str, *, strict: bool = False,
+                 protocol: type | None = None) -> None:
         self.kind = kind
         self.strict = strict
+        self.protocol = protocol
         self._values: dict[str, Any] = {}
         self._factories: dict[str, Callable[[], T]] = {}
         self._plugins: dict[str, str] = {}
@@ -131,6 +160,8 @@ class Registry(Generic[T]):
                 registry.
         """
         self.check_name(name)
+        if factory is None:
+            self._check_object(name, obj, plugin)
         if name in self._plugins:
             old_priority = int(self._metadata[name].get("default_priority", 0))
             if int(metadata.get("default_priority", 0)) > old_priority:
@@ -174,8 +205,21 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.kind, name, self._plugins)
         with self._lock:
             if name not in self._values:
-                self._values[name] = factory()
+                built = factory()
+                self._check_object(name, built, self._plugins[name])
+                self._values[name] = built
         return self._values[name]  # type: ignore[no-any-return]
+
+    def _check_object(self, name: str, obj: Any, plugin: str) -> None:
+        """Raise PluginError when ``obj`` lacks members of :attr:`protocol`."""
+        if self.protocol is None:
+            return
+        missing = missing_members(obj, self.protocol)
+        if missing:
+            raise PluginError(
+                f"plugin {plugin!r} registered {self.kind} {name!r} as a "
+                f"{type(obj).__name__}, which is not a {self.kind}: it lacks "
+                f"{', '.join(missing)} (see flowyard.interfaces.{self.protocol.__name__})")
 
     def loaded(self) -> dict[str, T]:
         """Return the objects already built (lazy entries that were never used are left out)."""

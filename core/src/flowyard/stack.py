@@ -15,7 +15,7 @@ from flowyard.config import Config
 from flowyard.errors import StorageError
 from flowyard.events import EventBus
 from flowyard.hookspecs import FAMILIES, HOOK_FAMILIES
-from flowyard.interfaces import SupportsAclose
+from flowyard.interfaces import Provider, SupportsAclose
 from flowyard.plugins import BUILTIN_MODULE, BUILTIN_PLUGIN, PluginManager, PluginStatus
 from flowyard.registry import Duplicate, Registry
 
@@ -83,7 +83,10 @@ class Stack:
         strict = self.config.strict_plugins
         self._by_family: dict[str, Registry[Any]] = {}
         for family in HOOK_FAMILIES:
-            registry: Registry[Any] = Registry(family.kind, strict=strict)
+            # Providers are checked against their interface when registered (or built): a
+            # plugin that registers something else is reported, never a traceback at use.
+            protocol = Provider if family.name == "providers" else None
+            registry: Registry[Any] = Registry(family.kind, strict=strict, protocol=protocol)
             setattr(self, family.attribute, registry)
             self._by_family[family.name] = registry
 

@@ -61,7 +61,7 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
     """
     import anyio
 
-    from flowyard.errors import AuthenticationError, ConfigError, FlowyardError
+    from flowyard.errors import AuthenticationError, ConfigError, FlowyardError, PluginError
 
     checks: list[Check] = []
     for plugin in stack.plugin_report:
@@ -101,6 +101,8 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
         except (AuthenticationError, ConfigError) as exc:
             checks.append(Check("providers", name, "warn",
                                 f"not set up: {type(exc).__name__}: {exc}"))
+        except PluginError as exc:  # not a provider at all: always a failure
+            checks.append(Check("providers", name, "fail", str(exc)))
         except (FlowyardError, OSError) as exc:
             # an installed provider that nobody configured (no [name] table) and that is not
             # the default model's is only a warning: e.g. flowyard-ollama without a server
@@ -108,10 +110,17 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
             checks.append(Check("providers", name, "fail" if relied_on else "warn",
                                 f"{type(exc).__name__}: {exc}" if relied_on else
                                 f"unreachable and not configured: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is a finding, not a crash
+            checks.append(Check("providers", name, "fail",
+                                f"the provider's list_models raised {type(exc).__name__}: {exc} "
+                                f"(a bug in plugin {stack.providers.plugin_of(name)!r})"))
     from flowyard.interfaces import SupportsDiagnostics
 
     for name in stack.providers.names():
-        provider = stack.providers.get(name)
+        try:
+            provider = stack.providers.get(name)
+        except Exception:  # noqa: BLE001 - reported by the list_models check above
+            continue
         if not isinstance(provider, SupportsDiagnostics):
             continue
         try:
