@@ -598,15 +598,21 @@ async def test_storage_failures_fail_the_step_or_the_run_and_are_recorded() -> N
     async with stack:
         storage = stack.storage
         storage.broken = "checkpoint"
-        result = await stack.run(wf)
-        assert result.status == "failed"
-        assert result.steps["a"].error == "disk full"  # the commit point failed: not completed
+        # the commit point failed: not a step failure but the run's, raised as a plain
+        # StorageError naming the run and step; the run is recorded failed with it as reason
+        with pytest.raises(StorageError) as checkpoint_info:
+            await stack.run(wf, run_id="r-checkpoint")
+        checkpoint_run = await stack.storage.get_run("r-checkpoint")
         storage.broken = "events"
-        with pytest.raises(Exception) as info:
+        with pytest.raises(StorageError) as info:
             await stack.run(wf, run_id="r-flaky")
         storage.broken = ""
         run = await stack.storage.get_run("r-flaky")
-    assert "events table locked" in repr(info.value)
+    message = str(checkpoint_info.value)
+    assert "run r-checkpoint, step 'a'" in message and "disk full" in message
+    assert checkpoint_info.value.state == "failed" and not checkpoint_info.value.retriable
+    assert checkpoint_run.status == "failed" and "disk full" in checkpoint_run.error
+    assert "events table locked" in str(info.value) and info.value.state == "failed"
     assert run.status == "failed" and "events table locked" in run.error
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "SupportsRouterState",
     "Tool",
     "StorageBackend",
+    "SupportsIdempotentRuns",
     "RunQuery",
     "RunLease",
     "MemoryStore",
@@ -404,6 +405,32 @@ class StorageBackend(Protocol):
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         """Delete a plugin value (no error when absent)."""
+        ...
+
+
+@runtime_checkable
+class SupportsIdempotentRuns(Protocol):
+    """A :class:`StorageBackend` that stores a submission idempotency key with a run, so that
+    ``stack.run(..., idempotency_key=KEY)`` creates at most one run per key, even when several
+    processes submit the same key at once. The memory and SQL backends implement it; the
+    engine refuses ``idempotency_key`` on a backend that does not (``StorageError``).
+    """
+
+    async def create_run_once(self, run: RunRecord, idempotency_key: str
+                              ) -> tuple[RunRecord, bool]:
+        """Insert ``run`` with ``idempotency_key`` unless a run was stored with that key.
+
+        Checking and inserting are one atomic step across processes (SQL: a unique index on
+        the key), so of concurrent calls with one key exactly one inserts.
+
+        Returns:
+            ``(run, True)`` when ``run`` was inserted; ``(existing, False)`` with the run stored
+            earlier under the key (its current record) otherwise.
+
+        Raises:
+            StorageError: ``run.id`` exists already (under another key or none), or the
+                backend failed.
+        """
         ...
 
 

@@ -39,6 +39,7 @@ class MemoryStorage:
         self._costs: list[CostLine] = []
         self._kv: dict[tuple[str, str], Any] = {}
         self._leases: dict[str, RunLease] = {}
+        self._idempotency: dict[str, str] = {}  # submission idempotency key -> run id
         self._open = False
 
     async def open(self) -> None:
@@ -59,6 +60,22 @@ class MemoryStorage:
         if run.id in self._runs:
             raise StorageError(f"run {run.id} already exists")
         self._runs[run.id] = copy.deepcopy(run)
+
+    async def create_run_once(self, run: RunRecord, idempotency_key: str
+                              ) -> tuple[RunRecord, bool]:
+        """Insert ``run`` unless a run was stored under ``idempotency_key`` (no await between
+        the check and the insert, so it is atomic). Returns ``(run in force, inserted)``.
+
+        Raises:
+            StorageError: ``run.id`` exists already.
+        """
+        self._check()
+        existing = self._idempotency.get(idempotency_key)
+        if existing is not None:
+            return copy.deepcopy(self._runs[existing]), False
+        await self.create_run(run)
+        self._idempotency[idempotency_key] = run.id
+        return copy.deepcopy(run), True
 
     async def update_run(self, run: RunRecord) -> None:
         """Replace a stored run. Raises RunNotFoundError."""

@@ -493,8 +493,12 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
 @click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="A YAML/JSON file with a mapping of inputs (-i wins).")
 @click.option("--no-live", is_flag=True, help="No live view (the summary is still printed).")
+@click.option("--idempotency-key", default=None, metavar="KEY",
+              help="Submission key: a run with KEY is created once; submitting KEY again "
+                   "returns that run's result (waiting while it runs) and never runs it twice.")
 def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
-        max_concurrency: int | None, inputs_file: str | None, no_live: bool) -> None:
+        max_concurrency: int | None, inputs_file: str | None, no_live: bool,
+        idempotency_key: str | None = None) -> None:
     """Run the workflow FILE and print a summary (or JSON with --json).
 
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
@@ -517,6 +521,8 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     options: dict[str, Any] = {"run_id": run_id}
     if max_concurrency:
         options["max_concurrency"] = max_concurrency
+    if idempotency_key is not None:
+        options["idempotency_key"] = idempotency_key
     live = not as_json and not no_live and sys.stderr.isatty() and sys.stdout.isatty()
 
     async def go(stack: Any) -> Any:

@@ -9,6 +9,8 @@ Options accepted by :func:`run_workflow` and :func:`stream_workflow`:
 ``raise_on_failure`` raise :class:`~flowyard.errors.StepFailedError` when the run does not
                      complete (default False: the status is in the result)
 ``metadata``         extra JSON-ready data stored on the run record
+``idempotency_key``  a submission idempotency key (a non-empty string): at most one run is
+                     ever created per key (see :func:`run_workflow`)
 
 Used by the engine itself for sub-workflows: ``parent_run_id`` and ``parent_step`` (stored in
 the child run's metadata) and ``parent_budget`` (the parent step's budget chain, so the child's
@@ -23,13 +25,15 @@ is executing is refused (:class:`RunInUseError`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowyard.errors import WorkflowChangedError, WorkflowError
+from flowyard.errors import StorageError, WorkflowChangedError, WorkflowError
 
 from .lease import LeaseKeeper, LeaseSettings, RunInUseError, RunLeaseLostError
+from .runner import RunStorageError
 from .validate import load_workflow, step_dependencies, validate_workflow
 
 if TYPE_CHECKING:
@@ -45,6 +49,8 @@ __all__ = [
     "stream_workflow",
     "resume_run",
     "ResumeLimitError",
+    "IdempotencyKeyReusedError",
+    "RunStorageError",
     "RunInUseError",
     "RunLeaseLostError",
     "DEFAULT_MAX_RESUME_ATTEMPTS",
@@ -55,6 +61,102 @@ DEFAULT_MAX_RESUME_ATTEMPTS = 3
 
 class ResumeLimitError(WorkflowError):
     """A run was resumed more than ``runs.max_resume_attempts`` times; it is marked failed."""
+
+
+class IdempotencyKeyReusedError(WorkflowError):
+    """An idempotency key was submitted again with another workflow or other inputs than the
+    run stored under it (like Stripe's idempotency keys, a key names one request).
+    """
+
+
+#: Seconds between two looks at a run submitted with the same idempotency key by another
+#: caller and still running.
+IDEMPOTENCY_POLL_INTERVAL = 0.2
+
+
+def _request_hash(content_hash: str, inputs: Mapping[str, Any]) -> str:
+    """SHA-256 hex of the workflow's content hash and the complete inputs (canonical JSON):
+    what an idempotency key stands for.
+    """
+    import hashlib
+    import json
+
+    from flowyard.serialization import json_default
+
+    text = json.dumps({"workflow": content_hash, "inputs": inputs}, sort_keys=True,
+                      default=json_default, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+async def _submitted_result(stack: Services, record: Any, key: str, request_hash: str,
+                            wf: Workflow) -> RunResult:
+    """The result for a submission whose idempotency key names an existing run ``record``:
+    its stored result once it has ended (nothing runs again), after waiting while another
+    process executes it. A run left abandoned (its process died) is resumed here, so it
+    still ends exactly once per completed step.
+
+    Raises:
+        IdempotencyKeyReusedError: the stored run was submitted with another workflow or
+            other inputs.
+    """
+    import anyio
+
+    from .lease import run_state
+
+    stored_hash = (record.metadata.get("idempotency") or {}).get("request_hash")
+    if stored_hash != request_hash:
+        raise IdempotencyKeyReusedError(
+            f"idempotency key {key!r} was used for run {record.id} (workflow "
+            f"{record.workflow_name!r}) with another workflow definition or other inputs; "
+            "a key names one request: use a new key for a different one")
+    storage = stack.storage
+    settings = LeaseSettings.from_config(stack.config)
+    while record.status in ("pending", "running"):
+        lease = (await storage.get_leases([record.id])).get(record.id)
+        # a run just created has no lease for a moment: abandoned only once that is long
+        young = lease is None and time.time() - record.created_at < settings.lease_timeout
+        if not young and run_state(record, lease) == "abandoned":
+            try:
+                return await resume_run(stack, record.id)
+            except RunInUseError:
+                pass  # another waiter took it over: wait for that one
+        await anyio.sleep(IDEMPOTENCY_POLL_INTERVAL)
+        record = await storage.get_run(record.id)
+    return await _stored_result(stack, record, wf)
+
+
+async def _stored_result(stack: Services, record: Any, wf: Workflow) -> RunResult:
+    """Rebuild the :class:`RunResult` of an ended run from storage: the record's status,
+    outputs, error and totals, and per step the checkpointed output or the last attempt.
+    """
+    from flowyard.workflow import RunResult, StepResult
+
+    storage = stack.storage
+    checkpoints = await storage.load_checkpoints(record.id)
+    attempts: dict[str, list[Any]] = {}
+    for attempt in await storage.list_attempts(record.id):
+        attempts.setdefault(attempt.step_id, []).append(attempt)
+    steps: dict[str, StepResult] = {}
+    for step in wf.steps:
+        tries = attempts.get(step.id, [])
+        last = tries[-1] if tries else None
+        res = StepResult(id=step.id, attempts=len(tries),
+                         started_at=tries[0].started_at if tries else None,
+                         finished_at=last.finished_at if last else None)
+        if step.id in checkpoints:
+            res.status, res.output = "completed", checkpoints[step.id]
+        elif last is not None:
+            res.status, res.error, res.error_type = last.status, last.error, last.error_type
+        else:
+            res.status, res.reason = "skipped", f"not run: the run ended {record.status}"
+        steps[step.id] = res
+    return RunResult(run_id=record.id, workflow_name=record.workflow_name,
+                     status=record.status, outputs=dict(record.outputs), steps=steps,
+                     error=record.error, input_tokens=record.input_tokens,
+                     output_tokens=record.output_tokens, cost_usd=record.cost_usd,
+                     started_at=record.started_at or record.created_at,
+                     finished_at=record.finished_at or record.created_at,
+                     resume_count=record.resume_count)
 
 
 def _metadata(workflow: Workflow, options: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +181,22 @@ async def run_workflow(stack: Services, workflow: Any, inputs: Mapping[str, Any]
         inputs: the workflow inputs (defaults are applied).
         **options: see the module docstring.
 
+    With ``idempotency_key``, the run is created only if no run was submitted with that key
+    (atomically, across processes): a later submission with the same key, workflow and inputs
+    returns the existing run's result without running anything -- after waiting for it while
+    another caller (another process) still executes it, polling storage every
+    :data:`IDEMPOTENCY_POLL_INTERVAL` seconds, and resuming it when its process died
+    (abandoned). Other options (``run_id``...) of such a later submission are ignored.
+
     Raises:
-        WorkflowValidationError: invalid workflow or inputs (nothing is stored).
+        WorkflowValidationError: invalid workflow or inputs, including values that cannot be
+            stored (not JSON-ready, lone surrogates); nothing is stored.
+        IdempotencyKeyReusedError: ``idempotency_key`` names a run of another workflow or
+            other inputs.
+        RunStorageError: one of the run's storage writes failed for good mid-run (a plain
+            :class:`~flowyard.errors.StorageError` naming the run and step and the state it
+            left: ``failed``, or ``abandoned`` when even that could not be written).
+        StorageError: the run could not be created, or its lease claimed (naming the run).
         StepFailedError: the run did not complete and ``raise_on_failure`` is set.
     """
     return await _run(stack, workflow, inputs, options, None)
@@ -100,14 +216,39 @@ async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
     run_id = options.pop("run_id", None)
     max_concurrency = options.pop("max_concurrency", None)
     parent_budget = options.pop("parent_budget", None)
+    key = options.pop("idempotency_key", None)
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise TypeError(f"idempotency_key must be a non-empty string, got {key!r}")
     metadata = _metadata(wf, options)
     if options:
         raise TypeError(f"unknown run options: {', '.join(sorted(options))}")
     settings = LeaseSettings.from_config(stack.config)
     record = new_record(wf, values, run_id, metadata, definition, content_hash)
-    await stack.storage.create_run(record)
+    if key is not None:
+        from flowyard.interfaces import SupportsIdempotentRuns
+
+        storage = stack.storage
+        if not isinstance(storage, SupportsIdempotentRuns):
+            raise StorageError(f"the storage backend {type(storage).__name__} does not support "
+                               "idempotency keys (it has no create_run_once)")
+        request_hash = _request_hash(record.workflow_hash, values)
+        record.metadata["idempotency"] = {"key": key, "request_hash": request_hash}
+        stored, created = await storage.create_run_once(record, key)
+        if not created:
+            result = await _submitted_result(stack, stored, key, request_hash, wf)
+            if raise_on_failure:
+                result.raise_for_status()
+            return result
+    else:
+        await stack.storage.create_run(record)
     keeper = LeaseKeeper(stack.storage, record.id, settings)
-    await keeper.claim()
+    try:
+        await keeper.claim()
+    except StorageError as exc:
+        raise StorageError(
+            f"run {record.id} was created but its lease could not be claimed: {exc}; it is "
+            f"stored as 'running' without a lease, so it shows as abandoned and `flowyard "
+            f"resume {record.id}` starts it", retriable=exc.retriable) from exc
     run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream,
               parent_budget=parent_budget, lease=keeper)
     try:

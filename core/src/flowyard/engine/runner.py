@@ -28,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -38,6 +38,7 @@ from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.context import ToolContext
 from flowyard.errors import (
     BudgetExceeded,
+    StorageError,
     TemplateError,
     ValidationIssue,
     WorkflowError,
@@ -59,15 +60,25 @@ if TYPE_CHECKING:
 
     from flowyard.interfaces import Services
 
-__all__ = ["Run", "StepTimeoutError", "idempotency_key", "check_inputs", "DEFAULT_CONCURRENCY"]
+__all__ = ["Run", "StepTimeoutError", "RunStorageError", "idempotency_key", "check_inputs",
+           "DEFAULT_CONCURRENCY", "DEFAULT_STORAGE_WRITE_ATTEMPTS"]
 
 DEFAULT_CONCURRENCY = 32
+#: How many times the engine tries one of its own storage writes (attempt, checkpoint, events,
+#: run record) when it fails with a retriable StorageError (``engine.storage_write_attempts``).
+DEFAULT_STORAGE_WRITE_ATTEMPTS = 4
+#: First wait in seconds between two tries of a storage write, doubled each time up to 8 s
+#: (``engine.storage_retry_wait``).
+DEFAULT_STORAGE_RETRY_WAIT = 0.5
 log = logging.getLogger("flowyard.engine")
 
 #: Token and cost counters of the attempt running in the current task (for StepAttempt).
 _ATTEMPT_USAGE: contextvars.ContextVar[Any] = contextvars.ContextVar("flowyard_attempt_usage",
                                                                      default=None)
 _UNSET = object()
+#: The step key the current task executes (names the step in a RunStorageError).
+_CURRENT_STEP: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flowyard_current_step", default=None)
 
 
 class StepTimeoutError(WorkflowError, TimeoutError):
@@ -76,19 +87,98 @@ class StepTimeoutError(WorkflowError, TimeoutError):
     retriable = True
 
 
+class RunStorageError(StorageError):
+    """One of the engine's own storage writes failed during a run (after retrying a retriable
+    failure ``engine.storage_write_attempts`` times), so the run stopped.
+
+    Raised by :func:`flowyard.engine.run_workflow` / ``stack.run`` / ``run_sync`` / ``resume``
+    as a plain exception (never inside an ``ExceptionGroup``), so ``except StorageError``
+    catches it. The message names the run, the step key during which it happened (when one
+    did), what was being written, the backend's own message (file or URL), and the state the
+    run was left in.
+
+    Attributes:
+        run_id: the run.
+        step_key: the step key being executed (``id``, ``id[i]``, ``id#n``), or None for the
+            run's own writes (its events, its end).
+        state: ``"failed"`` (the run record says failed with this error as reason),
+            ``"abandoned"`` (the storage refused that write too: the run is left ``running``
+            and its lease released or left to expire, so it shows as abandoned), or
+            ``"running"`` while the run is still stopping.
+        retriable: the underlying StorageError's flag (True: a lock held past the busy timeout
+            or a dropped connection; resuming later may succeed).
+    """
+
+    def __init__(self, message: str, *, run_id: str, step_key: str | None,
+                 state: str = "running", retriable: bool = False) -> None:
+        super().__init__(message, retriable=retriable)
+        self.run_id = run_id
+        self.step_key = step_key
+        self.state = state
+
+
+def _find_surrogate(value: Any, path: str) -> tuple[str, str] | None:
+    """Return ``(path, text)`` of the first string (or mapping key) in ``value`` holding a lone
+    surrogate, or None.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return path, value[exc.start:exc.end]
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = (_find_surrogate(key, f"{path} (a key)")
+                     or _find_surrogate(item, f"{path}.{key}"))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _find_surrogate(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _input_value_issue(workflow: Workflow, name: str, value: Any) -> ValidationIssue | None:
+    """Why an input value cannot be stored with the run (not JSON-ready, or text that is not
+    valid Unicode), or None.
+    """
+    import json
+
+    from flowyard.serialization import json_default
+
+    where = f"inputs.{name}"
+    try:
+        json.dumps(value, default=json_default)
+    except (TypeError, ValueError) as exc:
+        return ValidationIssue(f"input {name!r} is not JSON-ready (at {where}): {exc}; nothing "
+                               "was stored", path=where, file=workflow.source)
+    found = _find_surrogate(value, where)
+    if found is not None:
+        at, text = found
+        return ValidationIssue(
+            f"input {name!r} holds text that is not valid Unicode: a lone surrogate {text!r} "
+            f"at {at}; nothing was stored", path=where, file=workflow.source)
+    return None
+
+
 def idempotency_key(run_id: str, step_key: str) -> str:
     """Return the idempotency key of a step key: hex SHA-256 of ``run_id:step_key``."""
     return hashlib.sha256(f"{run_id}:{step_key}".encode()).hexdigest()
 
 
 def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply defaults and check the caller's inputs against the declared ones.
+    r"""Apply defaults and check the caller's inputs against the declared ones.
 
     Returns:
         the complete inputs.
 
     Raises:
-        WorkflowValidationError: unknown, missing or mistyped inputs (all of them).
+        WorkflowValidationError: unknown, missing or mistyped inputs, and values that cannot
+            be stored with the run (not JSON-ready, or text with a lone surrogate such as
+            ``"\ud800"``); every problem, each naming its input (``path`` ``inputs.NAME``).
     """
     issues: list[ValidationIssue] = []
     out: dict[str, Any] = {}
@@ -108,6 +198,10 @@ def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any
                     f"input {name!r} must be of type {spec.type}, got {value!r}",
                     path=f"inputs.{name}", file=workflow.source))
             out[name] = list(value) if isinstance(value, tuple) else value
+            if ok:
+                problem = _input_value_issue(workflow, name, value)
+                if problem is not None:
+                    issues.append(problem)
         elif spec.required:
             issues.append(ValidationIssue(f"missing required input {name!r}"
                                           + (f" ({spec.description})" if spec.description
@@ -207,6 +301,19 @@ class Run:
         self.steps_view: dict[str, dict[str, Any]] = {}
         self._tg: TaskGroup | None = None
         self._failure: str | None = None
+        #: the first of the engine's storage writes that failed for good (stops the run)
+        self._storage_failure: RunStorageError | None = None
+        self._end_recorded = False
+        try:
+            self._write_attempts = max(1, int(stack.config.get(
+                "engine.storage_write_attempts", DEFAULT_STORAGE_WRITE_ATTEMPTS)))
+            self._retry_wait = max(0.0, float(stack.config.get(
+                "engine.storage_retry_wait", DEFAULT_STORAGE_RETRY_WAIT)))
+        except (TypeError, ValueError) as exc:
+            from flowyard.errors import ConfigError
+
+            raise ConfigError(f"engine.storage_write_attempts / engine.storage_retry_wait must "
+                              f"be numbers: {exc}") from None
         self._executors: dict[str, Any] = {}
         self.budget = (Budget(workflow.budget_usd, scope="run", name=workflow.name)
                        if workflow.budget_usd is not None else None)
@@ -242,6 +349,68 @@ class Run:
             return True
         await self.lease.ensure()
         return not self.lease.lost
+
+    async def _store(self, what: str, step_key: str | None,
+                     write: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the engine's storage writes; a retriable :class:`StorageError` (a lock
+        held past the busy timeout, a dropped connection) is tried again up to
+        ``engine.storage_write_attempts`` times in all, with exponential backoff from
+        ``engine.storage_retry_wait`` seconds (doubling, at most 8 s, plus up to 10% jitter).
+
+        Args:
+            what: what is written, for the message (``"the checkpoint"``...).
+            step_key: the step key being executed, or None for the run's own writes.
+            write: the write; every engine write is an upsert or writes nothing when it
+                fails, so trying it again is safe.
+
+        Raises:
+            RunStorageError: the write failed for good (a non-retriable error, or the tries
+                ran out); the first such failure is kept in ``_storage_failure`` and the run's
+                task group is cancelled, so the run stops (see :meth:`execute`).
+        """
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential,
+            wait_random,
+        )
+
+        def before_sleep(retry_state: Any) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            log.warning("run %s%s: writing %s failed (%s); trying again (%d of %d)",
+                        self.run_id, f", step {step_key!r}" if step_key else "", what, exc,
+                        retry_state.attempt_number + 1, self._write_attempts)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._write_attempts),
+            wait=wait_exponential(multiplier=self._retry_wait, max=8.0)
+            + wait_random(0, self._retry_wait / 10),
+            retry=retry_if_exception(lambda e: isinstance(e, StorageError) and e.retriable
+                                     and not isinstance(e, RunStorageError)),
+            sleep=anyio.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await write()
+        except RunStorageError:
+            raise
+        except StorageError as exc:
+            tries = f" (tried {self._write_attempts} times)" if exc.retriable else ""
+            failure = RunStorageError(
+                f"run {self.run_id}"
+                + (f", step {step_key!r}" if step_key else "")
+                + f": could not write {what} to storage{tries}: {exc}",
+                run_id=self.run_id, step_key=step_key, retriable=exc.retriable)
+            failure.__cause__ = exc
+            if self._storage_failure is None:
+                self._storage_failure = failure
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            raise failure from exc
 
     # ------------------------------------------------------------------ events
 
@@ -297,13 +466,16 @@ class Run:
         if not await self._owned():
             self._buffer, self._logs = [], []
             return
+        step_key = _CURRENT_STEP.get()
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            await self.storage.append_events(batch)
+            await self._store("the run's events", step_key,
+                              lambda: self.storage.append_events(batch))
         if self._logs:
             logs, self._logs = self._logs, []
             for record in logs:
-                await self.storage.append_log(record)
+                await self._store("a log line", step_key,
+                                  lambda record=record: self.storage.append_log(record))
 
     # ------------------------------------------------------------------ main
 
@@ -335,9 +507,13 @@ class Run:
                         for state in self.states.values():
                             if state.remaining == 0:
                                 tg.start_soon(self._run_step, state)
+                if self._storage_failure is not None:
+                    await self._end_after_storage_failure(started)
                 if scope.cancelled_caught:
                     status = "failed"
                     error = f"the workflow timed out after {self.workflow.timeout} s"
+            except RunStorageError:
+                raise
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     await self._finish("cancelled", "the run was cancelled", started)
@@ -352,9 +528,51 @@ class Run:
                 raise
             if status == "completed":
                 status, error = self._final_status()
-            return await self._finish(status, error, started)
+            try:
+                return await self._finish(status, error, started)
+            except RunStorageError:
+                await self._end_after_storage_failure(started)
+                raise AssertionError("unreachable: the storage failure is raised above"
+                                     ) from None
         finally:
             unsubscribe()
+
+    async def _end_after_storage_failure(self, started: float) -> None:
+        """Stop after one of the engine's storage writes failed for good: record the run as
+        ``failed`` with that error as reason when the storage still accepts the write, and
+        raise the error (a :class:`RunStorageError` naming the run, the step and the state
+        the run is left in).
+
+        When the storage refuses that write too, the run stays ``running`` in storage; its
+        lease is then released by :meth:`LeaseKeeper.hold` (or, when that write fails as
+        well, expires ``runs.lease_timeout`` seconds after the last heartbeat), so it shows
+        as abandoned. Either way ``flowyard resume RUN_ID`` continues it without running the
+        checkpointed step keys again.
+
+        Raises:
+            RunStorageError: always.
+        """
+        failure = self._storage_failure
+        assert failure is not None
+        if not self._end_recorded and not self.detached:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._finish("failed", str(failure), started)
+                except StorageError as exc:
+                    log.error("run %s: could not record its end either: %s", self.run_id, exc)
+        if self._end_recorded:
+            state = "failed"
+            told = (f"the run is marked failed with this error as reason; `flowyard resume "
+                    f"{self.run_id}` continues it (completed steps are not run again)")
+        else:
+            state = "abandoned"
+            told = ("the storage refused to record the run's end as well, so it is left "
+                    "'running' without a live lease (released, or expiring runs.lease_timeout "
+                    "seconds after the last heartbeat) and shows as abandoned; `flowyard "
+                    f"resume {self.run_id}` continues it (completed steps are not run again)")
+        raise RunStorageError(f"{failure}; {told}", run_id=failure.run_id,
+                              step_key=failure.step_key, state=state,
+                              retriable=failure.retriable) from failure.__cause__
 
     def _final_status(self) -> tuple[str, str | None]:
         blocking = [s for s in self.states.values() if s.blocking]
@@ -413,7 +631,9 @@ class Run:
             await self.flush()
         finally:
             if not self.detached:  # else the run belongs to another process now
-                await self.storage.update_run(record)
+                await self._store("the run's end (status, outputs, totals)", None,
+                                  lambda: self.storage.update_run(record))
+                self._end_recorded = True
         return result
 
     # ------------------------------------------------------------------ steps
@@ -441,6 +661,20 @@ class Run:
         return {**self.base_context, **extra}
 
     async def _run_step(self, state: _State) -> None:
+        """Run one step (a task of the run's task group). A :class:`RunStorageError` of this
+        run ends here: it is kept in ``_storage_failure`` and has cancelled the task group, so
+        it leaves the group as a plain error of :meth:`execute`, never an ExceptionGroup.
+        """
+        token = _CURRENT_STEP.set(state.step.id)
+        try:
+            await self._step_body(state)
+        except RunStorageError as exc:
+            if exc.run_id != self.run_id or self._storage_failure is None:
+                raise
+        finally:
+            _CURRENT_STEP.reset(token)
+
+    async def _step_body(self, state: _State) -> None:
         step = state.step
         res = state.result
         blocked = [d for d in state.deps if self.states[d].blocking
@@ -490,12 +724,19 @@ class Run:
                 self.emit("step.failed", step.id, status="cancelled", error="cancelled")
                 await self.flush()
             raise
+        except RunStorageError as exc:
+            if exc.run_id == self.run_id:  # the engine's own write failed: the run stops
+                raise
+            await self._step_error(state, exc)  # a sub-workflow's storage failed
+            return
         except Exception as exc:  # noqa: BLE001 - a step failure is data, not a crash
             await self._step_error(state, exc)
             return
         res.finished_at = time.time()
         if (step.for_each is not None or step.until is not None) and await self._owned():
-            await self.storage.save_checkpoint(self.run_id, step.id, res.output)
+            output = res.output
+            await self._store("the checkpoint", step.id,
+                              lambda: self.storage.save_checkpoint(self.run_id, step.id, output))
         self.emit("step.completed", step.id, attempts=res.attempts,
                   duration_s=round(res.finished_at - res.started_at, 6))
         await self.flush()
@@ -513,7 +754,9 @@ class Run:
             res.status = "completed"
             res.output = fallback
             if await self._owned():
-                await self.storage.save_checkpoint(self.run_id, step.id, fallback)
+                await self._store("the checkpoint (fallback output)", step.id,
+                                  lambda: self.storage.save_checkpoint(self.run_id, step.id,
+                                                                       fallback))
             self.emit("step.completed", step.id, attempts=res.attempts, fallback=True,
                       error=res.error, error_type=res.error_type)
         else:
@@ -618,7 +861,8 @@ class Run:
         else:
             output = await self._with_retries(state, key, context, policy)
         if await self._owned():
-            await self.storage.save_checkpoint(self.run_id, key, output)
+            await self._store("the checkpoint", key,
+                              lambda: self.storage.save_checkpoint(self.run_id, key, output))
         return output
 
     async def _with_retries(self, state: _State, key: str, context: dict[str, Any],
@@ -644,7 +888,8 @@ class Run:
             wait=wait_exponential(multiplier=policy.backoff, exp_base=policy.multiplier,
                                   max=policy.max_backoff) + wait_random(0, policy.jitter),
             retry=retry_if_exception(
-                lambda e: isinstance(e, Exception) and policy.matches(e)),
+                lambda e: isinstance(e, Exception) and not isinstance(e, RunStorageError)
+                and policy.matches(e)),
             sleep=anyio.sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -665,9 +910,15 @@ class Run:
         await self.slots.acquire(state.slot_priority)
         usage = _Usage()
         token = _ATTEMPT_USAGE.set(usage)
+        step_token = _CURRENT_STEP.set(key)
+
+        async def save() -> None:
+            await self._store(f"attempt {number} ({record.status})", key,
+                              lambda: self.storage.save_attempt(record))
+
         try:
             if await self._owned():
-                await self.storage.save_attempt(record)
+                await save()
             ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
                               step_key=key, attempt=number, idempotency_key=idem,
                               workflow_name=self.workflow.name,
@@ -687,9 +938,9 @@ class Run:
                 record.status = "cancelled"
                 record.error = "cancelled"
                 _finish_attempt(record, usage)
-                if not self.detached:
+                if not self.detached and self._storage_failure is None:
                     with anyio.CancelScope(shield=True):
-                        await self.storage.save_attempt(record)
+                        await save()
                 raise
             except Exception as exc:
                 record.status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
@@ -697,16 +948,17 @@ class Run:
                 record.error_type = type(exc).__name__
                 _finish_attempt(record, usage)
                 if await self._owned():
-                    await self.storage.save_attempt(record)
+                    await save()
                 raise
             output = _jsonable(output)
             record.status = "completed"
             record.output = output
             _finish_attempt(record, usage)
             if await self._owned():
-                await self.storage.save_attempt(record)
+                await save()
             return output
         finally:
+            _CURRENT_STEP.reset(step_token)
             _ATTEMPT_USAGE.reset(token)
             self.slots.release()
 

@@ -23,6 +23,7 @@ import pytest
 from flowyard.errors import (
     ProviderError,
     RunNotFoundError,
+    StorageError,
     ToolInputError,
 )
 from flowyard.interfaces import RunLease, RunQuery
@@ -466,6 +467,53 @@ class StorageContract:
         with pytest.raises(RunNotFoundError):
             await storage.claim_lease(self._lease("no-such-run"), now=1_700_000_000.0)
         assert await storage.get_leases([]) == {}
+
+    async def test_create_run_once_keeps_one_run_per_idempotency_key(self, storage: Any
+                                                                      ) -> None:
+        """Checked on backends implementing :class:`~flowyard.interfaces.SupportsIdempotentRuns`."""
+        from flowyard.interfaces import SupportsIdempotentRuns
+
+        if not isinstance(storage, SupportsIdempotentRuns):
+            pytest.skip("the backend does not implement SupportsIdempotentRuns")
+        first = self._run(inputs={"q": 1}, metadata={"m": "first"})
+        stored, created = await storage.create_run_once(first, "key-1")
+        assert created and stored == first
+        second = self._run(inputs={"q": 2})
+        stored, created = await storage.create_run_once(second, "key-1")
+        assert not created and stored == first  # the existing run, the new one not stored
+        with pytest.raises(RunNotFoundError):
+            await storage.get_run(second.id)
+        other, created = await storage.create_run_once(self._run(), "key-2")
+        assert created and other.id != first.id
+        plain = self._run()
+        await storage.create_run(plain)  # runs without a key do not collide with each other
+        await storage.create_run(self._run())
+        with pytest.raises(StorageError):  # an existing id under a new key is still refused
+            await storage.create_run_once(self._run(id=plain.id), "key-3")
+        first.status = "completed"
+        await storage.update_run(first)  # update_run keeps the key
+        stored, created = await storage.create_run_once(self._run(), "key-1")
+        assert not created and stored.id == first.id and stored.status == "completed"
+
+    async def test_concurrent_create_run_once_has_one_winner(self, storage: Any) -> None:
+        import anyio
+
+        from flowyard.interfaces import SupportsIdempotentRuns
+
+        if not isinstance(storage, SupportsIdempotentRuns):
+            pytest.skip("the backend does not implement SupportsIdempotentRuns")
+        candidates = [self._run() for _ in range(6)]
+        answers: list[tuple[RunRecord, bool]] = []
+
+        async def submit(run: RunRecord) -> None:
+            answers.append(await storage.create_run_once(run, "shared-key"))
+
+        async with anyio.create_task_group() as tg:
+            for run in candidates:
+                tg.start_soon(submit, run)
+        winners = [run for run, created in answers if created]
+        assert len(winners) == 1
+        assert {run.id for run, _ in answers} == {winners[0].id}
 
     async def test_returned_objects_are_copies(self, storage: Any) -> None:
         run = self._run(outputs={"list": [1]})

@@ -40,6 +40,9 @@ runs = sa.Table(
     sa.Column("resume_count", sa.Integer(), nullable=False),
     sa.Column("metadata", sa.Text(), nullable=False),
     sa.Column("extra", sa.Text(), nullable=False),
+    # the submission idempotency key (migration 0004; unique index ux_fy_runs_idempotency_key;
+    # NULL for runs created without one)
+    sa.Column("idempotency_key", sa.String(), nullable=True),
 )
 
 #: The lease of each run being executed (see flowyard.interfaces.RunLease); a row is deleted

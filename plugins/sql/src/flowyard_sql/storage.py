@@ -61,7 +61,7 @@ RUN_FILTERS: dict[str, Callable[[Any], sa.ColumnElement[bool]]] = {
 
 _RUN_JSON = ("inputs", "outputs", "workflow", "metadata")
 _RUN_FIELDS = tuple(f.name for f in attrs.fields(RunRecord))
-_RUN_COLUMNS = frozenset(c.name for c in runs.c) - {"extra"}
+_RUN_COLUMNS = frozenset(c.name for c in runs.c) - {"extra", "idempotency_key"}
 _ATTEMPT_JSON = ("output",)
 _ATTEMPT_FIELDS = tuple(f.name for f in attrs.fields(StepAttempt))
 _ATTEMPT_COLUMNS = frozenset(c.name for c in attempts.c) - {"extra"}
@@ -110,6 +110,7 @@ _LEASE_SELECT = sa.select(leases).where(leases.c.run_id == sa.bindparam("b_run_i
 _LEASE_RENEW = leases.update().where(leases.c.run_id == sa.bindparam("b_run_id"),
                                      leases.c.owner == sa.bindparam("b_owner"))
 _LEASE_DELETE = leases.delete().where(leases.c.run_id == sa.bindparam("b_run_id"),
+_RUN_BY_KEY = sa.select(runs.c.id).where(runs.c.idempotency_key == sa.bindparam("b_key"))
                                       leases.c.owner == sa.bindparam("b_owner"))
 #: How many run ids one get_leases query binds (SQLite's default limit is 32766 parameters,
 #: older builds 999).
@@ -756,6 +757,58 @@ class SQLStorage:
         def update(ex: _Exec) -> None:
             if ex.execute(_RUN_UPDATE, row) == 0:
                 raise RunNotFoundError(f"no run {run.id!r} in {self.location}")
+    async def create_run_once(self, run: RunRecord, idempotency_key: str
+                              ) -> tuple[RunRecord, bool]:
+        """Insert ``run`` with ``idempotency_key`` unless a run holds that key already.
+
+        One write transaction: a lookup by key, then ``INSERT ... ON CONFLICT
+        (idempotency_key) DO NOTHING`` against the unique index of migration 0004, then the
+        lookup again when the insert was skipped; so of processes submitting one key at once
+        exactly one inserts (SQLite serialises them with ``BEGIN IMMEDIATE``; on PostgreSQL
+        the losing INSERT waits for the winner's commit and then does nothing).
+
+        Returns:
+            ``(run, True)`` when inserted, ``(existing run, False)`` otherwise.
+
+        Raises:
+            StorageError: a run with ``run.id`` exists (without this key), or the database
+                failed (naming the file or URL).
+        """
+        row = {**self._run_row(run), "idempotency_key": idempotency_key}
+        stmt = self._upserts.get("run-once")
+        if stmt is None:
+            base: Any
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                base = sqlite_insert(runs)
+            else:
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                base = pg_insert(runs)
+            stmt = self._upserts["run-once"] = base.on_conflict_do_nothing(
+                index_elements=["idempotency_key"])
+        key = {"b_key": idempotency_key}
+
+        def insert(ex: _Exec) -> tuple[str, bool]:
+            found = ex.first(_RUN_BY_KEY, key)
+            if found is not None:
+                return str(found[0]), False
+            if ex.first(_RUN_EXISTS, {"b_id": run.id}) is not None:
+                raise StorageError(f"run {run.id} already exists in {self.location} (without "
+                                   f"the idempotency key {idempotency_key!r})")
+            ex.execute(stmt, row)  # (rowcount is not reliable here on every driver)
+            found = ex.first(_RUN_BY_KEY, key)
+            if found is None:
+                raise StorageError(f"{self.location}: the run of idempotency key "
+                                   f"{idempotency_key!r} vanished while it was being created")
+            return str(found[0]), str(found[0]) == run.id
+
+        run_id, created = await self._call(self._write_tx, insert)
+        if created:
+            return run, True
+        return await self.get_run(run_id), False
+
 
         await self._call(self._write_tx, update)
 
