@@ -1,7 +1,8 @@
 """Run leases with real ``flowyard`` processes on SQLite (and PostgreSQL).
 
-- a ``flowyard run`` killed with SIGKILL shows as ``abandoned`` in ``runs list``, ``runs show``
-  and ``stats``, and ``flowyard resume`` takes it over at once (its owner pid is gone);
+- a ``flowyard run`` killed with SIGKILL shows as ``abandoned`` in ``runs list`` and ``runs
+  show`` (``flowyard stats`` is flowyard-stats', tested there), and ``flowyard resume`` takes it
+  over at once (its owner pid is gone);
 - ``flowyard resume`` of a run that a live process is executing is refused with one line
   naming the run, the owner's host and pid and the seconds since its heartbeat, and no step
   runs twice;
@@ -124,9 +125,6 @@ def test_a_killed_run_shows_as_abandoned_and_resumes(
     assert f"flowyard resume {run_id}" in shown.stdout
     shown_json = json.loads(scenario.flowyard("runs", "show", run_id, "--json").stdout)
     assert shown_json["state"] == "abandoned" and shown_json["run"]["status"] == "running"
-    stats = scenario.flowyard("stats", "--json", "--no-events")
-    assert stats.returncode == 0, stats.stderr
-    assert json.loads(stats.stdout)["runs_by_status"] == {"abandoned": 1}
     # reading never rewrites the stored status
     assert scenario.query("SELECT status FROM fy_runs")[0][0] == "running"
 
