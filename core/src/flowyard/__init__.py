@@ -52,6 +52,7 @@ __all__ = [
     "ImagePart",
     "ineligibility",
     "InputSpec",
+    "json_default",
     "LLMService",
     "LogRecord",
     "MalformedResponseError",
@@ -62,6 +63,7 @@ __all__ = [
     "ModelInfo",
     "ModelPrice",
     "ModelRegistry",
+    "new_id",
     "parse_workflow",
     "PluginError",
     "Provider",
@@ -79,6 +81,7 @@ __all__ = [
     "RunQuery",
     "RunRecord",
     "RunResult",
+    "run_state",
     "RunStatus",
     "schema_for_type",
     "ServerError",
@@ -169,6 +172,9 @@ _LAZY: dict[str, str] = {
     "ToolCall": "flowyard.models",
     "ToolSpec": "flowyard.models",
     "Usage": "flowyard.models",
+    "new_id": "flowyard.models",
+    "json_default": "flowyard.serialization",
+    "run_state": "flowyard.engine.lease",
     "Diagnostic": "flowyard.interfaces",
     "EventListener": "flowyard.interfaces",
     "Executor": "flowyard.interfaces",
@@ -219,6 +225,9 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:
     from flowyard.config import (
         Config,
+    )
+    from flowyard.engine.lease import (
+        run_state,
     )
     from flowyard.context import (
         ToolContext,
@@ -294,6 +303,7 @@ if TYPE_CHECKING:
         Message,
         ModelInfo,
         ModelPrice,
+        new_id,
         RunRecord,
         RunStatus,
         StepAttempt,
@@ -306,6 +316,9 @@ if TYPE_CHECKING:
     from flowyard.registry import (
         Register,
         Registry,
+    )
+    from flowyard.serialization import (
+        json_default,
     )
     from flowyard.stack import (
         Stack,

@@ -283,8 +283,19 @@ def lease_state(lease: RunLease, *, now: float | None = None,
 def run_state(run: RunRecord, lease: RunLease | None, *, now: float | None = None,
               me: ProcessIdentity | None = None) -> str:
     """Return the state to show for a stored run: its status, or ``"abandoned"`` when the
-    status is ``running`` and no live process holds the run's lease (``lease`` is the run's
-    stored lease or None).
+    status is ``running`` and no live process holds the run's lease.
+
+    Public as ``flowyard.run_state``: listings such as ``flowyard runs`` and the
+    ``flowyard-stats`` command use it.
+
+    Args:
+        run: the stored run.
+        lease: the run's stored lease (``storage.get_leases``), None when it holds none.
+        now: the time to judge expiry at, UNIX seconds (default: the current time).
+        me: this process's identity (default: detected), to check a lease held on this host.
+
+    Returns:
+        ``run.status``, or ``"abandoned"`` for a ``running`` run without a live lease.
     """
     if run.status != "running":
         return run.status

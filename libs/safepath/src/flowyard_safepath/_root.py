@@ -53,10 +53,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from flowyard.errors import ConfigError, ToolError, ToolInputError
+from flowyard import ConfigError, ToolError, ToolInputError
 
 if TYPE_CHECKING:
-    from flowyard.config import Config
+    from flowyard import Config
 
 __all__ = [
     "SafeRoot",

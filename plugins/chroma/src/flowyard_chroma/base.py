@@ -12,15 +12,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
-from flowyard.config import Config
-from flowyard.errors import ConfigError, StorageError
+from flowyard import Config, ConfigError, StorageError
 
 from flowyard_chroma._imports import importing
 from flowyard_chroma.embeddings import Embedder, make_embedder
 from flowyard_chroma.settings import ChromaSettings
 
 if TYPE_CHECKING:
-    from flowyard.interfaces import LLMService, Services
+    from flowyard import LLMService, Services
 
 __all__ = ["ChromaBase", "collection_name", "KIND_KEY", "NAME_KEY", "EMBEDDER_KEY",
            "GENERATION_KEY"]

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
-from flowyard.errors import ConfigError
+from flowyard import ConfigError
 
 from flowyard_chroma._imports import importing
 
 if TYPE_CHECKING:
     import numpy as np
-    from flowyard.interfaces import LLMService
+    from flowyard import LLMService
     from tokenizers import Tokenizer
 
 __all__ = [

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowyard.models import Document
+from flowyard import Document
 
 __all__ = [
     "FORMATS",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flowyard.models import MemoryEntry, MemoryHit
+from flowyard import MemoryEntry, MemoryHit
 
 from flowyard_chroma._imports import importing
 from flowyard_chroma.base import ChromaBase

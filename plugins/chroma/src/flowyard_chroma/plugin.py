@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flowyard.config import Config
-from flowyard.hookspecs import hookimpl
-from flowyard.registry import Register
+from flowyard import Config, Register, hookimpl
 
 if TYPE_CHECKING:
-    from flowyard.interfaces import Services
+    from flowyard import Services
 
 
 @hookimpl

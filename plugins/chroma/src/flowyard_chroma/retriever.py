@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
-from flowyard.models import Chunk, Document
+from flowyard import Chunk, Document
 
 from flowyard_chroma._imports import importing
 from flowyard_chroma.base import GENERATION_KEY, ChromaBase

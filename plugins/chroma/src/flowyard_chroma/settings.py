@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from flowyard.config import Config
-from flowyard.errors import ConfigError
+from flowyard import Config, ConfigError
 
 __all__ = ["ChromaSettings", "MODES"]
 

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from flowyard.context import ToolContext
-from flowyard.errors import ToolInputError
-from flowyard.models import Chunk, Document, MemoryEntry, MemoryHit
-from flowyard.tools import FunctionTool, tool
+from flowyard import (
+    Chunk,
+    Document,
+    FunctionTool,
+    MemoryEntry,
+    MemoryHit,
+    ToolContext,
+    ToolInputError,
+    tool,
+)
 
 __all__ = ["make_tools", "chunk_dict", "hit_dict"]
 

@@ -24,8 +24,7 @@ def check(as_json: bool) -> None:
     why), 2 when the [exec] configuration is invalid.
     """
     import anyio
-    from flowyard.config import Config
-    from flowyard.errors import ConfigError, ToolError
+    from flowyard import Config, ConfigError, ToolError
 
     from flowyard_exec.sandbox import ExecSettings, Sandbox, probe_bubblewrap, probe_landlock
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 import attrs
-from flowyard.errors import ConfigError, ToolError
+from flowyard import ConfigError, ToolError
 
 __all__ = [
     "ISOLATION_LEVELS",

@@ -10,10 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flowyard.config import Config
-from flowyard.context import ToolContext
-from flowyard.errors import ToolError, ToolInputError
-from flowyard.tools import BaseTool
+from flowyard import BaseTool, Config, ToolContext, ToolError, ToolInputError
 
 from flowyard_exec.sandbox import ISOLATION_LEVELS, ExecSettings, Sandbox, remove_work_dir
 

@@ -19,10 +19,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from flowyard.config import Config
-from flowyard.errors import ConfigError
-from flowyard.hookspecs import hookimpl
-from flowyard.registry import Register
+from flowyard import Config, ConfigError, Register, hookimpl
 
 DEFAULT_LIMITS = {
     "max_file_bytes": 100 * 1024 * 1024,

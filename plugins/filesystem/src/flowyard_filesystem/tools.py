@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
-from flowyard.context import ToolContext
-from flowyard.errors import ToolError, ToolInputError
-from flowyard.tools import BaseTool
+from flowyard import BaseTool, ToolContext, ToolError, ToolInputError
 from flowyard_safepath import SafeRoot, decode_content
 
 __all__ = [

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-from flowyard.errors import BadRequestError, ProviderError
+from flowyard import BadRequestError, ProviderError
 
 from flowyard_llamacpp.spec import DEFAULT_N_CTX, SMOLLM2_FILE, ModelSpec
 

@@ -22,8 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from flowyard.errors import BadRequestError
-from flowyard.models import ToolSpec
+from flowyard import BadRequestError, ToolSpec
 
 __all__ = ["tool_call_schema", "schema_grammar", "tool_grammar", "TEXT_RULE"]
 

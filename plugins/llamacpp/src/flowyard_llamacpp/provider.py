@@ -18,15 +18,17 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 import attrs
-from flowyard.errors import BadRequestError, MalformedResponseError, ProviderError
-from flowyard.interfaces import Diagnostic
-from flowyard.models import (
+from flowyard import (
+    BadRequestError,
     ChatChunk,
     ChatRequest,
     ChatResponse,
+    Diagnostic,
+    MalformedResponseError,
     Message,
     ModelInfo,
     ModelPrice,
+    ProviderError,
     ToolCall,
     ToolSpec,
     Usage,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from flowyard.errors import ConfigError
+from flowyard import ConfigError
 
 __all__ = [
     "DEFAULT_ALIAS",

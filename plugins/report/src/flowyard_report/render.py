@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flowyard.errors import ToolError, ToolInputError
+from flowyard import ToolError, ToolInputError
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment

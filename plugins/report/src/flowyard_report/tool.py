@@ -6,9 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
-from flowyard.context import ToolContext
-from flowyard.errors import ToolError, ToolInputError
-from flowyard.tools import BaseTool
+from flowyard import BaseTool, ToolContext, ToolError, ToolInputError
 from flowyard_safepath import PathNotFoundError, SafeRoot
 
 from flowyard_report.render import FORMATS, ReportRenderer, infer_format

@@ -22,10 +22,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-from flowyard.errors import ConfigError, UnknownNameError
-from flowyard.interfaces import RouteRequest
-from flowyard.modelregistry import eligible, ineligibility
-from flowyard.models import ModelInfo, Usage
+from flowyard import (
+    ConfigError,
+    ModelInfo,
+    RouteRequest,
+    UnknownNameError,
+    Usage,
+    eligible,
+    ineligibility,
+)
 
 __all__ = ["CheapestRouter", "FallbackRouter", "UCBRouter", "Arm", "expected_cost"]
 

@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -29,11 +30,19 @@ from typing import Any, Protocol, TypeVar
 import anyio.to_thread
 import attrs
 import sqlalchemy as sa
-from flowyard.config import Config
-from flowyard.errors import RunNotFoundError, StorageError
-from flowyard.interfaces import RunLease, RunQuery
-from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt, now
-from flowyard.serialization import json_default
+from flowyard import (
+    Config,
+    CostLine,
+    Event,
+    LogRecord,
+    RunLease,
+    RunNotFoundError,
+    RunQuery,
+    RunRecord,
+    StepAttempt,
+    StorageError,
+    json_default,
+)
 
 from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, leases, logs, runs
 
@@ -101,6 +110,7 @@ def normalize_url(url: str) -> sa.URL:
 # columns given decide the column list) or ``b_*`` for WHERE clauses.
 _RUN_EXISTS = sa.select(runs.c.id).where(runs.c.id == sa.bindparam("b_id"))
 _RUN_INSERT = runs.insert()
+_RUN_BY_KEY = sa.select(runs.c.id).where(runs.c.idempotency_key == sa.bindparam("b_key"))
 _RUN_UPDATE = runs.update().where(runs.c.id == sa.bindparam("b_id"))
 _EVENT_INSERT = events.insert()
 _LOG_INSERT = logs.insert()
@@ -110,7 +120,6 @@ _LEASE_SELECT = sa.select(leases).where(leases.c.run_id == sa.bindparam("b_run_i
 _LEASE_RENEW = leases.update().where(leases.c.run_id == sa.bindparam("b_run_id"),
                                      leases.c.owner == sa.bindparam("b_owner"))
 _LEASE_DELETE = leases.delete().where(leases.c.run_id == sa.bindparam("b_run_id"),
-_RUN_BY_KEY = sa.select(runs.c.id).where(runs.c.idempotency_key == sa.bindparam("b_key"))
                                       leases.c.owner == sa.bindparam("b_owner"))
 #: How many run ids one get_leases query binds (SQLite's default limit is 32766 parameters,
 #: older builds 999).
@@ -748,15 +757,6 @@ class SQLStorage:
 
         await self._call(self._write_tx, insert)
 
-    async def update_run(self, run: RunRecord) -> None:
-        """Replace the stored fields of ``run`` (matched by id). Raises RunNotFoundError."""
-        row = self._run_row(run)
-        row.pop("id")
-        row["b_id"] = run.id
-
-        def update(ex: _Exec) -> None:
-            if ex.execute(_RUN_UPDATE, row) == 0:
-                raise RunNotFoundError(f"no run {run.id!r} in {self.location}")
     async def create_run_once(self, run: RunRecord, idempotency_key: str
                               ) -> tuple[RunRecord, bool]:
         """Insert ``run`` with ``idempotency_key`` unless a run holds that key already.
@@ -809,6 +809,15 @@ class SQLStorage:
             return run, True
         return await self.get_run(run_id), False
 
+    async def update_run(self, run: RunRecord) -> None:
+        """Replace the stored fields of ``run`` (matched by id). Raises RunNotFoundError."""
+        row = self._run_row(run)
+        row.pop("id")
+        row["b_id"] = run.id
+
+        def update(ex: _Exec) -> None:
+            if ex.execute(_RUN_UPDATE, row) == 0:
+                raise RunNotFoundError(f"no run {run.id!r} in {self.location}")
 
         await self._call(self._write_tx, update)
 
@@ -1021,7 +1030,7 @@ class SQLStorage:
         """Record the output of a completed step key; committed when this returns."""
         row = {"run_id": run_id, "step_key": step_key,
                "output": _dumps(output, f"output of step {step_key!r} of run {run_id}"),
-               "saved_at": now()}
+               "saved_at": time.time()}
 
         stmt = self._upsert_stmt(checkpoints, ("run_id", "step_key"))
 
@@ -1136,7 +1145,7 @@ class SQLStorage:
     async def kv_set(self, namespace: str, key: str, value: Any) -> None:
         """Store a JSON-ready value under (namespace, key), replacing any previous one."""
         row = {"namespace": namespace, "key": key,
-               "value": _dumps(value, f"value of {namespace}/{key}"), "updated_at": now()}
+               "value": _dumps(value, f"value of {namespace}/{key}"), "updated_at": time.time()}
 
         stmt = self._upsert_stmt(kv, ("namespace", "key"))
 

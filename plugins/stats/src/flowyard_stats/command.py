@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from flowyard import Stack
+
     from flowyard_stats.metrics import Metrics
-    from flowyard.stack import Stack
 
 __all__ = ["stats", "parse_since", "gather_stats", "count_abandoned", "format_stats"]
 
@@ -85,8 +86,7 @@ async def count_abandoned(storage: Any, *, since: float | None = None,
     Raises:
         StorageError: the backend failed.
     """
-    from flowyard.engine.lease import run_state
-    from flowyard.interfaces import RunQuery
+    from flowyard import RunQuery, run_state
 
     # the oldest run considered, in list order (created_at, then id, both descending)
     oldest = await storage.list_runs(RunQuery(workflow_name=workflow, created_after=since,
@@ -177,8 +177,7 @@ def stats(since: str | None, workflow: str | None, max_runs: int, no_events: boo
     Runs stored as running whose process died are counted as abandoned.
     """
     import anyio
-
-    from flowyard.stack import Stack
+    from flowyard import Stack
 
     start = parse_since(since)
     stack = Stack.default()

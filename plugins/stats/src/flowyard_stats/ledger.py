@@ -23,11 +23,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-
-from flowyard.models import CostLine
+from flowyard import CostLine
 
 if TYPE_CHECKING:
-    from flowyard.interfaces import StorageBackend
+    from flowyard import StorageBackend
 
 __all__ = ["CostTotal", "CostRow", "CostLedger", "aggregate", "total_of", "GroupBy"]
 

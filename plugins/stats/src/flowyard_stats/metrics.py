@@ -19,12 +19,12 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from flowyard import Event
 
 from flowyard_stats.ledger import CostTotal, aggregate, total_of
-from flowyard.models import Event
 
 if TYPE_CHECKING:
-    from flowyard.interfaces import StorageBackend
+    from flowyard import StorageBackend
 
 __all__ = ["percentiles", "LatencyStats", "Metrics", "collect_metrics", "LiveMetrics"]
 
@@ -128,7 +128,7 @@ class Metrics:
 
 async def _all_runs(storage: StorageBackend, *, since: float | None, workflow: str | None,
                     max_runs: int) -> list[Any]:
-    from flowyard.interfaces import RunQuery
+    from flowyard import RunQuery
 
     runs: list[Any] = []
     offset = 0

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flowyard.hookspecs import hookimpl
+from flowyard import hookimpl
 
 if TYPE_CHECKING:
     import click
-    from flowyard.config import Config
-    from flowyard.registry import Register
+    from flowyard import Config, Register
 
 #: The name of the live metrics listener (``stack.listeners.get(LIVE)``).
 LIVE = "stats.live"

@@ -19,10 +19,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx
-from flowyard.config import Config
-from flowyard.context import ToolContext
-from flowyard.errors import ToolError, ToolInputError
-from flowyard.tools import BaseTool
+from flowyard import BaseTool, Config, ToolContext, ToolError, ToolInputError
 
 from flowyard_web.settings import WebSettings
 from flowyard_web.ssrf import BlockedURLError, Resolver, resolve_checked, system_resolver

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowyard.config import Config
-from flowyard.hookspecs import hookimpl
-from flowyard.registry import Register
+from flowyard import Config, Register, hookimpl
 
 
 @hookimpl

@@ -18,10 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio.to_thread
 import attrs
 import httpx
-from flowyard.config import Config
-from flowyard.context import ToolContext
-from flowyard.errors import ConfigError, ToolError
-from flowyard.tools import BaseTool
+from flowyard import BaseTool, Config, ConfigError, ToolContext, ToolError
 
 from flowyard_web.settings import WebSettings
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from flowyard.errors import ConfigError
+from flowyard import ConfigError
 
 from flowyard_web.ssrf import AddressPolicy
 

@@ -18,7 +18,7 @@ from typing import Union
 
 import anyio
 import attrs
-from flowyard.errors import ToolError
+from flowyard import ToolError
 
 __all__ = [
     "AddressPolicy",
