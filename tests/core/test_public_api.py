@@ -25,10 +25,8 @@ def test_import_flowyard_stays_lazy() -> None:
     assert "flowyard.stack" not in out and "flowyard.engine" not in out, out
 
 
-CORE = Path(__file__).resolve().parents[2] / "core" / "src" / "flowyard"
-CAPABILITIES = ("SupportsAclose", "SupportsDiagnostics", "SupportsExplainedChoice",
-                "SupportsRawArguments", "SupportsRouterState", "SupportsStepValidation",
-                "SupportsTokenCounting")
+ROOT = Path(__file__).resolve().parents[2]
+CORE = ROOT / "core" / "src" / "flowyard"
 
 
 def _protocol_members() -> set[str]:
@@ -48,7 +46,11 @@ def _protocol_members() -> set[str]:
 
 
 def test_capabilities_are_exported_runtime_checkable_protocols() -> None:
-    for name in CAPABILITIES:
+    import flowyard.interfaces
+
+    capabilities = [n for n in flowyard.interfaces.__all__ if n.startswith("Supports")]
+    assert {"SupportsAclose", "SupportsTokenCounting", "SupportsRouterState"} <= set(capabilities)
+    for name in capabilities:
         proto = getattr(flowyard, name)
         assert name in flowyard.__all__
         assert getattr(proto, "_is_runtime_protocol", False), name
@@ -82,3 +84,29 @@ def test_the_core_declares_capabilities_instead_of_probing_them() -> None:
                     and node.args[1].value in members):
                 probes.append(f"{path.relative_to(CORE)}:{node.lineno} {node.args[1].value}")
     assert not probes, f"probed instead of declared (add a Supports* protocol): {probes}"
+
+
+def _flowyard_submodule_imports(path: Path) -> list[str]:
+    """``file:line module`` of every import of ``flowyard.<anything>`` in ``path`` (type-only
+    and function-local imports included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [f"{path.relative_to(ROOT)}:{node.lineno} {m}" for m in modules
+                  if m.startswith("flowyard.")]
+    return found
+
+
+def test_first_party_plugins_and_libraries_import_only_the_public_api() -> None:
+    """Plugins and libraries import ``from flowyard import X``, never ``flowyard.<module>``,
+    so the core's modules can move (pluggy's one ``__all__``). Nothing is allow-listed."""
+    files = sorted([*ROOT.glob("plugins/*/src/**/*.py"), *ROOT.glob("libs/*/src/**/*.py")])
+    assert len(files) > 20
+    offenders = [hit for path in files for hit in _flowyard_submodule_imports(path)]
+    assert not offenders, ("import these names from `flowyard` (add them to its __all__ and "
+                           "lazy table if they are public):\n" + "\n".join(offenders))

@@ -17,8 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from flowyard.errors import AuthenticationError, ConfigError, MalformedResponseError
-from flowyard.models import ModelPrice, Usage
+from flowyard import AuthenticationError, ConfigError, MalformedResponseError, ModelPrice, Usage
 
 from flowyard_http._util import (
     DEFAULT_MAX_RETRY_AFTER,
@@ -37,7 +36,7 @@ from flowyard_http._util import (
 
 if TYPE_CHECKING:
     import httpx
-    from flowyard.errors import ProviderError
+    from flowyard import ProviderError
 
 __all__ = ["HTTPProvider", "StreamEvent"]
 

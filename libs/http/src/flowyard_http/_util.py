@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from flowyard.errors import (
+from flowyard import (
     AuthenticationError,
     BadRequestError,
     ConfigError,
@@ -47,7 +47,7 @@ from flowyard.errors import (
 
 if TYPE_CHECKING:
     import httpx
-    from flowyard.models import ModelInfo
+    from flowyard import ModelInfo
 
 __all__ = [
     "Secret",
@@ -930,7 +930,7 @@ class PriceTable:
 
     def __init__(self, data: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None,
                  override_source: str = "flowyard.toml") -> None:
-        from flowyard.models import ModelPrice
+        from flowyard import ModelPrice
 
         self.source = str(data.get("source", ""))
         self.as_of = str(data.get("as_of", ""))
@@ -948,7 +948,7 @@ class PriceTable:
 
     @staticmethod
     def _price(model: str, entry: Mapping[str, Any], source: str, as_of: str) -> Any:
-        from flowyard.models import ModelPrice
+        from flowyard import ModelPrice
 
         try:
             inp, out = float(entry["input"]), float(entry["output"])
@@ -992,7 +992,7 @@ class PriceTable:
 
         ``default_capabilities`` apply when the table does not list the model's.
         """
-        from flowyard.models import ModelInfo
+        from flowyard import ModelInfo
 
         entry = self.entry(model)
         caps = entry.get("capabilities", default_capabilities)

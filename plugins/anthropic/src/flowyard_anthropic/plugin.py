@@ -19,10 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flowyard.config import Config
-from flowyard.errors import ConfigError
-from flowyard.hookspecs import hookimpl
-from flowyard.registry import Register
+from flowyard import Config, ConfigError, Register, hookimpl
 
 _PROVIDER_KEYS = {"api_key", "base_url", "headers", "timeout", "deadline", "backend", "prices",
                   "default_max_tokens", "max_connections"}

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, ClassVar
 
-from flowyard.errors import BadRequestError
-from flowyard.models import (
+from flowyard import (
+    BadRequestError,
     ChatChunk,
     ChatRequest,
     ChatResponse,

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowyard.config import Config
-from flowyard.errors import ConfigError
-from flowyard.hookspecs import hookimpl
-from flowyard.registry import Register
+from flowyard import Config, ConfigError, Register, hookimpl
 
 _PROVIDER_KEYS = {"base_url", "api_key", "headers", "timeout", "deadline", "keep_alive",
                   "options", "free", "prices", "backend", "max_connections"}

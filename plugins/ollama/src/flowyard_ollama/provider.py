@@ -17,8 +17,8 @@ from contextlib import aclosing
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from flowyard.errors import BadRequestError
-from flowyard.models import (
+from flowyard import (
+    BadRequestError,
     ChatChunk,
     ChatRequest,
     ChatResponse,

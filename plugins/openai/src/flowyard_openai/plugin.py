@@ -25,10 +25,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flowyard.config import Config
-from flowyard.errors import ConfigError
-from flowyard.hookspecs import hookimpl
-from flowyard.registry import Register
+from flowyard import Config, ConfigError, Register, hookimpl
 
 _PROVIDER_KEYS = {
     "api_key", "base_url", "organization", "project", "headers", "timeout", "deadline",

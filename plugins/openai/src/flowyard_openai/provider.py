@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, ClassVar
 
-from flowyard.errors import BadRequestError, ConfigError
-from flowyard.models import (
+from flowyard import (
+    BadRequestError,
     ChatChunk,
     ChatRequest,
     ChatResponse,
+    ConfigError,
     ImagePart,
     Message,
     ModelInfo,
