@@ -104,8 +104,10 @@ def _flowyard_submodule_imports(path: Path) -> list[str]:
 
 def test_first_party_plugins_and_libraries_import_only_the_public_api() -> None:
     """Plugins and libraries import ``from flowyard import X``, never ``flowyard.<module>``,
-    so the core's modules can move (pluggy's one ``__all__``). Nothing is allow-listed."""
-    files = sorted([*ROOT.glob("plugins/*/src/**/*.py"), *ROOT.glob("libs/*/src/**/*.py")])
+    so the core's modules can move (pluggy's one ``__all__``). Nothing is allow-listed. The
+    example plugin and the contrib scaffold that third parties copy follow the same rule."""
+    files = sorted([*ROOT.glob("plugins/*/src/**/*.py"), *ROOT.glob("libs/*/src/**/*.py"),
+                    *ROOT.glob("examples/*/src/**/*.py"), *ROOT.glob("contrib/*/src/**/*.py")])
     assert len(files) > 20
     offenders = [hit for path in files for hit in _flowyard_submodule_imports(path)]
     assert not offenders, ("import these names from `flowyard` (add them to its __all__ and "

@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 import flowyard
-from flowyard.config import Config
-from flowyard.models import Event
+from flowyard import Config, Event
 
 
 @flowyard.tool(name="text.word_count", idempotent=True)
