@@ -42,10 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.context import ToolContext
+from flowyard.engine.calls import invoke_tool
 from flowyard.errors import BudgetExceeded, ToolError, WorkflowError
+from flowyard.interfaces import RouteRequest
+from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.models import MemoryEntry, Message, ToolSpec
+from flowyard.serialization import json_default
 
 if TYPE_CHECKING:
     from flowyard.interfaces import Services
@@ -136,8 +139,6 @@ def parse_react(text: str) -> tuple[str, Any]:
 def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    from flowyard.serialization import json_default
-
     return json.dumps(value, default=json_default, ensure_ascii=False)
 
 
@@ -252,8 +253,6 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
         params["max_tokens"] = agent.max_tokens
     model = agent.model
     if agent.requirements:
-        from flowyard.interfaces import RouteRequest
-
         req = agent.requirements
         caps = set(req.get("capabilities", ()))
         if agent.mode == "native" and specs:
@@ -333,8 +332,6 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
 async def _run_tool(ctx: ToolContext, tools: Mapping[str, Any], name: str,
                     arguments: Mapping[str, Any]) -> tuple[str, bool]:
     """Run one tool call of the model; tool errors become the result text."""
-    from flowyard.engine.calls import invoke_tool
-
     tool = _lookup(tools, name)
     if tool is None:
         known = ", ".join(sorted(tools)) or "none"

@@ -15,6 +15,9 @@ from typing import Any
 import click
 
 from flowyard import __version__
+from flowyard.config import Config
+from flowyard.errors import FlowyardError
+from flowyard.plugins import PluginManager
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport anyio depends on
     from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
@@ -48,8 +51,6 @@ class LazyGroup(click.Group):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        from flowyard.config import Config
-        from flowyard.plugins import PluginManager
 
         manager = PluginManager(Config.load())
         manager.discover()
@@ -106,8 +107,6 @@ class LazyGroup(click.Group):
 
 def _one_line(exc: BaseException) -> str:
     """Describe ``exc`` in one line for the CLI (single-error exception groups unwrapped)."""
-    from flowyard.errors import FlowyardError
-
     while isinstance(exc, _BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     message = " ".join(str(exc).split()) or type(exc).__name__

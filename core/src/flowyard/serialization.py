@@ -12,7 +12,7 @@ from typing import Any, TypeVar, Union
 
 import cattrs
 
-from flowyard.models import ContentPart, ImagePart, Message, TextPart
+from flowyard.models import ContentPart, ImagePart, Message, TextPart, ToolCall
 
 __all__ = ["converter", "unstructure", "structure", "to_json", "from_json", "json_default"]
 
@@ -58,8 +58,6 @@ def _structure_message(value: Any, _type: Any) -> Message:
 
 
 def _tool_call_type() -> type:
-    from flowyard.models import ToolCall
-
     return ToolCall
 
 

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowyard import __version__
 from flowyard.config import Config
-from flowyard.errors import StorageError
+from flowyard.errors import StorageError, UnknownNameError
 from flowyard.events import EventBus
 from flowyard.hookspecs import FAMILIES, HOOK_FAMILIES
 from flowyard.interfaces import Provider, SupportsAclose
@@ -150,6 +151,7 @@ class Stack:
     def llm(self) -> LLMGateway:
         """The LLM gateway (chat, streaming, embeddings through the stack's providers)."""
         if self._llm is None:
+            # lazy: the gateway loads on the first model call (`flowyard runs` needs none)
             from flowyard.llm import LLMGateway
 
             self._llm = LLMGateway(self)
@@ -231,8 +233,6 @@ class Stack:
             return str(configured)
         name = registry.preferred()
         if name is None:
-            from flowyard.errors import UnknownNameError
-
             raise UnknownNameError(registry.kind, "<default>", [])
         return name
 
@@ -245,6 +245,7 @@ class Stack:
         Raises:
             WorkflowValidationError: every problem found, with file, line and column.
         """
+        # lazy: the engine (jinja2) loads on the first run (`flowyard runs`, `doctor` need none)
         from flowyard.engine import load_workflow
 
         return load_workflow(self, source)
@@ -256,6 +257,7 @@ class Stack:
         ``options`` are passed to the engine (``run_id``, ``max_concurrency``...; see
         ``docs/workflows.md``).
         """
+        # lazy: the engine (jinja2) loads on the first run (`flowyard runs`, `doctor` need none)
         from flowyard.engine import run_workflow
 
         return await run_workflow(self, workflow, inputs or {}, **options)
@@ -275,6 +277,7 @@ class Stack:
     def stream(self, workflow: str | Path | Mapping[str, Any] | Workflow,
                inputs: Mapping[str, Any] | None = None, **options: Any) -> AsyncIterator[Event]:
         """Run a workflow and yield its events live, ending with ``run.finished``."""
+        # lazy: the engine (jinja2) loads on the first run (`flowyard runs`, `doctor` need none)
         from flowyard.engine import stream_workflow
 
         return stream_workflow(self, workflow, inputs or {}, **options)
@@ -286,6 +289,7 @@ class Stack:
             RunNotFoundError: no such run.
             WorkflowChangedError: the workflow changed since the run started (unless ``force``).
         """
+        # lazy: the engine (jinja2) loads on the first run (`flowyard runs`, `doctor` need none)
         from flowyard.engine import resume_run
 
         return await resume_run(self, run_id, force=force, **options)
@@ -296,6 +300,4 @@ class Stack:
 
 
 def _core_version() -> str:
-    from flowyard import __version__
-
     return __version__

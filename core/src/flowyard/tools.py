@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from flowyard.context import ToolContext
 from flowyard.errors import ToolInputError
+from flowyard.models import ToolSpec
 
 __all__ = ["tool", "FunctionTool", "BaseTool", "schema_for_type", "validate_arguments"]
 
@@ -151,8 +152,6 @@ class BaseTool(abc.ABC):
 
     def spec(self) -> Any:
         """Return the :class:`~flowyard.models.ToolSpec` shown to models."""
-        from flowyard.models import ToolSpec
-
         return ToolSpec(name=self.name, description=self.description,
                         parameters=self.parameters)
 

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import attrs
 from attrs import define, field
 
-from flowyard.errors import ValidationIssue, WorkflowValidationError
+from flowyard.errors import StepFailedError, ValidationIssue, WorkflowValidationError
+from flowyard.serialization import unstructure
 
 __all__ = [
     "InputSpec",
@@ -800,8 +801,6 @@ class RunResult:
         """Return self when completed; else raise StepFailedError naming the failed steps."""
         if self.ok:
             return self
-        from flowyard.errors import StepFailedError
-
         failed = [f"{s.id}: {s.error}" for s in self.steps.values()
                   if s.status in ("failed", "budget_exceeded", "cancelled")]
         raise StepFailedError(f"run {self.run_id} {self.status}: {self.error or ''}"
@@ -809,8 +808,6 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-ready builtins (with ``duration_s`` per step and run)."""
-        from flowyard.serialization import unstructure
-
         data = unstructure(self)
         data["duration_s"] = self.duration_s
         for sid, step in self.steps.items():

@@ -19,6 +19,8 @@ import anyio
 
 from flowyard.context import ToolContext
 from flowyard.errors import ToolError
+from flowyard.interfaces import RouteRequest
+from flowyard.models import Message
 from flowyard.tools import BaseTool
 
 __all__ = ["EchoAction", "LogAction", "SleepAction", "ChatAction", "builtin_actions"]
@@ -162,8 +164,6 @@ class ChatAction(BaseTool):
                 (retriable: another sample may succeed).
             ProviderError, BudgetExceeded: from the gateway.
         """
-        from flowyard.models import Message
-
         messages: list[Message] = []
         if arguments.get("system"):
             messages.append(Message.system(arguments["system"]))
@@ -176,8 +176,6 @@ class ChatAction(BaseTool):
                                    "response_schema") if k in arguments}
         model = arguments.get("model")
         if arguments.get("requirements"):
-            from flowyard.interfaces import RouteRequest
-
             req = arguments["requirements"]
             params["route"] = RouteRequest(
                 capabilities=req.get("capabilities", ()),

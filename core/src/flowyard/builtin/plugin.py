@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowyard.builtin.executor import LocalExecutor
 from flowyard.config import Config
 from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
 
 
 def _memory_storage(url: str, config: Config) -> Any:
+    # lazy: built only when memory:// is the storage
     from flowyard.builtin.memory_storage import MemoryStorage
 
     return MemoryStorage(url, config)
@@ -29,8 +31,6 @@ def register_storage(register: Register, config: Config) -> None:
 @hookimpl
 def register_executors(register: Register, config: Config) -> None:
     """``local``: run actions in-process."""
-    from flowyard.builtin.executor import LocalExecutor
-
     register("local", LocalExecutor(), default_priority=-1)
 
 
@@ -39,6 +39,7 @@ def register_providers(register: Register, config: Config) -> None:
     """``fake``: the deterministic scripted provider (never the default model)."""
 
     def make() -> Any:
+        # lazy: built on first use of the fake provider
         from flowyard.builtin.fake import FakeProvider
 
         return FakeProvider()
@@ -51,6 +52,7 @@ def register_workflow_loaders(register: Register, config: Config) -> None:
     """``native``: YAML/JSON workflow files (the default format)."""
 
     def make() -> Any:
+        # lazy: the YAML parser loads with the first workflow file
         from flowyard.builtin.loader import MAX_BYTES, MAX_NODES, NativeLoader
 
         return NativeLoader(max_bytes=int(config.get("workflows.max_bytes", MAX_BYTES)),

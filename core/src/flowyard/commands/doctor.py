@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import attrs
 import click
 
+from flowyard.errors import AuthenticationError, ConfigError, FlowyardError, PluginError
+
 if TYPE_CHECKING:
     from flowyard.stack import Stack
 
@@ -60,8 +62,6 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
       below 100 MiB fails, below 1 GiB warns.
     """
     import anyio
-
-    from flowyard.errors import AuthenticationError, ConfigError, FlowyardError, PluginError
 
     checks: list[Check] = []
     for plugin in stack.plugin_report:
@@ -114,7 +114,7 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
             checks.append(Check("providers", name, "fail",
                                 f"the provider's list_models raised {type(exc).__name__}: {exc} "
                                 f"(a bug in plugin {stack.providers.plugin_of(name)!r})"))
-    from flowyard.interfaces import SupportsDiagnostics
+    from flowyard.interfaces import SupportsDiagnostics  # lazy: the runtime, not for --help
 
     for name in stack.providers.names():
         try:
@@ -185,7 +185,7 @@ def doctor(timeout_s: float, diagnose_timeout_s: float, as_json: bool) -> None:
     """
     import anyio
 
-    from flowyard.stack import Stack
+    from flowyard.stack import Stack  # lazy: the runtime, not for --help
 
     stack = Stack.default()
 

@@ -12,7 +12,7 @@ from flowyard.hookspecs import HOOK_LABELS
 
 
 def _stack() -> Any:
-    from flowyard.stack import Stack
+    from flowyard.stack import Stack  # lazy: the runtime, not for --help
 
     return Stack.default()
 
@@ -52,7 +52,7 @@ def providers(as_json: bool) -> None:
     """List providers and the models they serve (context window, prices per million tokens)."""
     import anyio
 
-    from flowyard.serialization import unstructure
+    from flowyard.serialization import unstructure  # lazy: the runtime, not for --help
 
     stack = _stack()
 

@@ -18,6 +18,9 @@ from typing import Any, NoReturn
 
 import click
 
+from flowyard.commands.runs import resolve_run_id
+from flowyard.errors import FlowyardError, WorkflowValidationError
+
 __all__ = ["run", "validate", "resume", "parse_inputs"]
 
 _STATUS_STYLE = {"completed": "green", "running": "cyan", "failed": "red", "skipped": "yellow",
@@ -231,7 +234,7 @@ class _LiveView:
             self._handle(event)
 
     def _handle(self, event: Any) -> None:
-        from flowyard.events import DELTA_EVENT, PROGRESS_EVENT
+        from flowyard.events import DELTA_EVENT, PROGRESS_EVENT  # lazy: the runtime, not for --help
 
         if event.type == "run.started":
             if not self.run_id:
@@ -439,8 +442,6 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
     import anyio
     from rich.console import Console
 
-    from flowyard.errors import FlowyardError
-
     console = Console(stderr=as_json)
 
     async def main() -> Any:
@@ -466,8 +467,6 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
         click.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     except FlowyardError as exc:
-        from flowyard.errors import WorkflowValidationError
-
         if isinstance(exc, WorkflowValidationError):
             _invalid(exc, as_json)
         if as_json:
@@ -504,18 +503,16 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
     --json the problems are printed as JSON on stdout, as `validate --json` prints them).
     """
-    from flowyard.errors import WorkflowValidationError
-
     values = {**_inputs_file(inputs_file), **parse_inputs(inputs)}
     stack = default_stack()
     try:
         workflow = stack.load_workflow(file)
-        from flowyard.engine.runner import check_inputs
+        from flowyard.engine.runner import check_inputs  # lazy: the runtime, not for --help
 
         check_inputs(workflow, values)
     except WorkflowValidationError as exc:
         _invalid(exc, as_json)
-    from flowyard.models import new_id
+    from flowyard.models import new_id  # lazy: the runtime, not for --help
 
     run_id = run_id or new_id()
     options: dict[str, Any] = {"run_id": run_id}
@@ -549,7 +546,7 @@ def default_stack() -> Any:
     """Return ``Stack.default()``, telling stderr in one line which plugins failed to load
     (the run goes on without them; ``flowyard plugins`` shows why).
     """
-    from flowyard.stack import Stack
+    from flowyard.stack import Stack  # lazy: the runtime, not for --help
 
     stack = Stack.default()
     failed = stack.plugin_manager.failed()
@@ -569,8 +566,6 @@ def validate(file: str, as_json: bool) -> None:
     Exits 2 when there are problems (each printed as file:line:column: message), the same
     status `flowyard run` gives for an invalid workflow.
     """
-    from flowyard.errors import WorkflowValidationError
-
     try:
         workflow = default_stack().load_workflow(file)
     except WorkflowValidationError as exc:
@@ -598,8 +593,6 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
 
     Exits 1 when the run does not complete (or cannot be resumed).
     """
-    from flowyard.commands.runs import resolve_run_id
-
     options: dict[str, Any] = {}
     if workflow_file:
         options["workflow"] = workflow_file

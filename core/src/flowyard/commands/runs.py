@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import click
 
+from flowyard.errors import FlowyardError, RunNotFoundError, StorageError
+
 T = TypeVar("T")
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -111,8 +113,7 @@ def _with_storage(storage_url: str | None, body: Callable[[Any], Awaitable[T]]) 
     """
     import anyio
 
-    from flowyard.errors import FlowyardError
-    from flowyard.stack import Stack
+    from flowyard.stack import Stack  # lazy: the runtime, not for --help
 
     overrides = {"storage": {"url": storage_url}} if storage_url else None
 
@@ -137,8 +138,7 @@ async def resolve_run_id(storage: Any, given: str) -> str:
         RunNotFoundError: no run has that id or an id starting with it.
         StorageError: the prefix matches several runs (the message lists up to five).
     """
-    from flowyard.errors import RunNotFoundError, StorageError
-    from flowyard.interfaces import RunQuery
+    from flowyard.interfaces import RunQuery  # lazy: the runtime, not for --help
 
     try:
         await storage.get_run(given)
@@ -182,8 +182,8 @@ async def _running_with_leases(storage: Any, query: Any) -> list[tuple[Any, Any,
     """Return (run, lease or None, state) of every stored ``running`` run matching the
     filters of ``query`` (paging ignored), in ``query.order``.
     """
-    from flowyard.engine.lease import run_state
-    from flowyard.interfaces import RunQuery
+    from flowyard.engine.lease import run_state  # lazy: the runtime, not for --help
+    from flowyard.interfaces import RunQuery  # lazy: the runtime, not for --help
 
     found: list[Any] = []
     while True:
@@ -201,7 +201,7 @@ async def _running_with_leases(storage: Any, query: Any) -> list[tuple[Any, Any,
 
 async def _with_states(storage: Any, found: list[Any]) -> list[tuple[Any, Any, str]]:
     """Return (run, lease or None, state) for ``found`` (leases are read for running runs)."""
-    from flowyard.engine.lease import run_state
+    from flowyard.engine.lease import run_state  # lazy: the runtime, not for --help
 
     leases = await storage.get_leases([r.id for r in found if r.status == "running"])
     now = time.time()
@@ -211,7 +211,7 @@ async def _with_states(storage: Any, found: list[Any]) -> list[tuple[Any, Any, s
 def _lease_json(lease: Any, now: float) -> dict[str, Any] | None:
     if lease is None:
         return None
-    from flowyard.serialization import unstructure
+    from flowyard.serialization import unstructure  # lazy: the runtime, not for --help
 
     data: dict[str, Any] = unstructure(lease)
     data["heartbeat_age_s"] = round(max(0.0, now - lease.heartbeat_at), 3)
@@ -241,8 +241,8 @@ def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None
     A run stored as running whose process died is shown as abandoned (resume it with
     'flowyard resume RUN_ID').
     """
-    from flowyard.interfaces import RunQuery
-    from flowyard.serialization import unstructure
+    from flowyard.interfaces import RunQuery  # lazy: the runtime, not for --help
+    from flowyard.serialization import unstructure  # lazy: the runtime, not for --help
 
     offset = (page - 1) * limit
     order = "created_at" if oldest_first else "-created_at"
@@ -269,9 +269,8 @@ def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None
             out.append(row)
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     table = Table("run", "workflow", "status", "created", "duration", "tokens", "cost",
                   "resumes")
@@ -304,9 +303,8 @@ def list_runs(obj: dict[str, Any], status: str | None, workflow_name: str | None
 @click.pass_obj
 def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
     """Show a run: status, inputs, outputs, error, its steps, logs and cost lines."""
-    from flowyard.serialization import unstructure
-
-    from flowyard.engine.lease import run_state
+    from flowyard.engine.lease import run_state  # lazy: the runtime, not for --help
+    from flowyard.serialization import unstructure  # lazy: the runtime, not for --help
 
     async def body(storage: Any) -> dict[str, Any]:
         full_id = await resolve_run_id(storage, run_id)
@@ -333,7 +331,7 @@ def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from flowyard.engine.lease import describe_lease
+    from flowyard.engine.lease import describe_lease  # lazy: the runtime, not for --help
 
     run, lease, state = data["run"], data["lease"], data["state"]
     console = _console()
@@ -386,7 +384,7 @@ def show(obj: dict[str, Any], run_id: str, as_json: bool) -> None:
 def logs(obj: dict[str, Any], run_id: str, level: str | None, step_id: str | None,
          as_json: bool) -> None:
     """Print a run's log lines in order."""
-    from flowyard.serialization import unstructure
+    from flowyard.serialization import unstructure  # lazy: the runtime, not for --help
 
     order = ["debug", "info", "warning", "error"]
 

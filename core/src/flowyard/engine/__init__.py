@@ -31,14 +31,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import StorageError, WorkflowChangedError, WorkflowError
+from flowyard.interfaces import SupportsIdempotentRuns
+from flowyard.models import Event
+from flowyard.serialization import json_default
+from flowyard.workflow import RunResult, StepResult, parse_workflow
 
-from .lease import LeaseKeeper, LeaseSettings, RunInUseError, RunLeaseLostError
-from .runner import RunStorageError
-from .validate import load_workflow, step_dependencies, validate_workflow
+from .lease import LeaseKeeper, LeaseSettings, RunInUseError, RunLeaseLostError, run_state
+from .runner import Run, RunStorageError, check_inputs, new_record
+from .validate import (
+    load_workflow,
+    load_workflow_with_definition,
+    step_dependencies,
+    validate_workflow,
+)
 
 if TYPE_CHECKING:
-    from flowyard.models import Event
     from flowyard.interfaces import Services
+    from flowyard.models import Event
     from flowyard.workflow import RunResult, Workflow
 
 __all__ = [
@@ -81,8 +90,6 @@ def _request_hash(content_hash: str, inputs: Mapping[str, Any]) -> str:
     import hashlib
     import json
 
-    from flowyard.serialization import json_default
-
     text = json.dumps({"workflow": content_hash, "inputs": inputs}, sort_keys=True,
                       default=json_default, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -100,8 +107,6 @@ async def _submitted_result(stack: Services, record: Any, key: str, request_hash
             other inputs.
     """
     import anyio
-
-    from .lease import run_state
 
     stored_hash = (record.metadata.get("idempotency") or {}).get("request_hash")
     if stored_hash != request_hash:
@@ -129,8 +134,6 @@ async def _stored_result(stack: Services, record: Any, wf: Workflow) -> RunResul
     """Rebuild the :class:`RunResult` of an ended run from storage: the record's status,
     outputs, error and totals, and per step the checkpointed output or the last attempt.
     """
-    from flowyard.workflow import RunResult, StepResult
-
     storage = stack.storage
     checkpoints = await storage.load_checkpoints(record.id)
     attempts: dict[str, list[Any]] = {}
@@ -204,9 +207,6 @@ async def run_workflow(stack: Services, workflow: Any, inputs: Mapping[str, Any]
 
 async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
                options: dict[str, Any], stream: Any) -> RunResult:
-    from .runner import Run, check_inputs, new_record
-    from .validate import load_workflow_with_definition
-
     wf, definition, content_hash = load_workflow_with_definition(stack, workflow)
     values = check_inputs(wf, inputs or {})
     if not stack.storage_is_open:
@@ -225,8 +225,6 @@ async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
     settings = LeaseSettings.from_config(stack.config)
     record = new_record(wf, values, run_id, metadata, definition, content_hash)
     if key is not None:
-        from flowyard.interfaces import SupportsIdempotentRuns
-
         storage = stack.storage
         if not isinstance(storage, SupportsIdempotentRuns):
             raise StorageError(f"the storage backend {type(storage).__name__} does not support "
@@ -270,11 +268,7 @@ async def stream_workflow(stack: Services, workflow: Any,
     """
     import anyio
 
-    from flowyard.models import Event
-
     wf = load_workflow(stack, workflow)
-    from .runner import check_inputs
-
     check_inputs(wf, inputs or {})
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
     failure: list[BaseException] = []
@@ -347,10 +341,6 @@ async def resume_run(stack: Services, run_id: str, *, force: bool = False, **opt
 async def _resume_claimed(stack: Services, keeper: LeaseKeeper, run_id: str, force: bool,
                           options: dict[str, Any]) -> RunResult:
     """The body of :func:`resume_run`, run while this process holds the run's lease."""
-    from flowyard.workflow import parse_workflow
-
-    from .runner import Run
-
     storage = stack.storage
     record = await storage.get_run(run_id)
     limit = int(stack.config.get("runs.max_resume_attempts", DEFAULT_MAX_RESUME_ATTEMPTS))

@@ -34,19 +34,29 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.from_thread
 
-from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.context import ToolContext
 from flowyard.errors import (
     BudgetExceeded,
+    ConfigError,
     StorageError,
     TemplateError,
     ValidationIssue,
     WorkflowError,
     WorkflowValidationError,
 )
+from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
+from flowyard.serialization import json_default
 from flowyard.templating import Compiled, evaluate
-from flowyard.workflow import INPUT_TYPES, RetryPolicy, RunResult, Step, StepResult, Workflow
+from flowyard.workflow import (
+    INPUT_TYPES,
+    RetryPolicy,
+    RunResult,
+    Step,
+    StepResult,
+    Workflow,
+    definition_hash,
+)
 
 from .calls import invoke_tool
 from .slots import PrioritySlots
@@ -56,9 +66,9 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectSendStream
 
-    from .lease import LeaseKeeper
-
     from flowyard.interfaces import Services
+
+    from .lease import LeaseKeeper
 
 __all__ = ["Run", "StepTimeoutError", "RunStorageError", "idempotency_key", "check_inputs",
            "DEFAULT_CONCURRENCY", "DEFAULT_STORAGE_WRITE_ATTEMPTS"]
@@ -146,8 +156,6 @@ def _input_value_issue(workflow: Workflow, name: str, value: Any) -> ValidationI
     valid Unicode), or None.
     """
     import json
-
-    from flowyard.serialization import json_default
 
     where = f"inputs.{name}"
     try:
@@ -310,8 +318,6 @@ class Run:
             self._retry_wait = max(0.0, float(stack.config.get(
                 "engine.storage_retry_wait", DEFAULT_STORAGE_RETRY_WAIT)))
         except (TypeError, ValueError) as exc:
-            from flowyard.errors import ConfigError
-
             raise ConfigError(f"engine.storage_write_attempts / engine.storage_retry_wait must "
                               f"be numbers: {exc}") from None
         self._executors: dict[str, Any] = {}
@@ -1003,8 +1009,6 @@ def _jsonable(value: Any) -> Any:
         return value
     import json
 
-    from flowyard.serialization import json_default
-
     try:
         return json.loads(json.dumps(value, default=json_default))
     except (TypeError, ValueError) as exc:
@@ -1017,8 +1021,6 @@ def new_record(workflow: Workflow, inputs: dict[str, Any], run_id: str | None,
     """Return a new :class:`RunRecord` for ``workflow`` (status ``running``: it is created
     when the run starts).
     """
-    from flowyard.workflow import definition_hash
-
     if definition is None:
         definition = workflow.to_dict()
     return RunRecord(id=run_id or new_id(), workflow_name=workflow.name, status="running",

@@ -57,12 +57,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from flowyard.llm.budget import (
+    CHARS_PER_OUTPUT_TOKEN,
     Budget,
     BudgetChain,
     Reservation,
     estimate_max_cost,
     estimate_output_tokens,
     estimate_prompt_tokens,
+    estimate_text_tokens,
 )
 from flowyard.llm.circuit import BreakerSet, counts_as_failure
 from flowyard.clock import Clock, MonotonicClock
@@ -167,8 +169,6 @@ class _Received:
 
     def usage(self, prompt_tokens: int) -> Usage:
         """``prompt_tokens`` in, and the output received so far (estimated tokens) out."""
-        from flowyard.llm.budget import CHARS_PER_OUTPUT_TOKEN
-
         out = (-(-self.ascii_chars // CHARS_PER_OUTPUT_TOKEN) + self.other_chars
                + self.tool_tokens)
         return Usage(prompt_tokens, out)
@@ -821,8 +821,6 @@ class LLMGateway:
         Raises:
             ConfigError: no model given and ``models.embedding`` is not set.
         """
-        from flowyard.llm.budget import estimate_text_tokens
-
         ref = model or self.stack.config.get("models.embedding")
         if not ref:
             raise ConfigError("no embedding model: pass model= or set models.embedding")

@@ -44,6 +44,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        # lazy: contracts imports pytest, needed only by contract suites
         from flowyard.testing import contracts
 
         return getattr(contracts, name)

@@ -25,8 +25,10 @@ from flowyard.errors import (
     RunNotFoundError,
     StorageError,
     ToolInputError,
+    UnknownNameError,
+    WorkflowValidationError,
 )
-from flowyard.interfaces import RunLease, RunQuery
+from flowyard.interfaces import RouteRequest, RunLease, RunQuery, SupportsIdempotentRuns
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -38,6 +40,7 @@ from flowyard.models import (
     MemoryEntry,
     Message,
     ModelInfo,
+    ModelPrice,
     RunRecord,
     StepAttempt,
     ToolSpec,
@@ -471,8 +474,6 @@ class StorageContract:
     async def test_create_run_once_keeps_one_run_per_idempotency_key(self, storage: Any
                                                                       ) -> None:
         """Checked on backends implementing :class:`~flowyard.interfaces.SupportsIdempotentRuns`."""
-        from flowyard.interfaces import SupportsIdempotentRuns
-
         if not isinstance(storage, SupportsIdempotentRuns):
             pytest.skip("the backend does not implement SupportsIdempotentRuns")
         first = self._run(inputs={"q": 1}, metadata={"m": "first"})
@@ -497,8 +498,6 @@ class StorageContract:
 
     async def test_concurrent_create_run_once_has_one_winner(self, storage: Any) -> None:
         import anyio
-
-        from flowyard.interfaces import SupportsIdempotentRuns
 
         if not isinstance(storage, SupportsIdempotentRuns):
             pytest.skip("the backend does not implement SupportsIdempotentRuns")
@@ -666,8 +665,6 @@ class RetrieverContract:
 
 
 def _model(name: str, *, caps: Sequence[str], context: int, price: float | None) -> ModelInfo:
-    from flowyard.models import ModelPrice
-
     return ModelInfo(provider="contract", model=name, context_window=context,
                      capabilities=frozenset({"chat", *caps}),
                      price=None if price is None else ModelPrice(price, price * 2))
@@ -689,8 +686,6 @@ class RouterContract:
     ]
 
     def _route(self, **kwargs: Any) -> Any:
-        from flowyard.interfaces import RouteRequest
-
         kwargs.setdefault("candidates", [m.ref for m in self.models])
         return RouteRequest(**kwargs)
 
@@ -715,8 +710,6 @@ class RouterContract:
         assert [m.ref for m in only] == ["contract/small-plain"]
 
     async def test_no_fitting_model_raises_unknown_name_error(self, router: Any) -> None:
-        from flowyard.errors import UnknownNameError
-
         with pytest.raises(UnknownNameError):
             await router.choose(self._route(capabilities=["vision"]), self.models)
 
@@ -793,8 +786,6 @@ class WorkflowLoaderContract:
 
     async def test_invalid_source_reports_file_and_line(self, loader: Any,
                                                         invalid_source: str) -> None:
-        from flowyard.errors import WorkflowValidationError
-
         path = "broken" + loader.suffixes[0]
         with pytest.raises(WorkflowValidationError) as info:
             loader.load(invalid_source, path=path)

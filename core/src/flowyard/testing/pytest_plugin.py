@@ -38,6 +38,7 @@ async def flowyard_stack(flowyard_home: Path) -> AsyncIterator[Any]:
     """A stack of the in-core defaults with in-memory storage and ``fake/echo`` as the default
     model, opened for the test and closed after it.
     """
+    # lazy: pytest loads this plugin in every session; the stack only for this fixture
     from flowyard.stack import Stack
 
     stack = Stack(config={"storage": {"url": "memory://"}, "models": {"default": "fake/echo"}})
@@ -54,6 +55,7 @@ def fake_provider(flowyard_stack: Any) -> Any:
 @pytest.fixture
 def tool_context(flowyard_stack: Any) -> Any:
     """A :class:`~flowyard.context.ToolContext` for calling tools directly in tests."""
+    # lazy: pytest loads this plugin in every session; the stack only for this fixture
     from flowyard.context import ToolContext
 
     return ToolContext(stack=flowyard_stack, run_id="", step_id="test", step_key="test",
