@@ -144,7 +144,8 @@ class _Call:
 class _Received:
     """What a stream has delivered so far: chunks, characters of text (ASCII and other, to
     count tokens like :func:`~flowyard.llm.budget.estimate_output_tokens` without joining
-    the text at every chunk), complete tool calls and the finish reason."""
+    the text at every chunk), complete tool calls and the finish reason.
+    """
 
     __slots__ = ("chunks", "ascii_chars", "other_chars", "tool_tokens", "finish_reason")
 
@@ -467,7 +468,8 @@ class LLMGateway:
     @staticmethod
     def _settle_failed(call: _Call, limited: Any) -> None:
         """After a provider error: charge what a partial reply received (``call.partial``),
-        else give the reservation back (nothing was received, so nothing is charged)."""
+        else give the reservation back (nothing was received, so nothing is charged).
+        """
         if not call.partial:
             if call.reservation is not None:
                 BudgetChain.release(call.reservation)
@@ -804,7 +806,8 @@ class LLMGateway:
     @staticmethod
     def _charge(call: _Call, price: Any, reported: Usage | None, received: _Received) -> None:
         """Set ``call.usage``/``call.cost_usd`` from reported usage, else from the locally
-        counted prompt and received output (``call.estimated``). Cost None: unknown price."""
+        counted prompt and received output (``call.estimated``). Cost None: unknown price.
+        """
         if reported is not None:
             call.usage = reported
         else:
