@@ -15,7 +15,7 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from flowyard.stack import Stack
+from flowyard import Stack
 
 HERE = Path(__file__).resolve().parent
 LICENSE_NAME = re.compile(r"(^|/)(LICEN[SC]E|COPYING)(\.(txt|md|rst))?$", re.IGNORECASE)

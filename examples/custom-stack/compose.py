@@ -21,9 +21,7 @@ import flowyard
 import flowyard_filesystem.plugin as filesystem_plugin
 import flowyard_llamacpp.plugin as llamacpp_plugin
 import flowyard_sql.plugin as sql_plugin
-from flowyard.models import Event
-from flowyard.stack import Stack
-from flowyard.workflow import WorkflowBuilder
+from flowyard import Event, Stack, WorkflowBuilder
 
 
 @flowyard.tool(name="host.describe", idempotent=True)

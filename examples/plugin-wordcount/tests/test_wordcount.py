@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from flowyard.stack import Stack
+from flowyard import Stack
 from flowyard.testing import ToolContract
 from flowyard_wordcount import plugin
 
