@@ -135,9 +135,9 @@ def _hex(value: int, width: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _secret_pattern(value: str) -> re.Pattern[str]:
-    """A regex matching ``value`` with each character written plainly or encoded.
+    r"""A regex matching ``value`` with each character written plainly or encoded.
 
-    Each character may independently appear as itself, a JSON escape (``\\u0073``, ``\\/``),
+    Each character may independently appear as itself, a JSON escape (``\u0073``, ``\/``),
     URL percent-encoding of its UTF-8 bytes (``%73``, either hex case) or an HTML character
     reference (``&#115;``, ``&#x73;``).
     """
@@ -176,11 +176,11 @@ def _redact_secrets(text: str, values: list[str]) -> str:
 
 
 def redact(text: str, secrets: Iterable[str | Secret | None]) -> str:
-    """Return ``text`` with every secret value (and any ``Bearer <token>``) replaced by ``***``.
+    r"""Return ``text`` with every secret value (and any ``Bearer <token>``) replaced by ``***``.
 
     Used on request data and on every text taken from a response (error messages, body
     excerpts, stream error events). A secret is found written plainly and also with any of
-    its characters encoded: JSON ``\\uXXXX`` escapes (and ``\\/``), URL percent-encoding
+    its characters encoded: JSON ``\uXXXX`` escapes (and ``\/``), URL percent-encoding
     (``%XX`` of the UTF-8 bytes, either hex case) and HTML character references
     (``&#115;``, ``&#x73;``). Other encodings (base64, named HTML entities) are not
     recognised. Redact a whole text before cutting an excerpt from it, so that no piece of a
@@ -349,7 +349,10 @@ def error_for_status(
         status: the HTTP status code.
         body: the raw body (bytes/str, parsed as JSON when it is) or an already parsed value.
         headers: the response headers (for ``retry-after``).
-        provider: the provider name, for the message; model: the model id, when known.
+        provider: the provider name (``"openai"``), put at the start of the message and on
+            the error.
+        model: the model id the request was for, named in the message and set on the error
+            (None: not known, e.g. a model listing).
         secrets: values redacted from the message (API keys), from the whole body before any
             excerpt is cut (see :func:`redact`).
         max_retry_after: the longest retry-after honoured, in seconds; a 429 asking for a
@@ -443,8 +446,10 @@ def parse_json_body(content: bytes | str, *, provider: str, model: str | None = 
 
     Args:
         content: the body (UTF-8 bytes or text).
-        provider, model: named in the error; what: what the body is ("response",
-            "stream event").
+        provider: the provider name, named in the error message and set on the error.
+        model: the model id the body answers for, set on the error (None: not known).
+        what: what the body is, as the error message words it (``"response"``,
+            ``"stream event"``).
         secrets: values replaced by ``***`` in every string of the parsed value and in the
             excerpt of an invalid body (the API key, should a server echo it).
 
@@ -556,6 +561,18 @@ async def request_json(
     """Send one request and return its parsed JSON body (secrets redacted from it).
 
     Args:
+        client: the shared ``httpx.AsyncClient`` that sends the request (its base URL,
+            per-phase timeouts and connection pool apply).
+        method: the HTTP method (``"GET"``, ``"POST"``).
+        url: the URL, absolute or relative to the client's base URL.
+        provider: the provider name, named in every error raised and in the debug log line.
+        model: the model id the request is for, set on the errors (None: not model-specific).
+        secrets: values (API keys) redacted from error messages and from the returned body;
+            empty, None and values shorter than 4 characters are ignored (see :func:`redact`).
+        json_body: the value sent as the JSON request body (None: no body).
+        headers: extra headers for this request only, merged over the client's default
+            headers (which carry the auth header); None: the defaults alone.
+        params: query-string parameters added to ``url`` (None: none).
         deadline: seconds the whole call may take, from sending the request to the last byte
             of the body (None: only the client's per-phase timeouts apply, which a server
             trickling bytes can stretch for ever).

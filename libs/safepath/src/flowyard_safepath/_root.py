@@ -1,4 +1,4 @@
-"""File access confined to a root directory, safe against traversal and symlink races.
+r"""File access confined to a root directory, safe against traversal and symlink races.
 
 :class:`SafeRoot` is the one implementation of "a path a user (or a model) gave, inside a
 directory we chose" used by the tool plugins (``flowyard-filesystem``, ``flowyard-report``).
@@ -8,7 +8,7 @@ How a path is checked:
 
 1. The text is validated: it must be a non-empty ``str`` without NUL bytes, each component at
    most ``max_name_bytes`` (255) bytes of UTF-8 and the whole at most ``max_path_bytes``
-   (4096). A backslash is treated as a separator (``..\\x`` is ``../x``). Percent-encoded
+   (4096). A backslash is treated as a separator (``..\x`` is ``../x``). Percent-encoded
    forms (``%2e%2e%2f``) are **not** decoded: they are ordinary characters of a file name,
    so they can never climb out of the root. ``~`` is not expanded.
 2. An absolute path is accepted only when it lies inside the root (compared with
@@ -340,6 +340,8 @@ class SafeRoot:
         """Walk ``path`` from the root without letting the kernel follow any symlink.
 
         Args:
+            path: the path as the caller gave it, relative to the root or absolute inside it
+                (validated by :meth:`parts`).
             follow_final: follow a symlink in the last component (inside the root only).
             create_dirs: create missing intermediate directories.
             final_is_dir: open the last component as a directory too (the result's ``name``
@@ -461,6 +463,8 @@ class SafeRoot:
         """Describe ``path``; None when nothing is there.
 
         Args:
+            path: the entry to describe, relative to the root or absolute inside it (``"."``
+                is the root itself).
             follow_symlinks: follow a final symlink (inside the root only); when false a
                 symlink is reported as ``type="symlink"``.
 
@@ -496,6 +500,8 @@ class SafeRoot:
         """List a directory, sorted by name; symlinks are reported, not followed.
 
         Args:
+            path: the directory, relative to the root or absolute inside it (default
+                ``"."``, the root itself).
             limit: most entries to return.
 
         Returns:
@@ -617,6 +623,8 @@ class SafeRoot:
         """Return the content of the regular file at ``path``.
 
         Args:
+            path: the file, relative to the root or absolute inside it; a final symlink is
+                followed only while it stays inside the root.
             max_bytes: refuse files larger than this many bytes (default ``max_read_bytes``).
 
         Raises:
@@ -743,6 +751,10 @@ class SafeRoot:
         """Write ``chunks`` atomically to ``path`` (temporary file, then rename).
 
         Args:
+            path: the file to create or replace, relative to the root or absolute inside it.
+            chunks: the content as successive byte strings, consumed once in order; the
+                quotas (when set) are checked as they arrive, and the write stops at the
+                first chunk that exceeds them.
             size_hint: the expected size in bytes, checked against the quotas up front.
             overwrite: replace an existing file (else refuse).
             make_parents: create missing parent directories.
@@ -781,8 +793,7 @@ class SafeRoot:
 
     def write_bytes(self, path: str, data: bytes, *, overwrite: bool = True,
                     make_parents: bool = True) -> int:
-        """Write ``data`` atomically to ``path``; see :meth:`write_stream`. Returns bytes written.
-        """
+        """Write ``data`` atomically to ``path`` via :meth:`write_stream`; return bytes written."""
         return self.write_stream(path, [data], size_hint=len(data), overwrite=overwrite,
                                  make_parents=make_parents)
 
@@ -886,6 +897,8 @@ class SafeRoot:
         """Delete the file, symlink (never its target) or directory at ``path``.
 
         Args:
+            path: the entry to delete, relative to the root or absolute inside it; it may not
+                be the root itself.
             recursive: delete a non-empty directory with its content.
             missing_ok: a missing path is not an error (returns 0).
 

@@ -88,6 +88,9 @@ async def memory_add(
     rewrites the same memories instead of adding duplicates.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the memory store, its run and step ids are recorded
+            on each memory, and its idempotency key (inside a run) derives the memory ids.
         text: what to remember.
         texts: several things to remember (same category, score and metadata).
         namespace: the agent's or workflow's memory namespace.
@@ -122,6 +125,8 @@ async def memory_search(
     """Find the memories closest in meaning to a query, best first.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the memory store (``stack.memory()``).
         query: what to look for.
         namespace: the memory namespace to search.
         top_k: maximum number of memories.
@@ -141,6 +146,8 @@ async def memory_delete(context: ToolContext, ids: list[str], namespace: str = "
     """Forget memories by id.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the memory store (``stack.memory()``).
         ids: the memory ids.
         namespace: their namespace.
     """
@@ -156,6 +163,8 @@ async def memory_cleanup(context: ToolContext, older_than_days: float,
     """Forget memories created more than a number of days ago.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the memory store (``stack.memory()``).
         older_than_days: age limit in days.
         namespace: the namespace to clean.
     """
@@ -172,6 +181,8 @@ async def memory_consolidate(context: ToolContext, namespace: str = "default",
     """Merge near-duplicate memories of a namespace.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the memory store (``stack.memory()``).
         namespace: the namespace to consolidate.
         threshold: cosine similarity from which two memories count as duplicates.
     """
@@ -199,6 +210,10 @@ async def rag_index(
     the live view of ``flowyard run``.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the retriever (``stack.retriever()``), and its
+            ``progress`` method receives the indexing progress when the retriever's
+            ``index`` accepts a progress callback.
         collection: the collection to index into.
         texts: bare texts (ids derived from their content).
         documents: objects with text and optional id, source and metadata.
@@ -269,6 +284,8 @@ async def rag_search(
     """Retrieve the chunks most relevant to a query, best first, with their sources.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the retriever (``stack.retriever()``).
         query: the question or keywords.
         top_k: maximum number of chunks.
         collection: the collection to search.
@@ -297,6 +314,8 @@ async def rag_context(
     ``chunks``, the distinct ``sources`` and the ``tokens`` used.
 
     Args:
+        context: the calling step's context, passed by the runtime (not part of the tool's
+            schema); its stack provides the retriever (``stack.retriever()``).
         query: the question.
         top_k: maximum number of chunks.
         max_tokens: token budget of the context.

@@ -1,4 +1,4 @@
-"""Running one command under limits: settings, isolation probing, the process runner.
+r"""Running one command under limits: settings, isolation probing, the process runner.
 
 The chain for one call is::
 
@@ -7,7 +7,7 @@ The chain for one call is::
 The *launcher* is a few lines of Python run by flowyard's own interpreter in the child (inside
 the sandbox when there is one): it applies the ``setrlimit`` limits, drops to the configured
 user when flowyard runs as root, changes to the work directory, confines the process with
-Landlock when that is the isolation level, and ``exec``\\ s the command. A wall-clock timeout
+Landlock when that is the isolation level, and ``exec``\ s the command. A wall-clock timeout
 kills the child's whole process group with SIGKILL; in the sandbox the command is PID 1's
 child in a new PID namespace and bubblewrap runs with ``--die-with-parent``, so killing
 bubblewrap ends every process of the sandbox, including ones that started their own session.
@@ -895,10 +895,16 @@ class Sandbox:
 
         Args:
             argv: program and arguments (argv[0] looked up on the child's PATH).
+            work_dir: absolute host path of the directory the command runs in (from
+                :meth:`make_work_dir`); it is also the child's ``HOME`` and the only
+                writable host path under bubblewrap and Landlock.
             isolation: ``"bubblewrap"``, ``"landlock"`` or ``"none"`` (from
                 :meth:`resolve_isolation`).
             timeout: wall-clock seconds; then the process group is killed (SIGKILL).
-            env: extra environment variables; stdin: bytes fed to the command.
+            env: extra environment variables, added over the allow-listed and fixed ones
+                (see :meth:`environment`).
+            stdin: bytes written to the command's standard input, which is then closed
+                (None: standard input is ``/dev/null``).
             extra_ro: more host paths visible read-only in the sandbox.
             interpreters: interpreters the command starts, whose prefixes are made visible
                 (bound in bubblewrap, readable under Landlock).

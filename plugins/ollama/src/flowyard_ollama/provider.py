@@ -356,7 +356,12 @@ class OllamaProvider(HTTPProvider):
         """Raw completion of ``prompt`` (``POST /api/generate``), e.g. for vision prompts.
 
         Args:
-            prompt: the prompt text; system: a system prompt; images: images to look at.
+            prompt: the prompt text, sent as is (no chat template applied by flowyard).
+            model: the Ollama model name (``"llava:7b"``); it must be pulled on the server.
+            system: a system prompt sent alongside ``prompt`` (None or empty: none, the
+                model's default applies).
+            images: images for a vision model, in order; URLs are downloaded and sent
+                base64-encoded with the prompt.
             **params: ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``,
                 ``response_schema`` as in :class:`ChatRequest`.
 

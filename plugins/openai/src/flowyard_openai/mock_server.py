@@ -116,6 +116,16 @@ class MockOpenAIServer:
         return None
 
     async def models_handler(self, request: Any) -> Any:
+        """Answer ``GET /v1/models``: every configured model id, in OpenAI's list shape.
+
+        Args:
+            request: the incoming ``aiohttp.web.Request`` (only its ``Authorization`` header
+                is read).
+
+        Returns:
+            An ``aiohttp.web.Response``: the JSON list, or a 401 error when an API key is
+            set and the request does not carry it.
+        """
         from aiohttp import web
 
         failed = self._check(request)
@@ -126,6 +136,22 @@ class MockOpenAIServer:
             for m in self.models]})
 
     async def chat_handler(self, request: Any) -> Any:
+        """Answer ``POST /v1/chat/completions`` by the rules in the module docstring.
+
+        A ``"stream": true`` body gets an SSE stream (text word by word, each tool call's
+        arguments in two halves, a usage chunk when ``stream_options.include_usage`` is
+        set, then ``[DONE]``); otherwise one ``chat.completion`` JSON object.
+
+        Args:
+            request: the incoming ``aiohttp.web.Request``; its JSON body is an OpenAI chat
+                request (``model``, ``messages``, optional ``tools``, ``tool_choice``,
+                ``response_format``, ``max_tokens``/``max_completion_tokens``, ``stream``).
+
+        Returns:
+            An ``aiohttp.web.Response`` (JSON) or the finished ``StreamResponse``; an OpenAI
+            error shape with status 401 (missing key), 400 (body not JSON, no messages) or
+            404 (unknown model).
+        """
         from aiohttp import web
 
         failed = self._check(request)
@@ -219,6 +245,20 @@ class MockOpenAIServer:
         return response
 
     async def embeddings_handler(self, request: Any) -> Any:
+        """Answer ``POST /v1/embeddings`` with one deterministic vector per input.
+
+        Each vector has 16 dimensions: the input's lower-cased words hashed into buckets,
+        counted, then scaled to unit length (the same text always gets the same vector, and
+        texts sharing words are close).
+
+        Args:
+            request: the incoming ``aiohttp.web.Request``; its JSON body has ``model`` and
+                ``input`` (one string or a list of strings).
+
+        Returns:
+            An ``aiohttp.web.Response`` with OpenAI's embedding list and a usage count in
+            words; a 401 (missing key) or 404 (unknown model) error shape.
+        """
         from aiohttp import web
 
         failed = self._check(request)

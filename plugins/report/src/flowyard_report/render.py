@@ -194,8 +194,11 @@ class ReportRenderer:
             data: the step outputs; available as ``data`` and, when a mapping, each key whose
                 name is not ``data``, ``title``, ``format`` or ``generated_at`` also as a
                 variable of its own.
-            template: inline template source; ``template_path``: a template file (exactly one
-                of the two, or neither for the built-in template of ``fmt``).
+            template: inline Jinja template source (at most one of ``template`` and
+                ``template_path``; neither: the built-in template of ``fmt``).
+            template_path: name of a template file, read through the ``load_template``
+                callable given to the renderer (the report tool resolves it inside its
+                root directory); templates it includes or extends load the same way.
             title: available as ``title``.
 
         Raises:

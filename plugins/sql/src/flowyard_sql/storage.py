@@ -261,11 +261,11 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _dumps(value: Any, what: str) -> str:
-    """Serialise ``value`` to JSON text for a TEXT column.
+    r"""Serialise ``value`` to JSON text for a TEXT column.
 
     Raises:
         StorageError: the value is not JSON-ready, or holds text that is not
-            valid Unicode (a lone surrogate such as ``"\\ud800"``, which no UTF-8 database
+            valid Unicode (a lone surrogate such as ``"\ud800"``, which no UTF-8 database
             can store); ``what`` names the value (run, step, field).
     """
     try:
