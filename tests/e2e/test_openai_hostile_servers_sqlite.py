@@ -7,7 +7,8 @@
   error body, a stream error event): the key is in no event and nowhere in the SQLite
   database file after ``stack.run`` (its bytes are searched, WAL included).
 
-The SQLite storage is flowyard-sql's: these tests are skipped where it is not installed.
+A cross-distribution test (flowyard-openai with flowyard-sql's SQLite storage), so it lives in
+tests/ and runs where every distribution is installed.
 """
 
 from __future__ import annotations
@@ -91,7 +92,6 @@ def serve() -> Iterator[Callable[[Answer], Server]]:
 
 def make_stack(server: Server, db: Path, monkeypatch: pytest.MonkeyPatch,
                **limits: Any) -> Stack:
-    pytest.importorskip("flowyard_sql", reason="the SQLite storage is flowyard-sql's")
     monkeypatch.setenv("FLOWYARD_PLUGINS", "builtin,openai,sql")
     monkeypatch.setenv("FLOWYARD_STRICT_PLUGINS", "1")
     config: dict[str, Any] = {
