@@ -245,7 +245,12 @@ class ReportRenderer:
         except SecurityError as exc:
             raise ToolError(f"{where} uses a forbidden operation: {exc}") from None
         except UndefinedError as exc:
-            raise ToolError(f"{where} uses an undefined value: {exc.message}") from None
+            hint = ""
+            if exc.message and any(f"'{name}' is undefined" in exc.message
+                                   for name in ("inputs", "steps", "item", "run")):
+                hint = ("; a report template sees only `data`, `title`, `format` and "
+                        "`generated_at`: pass the run's values through `data`")
+            raise ToolError(f"{where} uses an undefined value: {exc.message}{hint}") from None
         except TemplateSyntaxError as exc:
             raise ToolInputError(f"syntax error in {exc.name or '<inline>'!r} line "
                                  f"{exc.lineno}: {exc.message}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +12,21 @@ from flowyard_safepath import PathNotFoundError, SafeRoot
 
 from flowyard_report.render import FORMATS, ReportRenderer, infer_format
 
-__all__ = ["ReportWriteTool"]
+__all__ = ["ReportWriteTool", "literal_template"]
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
+_WHOLE_RAW = re.compile(r"\A\{%-?\s*raw\s*-?%\}(?P<body>.*)\{%-?\s*endraw\s*-?%\}\Z", re.S)
+
+
+def literal_template(template: str) -> str:
+    """Return the inline template a step wrote: ``template`` itself, or the body of a template
+    that is one ``{% raw %}...{% endraw %}`` block as a whole (the form workflows needed while
+    the engine rendered ``with.template`` first; it means the same template).
+    """
+    match = _WHOLE_RAW.match(template)
+    if match is None or re.search(r"\{%-?\s*(end)?raw\s*-?%\}", match.group("body")):
+        return template
+    return match.group("body")
 
 
 class ReportWriteTool(BaseTool):
@@ -27,6 +40,10 @@ class ReportWriteTool(BaseTool):
     """
 
     name = "report.write"
+    #: The engine passes ``with.template`` to the tool as the step wrote it (never rendered
+    #: with the run's values), so step outputs and inputs reach the report only as ``data``
+    #: and ``title`` values and are never evaluated as template code.
+    raw_arguments = ("template",)
     description = (
         "Render a Markdown or HTML report from a Jinja2 template and data (typically earlier "
         "steps' outputs) and write it to a file in the workspace. Without a template a "
@@ -80,8 +97,10 @@ class ReportWriteTool(BaseTool):
         path = arguments["path"]
         self.root.parts(path)  # refuse a bad path before rendering anything
         fmt = arguments.get("format") or infer_format(path)
+        template = arguments.get("template")
         text = self.renderer.render(fmt=fmt, data=arguments.get("data"),
-                                    template=arguments.get("template"),
+                                    template=(literal_template(template)
+                                              if isinstance(template, str) else template),
                                     template_path=arguments.get("template_path"),
                                     title=arguments.get("title"))
         written = self.root.write_bytes(path, text.encode("utf-8"),

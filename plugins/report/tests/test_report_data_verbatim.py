@@ -1,0 +1,117 @@
+"""Data is never rendered as a template: values that reach ``report.write`` through a
+workflow's inputs or step outputs come out verbatim, at any depth, and the inline template is
+the step's literal template (issue 16, item 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flowyard_report.tool import ReportWriteTool, literal_template
+from flowyard_safepath import SafeRoot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.anyio
+
+PAYLOADS = ["{{ 7*7 }}", "{% for i in range(3) %}x{% endfor %}", "${inputs.secret}",
+            "{{ ''.__class__ }}", "{% raw %}{{ 1 }}{% endraw %}", "$${x}", "{#c#}"]
+
+INLINE = """\
+name: verbatim
+inputs:
+  text: {type: string}
+  nested: {type: any}
+steps:
+  - id: echo
+    uses: echo
+    with: {value: "{{ inputs.text }}"}
+  - id: write
+    uses: report.write
+    with:
+      path: out/r.md
+      title: "T {{ inputs.text }}"
+      data: {text: "${echo}", direct: "{{ inputs.text }}", nested: "{{ inputs.nested }}",
+             mixed: "before ${echo} after"}
+      template: "{{ title }}|{{ text }}|{{ direct }}|{{ nested | tojson }}|{{ mixed }}"
+outputs:
+  path: "${write.path}"
+"""
+
+
+@pytest.fixture
+def root_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "r"
+    root.mkdir()
+    return root
+
+
+async def _run(root_dir: Path, workflow: str, inputs: dict[str, Any]) -> Any:
+    from flowyard.stack import Stack
+    from flowyard_report import plugin
+
+    stack = Stack(plugins=[("report", plugin)],
+                  config={"storage": {"url": "memory://"},
+                          "filesystem": {"root": str(root_dir), "fsync": False}})
+    async with stack:
+        return await stack.run(workflow, inputs)
+
+
+async def test_template_syntax_in_an_input_reaches_the_report_verbatim(root_dir: Path) -> None:
+    nested = {"a": ["{{ 7*7 }}", {"b": "${echo}", "c": ["{% if true %}y{% endif %}"]}],
+              "{{ 6*6 }}": "k"}
+    result = await _run(root_dir, INLINE, {"text": "{{ 7*7 }}", "nested": nested})
+    assert result.status == "completed", result.error
+    text = (root_dir / "out" / "r.md").read_text()
+    title, plain, direct, dumped, mixed = text.split("|")
+    assert title == "T {{ 7*7 }}"
+    assert plain == direct == "{{ 7*7 }}"
+    assert json.loads(dumped) == nested
+    assert mixed == "before {{ 7*7 }} after"
+    assert "49" not in text and "36" not in text
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+async def test_every_payload_stays_verbatim(root_dir: Path, payload: str) -> None:
+    result = await _run(root_dir, INLINE, {"text": payload, "nested": [[payload]]})
+    assert result.status == "completed", result.error
+    title, plain, direct, dumped, mixed = (root_dir / "out" / "r.md").read_text().split("|")
+    assert title == f"T {payload}"
+    assert plain == direct == payload
+    assert json.loads(dumped) == [[payload]]
+    assert mixed == f"before {payload} after"
+
+
+async def test_inline_template_cannot_read_run_values_directly(root_dir: Path) -> None:
+    workflow = INLINE.replace('template: "{{ title }}', 'template: "{{ inputs.text }}{{ title }}')
+    result = await _run(root_dir, workflow, {"text": "{{ 7*7 }}", "nested": 1})
+    assert result.status == "failed"
+    assert "'inputs' is undefined" in str(result.error)
+    assert "pass the run's values through `data`" in str(result.error)
+    assert not (root_dir / "out" / "r.md").exists()
+
+
+def test_a_template_wrapped_in_raw_as_a_whole_is_the_template_inside() -> None:
+    assert literal_template("{% raw %}<h1>{{ title }}</h1>{% endraw %}") == "<h1>{{ title }}</h1>"
+    assert literal_template("{%- raw -%}{{ a }}{%- endraw -%}") == "{{ a }}"
+    both = "{% raw %}{{ a }}{% endraw %} {{ b }} {% raw %}{{ c }}{% endraw %}"
+    assert literal_template(both) == both
+    assert literal_template("x {% raw %}{{ a }}{% endraw %}") == "x {% raw %}{{ a }}{% endraw %}"
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(max_size=60),
+       nested=st.recursive(st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=8))
+def test_arbitrary_data_is_rendered_verbatim(tmp_path: Path, value: str, nested: Any) -> None:
+    tool = ReportWriteTool(SafeRoot(tmp_path, fsync=False))
+    text = tool.renderer.render(fmt="markdown", data={"value": value, "nested": nested},
+                                template="<{{ value }}>{{ nested | tojson }}")
+    assert text.startswith(f"<{value}>")
+    assert json.loads(text[len(value) + 2:]) == nested
+
