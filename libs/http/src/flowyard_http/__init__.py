@@ -11,7 +11,10 @@ it. It holds
 * the helpers underneath it: :class:`PooledClient`, :func:`sharded_transport`,
   :func:`request_json`, :class:`open_stream`, :func:`stream_errors`,
   :func:`error_for_status`, :func:`error_for_exception`, :func:`error_from_payload`,
-  :func:`parse_retry_after`, :func:`redact`, :func:`redact_value`, :class:`PriceTable`.
+  :func:`parse_retry_after`, :func:`redact`, :func:`redact_value`, :class:`PriceTable`;
+* the secrets of a provider's configuration: :class:`ProviderURL` (a base URL's query values
+  and userinfo) and :func:`secret_headers` (every configured header value outside
+  :data:`NON_SECRET_HEADERS`), redacted like the API key.
 
 Errors are the core's typed :mod:`flowyard.errors` (``retriable`` and ``retry_after`` set).
 """
@@ -21,9 +24,11 @@ from __future__ import annotations
 from flowyard_http._provider import HTTPProvider, StreamEvent
 from flowyard_http._util import (
     DEFAULT_MAX_RETRY_AFTER,
+    NON_SECRET_HEADERS,
     REDACTED,
     PooledClient,
     PriceTable,
+    ProviderURL,
     Secret,
     current_loop_token,
     deadline_error,
@@ -37,6 +42,7 @@ from flowyard_http._util import (
     redact,
     redact_value,
     request_json,
+    secret_headers,
     sharded_transport,
     status_for_error_type,
     stream_errors,
@@ -47,8 +53,10 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MAX_RETRY_AFTER",
     "HTTPProvider",
+    "NON_SECRET_HEADERS",
     "PooledClient",
     "PriceTable",
+    "ProviderURL",
     "REDACTED",
     "Secret",
     "StreamEvent",
@@ -65,6 +73,7 @@ __all__ = [
     "redact",
     "redact_value",
     "request_json",
+    "secret_headers",
     "sharded_transport",
     "status_for_error_type",
     "stream_errors",

@@ -23,6 +23,7 @@ from flowyard_http._util import (
     DEFAULT_MAX_RETRY_AFTER,
     PooledClient,
     PriceTable,
+    ProviderURL,
     Secret,
     deadline_error,
     error_for_exception,
@@ -31,6 +32,7 @@ from flowyard_http._util import (
     parse_json_body,
     redact,
     request_json,
+    secret_headers,
     stream_errors,
 )
 
@@ -79,6 +81,10 @@ class HTTPProvider:
         name: provider name, the prefix of model references (``"openai"``); non-empty,
             without ``/``.
         base_url: the service root; a trailing ``/`` and :attr:`base_url_suffix` are removed.
+            Its userinfo (``user:password@``, sent as ``Authorization: Basic``) and every
+            query value (``?key=...``, sent at the end of every request's URL:
+            ``/v1/chat/completions?key=...``) are secrets, like the API key (see
+            :class:`~flowyard_http.ProviderURL`).
         api_key: the API key; ``None`` reads the environment variable ``api_key_env`` (when
             given); empty means no key (no auth header is sent).
         api_key_env: the environment variable read when ``api_key`` is None, also named in the
@@ -87,7 +93,10 @@ class HTTPProvider:
             any request when there is no key (the official services); self-hosted servers
             usually need none.
         headers: extra headers sent with every request (after the subclass's
-            :attr:`fixed_headers`, before the auth header).
+            :attr:`fixed_headers`, before the auth header). Every value is a secret, like
+            the API key, except those of :data:`~flowyard_http.NON_SECRET_HEADERS`
+            (``Accept``, ``Content-Type``, ``User-Agent``, ``OpenAI-Organization``,
+            ``OpenAI-Project``, ``anthropic-version``, ``anthropic-beta``).
         timeout: seconds per phase of a request (connect, each read, each write, waiting for
             a pooled connection).
         deadline: seconds a whole call may take (None: ``timeout``). A plain request must be
@@ -110,8 +119,10 @@ class HTTPProvider:
             (None, never 0). Subclasses narrow this with :meth:`free_price`.
 
     Raises:
-        ConfigError: an invalid name or backend, a ``deadline`` that is not a number > 0, or a
-            ``max_retry_after`` that is not a number >= 0.
+        ConfigError: an invalid name or backend, a ``deadline`` that is not a number > 0, a
+            ``max_retry_after`` that is not a number >= 0, a ``base_url`` that is not absolute
+            or has a fragment, a header that is not a string, or a ``base_url`` userinfo
+            together with an API key sent in the ``Authorization`` header (both would set it).
     """
 
     #: Path suffix stripped from ``base_url`` (Anthropic's ``/v1``: the paths carry it).
@@ -167,10 +178,17 @@ class HTTPProvider:
         self.deadline: float | None = float(deadline) if deadline is not None else None
         #: The longest ``Retry-After`` honoured, in seconds.
         self.max_retry_after = float(max_retry_after)
-        base_url = base_url.rstrip("/")
+        url = ProviderURL(base_url)
+        base_url = url.base
         if self.base_url_suffix and base_url.endswith(self.base_url_suffix):
             base_url = base_url[: -len(self.base_url_suffix)]
+        #: The service root requests are joined to: scheme, host, port and path, without the
+        #: userinfo and query (kept in :attr:`url`).
         self.base_url = base_url
+        url.base = base_url
+        #: The base URL with its secrets; ``str(url)`` shows them as ``***``.
+        self.url = url
+        self._configured_headers = secret_headers(headers, where=f"[{name}] headers")
         if api_key is None and api_key_env:
             import os
 
@@ -181,24 +199,42 @@ class HTTPProvider:
         self.prices = prices if prices is not None else PriceTable(
             {"source": "", "as_of": "", "models": {}})
         self.free = free
-        wire_headers = {"Accept": "application/json", **self.fixed_headers,
-                        **dict(headers or {})}
+        wire_headers: dict[str, str] = {"Accept": "application/json", **self.fixed_headers}
+        wire_headers.update({k: v.get() if isinstance(v, Secret) else v
+                             for k, v in self._configured_headers.items()})
+        basic = url.basic_auth
+        if basic:
+            if self._api_key and self.auth_header.lower() == "authorization":
+                raise ConfigError(f"[{name}] base_url has a user name or password and an API "
+                                  "key is set too: both would be sent in the Authorization "
+                                  "header; give one of them")
+            wire_headers["Authorization"] = basic.get()
         if self._api_key:
             wire_headers[self.auth_header] = f"{self.auth_prefix}{self._api_key.get()}"
         self._client = PooledClient(base_url=self.base_url, headers=wire_headers,
                                     timeout=timeout, backend=backend, transport=transport,
-                                    max_connections=max_connections)
+                                    max_connections=max_connections, params=url.query())
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r}, "
-                f"api_key={self._api_key!r})")
+        extra = ""
+        if self._configured_headers:
+            shown = {k: "***" if isinstance(v, Secret) else v
+                     for k, v in self._configured_headers.items()}
+            extra = f", headers={shown!r}"
+        return (f"{type(self).__name__}(name={self.name!r}, base_url={str(self.url)!r}, "
+                f"api_key={self._api_key!r}{extra})")
 
     # ------------------------------------------------------------------ keys and errors
 
     @property
     def _secrets(self) -> list[Secret]:
-        """The values redacted from every error message (the API key)."""
-        return [self._api_key]
+        """The values redacted from every error message, event and stored text: the API key,
+        every configured header value outside the allow-list, and the base URL's query
+        values and userinfo (and its Basic token).
+        """
+        headers = self._configured_headers.values()
+        return [self._api_key, *(v for v in headers if isinstance(v, Secret)),
+                *self.url.secrets]
 
     def check_key(self, model: str | None = None) -> None:
         """Refuse a call when this service needs a key and none is configured.

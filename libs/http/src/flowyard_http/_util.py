@@ -68,6 +68,9 @@ __all__ = [
     "sharded_transport",
     "current_loop_token",
     "REDACTED",
+    "NON_SECRET_HEADERS",
+    "ProviderURL",
+    "secret_headers",
     "DEFAULT_MAX_RETRY_AFTER",
     "deadline_error",
 ]
@@ -125,6 +128,125 @@ class Secret:
 
     def __reduce__(self) -> Any:
         raise TypeError("Secret values cannot be pickled")
+
+
+#: Configured headers whose values are not secret (compared case-insensitively): every other
+#: configured header value is a :class:`Secret`, redacted like the API key.
+NON_SECRET_HEADERS: frozenset[str] = frozenset({
+    "accept", "content-type", "user-agent", "openai-organization", "openai-project",
+    "anthropic-version", "anthropic-beta",
+})
+
+
+class ProviderURL:
+    """A provider's base URL split into the part shown and joined and the secrets it carries.
+
+    Every query value and the userinfo (``user:password@``) of a base URL are secret (gateways
+    put keys there: ``https://host/v1?key=...``). :attr:`base` keeps scheme, host, port and
+    path only; :attr:`params` are sent as the query of every request, after the request's own
+    path (``https://host/v1/chat/completions?key=...``); the userinfo is sent as an
+    ``Authorization: Basic`` header (:attr:`basic_auth`).
+
+    Args:
+        url: the configured base URL (absolute, ``http`` or ``https``).
+
+    Raises:
+        ConfigError: ``url`` has no scheme or host, or has a fragment (``#...``, never sent).
+    """
+
+    __slots__ = ("base", "params", "username", "password")
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import parse_qsl, unquote, urlsplit
+
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            raise ConfigError(f"base_url must be an absolute URL (scheme://host/path), got "
+                              f"{_shown_url(url)!r}")
+        if parts.fragment:
+            raise ConfigError(f"base_url must not have a fragment (#...), got "
+                              f"{_shown_url(url)!r}")
+        userinfo, at, host = parts.netloc.rpartition("@")
+        #: ``scheme://host[:port]/path`` without userinfo, query or a trailing ``/``.
+        self.base: str = f"{parts.scheme}://{host}{parts.path}".rstrip("/")
+        #: The query's ``(name, value)`` pairs in order, values as :class:`Secret`.
+        self.params: list[tuple[str, Secret]] = [
+            (name, Secret(value))
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)]
+        user, _, password = userinfo.partition(":")
+        #: The userinfo's user name and password, percent-decoded (empty without userinfo).
+        self.username = Secret(unquote(user) if at else "")
+        self.password = Secret(unquote(password) if at else "")
+
+    @property
+    def basic_auth(self) -> Secret:
+        """The ``Authorization`` value of the userinfo (``Basic <base64>``; empty without)."""
+        if not (self.username or self.password):
+            return Secret("")
+        import base64
+
+        raw = f"{self.username.get()}:{self.password.get()}".encode()
+        return Secret("Basic " + base64.b64encode(raw).decode("ascii"))
+
+    @property
+    def secrets(self) -> list[Secret]:
+        """Every secret of the URL: query values, user name, password, the Basic token."""
+        basic = self.basic_auth
+        token = Secret(basic.get().removeprefix("Basic ")) if basic else basic
+        return [value for _, value in self.params] + [self.username, self.password, token]
+
+    def query(self) -> list[tuple[str, str]]:
+        """The query pairs with their values in clear (for the HTTP client only)."""
+        return [(name, value.get()) for name, value in self.params]
+
+    def __str__(self) -> str:
+        """The URL as shown: userinfo and every query value as ``***``."""
+        if not (self.params or self.username or self.password):
+            return self.base
+        scheme, _, rest = self.base.partition("://")
+        shown = f"{scheme}://{REDACTED}@{rest}" if (self.username or self.password) else self.base
+        if self.params:
+            shown += "?" + "&".join(f"{name}={REDACTED}" for name, _ in self.params)
+        return shown
+
+    def __repr__(self) -> str:
+        return f"ProviderURL({str(self)!r})"
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with its userinfo and query cut to ``***`` (for an error about the URL)."""
+    head, _, _query = url.partition("?")
+    head = head.partition("#")[0]
+    scheme, sep, rest = head.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    return f"{scheme}{sep}{netloc}{slash}{path}" + (f"?{REDACTED}" if "?" in url else "")
+
+
+def secret_headers(headers: Mapping[str, Any] | None, *, where: str = "headers"
+                   ) -> dict[str, str | Secret]:
+    """Return configured headers with every value not in :data:`NON_SECRET_HEADERS` wrapped
+    in a :class:`Secret`.
+
+    Args:
+        headers: ``{name: value}`` as configured (``headers = { X-Api-Key = "..." }``); None:
+            none.
+        where: the configuration place named in an error (``"[openai] headers"``).
+
+    Raises:
+        ConfigError: a header name or value is not a string.
+    """
+    out: dict[str, str | Secret] = {}
+    for name, value in dict(headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, (str, Secret)):
+            raise ConfigError(f"{where}: header names and values must be strings, got "
+                              f"{type(name).__name__} {name!r}: {type(value).__name__}")
+        if isinstance(value, Secret) or name.lower() in NON_SECRET_HEADERS:
+            out[name] = value
+        else:
+            out[name] = Secret(value)
+    return out
 
 
 def _hex(value: int, width: int) -> str:
@@ -834,9 +956,12 @@ class PooledClient:
         transport: an explicit ``httpx.AsyncBaseTransport`` (tests: ``httpx.MockTransport``);
             overrides ``backend``.
         max_connections: pool size.
+        params: query pairs added to every request built by the client, after the request's
+            own path (a gateway key from the base URL's query); ``base_url`` itself must have
+            no query (httpx would join paths after it).
 
     Raises:
-        ValueError: unknown ``backend``.
+        ValueError: unknown ``backend``, or a ``base_url`` with a query.
     """
 
     BACKENDS = ("auto", "httpx", "aiohttp")
@@ -850,10 +975,14 @@ class PooledClient:
         backend: str = "auto",
         transport: Any = None,
         max_connections: int = 100,
+        params: list[tuple[str, str]] | None = None,
     ) -> None:
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(self.BACKENDS)}, got {backend!r}")
+        if "?" in base_url:
+            raise ValueError("PooledClient base_url must have no query (pass params instead)")
         self.base_url = base_url
+        self._params = list(params or [])
         self._headers = dict(headers or {})
         self.timeout = timeout
         self.backend = backend
@@ -893,7 +1022,8 @@ class PooledClient:
             transport = sharded_transport(max_connections=self.max_connections)
         self.active_backend = backend
         return httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout,
-                                 limits=limits, transport=transport)
+                                 limits=limits, transport=transport,
+                                 params=self._params or None)
 
     def get(self) -> httpx.AsyncClient:
         """Return the client for the running event loop, creating it when needed."""
