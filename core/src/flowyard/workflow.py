@@ -332,11 +332,15 @@ class Workflow:
 
 def definition_hash(definition: Mapping[str, Any]) -> str:
     """Return the SHA-256 (hex) of the canonical JSON (sorted keys, no spaces) of a workflow
-    definition dict.
+    definition dict, encoded as UTF-8.
+
+    Text holding a lone surrogate (which files never yield: the loader refuses it with its
+    location) is encoded with ``surrogatepass`` instead of raising, so the hash is defined for
+    every definition; valid text hashes exactly as before.
     """
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- parsing

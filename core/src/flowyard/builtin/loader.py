@@ -1,123 +1,51 @@
 """The native workflow loader: YAML (and JSON, a subset of YAML) with line/column tracking.
 
-Parsing uses PyYAML's safe loader (no Python object tags). The node tree is walked by hand so
-that every mapping, sequence and scalar records where it was written (``start_mark``) under
-its field path (``steps[2].with.path``); validation errors then carry file, line and column.
-Limits guard against hostile files: ``max_bytes`` of source text (default 1 MiB) and
-``max_nodes`` constructed values (default 200 000, which stops alias "billion laughs"
-expansion).
+Parsing goes through :mod:`flowyard.parsing`: PyYAML's safe loader (no Python object tags)
+with a composer that counts values and aliases and checks nesting depth, a bounded JSON
+pre-scan, and files read with their size checked first. Every mapping, sequence and scalar
+records where it was written under its field path (``steps[2].with.path``); validation errors
+then carry file, line and column. Limits (:class:`~flowyard.parsing.ParseLimits`, config
+``workflows.*``): ``max_bytes`` of source (default 1 MiB), ``max_nodes`` values after alias
+expansion (default 200 000), ``max_aliases`` (default 1 000) and ``max_depth`` (default 100).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-import yaml
-
-from flowyard.errors import ValidationIssue, WorkflowValidationError
+from flowyard.errors import WorkflowValidationError
+from flowyard.parsing import ParseLimits, is_json_path, parse_json, read_bounded
+from flowyard.parsing import parse_yaml as _parse_yaml
 from flowyard.workflow import Locations, Workflow, parse_workflow
 
-__all__ = ["NativeLoader", "parse_yaml", "MAX_BYTES", "MAX_NODES"]
+__all__ = ["NativeLoader", "parse_yaml", "MAX_BYTES", "MAX_NODES", "MAX_ALIASES", "MAX_DEPTH"]
 
-MAX_BYTES = 1024 * 1024
-MAX_NODES = 200_000
-
-
-_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps the node tree for the marked walk."""
-
-
-class _Walker:
-    def __init__(self, loader: _Loader, locations: Locations, max_nodes: int) -> None:
-        self.loader = loader
-        self.loc = locations
-        self.max_nodes = max_nodes
-        self.count = 0
-        self.issues: list[ValidationIssue] = []
-
-    def _mark(self, node: yaml.Node, path: str) -> None:
-        mark = node.start_mark
-        if path not in self.loc.positions:
-            self.loc.positions[path] = (mark.line + 1, mark.column + 1)
-
-    def walk(self, node: yaml.Node, path: str) -> Any:
-        self.count += 1
-        if self.count > self.max_nodes:
-            raise WorkflowValidationError([self.loc.issue(
-                f"the document has more than {self.max_nodes} values (alias expansion?)", path)])
-        self._mark(node, path)
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
-            mark = node.start_mark
-            raise WorkflowValidationError([ValidationIssue(
-                f"invalid YAML: unsupported tag {node.tag!r} (only plain data is allowed)",
-                path=path, file=self.loc.file, line=mark.line + 1, column=mark.column + 1)])
-        if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.loader.construct_object(key_node, deep=True)
-                if not isinstance(key, (str, int, float, bool)) and key is not None:
-                    mark = key_node.start_mark
-                    self.issues.append(ValidationIssue(
-                        "mapping keys must be scalars", path=path, file=self.loc.file,
-                        line=mark.line + 1, column=mark.column + 1))
-                    continue
-                key = str(key) if not isinstance(key, str) else key
-                child = f"{path}.{key}" if path else key
-                self.loc.keys.setdefault(child, (key_node.start_mark.line + 1,
-                                                 key_node.start_mark.column + 1))
-                if key in out:
-                    mark = key_node.start_mark
-                    self.issues.append(ValidationIssue(
-                        f"duplicate key {key!r}", path=child, file=self.loc.file,
-                        line=mark.line + 1, column=mark.column + 1))
-                    continue
-                out[key] = self.walk(value_node, child)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.walk(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+MAX_BYTES = ParseLimits().max_bytes
+MAX_NODES = ParseLimits().max_nodes
+MAX_ALIASES = ParseLimits().max_aliases
+MAX_DEPTH = ParseLimits().max_depth
 
 
 def parse_yaml(source: str, *, path: str | None = None, max_bytes: int = MAX_BYTES,
-               max_nodes: int = MAX_NODES) -> tuple[Any, Locations]:
+               max_nodes: int = MAX_NODES, limits: ParseLimits | None = None
+               ) -> tuple[Any, Locations]:
     """Parse YAML/JSON text into builtins plus the location of every value.
 
+    Args:
+        source: the text.
+        path: the file it came from (named by issues).
+        max_bytes: largest text, bytes (ignored when ``limits`` is given).
+        max_nodes: most values after alias expansion (ignored when ``limits`` is given).
+        limits: all the limits (:class:`~flowyard.parsing.ParseLimits`).
+
     Raises:
-        WorkflowValidationError: the text is too large, not valid YAML (with the line and
-            column of the error), or has duplicate keys.
+        WorkflowValidationError: the text is too large, exceeds a limit, is not valid YAML
+            (with the line and column of the error), has duplicate keys or lone surrogates.
     """
-    locations = Locations(file=path)
-    size = len(source.encode("utf-8"))
-    if size > max_bytes:
-        raise WorkflowValidationError([ValidationIssue(
-            f"workflow file is {size} bytes, more than the limit of {max_bytes}", file=path)])
-    loader = _Loader(source)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise WorkflowValidationError([ValidationIssue("the workflow file is empty",
-                                                           file=path)])
-        walker = _Walker(loader, locations, max_nodes)
-        data = walker.walk(node, "")
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise WorkflowValidationError([ValidationIssue(
-            f"invalid YAML: {exc.problem or exc}", file=path,
-            line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None)]) from None
-    except yaml.YAMLError as exc:
-        raise WorkflowValidationError([ValidationIssue(f"invalid YAML: {exc}", file=path)]
-                                      ) from None
-    finally:
-        loader.dispose()
-    if walker.issues:
-        raise WorkflowValidationError(walker.issues)
-    return data, locations
+    limits = limits or ParseLimits(max_bytes=max_bytes, max_nodes=max_nodes)
+    return _parse_yaml(source, source=path, limits=limits)
 
 
 class NativeLoader:
@@ -126,13 +54,18 @@ class NativeLoader:
 
     Args:
         max_bytes: largest accepted file, bytes.
-        max_nodes: most values constructed from one document.
+        max_nodes: most values constructed from one document (after alias expansion).
+        max_aliases: most alias references in one document.
+        max_depth: deepest nesting of sequences and mappings.
     """
 
     name = "native"
     suffixes: Sequence[str] = (".yaml", ".yml", ".json")
 
-    def __init__(self, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -> None:
+    def __init__(self, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES,
+                 max_aliases: int = MAX_ALIASES, max_depth: int = MAX_DEPTH) -> None:
+        self.limits = ParseLimits(max_bytes=max_bytes, max_nodes=max_nodes,
+                                  max_aliases=max_aliases, max_depth=max_depth)
         self.max_bytes = max_bytes
         self.max_nodes = max_nodes
 
@@ -142,35 +75,56 @@ class NativeLoader:
         Raises:
             WorkflowValidationError: with file, line and column of each problem.
         """
-        if (path or "").lower().endswith(".json"):
+        if is_json_path(path):
             data, locations = self._json(source, path)
         else:
-            data, locations = parse_yaml(source, path=path, max_bytes=self.max_bytes,
-                                         max_nodes=self.max_nodes)
+            data, locations = _parse_yaml(source, source=path, limits=self.limits)
         return parse_workflow(data, locations=locations, source=path)
 
-    def _json(self, source: str, path: str | None) -> tuple[Any, Locations]:
-        """Parse JSON with :mod:`json`; locations come from a YAML pass when JSON's syntax
-        is also valid YAML (the common case), else only JSON syntax errors are located.
-        """
-        import json
+    def load_path(self, path: str | Path) -> Workflow:
+        """Read the file ``path`` (its size checked before it is read) and :meth:`load` it.
 
-        size = len(source.encode("utf-8"))
-        if size > self.max_bytes:
-            raise WorkflowValidationError([ValidationIssue(
-                f"workflow file is {size} bytes, more than the limit of {self.max_bytes}",
-                file=path)])
+        Raises:
+            WorkflowValidationError: unreadable, too large, not UTF-8, or invalid, located.
+        """
+        return self.load(read_bounded(path, self.limits), path=str(path))
+
+    def _json(self, source: str, path: str | None) -> tuple[Any, Locations]:
+        """Parse JSON (bounded pre-scan, then :mod:`json`); locations come from a YAML pass
+        when JSON's syntax is also valid YAML (the common case), else only JSON syntax errors
+        and limits are located.
+        """
         try:
-            data = json.loads(source)
-        except json.JSONDecodeError as exc:
-            raise WorkflowValidationError([ValidationIssue(
-                f"invalid JSON: {exc.msg}", file=path, line=exc.lineno, column=exc.colno)]
-            ) from None
+            data = parse_json(source, source=path, limits=self.limits)
+        except WorkflowValidationError as exc:
+            raise self._located(exc, source, path) from None
         try:
-            _, locations = parse_yaml(source, path=path, max_bytes=self.max_bytes,
-                                      max_nodes=self.max_nodes)
+            # surrogate pairs written as two \u escapes are one character to JSON, two lone
+            # surrogates to PyYAML: the JSON parse above already checked the strings
+            _, locations = _parse_yaml(source, source=path, limits=self.limits,
+                                       check_surrogates=False)
         except WorkflowValidationError as exc:
             if any(i.message.startswith("duplicate key") for i in exc.issues):
                 raise
             locations = Locations(file=path)
         return data, locations
+
+    def _located(self, exc: WorkflowValidationError, source: str, path: str | None
+                 ) -> WorkflowValidationError:
+        """Return ``exc`` with line and column added to issues that only have a field path
+        (a lone surrogate found in the parsed JSON), from a YAML pass over the same text;
+        ``exc`` itself when that pass cannot locate them.
+        """
+        if all(i.line is not None or not i.path for i in exc.issues):
+            return exc
+        try:
+            _, locations = _parse_yaml(source, source=path, limits=self.limits,
+                                       check_surrogates=False)
+        except WorkflowValidationError:
+            return exc  # not YAML as well: the issues keep their field paths
+        issues = []
+        for issue in exc.issues:
+            if issue.line is None and issue.path:
+                issue = locations.issue(issue.message, issue.path.removesuffix(" (a key)"))
+            issues.append(issue)
+        return WorkflowValidationError(issues)

@@ -53,10 +53,12 @@ def register_workflow_loaders(register: Register, config: Config) -> None:
 
     def make() -> Any:
         # lazy: the YAML parser loads with the first workflow file
-        from flowyard.builtin.loader import MAX_BYTES, MAX_NODES, NativeLoader
+        from flowyard.builtin.loader import NativeLoader
+        from flowyard.parsing import ParseLimits  # lazy: with the loader, for the first file
 
-        return NativeLoader(max_bytes=int(config.get("workflows.max_bytes", MAX_BYTES)),
-                            max_nodes=int(config.get("workflows.max_nodes", MAX_NODES)))
+        limits = ParseLimits.from_config(config)
+        return NativeLoader(max_bytes=limits.max_bytes, max_nodes=limits.max_nodes,
+                            max_aliases=limits.max_aliases, max_depth=limits.max_depth)
 
     register("native", factory=make, suffixes=(".yaml", ".yml", ".json"),
              default_priority=-1)

@@ -14,12 +14,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from flowyard.commands.runs import resolve_run_id
-from flowyard.errors import FlowyardError, WorkflowValidationError
+from flowyard.errors import FlowyardError, ValidationIssue, WorkflowValidationError
+
+if TYPE_CHECKING:
+    from flowyard.parsing import ParseLimits
 
 __all__ = ["run", "validate", "resume", "parse_inputs"]
 
@@ -28,44 +31,51 @@ _STATUS_STYLE = {"completed": "green", "running": "cyan", "failed": "red", "skip
                  "partial": "yellow", "retrying": "yellow"}
 
 
-def parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_inputs(pairs: tuple[str, ...], limits: ParseLimits | None = None) -> dict[str, Any]:
     """Parse ``key=value`` pairs; values are YAML scalars or JSON (``n=3``, ``tags=[a, b]``,
-    ``flag=true``, ``name=Ada``).
+    ``flag=true``, ``name=Ada``), parsed with the bounded parser (:mod:`flowyard.parsing`).
+
+    Args:
+        pairs: the ``-i`` values.
+        limits: size, value, alias and depth limits (default :class:`ParseLimits`).
 
     Raises:
-        click.BadParameter: a pair has no ``=`` or its value does not parse.
+        click.BadParameter: a pair has no ``=``.
+        WorkflowValidationError: a value does not parse or exceeds a limit, located as
+            ``-i NAME:line:column``.
     """
-    import yaml
+    from flowyard.parsing import parse_text  # lazy: the YAML parser, not for --help
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-i/--input")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise click.BadParameter(f"value of {key!r} does not parse: {exc}",
-                                     param_hint="-i/--input") from None
+        name = key.strip()
+        out[name] = (parse_text(raw, source=f"-i {name}", limits=limits)
+                     if raw.strip() else "")
     return out
 
 
-def _inputs_file(path: str | None) -> dict[str, Any]:
-    """Read a YAML/JSON mapping of inputs. Raises click.BadParameter naming the file."""
+def _inputs_file(path: str | None, limits: ParseLimits | None = None) -> dict[str, Any]:
+    """Read a YAML/JSON mapping of inputs (``.json`` files as JSON), size checked first.
+
+    Raises:
+        WorkflowValidationError: the file cannot be read, exceeds a limit, does not parse or
+            does not hold a mapping, located in the file.
+    """
     if path is None:
         return {}
-    import yaml
+    # lazy: the YAML parser, not for --help
+    from flowyard.parsing import is_json_path, parse_text, read_bounded
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--inputs") from None
+    text = read_bounded(path, limits)
+    data = parse_text(text, source=path, limits=limits, json_only=is_json_path(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{path}: must hold a mapping of input names to values",
-                                 param_hint="--inputs")
+        raise WorkflowValidationError([ValidationIssue(
+            "must hold a mapping of input names to values", file=path, line=1, column=1)])
     return data
 
 
@@ -503,9 +513,12 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
     --json the problems are printed as JSON on stdout, as `validate --json` prints them).
     """
-    values = {**_inputs_file(inputs_file), **parse_inputs(inputs)}
+    from flowyard.parsing import ParseLimits  # lazy: the YAML parser, not for --help
+
     stack = default_stack()
     try:
+        limits = ParseLimits.from_config(stack.config)
+        values = {**_inputs_file(inputs_file, limits), **parse_inputs(inputs, limits)}
         workflow = stack.load_workflow(file)
         from flowyard.engine.runner import check_inputs  # lazy: the runtime, not for --help
 

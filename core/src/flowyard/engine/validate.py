@@ -12,10 +12,11 @@ import difflib
 import weakref
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.interfaces import SupportsRawArguments, SupportsStepValidation
+from flowyard.parsing import ParseLimits, read_bounded
 from flowyard.templating import Reference, find_references, has_template
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
@@ -67,6 +68,17 @@ def step_dependencies(step: Step, raw: Collection[str] = ()) -> set[str]:
     return deps
 
 
+@runtime_checkable
+class _LoadsPaths(Protocol):
+    """A workflow loader that reads files itself, checking their size before reading (the
+    native loader's ``load_path``).
+    """
+
+    def load_path(self, path: Path) -> Workflow:
+        """Return the workflow of the file ``path``."""
+        ...
+
+
 def _read_source(stack: Services, path: Path) -> Workflow:
     suffix = path.suffix.lower()
     loader = None
@@ -84,11 +96,10 @@ def _read_source(stack: Services, path: Path) -> Workflow:
         raise WorkflowValidationError([ValidationIssue(
             f"no workflow loader for {suffix or 'files without a suffix'!r} (known: "
             f"{', '.join(known) or 'none'})", file=str(path))])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowValidationError([ValidationIssue(f"cannot read the workflow file: {exc}",
-                                                       file=str(path))]) from None
+    if isinstance(loader, _LoadsPaths):  # reads with its own limits
+        return loader.load_path(path)
+    # other loaders take text: the file's size is checked before it is read (workflows.*)
+    text = read_bounded(path, ParseLimits.from_config(stack.config))
     return loader.load(text, path=str(path))
 
 
