@@ -146,7 +146,7 @@ def assert_arrived(server: Gateway) -> None:
     """Each request carried the key at the end of its URL and in its header."""
     assert server.requests
     for line, headers in server.requests:
-        method, target, _ = line.split(" ")
+        _method, target, _ = line.split(" ")
         path, _, query = target.partition("?")
         assert path in ("/v1/chat/completions", "/v1/models"), line
         assert query == f"key={QUERY_CANARY}", line

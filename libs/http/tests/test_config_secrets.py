@@ -156,7 +156,7 @@ async def test_secrets_go_where_they_belong_and_no_error_shows_them(
             assert f"HTTP {status}" in str(info.value)
             assert "***" in str(info.value)  # the echo was there and redacted: not vacuous
             # the query follows the request's own path, whole
-            method, target, _ = line.split(" ")
+            _method, target, _ = line.split(" ")
             path, _, query = target.partition("?")
             assert path in (PATHS[provider.name], LIST_PATHS[provider.name]), line
             assert query.startswith(f"key={quote(QUERY_CANARY, safe='')}&tier=gold"), line
