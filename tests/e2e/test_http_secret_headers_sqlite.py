@@ -179,7 +179,12 @@ def test_gateway_secrets_reach_the_gateway_and_nothing_else(
         assert result["status"] == "failed"
         assert "***" in json.dumps(result)
 
-    for args in (["runs", "show", "r1"], ["runs", "show", "r1", "--json"]):
+    plain = runner.invoke(cli, ["run", "wf.yaml", "--run-id", "r2"])
+    assert plain.exit_code in (0, 1), plain.output
+    assert_clean("run", plain.output)
+
+    for args in (["runs", "show", "r1"], ["runs", "show", "r1", "--json"],
+                 ["runs", "show", "r2"], ["runs", "logs", "r1"]):
         shown = runner.invoke(cli, args)
         assert shown.exit_code == 0, shown.output
         assert_clean(" ".join(args), shown.output)

@@ -248,3 +248,25 @@ def test_secrets_include_every_configured_secret() -> None:
     assert "text/plain" not in values
     assert provider.base_url == "http://h/v1"
     assert_clean(repr(provider))
+
+
+async def test_an_image_fetched_by_ollama_gets_no_gateway_secret(
+        serve: Callable[[Answer], RecordingServer]) -> None:
+    """Ollama fetches image URLs itself: the image host sees neither the query key nor the
+    configured header, while the model server gets both."""
+    from flowyard.models import ImagePart
+
+    image_host = serve(lambda path: (200, "image/png", "PNGDATA"))
+    model_server = serve(lambda path: (200, "application/json", json.dumps({
+        "model": "m", "response": "ok", "done": True, "done_reason": "stop",
+        "prompt_eval_count": 1, "eval_count": 1})))
+    ollama = providers(model_server.root)[2]
+    assert ollama is not None
+    await ollama.generate("describe", model="m",
+                          images=[ImagePart(url=f"http://{image_host.root}/cat.png")])
+    (line, headers), = image_host.requests
+    assert line.startswith("GET /cat.png ")
+    assert_clean(line, json.dumps(headers))
+    (line, headers), = model_server.requests
+    assert line.startswith("POST /api/generate?key=") and headers["x-gateway-key"]
+    await ollama.aclose()
