@@ -20,13 +20,36 @@ Templates cannot reach Python internals: the environment is
 :class:`jinja2.sandbox.ImmutableSandboxedEnvironment` (no underscore attributes, no mutation
 of containers, no ``str.format`` escapes), without the ``cycler``/``joiner``/``lipsum``
 globals.
+
+Limits (issue 16): a template cannot take more time or memory than its data warrants.
+
+* integers: ``**`` and ``*`` on integers are refused before computing when the result would
+  have more than :data:`MAX_INT_BITS` bits;
+* sizes: a string, list or mapping a template builds (``*``, ``+``, ``~``, ``%``, filters,
+  string methods such as ``ljust``) or prints may weigh at most :data:`MAX_RESULT` (characters
+  plus items, counted through nested lists and mappings), checked before it is built;
+* output: one render prints at most :data:`MAX_OUTPUT_CHARS` characters;
+* work: one render runs at most :data:`MAX_ITERATIONS` loop iterations plus calls plus
+  operators;
+* time: one render stops at its deadline (the ``timeout`` given to :meth:`Compiled.render`,
+  the engine passes what is left of the step's ``timeout`` and the run's; at most
+  :data:`MAX_RENDER_SECONDS`); the check is cooperative, made at every loop iteration, call
+  and operator, so it holds on the event-loop thread on asyncio and trio alike.
+
+A violation is a :class:`~flowyard.errors.TemplateError` naming the step and field. Values
+(inputs, step outputs, items) are data: they are never parsed as templates, so ``{{ 7*7 }}``
+in an input stays ``{{ 7*7 }}``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
+import math
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -43,13 +66,28 @@ __all__ = [
     "Reference",
     "Compiled",
     "compile_value",
+    "MAX_TEMPLATE_CHARS",
+    "MAX_RESULT",
+    "MAX_INT_BITS",
+    "MAX_OUTPUT_CHARS",
+    "MAX_ITERATIONS",
+    "MAX_RENDER_SECONDS",
 ]
 
 _REF = re.compile(r"(\$?)\$\{\s*([A-Za-z_][\w-]*)((?:\.[A-Za-z_][\w-]*|\[\d+\])*)\s*\}")
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
 MAX_TEMPLATE_CHARS = 100_000
-#: Largest string or list a template may build with ``*`` (characters or items).
+#: Largest value a template may build or print: characters of strings plus items of lists and
+#: mappings, counted through nesting.
 MAX_RESULT = 1_000_000
+#: Largest integer a template may compute with ``**`` or ``*``, in bits.
+MAX_INT_BITS = 8192
+#: Most characters one render may print.
+MAX_OUTPUT_CHARS = 10_000_000
+#: Most loop iterations, calls and operators one render may run.
+MAX_ITERATIONS = 1_000_000
+#: Longest one render may take, in seconds, when no shorter ``timeout`` is given.
+MAX_RENDER_SECONDS = 30.0
 
 
 def has_template(value: str) -> bool:
@@ -79,16 +117,219 @@ def translate(text: str) -> str:
     return _REF.sub(repl, text)
 
 
+class _RenderTimeout(Exception):
+    """A render passed its deadline (see :class:`_Budget`)."""
+
+
+class _Budget:
+    """What one render may still spend: ``ops`` (loop iterations, calls, operators), printed
+    characters, and time until ``deadline`` (``time.monotonic()`` seconds).
+    """
+
+    __slots__ = ("deadline", "timeout", "ops", "output")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.ops = 0
+        self.output = 0
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "flowyard_template_budget", default=None)
+
+
+def _tick(n: int = 1) -> None:
+    """Count ``n`` operations of the current render; raise once a limit is passed.
+
+    Raises:
+        SecurityError: more than :data:`MAX_ITERATIONS` operations.
+        _RenderTimeout: the render's deadline passed.
+    """
+    budget = _BUDGET.get()
+    if budget is None:  # compile-time constant folding: bounded by the template's size
+        return
+    budget.ops += n
+    if budget.ops > MAX_ITERATIONS:
+        from jinja2.exceptions import SecurityError
+
+        raise SecurityError(f"the template ran more than {MAX_ITERATIONS} loop iterations, "
+                            "calls and operators")
+    if time.monotonic() > budget.deadline:
+        raise _RenderTimeout(f"the template did not finish within its time limit of "
+                             f"{budget.timeout:g} s")
+
+
+def _weight(value: Any, limit: int = MAX_RESULT) -> int:
+    """Return the size of ``value``: characters of strings plus items of containers (one per
+    nested value), digits of integers, counted through nesting; stops once past ``limit``.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += 1
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item)
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3
+        if total > limit:
+            return total
+    return total
+
+
+def _check_weight(value: Any, what: str) -> Any:
+    """Return ``value`` unless it weighs more than :data:`MAX_RESULT`.
+
+    Raises:
+        SecurityError: ``value`` is too large.
+    """
+    if _weight(value) > MAX_RESULT:
+        from jinja2.exceptions import SecurityError
+
+        raise SecurityError(f"{what} would be larger than {MAX_RESULT} characters and items")
+    return value
+
+
+def _refuse(message: str) -> None:
+    from jinja2.exceptions import SecurityError
+
+    raise SecurityError(message)
+
+
+_FORMAT_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_format(spec: str, args: Any) -> None:
+    """Refuse ``spec % args`` when a width or precision, or the arguments, are too large."""
+    _check_weight(args, "the formatted value")
+    for match in _FORMAT_WIDTH.finditer(spec):
+        for group in match.groups():
+            if group == "*":
+                numbers = args if isinstance(args, (list, tuple)) else (args,)
+                if any(isinstance(n, int) and abs(n) > MAX_RESULT for n in numbers):
+                    _refuse(f"a format width above {MAX_RESULT}")
+            elif group and (len(group) > 7 or int(group) > MAX_RESULT):
+                _refuse(f"a format width above {MAX_RESULT}")
+
+
+def _check_int_result(operator: str, left: int, right: int) -> None:
+    """Refuse ``left ** right`` or ``left * right`` whose result exceeds MAX_INT_BITS."""
+    if operator == "**":
+        if right > 0 and abs(left) > 1 and left.bit_length() * right > MAX_INT_BITS + right:
+            _refuse(f"a {left.bit_length()}-bit integer ** {right} would have more than "
+                    f"{MAX_INT_BITS} bits")
+    elif left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
+        _refuse(f"the product would have more than {MAX_INT_BITS} bits")
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse an operator whose result would pass the integer or size limits."""
+    ints = (isinstance(left, int) and isinstance(right, int)
+            and not isinstance(left, bool) and not isinstance(right, bool))
+    if operator in ("**", "*") and ints:
+        _check_int_result(operator, left, right)
+    elif operator == "*":
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int) and (
+                    count > 0 and (_weight(seq) - 1) * count > MAX_RESULT):
+                _refuse(f"repetition would produce more than {MAX_RESULT} characters and "
+                        "items")
+    elif operator == "+" and not ints:
+        if _weight(left) + _weight(right) > MAX_RESULT:
+            _refuse(f"the sum would be larger than {MAX_RESULT} characters and items")
+    elif operator == "%" and isinstance(left, str):
+        _check_format(left, right)
+
+
+_GROWING_METHODS = frozenset(["ljust", "rjust", "center", "zfill", "expandtabs"])
+
+
+def _check_method_call(obj: Any, args: tuple[Any, ...]) -> None:
+    """Refuse string methods whose result would pass :data:`MAX_RESULT`."""
+    owner = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    if not isinstance(owner, str):
+        return
+    if name in _GROWING_METHODS:
+        if any(isinstance(a, int) and a * max(1, owner.count("\t") + 1) > MAX_RESULT
+               for a in args):
+            _refuse(f"str.{name} would produce more than {MAX_RESULT} characters")
+    elif name == "join" and args:
+        parts = args[0]
+        if isinstance(parts, (list, tuple)) and (
+                _weight(parts) + len(owner) * len(parts) > MAX_RESULT):
+            _refuse(f"str.join would produce more than {MAX_RESULT} characters")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
+        count = owner.count(args[0]) if isinstance(args[0], str) else 0
+        if len(owner) + count * len(args[1]) > MAX_RESULT:
+            _refuse(f"str.replace would produce more than {MAX_RESULT} characters")
+
+
+def _guard_filter(name: str, func: Any) -> Any:
+    """Wrap a filter: count it as an operation and check the size of what it receives and
+    returns (``center``, ``indent``, ``format``, ``join``, ``replace`` are checked before).
+    """
+    offset = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        value = args[offset] if len(args) > offset else None
+        rest = args[offset + 1:]
+        _check_weight(value, f"the input of filter {name!r}")
+        if name in ("center", "indent", "truncate", "wordwrap"):
+            numbers = [*rest, *kwargs.values()]
+            lines = value.count("\n") + 1 if isinstance(value, str) else 1
+            if any(isinstance(n, int) and not isinstance(n, bool) and n * lines > MAX_RESULT
+                   for n in numbers):
+                _refuse(f"filter {name!r} would produce more than {MAX_RESULT} characters")
+        elif name == "format" and isinstance(value, str):
+            _check_format(value, tuple(rest) or dict(kwargs))
+        elif name == "join" and isinstance(value, (list, tuple)):
+            sep = rest[0] if rest else kwargs.get("d", "")
+            if _weight(value) + len(str(sep)) * len(value) > MAX_RESULT:
+                _refuse(f"filter 'join' would produce more than {MAX_RESULT} characters")
+        elif name == "replace" and isinstance(value, str) and len(rest) >= 2:
+            count = value.count(str(rest[0]))
+            if len(value) + count * len(str(rest[1])) > MAX_RESULT:
+                _refuse(f"filter 'replace' would produce more than {MAX_RESULT} characters")
+        result = func(*args, **kwargs)
+        if isinstance(result, (str, list, tuple, Mapping)):
+            _check_weight(result, f"the result of filter {name!r}")
+        return result
+
+    return guarded
+
+
 @lru_cache(maxsize=1)
 def environment() -> Any:
-    """Return the shared sandboxed Jinja2 environment (StrictUndefined, no autoescape)."""
-    from jinja2 import StrictUndefined
+    """Return the shared sandboxed Jinja2 environment (StrictUndefined, no autoescape), with
+    the limits described in the module's docstring.
+    """
+    from jinja2 import StrictUndefined, nodes, pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import Namespace
+
+    class _Namespace(Namespace):  # type: ignore[misc]
+        """``namespace()`` whose attributes cannot grow past the size limit."""
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            _tick()
+            _check_weight(value, "a namespace attribute")
+            super().__setitem__(name, value)
 
     class _Environment(ImmutableSandboxedEnvironment):  # type: ignore[misc]
         """Data first: ``inputs.items`` is the key ``items``, not the ``dict.items`` method."""
 
-        intercepted_binops = frozenset(["*", "**"])
+        intercepted_binops = frozenset(["*", "**", "+", "%", "//", "/", "-"])
 
         def getattr(self, obj: Any, attribute: str) -> Any:
             if isinstance(obj, Mapping) and isinstance(attribute, str) and attribute in obj:
@@ -96,25 +337,61 @@ def environment() -> Any:
             return super().getattr(obj, attribute)
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            """Refuse ``*`` and ``**`` whose result would be huge (memory exhaustion)."""
-            from jinja2.exceptions import SecurityError
+            """Refuse an operator whose result would pass the limits, before computing it."""
+            _tick()
+            _check_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
 
-            if operator == "**":
-                if (isinstance(left, (int, float)) and isinstance(right, (int, float))
-                        and abs(right) > 64 and abs(left) > 1):
-                    raise SecurityError(f"exponent {right!r} is too large")
-                return left ** right
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and (
-                        len(seq) * count > MAX_RESULT):
-                    raise SecurityError(f"repetition would produce more than {MAX_RESULT} "
-                                        "items")
-            return left * right
+        def call(__self, __context: Any, __obj: Any, *args: Any,
+                 **kwargs: Any) -> Any:
+            """Count the call and refuse string methods that would build huge strings."""
+            _tick()
+            _check_method_call(__obj, args)
+            return super().call(__context, __obj, *args, **kwargs)
 
-    env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+            """Parse, then make every ``for`` loop count its iterations and every ``~`` check
+            the size of its parts.
+            """
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Filter(loop.iter, "_flowyard_iter", [], [], None, None,
+                                         lineno=loop.lineno)
+            for concat in tree.find_all(nodes.Concat):
+                concat.nodes = [nodes.Filter(n, "_flowyard_part", [], [], None, None,
+                                             lineno=n.lineno) for n in concat.nodes]
+            return tree
+
+    def finalize(value: Any) -> Any:
+        """Check the size of every printed value and count it against the output limit."""
+        _check_weight(value, "a printed value")
+        budget = _BUDGET.get()
+        if budget is not None and isinstance(value, str):
+            budget.output += len(value)
+            if budget.output > MAX_OUTPUT_CHARS:
+                _refuse(f"the output is longer than {MAX_OUTPUT_CHARS} characters")
+        return value
+
+    @pass_context
+    def iterate(context: Any, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Yield the items of ``iterable``, counting each as an operation."""
+        for item in iterable:
+            _tick()
+            yield item
+
+    def part(value: Any) -> Any:
+        return _check_weight(value, "a part of a ~ concatenation")
+
+    env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                       finalize=finalize)
     for name in ("cycler", "joiner", "lipsum"):
         env.globals.pop(name, None)
+    env.globals["namespace"] = _Namespace
     env.filters["fromjson"] = _fromjson
+    for name, func in list(env.filters.items()):
+        env.filters[name] = _guard_filter(name, func)
+    env.filters["_flowyard_iter"] = iterate
+    env.filters["_flowyard_part"] = part
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
     return env
 
@@ -139,11 +416,47 @@ class Compiled:
         self.static = not _contains_template(value)
         self._fn = None if self.static else _build(value, where)
 
-    def render(self, context: Mapping[str, Any], *, where: str = "") -> Any:
-        """Return the rendered value. Raises TemplateError naming ``where``."""
+    def render(self, context: Mapping[str, Any], *, where: str = "",
+               timeout: float | None = None) -> Any:
+        """Return the rendered value.
+
+        Args:
+            context: the names templates see (``inputs``, ``steps``, ...); their values are
+                data, never rendered themselves.
+            where: the location named in errors (e.g. ``"step 'b', field with"``).
+            timeout: seconds the whole value may take to render (``None``, or more than
+                :data:`MAX_RENDER_SECONDS`: that limit); the engine passes what is left of the
+                step's and the run's ``timeout``.
+
+        Raises:
+            TemplateError: naming ``where``: an unresolved reference, a forbidden operation,
+                a limit of the module's docstring passed, or the time limit reached.
+        """
         if self._fn is None:
             return self.value
-        return self._fn(context, where)
+        with _render_budget(timeout):
+            return self._fn(context, where)
+
+
+class _render_budget:
+    """Give the renders inside it a shared :class:`_Budget` (a nested render shares the
+    outer one). ``timeout`` is in seconds (``None``: :data:`MAX_RENDER_SECONDS`).
+    """
+
+    __slots__ = ("timeout", "token")
+
+    def __init__(self, timeout: float | None) -> None:
+        limit = MAX_RENDER_SECONDS if timeout is None else min(timeout, MAX_RENDER_SECONDS)
+        self.timeout = max(0.0, limit) if not math.isnan(limit) else MAX_RENDER_SECONDS
+        self.token: contextvars.Token[_Budget | None] | None = None
+
+    def __enter__(self) -> None:
+        if _BUDGET.get() is None:
+            self.token = _BUDGET.set(_Budget(self.timeout))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _BUDGET.reset(self.token)
 
 
 def compile_value(value: Any, where: str = "") -> Compiled:
@@ -166,6 +479,10 @@ def _error(where: str, source: str, exc: Exception) -> TemplateError:
 
     if isinstance(exc, UndefinedError):
         what = f"unresolved reference: {exc}"
+    elif isinstance(exc, _RenderTimeout):
+        what = str(exc)
+    elif isinstance(exc, RecursionError):
+        what = "the template nests or recurses too deeply"
     elif isinstance(exc, SecurityError):
         what = f"forbidden operation: {exc}"
     else:
@@ -216,10 +533,17 @@ def _compile_string(text: str, where: str) -> Any:
                             ) from None
 
     def run_template(ctx: Mapping[str, Any], w: str) -> Any:
+        parts: list[str] = []
+        size = 0
         try:
-            return template.render(**ctx)
+            for chunk in template.generate(**ctx):
+                size += len(chunk)
+                if size > MAX_OUTPUT_CHARS:
+                    _refuse(f"the output is longer than {MAX_OUTPUT_CHARS} characters")
+                parts.append(chunk)
         except Exception as exc:  # noqa: BLE001 - rewrapped with the location
             raise _error(w or where, text, exc) from None
+        return "".join(parts)
 
     return run_template
 
@@ -231,24 +555,32 @@ def _check_defined(value: Any) -> None:
         value._fail_with_undefined_error()
 
 
-def render_value(value: Any, context: Mapping[str, Any], *, where: str = "") -> Any:
-    """Render every template string inside ``value`` (dicts and lists recursively).
+def render_value(value: Any, context: Mapping[str, Any], *, where: str = "",
+                 timeout: float | None = None) -> Any:
+    """Render every template string inside ``value`` (dicts and lists recursively) within
+    ``timeout`` seconds (see :meth:`Compiled.render`).
 
     Raises:
-        TemplateError: a syntax error, an unresolved reference or a forbidden operation;
-            the message starts with ``where`` (e.g. ``"step 'b', field with.prompt"``).
+        TemplateError: a syntax error, an unresolved reference, a forbidden operation, a limit
+            passed or the time limit reached; the message starts with ``where`` (e.g.
+            ``"step 'b', field with.prompt"``).
     """
-    return Compiled(value, where).render(context, where=where)
+    return Compiled(value, where).render(context, where=where, timeout=timeout)
 
 
-def render_string(text: str, context: Mapping[str, Any], *, where: str = "") -> str:
-    """Render ``text`` to a string (even when it is one expression)."""
-    result = render_value(text, context, where=where)
+def render_string(text: str, context: Mapping[str, Any], *, where: str = "",
+                  timeout: float | None = None) -> str:
+    """Render ``text`` to a string (even when it is one expression).
+
+    Raises:
+        TemplateError: as :func:`render_value`.
+    """
+    result = render_value(text, context, where=where, timeout=timeout)
     return result if isinstance(result, str) else json.dumps(result, default=str)
 
 
-def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where: str = ""
-             ) -> bool:
+def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where: str = "",
+             timeout: float | None = None) -> bool:
     """Evaluate a condition: a boolean, a template (``"{{ x > 1 }}"``) or a bare expression
     (``"x > 1"``); the strings ``"false"``, ``"no"``, ``"0"``, ``""`` are false.
 
@@ -260,7 +592,7 @@ def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where:
     if isinstance(condition, bool):
         return condition
     text = condition if has_template(condition) else "{{ " + condition + " }}"
-    result = render_value(text, context, where=where)
+    result = render_value(text, context, where=where, timeout=timeout)
     if isinstance(result, str):
         return result.strip().lower() not in ("", "false", "no", "0", "none", "null")
     return bool(result)

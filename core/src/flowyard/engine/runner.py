@@ -704,7 +704,8 @@ class Run:
         res.started_at = time.time()
         try:
             if step.when is not None and not evaluate(step.when, context,
-                                                      where=f"step {step.id!r}, field when"):
+                                                      where=f"step {step.id!r}, field when",
+                                                      timeout=_time_left(step.timeout)):
                 res.status = "skipped"
                 res.reason = "condition false"
                 res.finished_at = res.started_at
@@ -776,7 +777,7 @@ class Run:
 
     async def _fan_out(self, state: _State, context: dict[str, Any]) -> list[Any]:
         step = state.step
-        items = state.for_each.render(context)
+        items = state.for_each.render(context, timeout=_time_left(step.timeout))
         if isinstance(items, tuple):
             items = list(items)
         if not isinstance(items, list):
@@ -833,7 +834,8 @@ class Run:
             previous = output
             state.result.iterations = n
             if evaluate(step.until, self._context(output=output, iteration=n),
-                        where=f"step {step.id!r}, field until"):
+                        where=f"step {step.id!r}, field until",
+                        timeout=_time_left(step.timeout)):
                 met = True
                 break
         if not met:
@@ -931,7 +933,7 @@ class Run:
                               workflow_source=self.workflow.source,
                               budget=self._budget_chain(state))
             try:
-                arguments = state.with_.render(context)
+                arguments = state.with_.render(context, timeout=_time_left(step.timeout))
                 if step.timeout is not None:
                     with anyio.move_on_after(step.timeout) as scope:
                         output = await self._dispatch(step, arguments, ctx)
@@ -986,6 +988,16 @@ class Run:
             arguments = {**arguments, **{k: step.with_[k] for k in raw if k in step.with_}}
         action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
         return await self._executor(step.executor).execute(action, step_id=step.id)
+
+
+def _time_left(step_timeout: float | None) -> float | None:
+    """Return the seconds a template render may take: at most the step's ``timeout`` and what
+    is left before the enclosing deadline (the run's ``timeout``); None when there is neither.
+    """
+    left = anyio.current_effective_deadline() - anyio.current_time()
+    if step_timeout is not None:
+        left = min(left, step_timeout)
+    return None if math.isinf(left) else left
 
 
 def _finish_attempt(record: StepAttempt, usage: _Usage) -> None:
