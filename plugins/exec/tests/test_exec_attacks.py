@@ -21,7 +21,7 @@ ISOLATIONS = [
     # RLIMIT_NPROC is enforced by the kernel.
     pytest.param({"isolation": "none"}, id="none"),
     # No bubblewrap: Landlock confines the files, the account and the limits do the rest.
-    pytest.param({"bwrap": "/nonexistent/bwrap"}, id="landlock"),
+    pytest.param({"bwrap": "/nonexistent/bwrap", "isolation": "landlock"}, id="landlock"),
 ]
 
 

@@ -28,11 +28,15 @@ def test_check_reports_a_working_sandbox(flowyard_home: Any) -> None:
 def test_check_names_the_fallbacks_without_bubblewrap(flowyard_home: Any,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWYARD_EXEC__BWRAP", "/nonexistent/bwrap")
+    refused = CliRunner().invoke(cli, ["sandbox", "check"])
+    assert refused.exit_code == 1, refused.output
+    assert "isolation:  auto (calls will be refused)" in refused.output
+    monkeypatch.setenv("FLOWYARD_EXEC__ISOLATION", "landlock")
     result = CliRunner().invoke(cli, ["sandbox", "check"])
     assert result.exit_code == 1, result.output
     assert "NOT usable: bubblewrap not found at /nonexistent/bwrap" in result.output
     assert "landlock:   usable" in result.output
-    assert "isolation:  auto (calls run with: landlock)" in result.output
+    assert "isolation:  landlock (calls run with: landlock)" in result.output
     assert "python:     /" in result.output
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.anyio
 
 NOBODY = 65534
 # bubblewrap disabled by configuration; "PATH without bwrap" is the `no_bwrap_on_path` fixture.
-NO_BWRAP = {"bwrap": "/nonexistent/bin/bwrap"}
+NO_BWRAP = {"bwrap": "/nonexistent/bin/bwrap", "isolation": "landlock"}
 
 
 @pytest.fixture(autouse=True)
@@ -139,15 +139,21 @@ def tools(**section: Any) -> tuple[ShellRunTool, PythonRunTool]:
 @pytest.mark.parametrize("without", ["path", "config"])
 async def test_defaults_work_as_root_without_bubblewrap(
         request: pytest.FixtureRequest, tool_context: Any, without: str) -> None:
-    """The issue: as root, no bubblewrap, an interpreter nobody cannot execute. With the
-    default configuration both tools work, as nobody, confined by Landlock, and the result
-    says so; the interpreter switch is logged."""
+    """The issue: as root, no bubblewrap, an interpreter nobody cannot execute. The default
+    configuration refuses (fail closed, saying how to install bubblewrap and how to opt out);
+    with the explicit opt-out ``isolation = "landlock"`` both tools work, as nobody, confined
+    by Landlock, and the result says so; the interpreter switch is logged."""
     if without == "path":
         request.getfixturevalue("no_bwrap_on_path")
-        shell, python = tools()
+        refused, _ = tools()
+        shell, python = tools(isolation="landlock")
         assert shell.settings.bwrap is None
     else:
+        refused, _ = tools(bwrap=NO_BWRAP["bwrap"])
         shell, python = tools(**NO_BWRAP)
+    with pytest.raises(ToolError, match=r"refusing to run unsandboxed.*apt-get install "
+                                        r"bubblewrap.*isolation = \"landlock\""):
+        await refused.invoke({"command": ["echo", "hi"]}, tool_context)
     messages, unsubscribe = collect_logs(tool_context)
     try:
         echoed = await shell.invoke({"command": ["echo", "hi"]}, tool_context)
@@ -158,7 +164,7 @@ async def test_defaults_work_as_root_without_bubblewrap(
     assert printed["stdout"] == "2\n" and printed["result"] is None
     for result in (echoed, printed):
         assert result["user"] == "nobody" and result["isolation"] == "landlock"
-    assert any("running without bubblewrap" in m and "Landlock" in m for m in messages)
+    assert any("runs unsandboxed with isolation landlock" in m for m in messages)
     assert nobody_can_run(printed["python"])
     if not nobody_can_run(sys.executable):
         # This machine: flowyard's interpreter lives under /root (pyenv), like the issue's.

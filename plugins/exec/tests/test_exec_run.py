@@ -157,29 +157,33 @@ async def test_required_isolation_refuses_without_bubblewrap(make_tools: Any, to
 
 
 async def test_a_call_or_step_can_require_isolation_but_not_weaken_it(
-        make_tools: Any, tool_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    shell, _ = make_tools(bwrap="/nonexistent/bin/bwrap", user="")
+        make_tools: Any, tool_context: Any, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ToolError, match=r"/nonexistent/bin/bwrap; refusing to run unsandboxed"):
+        await make_tools(bwrap="/nonexistent/bin/bwrap", user="")[0].invoke(
+            {"command": ["true"]}, tool_context)
+    shell, _ = make_tools(bwrap="/nonexistent/bin/bwrap", user="", isolation="landlock")
     logs: list[Any] = []
     unsubscribe = tool_context.stack.events.subscribe(
         lambda event: logs.append(event) if event.type == "log" else None, name="test-logs")
-    auto = await shell.invoke({"command": ["true"]}, tool_context)
-    assert auto["isolation"] == "landlock"
-    assert any("running without bubblewrap" in e.data["message"] and
-               "/nonexistent/bin/bwrap" in e.data["message"] and
-               "confined by Landlock" in e.data["message"] and
-               e.data["level"] == "warning" for e in logs), "the fallback is logged"
+    capfd.readouterr()
+    confined = await shell.invoke({"command": ["true"]}, tool_context)
+    assert confined["isolation"] == "landlock"
+    assert "runs unsandboxed with isolation landlock" in capfd.readouterr().err
+    assert any("runs unsandboxed with isolation landlock" in e.data["message"] and
+               e.data["level"] == "warning" for e in logs), "the weaker level is logged too"
 
     async def no_landlock(settings: Any) -> tuple[bool, str]:
         return False, "Landlock is not enabled in this kernel (test)"
 
     monkeypatch.setattr(flowyard_exec.sandbox, "probe_landlock", no_landlock)
-    logs.clear()
-    bare = await shell.invoke({"command": ["true"]}, tool_context)
+    with pytest.raises(ToolError, match=r"Landlock is unavailable: Landlock is not enabled.*"
+                                        r"refusing to run unconfined"):
+        await shell.invoke({"command": ["true"]}, tool_context)
+    bare_shell, _ = make_tools(bwrap="/nonexistent/bin/bwrap", user="", isolation="none")
+    bare = await bare_shell.invoke({"command": ["true"]}, tool_context)
     unsubscribe()
     assert bare["isolation"] == "none"
-    assert any("running without a sandbox" in e.data["message"] and
-               "Landlock is unavailable too: Landlock is not enabled" in e.data["message"]
-               for e in logs), "the fallback to nothing is logged with both reasons"
     with pytest.raises(ToolError, match=r"isolation is required"):
         await shell.invoke({"command": ["true"], "isolation": "required"}, tool_context)
     step = tool_context.child(extras={"isolation": "required"})

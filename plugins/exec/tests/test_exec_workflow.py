@@ -45,7 +45,8 @@ async def test_a_refused_step_fails_the_run_with_the_reason(flowyard_home: Any) 
     stack = Stack(plugins=[("exec", flowyard_exec.plugin)],
                   config={"storage": {"url": "memory://"},
                           # no bubblewrap; run the harmless first step as the current user
-                          "exec": {"bwrap": "/nonexistent/bwrap", "user": ""}})
+                          "exec": {"bwrap": "/nonexistent/bwrap", "user": "",
+                                   "isolation": "landlock"}})
     async with stack:
         result = await stack.run(WORKFLOW, {"numbers": [1]})
     assert result.status == "failed"

@@ -8,19 +8,24 @@ The *launcher* is a few lines of Python run by flowyard's own interpreter in the
 the sandbox when there is one): it applies the ``setrlimit`` limits, drops to the configured
 user when flowyard runs as root, changes to the work directory, confines the process with
 Landlock when that is the isolation level, and ``exec``\ s the command. A wall-clock timeout
-kills the child's whole process group with SIGKILL; in the sandbox the command is PID 1's
+kills the child's whole process tree with SIGKILL; in the sandbox the command is PID 1's
 child in a new PID namespace and bubblewrap runs with ``--die-with-parent``, so killing
 bubblewrap ends every process of the sandbox, including ones that started their own session.
+Outside bubblewrap the launcher forks the command and stays as a child subreaper
+(``PR_SET_CHILD_SUBREAPER``): orphans (``setsid``, double forks) are re-parented to it, and
+it kills them all when the command ends; flowyard sweeps the tree below it on a timeout.
 
 Isolation levels of a call (``ProcessOutcome.isolation``):
 
 - ``bubblewrap``: new namespaces, the system and the interpreter bound read-only, the work
   directory the only writable host path, no network.
-- ``landlock``: no bubblewrap, but the kernel's Landlock LSM (Linux >= 5.13) confines the
+- ``landlock`` (only when chosen explicitly): no bubblewrap, but the kernel's Landlock LSM (Linux >= 5.13) confines the
   process and its children: writes only beneath the work directory (and to ``/dev/null``),
   reads only the same paths bubblewrap would bind. The network and the host's process list
   stay visible.
-- ``none``: the limits and the account only.
+- ``none`` (only when chosen explicitly): the limits and the account only.
+
+``auto`` never falls back: without a working bubblewrap a call is refused.
 """
 
 from __future__ import annotations
@@ -55,9 +60,17 @@ __all__ = [
     "strictest_isolation",
 ]
 
-#: Isolation requests, weakest first. ``auto``: bubblewrap when it works, else Landlock when
-#: it works, else none; ``required``: bubblewrap or refuse; ``none``: never sandbox.
-ISOLATION_LEVELS = ("none", "auto", "required")
+#: Isolation requests, weakest first. ``auto`` (the default) and ``required``: bubblewrap or
+#: refuse (fail closed); ``landlock``: Landlock confinement or refuse, an explicit opt-out of
+#: bubblewrap; ``none``: never sandbox, an explicit opt-out of every sandbox.
+ISOLATION_LEVELS = ("none", "landlock", "auto", "required")
+
+#: How to get a sandbox, or to opt out of it explicitly: the end of every refusal.
+INSTALL_HINT = ("install bubblewrap (`apt-get install bubblewrap`; the project's "
+                "scripts/system-deps.sh does it where it can), or opt out explicitly with "
+                "[exec] isolation = \"landlock\" (Landlock: writes confined to the work "
+                "directory, host network and process list shared) or [exec] isolation = "
+                "\"none\" (no sandbox at all)")
 
 #: What a call actually ran under, strongest first (the ``isolation`` field of results).
 ISOLATION_RESULTS = ("bubblewrap", "landlock", "none")
@@ -68,15 +81,16 @@ LAUNCHER_PYTHON = sys.executable
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # The launcher runs as ``python -I -S -c _LAUNCHER <cwd> <uid> <gid> <limits> <env names>
-# <confine> [<readable path>...] -- <argv...>`` (uid/gid "-" keeps the account; limits
-# "RLIMIT_CPU=60,..."; env names comma-separated; confine "landlock" or "-"; the readable
-# paths are what Landlock lets the command read). It avoids importing json: that alone
+# <confine> <reap> [<readable path>...] -- <argv...>`` (uid/gid "-" keeps the account; limits
+# "RLIMIT_CPU=60,..."; env names comma-separated; confine "landlock" or "-"; reap "reap" to
+# fork the command under a subreaper that kills every process it leaves behind, or "-" to
+# exec it directly; the readable paths are what Landlock lets the command read). It avoids importing json: that alone
 # doubles the interpreter's start-up.
 _LAUNCHER = r"""
 import os, resource, sys
 import warnings  # os.execvp imports it lazily: load it before dropping privileges
-cwd, uid, gid, limits, names, confine = sys.argv[1:7]
-rest = sys.argv[7:]
+cwd, uid, gid, limits, names, confine, reap = sys.argv[1:8]
+rest = sys.argv[8:]
 cut = rest.index("--")
 readable, argv = rest[:cut], rest[cut + 1:]
 
@@ -148,6 +162,52 @@ if confine == "landlock":
             raise OSError(error, "prctl(PR_SET_NO_NEW_PRIVS): %s" % (os.strerror(error),))
         syscall(446, ctypes.c_int(ruleset), ctypes.c_uint32(0))
         os.close(ruleset)
+
+if reap == "reap":
+    # Outside bubblewrap there is no PID namespace to tear down: the launcher stays as the
+    # command's parent, with flowyard's account (root when flowyard is root, so the command,
+    # run as another account, cannot signal it), as a child subreaper so every orphan of the
+    # command (setsid, double fork) is re-parented to it, and ends all of them when the
+    # command ends.
+    import ctypes, signal
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        fail("prctl(PR_SET_CHILD_SUBREAPER): %s" % (os.strerror(ctypes.get_errno()),))
+    child = os.fork()
+    if child:
+        me = os.getpid()
+
+        def orphans():
+            found = []
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open("/proc/%s/stat" % entry, "rb") as fh:
+                            ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+                    except (OSError, IndexError, ValueError):
+                        continue
+                    if ppid == me:
+                        found.append(int(entry))
+            return found
+
+        status = os.waitpid(child, 0)[1]
+        while True:
+            for pid in orphans():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    import time
+                    time.sleep(0.005)
+            except ChildProcessError:
+                break  # no child left at all
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(me, number)
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 126)
 
 try:
     for item in limits.split(","):
@@ -263,11 +323,13 @@ class ExecSettings:
     """The ``[exec]`` configuration section, validated.
 
     Args:
-        isolation: ``"auto"`` (default: bubblewrap, else Landlock, else none),
-            ``"required"`` (bubblewrap or refuse) or ``"none"``; a call may ask for a stricter
-            level, never a weaker one.
+        isolation: ``"auto"`` (default) or ``"required"``: bubblewrap or refuse;
+            ``"landlock"``: Landlock or refuse (explicit opt-out of bubblewrap); ``"none"``:
+            no sandbox (explicit opt-out). A call may ask for a stricter level, never a
+            weaker one.
         bwrap: path of the bubblewrap binary (default: ``bwrap`` on ``PATH``; None when absent).
-        network: keep the network inside the sandbox (default False: ``--unshare-net``).
+        network: allow calls to ask for the host's network with ``network: true`` (default
+            False: every call gets ``--unshare-net``; with True, only calls that ask).
         timeout: default wall-clock timeout in seconds (30); max_timeout: the largest a call may
             ask for (600).
         cpu_seconds: RLIMIT_CPU in CPU seconds (60).
@@ -285,8 +347,9 @@ class ExecSettings:
             directory per call, deleted afterwards).
         temp_root: where per-call temporary directories are created (system default).
         allow_shell: allow ``shell.run`` to take a shell string (with ``shell: true``).
-        allowed_commands: when non-empty, the program names (basename of argv[0]) shell.run
-            may start.
+        allowed_commands: when non-empty, the programs shell.run may start: names looked up
+            on flowyard's ``PATH`` or absolute paths, compared by real path with the real path
+            of the program a call names (a symlink named like an allowed program is refused).
         python: candidate interpreters for ``python.run``, in order; each call uses the first
             one the account the code runs as can execute (probed once per process). A single
             path (a string in the configuration) is used as it is. Default:
@@ -516,10 +579,11 @@ def readonly_paths(settings: ExecSettings, interpreters: Sequence[str] = (),
 
 
 def bubblewrap_args(settings: ExecSettings, work_dir: str, *, interpreters: Sequence[str] = (),
-                    extra_ro: Sequence[str] = ()) -> list[str]:
+                    extra_ro: Sequence[str] = (), network: bool = False) -> list[str]:
     """Return the bubblewrap command line (up to and including ``--``) for one call.
 
-    Namespaces: PID, IPC, UTS, cgroup, network (unless ``network`` is set), and a user
+    Namespaces: PID, IPC, UTS, cgroup, network (unless ``network``: the call asked for it and
+    ``[exec] network`` allows it), and a user
     namespace when flowyard is not root. The system directories and
     :func:`readonly_paths` (the interpreters' prefixes, ``ro_binds``, ``extra_ro``) are bound
     read-only, ``/tmp`` is a private tmpfs, ``work_dir`` the only writable host directory.
@@ -535,7 +599,7 @@ def bubblewrap_args(settings: ExecSettings, work_dir: str, *, interpreters: Sequ
     assert settings.bwrap is not None
     args = [settings.bwrap, "--die-with-parent", "--new-session", "--unshare-pid",
             "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
-    if not settings.network:
+    if not network:
         args.append("--unshare-net")
     if os.geteuid() != 0:
         args.append("--unshare-user")
@@ -604,7 +668,7 @@ async def probe_bubblewrap(settings: ExecSettings) -> tuple[bool, str]:
         return False, "bubblewrap (bwrap) is not installed"
     if not (os.path.isfile(settings.bwrap) and os.access(settings.bwrap, os.X_OK)):
         return False, f"bubblewrap not found at {settings.bwrap}"
-    key = ("bubblewrap", settings.bwrap, os.geteuid(), LAUNCHER_PYTHON, settings.network)
+    key = ("bubblewrap", settings.bwrap, os.geteuid(), LAUNCHER_PYTHON)
     if key in _PROBES:
         return _PROBES[key]
     work = tempfile.mkdtemp(prefix="flowyard-exec-probe-")
@@ -653,11 +717,13 @@ def _landlock_readable(settings: ExecSettings, interpreters: Sequence[str] = (),
 
 def _launcher_argv(settings: ExecSettings, cwd: str, account: tuple[int, int] | None,
                    argv: Sequence[str], env_names: Sequence[str] = ("PATH",), *,
-                   confine: str = "-", readable: Sequence[str] = ()) -> list[str]:
+                   confine: str = "-", readable: Sequence[str] = (), reap: bool = False
+                   ) -> list[str]:
     uid, gid = (str(account[0]), str(account[1])) if account is not None else ("-", "-")
     limits = ",".join(f"{name}={value}" for name, value in settings.limits().items())
     return [LAUNCHER_PYTHON, "-I", "-S", "-c", _LAUNCHER, cwd, uid, gid, limits,
-            ",".join(sorted(env_names)), confine, *readable, "--", *argv]
+            ",".join(sorted(env_names)), confine, "reap" if reap else "-", *readable, "--",
+            *argv]
 
 
 # ----------------------------------------------------------------------------- running
@@ -668,6 +734,62 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _descendants(root: int) -> tuple[list[int], int]:
+    """PIDs of every live process below ``root`` (by the parent PIDs in ``/proc/*/stat``) and
+    of every process in ``root``'s session or process group, ``root`` excluded; and the number
+    of dead ones (zombies) among them not yet reaped.
+    """
+    parents: dict[int, list[int]] = {}
+    found: set[int] = set()
+    zombies: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        pid, ppid, pgrp, session = int(entry), int(fields[1]), int(fields[2]), int(fields[3])
+        if fields[0] == b"Z":
+            zombies.add(pid)  # dead, waiting to be reaped
+        parents.setdefault(ppid, []).append(pid)
+        if root in (pgrp, session) and pid != root:
+            found.add(pid)
+    pending = [root]
+    while pending:
+        for child in parents.get(pending.pop(), ()):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    found.discard(root)
+    return sorted(found - zombies), len(found & zombies)
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill (SIGKILL) every process below the launcher ``pid`` and its process group, the
+    launcher last: it is a child subreaper (outside bubblewrap), so orphans of the processes
+    killed first are re-parented to it and found by the next round; inside bubblewrap,
+    killing it ends the sandbox's PID namespace.
+    """
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        victims, dead = _descendants(pid)
+        if not victims and not dead:
+            break
+        # Killed processes stay counted (RLIMIT_NPROC) until reaped: give the launcher, their
+        # subreaper, time to reap them rather than orphaning them to init by killing it now.
+        time.sleep(0.002)
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                pass  # not ours to kill (another account's process that reused the PID)
+    _kill_group(pid)
 
 
 async def _drain(stream: Any, buffer: bytearray, cap: int, flags: dict[str, bool], key: str
@@ -762,34 +884,59 @@ class Sandbox:
 
         Args:
             requested: the call's (or step's) level, None when it asks for nothing.
-            warn: called with a message when ``auto`` falls back from bubblewrap (to Landlock
-                or to nothing), saying why.
+            warn: unused, kept for callers of earlier versions (nothing falls back silently
+                any more: a weaker level is chosen explicitly and announced by
+                :meth:`announce`).
+
+        Returns:
+            ``"bubblewrap"`` for ``auto``/``required``; ``"landlock"`` or ``"none"`` only
+            when that level is chosen explicitly (configuration or call).
 
         Raises:
-            ToolError: isolation is required (by config or call) and bubblewrap is missing or
-                cannot create namespaces here; the message says why.
+            ToolError: ``auto``/``required`` and bubblewrap is missing or cannot create
+                namespaces here, or ``landlock`` and Landlock is unavailable; the message
+                says why, how to install bubblewrap and how to opt out explicitly.
         """
         level = strictest_isolation(self.settings.isolation, requested)
         if level == "none":
             return "none"
+        if level == "landlock":
+            confined, why_not = await probe_landlock(self.settings)
+            if not confined:
+                raise ToolError(f"isolation landlock was chosen but Landlock is unavailable: "
+                                f"{why_not}; refusing to run unconfined: {INSTALL_HINT}")
+            return "landlock"
         usable, reason = await probe_bubblewrap(self.settings)
         if usable:
             return "bubblewrap"
-        if level == "required":
-            raise ToolError(f"isolation is required but unavailable: {reason}; refusing to run "
-                            f"unsandboxed")
-        confined, why_not = await probe_landlock(self.settings)
-        if confined:
-            if warn is not None:
-                warn(f"running without bubblewrap (isolation auto): {reason}; confined by "
-                     f"Landlock instead (writes only in the work directory, reads only the "
-                     f"system and the interpreter; the network and the host's process list "
-                     f"stay visible)")
-            return "landlock"
-        if warn is not None:
-            warn(f"running without a sandbox (isolation auto): {reason}; Landlock is "
-                 f"unavailable too: {why_not}")
-        return "none"
+        raise ToolError(f"isolation is required but unavailable (isolation {level}, no "
+                        f"sandbox): {reason}; refusing to run unsandboxed: {INSTALL_HINT}")
+
+    def announce(self, tool: str, isolation: str) -> str | None:
+        """Say on flowyard's standard error, for one call, that it runs with less than the
+        bubblewrap sandbox (one line, every call, not only in the run's log).
+
+        Args:
+            tool: the tool's name, e.g. ``"shell.run"``.
+            isolation: the call's level from :meth:`resolve_isolation`.
+
+        Returns:
+            The line written, or None for ``"bubblewrap"`` (nothing is written).
+        """
+        if isolation == "bubblewrap":
+            return None
+        what = {
+            "landlock": "Landlock only: writes confined to the work directory, but the host's "
+                        "network and process list are reachable",
+            "none": "NO sandbox: the command sees everything its account can read and write, "
+                    "and the network",
+        }[isolation]
+        line = (f"flowyard-exec: warning: {tool} runs unsandboxed with isolation {isolation} "
+                f"([exec] isolation = {self.settings.isolation!r}; {what}); install "
+                f"bubblewrap and use isolation \"auto\" for the sandbox")
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        return line
 
     async def resolve_python(self, isolation: str, warn: Callable[[str], None] | None = None
                              ) -> PythonChoice:
@@ -890,6 +1037,7 @@ class Sandbox:
         stdin: bytes | None = None,
         extra_ro: Sequence[str] = (),
         interpreters: Sequence[str] = (),
+        network: bool = False,
     ) -> ProcessOutcome:
         """Run ``argv`` in ``work_dir`` and collect its outcome.
 
@@ -908,6 +1056,13 @@ class Sandbox:
             extra_ro: more host paths visible read-only in the sandbox.
             interpreters: interpreters the command starts, whose prefixes are made visible
                 (bound in bubblewrap, readable under Landlock).
+            network: share the host's network with the bubblewrap sandbox (default False:
+                ``--unshare-net``, only a loopback of its own). Landlock and none never
+                isolate the network.
+
+        Every process the command starts ends with the call, however it detached: in
+        bubblewrap with the sandbox's PID namespace; otherwise the launcher is a child
+        subreaper that kills the orphans, and flowyard sweeps the process tree below it.
 
         Raises:
             ToolError: the process could not be started; an ``ro_binds`` path is missing.
@@ -921,11 +1076,12 @@ class Sandbox:
             inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env),
                                    confine="landlock",
                                    readable=_landlock_readable(self.settings, interpreters,
-                                                               extra_ro))
+                                                               extra_ro), reap=True)
         else:
-            inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env))
+            inner = _launcher_argv(self.settings, work_dir, account, argv, list(child_env),
+                                   reap=isolation == "none")
         full = ([*bubblewrap_args(self.settings, work_dir, interpreters=interpreters,
-                                  extra_ro=extra_ro), *inner]
+                                  extra_ro=extra_ro, network=network), *inner]
                 if isolation == "bubblewrap" else inner)
         cap = self.settings.max_output_bytes
         out, err = bytearray(), bytearray()
@@ -967,15 +1123,15 @@ class Sandbox:
                 with anyio.move_on_after(timeout) as scope:
                     await process.wait()
                 timed_out = scope.cancelled_caught
-                # Whatever is left of the group (background children) does not outlive the call.
-                _kill_group(process.pid)
+                # Whatever is left (background children, setsid daemons) does not outlive the call.
+                _kill_tree(process.pid)
                 await process.wait()
                 with anyio.move_on_after(2.0):
                     await drained.wait()
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                _kill_group(process.pid)
+                _kill_tree(process.pid)
                 await process.aclose()
         code = process.returncode
         return ProcessOutcome(

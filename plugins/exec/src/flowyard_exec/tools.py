@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,10 +22,12 @@ _COMMON: dict[str, Any] = {
                 "description": "Wall-clock limit in seconds; the whole process group is killed "
                                "when it passes (default from [exec] timeout)."},
     "isolation": {"enum": list(ISOLATION_LEVELS),
-                  "description": "auto: the bubblewrap sandbox when it works, else Landlock "
-                                 "confinement when the kernel has it; required: refuse to run "
-                                 "without the bubblewrap sandbox; none: no sandbox. A call can "
-                                 "only make the configured level stricter."},
+                  "description": "auto and required: the bubblewrap sandbox, or refuse; "
+                                 "landlock: Landlock confinement only; none: no sandbox. A "
+                                 "call can only make the configured level stricter."},
+    "network": {"type": "boolean", "default": False,
+                "description": "Give the sandbox the host's network (needs [exec] network = "
+                               "true); without it the sandbox has no network."},
     "env": {"type": "object", "additionalProperties": {"type": "string"},
             "description": "Extra environment variables (the rest is scrubbed)."},
 }
@@ -42,6 +45,15 @@ def _requested_isolation(arguments: Mapping[str, Any], context: ToolContext) -> 
                                   > ISOLATION_LEVELS.index(chosen)):
             chosen = level
     return chosen
+
+
+def _announce(tool: _ExecTool, isolation: str, context: ToolContext) -> None:
+    """Write the one-line warning of a call without the bubblewrap sandbox to standard error
+    and to the run's log (nothing for ``bubblewrap``).
+    """
+    line = tool.sandbox.announce(tool.name, isolation)
+    if line is not None:
+        context.log(line, level="warning")
 
 
 def _tail(text: str, size: int = 2000) -> str:
@@ -67,6 +79,21 @@ class _ExecTool(BaseTool):
             ConfigError: the section is invalid.
         """
         return cls(ExecSettings.from_section(config.section("exec")))
+
+    def _network(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether the call gets the host's network (``network: true``, only when ``[exec]
+        network = true`` allows it).
+
+        Raises:
+            ToolInputError: the call asks for the network and the configuration does not allow
+                it.
+        """
+        if not arguments.get("network", False):
+            return False
+        if not self.settings.network:
+            raise ToolInputError(f"{self.name}: network: true needs [exec] network = true",
+                                 tool=self.name)
+        return True
 
     def _cleanup(self, path: str, temporary: bool, context: ToolContext) -> None:
         if temporary:
@@ -144,25 +171,55 @@ class ShellRunTool(_ExecTool):
             if "\0" in part:
                 raise ToolInputError(f"shell.run: command[{index}] contains a NUL byte",
                                      tool=self.name)
-        allowed = self.settings.allowed_commands
-        if allowed and os.path.basename(argv[0]) not in allowed:
-            raise ToolInputError(f"shell.run: program {argv[0]!r} is not in [exec] "
-                                 f"allowed_commands {list(allowed)}", tool=self.name)
         return argv
+
+    def _allowed_program(self, argv: list[str], env: Mapping[str, str] | None) -> list[str]:
+        """Check ``argv[0]`` against ``[exec] allowed_commands`` by real path and return the
+        argv to run, its program replaced by that real path (so nothing is looked up again
+        in the child). Allowed names are resolved on flowyard's ``PATH``, the program on the
+        child's; a symlink named like an allowed program resolves to what it points at.
+
+        Raises:
+            ToolInputError: the program is not found, or its real path is not the real path
+                of an allowed command.
+        """
+        allowed = self.settings.allowed_commands
+        if not allowed:
+            return argv
+        own_path = self.sandbox.environment(None, "/")["PATH"]
+        real_allowed = set()
+        for entry in allowed:
+            found = entry if os.path.isabs(entry) else shutil.which(entry, path=own_path)
+            if found is not None and os.path.exists(found):
+                real_allowed.add(os.path.realpath(found))
+        program = argv[0]
+        if "/" in program:
+            found = program if os.path.isabs(program) else None
+        else:
+            found = shutil.which(program, path=self.sandbox.environment(env, "/")["PATH"])
+        real = os.path.realpath(found) if found is not None else None
+        if real is None or real not in real_allowed:
+            shown = f" (real path {real})" if real is not None and real != program else ""
+            raise ToolInputError(f"shell.run: program {program!r}{shown} is not in [exec] "
+                                 f"allowed_commands {list(allowed)} (compared by real path; "
+                                 f"relative paths are refused)", tool=self.name)
+        return [real, *argv[1:]]
 
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         """Run the command; see the class docstring for arguments, result and errors."""
         argv = self._argv(arguments)
+        program = self._allowed_program(argv, arguments.get("env"))
+        network = self._network(arguments)
         timeout = self.sandbox.clamp_timeout(arguments.get("timeout"))
         isolation = await self.sandbox.resolve_isolation(
-            _requested_isolation(arguments, context),
-            warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
+            _requested_isolation(arguments, context))
+        _announce(self, isolation, context)
         stdin = arguments.get("stdin")
         work_dir, temporary = self.sandbox.make_work_dir()
         try:
             outcome = await self.sandbox.run(
-                argv, work_dir=work_dir, isolation=isolation, timeout=timeout,
-                env=arguments.get("env"),
+                program, work_dir=work_dir, isolation=isolation, timeout=timeout,
+                env=arguments.get("env"), network=network,
                 stdin=stdin.encode("utf-8") if stdin is not None else None)
         finally:
             self._cleanup(work_dir, temporary, context)
@@ -308,10 +365,11 @@ class PythonRunTool(_ExecTool):
         except (TypeError, ValueError) as exc:
             raise ToolInputError(f"python.run: context is not JSON-serialisable: {exc}",
                                  tool=self.name) from exc
+        network = self._network(arguments)
         timeout = self.sandbox.clamp_timeout(arguments.get("timeout"))
         isolation = await self.sandbox.resolve_isolation(
-            _requested_isolation(arguments, context),
-            warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
+            _requested_isolation(arguments, context))
+        _announce(self, isolation, context)
         python = await self.sandbox.resolve_python(
             isolation,
             warn=lambda message: context.log(f"{self.name}: {message}", level="warning"))
@@ -327,7 +385,7 @@ class PythonRunTool(_ExecTool):
             argv = [python.path, "-I", "-c", _RUNNER, script_path, context_path, result_path]
             outcome = await self.sandbox.run(argv, work_dir=work_dir, isolation=isolation,
                                              timeout=timeout, env=arguments.get("env"),
-                                             interpreters=[python.path])
+                                             interpreters=[python.path], network=network)
             payload = self._read_result(result_path)
         finally:
             if not temporary:
