@@ -217,6 +217,8 @@ class _BoundedLoader(yaml.SafeLoader):
         if self.nodes > self.limits.max_nodes:
             raise self._limit(f"more than {self.limits.max_nodes} values "
                               "(workflows.max_nodes)", event.start_mark)
+        if not isinstance(event, yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)  # a scalar nests nothing
         self.depth += 1
         try:
             if self.depth > self.limits.max_depth:
@@ -289,7 +291,14 @@ class _Walker:
                                column=mark.column + 1)
 
     def _scalar(self, node: Any, path: str) -> Any:
-        value = self.loader.construct_object(node, deep=True)
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            # PyYAML's scalar constructors raise these for values their tag cannot hold
+            # (``2001-02-30``, ``!!int abc``, ``!!bool maybe``, ``0x_``)
+            raise WorkflowValidationError([self._issue(
+                f"invalid YAML: {node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]} "
+                f"({type(exc).__name__}: {exc})", node, path)]) from None
         if self.check_surrogates and isinstance(value, str) and _is_lone_surrogate_text(value):
             raise WorkflowValidationError([self._issue(_surrogate_message(value), node, path)])
         return value
@@ -300,10 +309,11 @@ class _Walker:
             raise WorkflowValidationError([self._issue(
                 f"more than {self.limits.max_nodes} values after alias expansion "
                 "(workflows.max_nodes)", node, path)])
-        if depth > self.limits.max_depth:
+        is_collection = isinstance(node, (yaml.MappingNode, yaml.SequenceNode))
+        if is_collection and depth > self.limits.max_depth:
             raise WorkflowValidationError([self._issue(
                 f"nested more than {self.limits.max_depth} levels deep after alias expansion "
-                "(workflows.max_depth)", node, path)])
+                "(workflows.max_depth)", node, path if len(path) <= 80 else path[:77] + "...")])
         mark = node.start_mark
         self.loc.positions.setdefault(path, (mark.line + 1, mark.column + 1))
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
@@ -356,8 +366,9 @@ def parse_yaml(text: str, *, source: str | None = None, limits: ParseLimits | No
     limits = limits or ParseLimits()
     _check_size(text, limits, source)
     locations = Locations(file=source)
-    loader = _BoundedLoader(text, limits, source)
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(text, limits, source)  # the reader checks characters here
         node = loader.get_single_node()
         if node is None:
             if empty is not None:
@@ -378,7 +389,8 @@ def parse_yaml(text: str, *, source: str | None = None, limits: ParseLimits | No
     except yaml.YAMLError as exc:
         raise _fail(f"invalid YAML: {exc}", source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if walker.issues:
         raise WorkflowValidationError(walker.issues)
     return data, locations
