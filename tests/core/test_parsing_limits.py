@@ -19,9 +19,6 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from flowyard.builtin.loader import NativeLoader
 from flowyard.commands.run import parse_inputs
 from flowyard.config import Config
@@ -35,12 +32,15 @@ from flowyard.parsing import (
     read_bounded,
 )
 from flowyard.workflow import definition_hash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 #: A nine-level alias bomb like the report's 306-byte one (341 bytes; 9**9 = 387 420 489
 #: strings once expanded).
 BILLION_LAUGHS = "\n".join(
     ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    + [f"{c}: &{c} [{','.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")])
+    + [f"{c}: &{c} [{','.join(['*' + p] * 9)}]"
+       for p, c in zip("abcdefgh", "bcdefghi", strict=True)])
 
 WORKFLOW = textwrap.dedent("""\
     name: t
@@ -170,7 +170,7 @@ def test_recursive_and_merge_key_bombs_are_bounded() -> None:
     merges = ["a0: &a0 {k: 1}"] + [f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}"
                                    for i in range(1, 40)]
     started = time.monotonic()
-    with pytest.raises(WorkflowValidationError, match="workflows.max_nodes"):
+    with pytest.raises(WorkflowValidationError, match=r"workflows\.max_nodes"):
         parse_text("\n".join(merges), source="-i x")
     assert time.monotonic() - started < 30
 
@@ -286,9 +286,9 @@ def test_non_utf8_file_is_located(tmp_path: Path) -> None:
 
 
 def test_text_workflows_get_the_limits_too() -> None:
-    with pytest.raises(WorkflowValidationError, match="workflows.max_bytes"):
+    with pytest.raises(WorkflowValidationError, match=r"workflows\.max_bytes"):
         NativeLoader(max_bytes=100).load("name: t\n" + "#" * 200 + "\n")
-    with pytest.raises(WorkflowValidationError, match="workflows.max_aliases"):
+    with pytest.raises(WorkflowValidationError, match=r"workflows\.max_aliases"):
         NativeLoader(max_aliases=2).load("name: &n t\ndescription: [*n, *n, *n]\nsteps: []\n")
 
 
