@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flowyard.errors import ToolError
 from flowyard_report.tool import ReportWriteTool, literal_template
 from flowyard_safepath import SafeRoot
 from hypothesis import HealthCheck, given, settings
@@ -115,3 +116,55 @@ def test_arbitrary_data_is_rendered_verbatim(tmp_path: Path, value: str, nested:
     assert text.startswith(f"<{value}>")
     assert json.loads(text[len(value) + 2:]) == nested
 
+
+
+TOWER = "{{ ((((9**64)**64)**64)**64)**64 }}"
+SLOW = ("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}"
+        "{{ f(60) }}")
+
+
+@pytest.mark.parametrize("template", [
+    TOWER, "{{ 2 ** 100000 }}", "{{ 'x' * 100000000 }}",
+    "{% for a in data %}{% for b in data %}{% for c in data %}{% endfor %}{% endfor %}"
+    "{% endfor %}",
+], ids=["tower", "big-exponent", "string-repetition", "nested-loops-over-data"])
+def test_hostile_report_templates_are_refused(tmp_path: Path, template: str) -> None:
+    import time
+
+    tool = ReportWriteTool(SafeRoot(tmp_path, fsync=False), max_range_items=100_000)
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="forbidden operation"):
+        tool.renderer.render(fmt="markdown", data=list(range(1000)), template=template)
+    assert time.monotonic() - started < 5
+
+
+def test_report_render_stops_at_its_time_limit(tmp_path: Path) -> None:
+    import time
+
+    tool = ReportWriteTool(SafeRoot(tmp_path, fsync=False), max_range_items=10**9)
+    started = time.monotonic()
+    with pytest.raises(ToolError, match=r"time limit of 0\.5 s"):
+        tool.renderer.render(fmt="markdown", data=None, template=SLOW, timeout=0.5)
+    assert time.monotonic() - started < 2
+
+
+async def test_a_slow_report_fails_within_the_step_timeout(root_dir: Path) -> None:
+    import time
+
+    workflow = f"""\
+name: slow-report
+timeout: 3
+steps:
+  - id: write
+    uses: report.write
+    timeout: 2
+    with:
+      path: out/slow.md
+      template: "{SLOW}"
+"""
+    started = time.monotonic()
+    result = await _run(root_dir, workflow, {})
+    assert time.monotonic() - started < 5
+    assert result.status == "failed"
+    assert "time limit" in str(result.error)
+    assert not (root_dir / "out" / "slow.md").exists()

@@ -7,9 +7,13 @@ autoescaping for HTML, and three extra limits against templates that try to exha
 or CPU:
 
 * ``*`` on a string/list and ``**`` are checked before they run (result at most
-  ``max_output_chars`` items; exponent at most 4096);
+  ``max_output_chars`` items; integer results of ``**`` and ``*`` at most
+  :data:`MAX_INT_BITS` bits, so ``((9**64)**64)**64`` is refused at once);
 * ``range()`` may produce at most ``max_range_items`` items in total per render (Jinja's own
-  sandbox caps one range at 100,000);
+  sandbox caps one range at 100,000), and loop iterations plus calls plus operators are
+  capped at ``max_range_items`` too;
+* a render stops at its deadline (``timeout``, at most :data:`MAX_RENDER_SECONDS`), checked at
+  every loop iteration, call and operator;
 * the output is rendered in chunks and aborted once it exceeds ``max_output_chars``.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +31,13 @@ from jinja2.exceptions import SecurityError, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-__all__ = ["ReportRenderer", "DEFAULT_TEMPLATES", "FORMATS", "infer_format"]
+__all__ = ["ReportRenderer", "DEFAULT_TEMPLATES", "FORMATS", "infer_format", "MAX_INT_BITS",
+           "MAX_RENDER_SECONDS"]
+
+#: Largest integer ``**`` and ``*`` may compute in a report template, in bits.
+MAX_INT_BITS = 8192
+#: Longest one render may take, in seconds, when no shorter ``timeout`` is given.
+MAX_RENDER_SECONDS = 30.0
 
 FORMATS = ("markdown", "html")
 
@@ -90,12 +101,50 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset(["*", "**"])
 
-    def __init__(self, *, max_output_chars: int, max_range_items: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_output_chars: int, max_range_items: int, timeout: float,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_output_chars = max_output_chars
         self.max_range_items = max_range_items
         self.range_used = 0
+        self.ops = 0
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
         self.globals["range"] = self._range
+        self.filters["_report_iter"] = self._iterate
+
+    def tick(self) -> None:
+        """Count one loop iteration, call or operator; refuse past the limits.
+
+        Raises:
+            SecurityError: more than ``max_range_items`` of them, or the deadline passed.
+        """
+        self.ops += 1
+        if self.ops > self.max_range_items:
+            raise SecurityError(f"the template ran more than {self.max_range_items} loop "
+                                "iterations, calls and operators")
+        if time.monotonic() > self.deadline:
+            raise SecurityError(f"the template did not finish within its time limit of "
+                                f"{self.timeout:g} s")
+
+    def _iterate(self, iterable: Any) -> Any:
+        for item in iterable:
+            self.tick()
+            yield item
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+        from jinja2 import nodes
+
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, "_report_iter", [], [], None, None,
+                                     lineno=loop.lineno)
+        return tree
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Count the call (see :meth:`tick`), then call as the sandbox does."""
+        __self.tick()
+        return super().call(__context, __obj, *args, **kwargs)
 
     def _range(self, *args: int) -> range:
         rng = range(*args)
@@ -106,6 +155,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return rng
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        self.tick()
+        ints = (isinstance(left, int) and isinstance(right, int)
+                and not isinstance(left, bool) and not isinstance(right, bool))
+        if ints and operator == "**" and right > 0 and abs(left) > 1 and (
+                left.bit_length() * right > MAX_INT_BITS + right):
+            raise SecurityError(f"a {left.bit_length()}-bit integer ** {right} would have "
+                                f"more than {MAX_INT_BITS} bits")
+        if ints and operator == "*" and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
+            raise SecurityError(f"the product would have more than {MAX_INT_BITS} bits")
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int) \
@@ -144,7 +202,7 @@ class ReportRenderer:
         self.max_output_chars = max_output_chars
         self.max_range_items = max_range_items
 
-    def _environment(self, fmt: str) -> _Sandbox:
+    def _environment(self, fmt: str, timeout: float) -> _Sandbox:
         from jinja2 import FunctionLoader
 
         def load(name: str) -> tuple[str, str, Callable[[], bool]] | None:
@@ -153,7 +211,7 @@ class ReportRenderer:
             return self.load_template(name), name, lambda: False
 
         env = _Sandbox(max_output_chars=self.max_output_chars,
-                       max_range_items=self.max_range_items,
+                       max_range_items=self.max_range_items, timeout=timeout,
                        loader=FunctionLoader(load), autoescape=fmt == "html",
                        undefined=StrictUndefined, keep_trailing_newline=True,
                        trim_blocks=True, lstrip_blocks=True)
@@ -186,7 +244,8 @@ class ReportRenderer:
         return Markup(f"<pre><code>{escape(text)}</code></pre>")
 
     def render(self, *, fmt: str, data: Any, template: str | None = None,
-               template_path: str | None = None, title: str | None = None) -> str:
+               template_path: str | None = None, title: str | None = None,
+               timeout: float | None = None) -> str:
         """Render a report and return its text.
 
         Args:
@@ -200,6 +259,8 @@ class ReportRenderer:
                 callable given to the renderer (the report tool resolves it inside its
                 root directory); templates it includes or extends load the same way.
             title: available as ``title``.
+            timeout: seconds the render may take (``None`` or more than
+                :data:`MAX_RENDER_SECONDS`: that limit).
 
         Raises:
             ToolInputError: both templates given, an unknown format, or a template syntax
@@ -211,7 +272,9 @@ class ReportRenderer:
             raise ToolInputError(f"unknown report format {fmt!r}; use one of {FORMATS}")
         if template is not None and template_path is not None:
             raise ToolInputError("give either `template` or `template_path`, not both")
-        env = self._environment(fmt)
+        limit = MAX_RENDER_SECONDS if timeout is None else max(0.0, min(timeout,
+                                                                         MAX_RENDER_SECONDS))
+        env = self._environment(fmt, limit)
         where = f"template {template_path!r}" if template_path is not None else "the template"
         try:
             if template_path is not None:
@@ -256,6 +319,8 @@ class ReportRenderer:
                                  f"{exc.lineno}: {exc.message}") from None
         except TemplateNotFound as exc:
             raise ToolError(f"report template {exc.name!r} not found") from None
+        except RecursionError:
+            raise ToolError(f"{where} nests or recurses too deeply") from None
         except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError,
                 AttributeError) as exc:
             raise ToolError(f"{where} failed while rendering: {type(exc).__name__}: {exc}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -92,8 +93,11 @@ class ReportWriteTool(BaseTool):
             raise ToolInputError(f"report template {name!r} is not UTF-8 text (byte "
                                  f"{exc.start})") from None
 
-    def write(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Render and write synchronously; see :meth:`run`."""
+    def write(self, arguments: dict[str, Any], timeout: float | None = None
+              ) -> dict[str, Any]:
+        """Render (within ``timeout`` seconds, see :meth:`ReportRenderer.render`) and write
+        synchronously; see :meth:`run`.
+        """
         path = arguments["path"]
         self.root.parts(path)  # refuse a bad path before rendering anything
         fmt = arguments.get("format") or infer_format(path)
@@ -102,7 +106,7 @@ class ReportWriteTool(BaseTool):
                                     template=(literal_template(template)
                                               if isinstance(template, str) else template),
                                     template_path=arguments.get("template_path"),
-                                    title=arguments.get("title"))
+                                    title=arguments.get("title"), timeout=timeout)
         written = self.root.write_bytes(path, text.encode("utf-8"),
                                         overwrite=arguments.get("overwrite", True))
         return {"path": path, "bytes_written": written, "format": fmt,
@@ -117,11 +121,14 @@ class ReportWriteTool(BaseTool):
 
         Raises:
             ToolInputError: a refused path, both templates given, a template syntax error.
-            ToolError: sandbox violation, undefined variable, output or quota limits, a missing
-                template file; nothing is written then.
+            ToolError: sandbox violation, undefined variable, output, iteration, integer or
+                quota limits, the time left before the step's deadline passed while rendering,
+                a missing template file; nothing is written then.
         """
+        left = anyio.current_effective_deadline() - anyio.current_time()
+        timeout = None if math.isinf(left) else left  # the step's and the run's timeout
         try:
-            return await anyio.to_thread.run_sync(self.write, arguments)
+            return await anyio.to_thread.run_sync(self.write, arguments, timeout)
         except ToolError as exc:
             if exc.tool is None:
                 exc.tool = self.name
