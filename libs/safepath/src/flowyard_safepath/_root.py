@@ -29,7 +29,16 @@ How a path is checked:
    O_NOFOLLOW``) that is renamed over the target only when complete; on any failure the
    temporary file is removed. Appends truncate back to the original size on failure.
    Sizes are checked against a per-file quota and a quota on the total bytes of regular files
-   under the root.
+   under the root; the number of files (every entry that is not a directory) against a
+   file-count quota.
+5. The total and file-count quotas hold across processes: every write, append and copy that
+   a total or file-count quota applies to takes an exclusive advisory lock
+   (``fcntl.flock``) on the root directory's own descriptor, and holds it while it recounts
+   the usage (a descriptor-based walk of the root), writes the temporary file and renames it
+   into place. Two processes (or two :class:`SafeRoot` objects in one process) writing to
+   the same root are therefore serialized and cannot both pass the check. No lock file is
+   created, so nothing extra appears in the root. The lock is advisory: it binds every
+   writer that goes through this class, not other programs writing into the directory.
 
 Known limits: a hard link to an outside file, created by someone with access to both, is
 indistinguishable from a regular file; the root directory itself is trusted.
@@ -44,11 +53,14 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import os
 import secrets
 import stat as stat_mod
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +92,7 @@ class UnsafePathError(ToolInputError):
 
 
 class QuotaExceededError(ToolError):
-    """A write would exceed the per-file or the total size quota of the root."""
+    """A write would exceed the per-file size, the total size or the file-count quota."""
 
 
 class PathNotFoundError(ToolError):
@@ -203,15 +215,23 @@ class SafeRoot:
         create: create the root when missing (else a missing root is a :class:`ToolError`).
         max_file_bytes: per-file size quota in bytes (None: unlimited).
         max_total_bytes: quota on the total bytes of regular files under the root
-            (None: unlimited). Checked before each write and enforced while writing.
+            (None: unlimited). Checked before each write and enforced while writing, under
+            the cross-process lock of the root.
+        max_files: quota on the number of files under the root, counting every entry that is
+            not a directory (regular files, symlinks, special files; None: unlimited).
+            Directories are not counted; their number is bounded by ``max_walk_entries``,
+            beyond which every quota check fails.
         max_read_bytes: largest file :meth:`read_bytes` returns, in bytes (None: unlimited).
         max_name_bytes: longest path component, in bytes of UTF-8.
         max_path_bytes: longest path, in bytes of UTF-8.
         max_walk_entries: most entries a tree walk (glob, usage, directory copy) visits.
         fsync: flush written files to disk before renaming them into place.
+        lock_timeout: seconds a write waits for the cross-process quota lock of the root
+            before failing with a retriable :class:`~flowyard.errors.ToolError`.
 
     Raises:
-        ValueError: a limit is not a positive integer.
+        ValueError: a limit is not a positive integer, or ``lock_timeout`` is not a positive
+            number.
     """
 
     def __init__(
@@ -226,9 +246,12 @@ class SafeRoot:
         max_path_bytes: int = 4096,
         max_walk_entries: int = 200_000,
         fsync: bool = True,
+        max_files: int | None = None,
+        lock_timeout: float = 60.0,
     ) -> None:
         for label, value in (("max_file_bytes", max_file_bytes),
                              ("max_total_bytes", max_total_bytes),
+                             ("max_files", max_files),
                              ("max_read_bytes", max_read_bytes),
                              ("max_name_bytes", max_name_bytes),
                              ("max_path_bytes", max_path_bytes),
@@ -236,10 +259,15 @@ class SafeRoot:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value <= 0):
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) \
+                or not lock_timeout > 0:
+            raise ValueError(f"lock_timeout must be a positive number, got {lock_timeout!r}")
         self.root = Path(os.path.abspath(os.fspath(root)))
         self.create = create
         self.max_file_bytes = max_file_bytes
         self.max_total_bytes = max_total_bytes
+        self.max_files = max_files
+        self.lock_timeout = float(lock_timeout)
         self.max_read_bytes = max_read_bytes
         self.max_name_bytes = max_name_bytes
         self.max_path_bytes = max_path_bytes
@@ -247,6 +275,8 @@ class SafeRoot:
         self.fsync = fsync
         self._real_root: Path | None = None
         self._lock = threading.RLock()
+        self._flock_fd: int | None = None  # the root fd holding the quota lock, when held
+        self._flock_depth = 0
 
     def __repr__(self) -> str:
         return f"SafeRoot({str(self.root)!r})"
@@ -577,14 +607,113 @@ class SafeRoot:
                                 size=st.st_size if kind != "directory" else 0,
                                 modified=st.st_mtime)
 
-    def usage(self) -> int:
-        """Total bytes of regular files under the root (symlinks not followed)."""
+    def _tally(self, *, sizes: bool = True) -> tuple[int, int]:
+        """``(bytes of regular files, number of non-directory entries)`` under the root,
+        never following symlinks; with ``sizes`` false the bytes are not summed (0) and no
+        file is stat'ed (the directory entry's type is enough to count it).
+
+        Raises:
+            ToolError: more than ``max_walk_entries`` entries, or the root cannot be opened.
+        """
         fd = self._open_root()
+        totals = [0, 0, 0]  # bytes, files, entries visited
         try:
-            return sum(st.st_size for _, st, _ in self._iter_tree(fd, [], ".", [0])
-                       if stat_mod.S_ISREG(st.st_mode))
+            self._tally_dir(fd, sizes, totals)
         finally:
             os.close(fd)
+        return totals[0], totals[1]
+
+    def _tally_dir(self, dir_fd: int, sizes: bool, totals: list[int]) -> None:
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        for entry in entries:
+            totals[2] += 1
+            if totals[2] > self.max_walk_entries:
+                raise ToolError(f"'.': more than {self.max_walk_entries} entries; "
+                                "narrow the path or pattern")
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    try:
+                        sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                            continue  # replaced while walking; a link is never followed
+                        raise
+                    try:
+                        self._tally_dir(sub, sizes, totals)
+                    finally:
+                        os.close(sub)
+                    continue
+                if sizes and entry.is_file(follow_symlinks=False):
+                    totals[0] += entry.stat(follow_symlinks=False).st_size
+                totals[1] += 1
+            except FileNotFoundError:
+                continue  # removed while counting: it is not there any more
+
+    def usage(self) -> int:
+        """Total bytes of regular files under the root (symlinks not followed).
+
+        Raises:
+            ToolError: more than ``max_walk_entries`` entries, or the root cannot be opened.
+        """
+        return self._tally()[0]
+
+    def file_count(self) -> int:
+        """Number of files under the root as the ``max_files`` quota counts them: every entry
+        that is not a directory (regular files, symlinks, special files).
+
+        Raises:
+            ToolError: more than ``max_walk_entries`` entries, or the root cannot be opened.
+        """
+        return self._tally()[1]
+
+    # ------------------------------------------------------------------ the quota lock
+
+    @property
+    def _shared_quota(self) -> bool:
+        return self.max_total_bytes is not None or self.max_files is not None
+
+    @contextmanager
+    def _quota_lock(self) -> Iterator[None]:
+        """Hold the thread lock and, when a total or file-count quota is set, an exclusive
+        ``flock`` on the root directory (re-entrant within this object).
+
+        Raises:
+            ToolError: retriable, when another writer holds the lock longer than
+                ``lock_timeout`` seconds; or the root cannot be opened.
+        """
+        with self._lock:
+            if not self._shared_quota:
+                yield
+                return
+            if self._flock_depth == 0:
+                fd = self._open_root()
+                deadline = time.monotonic() + self.lock_timeout
+                try:
+                    while True:
+                        try:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            break
+                        except BlockingIOError:
+                            if time.monotonic() >= deadline:
+                                raise ToolError(
+                                    f"the filesystem root {str(self.root)!r} is busy: another "
+                                    f"writer held its quota lock for more than "
+                                    f"{self.lock_timeout:g} seconds; try again",
+                                    retriable=True) from None
+                            time.sleep(0.005)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._flock_fd = fd
+            self._flock_depth += 1
+            try:
+                yield
+            finally:
+                self._flock_depth -= 1
+                if self._flock_depth == 0 and self._flock_fd is not None:
+                    fd, self._flock_fd = self._flock_fd, None
+                    os.close(fd)  # closing the only descriptor releases the flock
 
     # ------------------------------------------------------------------ reading
 
@@ -656,11 +785,41 @@ class SafeRoot:
 
     # ------------------------------------------------------------------ writing
 
-    def _check_quota(self, path: str, new_size: int, old_size: int) -> None:
+    def _check_files(self, path: str, new_files: int, count: int | None = None) -> None:
+        """Refuse ``new_files`` more files when they would exceed ``max_files`` (call it under
+        :meth:`_quota_lock`); ``count`` is the current number of files when already known.
+
+        Raises:
+            QuotaExceededError: over the file-count quota.
+        """
+        if self.max_files is None or new_files <= 0:
+            return
+        if count is None:
+            count = self._tally(sizes=False)[1]
+        if count + new_files > self.max_files:
+            raise QuotaExceededError(
+                f"{path!r}: creating {new_files} more file(s) would bring the filesystem root "
+                f"to {count + new_files} files; the file-count quota (max_files) is "
+                f"{self.max_files} files ({count} used)")
+
+    def _check_quota(self, path: str, new_size: int, old_size: int, new_files: int = 0
+                     ) -> int | None:
+        """Refuse a file of ``new_size`` bytes replacing ``old_size`` bytes and adding
+        ``new_files`` files; call it under :meth:`_quota_lock`. The file count is checked
+        first with a walk that stats nothing, so a refused file costs no ``stat`` per file.
+
+        Returns:
+            The bytes in use under the root when they were summed for the check, else None.
+
+        Raises:
+            QuotaExceededError: over the per-file, the file-count or the total quota.
+        """
         if self.max_file_bytes is not None and new_size > self.max_file_bytes:
             raise QuotaExceededError(
                 f"{path!r}: {new_size} bytes exceeds the per-file quota of "
                 f"{self.max_file_bytes} bytes")
+        self._check_files(path, new_files)
+        used = None
         if self.max_total_bytes is not None and new_size > old_size:
             used = self.usage()
             if used - old_size + new_size > self.max_total_bytes:
@@ -668,6 +827,7 @@ class SafeRoot:
                     f"{path!r}: writing {new_size} bytes would bring the filesystem root to "
                     f"{used - old_size + new_size} bytes; the total quota is "
                     f"{self.max_total_bytes} bytes ({used} used)")
+        return used
 
     def _existing(self, loc: _Located, path: str) -> os.stat_result | None:
         assert loc.name is not None
@@ -682,9 +842,23 @@ class SafeRoot:
         return st
 
     def _write_temp(self, loc: _Located, path: str, chunks: Iterable[bytes], *,
-                    mode: int, budget: int | None) -> tuple[str, int]:
+                    mode: int, budget: int | None, quota: str | None = None
+                    ) -> tuple[str, int]:
         """Write ``chunks`` to a new temporary file next to the target; return its name and
         size. The temporary file is removed on any failure.
+
+        Args:
+            loc: where the target is.
+            path: the path as the caller gave it, for messages.
+            chunks: the content.
+            mode: permission bits of the new file.
+            budget: most bytes the file may have (None: unlimited).
+            quota: how the budget is named in the error (default "the size quota of
+                <budget> bytes").
+
+        Raises:
+            QuotaExceededError: the content is larger than ``budget`` bytes.
+            ToolError: the OS refuses.
         """
         assert loc.name is not None
         base = loc.name.encode("utf-8")[:100].decode("utf-8", "ignore")
@@ -703,7 +877,8 @@ class SafeRoot:
                     written += len(chunk)
                     if budget is not None and written > budget:
                         raise QuotaExceededError(
-                            f"{path!r}: content exceeds the size quota of {budget} bytes")
+                            f"{path!r}: content exceeds "
+                            f"{quota or f'the size quota of {budget} bytes'}")
                     view = memoryview(chunk)
                     while view:
                         n = os.write(fd, view)
@@ -768,7 +943,7 @@ class SafeRoot:
             ToolError: exists and ``overwrite`` is false, is a directory, or the OS refuses;
                 no partial file is left behind.
         """
-        with self._lock, self._locate(path, create_dirs=make_parents) as loc:
+        with self._quota_lock(), self._locate(path, create_dirs=make_parents) as loc:
             if loc.name is None:
                 raise ToolError(f"{path!r} is a directory; cannot write a file there")
             existing = self._existing(loc, path)
@@ -777,15 +952,26 @@ class SafeRoot:
             old_size = existing.st_size if existing is not None and \
                 stat_mod.S_ISREG(existing.st_mode) else 0
             budget = self.max_file_bytes
+            new_files = 1 if existing is None else 0
+            used = None
             if size_hint is not None:
-                self._check_quota(path, size_hint, old_size)
+                used = self._check_quota(path, size_hint, old_size, new_files)
+            else:
+                self._check_files(path, new_files)
+            quota = None
             if self.max_total_bytes is not None:
-                room = self.max_total_bytes - self.usage() + old_size
-                budget = room if budget is None else min(budget, room)
+                if used is None:
+                    used = self.usage()
+                room = self.max_total_bytes - used + old_size
+                if budget is None or room < budget:
+                    budget = room
+                    quota = (f"the room left by the total quota of {self.max_total_bytes} "
+                             f"bytes ({room} bytes; {used} used)")
             mode = 0o666
             if existing is not None and stat_mod.S_ISREG(existing.st_mode):
                 mode = stat_mod.S_IMODE(existing.st_mode)
-            tmp, written = self._write_temp(loc, path, chunks, mode=mode, budget=budget)
+            tmp, written = self._write_temp(loc, path, chunks, mode=mode, budget=budget,
+                                            quota=quota)
             self._commit(loc, path, tmp, overwrite=overwrite)
             if self.fsync:
                 os.fsync(loc.dir_fd)  # make the rename itself durable
@@ -805,7 +991,7 @@ class SafeRoot:
         Raises:
             UnsafePathError, QuotaExceededError, ToolError: as :meth:`write_stream`.
         """
-        with self._lock, self._locate(path, create_dirs=make_parents) as loc:
+        with self._quota_lock(), self._locate(path, create_dirs=make_parents) as loc:
             if loc.name is None:
                 raise ToolError(f"{path!r} is a directory; cannot append to it")
             existing = self._existing(loc, path)
@@ -815,7 +1001,8 @@ class SafeRoot:
                                       "operation; refusing to append to it")
             if existing is not None and not stat_mod.S_ISREG(existing.st_mode):
                 raise ToolError(f"{path!r} is not a regular file")
-            self._check_quota(path, old_size + len(data), old_size)
+            self._check_quota(path, old_size + len(data), old_size,
+                              1 if existing is None else 0)
             try:
                 fd = os.open(loc.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                              | os.O_NONBLOCK | _O_CLOEXEC, 0o666, dir_fd=loc.dir_fd)
@@ -1023,7 +1210,7 @@ class SafeRoot:
             QuotaExceededError: the copy would exceed a quota.
             ToolError: ``src`` missing, ``dst`` exists without ``overwrite``, or the OS refuses.
         """
-        with self._lock:
+        with self._quota_lock():
             info = self.stat(src)
             if info is None:
                 raise PathNotFoundError(f"{src!r} does not exist")
@@ -1066,6 +1253,13 @@ class SafeRoot:
                 if existing is not None and not overwrite:
                     raise ToolError(f"{dst!r} already exists (pass overwrite: true to replace "
                                     "it)")
+                if self.max_files is not None:
+                    count = sum(1 for _, st, _ in self._iter_tree(src_loc.dir_fd, [], src, [0])
+                                if not stat_mod.S_ISDIR(st.st_mode))
+                    replaced = 0 if existing is None else 1 if not stat_mod.S_ISDIR(
+                        existing.st_mode) else self._count_files_at(dst_loc.dir_fd,
+                                                                    dst_loc.name, dst)
+                    self._check_files(dst, count - replaced)
                 budget: list[int | None] = [None]
                 if self.max_total_bytes is not None:
                     budget[0] = self.max_total_bytes - self.usage()
@@ -1100,6 +1294,15 @@ class SafeRoot:
                     if isinstance(exc, OSError) and not isinstance(exc, ToolError):
                         raise self._oserror(dst, exc, "copy to") from None
                     raise
+
+    def _count_files_at(self, parent_fd: int, name: str, path: str) -> int:
+        """Number of non-directory entries in directory ``name`` under ``parent_fd``."""
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            return sum(1 for _, st, _ in self._iter_tree(fd, [], path, [0])
+                       if not stat_mod.S_ISDIR(st.st_mode))
+        finally:
+            os.close(fd)
 
     def move(self, src: str, dst: str, *, overwrite: bool = False,
              make_parents: bool = True) -> str:
@@ -1146,7 +1349,9 @@ def _positive(section: str, key: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"[{section}] {key} must be a positive integer (bytes), got {value!r}")
+        unit = "files" if key == "max_files" else "entries" if key == "max_walk_entries" \
+            else "bytes"
+        raise ConfigError(f"[{section}] {key} must be a positive integer ({unit}), got {value!r}")
     return value
 
 
@@ -1155,15 +1360,16 @@ def safe_root_from_config(config: Config, section: str = "filesystem", *,
                           factory: Callable[..., SafeRoot] = SafeRoot) -> SafeRoot:
     """Build a :class:`SafeRoot` from ``[<section>]``: ``root`` (see :func:`workspace_root`),
     ``max_file_bytes``, ``max_total_bytes``, ``max_read_bytes`` (bytes; ``0`` is refused,
-    omit a key for its default), ``max_walk_entries`` (entries a tree walk may visit) and
-    ``fsync`` (bool).
+    omit a key for its default), ``max_files`` (files under the root, see :class:`SafeRoot`),
+    ``max_walk_entries`` (entries a tree walk may visit) and ``fsync`` (bool).
 
     Raises:
         ConfigError: a value has the wrong type.
     """
     table = config.section(section)
     limits = dict(defaults or {})
-    for key in ("max_file_bytes", "max_total_bytes", "max_read_bytes", "max_walk_entries"):
+    for key in ("max_file_bytes", "max_total_bytes", "max_read_bytes", "max_files",
+                "max_walk_entries"):
         if key in table:
             limits[key] = _positive(section, key, table[key])
     fsync = table.get("fsync", True)

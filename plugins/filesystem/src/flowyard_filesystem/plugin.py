@@ -7,11 +7,16 @@ Configuration, table ``[filesystem]`` of ``flowyard.toml`` (or ``FLOWYARD_FILESY
 ``max_file_bytes``   per-file quota in bytes (default 100 MiB)
 ``max_total_bytes``  quota on all regular files under the root, in bytes (default 1 GiB)
 ``max_read_bytes``   largest file ``filesystem.read`` returns, in bytes (default 20 MiB)
+``max_files``        quota on the number of files under the root: every entry that is not a
+                     directory (default 100,000 files)
 ``max_walk_entries`` most entries a tree walk visits (glob, directory copy, the total-quota
                      sum; default 200,000)
 ``read_only``        true: the tools that change files refuse (default false)
 ``fsync``            flush each written file to disk before it replaces the old one, and its
                      directory after the rename (default true)
+
+The total and file-count quotas hold across processes: writes to one root are serialized by
+an advisory ``flock`` on the root directory (POSIX only; see :mod:`flowyard_safepath._root`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ DEFAULT_LIMITS = {
     "max_file_bytes": 100 * 1024 * 1024,
     "max_total_bytes": 1024 * 1024 * 1024,
     "max_read_bytes": 20 * 1024 * 1024,
+    "max_files": 100_000,
 }
 
 TOOL_NAMES = ("read", "write", "append", "list", "glob", "exists", "mkdir", "copy", "move",
