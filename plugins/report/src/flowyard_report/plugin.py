@@ -8,7 +8,8 @@ Configuration, table ``[report]`` of ``flowyard.toml`` (or ``FLOWYARD_REPORT__KE
 ``max_file_bytes``    largest report file, in bytes (default 50 MiB)
 ``max_total_bytes``   quota on all regular files under the root, in bytes (default 1 GiB)
 ``max_output_chars``  largest rendered report, in characters (default 20,000,000)
-``max_range_items``   most items ``range()`` may produce per render (default 1,000,000)
+``max_range_items``   most items ``range()`` may produce per render, and most loop
+                      iterations plus calls plus operators (default 1,000,000)
 ``fsync``             flush the report to disk before it replaces an old one (default true)
 """
 
