@@ -19,10 +19,10 @@ Isolation levels of a call (``ProcessOutcome.isolation``):
 
 - ``bubblewrap``: new namespaces, the system and the interpreter bound read-only, the work
   directory the only writable host path, no network.
-- ``landlock`` (only when chosen explicitly): no bubblewrap, but the kernel's Landlock LSM (Linux >= 5.13) confines the
-  process and its children: writes only beneath the work directory (and to ``/dev/null``),
-  reads only the same paths bubblewrap would bind. The network and the host's process list
-  stay visible.
+- ``landlock`` (only when chosen explicitly): no bubblewrap, but the kernel's Landlock LSM
+  (Linux >= 5.13) confines the process and its children: writes only beneath the work
+  directory (and to ``/dev/null``), reads only the same paths bubblewrap would bind. The
+  network and the host's process list stay visible.
 - ``none`` (only when chosen explicitly): the limits and the account only.
 
 ``auto`` never falls back: without a working bubblewrap a call is refused.
@@ -84,8 +84,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # <confine> <reap> [<readable path>...] -- <argv...>`` (uid/gid "-" keeps the account; limits
 # "RLIMIT_CPU=60,..."; env names comma-separated; confine "landlock" or "-"; reap "reap" to
 # fork the command under a subreaper that kills every process it leaves behind, or "-" to
-# exec it directly; the readable paths are what Landlock lets the command read). It avoids importing json: that alone
-# doubles the interpreter's start-up.
+# exec it directly; the readable paths are what Landlock lets the command read). It avoids
+# importing json: that alone doubles the interpreter's start-up.
 _LAUNCHER = r"""
 import os, resource, sys
 import warnings  # os.execvp imports it lazily: load it before dropping privileges
