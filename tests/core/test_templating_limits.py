@@ -80,6 +80,11 @@ def test_output_size_is_limited() -> None:
                + "{% endfor %}{% endfor %}")
     with pytest.raises(TemplateError, match="output is longer"):
         render_value(literal, CTX)
+    # literal text collected inside a macro counts too, before it is joined in memory
+    in_macro = ("{% macro m() %}{% for i in range(90000) %}{% for j in range(9) %}"
+                + "y" * 90000 + "{% endfor %}{% endfor %}{% endmacro %}{{ m() | length }}")
+    with pytest.raises(TemplateError, match="output is longer"):
+        render_value(in_macro, CTX)
 
 
 def test_the_time_limit_stops_a_render() -> None:

@@ -360,6 +360,13 @@ def environment() -> Any:
             for concat in tree.find_all(nodes.Concat):
                 concat.nodes = [nodes.Filter(n, "_flowyard_part", [], [], None, None,
                                              lineno=n.lineno) for n in concat.nodes]
+            for output in tree.find_all(nodes.Output):
+                # literal text is printed through finalize too, so it counts against the
+                # output limit even inside macros and block assignments
+                output.nodes = [nodes.Filter(nodes.Const(n.data), "_flowyard_text", [], [],
+                                             None, None, lineno=n.lineno)
+                                if isinstance(n, nodes.TemplateData) else n
+                                for n in output.nodes]
             return tree
 
     def finalize(value: Any) -> Any:
@@ -379,6 +386,11 @@ def environment() -> Any:
             _tick()
             yield item
 
+    @pass_context
+    def text(context: Any, value: str) -> str:
+        """Return literal template text (at run time, so :func:`finalize` counts it)."""
+        return value
+
     def part(value: Any) -> Any:
         return _check_weight(value, "a part of a ~ concatenation")
 
@@ -392,6 +404,7 @@ def environment() -> Any:
         env.filters[name] = _guard_filter(name, func)
     env.filters["_flowyard_iter"] = iterate
     env.filters["_flowyard_part"] = part
+    env.filters["_flowyard_text"] = text
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
     return env
 
