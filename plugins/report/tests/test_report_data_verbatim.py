@@ -127,13 +127,23 @@ SLOW = ("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacr
     TOWER, "{{ 2 ** 100000 }}", "{{ 'x' * 100000000 }}",
     "{% for a in data %}{% for b in data %}{% for c in data %}{% endfor %}{% endfor %}"
     "{% endfor %}",
-], ids=["tower", "big-exponent", "string-repetition", "nested-loops-over-data"])
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+    "{% endfor %}",
+    "{% set a = 'x' * 600000 %}{% set b = a ~ a %}{% set c = b ~ b %}",
+    "{{ 'x' | center(1000000000) }}", "{{ '%0999999999d' % 1 }}", "{{ 'a'.ljust(10 ** 9) }}",
+    "{% set s = 'x' * 900000 %}{{ [s, s] | string }}",
+    "{% macro m() %}{% for i in range(9000) %}{% for j in range(9) %}" + "y" * 9000
+    + "{% endfor %}{% endfor %}{% endmacro %}{{ m() | length }}",
+], ids=["tower", "big-exponent", "string-repetition", "nested-loops-over-data",
+        "namespace-doubling", "concat-doubling", "center", "format-width", "ljust",
+        "nested-value-printed", "literal-text-in-macro"])
 def test_hostile_report_templates_are_refused(tmp_path: Path, template: str) -> None:
     import time
 
-    tool = ReportWriteTool(SafeRoot(tmp_path, fsync=False), max_range_items=100_000)
+    tool = ReportWriteTool(SafeRoot(tmp_path, fsync=False), max_range_items=100_000,
+                           max_output_chars=1_000_000)
     started = time.monotonic()
-    with pytest.raises(ToolError, match="forbidden operation"):
+    with pytest.raises(ToolError, match=r"forbidden operation|exceeds 1000000 characters"):
         tool.renderer.render(fmt="markdown", data=list(range(1000)), template=template)
     assert time.monotonic() - started < 5
 

@@ -20,7 +20,9 @@ or CPU:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,6 +31,7 @@ from flowyard import ToolError, ToolInputError
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 from markupsafe import Markup
 
 __all__ = ["ReportRenderer", "DEFAULT_TEMPLATES", "FORMATS", "infer_format", "MAX_INT_BITS",
@@ -96,22 +99,65 @@ class _OutputTooLarge(Exception):
     pass
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox plus checks on ``*``, ``**`` and ``range``."""
+_FORMAT_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_GROWING_METHODS = frozenset(["ljust", "rjust", "center", "zfill", "expandtabs"])
+_WIDTH_FILTERS = frozenset(["center", "indent", "truncate", "wordwrap"])
 
-    intercepted_binops = frozenset(["*", "**"])
+
+def _weight(value: Any, limit: int) -> int:
+    """Return the size of ``value``: characters of strings plus items of containers, counted
+    through nesting (digits of integers); stops once past ``limit``.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += 1
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item)
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3
+        if total > limit:
+            return total
+    return total
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus limits: sizes of built and printed values, integers, loop
+    iterations plus calls plus operators, output, and a deadline (see the module docstring).
+    """
+
+    intercepted_binops = frozenset(["*", "**", "+", "%", "-", "/", "//"])
 
     def __init__(self, *, max_output_chars: int, max_range_items: int, timeout: float,
                  **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(finalize=self._finalize, **kwargs)
         self.max_output_chars = max_output_chars
         self.max_range_items = max_range_items
         self.range_used = 0
         self.ops = 0
+        self.output = 0
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.globals["range"] = self._range
-        self.filters["_report_iter"] = self._iterate
+        sandbox = self
+
+        class _Namespace(Namespace):  # type: ignore[misc]
+            """``namespace()`` whose attributes cannot grow past the size limit."""
+
+            def __setitem__(self, name: str, value: Any) -> None:
+                sandbox.tick()
+                sandbox.check_size(value, "a namespace attribute")
+                super().__setitem__(name, value)
+
+        self.globals["namespace"] = _Namespace
 
     def tick(self) -> None:
         """Count one loop iteration, call or operator; refuse past the limits.
@@ -127,10 +173,93 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             raise SecurityError(f"the template did not finish within its time limit of "
                                 f"{self.timeout:g} s")
 
-    def _iterate(self, iterable: Any) -> Any:
-        for item in iterable:
+    def check_size(self, value: Any, what: str) -> Any:
+        """Return ``value`` unless it weighs more than ``max_output_chars`` (characters plus
+        items, through nesting).
+
+        Raises:
+            SecurityError: ``value`` is too large.
+        """
+        if _weight(value, self.max_output_chars) > self.max_output_chars:
+            raise SecurityError(f"{what} would be larger than {self.max_output_chars} "
+                                "characters and items")
+        return value
+
+    def _finalize(self, value: Any) -> Any:
+        self.check_size(value, "a printed value")
+        if isinstance(value, str):
+            self.output += len(value)
+            if self.output > self.max_output_chars:
+                raise _OutputTooLarge
+        return value
+
+    def install_guards(self) -> None:
+        """Wrap every filter with the size checks and add the engine's private filters; call
+        once all filters are registered.
+        """
+        from jinja2 import pass_context
+
+        for name, func in list(self.filters.items()):
+            self.filters[name] = self._guard_filter(name, func)
+
+        @pass_context
+        def iterate(context: Any, iterable: Any) -> Any:
+            for item in iterable:
+                self.tick()
+                yield item
+
+        @pass_context
+        def text(context: Any, value: str) -> Any:
+            return Markup(value) if context.eval_ctx.autoescape else value
+
+        self.filters["_report_iter"] = iterate
+        self.filters["_report_text"] = text
+        self.filters["_report_part"] = lambda value: self.check_size(value, "a part of ~")
+
+    def _guard_filter(self, name: str, func: Any) -> Any:
+        offset = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
             self.tick()
-            yield item
+            value = args[offset] if len(args) > offset else None
+            rest = args[offset + 1:]
+            self.check_size(value, f"the input of filter {name!r}")
+            limit = self.max_output_chars
+            if name in _WIDTH_FILTERS:
+                lines = value.count("\n") + 1 if isinstance(value, str) else 1
+                if any(isinstance(n, int) and not isinstance(n, bool) and n * lines > limit
+                       for n in [*rest, *kwargs.values()]):
+                    raise SecurityError(f"filter {name!r} would produce more than {limit} "
+                                        "characters")
+            elif name == "format" and isinstance(value, str):
+                self._check_format(value, tuple(rest) or dict(kwargs))
+            elif name == "join" and isinstance(value, (list, tuple)):
+                sep = rest[0] if rest else kwargs.get("d", "")
+                if _weight(value, limit) + len(str(sep)) * len(value) > limit:
+                    raise SecurityError(f"filter 'join' would produce more than {limit} "
+                                        "characters")
+            elif name == "replace" and isinstance(value, str) and len(rest) >= 2:
+                if len(value) + value.count(str(rest[0])) * len(str(rest[1])) > limit:
+                    raise SecurityError(f"filter 'replace' would produce more than {limit} "
+                                        "characters")
+            result = func(*args, **kwargs)
+            if isinstance(result, (str, list, tuple, Mapping)):
+                self.check_size(result, f"the result of filter {name!r}")
+            return result
+
+        return guarded
+
+    def _check_format(self, spec: str, args: Any) -> None:
+        self.check_size(args, "the formatted value")
+        limit = self.max_output_chars
+        for match in _FORMAT_WIDTH.finditer(spec):
+            for group in match.groups():
+                numbers = args if isinstance(args, (list, tuple)) else (args,)
+                if (group == "*" and any(isinstance(n, int) and abs(n) > limit
+                                         for n in numbers)) or (
+                        group and group != "*" and (len(group) > 9 or int(group) > limit)):
+                    raise SecurityError(f"a format width above {limit}")
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
         from jinja2 import nodes
@@ -139,11 +268,33 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Filter(loop.iter, "_report_iter", [], [], None, None,
                                      lineno=loop.lineno)
+        for concat in tree.find_all(nodes.Concat):
+            concat.nodes = [nodes.Filter(n, "_report_part", [], [], None, None,
+                                         lineno=n.lineno) for n in concat.nodes]
+        for output in tree.find_all(nodes.Output):
+            output.nodes = [nodes.Filter(nodes.Const(n.data), "_report_text", [], [], None,
+                                         None, lineno=n.lineno)
+                            if isinstance(n, nodes.TemplateData) else n for n in output.nodes]
         return tree
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        """Count the call (see :meth:`tick`), then call as the sandbox does."""
+        """Count the call (see :meth:`tick`), refuse string methods that would build huge
+        strings, then call as the sandbox does.
+        """
         __self.tick()
+        owner = getattr(__obj, "__self__", None)
+        method = getattr(__obj, "__name__", "")
+        limit = __self.max_output_chars
+        if isinstance(owner, str) and (
+                (method in _GROWING_METHODS and any(
+                    isinstance(a, int) and a * max(1, owner.count("\t") + 1) > limit
+                    for a in args))
+                or (method == "join" and args and isinstance(args[0], (list, tuple))
+                    and _weight(args[0], limit) + len(owner) * len(args[0]) > limit)
+                or (method == "replace" and len(args) >= 2 and isinstance(args[0], str)
+                    and isinstance(args[1], str)
+                    and len(owner) + owner.count(args[0]) * len(args[1]) > limit)):
+            raise SecurityError(f"str.{method} would produce more than {limit} characters")
         return super().call(__context, __obj, *args, **kwargs)
 
     def _range(self, *args: int) -> range:
@@ -155,24 +306,27 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return rng
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Refuse an operator whose result would pass the limits, before computing it."""
         self.tick()
         ints = (isinstance(left, int) and isinstance(right, int)
                 and not isinstance(left, bool) and not isinstance(right, bool))
+        limit = self.max_output_chars
         if ints and operator == "**" and right > 0 and abs(left) > 1 and (
                 left.bit_length() * right > MAX_INT_BITS + right):
             raise SecurityError(f"a {left.bit_length()}-bit integer ** {right} would have "
                                 f"more than {MAX_INT_BITS} bits")
         if ints and operator == "*" and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
             raise SecurityError(f"the product would have more than {MAX_INT_BITS} bits")
-        if operator == "*":
+        if operator == "*" and not ints:
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int) \
-                        and len(seq) * count > self.max_output_chars:
-                    raise SecurityError(f"the template multiplies a sequence to "
-                                        f"{len(seq) * count} items; the limit is "
-                                        f"{self.max_output_chars}")
-        elif operator == "**" and isinstance(right, (int, float)) and abs(right) > 4096:
-            raise SecurityError(f"the template raises to the power {right}; the limit is 4096")
+                        and count > 0 and (_weight(seq, limit) - 1) * count > limit:
+                    raise SecurityError(f"the template multiplies a sequence to more than "
+                                        f"{limit} items")
+        elif operator == "+" and not ints and _weight(left, limit) + _weight(right, limit) > limit:
+            raise SecurityError(f"the sum would be larger than {limit} characters and items")
+        elif operator == "%" and isinstance(left, str):
+            self._check_format(left, right)
         return super().call_binop(context, operator, left, right)
 
 
@@ -220,6 +374,7 @@ class ReportRenderer:
         env.filters["as_html"] = self._as_html
         env.filters["json"] = lambda v, indent=2: json.dumps(v, indent=indent,
                                                              ensure_ascii=False, default=str)
+        env.install_guards()
         return env
 
     @staticmethod
