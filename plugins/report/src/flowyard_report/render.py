@@ -9,6 +9,11 @@ or CPU:
 * ``*`` on a string/list and ``**`` are checked before they run (result at most
   ``max_output_chars`` items; integer results of ``**`` and ``*`` at most
   :data:`MAX_INT_BITS` bits, so ``((9**64)**64)**64`` is refused at once);
+* every value the template builds with ``+``, ``~``, ``%``, a filter (``center``, ``format``,
+  ``join``, ``replace``, ...), a string method (``ljust``, ...) or ``namespace`` attributes,
+  and every value it prints, is checked before it is built: at most ``max_output_chars``
+  characters plus items, counted through nested lists and mappings; literal text counts
+  against the output limit inside macros too;
 * ``range()`` may produce at most ``max_range_items`` items in total per render (Jinja's own
   sandbox caps one range at 100,000), and loop iterations plus calls plus operators are
   capped at ``max_range_items`` too;
