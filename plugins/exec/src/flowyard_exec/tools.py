@@ -107,7 +107,9 @@ class ShellRunTool(_ExecTool):
 
     Arguments: ``command`` (list of strings; a string only with ``shell: true`` and
     ``[exec] allow_shell = true``), ``stdin`` (text), ``env``, ``timeout`` (seconds),
-    ``isolation``, ``check`` (raise on a non-zero exit or timeout).
+    ``isolation``, ``network`` (the host's network in the sandbox; needs ``[exec] network``),
+    ``check`` (raise on a non-zero exit or timeout). With ``[exec] allowed_commands`` the
+    program is compared, and run, by real path.
 
     Returns:
         ``{"exit_code", "signal", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
@@ -116,8 +118,10 @@ class ShellRunTool(_ExecTool):
         the command ran as.
 
     Raises:
-        ToolInputError: bad arguments (shell string not allowed, program not allowed).
-        ToolError: isolation required but unavailable; the program could not start; ``check``
+        ToolInputError: bad arguments (shell string not allowed, program not allowed by real
+            path, ``network: true`` without ``[exec] network = true``).
+        ToolError: no sandbox for the call's level (``auto``/``required`` without bubblewrap,
+            ``landlock`` without Landlock); the program could not start; ``check``
             is set and the command failed or timed out.
     """
 
@@ -296,7 +300,7 @@ class PythonRunTool(_ExecTool):
 
     Arguments: ``code`` (source text) or ``script`` (path of a ``.py`` file inside
     ``[exec] script_dir``), ``context`` (JSON object, visible to the code as ``context``),
-    ``env``, ``timeout`` (seconds), ``isolation``.
+    ``env``, ``timeout`` (seconds), ``isolation``, ``network``.
 
     The interpreter is the first of ``[exec] python`` that the account the code runs as can
     start (flowyard's own, else the system's ``python3``; see
@@ -312,9 +316,9 @@ class PythonRunTool(_ExecTool):
         ToolInputError: neither or both of code/script; a script outside ``script_dir``;
             a context that is not JSON-serialisable.
         ToolError: the code raised (type, message and traceback in the message), timed out,
-            was killed by a limit, or set a result that is not JSON-serialisable; isolation
-            was required but is unavailable; no configured interpreter can be started by the
-            account the code runs as.
+            was killed by a limit, or set a result that is not JSON-serialisable; there is
+            no sandbox for the call's level (``auto`` without bubblewrap); no configured
+            interpreter can be started by the account the code runs as.
     """
 
     name = "python.run"
