@@ -271,6 +271,13 @@ class _BoundedLoader(yaml.SafeLoader):
             node.value = merge + node.value
 
 
+# JSON's exponent floats (``1e-05``, ``2E8``, ``1.5e3``), which YAML 1.1 reads as strings: a
+# JSON value passed as YAML (``-i x=1e-05``) keeps its type.
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 class _Walker:
     """Builds plain values from the node tree, recording locations, expanding aliases into
     copies (counted against ``max_nodes``) and checking depth, keys, tags and surrogates.
