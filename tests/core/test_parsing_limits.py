@@ -31,6 +31,7 @@ from flowyard.parsing import (
     parse_yaml,
     read_bounded,
 )
+from flowyard.stack import Stack
 from flowyard.workflow import definition_hash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -233,6 +234,13 @@ def test_surrogate_pairs_in_json_are_one_character(tmp_path: Path) -> None:
         {"id": "a", "uses": "echo", "with": {"value": 1}}]}), encoding="utf-8")
     assert "\\ud83d\\ude00" in path.read_text(encoding="utf-8")
     assert NativeLoader().load_path(path).description == "\U0001F600"
+
+
+def test_lone_surrogate_in_a_workflow_dict_is_a_validation_error() -> None:
+    wf = {"name": "t", "steps": [{"id": "a", "uses": "echo", "with": {"v\udc80": 1}}]}
+    with pytest.raises(WorkflowValidationError) as exc:
+        Stack().load_workflow(wf)
+    assert exc.value.issues[0].path == "steps[0].with.v\udc80 (a key)"
 
 
 def test_definition_hash_is_defined_for_lone_surrogates() -> None:

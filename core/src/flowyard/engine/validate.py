@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.interfaces import SupportsRawArguments, SupportsStepValidation
-from flowyard.parsing import ParseLimits, read_bounded
+from flowyard.parsing import ParseLimits, find_surrogate, read_bounded
 from flowyard.templating import Reference, find_references, has_template
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
@@ -152,6 +152,11 @@ def _parse_source(stack: Services, source: Any) -> Workflow:
     if isinstance(source, Workflow):
         return source
     if isinstance(source, Mapping):
+        found = find_surrogate(source)  # files are checked by the loader, with line/column
+        if found is not None:
+            raise WorkflowValidationError([ValidationIssue(
+                "text holds a lone surrogate, which is not valid Unicode",
+                path=found[0])])
         return parse_workflow(source)
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
         path = Path(source)
