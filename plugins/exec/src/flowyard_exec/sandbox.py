@@ -67,10 +67,11 @@ ISOLATION_LEVELS = ("none", "landlock", "auto", "required")
 
 #: How to get a sandbox, or to opt out of it explicitly: the end of every refusal.
 INSTALL_HINT = ("install bubblewrap (`apt-get install bubblewrap`; the project's "
-                "scripts/system-deps.sh does it where it can), or opt out explicitly with "
-                "[exec] isolation = \"landlock\" (Landlock: writes confined to the work "
-                "directory, host network and process list shared) or [exec] isolation = "
-                "\"none\" (no sandbox at all)")
+                "scripts/system-deps.sh does it where it can), or opt out explicitly in the "
+                "exec section of the configuration with isolation = \"landlock\" (Landlock: "
+                "writes confined to the work directory, host network and process list shared) "
+                "or isolation = \"none\" (no sandbox at all), e.g. "
+                "FLOWYARD_EXEC__ISOLATION=landlock")
 
 #: What a call actually ran under, strongest first (the ``isolation`` field of results).
 ISOLATION_RESULTS = ("bubblewrap", "landlock", "none")
