@@ -25,9 +25,10 @@ Limits (issue 16): a template cannot take more time or memory than its data warr
 
 * integers: ``**`` and ``*`` on integers are refused before computing when the result would
   have more than :data:`MAX_INT_BITS` bits;
-* sizes: a string, list or mapping a template builds (``*``, ``+``, ``~``, ``%``, filters,
-  string methods such as ``ljust``) or prints may weigh at most :data:`MAX_RESULT` (characters
-  plus items, counted through nested lists and mappings), checked before it is built;
+* sizes: a string, list or mapping a template builds (``*``, ``+``, ``~``, ``%``, literals,
+  filters, string methods such as ``ljust``), prints or passes to a filter may weigh at most
+  :data:`MAX_RESULT` (characters plus items, counted through nested lists and mappings),
+  checked before it is built;
 * output: one render prints at most :data:`MAX_OUTPUT_CHARS` characters;
 * work: one render runs at most :data:`MAX_ITERATIONS` loop iterations plus calls plus
   operators;
@@ -79,7 +80,7 @@ _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
 MAX_TEMPLATE_CHARS = 100_000
 #: Largest value a template may build or print: characters of strings plus items of lists and
 #: mappings, counted through nesting.
-MAX_RESULT = 1_000_000
+MAX_RESULT = 10_000_000
 #: Largest integer a template may compute with ``**`` or ``*``, in bits.
 MAX_INT_BITS = 8192
 #: Most characters one render may print.
@@ -216,7 +217,7 @@ def _check_format(spec: str, args: Any) -> None:
                 numbers = args if isinstance(args, (list, tuple)) else (args,)
                 if any(isinstance(n, int) and abs(n) > MAX_RESULT for n in numbers):
                     _refuse(f"a format width above {MAX_RESULT}")
-            elif group and (len(group) > 7 or int(group) > MAX_RESULT):
+            elif group and (len(group) > 9 or int(group) > MAX_RESULT):
                 _refuse(f"a format width above {MAX_RESULT}")
 
 
@@ -317,6 +318,7 @@ def environment() -> Any:
     from jinja2 import StrictUndefined, nodes, pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from jinja2.utils import Namespace
+    from jinja2.visitor import NodeTransformer
 
     class _Namespace(Namespace):  # type: ignore[misc]
         """``namespace()`` whose attributes cannot grow past the size limit."""
@@ -325,6 +327,24 @@ def environment() -> Any:
             _tick()
             _check_weight(value, "a namespace attribute")
             super().__setitem__(name, value)
+
+    class _LiteralGuard(NodeTransformer):  # type: ignore[misc]
+        """``[a, b]``, ``(a, b)`` and ``{k: v}`` literals check their size once built (they
+        could nest references to a large value many times over).
+        """
+
+        def _wrap(self, node: Any) -> Any:
+            node = self.generic_visit(node)
+            return nodes.Filter(node, "_flowyard_part", [], [], None, None, lineno=node.lineno)
+
+        def visit_List(self, node: Any) -> Any:
+            return self._wrap(node)
+
+        def visit_Dict(self, node: Any) -> Any:
+            return self._wrap(node)
+
+        def visit_Tuple(self, node: Any) -> Any:
+            return self._wrap(node) if node.ctx == "load" else self.generic_visit(node)
 
     class _Environment(ImmutableSandboxedEnvironment):  # type: ignore[misc]
         """Data first: ``inputs.items`` is the key ``items``, not the ``dict.items`` method."""
@@ -360,6 +380,7 @@ def environment() -> Any:
             for concat in tree.find_all(nodes.Concat):
                 concat.nodes = [nodes.Filter(n, "_flowyard_part", [], [], None, None,
                                              lineno=n.lineno) for n in concat.nodes]
+            _LiteralGuard().visit(tree)
             for output in tree.find_all(nodes.Output):
                 # literal text is printed through finalize too, so it counts against the
                 # output limit even inside macros and block assignments
@@ -392,7 +413,7 @@ def environment() -> Any:
         return value
 
     def part(value: Any) -> Any:
-        return _check_weight(value, "a part of a ~ concatenation")
+        return _check_weight(value, "a concatenated or literal value")
 
     env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                        finalize=finalize)
