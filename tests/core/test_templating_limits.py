@@ -157,3 +157,28 @@ async def test_exponent_tower_in_a_workflow_fails_within_the_step_timeout() -> N
     assert "step 'slow', field with" in result.steps["slow"].error
     assert "time limit of 2 s" in result.steps["slow"].error
     assert result.outputs == {"data": "{{ 7*7 }}"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(base=st.integers(min_value=-(10**30), max_value=10**30),
+       exponents=st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=4),
+       count=st.integers(min_value=0, max_value=10**9))
+def test_arithmetic_is_exact_or_refused_quickly(base: int, exponents: list[int],
+                                                count: int) -> None:
+    expr = str(base)
+    for exponent in exponents:
+        expr = f"({expr}) ** {exponent}"
+    started = time.monotonic()
+    try:
+        value = render_value("{{ " + expr + " }}", CTX)
+    except TemplateError as exc:
+        assert "bits" in str(exc)
+    else:
+        assert isinstance(value, int) and value.bit_length() <= 2 * MAX_INT_BITS
+    try:
+        text = render_value("{{ 'ab' * " + str(count) + " }}", CTX)
+    except TemplateError as exc:
+        assert 2 * count > MAX_RESULT and "repetition" in str(exc)
+    else:
+        assert len(text) == 2 * count <= MAX_RESULT
+    assert time.monotonic() - started < 2

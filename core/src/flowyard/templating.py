@@ -81,7 +81,8 @@ MAX_TEMPLATE_CHARS = 100_000
 #: Largest value a template may build or print: characters of strings plus items of lists and
 #: mappings, counted through nesting.
 MAX_RESULT = 10_000_000
-#: Largest integer a template may compute with ``**`` or ``*``, in bits.
+#: Largest integer a template may compute with ``**`` or ``*``, in bits (``**`` is refused when
+#: ``(bits of the base - 1) * exponent`` passes it, so a power may have up to twice as many).
 MAX_INT_BITS = 8192
 #: Most characters one render may print.
 MAX_OUTPUT_CHARS = 10_000_000
