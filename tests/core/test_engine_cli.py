@@ -155,3 +155,13 @@ def test_inputs_file_and_flags_combine(runner: CliRunner, tmp_path: Path) -> Non
     (tmp_path / "list.yaml").write_text("- 1\n")
     bad = runner.invoke(cli, ["run", "wf.yaml", "--inputs", "list.yaml"])
     assert bad.exit_code == 2 and "must hold a mapping" in bad.output
+
+
+def test_summary_prints_errors_as_text_not_markup(runner: CliRunner, tmp_path: Path) -> None:
+    """An error or step id that looks like rich markup is shown as it is."""
+    (tmp_path / "bad.yaml").write_text(
+        "name: bad\nsteps:\n  - id: x\n    uses: llm.chat\n"
+        "    with: {prompt: hi, model: \"fake/[exec] [red]missing\"}\n")
+    result = runner.invoke(cli, ["run", "bad.yaml"])
+    assert result.exit_code == 1
+    assert "[exec] [red]missing" in result.output

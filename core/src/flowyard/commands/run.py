@@ -414,6 +414,7 @@ class _LiveView:
 
 
 def _print_summary(console: Any, result: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("step", "status", "attempts", "time", "tokens", "cost", "error",
@@ -424,18 +425,21 @@ def _print_summary(console: Any, result: Any) -> None:
         cost = "unknown" if step.cost_usd is None else (
             f"${step.cost_usd:.6f}" if step.cost_usd else "")
         tokens = step.input_tokens + step.output_tokens
-        table.add_row(step.id, f"[{style}]{step.status}[/]", str(step.attempts), duration,
-                      str(tokens or ""), cost, (step.error or step.reason or "")[:80])
+        # ids, errors and reasons are data: escaped, never read as rich markup
+        table.add_row(escape(step.id), f"[{style}]{step.status}[/]", str(step.attempts),
+                      duration, str(tokens or ""), cost,
+                      escape((step.error or step.reason or "")[:80]))
     console.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.steps_by_status().items()))
     cost = "unknown (a model's price is not known)" if result.cost_usd is None else \
         f"${result.cost_usd:.6f}"
     style = _STATUS_STYLE.get(result.status, "")
-    console.print(f"[{style}]run {result.run_id} {result.status}[/]: {len(result.steps)} steps "
+    console.print(f"[{style}]run {escape(result.run_id)} {result.status}[/]: "
+                  f"{len(result.steps)} steps "
                   f"({counts}); tokens {result.input_tokens} in / {result.output_tokens} out; "
                   f"cost {cost}; {result.duration_s:.2f}s", soft_wrap=True, highlight=False)
     if result.error:
-        console.print(f"[red]error:[/] {result.error}", soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
     if result.outputs:
         console.print("outputs:")
         console.print_json(json.dumps(result.outputs, default=str))
