@@ -86,6 +86,10 @@ def test_output_size_is_limited() -> None:
                 + "y" * 90000 + "{% endfor %}{% endfor %}{% endmacro %}{{ m() | length }}")
     with pytest.raises(TemplateError, match="output is longer"):
         render_value(in_macro, CTX)
+    printed_lists = ("{% set l = [1] * 900000 %}{% macro m() %}{% for i in range(50) %}{{ l }}"
+                     "{% endfor %}{% endmacro %}{{ m() | length }}")
+    with pytest.raises(TemplateError, match="output is longer"):
+        render_value(printed_lists, CTX)
 
 
 def test_the_time_limit_stops_a_render() -> None:

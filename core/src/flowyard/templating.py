@@ -393,10 +393,12 @@ def environment() -> Any:
 
     def finalize(value: Any) -> Any:
         """Check the size of every printed value and count it against the output limit."""
-        _check_weight(value, "a printed value")
+        size = _weight(value)
+        if size > MAX_RESULT:
+            _refuse(f"a printed value would be larger than {MAX_RESULT} characters and items")
         budget = _BUDGET.get()
-        if budget is not None and isinstance(value, str):
-            budget.output += len(value)
+        if budget is not None:
+            budget.output += len(value) if isinstance(value, str) else size
             if budget.output > MAX_OUTPUT_CHARS:
                 _refuse(f"the output is longer than {MAX_OUTPUT_CHARS} characters")
         return value

@@ -191,11 +191,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return value
 
     def _finalize(self, value: Any) -> Any:
-        self.check_size(value, "a printed value")
-        if isinstance(value, str):
-            self.output += len(value)
-            if self.output > self.max_output_chars:
-                raise _OutputTooLarge
+        size = _weight(value, self.max_output_chars)
+        if size > self.max_output_chars:
+            raise SecurityError(f"a printed value would be larger than {self.max_output_chars} "
+                                "characters and items")
+        self.output += len(value) if isinstance(value, str) else size
+        if self.output > self.max_output_chars:
+            raise _OutputTooLarge
         return value
 
     def install_guards(self) -> None:
