@@ -109,10 +109,11 @@ def assert_clean(*texts: str) -> None:
 
 def providers(root: str, *, userinfo: bool = False) -> list[HTTPProvider]:
     """The three real HTTP providers, each with a header canary and a query canary."""
-    # the providers are other distributions: skipped where they are not installed
-    OpenAIProvider = pytest.importorskip("flowyard_openai").OpenAIProvider
-    AnthropicProvider = pytest.importorskip("flowyard_anthropic").AnthropicProvider
-    OllamaProvider = pytest.importorskip("flowyard_ollama").OllamaProvider
+    # the three providers are other distributions: this file lives in tests/ (cross-
+    # distribution), where every distribution is installed
+    from flowyard_anthropic import AnthropicProvider
+    from flowyard_ollama import OllamaProvider
+    from flowyard_openai import OpenAIProvider
 
     auth = f"{USER_CANARY}:{PASSWORD_CANARY}@" if userinfo else ""
     query = f"?key={quote(QUERY_CANARY, safe='')}&tier=gold"
