@@ -61,8 +61,16 @@ def test_threads_never_oversubscribe_the_cores() -> None:
     assert engine.default_threads(2, cores=2) == 1
     assert engine.default_threads(4, cores=2) == 1
     assert engine.default_threads(2, cores=8) == 4
+    assert engine.generation_threads(1, cores=2) == 1
+    assert engine.generation_threads(2, cores=2) == 1
+    assert engine.generation_threads(1, cores=8) == 4
     kwargs = engine.llama_load_kwargs("/m.gguf", n_ctx=256, n_batch=512, pool_size=2)
-    assert kwargs["n_threads"] == kwargs["n_threads_batch"] == engine.default_threads(2)
+    assert kwargs["n_threads_batch"] == engine.default_threads(2)
+    assert kwargs["n_threads"] == engine.generation_threads(2)
+    # the contexts that may run at once never ask for more threads than there are cores
+    for pool in (1, 2, 3, 4):
+        load = engine.llama_load_kwargs("/m.gguf", n_ctx=256, pool_size=pool)
+        assert pool * load["n_threads_batch"] <= max(pool, engine.available_cores())
     assert kwargs["n_batch"] == 256
     assert engine.llama_load_kwargs("/m.gguf", n_ctx=256, n_threads=3)["n_threads_batch"] == 3
 
@@ -125,7 +133,7 @@ async def test_diagnose_reports_build_threads_and_generation() -> None:
     by_name = {f.name: f for f in findings}
     assert list(by_name) == ["build", "threads", "generation"]
     assert by_name["build"].status == "ok" and "AVX2" in by_name["build"].detail
-    assert "thread(s) on" in by_name["threads"].detail
+    assert "prompt thread(s) on" in by_name["threads"].detail
     assert by_name["generation"].status == "ok", by_name["generation"].detail
     assert "generated 8 token(s)" in by_name["generation"].detail
 

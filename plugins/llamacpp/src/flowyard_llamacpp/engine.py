@@ -33,6 +33,7 @@ __all__ = [
     "LoadedModel",
     "available_cores",
     "default_threads",
+    "generation_threads",
     "generate",
     "get_model",
     "import_llama_cpp",
@@ -100,9 +101,9 @@ def available_cores() -> int:
 
 
 def default_threads(pool_size: int, cores: int | None = None) -> int:
-    """Threads per llama.cpp context when the configuration sets none.
+    """Prompt-processing threads per llama.cpp context when the configuration sets none.
 
-    The model's ``pool_size`` contexts may generate at the same time, so the cores are shared
+    The model's ``pool_size`` contexts may work at the same time, so the cores are shared
     among them and never oversubscribed: ``max(1, cores // pool_size)``. (llama-cpp-python's
     own default is half the cores for generation and all of them for prompt processing, per
     context, which oversubscribes as soon as two contexts work at once.)
@@ -112,10 +113,29 @@ def default_threads(pool_size: int, cores: int | None = None) -> int:
         cores: cores available (default: :func:`available_cores`).
 
     Returns:
-        Threads for both generation and prompt processing, at least 1.
+        Threads for prompt processing, at least 1 (see :func:`generation_threads`).
     """
     cores = available_cores() if cores is None else cores
     return max(1, cores // max(1, pool_size))
+
+
+def generation_threads(pool_size: int, cores: int | None = None) -> int:
+    """Token-generation threads per context when the configuration sets none.
+
+    Half of the context's share of the cores (at least 1), as llama-cpp-python does: token by
+    token, a small model is bound by memory and by the threads' barriers rather than by
+    arithmetic, so more threads make it slower. Measured on 2 cores with SmolLM2-135M (quiet
+    machine, ``benchmarks/llamacpp_contention.py``, tokens/s against llama-cpp-python's
+    default): 2 threads for both phases 0.64, 1 generation and 2 prompt threads 1.09.
+
+    Args:
+        pool_size: contexts of the model that may run at once (at least 1).
+        cores: cores available (default: :func:`available_cores`).
+
+    Returns:
+        Threads for generation, at least 1 and at most :func:`default_threads`.
+    """
+    return max(1, default_threads(pool_size, cores) // 2)
 
 
 def llama_load_kwargs(model_path: str, *, n_ctx: int, n_batch: int = 512,
@@ -129,21 +149,24 @@ def llama_load_kwargs(model_path: str, *, n_ctx: int, n_batch: int = 512,
         n_batch: prompt-processing batch size in tokens (capped at ``n_ctx``).
         n_gpu_layers: layers offloaded to a GPU build.
         n_threads: threads for generation and prompt processing (None:
-            :func:`default_threads` of ``pool_size``).
+            :func:`generation_threads` and :func:`default_threads` of ``pool_size``).
         pool_size: contexts of this model that may run at once.
         **extra: further ``Llama`` arguments, passed unchanged.
 
     Returns:
         A dict for ``Llama(**kwargs)``.
     """
-    threads = n_threads if n_threads is not None else default_threads(pool_size)
+    if n_threads is not None:
+        threads, batch_threads = n_threads, n_threads
+    else:
+        threads, batch_threads = generation_threads(pool_size), default_threads(pool_size)
     kwargs: dict[str, Any] = {
         "model_path": model_path,
         "n_ctx": n_ctx,
         "n_batch": min(n_batch, n_ctx),
         "n_gpu_layers": n_gpu_layers,
         "n_threads": threads,
-        "n_threads_batch": threads,
+        "n_threads_batch": batch_threads,
         "verbose": False,
     }
     kwargs.update(extra)

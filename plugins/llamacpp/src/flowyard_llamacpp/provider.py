@@ -532,11 +532,13 @@ class LlamaCppProvider:
             findings.append(Diagnostic("build", "ok", detail))
         spec = self.specs[self.default_alias] if self.default_alias in self.specs else None
         if spec is not None:
-            threads = spec.n_threads or engine.default_threads(spec.pool_size)
+            gen = spec.n_threads or engine.generation_threads(spec.pool_size)
+            batch = spec.n_threads or engine.default_threads(spec.pool_size)
             findings.append(Diagnostic(
                 "threads", "ok",
-                f"local/{spec.alias}: {spec.pool_size} context(s) x {threads} thread(s) on "
-                f"{engine.available_cores()} core(s); {engine.omp_wait_policy_note}"))
+                f"local/{spec.alias}: {spec.pool_size} context(s) x {gen} generation / "
+                f"{batch} prompt thread(s) on {engine.available_cores()} core(s); "
+                f"{engine.omp_wait_policy_note}"))
         if spec is None or spec.path is None or not spec.path.is_file():
             reason = str(engine._missing_file_error(spec)) if spec is not None else "no model"
             findings.append(Diagnostic("generation", "warn", f"not checked: {reason}"))
