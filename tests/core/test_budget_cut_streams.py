@@ -136,7 +136,9 @@ class SSEProvider:
         return []
 
     async def embed(self, texts: Any, *, model: str) -> list[list[float]]:
-        raise NotImplementedError
+        from flowyard import BadRequestError
+
+        raise BadRequestError(f"{model}: this streaming test server makes no embeddings")
 
     async def aclose(self) -> None:
         return None
