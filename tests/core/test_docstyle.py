@@ -30,7 +30,7 @@ def _ruff() -> str:
     found = Path(sys.executable).with_name("ruff")
     ruff = str(found) if found.exists() else shutil.which("ruff")
     if ruff is None:
-        pytest.skip("ruff is not installed (it is in flowyard's test extra)")
+        pytest.fail("ruff is not installed: it is in flowyard's test extra (pip install -e 'core[test]')")
     return ruff
 
 
