@@ -159,7 +159,10 @@ async def test_exponent_tower_in_a_workflow_fails_within_the_step_timeout() -> N
     assert "bits" in result.steps["tower"].error
     assert result.steps["slow"].status == "failed"
     assert "step 'slow', field with" in result.steps["slow"].error
-    assert "time limit of 2 s" in result.steps["slow"].error
+    # whichever bound trips first on this machine (the step's 2 s or the work limit), the
+    # exponential macro is refused within the step's timeout
+    error = result.steps["slow"].error
+    assert "time limit of 2 s" in error or "1000000 loop iterations, calls and operators" in error
     assert result.outputs == {"data": "{{ 7*7 }}"}
 
 
