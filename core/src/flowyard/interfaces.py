@@ -53,6 +53,7 @@ __all__ = [
     "Tool",
     "StorageBackend",
     "SupportsIdempotentRuns",
+    "SupportsStepCommit",
     "RunQuery",
     "RunLease",
     "MemoryStore",
@@ -405,6 +406,41 @@ class StorageBackend(Protocol):
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         """Delete a plugin value (no error when absent)."""
+        ...
+
+
+@runtime_checkable
+class SupportsStepCommit(Protocol):
+    """A :class:`StorageBackend` that writes what one step key's end produces -- its attempt
+    record, its checkpoint, the events and log lines buffered since the last write -- in one
+    transaction. The engine uses it when the backend has it (the memory and SQL backends
+    do), so a durable step costs one commit at its start and one at its end; other backends
+    get the same writes as separate calls (:meth:`StorageBackend.save_attempt`,
+    :meth:`~StorageBackend.save_checkpoint`, :meth:`~StorageBackend.append_events`,
+    :meth:`~StorageBackend.append_log`), each durable on its own.
+    """
+
+    async def commit_step(self, run_id: str, *, attempt: StepAttempt | None = None,
+                          checkpoint: tuple[str, Any] | None = None,
+                          events: Sequence[Event] = (), logs: Sequence[LogRecord] = ()
+                          ) -> None:
+        """Write all of the given records in one transaction: all are durable when this
+        returns, or none was written when it raises.
+
+        Args:
+            run_id: the run every record belongs to.
+            attempt: an attempt to upsert (as :meth:`StorageBackend.save_attempt`).
+            checkpoint: ``(step_key, output)`` to upsert (as
+                :meth:`StorageBackend.save_checkpoint`; the output is JSON-ready).
+            events: numbered events to store; an event whose ``(run_id, seq)`` is stored
+                already is not stored again (so a retried call never duplicates one).
+            logs: log lines to append.
+
+        Raises:
+            StorageError: nothing was written (``retriable`` for a lock held past the busy
+                timeout or a dropped connection); the message names the run and what could
+                not be stored (e.g. a value that is not JSON-ready).
+        """
         ...
 
 
