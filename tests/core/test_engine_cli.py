@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,63 @@ def test_summary_prints_errors_as_text_not_markup(runner: CliRunner, tmp_path: P
     result = runner.invoke(cli, ["run", "bad.yaml"])
     assert result.exit_code == 1
     assert "[exec] [red]missing" in result.output
+
+
+FAN_OUT = """\
+name: fan-out-demo
+steps:
+  - id: first
+    uses: echo
+    with: {value: 1}
+  - id: each
+    depends_on: [first]
+    for_each: "{{ [1, 2, 3] }}"
+    max_parallel: 2
+    uses: echo
+    with: {value: "{{ item }}"}
+"""
+
+
+def test_summary_shows_wall_times_of_steps_items_and_run(runner: CliRunner,
+                                                          tmp_path: Path) -> None:
+    """Issue 17: each step's wall time, a fan-out's item count and median/max item time, and
+    the run's wall time, in the plain summary and in --json."""
+    (tmp_path / "fan.yaml").write_text(FAN_OUT)
+    plain = runner.invoke(cli, ["run", "fan.yaml", "--no-live"])
+    assert plain.exit_code == 0, plain.output
+    out = plain.output
+    assert "wall time" in out and "items: median/max" in out
+    assert re.search(r"3: \d+\.\d\ds/\d+\.\d\ds", out), out
+    assert re.search(r"wall time \d+\.\d\ds \(\d+\.\d\ds with start-up\)", out), out
+
+    result = runner.invoke(cli, ["run", "fan.yaml", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    each, first = data["steps"]["each"], data["steps"]["first"]
+    assert each["items"] == 3
+    assert 0 <= each["item_median_s"] <= each["item_max_s"] <= each["duration_s"]
+    assert "items" not in first and first["duration_s"] >= 0
+    assert 0 <= data["duration_s"] <= data["command_duration_s"]
+
+
+def test_step_timings_count_retries_in_an_items_time() -> None:
+    """An item's time runs from its first try's start to its last try's end."""
+    from flowyard.commands.run import step_timings
+    from flowyard.models import StepAttempt
+    from flowyard.workflow import RunResult, StepResult
+
+    result = RunResult("r", "w", "completed", steps={
+        "each": StepResult("each", "completed", started_at=0.0, finished_at=10.0),
+        "solo": StepResult("solo", "completed", started_at=10.0, finished_at=11.0)})
+
+    def attempt(key: str, n: int, start: float, end: float | None, step: str = "each"
+                ) -> StepAttempt:
+        return StepAttempt("r", step, key, n, started_at=start, finished_at=end)
+
+    timings = step_timings(result, [
+        attempt("each[0]", 1, 0.0, 2.0), attempt("each[0]", 2, 2.5, 6.0),
+        attempt("each[1]", 1, 0.0, 1.0), attempt("each[2]", 1, 1.0, 4.0),
+        attempt("each[3]", 1, 4.0, None), attempt("solo", 1, 10.0, 11.0, "solo")])
+    assert timings["each"] == {"wall_s": 10.0, "items": 4, "item_median_s": 3.0,
+                               "item_max_s": 6.0}
+    assert timings["solo"] == {"wall_s": 1.0}

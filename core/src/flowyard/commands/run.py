@@ -24,7 +24,7 @@ from flowyard.errors import FlowyardError, ValidationIssue, WorkflowValidationEr
 if TYPE_CHECKING:
     from flowyard.parsing import ParseLimits
 
-__all__ = ["run", "validate", "resume", "parse_inputs"]
+__all__ = ["run", "validate", "resume", "parse_inputs", "step_timings"]
 
 _STATUS_STYLE = {"completed": "green", "running": "cyan", "failed": "red", "skipped": "yellow",
                  "cancelled": "magenta", "budget_exceeded": "red", "pending": "dim",
@@ -413,31 +413,95 @@ class _LiveView:
             return table
 
 
-def _print_summary(console: Any, result: Any) -> None:
+def _item_index(step_id: str, key: str) -> bool:
+    """True when ``key`` is a fan-out item of ``step_id`` (``answers[3]`` of ``answers``)."""
+    return re.fullmatch(re.escape(step_id) + r"\[\d+\]", key) is not None
+
+
+def step_timings(result: Any, attempts: list[Any]) -> dict[str, dict[str, Any]]:
+    """Wall times of a run's steps, for the summary of ``flowyard run`` and ``resume``.
+
+    Args:
+        result: the :class:`~flowyard.workflow.RunResult`.
+        attempts: the run's stored :class:`~flowyard.models.StepAttempt` records (all keys,
+            all tries; an empty list when storage could not be read).
+
+    Returns:
+        ``{step_id: {"wall_s": float | None}}`` in the result's step order; a ``for_each``
+        step also gets ``"items"`` (its fan-out keys) and, when at least one item finished,
+        ``"item_median_s"`` and ``"item_max_s"``: seconds from an item's first try starting
+        to its last try finishing (retries included), median and maximum over the items.
+    """
+    import statistics
+
+    spans: dict[str, dict[str, list[float]]] = {}
+    for attempt in attempts:
+        key = attempt.step_key
+        if not _item_index(attempt.step_id, key):
+            continue
+        span = spans.setdefault(attempt.step_id, {}).setdefault(key, [math.inf, -math.inf])
+        span[0] = min(span[0], attempt.started_at)
+        if attempt.finished_at is not None:
+            span[1] = max(span[1], attempt.finished_at)
+    out: dict[str, dict[str, Any]] = {}
+    for sid, step in result.steps.items():
+        entry: dict[str, Any] = {"wall_s": step.duration_s}
+        items = spans.get(sid)
+        if items:
+            durations = [end - start for start, end in items.values() if end >= start]
+            entry["items"] = len(items)
+            if durations:
+                entry["item_median_s"] = statistics.median(durations)
+                entry["item_max_s"] = max(durations)
+        out[sid] = entry
+    return out
+
+
+def _fmt_items(timing: dict[str, Any]) -> str:
+    """``8: 9.40s/14.31s`` (items: median/max item time); empty for a step without items."""
+    if "items" not in timing:
+        return ""
+    text = str(timing["items"])
+    if "item_median_s" in timing:
+        text += f": {timing['item_median_s']:.2f}s/{timing['item_max_s']:.2f}s"
+    return text
+
+
+def _print_summary(console: Any, result: Any, timings: dict[str, dict[str, Any]],
+                   command_s: float | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("step", "status", "attempts", "time", "tokens", "cost", "error",
+    per_item = any("items" in t for t in timings.values())
+    table = Table("step", "status", "attempts", "wall time",
                   title=f"{result.workflow_name}: {result.status}", title_justify="left")
+    if per_item:  # a fan-out's items and its median/max item wall time
+        table.add_column("items: median/max", no_wrap=True)
+    for name in ("tokens", "cost", "error"):
+        table.add_column(name)
     for step in result.steps.values():
         style = _STATUS_STYLE.get(step.status, "")
         duration = f"{step.duration_s:.2f}s" if step.duration_s is not None else ""
         cost = "unknown" if step.cost_usd is None else (
             f"${step.cost_usd:.6f}" if step.cost_usd else "")
         tokens = step.input_tokens + step.output_tokens
+        items = [_fmt_items(timings.get(step.id, {}))] if per_item else []
         # ids, errors and reasons are data: escaped, never read as rich markup
         table.add_row(escape(step.id), f"[{style}]{step.status}[/]", str(step.attempts),
-                      duration, str(tokens or ""), cost,
+                      duration, *items, str(tokens or ""), cost,
                       escape((step.error or step.reason or "")[:80]))
     console.print(table)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.steps_by_status().items()))
     cost = "unknown (a model's price is not known)" if result.cost_usd is None else \
         f"${result.cost_usd:.6f}"
     style = _STATUS_STYLE.get(result.status, "")
+    wall = f"wall time {result.duration_s:.2f}s"
+    if command_s is not None:
+        wall += f" ({command_s:.2f}s with start-up)"
     console.print(f"[{style}]run {escape(result.run_id)} {result.status}[/]: "
                   f"{len(result.steps)} steps "
                   f"({counts}); tokens {result.input_tokens} in / {result.output_tokens} out; "
-                  f"cost {cost}; {result.duration_s:.2f}s", soft_wrap=True, highlight=False)
+                  f"cost {cost}; {wall}", soft_wrap=True, highlight=False)
     if result.error:
         console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
     if result.outputs:
@@ -452,30 +516,40 @@ def _show_issues(exc: Any) -> None:
 
 
 def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: bool,
-             run_id: str | None = None) -> None:
+             run_id: str | None = None, started: float | None = None) -> None:
     import anyio
     from rich.console import Console
 
     console = Console(stderr=as_json)
 
-    async def main() -> Any:
-        async with stack:
-            if workflow is None or not live:
-                return await coro_factory(stack)
-            from rich.live import Live
+    async def attempts_of(result: Any) -> list[Any]:
+        try:
+            return list(await stack.storage.list_attempts(result.run_id))
+        except FlowyardError:  # the summary still shows the steps' own wall times
+            return []
 
-            view = _LiveView(workflow)
-            # transient: the view also takes step.progress and step.delta events
-            unsubscribe = stack.events.subscribe(view, name="cli-live-view", transient=True)
-            try:
-                with Live(get_renderable=view.render, console=console, refresh_per_second=8,
-                          transient=True):
-                    return await coro_factory(stack)
-            finally:
-                unsubscribe()
+    async def execute() -> Any:
+        if workflow is None or not live:
+            return await coro_factory(stack)
+        from rich.live import Live
+
+        view = _LiveView(workflow)
+        # transient: the view also takes step.progress and step.delta events
+        unsubscribe = stack.events.subscribe(view, name="cli-live-view", transient=True)
+        try:
+            with Live(get_renderable=view.render, console=console, refresh_per_second=8,
+                      transient=True):
+                return await coro_factory(stack)
+        finally:
+            unsubscribe()
+
+    async def main() -> tuple[Any, list[Any]]:
+        async with stack:
+            result = await execute()
+            return result, await attempts_of(result)
 
     try:
-        result = anyio.run(main)
+        result, attempts = anyio.run(main)
     except KeyboardInterrupt:
         hint = f"; continue it with: flowyard resume {run_id}" if run_id else ""
         click.echo(f"interrupted{hint}", err=True)
@@ -488,10 +562,16 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
                                    "error_type": type(exc).__name__}, indent=2))
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    timings = step_timings(result, attempts)
+    command_s = None if started is None else time.monotonic() - started
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        data = result.to_dict()
+        for sid, timing in timings.items():
+            data["steps"][sid].update({k: v for k, v in timing.items() if k != "wall_s"})
+        data["command_duration_s"] = command_s
+        click.echo(json.dumps(data, indent=2, default=str))
     else:
-        _print_summary(console, result)
+        _print_summary(console, result, timings, command_s)
     sys.exit(0 if result.ok else 1)
 
 
@@ -517,6 +597,7 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
     --json the problems are printed as JSON on stdout, as `validate --json` prints them).
     """
+    started = time.monotonic()
     from flowyard.parsing import ParseLimits  # lazy: the YAML parser, not for --help
 
     stack = default_stack()
@@ -542,7 +623,7 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     async def go(stack: Any) -> Any:
         return await stack.run(workflow, values, **options)
 
-    _execute(stack, go, workflow, as_json, live, run_id)
+    _execute(stack, go, workflow, as_json, live, run_id, started)
 
 
 #: Exit status of `run`, `validate` and `resume` for an invalid workflow or invalid inputs.
@@ -610,6 +691,7 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
 
     Exits 1 when the run does not complete (or cannot be resumed).
     """
+    started = time.monotonic()
     options: dict[str, Any] = {}
     if workflow_file:
         options["workflow"] = workflow_file
@@ -618,4 +700,4 @@ def resume(run_id: str, force: bool, workflow_file: str | None, as_json: bool) -
         full_id = await resolve_run_id(stack.storage, run_id)
         return await stack.resume(full_id, force=force, **options)
 
-    _execute(default_stack(), go, None, as_json, live=False, run_id=run_id)
+    _execute(default_stack(), go, None, as_json, live=False, run_id=run_id, started=started)
