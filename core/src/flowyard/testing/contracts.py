@@ -28,7 +28,13 @@ from flowyard.errors import (
     UnknownNameError,
     WorkflowValidationError,
 )
-from flowyard.interfaces import RouteRequest, RunLease, RunQuery, SupportsIdempotentRuns
+from flowyard.interfaces import (
+    RouteRequest,
+    RunLease,
+    RunQuery,
+    SupportsIdempotentRuns,
+    SupportsStepCommit,
+)
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -237,7 +243,9 @@ class StorageContract:
     Provide a fixture ``storage`` returning an *opened* backend on an empty store. The run
     lease checks (claim, renew, release; a claim refused while a live owner holds the lease,
     allowed once it expired or its owner is named dead) give ``now`` explicitly, so they do
-    not depend on the clock.
+    not depend on the clock. The checks of the optional protocols
+    (:class:`~flowyard.interfaces.SupportsIdempotentRuns`,
+    :class:`~flowyard.interfaces.SupportsStepCommit`) are skipped for a backend without them.
     """
 
     pytestmark = _ANYIO
@@ -513,6 +521,132 @@ class StorageContract:
         winners = [run for run, created in answers if created]
         assert len(winners) == 1
         assert {run.id for run, _ in answers} == {winners[0].id}
+
+    # -- SupportsStepCommit (skipped for backends without it)
+
+    def _step_records(self, run_id: str, *, first_seq: int, count: int, step_key: str = "a",
+                      logs: int = 1) -> tuple[list[Event], list[LogRecord]]:
+        events = [Event(type="step.progress.stored", run_id=run_id, step_id="a",
+                        data={"n": first_seq + i, "text": "ünï ✓"}, time=200.0 + first_seq + i,
+                        seq=first_seq + i) for i in range(count)]
+        lines = [LogRecord(run_id=run_id, message=f"{step_key} line {i}", level="info",
+                           step_id="a", time=300.0 + first_seq + i) for i in range(logs)]
+        return events, lines
+
+    async def test_commit_step_writes_attempt_checkpoint_events_and_logs(self, storage: Any
+                                                                         ) -> None:
+        """Checked on backends implementing :class:`~flowyard.interfaces.SupportsStepCommit`:
+        a step key's start (attempt running + events) and end (attempt completed +
+        checkpoint + events + logs) read back through the plain reading methods.
+        """
+        if not isinstance(storage, SupportsStepCommit):
+            pytest.skip("the backend does not implement SupportsStepCommit")
+        run = self._run(status="running")
+        await storage.create_run(run)
+        attempt = StepAttempt(run_id=run.id, step_id="a", step_key="a", attempt=1,
+                              idempotency_key="k-a", started_at=10.0)
+        start_events, _ = self._step_records(run.id, first_seq=1, count=2, logs=0)
+        await storage.commit_step(run.id, attempt=attempt, events=start_events)
+        assert await storage.list_attempts(run.id) == [attempt]
+        assert await storage.load_checkpoints(run.id) == {}
+        assert await storage.list_events(run.id) == start_events
+        assert await storage.list_logs(run.id) == []
+
+        attempt.status, attempt.finished_at = "completed", 11.0
+        attempt.output = {"answer": [1, 2.5, None, "ünï"]}
+        attempt.input_tokens, attempt.output_tokens, attempt.cost_usd = 7, 3, None
+        end_events, lines = self._step_records(run.id, first_seq=3, count=3, logs=2)
+        await storage.commit_step(run.id, attempt=attempt, checkpoint=("a", attempt.output),
+                                  events=end_events, logs=lines)
+        assert await storage.list_attempts(run.id) == [attempt]
+        assert await storage.load_checkpoints(run.id) == {"a": attempt.output}
+        assert await storage.list_events(run.id) == start_events + end_events
+        assert await storage.list_events(run.id, after_seq=2, limit=2) == end_events[:2]
+        assert await storage.list_logs(run.id) == lines
+        # every argument is optional; a call with none writes nothing
+        await storage.commit_step(run.id)
+        await storage.commit_step(run.id, checkpoint=("b[0]", None))
+        assert await storage.load_checkpoints(run.id) == {"a": attempt.output, "b[0]": None}
+        assert await storage.list_attempts("other-run") == []
+
+    @pytest.mark.parametrize("bad", ["checkpoint", "attempt output"])
+    async def test_commit_step_is_all_or_nothing(self, storage: Any, bad: str) -> None:
+        """A checkpoint or attempt output that is not JSON-ready (an ``object()``) raises
+        StorageError naming the run; none of the call's records is stored, its events and
+        log lines included.
+        """
+        if not isinstance(storage, SupportsStepCommit):
+            pytest.skip("the backend does not implement SupportsStepCommit")
+        run = self._run(status="running")
+        await storage.create_run(run)
+        started = StepAttempt(run_id=run.id, step_id="a", step_key="a", attempt=1,
+                              idempotency_key="k-a", started_at=10.0)
+        start_events, _ = self._step_records(run.id, first_seq=1, count=1, logs=0)
+        await storage.commit_step(run.id, attempt=started, events=start_events)
+
+        finished = StepAttempt(run_id=run.id, step_id="a", step_key="a", attempt=1,
+                               idempotency_key="k-a", started_at=10.0, status="completed",
+                               finished_at=11.0, output={"ok": True})
+        output: Any = {"ok": True}
+        end_events, lines = self._step_records(run.id, first_seq=2, count=2, logs=2)
+        if bad == "checkpoint":
+            output = {"ok": object()}
+        else:
+            finished.output = {"ok": object()}
+        with pytest.raises(StorageError) as info:
+            await storage.commit_step(run.id, attempt=finished, checkpoint=("a", output),
+                                      events=end_events, logs=lines)
+        assert run.id in str(info.value)
+        assert await storage.list_attempts(run.id) == [started]
+        assert await storage.load_checkpoints(run.id) == {}
+        assert await storage.list_events(run.id) == start_events
+        assert await storage.list_logs(run.id) == []
+
+    async def test_a_retried_commit_step_stores_each_event_once(self, storage: Any) -> None:
+        """A call repeated (its commit went through, its answer was lost) leaves each
+        ``(run_id, seq)`` stored once and the attempt and checkpoint as one row each.
+        """
+        if not isinstance(storage, SupportsStepCommit):
+            pytest.skip("the backend does not implement SupportsStepCommit")
+        run = self._run(status="running")
+        await storage.create_run(run)
+        attempt = StepAttempt(run_id=run.id, step_id="a", step_key="a", attempt=1,
+                              status="completed", started_at=10.0, finished_at=11.0,
+                              output="done")
+        events, _ = self._step_records(run.id, first_seq=1, count=4, logs=0)
+        for _ in range(2):  # the first call's commit went through, its answer was lost
+            await storage.commit_step(run.id, attempt=attempt, checkpoint=("a", "done"),
+                                      events=events)
+        assert await storage.list_events(run.id) == events
+        assert await storage.list_attempts(run.id) == [attempt]
+        assert await storage.load_checkpoints(run.id) == {"a": "done"}
+        # a retry that also carries newer events stores only those
+        more, _ = self._step_records(run.id, first_seq=5, count=2, logs=0)
+        await storage.commit_step(run.id, events=events[2:] + more)
+        assert [e.seq for e in await storage.list_events(run.id)] == [1, 2, 3, 4, 5, 6]
+
+    async def test_append_events_skips_an_already_stored_seq(self, storage: Any) -> None:
+        """An event whose ``(run_id, seq)`` is stored is not stored again; the stored one is
+        kept. Checked with :class:`~flowyard.interfaces.SupportsStepCommit`, whose backends
+        promise it for every event write.
+        """
+        if not isinstance(storage, SupportsStepCommit):
+            pytest.skip("the backend does not implement SupportsStepCommit")
+        run, other = self._run(), self._run()
+        await storage.create_run(run)
+        await storage.create_run(other)
+        events, _ = self._step_records(run.id, first_seq=1, count=3, logs=0)
+        await storage.append_events(events)
+        again = Event(type="changed", run_id=run.id, step_id="z", data={"v": 2}, time=9.0,
+                      seq=2)
+        newer, _ = self._step_records(run.id, first_seq=4, count=1, logs=0)
+        await storage.append_events([again, events[2], *newer])
+        await storage.append_events(events)
+        assert await storage.list_events(run.id) == events + newer
+        # the same seq in another run is another event
+        elsewhere = Event(type="x", run_id=other.id, data={}, time=1.0, seq=2)
+        await storage.append_events([elsewhere])
+        assert await storage.list_events(other.id) == [elsewhere]
 
     async def test_returned_objects_are_copies(self, storage: Any) -> None:
         run = self._run(outputs={"list": [1]})

@@ -100,6 +100,8 @@ events = sa.Table(
     sa.Column("step_id", sa.String(), nullable=True),
     sa.Column("time", sa.Float(), nullable=False),
     sa.Column("data", sa.Text(), nullable=False),
+    # one event per (run_id, seq) (migration 0006): inserts are ON CONFLICT DO NOTHING
+    sa.Index("ux_fy_events_run_seq", "run_id", "seq", unique=True),
 )
 
 logs = sa.Table(

@@ -11,6 +11,11 @@ instead of failing when it upgrades a read lock). Within a process, writes are
 group-committed on one dedicated writer connection, with the SQL of each write statement
 compiled once (see :class:`_GroupCommit` and :class:`_RawSQLite`); reads use SQLAlchemy's
 connection pool. PostgreSQL uses psycopg 3 through SQLAlchemy for everything.
+
+An event is stored once per ``(run_id, seq)`` (the unique index of migration 0006): events are
+inserted with ``ON CONFLICT (run_id, seq) DO NOTHING``, so a retried write never duplicates
+one. :meth:`SQLStorage.commit_step` writes a step key's attempt, checkpoint, events and log
+lines in one transaction (one group commit on SQLite).
 """
 
 from __future__ import annotations
@@ -112,7 +117,6 @@ _RUN_EXISTS = sa.select(runs.c.id).where(runs.c.id == sa.bindparam("b_id"))
 _RUN_INSERT = runs.insert()
 _RUN_BY_KEY = sa.select(runs.c.id).where(runs.c.idempotency_key == sa.bindparam("b_key"))
 _RUN_UPDATE = runs.update().where(runs.c.id == sa.bindparam("b_id"))
-_EVENT_INSERT = events.insert()
 _LOG_INSERT = logs.insert()
 _COST_INSERT = costs.insert()
 _LEASE_FIELDS = tuple(c.name for c in leases.c)
@@ -983,21 +987,68 @@ class SQLStorage:
 
     # ------------------------------------------------------------------ attempts / checkpoints
 
-    async def save_attempt(self, attempt: StepAttempt) -> None:
-        """Insert or update the attempt keyed by (run_id, step_key, attempt)."""
+    @staticmethod
+    def _attempt_row(attempt: StepAttempt) -> dict[str, Any]:
+        """The fy_attempts row of ``attempt`` (JSON fields serialised).
+
+        Raises:
+            StorageError: the output or an extra field is not JSON-ready (naming the run and
+                step key).
+        """
         data = attrs.asdict(attempt, recurse=False)
         row: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for name, value in data.items():
             if name in _ATTEMPT_JSON:
-                row[name] = _dumps(value, f"output of step {attempt.step_key!r} of run "
-                                          f"{attempt.run_id}")
+                row[name] = _dumps(value, f"output of attempt {attempt.attempt} of step "
+                                          f"{attempt.step_key!r} of run {attempt.run_id}")
             elif name in _ATTEMPT_COLUMNS:
                 row[name] = value
             else:
                 extra[name] = value
-        row["extra"] = _dumps(extra, f"attempt of step {attempt.step_key!r}")
+        row["extra"] = _dumps(extra, f"attempt {attempt.attempt} of step "
+                                     f"{attempt.step_key!r} of run {attempt.run_id}")
+        return row
 
+    @staticmethod
+    def _event_rows(events_: Sequence[Event]) -> list[dict[str, Any]]:
+        """The fy_events rows of ``events_`` (data serialised).
+
+        Raises:
+            StorageError: an event's data is not JSON-ready (naming the run, seq and type).
+        """
+        return [{"run_id": e.run_id, "seq": e.seq, "type": e.type, "step_id": e.step_id,
+                 "time": e.time,
+                 "data": _dumps(e.data, f"data of event {e.seq} ({e.type}) of run {e.run_id}")}
+                for e in events_]
+
+    def _event_insert_stmt(self) -> Any:
+        """INSERT into fy_events ... ON CONFLICT (run_id, seq) DO NOTHING, built once: an
+        event already stored (a retried write) is skipped, never stored twice.
+        """
+        stmt = self._upserts.get("event-insert")
+        if stmt is None:
+            base: Any
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                base = sqlite_insert(events)
+            else:
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                base = pg_insert(events)
+            stmt = self._upserts["event-insert"] = base.on_conflict_do_nothing(
+                index_elements=["run_id", "seq"])
+        return stmt
+
+    async def save_attempt(self, attempt: StepAttempt) -> None:
+        """Insert or update the attempt keyed by (run_id, step_key, attempt).
+
+        Raises:
+            StorageError: the output is not JSON-ready (nothing stored), or the database
+                failed.
+        """
+        row = self._attempt_row(attempt)
         stmt = self._upsert_stmt(attempts, ("run_id", "step_key", "attempt"))
 
         def save(ex: _Exec) -> None:
@@ -1051,18 +1102,88 @@ class SQLStorage:
 
         return await self._call(select)
 
+    async def commit_step(self, run_id: str, *, attempt: StepAttempt | None = None,
+                          checkpoint: tuple[str, Any] | None = None,
+                          events: Sequence[Event] = (), logs: Sequence[LogRecord] = ()
+                          ) -> None:
+        """Write a step key's records in one transaction
+        (:class:`~flowyard.interfaces.SupportsStepCommit`): all are committed when this
+        returns, none when it raises.
+
+        Every value is serialised to JSON before the transaction starts. On SQLite the
+        transaction is one request of the group commit, so the step commits of parallel steps
+        share one commit (and one fsync); on PostgreSQL it is one transaction of its own.
+
+        Args:
+            run_id: the run every record belongs to.
+            attempt: an attempt to upsert by ``(run_id, step_key, attempt)``.
+            checkpoint: ``(step_key, output)`` to upsert; ``output`` is JSON-ready.
+            events: numbered events; one whose ``(run_id, seq)`` is stored already is
+                skipped (the stored one is kept), so a retried call never duplicates one.
+            logs: log lines to append (a retried call appends them again).
+
+        Raises:
+            StorageError: nothing was written. A value is not JSON-ready or not valid
+                Unicode, or a record belongs to another run than ``run_id`` (the message
+                names the run and the record); or the database failed (``retriable`` for a
+                lock held past the busy timeout or a dropped connection).
+        """
+        others = ([f"the attempt of step {attempt.step_key!r}"]
+                  if attempt is not None and attempt.run_id != run_id else [])
+        others += [f"event {e.seq} ({e.type})" for e in events if e.run_id != run_id]
+        others += [f"log line {r.message[:40]!r}" for r in logs if r.run_id != run_id]
+        if others:
+            raise StorageError(f"commit_step of run {run_id}: {', '.join(others[:3])} "
+                               f"{'belongs' if len(others) == 1 else 'belong'} to another "
+                               "run; nothing was stored")
+        attempt_row = None if attempt is None else self._attempt_row(attempt)
+        checkpoint_row = None
+        if checkpoint is not None:
+            step_key, output = checkpoint
+            checkpoint_row = {"run_id": run_id, "step_key": step_key,
+                              "output": _dumps(output, f"output of step {step_key!r} of run "
+                                                       f"{run_id}"),
+                              "saved_at": time.time()}
+        event_rows = self._event_rows(events)
+        log_rows = [{"run_id": r.run_id, "step_id": r.step_id, "level": r.level,
+                     "message": r.message, "time": r.time} for r in logs]
+        if attempt_row is None and checkpoint_row is None and not event_rows and not log_rows:
+            return
+        attempt_stmt = self._upsert_stmt(attempts, ("run_id", "step_key", "attempt"))
+        checkpoint_stmt = self._upsert_stmt(checkpoints, ("run_id", "step_key"))
+        event_stmt = self._event_insert_stmt()
+
+        def write(ex: _Exec) -> None:
+            if attempt_row is not None:
+                ex.execute(attempt_stmt, attempt_row)
+            if checkpoint_row is not None:
+                ex.execute(checkpoint_stmt, checkpoint_row)
+            if event_rows:
+                ex.execute(event_stmt, event_rows)
+            if log_rows:
+                ex.execute(_LOG_INSERT, log_rows)
+
+        await self._call(self._write_tx, write)
+
     # ------------------------------------------------------------------ events / logs / costs
 
     async def append_events(self, events_: Sequence[Event]) -> None:
-        """Append events (numbered by ``seq``) in one transaction."""
+        """Append events (numbered by ``seq``) in one transaction.
+
+        An event whose ``(run_id, seq)`` is stored already is skipped (the stored one is
+        kept), so a retried call never duplicates events.
+
+        Raises:
+            StorageError: an event's data is not JSON-ready (nothing stored), or the database
+                failed.
+        """
         if not events_:
             return
-        rows = [{"run_id": e.run_id, "seq": e.seq, "type": e.type, "step_id": e.step_id,
-                 "time": e.time, "data": _dumps(e.data, f"data of event {e.type!r}")}
-                for e in events_]
+        rows = self._event_rows(events_)
+        stmt = self._event_insert_stmt()
 
         def insert(ex: _Exec) -> None:
-            ex.execute(_EVENT_INSERT, rows)
+            ex.execute(stmt, rows)
 
         await self._call(self._write_tx, insert)
 
