@@ -570,9 +570,12 @@ async def test_closing_the_stream_early_cancels_the_run() -> None:
 
 
 @pytest.mark.anyio
-async def test_storage_failures_fail_the_step_or_the_run_and_are_recorded() -> None:
+@pytest.mark.parametrize("step_commit", [True, False], ids=["commit_step", "separate-writes"])
+async def test_storage_failures_fail_the_step_or_the_run_and_are_recorded(step_commit: bool
+                                                                          ) -> None:
     from flowyard.builtin.memory_storage import MemoryStorage
     from flowyard.errors import StorageError
+    from flowyard.interfaces import SupportsStepCommit
 
     class Flaky(MemoryStorage):
         broken = ""
@@ -587,16 +590,41 @@ async def test_storage_failures_fail_the_step_or_the_run_and_are_recorded() -> N
                 raise StorageError("events table locked")
             await super().append_events(events)
 
+        async def commit_step(self, run_id: str, **records: Any) -> None:
+            if self.broken == "checkpoint" and records.get("checkpoint") is not None:
+                raise StorageError("disk full")
+            if self.broken == "events" and records.get("events"):
+                raise StorageError("events table locked")
+            await super().commit_step(run_id, **records)
+
+    class SeparateWrites:
+        """The same backend without the optional one-transaction commit_step."""
+
+        def __init__(self, inner: Flaky) -> None:
+            self.__dict__["inner"] = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "commit_step":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            setattr(self.inner, name, value)
+
+    def make(url: str, config: Any) -> Any:
+        storage = Flaky(url, config)
+        return storage if step_commit else SeparateWrites(storage)
+
     class Plug:
         @flowyard.hookimpl
         def register_storage(self, register: Any, config: Any) -> None:
-            register("flaky", lambda url, config: Flaky(url, config),
-                     default_priority=100, default_url=lambda c: "flaky://")
+            register("flaky", make, default_priority=100, default_url=lambda c: "flaky://")
 
     stack = Stack([Plug()])
     wf = {"name": "x", "steps": [{"id": "a", "uses": "echo"}]}
     async with stack:
         storage = stack.storage
+        assert isinstance(storage, SupportsStepCommit) == step_commit
         storage.broken = "checkpoint"
         # the commit point failed: not a step failure but the run's, raised as a plain
         # StorageError naming the run and step; the run is recorded failed with it as reason

@@ -50,12 +50,23 @@ class Flaky(MemoryStorage):
     retriable = True
     tries = 0
 
-    async def save_checkpoint(self, run_id: str, step_key: str, output: Any) -> None:
+    def _fail(self) -> None:
         self.tries += 1
         if self.failures > 0:
             self.failures -= 1
             raise StorageError("database is locked (test)", retriable=self.retriable)
+
+    async def save_checkpoint(self, run_id: str, step_key: str, output: Any) -> None:
+        self._fail()
         await super().save_checkpoint(run_id, step_key, output)
+
+    async def commit_step(self, run_id: str, **records: Any) -> None:
+        """The engine's one-transaction write: fails (writing nothing) when it holds a
+        checkpoint, like save_checkpoint.
+        """
+        if records.get("checkpoint") is not None:
+            self._fail()
+        await super().commit_step(run_id, **records)
 
 
 def make_stack(tool: Any, storage: type = MemoryStorage, config: Any = None) -> Stack:

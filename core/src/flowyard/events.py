@@ -162,6 +162,23 @@ class EventBus:
             self._call(name, listener, event)
         return event
 
+    def publish(self, type: str, run_id: str, step_id: str | None, data: dict[str, Any]
+                ) -> Event:
+        """Build, number and deliver an event (what :meth:`emit` does, without building the
+        event twice); return it. ``data`` becomes the event's data as it is (not copied).
+        """
+        if type in TRANSIENT_EVENTS or not run_id:
+            return self.emit(Event(type, run_id, step_id, data))
+        seq = self._seq.get(run_id, 0) + 1
+        self._seq[run_id] = seq
+        event = Event(type, run_id, step_id, data, time.time(), seq)
+        for name, listener, _ in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener %s failed on %s", name, event.type)
+        return event
+
     @staticmethod
     def _call(name: str, listener: Listener, event: Event) -> None:
         try:

@@ -77,6 +77,9 @@ __all__ = [
 
 _REF = re.compile(r"(\$?)\$\{\s*([A-Za-z_][\w-]*)((?:\.[A-Za-z_][\w-]*|\[\d+\])*)\s*\}")
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.S)
+#: A string that is one ``${id}`` / ``${id.field[0]}`` / ``${inputs.x}`` reference and nothing else.
+_WHOLE_REF = re.compile(r"\s*\$\{\s*([A-Za-z_][\w-]*)((?:\.[A-Za-z_][\w-]*|\[\d+\])*)\s*\}\s*")
+_REF_PART = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")
 MAX_TEMPLATE_CHARS = 100_000
 #: Largest value a template may build or print: characters of strings plus items of lists and
 #: mappings, counted through nesting.
@@ -110,13 +113,38 @@ def translate(text: str) -> str:
         if m.group(1):  # $${...}: escaped, keep a literal ${...}
             return m.group(0)[1:].replace("${", "{{ '${' }}", 1)
         head, rest = m.group(2), m.group(3)
-        parts = re.findall(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]", rest)
+        parts = _REF_PART.findall(rest)
         tail = "".join(_field(name) if name else f"[{num}]" for name, num in parts)
         if head == "inputs":
             return "{{ inputs" + tail + " }}"
         return "{{ steps[" + json.dumps(head) + "].output" + tail + " }}"
 
     return _REF.sub(repl, text)
+
+
+def whole_reference(text: str) -> tuple[str, str | None, tuple[str | int, ...]] | None:
+    """Parse a string that is exactly one ``${...}`` reference (surrounding blanks allowed).
+
+    Returns:
+        ``("steps", step_id, path)`` for ``${id.a[0]}`` (path ``("a", 0)``, read from the
+        step's output), ``("inputs", name_or_None, path)`` for ``${inputs.x.y}`` (name
+        ``"x"``, path ``("y",)``; ``${inputs}`` alone has name None), or None when ``text``
+        is anything else (other text around it, Jinja syntax, an escaped ``$${``).
+    """
+    m = _WHOLE_REF.fullmatch(text)
+    if m is None:
+        return None
+    parts: tuple[str | int, ...] = tuple(name if name else int(num)
+                                         for name, num in _REF_PART.findall(m.group(2)))
+    head = m.group(1)
+    if head == "inputs":
+        if not parts:
+            return "inputs", None, ()
+        first = parts[0]
+        if not isinstance(first, str):
+            return None  # ${inputs[0]}: left to Jinja (and its error)
+        return "inputs", first, parts[1:]
+    return "steps", head, parts
 
 
 class _RenderTimeout(Exception):
@@ -446,11 +474,14 @@ class Compiled:
     Static values (without templates) are returned as they are, without copying.
     """
 
-    __slots__ = ("static", "value", "_fn")
+    __slots__ = ("static", "value", "_fn", "jinja")
 
     def __init__(self, value: Any, where: str = "") -> None:
         self.value = value
         self.static = not _contains_template(value)
+        #: True when some template needs Jinja (not only whole-value ``${...}`` references,
+        #: which are plain lookups): only then does a render take a time and work budget.
+        self.jinja = not self.static and _contains_jinja(value)
         self._fn = None if self.static else _build(value, where)
 
     def render(self, context: Mapping[str, Any], *, where: str = "",
@@ -471,6 +502,8 @@ class Compiled:
         """
         if self._fn is None:
             return self.value
+        if not self.jinja:
+            return self._fn(context, where)
         with _render_budget(timeout):
             return self._fn(context, where)
 
@@ -511,6 +544,16 @@ def _contains_template(value: Any) -> bool:
     return False
 
 
+def _contains_jinja(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_template(value) and whole_reference(value) is None
+    if isinstance(value, Mapping):
+        return any(_contains_jinja(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_contains_jinja(v) for v in value)
+    return False
+
+
 def _error(where: str, source: str, exc: Exception) -> TemplateError:
     from jinja2.exceptions import SecurityError, UndefinedError
 
@@ -543,31 +586,93 @@ def _build(value: Any, where: str) -> Any:
 
 
 def _compile_string(text: str, where: str) -> Any:
-    from jinja2.exceptions import TemplateSyntaxError
-
     if len(text) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"{where}: template of {len(text)} characters exceeds the limit of "
                             f"{MAX_TEMPLATE_CHARS}")
+    ref = whole_reference(text)
+    if ref is not None:
+        return _compile_reference(text, ref, where)
+    return _compile_jinja(text, where)
+
+
+def _compile_reference(text: str, ref: tuple[str, str | None, tuple[str | int, ...]],
+                       where: str) -> Any:
+    """A whole-value ``${...}`` reference: a direct lookup in the context's plain dicts and
+    lists, which is what the Jinja expression would give (data first, as
+    ``_Environment.getattr``). Anything else -- a missing key, an index out of range, a value
+    that is not a plain dict or list -- is handed to the Jinja expression, compiled on first
+    need, so errors and unusual values behave exactly as in any other template.
+    """
+    kind, name, path = ref
+    jinja: list[Any] = []
+
+    def slow(ctx: Mapping[str, Any], w: str) -> Any:
+        if not jinja:
+            jinja.append(_compile_jinja(text, where))
+        return jinja[0](ctx, w)
+
+    def lookup(ctx: Mapping[str, Any], w: str) -> Any:
+        try:
+            if kind == "steps":
+                entry = ctx["steps"][name]
+                if type(entry) is not dict or "output" not in entry:
+                    return slow(ctx, w)
+                obj = entry["output"]
+            else:
+                obj = ctx["inputs"]
+                if name is not None:
+                    if type(obj) is not dict or name not in obj:
+                        return slow(ctx, w)
+                    obj = obj[name]
+        except (KeyError, TypeError):
+            return slow(ctx, w)
+        for part in path:
+            kind_of = type(obj)
+            if kind_of is dict and type(part) is str and part in obj:
+                obj = obj[part]
+            elif (kind_of is list or kind_of is tuple) and type(part) is int and part < len(obj):
+                obj = obj[part]
+            else:
+                return slow(ctx, w)
+        return obj
+
+    return lookup
+
+
+@lru_cache(maxsize=4096)
+def _jinja(source: str) -> tuple[bool, Any]:
+    """Compile translated template text once per process: ``(True, expression)`` for a
+    string that is one ``{{ ... }}`` expression (keeps the value's type), ``(False,
+    template)`` otherwise. Raises TemplateSyntaxError (not cached).
+    """
     env = environment()
-    source = translate(text)
     whole = _WHOLE.match(source)
+    if whole and "{{" not in whole.group("expr") and "}}" not in whole.group("expr"):
+        return True, env.compile_expression(whole.group("expr"), undefined_to_none=False)
+    return False, env.from_string(source)
+
+
+def _compile_jinja(text: str, where: str) -> Any:
+    from jinja2.exceptions import TemplateSyntaxError
+
     try:
-        if whole and "{{" not in whole.group("expr") and "}}" not in whole.group("expr"):
-            expr = env.compile_expression(whole.group("expr"), undefined_to_none=False)
-
-            def run_expr(ctx: Mapping[str, Any], w: str) -> Any:
-                try:
-                    result = expr(**ctx)
-                    _check_defined(result)
-                    return result
-                except Exception as exc:  # noqa: BLE001 - rewrapped with the location
-                    raise _error(w or where, text, exc) from None
-
-            return run_expr
-        template = env.from_string(source)
+        is_expression, compiled = _jinja(translate(text))
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{where}: template syntax error: {exc.message} in {text!r}"
                             ) from None
+    if is_expression:
+        expr = compiled
+
+        def run_expr(ctx: Mapping[str, Any], w: str) -> Any:
+            try:
+                result = expr(**ctx)
+                _check_defined(result)
+                return result
+            except Exception as exc:  # noqa: BLE001 - rewrapped with the location
+                raise _error(w or where, text, exc) from None
+
+        return run_expr
+    template = compiled
 
     def run_template(ctx: Mapping[str, Any], w: str) -> Any:
         parts: list[str] = []
@@ -671,37 +776,51 @@ def find_references(value: Any, path: str = "", *, expression: bool = False
                     ) -> list[tuple[str, Reference | TemplateError]]:
     """Return ``(path, reference-or-syntax-error)`` for every template in ``value``.
 
-    ``expression`` treats a bare string as an expression (for ``when``/``until``).
+    ``expression`` treats a bare string as an expression (for ``when``/``until``). Each
+    distinct template text is parsed once per process (a whole-value ``${...}`` reference is
+    read without parsing).
     """
-    from jinja2 import nodes
-    from jinja2.exceptions import TemplateSyntaxError
-
-    env = environment()
     found: list[tuple[str, Reference | TemplateError]] = []
     items = list(_strings(value, path))
     if expression and isinstance(value, str) and not has_template(value):
         items = [(path, "{{ " + value + " }}")]
     for where, text in items:
-        try:
-            tree = env.parse(translate(text))
-        except TemplateSyntaxError as exc:
-            found.append((where, TemplateError(f"template syntax error: {exc.message} in "
-                                               f"{text!r}")))
+        refs = _references_in(text)
+        if isinstance(refs, str):
+            found.append((where, TemplateError(refs)))
             continue
-        from jinja2 import meta
-
-        for name in sorted(meta.find_undeclared_variables(tree)):
-            if name not in ("steps", "inputs") and name not in env.globals:
-                found.append((where, Reference("name", name, text)))
-        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-            base = node.node
-            if not isinstance(base, nodes.Name) or base.name not in ("steps", "inputs"):
-                continue
-            if isinstance(node, nodes.Getattr):
-                name = node.attr
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                name = node.arg.value
-            else:
-                continue
-            found.append((where, Reference(base.name, name, text)))
+        found.extend((where, Reference(kind, name, text)) for kind, name in refs)
     return found
+
+
+@lru_cache(maxsize=4096)
+def _references_in(text: str) -> tuple[tuple[str, str], ...] | str:
+    """The ``(kind, name)`` references of one template text, or the syntax error's message."""
+    ref = whole_reference(text)
+    if ref is not None:
+        kind, name, _ = ref
+        return ((kind, name),) if name is not None else ()
+    from jinja2 import meta, nodes
+    from jinja2.exceptions import TemplateSyntaxError
+
+    env = environment()
+    try:
+        tree = env.parse(translate(text))
+    except TemplateSyntaxError as exc:
+        return f"template syntax error: {exc.message} in {text!r}"
+    found: list[tuple[str, str]] = []
+    for name in sorted(meta.find_undeclared_variables(tree)):
+        if name not in ("steps", "inputs") and name not in env.globals:
+            found.append(("name", name))
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if not isinstance(base, nodes.Name) or base.name not in ("steps", "inputs"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            name = node.arg.value
+        else:
+            continue
+        found.append((base.name, name))
+    return tuple(found)

@@ -35,7 +35,8 @@ from flowyard.context import ToolContext
 from flowyard.errors import ToolInputError
 from flowyard.models import ToolSpec
 
-__all__ = ["tool", "FunctionTool", "BaseTool", "schema_for_type", "validate_arguments"]
+__all__ = ["tool", "FunctionTool", "BaseTool", "schema_for_type", "validate_arguments",
+           "compiled_validator"]
 
 _SIMPLE: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -104,6 +105,32 @@ def schema_for_type(tp: Any) -> dict[str, Any]:
     raise TypeError(f"cannot express type hint {tp!r} as JSON Schema")
 
 
+#: Compiled validators by the id of their schema (kept alive with it), most recent last.
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
+MAX_CACHED_VALIDATORS = 1024
+
+
+def compiled_validator(schema: Mapping[str, Any]) -> Any:
+    """Return a JSON Schema (draft 2020-12) validator of ``schema``, built once per schema
+    object: tools keep their ``parameters`` for their lifetime, so a tool called for every
+    step compiles its schema once. A schema changed in place after its first use is not
+    seen; give a new dict instead.
+
+    Returns:
+        a :class:`jsonschema.Draft202012Validator`.
+    """
+    entry = _VALIDATORS.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) >= MAX_CACHED_VALIDATORS:
+        del _VALIDATORS[next(iter(_VALIDATORS))]
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
+
+
 def validate_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any], *, tool: str
                        ) -> None:
     """Check ``arguments`` against a JSON Schema (draft 2020-12).
@@ -111,11 +138,11 @@ def validate_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any], 
     Raises:
         ToolInputError: every violation, each with its JSON path, in one message.
     """
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.path))
+    validator = compiled_validator(schema)
+    instance = arguments if type(arguments) is dict else dict(arguments)
+    errors = list(validator.iter_errors(instance))
     if errors:
+        errors.sort(key=lambda e: list(e.path))
         detail = "; ".join(
             f"{'/'.join(str(p) for p in e.path) or '<root>'}: {e.message}" for e in errors
         )

@@ -1,12 +1,16 @@
 """In-memory storage backend (URL ``memory://``): for tests, demos and throwaway runs.
 
-Nothing survives the process. Values are deep-copied in and out so callers cannot change
-stored state by mutating what they passed or got back.
+Nothing survives the process. Stored records are immutable: the JSON-ready values inside them
+(run inputs, outputs, definitions and metadata, step outputs, plugin values) are kept as JSON
+text (strings and numbers as they are), so callers cannot change stored state by mutating what
+they passed or got back, without the cost of deep copies on the engine's hot path. Like the
+SQL backend, a value that is not JSON-ready is refused with a StorageError.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -17,8 +21,68 @@ from flowyard.config import Config
 from flowyard.errors import RunNotFoundError, StorageError
 from flowyard.interfaces import RunLease, RunQuery
 from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt
+from flowyard.serialization import json_default
 
 __all__ = ["MemoryStorage"]
+
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+class _Json(str):
+    """A stored container value, as its JSON text."""
+
+    __slots__ = ()
+
+
+def _freeze(value: Any, what: str) -> Any:
+    """Return an immutable stored form of a JSON-ready value.
+
+    Raises:
+        StorageError: the value is not JSON-ready; ``what`` names it.
+    """
+    if type(value) in _IMMUTABLE:
+        return value
+    try:
+        return _Json(json.dumps(value, default=json_default))
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"{what} is not JSON-ready: {exc}") from None
+
+
+def _thaw(stored: Any) -> Any:
+    """Return a new value from its stored form (see :func:`_freeze`)."""
+    return json.loads(stored) if type(stored) is _Json else stored
+
+
+_RUN_VALUES = ("inputs", "outputs", "workflow", "metadata")
+
+
+def _freeze_run(run: RunRecord) -> tuple[RunRecord, tuple[Any, ...]]:
+    """A run as ``(record without its values, frozen values)`` (see :data:`_RUN_VALUES`)."""
+    values = tuple(_freeze(getattr(run, name), f"field {name!r} of run {run.id}")
+                   for name in _RUN_VALUES)
+    return attrs.evolve(run, inputs={}, outputs={}, workflow={}, metadata={}), values
+
+
+def _thaw_run(stored: tuple[RunRecord, tuple[Any, ...]]) -> RunRecord:
+    shell, values = stored
+    return attrs.evolve(shell, **{name: _thaw(v) for name, v in zip(_RUN_VALUES, values)})
+
+
+def _freeze_attempt(attempt: StepAttempt) -> StepAttempt:
+    """A copy of ``attempt`` whose output is frozen (its other fields are immutable)."""
+    return StepAttempt(
+        attempt.run_id, attempt.step_id, attempt.step_key, attempt.attempt, attempt.status,
+        attempt.idempotency_key,
+        _freeze(attempt.output, f"output of attempt {attempt.attempt} of step "
+                                f"{attempt.step_key!r} of run {attempt.run_id}"),
+        attempt.error, attempt.error_type, attempt.started_at, attempt.finished_at,
+        attempt.input_tokens, attempt.output_tokens, attempt.cost_usd)
+
+
+def _thaw_attempt(stored: StepAttempt) -> StepAttempt:
+    if type(stored.output) is not _Json:
+        return copy.copy(stored)
+    return attrs.evolve(stored, output=_thaw(stored.output))
 
 
 class MemoryStorage:
@@ -31,10 +95,11 @@ class MemoryStorage:
 
     def __init__(self, url: str = "memory://", config: Config | None = None) -> None:
         self.url = url
-        self._runs: dict[str, RunRecord] = {}
+        self._runs: dict[str, tuple[RunRecord, tuple[Any, ...]]] = {}
         self._attempts: dict[str, dict[tuple[str, int], StepAttempt]] = defaultdict(dict)
         self._checkpoints: dict[str, dict[str, Any]] = defaultdict(dict)
         self._events: dict[str, list[Event]] = defaultdict(list)
+        self._event_seqs: dict[str, set[int]] = defaultdict(set)  # numbered events stored
         self._logs: dict[str, list[LogRecord]] = defaultdict(list)
         self._costs: list[CostLine] = []
         self._kv: dict[tuple[str, str], Any] = {}
@@ -59,7 +124,7 @@ class MemoryStorage:
         self._check()
         if run.id in self._runs:
             raise StorageError(f"run {run.id} already exists")
-        self._runs[run.id] = copy.deepcopy(run)
+        self._runs[run.id] = _freeze_run(run)
 
     async def create_run_once(self, run: RunRecord, idempotency_key: str
                               ) -> tuple[RunRecord, bool]:
@@ -72,38 +137,39 @@ class MemoryStorage:
         self._check()
         existing = self._idempotency.get(idempotency_key)
         if existing is not None:
-            return copy.deepcopy(self._runs[existing]), False
+            return _thaw_run(self._runs[existing]), False
         await self.create_run(run)
         self._idempotency[idempotency_key] = run.id
-        return copy.deepcopy(run), True
+        return _thaw_run(self._runs[run.id]), True
 
     async def update_run(self, run: RunRecord) -> None:
         """Replace a stored run. Raises RunNotFoundError."""
         self._check()
         if run.id not in self._runs:
             raise RunNotFoundError(f"no run {run.id!r}")
-        self._runs[run.id] = copy.deepcopy(run)
+        self._runs[run.id] = _freeze_run(run)
 
     async def get_run(self, run_id: str) -> RunRecord:
         """Return a copy of a run. Raises RunNotFoundError."""
         self._check()
         try:
-            return copy.deepcopy(self._runs[run_id])
+            stored = self._runs[run_id]
         except KeyError:
             raise RunNotFoundError(f"no run {run_id!r}") from None
+        return _thaw_run(stored)
 
     async def list_runs(self, query: RunQuery) -> list[RunRecord]:
         """Return runs matching ``query``."""
         self._check()
         runs = [
-            r for r in self._runs.values()
-            if (query.status is None or r.status == query.status)
-            and (query.workflow_name is None or r.workflow_name == query.workflow_name)
-            and (query.created_after is None or r.created_at >= query.created_after)
-            and (query.created_before is None or r.created_at < query.created_before)
+            stored for stored in self._runs.values()
+            if (query.status is None or stored[0].status == query.status)
+            and (query.workflow_name is None or stored[0].workflow_name == query.workflow_name)
+            and (query.created_after is None or stored[0].created_at >= query.created_after)
+            and (query.created_before is None or stored[0].created_at < query.created_before)
         ]
-        runs.sort(key=lambda r: (r.created_at, r.id), reverse=query.order.startswith("-"))
-        return [copy.deepcopy(r) for r in runs[query.offset:query.offset + query.limit]]
+        runs.sort(key=lambda r: (r[0].created_at, r[0].id), reverse=query.order.startswith("-"))
+        return [_thaw_run(r) for r in runs[query.offset:query.offset + query.limit]]
 
     async def claim_lease(self, lease: RunLease, *, now: float,
                           replace_owner: str | None = None) -> RunLease:
@@ -150,31 +216,67 @@ class MemoryStorage:
     async def save_attempt(self, attempt: StepAttempt) -> None:
         """Insert or replace an attempt."""
         self._check()
-        self._attempts[attempt.run_id][(attempt.step_key, attempt.attempt)] = attrs.evolve(
-            attempt, output=copy.deepcopy(attempt.output))
+        self._attempts[attempt.run_id][(attempt.step_key, attempt.attempt)] = (
+            _freeze_attempt(attempt))
 
     async def list_attempts(self, run_id: str) -> list[StepAttempt]:
         """Return attempts ordered by start time."""
         self._check()
         attempts = sorted(self._attempts.get(run_id, {}).values(),
                           key=lambda a: (a.started_at, a.step_key, a.attempt))
-        return [copy.deepcopy(a) for a in attempts]
+        return [_thaw_attempt(a) for a in attempts]
 
     async def save_checkpoint(self, run_id: str, step_key: str, output: Any) -> None:
         """Record a completed step key's output."""
         self._check()
-        self._checkpoints[run_id][step_key] = copy.deepcopy(output)
+        self._checkpoints[run_id][step_key] = _freeze(
+            output, f"output of step {step_key!r} of run {run_id}")
 
     async def load_checkpoints(self, run_id: str) -> dict[str, Any]:
         """Return ``{step_key: output}``."""
         self._check()
-        return copy.deepcopy(self._checkpoints.get(run_id, {}))
+        return {key: _thaw(out) for key, out in self._checkpoints.get(run_id, {}).items()}
 
     async def append_events(self, events: Sequence[Event]) -> None:
-        """Append events."""
+        """Append events; a numbered event whose ``(run_id, seq)`` is stored is skipped."""
         self._check()
+        self._add_events(events)
+
+    def _add_events(self, events: Sequence[Event]) -> None:
         for event in events:
+            if event.seq:
+                seqs = self._event_seqs[event.run_id]
+                if event.seq in seqs:
+                    continue
+                seqs.add(event.seq)
             self._events[event.run_id].append(event)
+
+    async def commit_step(self, run_id: str, *, attempt: StepAttempt | None = None,
+                          checkpoint: tuple[str, Any] | None = None,
+                          events: Sequence[Event] = (), logs: Sequence[LogRecord] = ()
+                          ) -> None:
+        """Store an attempt, a checkpoint, events and log lines at once, all or nothing
+        (:class:`~flowyard.interfaces.SupportsStepCommit`).
+
+        Raises:
+            StorageError: the attempt's output or the checkpoint is not JSON-ready; nothing
+                was stored.
+        """
+        self._check()
+        frozen_attempt = _freeze_attempt(attempt) if attempt is not None else None
+        if checkpoint is not None:
+            key, output = checkpoint
+            frozen_output = _freeze(output, f"output of step {key!r} of run {run_id}")
+        # nothing below can fail: the call is all or nothing
+        if frozen_attempt is not None:
+            self._attempts[run_id][(frozen_attempt.step_key, frozen_attempt.attempt)] = (
+                frozen_attempt)
+        if checkpoint is not None:
+            self._checkpoints[run_id][key] = frozen_output
+        if events:
+            self._add_events(events)
+        if logs:
+            self._logs[run_id].extend(logs)
 
     async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000
                           ) -> list[Event]:

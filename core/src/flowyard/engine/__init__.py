@@ -41,6 +41,7 @@ from .runner import Run, RunStorageError, check_inputs, new_record
 from .validate import (
     load_workflow,
     load_workflow_with_definition,
+    plan_of,
     step_dependencies,
     validate_workflow,
 )
@@ -248,7 +249,8 @@ async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
             f"stored as 'running' without a lease, so it shows as abandoned and `flowyard "
             f"resume {record.id}` starts it", retriable=exc.retriable) from exc
     run = Run(stack, wf, values, record, max_concurrency=max_concurrency, stream=stream,
-              parent_budget=parent_budget, lease=keeper)
+              parent_budget=parent_budget, lease=keeper,
+              plan=plan_of(stack, wf, record.workflow_hash))
     try:
         result = await keeper.hold(run.execute)
     finally:
@@ -394,5 +396,5 @@ async def _resume_claimed(stack: Services, keeper: LeaseKeeper, run_id: str, for
     await storage.update_run(record)
     run = Run(stack, wf, dict(record.inputs), record, checkpoints=checkpoints,
               attempts=attempts, max_concurrency=max_concurrency, previous_costs=costs,
-              lease=keeper)
+              lease=keeper, plan=plan_of(stack, wf, current_hash))
     return await run.execute()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowyard.context import ToolContext
+from flowyard.events import EventBus
 from flowyard.models import Event
 from flowyard.tools import BaseTool, validate_arguments
 
@@ -40,8 +41,12 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any])
 
 
 def _emit(ctx: ToolContext, tool: Any, started: float, error: str | None) -> None:
-    ctx.stack.events.emit(Event(type="tool.call", run_id=ctx.run_id, step_id=ctx.step_id, data={
-        "tool": tool.name, "idempotent": bool(tool.idempotent),
-        "side_effects": list(tool.side_effects),
-        "duration_s": round(time.perf_counter() - started, 6), "ok": error is None,
-        "error": error, "agent": ctx.agent}))
+    data = {"tool": tool.name, "idempotent": bool(tool.idempotent),
+            "side_effects": list(tool.side_effects),
+            "duration_s": round(time.perf_counter() - started, 6), "ok": error is None,
+            "error": error, "agent": ctx.agent}
+    events = ctx.stack.events
+    if ctx.run_id and isinstance(events, EventBus):
+        events.publish("tool.call", ctx.run_id, ctx.step_id, data)
+    else:
+        events.emit(Event(type="tool.call", run_id=ctx.run_id, step_id=ctx.step_id, data=data))

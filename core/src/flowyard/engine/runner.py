@@ -26,6 +26,7 @@ import contextvars
 import hashlib
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +46,7 @@ from flowyard.errors import (
     WorkflowValidationError,
 )
 from flowyard.llm.budget import Budget, BudgetChain
+from flowyard.interfaces import SupportsStepCommit
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.serialization import json_default
 from flowyard.templating import Compiled, evaluate
@@ -60,7 +62,7 @@ from flowyard.workflow import (
 
 from .calls import invoke_tool
 from .slots import PrioritySlots
-from .validate import raw_arguments, step_dependencies, templated_arguments
+from .validate import plan_of
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from flowyard.interfaces import Services
 
     from .lease import LeaseKeeper
+    from .plan import Plan, StepPlan
 
 __all__ = ["Run", "StepTimeoutError", "RunStorageError", "idempotency_key", "check_inputs",
            "DEFAULT_CONCURRENCY", "DEFAULT_STORAGE_WRITE_ATTEMPTS"]
@@ -223,23 +226,26 @@ def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any
 
 
 class _State:
-    """Scheduling state of one step."""
+    """Scheduling state of one step in one run (its compiled templates and dependencies come
+    from the workflow's :class:`~flowyard.engine.plan.Plan`, shared by every run).
+    """
 
     __slots__ = ("step", "deps", "raw", "children", "remaining", "result", "with_", "for_each",
-                 "blocking", "slot_priority", "budget_chain")
+                 "blocking", "slot_priority", "budget_chain", "tool")
 
-    def __init__(self, step: Step, deps: set[str], raw: tuple[str, ...] = ()) -> None:
+    def __init__(self, step: Step, plan: StepPlan) -> None:
         self.step = step
-        self.deps = deps
-        self.raw = raw
+        self.deps = plan.deps
+        self.raw = plan.raw
         self.children: list[_State] = []
-        self.remaining = len(deps)
+        self.remaining = len(plan.deps)
         self.result = StepResult(id=step.id)
-        self.with_ = Compiled(templated_arguments(step, raw), f"step {step.id!r}, field with")
-        self.for_each = Compiled(step.for_each, f"step {step.id!r}, field for_each")
+        self.with_ = plan.with_
+        self.for_each = plan.for_each
         self.blocking = False
         self.slot_priority = step.priority
         self.budget_chain: Any = _UNSET
+        self.tool: Any = None  # the action, looked up at its first attempt
 
 
 class _Usage:
@@ -278,6 +284,9 @@ class Run:
         stream: a memory stream that also receives every event of the run.
         previous_costs: cost lines of the run so far (resume): counted in totals and budget.
         parent_budget: the budgets of the parent step, for a sub-workflow's run.
+        lease: the run's lease, held by the caller (None: no lease is checked).
+        plan: the workflow's plan (see :func:`flowyard.engine.validate.plan_of`; looked up
+            or built here when None).
     """
 
     def __init__(self, stack: Services, workflow: Workflow, inputs: dict[str, Any],
@@ -286,7 +295,7 @@ class Run:
                  stream: MemoryObjectSendStream[Event] | None = None,
                  previous_costs: list[Any] | None = None,
                  parent_budget: BudgetChain | None = None,
-                 lease: LeaseKeeper | None = None) -> None:
+                 lease: LeaseKeeper | None = None, plan: Plan | None = None) -> None:
         self.stack = stack
         self.lease = lease
         self.workflow = workflow
@@ -300,6 +309,7 @@ class Run:
         self.slots = PrioritySlots(limit)
         self.stream = stream
         self.storage = stack.storage
+        self._step_commit = isinstance(self.storage, SupportsStepCommit)
         self._buffer: list[Event] = []
         self._loop_thread = threading.get_ident()
         self._logs: list[LogRecord] = []
@@ -320,7 +330,7 @@ class Run:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"engine.storage_write_attempts / engine.storage_retry_wait must "
                               f"be numbers: {exc}") from None
-        self._executors: dict[str, Any] = {}
+        self._executors: dict[str | None, Any] = {}
         self.budget = (Budget(workflow.budget_usd, scope="run", name=workflow.name)
                        if workflow.budget_usd is not None else None)
         self.parent_budgets = tuple(parent_budget or ())  # a sub-workflow's parent step
@@ -330,13 +340,14 @@ class Run:
                 self.budget.spent_usd += line.cost_usd
         self.base_context = {"inputs": inputs, "steps": self.steps_view,
                              "run": {"id": self.run_id, "workflow": workflow.name}}
+        plan = plan if plan is not None else plan_of(stack, workflow)
+        states = self.states
         for step in workflow.steps:
-            raw = raw_arguments(stack, step)
-            self.states[step.id] = _State(step, step_dependencies(step, raw), raw)
+            states[step.id] = _State(step, plan.steps[step.id])
             self.step_usage[step.id] = _Usage()
-        for state in self.states.values():
-            for dep in state.deps:
-                self.states[dep].children.append(state)
+        for step_id, step_plan in plan.steps.items():
+            if step_plan.children:
+                states[step_id].children = [states[c] for c in step_plan.children]
 
     @property
     def detached(self) -> bool:
@@ -374,6 +385,17 @@ class Run:
                 ran out); the first such failure is kept in ``_storage_failure`` and the run's
                 task group is cancelled, so the run stops (see :meth:`execute`).
         """
+        try:  # the usual case, without building a retry loop
+            await write()
+            return
+        except RunStorageError:
+            raise
+        except StorageError as exc:
+            if not exc.retriable or self._write_attempts <= 1:
+                self._storage_failed(what, step_key, exc)
+            log.warning("run %s%s: writing %s failed (%s); trying again (2 of %d)",
+                        self.run_id, f", step {step_key!r}" if step_key else "", what, exc,
+                        self._write_attempts)
         from tenacity import (
             AsyncRetrying,
             retry_if_exception,
@@ -386,11 +408,14 @@ class Run:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
             log.warning("run %s%s: writing %s failed (%s); trying again (%d of %d)",
                         self.run_id, f", step {step_key!r}" if step_key else "", what, exc,
-                        retry_state.attempt_number + 1, self._write_attempts)
+                        retry_state.attempt_number + 2, self._write_attempts)
 
+        # the waits double from engine.storage_retry_wait: the first one here, the next
+        # ones (twice as long each) between the tries tenacity makes
+        await anyio.sleep(self._retry_wait + random.uniform(0, self._retry_wait / 10))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._write_attempts),
-            wait=wait_exponential(multiplier=self._retry_wait, max=8.0)
+            stop=stop_after_attempt(self._write_attempts - 1),
+            wait=wait_exponential(multiplier=2 * self._retry_wait, max=8.0)
             + wait_random(0, self._retry_wait / 10),
             retry=retry_if_exception(lambda e: isinstance(e, StorageError) and e.retriable
                                      and not isinstance(e, RunStorageError)),
@@ -405,18 +430,26 @@ class Run:
         except RunStorageError:
             raise
         except StorageError as exc:
-            tries = f" (tried {self._write_attempts} times)" if exc.retriable else ""
-            failure = RunStorageError(
-                f"run {self.run_id}"
-                + (f", step {step_key!r}" if step_key else "")
-                + f": could not write {what} to storage{tries}: {exc}",
-                run_id=self.run_id, step_key=step_key, retriable=exc.retriable)
-            failure.__cause__ = exc
-            if self._storage_failure is None:
-                self._storage_failure = failure
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-            raise failure from exc
+            self._storage_failed(what, step_key, exc)
+
+    def _storage_failed(self, what: str, step_key: str | None, exc: StorageError) -> None:
+        """Stop the run after one of its storage writes failed for good (see :meth:`_store`).
+
+        Raises:
+            RunStorageError: always, naming the run, the step key and what was written.
+        """
+        tries = f" (tried {self._write_attempts} times)" if exc.retriable else ""
+        failure = RunStorageError(
+            f"run {self.run_id}"
+            + (f", step {step_key!r}" if step_key else "")
+            + f": could not write {what} to storage{tries}: {exc}",
+            run_id=self.run_id, step_key=step_key, retriable=exc.retriable)
+        failure.__cause__ = exc
+        if self._storage_failure is None:
+            self._storage_failure = failure
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        raise failure from exc
 
     # ------------------------------------------------------------------ events
 
@@ -465,23 +498,47 @@ class Run:
 
     def emit(self, type: str, step_id: str | None = None, **data: Any) -> None:
         """Emit an event of this run through the stack's event bus."""
-        self.stack.events.emit(Event(type=type, run_id=self.run_id, step_id=step_id, data=data))
+        self.stack.events.publish(type, self.run_id, step_id, data)
 
     async def flush(self) -> None:
-        """Write the buffered events to storage in one call (dropped once detached)."""
+        """Write the buffered events and log lines to storage (dropped once detached)."""
         if not await self._owned():
             self._buffer, self._logs = [], []
             return
-        step_key = _CURRENT_STEP.get()
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
+        if self._buffer or self._logs:
+            await self._commit("the run's events", _CURRENT_STEP.get())
+
+    async def _commit(self, what: str, step_key: str | None, *,
+                      attempt: StepAttempt | None = None,
+                      checkpoint: tuple[str, Any] | None = None) -> None:
+        """Write ``attempt``, ``checkpoint`` (``(step_key, output)``) and the events and log
+        lines buffered so far: in one transaction when the backend implements
+        :class:`~flowyard.interfaces.SupportsStepCommit`, else one call each. The caller
+        checked :meth:`_owned`.
+
+        Raises:
+            RunStorageError: as :meth:`_store`.
+        """
+        events, self._buffer = self._buffer, []
+        logs, self._logs = self._logs, []
+        storage = self.storage
+        run_id = self.run_id
+        if self._step_commit:
+            await self._store(what, step_key, lambda: storage.commit_step(
+                run_id, attempt=attempt, checkpoint=checkpoint, events=events, logs=logs))
+            return
+        if attempt is not None:
+            await self._store(f"attempt {attempt.attempt} ({attempt.status})", step_key,
+                              lambda: storage.save_attempt(attempt))
+        if checkpoint is not None:
+            await self._store("the checkpoint", step_key,
+                              lambda: storage.save_checkpoint(run_id, *checkpoint))
+        if events:
             await self._store("the run's events", step_key,
-                              lambda: self.storage.append_events(batch))
-        if self._logs:
-            logs, self._logs = self._logs, []
-            for record in logs:
-                await self._store("a log line", step_key,
-                                  lambda record=record: self.storage.append_log(record))
+                              lambda: storage.append_events(events))
+        for record in logs:
+            await self._store("a log line", step_key,
+                              lambda record=record: storage.append_log(record))
 
     # ------------------------------------------------------------------ main
 
@@ -719,8 +776,10 @@ class Run:
                 output = await self._fan_out(state, context)
             elif step.until is not None:
                 output = await self._loop(state, context)
-            else:
-                output = await self._execute_key(state, step.id, context)
+            else:  # completes the step, records it with its checkpoint in one write
+                await self._execute_key(state, step.id, context, whole_step=True)
+                self._settle(state)
+                return
             res.output = output
             res.status = "completed"
         except anyio.get_cancelled_exc_class():
@@ -740,13 +799,13 @@ class Run:
             await self._step_error(state, exc)
             return
         res.finished_at = time.time()
-        if (step.for_each is not None or step.until is not None) and await self._owned():
-            output = res.output
-            await self._store("the checkpoint", step.id,
-                              lambda: self.storage.save_checkpoint(self.run_id, step.id, output))
         self.emit("step.completed", step.id, attempts=res.attempts,
                   duration_s=round(res.finished_at - res.started_at, 6))
-        await self.flush()
+        with anyio.CancelScope(shield=True):  # the work is done: record it
+            if await self._owned():
+                await self._commit("the checkpoint", step.id, checkpoint=(step.id, res.output))
+            else:
+                await self.flush()
         self._settle(state)
 
     async def _step_error(self, state: _State, exc: BaseException) -> None:
@@ -861,20 +920,39 @@ class Run:
             state.budget_chain = chain if chain else None
         return state.budget_chain  # type: ignore[no-any-return]
 
-    async def _execute_key(self, state: _State, key: str, context: dict[str, Any]) -> Any:
+    async def _execute_key(self, state: _State, key: str, context: dict[str, Any], *,
+                           whole_step: bool = False) -> Any:
+        """Run one step key (with its retries) and record its last attempt, checkpoint and
+        the events so far in one write; return its output.
+
+        Args:
+            state: the step's scheduling state.
+            key: the step key (``id``, ``id[i]``, ``id#n``).
+            context: the names its templates see.
+            whole_step: the key is the step itself (no ``for_each``/``until``): the step is
+                marked completed and its ``step.completed`` event goes into that write too.
+        """
         step = state.step
         policy = step.retry
         if policy is None or policy.attempts <= 1:
-            output = await self._attempt(state, key, context)
+            output, record = await self._attempt(state, key, context)
         else:
-            output = await self._with_retries(state, key, context, policy)
-        if await self._owned():
-            await self._store("the checkpoint", key,
-                              lambda: self.storage.save_checkpoint(self.run_id, key, output))
+            output, record = await self._with_retries(state, key, context, policy)
+        if whole_step:
+            res = state.result
+            res.output = output
+            res.status = "completed"
+            res.finished_at = time.time()
+            self.emit("step.completed", step.id, attempts=res.attempts,
+                      duration_s=round(res.finished_at - res.started_at, 6))
+        with anyio.CancelScope(shield=True):  # the work is done: record it
+            if await self._owned():
+                await self._commit(f"attempt {record.attempt} (completed) and the checkpoint",
+                                   key, attempt=record, checkpoint=(key, output))
         return output
 
     async def _with_retries(self, state: _State, key: str, context: dict[str, Any],
-                            policy: RetryPolicy) -> Any:
+                            policy: RetryPolicy) -> tuple[Any, StepAttempt]:
         from tenacity import (
             AsyncRetrying,
             retry_if_exception,
@@ -907,41 +985,44 @@ class Run:
                 return await self._attempt(state, key, context)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _attempt(self, state: _State, key: str, context: dict[str, Any]) -> Any:
+    async def _attempt(self, state: _State, key: str, context: dict[str, Any]
+                       ) -> tuple[Any, StepAttempt]:
+        """Make one attempt of a step key; return its output and its (completed) attempt
+        record, which the caller stores with the checkpoint. A failed or cancelled attempt
+        is stored here, then its error propagates.
+        """
         step = state.step
         number = self.attempt_base.get(key, 0) + 1
         self.attempt_base[key] = number
         state.result.attempts += 1
         idem = idempotency_key(self.run_id, key)
-        record = StepAttempt(run_id=self.run_id, step_id=step.id, step_key=key, attempt=number,
-                             status="running", idempotency_key=idem)
+        record = StepAttempt(self.run_id, step.id, key, number, "running", idem)
         await self.slots.acquire(state.slot_priority)
         usage = _Usage()
         token = _ATTEMPT_USAGE.set(usage)
         step_token = _CURRENT_STEP.set(key)
 
         async def save() -> None:
-            await self._store(f"attempt {number} ({record.status})", key,
-                              lambda: self.storage.save_attempt(record))
+            await self._commit(f"attempt {number} ({record.status})", key, attempt=record)
 
         try:
             if await self._owned():
                 await save()
-            ctx = ToolContext(stack=self.stack, run_id=self.run_id, step_id=step.id,
-                              step_key=key, attempt=number, idempotency_key=idem,
-                              workflow_name=self.workflow.name,
-                              workflow_source=self.workflow.source,
+            ctx = ToolContext(self.stack, self.run_id, step.id, key, number, idem,
+                              self.workflow.name, self.workflow.source,
                               budget=self._budget_chain(state))
             try:
-                arguments = state.with_.render(context, timeout=_time_left(step.timeout))
+                with_ = state.with_
+                arguments = with_.render(context, timeout=_time_left(step.timeout)
+                                         if with_.jinja else None)
                 if step.timeout is not None:
                     with anyio.move_on_after(step.timeout) as scope:
-                        output = await self._dispatch(step, arguments, ctx)
+                        output = await self._dispatch(state, arguments, ctx)
                     if scope.cancelled_caught:
                         raise StepTimeoutError(
                             f"step {step.id!r} ({key}) timed out after {step.timeout} s")
                 else:
-                    output = await self._dispatch(step, arguments, ctx)
+                    output = await self._dispatch(state, arguments, ctx)
             except anyio.get_cancelled_exc_class():
                 record.status = "cancelled"
                 record.error = "cancelled"
@@ -962,28 +1043,29 @@ class Run:
             record.status = "completed"
             record.output = output
             _finish_attempt(record, usage)
-            if await self._owned():
-                await save()
-            return output
+            return output, record
         finally:
             _CURRENT_STEP.reset(step_token)
             _ATTEMPT_USAGE.reset(token)
             self.slots.release()
 
     def _executor(self, name: str | None) -> Any:
-        name = name or str(self.stack.config.get("engine.executor") or "local")
         executor = self._executors.get(name)
         if executor is None:
-            executor = self._executors[name] = self.stack.executors.get(name)
+            resolved = name or str(self.stack.config.get("engine.executor") or "local")
+            executor = self._executors[name] = self.stack.executors.get(resolved)
         return executor
 
-    async def _dispatch(self, step: Step, arguments: Any, ctx: ToolContext) -> Any:
+    async def _dispatch(self, state: _State, arguments: Any, ctx: ToolContext) -> Any:
         """Run the step's registered action (a tool) on the step's executor."""
-        tool = self.stack.tools.get(step.uses)
+        step = state.step
+        tool = state.tool
+        if tool is None:
+            tool = state.tool = self.stack.tools.get(step.uses)
         if not isinstance(arguments, Mapping):
             raise TemplateError(f"step {step.id!r}, field with: must give a mapping of "
                                 f"arguments, got {type(arguments).__name__}")
-        raw = self.states[step.id].raw
+        raw = state.raw
         if raw:  # keys the action renders itself (SupportsRawArguments), passed as written
             arguments = {**arguments, **{k: step.with_[k] for k in raw if k in step.with_}}
         action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731

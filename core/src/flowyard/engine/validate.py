@@ -10,34 +10,73 @@ from __future__ import annotations
 
 import difflib
 import weakref
+from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
-from flowyard.interfaces import SupportsRawArguments, SupportsStepValidation
+from flowyard.interfaces import SupportsStepValidation
 from flowyard.parsing import ParseLimits, find_surrogate, read_bounded
 from flowyard.templating import Reference, find_references, has_template
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
+
+from .plan import Plan, build_plan, step_raw_arguments
 
 if TYPE_CHECKING:
     from flowyard.interfaces import Services
 
 __all__ = ["load_workflow", "validate_workflow", "step_dependencies", "templated_arguments",
-           "raw_arguments", "unknown_message"]
+           "raw_arguments", "unknown_message", "plan_of", "MAX_CACHED_PLANS"]
 
-#: Content hashes of workflows already validated against each stack (a stack's registries do
-#: not change after it is built, so the same definition validates the same way again).
-_VALIDATED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+#: Plans of the workflows already validated against each stack, by content hash and source
+#: (a stack's registries do not change after it is built, so the same definition validates and
+#: plans the same way again); at most :data:`MAX_CACHED_PLANS` per stack, least recently used
+#: dropped first.
+_PLANS: weakref.WeakKeyDictionary[Any, OrderedDict[str, Plan]] = weakref.WeakKeyDictionary()
+MAX_CACHED_PLANS = 256
+
 
 def raw_arguments(services: Services | None, step: Step) -> tuple[str, ...]:
     """Return the keys of ``step.with_`` its action takes unrendered (see
     :class:`~flowyard.interfaces.SupportsRawArguments`); none for unknown actions.
     """
-    if services is None or step.uses not in services.tools:
-        return ()
-    tool = services.tools.get(step.uses)
-    return tuple(tool.raw_arguments) if isinstance(tool, SupportsRawArguments) else ()
+    return step_raw_arguments(services, step)
+
+
+def _plan_key(workflow: Workflow, content_hash: str) -> str:
+    return f"{content_hash}:{workflow.source or ''}"  # relative sub-workflow paths
+
+
+def _cache_plan(stack: Services, key: str, plan: Plan) -> None:
+    plans = _PLANS.setdefault(stack, OrderedDict())
+    plans[key] = plan
+    while len(plans) > MAX_CACHED_PLANS:
+        plans.popitem(last=False)
+
+
+def plan_of(stack: Services, workflow: Workflow, content_hash: str | None = None) -> Plan:
+    """Return the :class:`~flowyard.engine.plan.Plan` of a validated workflow: the one cached
+    when it was validated against ``stack``, else a new one (dependencies found again).
+
+    Args:
+        stack: the stack the workflow runs on.
+        workflow: the workflow (validated).
+        content_hash: its content hash when the caller has it (else computed).
+
+    Raises:
+        WorkflowValidationError: a template cannot be compiled.
+    """
+    key = _plan_key(workflow, content_hash or workflow.content_hash())
+    plans = _PLANS.get(stack)
+    if plans is not None:
+        plan = plans.get(key)
+        if plan is not None:
+            plans.move_to_end(key)
+            return plan
+    deps = {step.id: step_dependencies(step, step_raw_arguments(stack, step))
+            for step in workflow.steps}
+    return build_plan(stack, workflow, deps, key.split(":", 1)[0])
 
 
 def templated_arguments(step: Step, raw: Collection[str] = ()) -> dict[str, Any]:
@@ -140,11 +179,15 @@ def load_workflow_with_definition(stack: Services, source: Any, *, validate: boo
     definition = workflow.to_dict()
     key = definition_hash(definition)
     if validate:
-        validated = _VALIDATED.setdefault(stack, set())
-        cache_key = f"{key}:{workflow.source or ''}"  # relative sub-workflow paths
-        if cache_key not in validated:
-            validate_workflow(stack, workflow)
-            validated.add(cache_key)
+        cache_key = _plan_key(workflow, key)
+        plans = _PLANS.get(stack)
+        if plans is not None and cache_key in plans:
+            plans.move_to_end(cache_key)
+        else:
+            issues, deps = _check(stack, workflow)
+            if issues:
+                raise WorkflowValidationError(issues)
+            _cache_plan(stack, cache_key, build_plan(stack, workflow, deps, key))
     return workflow, definition, key
 
 
@@ -221,6 +264,15 @@ def validate_workflow(stack: Services | None, workflow: Workflow, *,
     Raises:
         WorkflowValidationError: every problem, each with path, file, line and column.
     """
+    issues, _ = _check(stack, workflow, known_ids=known_ids)
+    if issues:
+        raise WorkflowValidationError(issues)
+    return workflow
+
+
+def _check(stack: Services | None, workflow: Workflow, *, known_ids: set[str] | None = None
+           ) -> tuple[list[ValidationIssue], dict[str, set[str]]]:
+    """Return every problem of ``workflow`` and, per step id, the step ids it depends on."""
     loc = workflow.locations
     issues: list[ValidationIssue] = []
 
@@ -297,10 +349,7 @@ def validate_workflow(stack: Services | None, workflow: Workflow, *,
     for cycle in _cycles(deps, [s.id for s in workflow.steps]):
         issue("dependency cycle: " + " -> ".join(cycle),
               loc.step_path(index[cycle[0]], count))
-
-    if issues:
-        raise WorkflowValidationError(issues)
-    return workflow
+    return issues, deps
 
 
 _BASE_NAMES = {"inputs", "steps", "run"}

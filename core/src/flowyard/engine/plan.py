@@ -1,0 +1,103 @@
+"""What the engine derives from a validated workflow once, not on every run.
+
+A :class:`Plan` holds, per step, its dependencies (taken from validation), the keys of
+``with`` its action renders itself, and its ``with`` / ``for_each`` values compiled
+(:class:`~flowyard.templating.Compiled`: whole-value ``${id}`` references become direct
+lookups, other templates are compiled by Jinja once). Plans are cached per stack and
+workflow content (see :func:`flowyard.engine.validate.plan_of`), so running the same
+workflow again, or a sub-workflow once per item, compiles nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
+from flowyard.interfaces import SupportsRawArguments
+from flowyard.templating import Compiled
+
+if TYPE_CHECKING:
+    from flowyard.interfaces import Services
+    from flowyard.workflow import Step, Workflow
+
+__all__ = ["Plan", "StepPlan", "build_plan", "step_raw_arguments"]
+
+
+def step_raw_arguments(services: Services | None, step: Step) -> tuple[str, ...]:
+    """Return the keys of ``step.with_`` its action takes unrendered (see
+    :class:`~flowyard.interfaces.SupportsRawArguments`); none for unknown actions.
+    """
+    if services is None or step.uses not in services.tools:
+        return ()
+    tool = services.tools.get(step.uses)
+    return tuple(tool.raw_arguments) if isinstance(tool, SupportsRawArguments) else ()
+
+
+class StepPlan:
+    """The run-independent part of one step.
+
+    Attributes:
+        deps: ids of the steps it waits for (``depends_on`` plus template references).
+        children: ids of the steps waiting for it, in definition order.
+        raw: keys of ``with`` passed to the action as written.
+        with_: the rest of ``with``, compiled.
+        for_each: ``for_each``, compiled.
+    """
+
+    __slots__ = ("deps", "children", "raw", "with_", "for_each")
+
+    def __init__(self, deps: frozenset[str], raw: tuple[str, ...], with_: Compiled,
+                 for_each: Compiled) -> None:
+        self.deps = deps
+        self.children: list[str] = []
+        self.raw = raw
+        self.with_ = with_
+        self.for_each = for_each
+
+
+class Plan:
+    """Per step id, its :class:`StepPlan`; ``content_hash`` names the definition planned."""
+
+    __slots__ = ("steps", "content_hash")
+
+    def __init__(self, steps: dict[str, StepPlan], content_hash: str) -> None:
+        self.steps = steps
+        self.content_hash = content_hash
+
+
+def build_plan(services: Services | None, workflow: Workflow,
+               deps: Mapping[str, set[str]], content_hash: str) -> Plan:
+    """Compile ``workflow``'s templates and index its dependencies.
+
+    Args:
+        services: the stack whose tools decide the raw ``with`` keys (None: no action's).
+        workflow: a validated workflow (unique step ids, no cycles).
+        deps: step id -> the step ids it depends on (validation's result).
+        content_hash: the workflow's content hash, kept on the plan.
+
+    Raises:
+        WorkflowValidationError: a template cannot be compiled (e.g. longer than
+            :data:`~flowyard.templating.MAX_TEMPLATE_CHARS`), naming the step and field.
+    """
+    steps: dict[str, StepPlan] = {}
+    issues: list[ValidationIssue] = []
+    loc = workflow.locations
+    count = len(workflow.steps)
+    for i, step in enumerate(workflow.steps):
+        raw = step_raw_arguments(services, step)
+        with_ = {k: v for k, v in step.with_.items() if k not in raw} if raw else step.with_
+        compiled: list[Compiled] = []
+        for field, value in (("with", with_), ("for_each", step.for_each)):
+            try:
+                compiled.append(Compiled(value, f"step {step.id!r}, field {field}"))
+            except TemplateError as exc:
+                issues.append(loc.issue(str(exc), f"{loc.step_path(i, count)}.{field}"))
+                compiled.append(Compiled(None))
+        steps[step.id] = StepPlan(frozenset(deps.get(step.id, ())), raw, *compiled)
+    if issues:
+        raise WorkflowValidationError(issues)
+    for step in workflow.steps:
+        for dep in steps[step.id].deps:
+            steps[dep].children.append(step.id)
+    return Plan(steps, content_hash)
