@@ -341,7 +341,7 @@ class HTTPProvider:
                 transport failure, or a body that is not JSON (``MalformedResponseError``).
         """
         self.check_key(model)
-        return await request_json(self.client(), method, path, provider=self.name,
+        return await request_json(self._client, method, path, provider=self.name,
                                   model=model, secrets=self._secrets, json_body=json_body,
                                   headers=headers, params=params, deadline=self.deadline,
                                   max_retry_after=self.max_retry_after)
