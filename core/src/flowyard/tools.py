@@ -36,7 +36,8 @@ from flowyard.errors import ToolInputError
 from flowyard.models import ToolSpec
 
 __all__ = ["tool", "FunctionTool", "BaseTool", "schema_for_type", "validate_arguments",
-           "compiled_validator"]
+           "compiled_validator", "argument_checks", "check_templated_arguments",
+           "ArgumentChecks"]
 
 _SIMPLE: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
@@ -146,6 +147,95 @@ def validate_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any], 
         detail = "; ".join(
             f"{'/'.join(str(p) for p in e.path) or '<root>'}: {e.message}" for e in errors
         )
+        raise ToolInputError(f"invalid arguments for tool {tool!r}: {detail}", tool=tool)
+
+
+#: Keywords of a container's schema whose verdict depends only on what is written in the
+#: workflow (its type, its keys, its length), never on the values templates fill in.
+_STATIC_CONTAINER_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "minItems", "maxItems", "minProperties", "maxProperties", "propertyNames",
+    "description", "title", "default", "examples", "$comment", "deprecated", "readOnly",
+    "writeOnly", "$schema", "$id"})
+#: Keywords that constrain nothing (annotations): a schema made of them accepts any value.
+_ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment",
+                          "deprecated", "readOnly", "writeOnly"})
+
+#: ``((path, validator), ...)``: what is left to check of a step's arguments at run time.
+ArgumentChecks = tuple[tuple[tuple[str | int, ...], Any], ...]
+
+
+def _accepts_anything(schema: Any) -> bool:
+    return schema is True or (isinstance(schema, Mapping) and set(schema) <= _ANNOTATIONS)
+
+
+def argument_checks(schema: Mapping[str, Any], templated: Sequence[tuple[str | int, ...]]
+                    ) -> ArgumentChecks | None:
+    """Split the validation of a step's arguments into what validation already did and what
+    is left for run time.
+
+    Call it only for arguments whose written part passed :func:`validate_arguments`-style
+    checking at validation time, errors under the templated paths aside (what
+    ``flowyard.engine.validate`` does). When every container on the way to a templated value
+    is constrained only by keywords that the written part decides (type, keys, length: see
+    ``_STATIC_CONTAINER_KEYWORDS``), the arguments are valid exactly when each templated
+    value is valid against the sub-schema at its path; sub-schemas that accept anything are
+    dropped.
+
+    Args:
+        schema: the tool's ``parameters`` (JSON Schema draft 2020-12).
+        templated: the paths (keys and list indexes) of the templated values.
+
+    Returns:
+        ``((path, validator), ...)`` for the values to check when they are known (empty:
+        nothing is left to check), or None when the schema uses anything else (``anyOf``,
+        ``$ref``, ``enum`` of a container...): then the whole arguments are validated at run
+        time.
+    """
+    checks: list[tuple[tuple[str | int, ...], Any]] = []
+    for path in templated:
+        if not path:
+            return None
+        sub: Any = schema
+        for key in path:
+            if _accepts_anything(sub):
+                break
+            if not isinstance(sub, Mapping) or not set(sub) <= _STATIC_CONTAINER_KEYWORDS:
+                return None
+            if isinstance(key, str):
+                props = sub.get("properties") or {}
+                sub = props[key] if key in props else sub.get("additionalProperties", True)
+            else:
+                prefix = sub.get("prefixItems") or []
+                sub = prefix[key] if key < len(prefix) else sub.get("items", True)
+        if sub is False:
+            return None
+        if not _accepts_anything(sub):
+            if not isinstance(sub, Mapping):
+                return None
+            checks.append((path, compiled_validator(sub)))
+    return tuple(checks)
+
+
+def check_templated_arguments(checks: ArgumentChecks, arguments: Mapping[str, Any], *,
+                              tool: str) -> None:
+    """Check the templated values of rendered arguments (see :func:`argument_checks`).
+
+    Raises:
+        ToolInputError: every violation, each with its JSON path, in one message (as
+            :func:`validate_arguments` words it).
+    """
+    problems: list[tuple[list[Any], str]] = []
+    for path, validator in checks:
+        value: Any = arguments
+        for key in path:
+            value = value[key]
+        for error in validator.iter_errors(value):
+            problems.append(([*path, *error.path], error.message))
+    if problems:
+        problems.sort(key=lambda p: [str(k) for k in p[0]])
+        detail = "; ".join(f"{'/'.join(str(k) for k in where) or '<root>'}: {message}"
+                           for where, message in problems)
         raise ToolInputError(f"invalid arguments for tool {tool!r}: {detail}", tool=tool)
 
 

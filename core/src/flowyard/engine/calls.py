@@ -13,12 +13,18 @@ from flowyard.tools import BaseTool, validate_arguments
 
 __all__ = ["invoke_tool"]
 
+_BASE_INVOKE = BaseTool.invoke
 
-async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any]) -> Any:
+
+async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any], *,
+                      validated: bool = False) -> Any:
     """Call ``tool.invoke(arguments, ctx)`` and emit a ``tool.call`` event.
 
     The arguments are checked against ``tool.parameters`` first (tools built on
-    :class:`~flowyard.tools.BaseTool` check them in ``invoke`` themselves).
+    :class:`~flowyard.tools.BaseTool` check them in ``invoke`` themselves), unless
+    ``validated``: the engine checked them already (what the workflow's validation did not
+    check, see :func:`flowyard.tools.argument_checks`); a :class:`BaseTool` that keeps
+    ``BaseTool.invoke`` then has its ``run`` called directly.
 
     The event's data: ``tool`` (name), ``idempotent``, ``side_effects``, ``duration_s``
     (seconds), ``ok`` and ``error`` (message, None when ok), plus ``agent`` when an agent
@@ -29,10 +35,12 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any])
     """
     started = time.perf_counter()
     try:
-        if not isinstance(tool, BaseTool):  # BaseTool.invoke validates; other tools may not
-            validate_arguments(tool.parameters or {}, arguments,
-                               tool=tool.name)
-        result = await tool.invoke(arguments, ctx)
+        if validated and isinstance(tool, BaseTool) and type(tool).invoke is _BASE_INVOKE:
+            result = await tool.run(dict(arguments), ctx)
+        else:
+            if not validated and not isinstance(tool, BaseTool):  # BaseTool.invoke validates
+                validate_arguments(tool.parameters or {}, arguments, tool=tool.name)
+            result = await tool.invoke(arguments, ctx)
     except Exception as exc:
         _emit(ctx, tool, started, f"{type(exc).__name__}: {exc}")
         raise

@@ -11,17 +11,29 @@ workflow again, or a sub-workflow once per item, compiles nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
-from flowyard.interfaces import SupportsRawArguments
-from flowyard.templating import Compiled
+from flowyard.interfaces import SupportsRawArguments, SupportsStepValidation
+from flowyard.templating import Compiled, has_template
+from flowyard.tools import ArgumentChecks, argument_checks
 
 if TYPE_CHECKING:
     from flowyard.interfaces import Services
     from flowyard.workflow import Step, Workflow
 
-__all__ = ["Plan", "StepPlan", "build_plan", "step_raw_arguments"]
+__all__ = ["Plan", "StepPlan", "build_plan", "step_raw_arguments", "templated_paths"]
+
+
+def templated_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Return the paths (keys and list indexes) of the template strings inside ``value``."""
+    if isinstance(value, str):
+        return [path] if has_template(value) else []
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in templated_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in templated_paths(v, (*path, i))]
+    return []
 
 
 def step_raw_arguments(services: Services | None, step: Step) -> tuple[str, ...]:
@@ -43,17 +55,21 @@ class StepPlan:
         raw: keys of ``with`` passed to the action as written.
         with_: the rest of ``with``, compiled.
         for_each: ``for_each``, compiled.
+        argument_checks: what is left to check of the action's arguments once rendered
+            (see :func:`flowyard.tools.argument_checks`; empty: nothing, validation checked
+            what is written), or None: check them all against the action's schema.
     """
 
-    __slots__ = ("deps", "children", "raw", "with_", "for_each")
+    __slots__ = ("deps", "children", "raw", "with_", "for_each", "argument_checks")
 
     def __init__(self, deps: frozenset[str], raw: tuple[str, ...], with_: Compiled,
-                 for_each: Compiled) -> None:
+                 for_each: Compiled, argument_checks: ArgumentChecks | None = None) -> None:
         self.deps = deps
         self.children: list[str] = []
         self.raw = raw
         self.with_ = with_
         self.for_each = for_each
+        self.argument_checks = argument_checks
 
 
 class Plan:
@@ -67,7 +83,8 @@ class Plan:
 
 
 def build_plan(services: Services | None, workflow: Workflow,
-               deps: Mapping[str, set[str]], content_hash: str) -> Plan:
+               deps: Mapping[str, set[str]], content_hash: str, *,
+               validated: bool = False) -> Plan:
     """Compile ``workflow``'s templates and index its dependencies.
 
     Args:
@@ -75,6 +92,9 @@ def build_plan(services: Services | None, workflow: Workflow,
         workflow: a validated workflow (unique step ids, no cycles).
         deps: step id -> the step ids it depends on (validation's result).
         content_hash: the workflow's content hash, kept on the plan.
+        validated: ``workflow`` passed :func:`~flowyard.engine.validate.validate_workflow`
+            against ``services`` (its written arguments match their actions' schemas), so
+            only templated values are left to check at run time where the schema allows.
 
     Raises:
         WorkflowValidationError: a template cannot be compiled (e.g. longer than
@@ -94,10 +114,26 @@ def build_plan(services: Services | None, workflow: Workflow,
             except TemplateError as exc:
                 issues.append(loc.issue(str(exc), f"{loc.step_path(i, count)}.{field}"))
                 compiled.append(Compiled(None))
-        steps[step.id] = StepPlan(frozenset(deps.get(step.id, ())), raw, *compiled)
+        checks = (_argument_checks(services, step, with_)
+                  if validated and services is not None else None)
+        steps[step.id] = StepPlan(frozenset(deps.get(step.id, ())), raw, *compiled, checks)
     if issues:
         raise WorkflowValidationError(issues)
     for step in workflow.steps:
         for dep in steps[step.id].deps:
             steps[dep].children.append(step.id)
     return Plan(steps, content_hash)
+
+
+def _argument_checks(services: Services, step: Step, with_: Mapping[str, Any]
+                     ) -> ArgumentChecks | None:
+    """The run-time checks of a validated step's arguments, or None (check them all)."""
+    if step.uses not in services.tools:
+        return None
+    tool = services.tools.get(step.uses)
+    if isinstance(tool, SupportsStepValidation):  # validated its own way, not by the schema
+        return None
+    schema = tool.parameters
+    if not isinstance(schema, Mapping):
+        return None
+    return argument_checks(schema, templated_paths(with_))

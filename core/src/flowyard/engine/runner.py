@@ -49,6 +49,7 @@ from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.interfaces import SupportsStepCommit
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.serialization import json_default
+from flowyard.tools import check_templated_arguments
 from flowyard.templating import Compiled, evaluate
 from flowyard.workflow import (
     INPUT_TYPES,
@@ -231,7 +232,7 @@ class _State:
     """
 
     __slots__ = ("step", "deps", "raw", "children", "remaining", "result", "with_", "for_each",
-                 "blocking", "slot_priority", "budget_chain", "tool")
+                 "blocking", "slot_priority", "budget_chain", "tool", "argument_checks")
 
     def __init__(self, step: Step, plan: StepPlan) -> None:
         self.step = step
@@ -246,6 +247,7 @@ class _State:
         self.slot_priority = step.priority
         self.budget_chain: Any = _UNSET
         self.tool: Any = None  # the action, looked up at its first attempt
+        self.argument_checks = plan.argument_checks
 
 
 class _Usage:
@@ -1068,7 +1070,13 @@ class Run:
         raw = state.raw
         if raw:  # keys the action renders itself (SupportsRawArguments), passed as written
             arguments = {**arguments, **{k: step.with_[k] for k in raw if k in step.with_}}
-        action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
+        checks = state.argument_checks
+        if checks is not None:  # validation checked what is written; the rest is checked here
+            if checks:
+                check_templated_arguments(checks, arguments, tool=step.uses)
+            action = lambda: invoke_tool(ctx, tool, arguments, validated=True)  # noqa: E731
+        else:
+            action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
         return await self._executor(step.executor).execute(action, step_id=step.id)
 
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.interfaces import SupportsStepValidation
 from flowyard.parsing import ParseLimits, find_surrogate, read_bounded
-from flowyard.templating import Reference, find_references, has_template
+from flowyard.templating import Reference, find_references
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
-from .plan import Plan, build_plan, step_raw_arguments
+from .plan import Plan, build_plan, step_raw_arguments, templated_paths
 
 if TYPE_CHECKING:
     from flowyard.interfaces import Services
@@ -187,7 +187,7 @@ def load_workflow_with_definition(stack: Services, source: Any, *, validate: boo
             issues, deps = _check(stack, workflow)
             if issues:
                 raise WorkflowValidationError(issues)
-            _cache_plan(stack, cache_key, build_plan(stack, workflow, deps, key))
+            _cache_plan(stack, cache_key, build_plan(stack, workflow, deps, key, validated=True))
     return workflow, definition, key
 
 
@@ -220,21 +220,11 @@ def _index(workflow: Workflow) -> dict[str, int]:
     return out
 
 
-def _templated_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    if isinstance(value, str):
-        return [path] if has_template(value) else []
-    if isinstance(value, Mapping):
-        return [p for k, v in value.items() for p in _templated_paths(v, (*path, k))]
-    if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _templated_paths(v, (*path, i))]
-    return []
-
-
 def _check_schema(schema: Mapping[str, Any], params: Mapping[str, Any], where: str,
                   tool: str, issue: Any) -> None:
     import jsonschema
 
-    templated = _templated_paths(params)
+    templated = templated_paths(params)
     try:
         validator = jsonschema.Draft202012Validator(schema)
         errors = list(validator.iter_errors(dict(params)))
