@@ -16,7 +16,9 @@ event loop):
 * ``plugin``       - ``OpenAIProvider.chat`` with the default ``backend="auto"`` (on asyncio
   the aiohttp session under the aiohttp-backed httpx client, which ``request_json`` uses
   directly; httpx's own sharded pools on trio);
-* ``plugin/httpx`` - ``OpenAIProvider.chat`` forced onto httpx's own transport.
+* ``plugin/httpx`` - ``OpenAIProvider.chat`` forced onto httpx's own transport;
+* ``plugin+gateway`` - ``stack.llm.chat`` over the plugin (``backend="auto"``): the gateway's
+  model registry, rate limiters, circuit breaker, cost and ``llm.call`` event on top.
 
 The machine is shared (other benchmarks, other processes), so absolute figures move from run
 to run: ``--repeat N`` runs every measurement N times, interleaved, and reports medians; the
@@ -137,6 +139,34 @@ async def run_plugin(base: str, concurrency: int, total: int, backend: str
         await provider.aclose()
 
 
+async def run_gateway(base: str, concurrency: int, total: int) -> tuple[float, float]:
+    """``stack.llm.chat`` (memory storage, no limits configured) over the plugin: the whole
+    client path of a workflow's model call (model registry, rate limiters, circuit breaker,
+    cost, the ``llm.call`` event) on top of ``plugin``."""
+    from flowyard.hookspecs import hookimpl
+    from flowyard.models import Message
+    from flowyard.stack import Stack
+    from flowyard_openai.provider import OpenAIProvider
+
+    provider = OpenAIProvider("mock", base_url=base, free=True)
+
+    class Plugin:
+        @hookimpl
+        def register_providers(self, register: Any, config: Any) -> None:
+            register("mock", provider)
+
+    stack = Stack(plugins=[Plugin()], config={"storage": {"url": "memory://"}})
+    messages = [Message.user("Say hello to Paris.")]
+    async with stack:
+        try:
+            async def call() -> None:
+                await stack.llm.chat(messages, model="mock/mock-model", max_tokens=16)
+
+            return await drive(call, concurrency, total)
+        finally:
+            await provider.aclose()
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -163,8 +193,10 @@ def main() -> None:
         ("asyncio", "raw aiohttp", run_raw_aiohttp, ()),
         ("asyncio", "plugin", run_plugin, ("auto",)),
         ("asyncio", "plugin/httpx", run_plugin, ("httpx",)),
+        ("asyncio", "plugin+gateway", run_gateway, ()),
         ("trio", "raw httpx", run_raw_httpx, ()),
         ("trio", "plugin", run_plugin, ("auto",)),
+        ("trio", "plugin+gateway", run_gateway, ()),
     ]
     try:
         for round_ in range(args.repeat):
@@ -174,7 +206,7 @@ def main() -> None:
                                           backend=backend)
                     rps, ms = total / wall, cpu / total * 1000
                     runs.setdefault((backend, concurrency, label), []).append((rps, ms))
-                    print(f"  round {round_ + 1} {backend:7} c={concurrency:<3} {label:13} "
+                    print(f"  round {round_ + 1} {backend:7} c={concurrency:<3} {label:15} "
                           f"{rps:8.0f} req/s {ms:7.3f} ms CPU/req", file=sys.stderr, flush=True)
     finally:
         proc.terminate()
@@ -190,14 +222,14 @@ def main() -> None:
     print(f"\nflowyard-openai client benchmark: mock server latency {args.latency * 1000:.0f} ms "
           f"(separate process), {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
           f"httpx {httpx.__version__}, {args.repeat} round(s), medians")
-    print(f"{'loop':8}{'conc':>5}  {'client':14}{'req/s':>9}{'CPU ms/req':>12}"
+    print(f"{'loop':8}{'conc':>5}  {'client':16}{'req/s':>9}{'CPU ms/req':>12}"
           f"{'CPU vs raw httpx':>18}{'CPU vs raw aiohttp':>20}")
     for (backend, concurrency, label), values in runs.items():
         rps = median([v[0] for v in values])
         ms = median([v[1] for v in values])
         vs_httpx = cpu_ratio((backend, concurrency, label), "raw httpx")
         vs_aiohttp = cpu_ratio((backend, concurrency, label), "raw aiohttp")
-        print(f"{backend:8}{concurrency:>5}  {label:14}{rps:>9.0f}{ms:>12.3f}"
+        print(f"{backend:8}{concurrency:>5}  {label:16}{rps:>9.0f}{ms:>12.3f}"
               f"{vs_httpx:>17.2f}x" + (f"{vs_aiohttp:>19.2f}x" if vs_aiohttp else f"{'-':>20}"))
     key64 = ("asyncio", 64, "plugin")
     plugin64 = median([v[1] for v in runs[key64]])

@@ -195,6 +195,8 @@ class LLMGateway:
         self._limiters: LimiterSet | None = None
         self._breakers: BreakerSet | None = None
         self._router_state_loaded: set[str] = set()
+        #: id(provider) -> (provider, whether it counts its prompt tokens itself)
+        self._counts_tokens: dict[int, tuple[Any, bool]] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -345,7 +347,16 @@ class LLMGateway:
                         f"{type(budget).__name__}")
 
     async def _prompt_tokens(self, provider: Any, request: ChatRequest) -> int:
-        if isinstance(provider, SupportsTokenCounting):
+        """The prompt tokens of ``request``: the provider's own count when it offers
+        :class:`~flowyard.interfaces.SupportsTokenCounting`, else the local estimate.
+        """
+        # isinstance() against a runtime protocol costs ~10 us; providers live as long as the
+        # stack, so the answer is kept per provider object (held, so its id is not reused)
+        known = self._counts_tokens.get(id(provider))
+        if known is None or known[0] is not provider:
+            known = (provider, isinstance(provider, SupportsTokenCounting))
+            self._counts_tokens[id(provider)] = known
+        if known[1]:
             counted = provider.count_prompt_tokens(request)
             if inspect.isawaitable(counted):
                 counted = await counted

@@ -320,6 +320,10 @@ class RateLimiter:
             tokens = min(tokens, self.limits.tpm)
         clock = self.clock
         started = clock.now()
+        if not self._queue and self._delay(tokens, started) == 0.0:
+            # nobody queued and the limits allow it now: admitted without a place in the
+            # queue (what the loop below does, minus its waiter and event)
+            return Permit(self, self._take(tokens, started), 0.0)
         deadline = math.inf if timeout is None else started + max(0.0, timeout)
         waiter = _Waiter(tokens)
         self._queue.append(waiter)
