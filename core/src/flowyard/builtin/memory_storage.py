@@ -9,6 +9,7 @@ SQL backend, a value that is not JSON-ready is refused with a StorageError.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 from collections import defaultdict
@@ -244,12 +245,16 @@ class MemoryStorage:
 
     def _add_events(self, events: Sequence[Event]) -> None:
         for event in events:
+            stored = self._events[event.run_id]
             if event.seq:
                 seqs = self._event_seqs[event.run_id]
                 if event.seq in seqs:
                     continue
                 seqs.add(event.seq)
-            self._events[event.run_id].append(event)
+                if stored and stored[-1].seq > event.seq:  # keep the list in seq order
+                    bisect.insort(stored, event, key=lambda e: e.seq)
+                    continue
+            stored.append(event)
 
     async def commit_step(self, run_id: str, *, attempt: StepAttempt | None = None,
                           checkpoint: tuple[str, Any] | None = None,
