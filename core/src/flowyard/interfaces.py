@@ -418,6 +418,11 @@ class SupportsStepCommit(Protocol):
     get the same writes as separate calls (:meth:`StorageBackend.save_attempt`,
     :meth:`~StorageBackend.save_checkpoint`, :meth:`~StorageBackend.append_events`,
     :meth:`~StorageBackend.append_log`), each durable on its own.
+
+    The engine shields the write of a completed step key from cancellation (the work is
+    done). A backend whose ``commit_step`` never suspends (no ``await`` that yields to the
+    event loop, like the in-memory one) may set the class attribute
+    ``commit_step_never_suspends = True`` to spare that shield.
     """
 
     async def commit_step(self, run_id: str, *, attempt: StepAttempt | None = None,

@@ -94,6 +94,9 @@ class MemoryStorage:
         config: the stack configuration (unused).
     """
 
+    #: ``commit_step`` completes without suspending (see SupportsStepCommit).
+    commit_step_never_suspends = True
+
     def __init__(self, url: str = "memory://", config: Config | None = None) -> None:
         self.url = url
         self._runs: dict[str, tuple[RunRecord, tuple[Any, ...]]] = {}

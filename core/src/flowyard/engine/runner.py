@@ -312,6 +312,10 @@ class Run:
         self.stream = stream
         self.storage = stack.storage
         self._step_commit = isinstance(self.storage, SupportsStepCommit)
+        #: the backend's commit_step completes without suspending (see SupportsStepCommit),
+        #: so it needs no shield against cancellation (a shield costs 4-9 µs per step)
+        self._commit_cannot_suspend = self._step_commit and getattr(
+            self.storage, "commit_step_never_suspends", False) is True
         self._buffer: list[Event] = []
         self._loop_thread = threading.get_ident()
         self._logs: list[LogRecord] = []
@@ -947,10 +951,14 @@ class Run:
             res.finished_at = time.time()
             self.emit("step.completed", step.id, attempts=res.attempts,
                       duration_s=round(res.finished_at - res.started_at, 6))
+        what = f"attempt {record.attempt} (completed) and the checkpoint"
+        if self._commit_cannot_suspend:  # nothing for a cancellation to interrupt
+            if await self._owned():
+                await self._commit(what, key, attempt=record, checkpoint=(key, output))
+            return output
         with anyio.CancelScope(shield=True):  # the work is done: record it
             if await self._owned():
-                await self._commit(f"attempt {record.attempt} (completed) and the checkpoint",
-                                   key, attempt=record, checkpoint=(key, output))
+                await self._commit(what, key, attempt=record, checkpoint=(key, output))
         return output
 
     async def _with_retries(self, state: _State, key: str, context: dict[str, Any],
