@@ -269,3 +269,26 @@ def test_the_request_body_is_encoded_as_httpx_encodes_json() -> None:
     sent = httpx.Request("POST", "http://x/", json=body).content
     assert sent == json.dumps(body, ensure_ascii=False, separators=(",", ":"),
                               allow_nan=False).encode()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_subclass_client_is_still_used_by_request_json(recorder: Any) -> None:
+    import httpx
+    from flowyard_http import HTTPProvider
+
+    server = recorder()
+    seen: list[str] = []
+
+    class Own(HTTPProvider):
+        def client(self) -> httpx.AsyncClient:
+            seen.append("own client")
+            return super().client()
+
+    for cls, expected in ((HTTPProvider, []), (Own, ["own client"])):
+        seen.clear()
+        provider = cls("toy", base_url=server.base_url)
+        try:
+            assert await provider.request_json("GET", "/x") == {"ok": True}
+        finally:
+            await provider.aclose()
+        assert seen == expected

@@ -334,6 +334,9 @@ class HTTPProvider:
                            params: Mapping[str, Any] | None = None) -> Any:
         """Check the key, send one request to ``base_url + path`` and return its parsed JSON.
 
+        The request goes through :meth:`client`; with the base class's, on asyncio and the
+        aiohttp backend, straight to its aiohttp session (see :func:`~flowyard_http.request_json`).
+
         Raises:
             AuthenticationError: no key where one is required (before any request).
             ProviderError: a typed subclass for a failed status (``RateLimitedError`` with
@@ -341,7 +344,10 @@ class HTTPProvider:
                 transport failure, or a body that is not JSON (``MalformedResponseError``).
         """
         self.check_key(model)
-        return await request_json(self._client, method, path, provider=self.name,
+        # the PooledClient itself (its direct aiohttp path on asyncio), unless a subclass
+        # supplies its own client()
+        client: Any = self._client if type(self).client is HTTPProvider.client else self.client()
+        return await request_json(client, method, path, provider=self.name,
                                   model=model, secrets=self._secrets, json_body=json_body,
                                   headers=headers, params=params, deadline=self.deadline,
                                   max_retry_after=self.max_retry_after)
