@@ -397,6 +397,14 @@ class LeaseKeeper:
             raise self._heartbeat_error
         return result  # type: ignore[no-any-return]
 
+    def fresh(self) -> bool:
+        """True while this process holds the lease and its last heartbeat is not about to
+        expire: :meth:`ensure` would then return at once (a clock read, no await).
+        """
+        lease = self.lease
+        return (lease is not None and not self.lost
+                and time.time() < lease.expires_at - self._margin)
+
     async def ensure(self) -> None:
         """Called before the run writes: make sure this process still holds the lease.
 

@@ -362,6 +362,13 @@ class Run:
         """
         return self.lease is not None and self.lease.lost
 
+    def _owned_now(self) -> bool:
+        """True when this process surely holds the run's lease right now (no lease to hold,
+        or a heartbeat that is not about to expire); False means "ask :meth:`_owned`".
+        """
+        lease = self.lease
+        return lease is None or lease.fresh()
+
     async def _owned(self) -> bool:
         """Before a write: True while this process holds the run's lease. Costs a clock read
         unless the last heartbeat is about to expire (see :meth:`LeaseKeeper.ensure`); when
@@ -374,7 +381,8 @@ class Run:
         return not self.lease.lost
 
     async def _store(self, what: str, step_key: str | None,
-                     write: Callable[[], Awaitable[None]]) -> None:
+                     write: Callable[[], Awaitable[None]], *,
+                     first_failure: StorageError | None = None) -> None:
         """Run one of the engine's storage writes; a retriable :class:`StorageError` (a lock
         held past the busy timeout, a dropped connection) is tried again up to
         ``engine.storage_write_attempts`` times in all, with exponential backoff from
@@ -385,6 +393,8 @@ class Run:
             step_key: the step key being executed, or None for the run's own writes.
             write: the write; every engine write is an upsert or writes nothing when it
                 fails, so trying it again is safe.
+            first_failure: the error of a first try the caller already made (the write is
+                then not tried again at once: it goes on as after that failure).
 
         Raises:
             RunStorageError: the write failed for good (a non-retriable error, or the tries
@@ -392,6 +402,8 @@ class Run:
                 task group is cancelled, so the run stops (see :meth:`execute`).
         """
         try:  # the usual case, without building a retry loop
+            if first_failure is not None:
+                raise first_failure
             await write()
             return
         except RunStorageError:
@@ -508,7 +520,7 @@ class Run:
 
     async def flush(self) -> None:
         """Write the buffered events and log lines to storage (dropped once detached)."""
-        if not await self._owned():
+        if not (self._owned_now() or await self._owned()):
             self._buffer, self._logs = [], []
             return
         if self._buffer or self._logs:
@@ -530,8 +542,15 @@ class Run:
         storage = self.storage
         run_id = self.run_id
         if self._step_commit:
+            try:  # the usual case, without the retry machinery of _store
+                await storage.commit_step(run_id, attempt=attempt, checkpoint=checkpoint,
+                                          events=events, logs=logs)
+                return
+            except StorageError as exc:
+                first_failure = exc
             await self._store(what, step_key, lambda: storage.commit_step(
-                run_id, attempt=attempt, checkpoint=checkpoint, events=events, logs=logs))
+                run_id, attempt=attempt, checkpoint=checkpoint, events=events, logs=logs),
+                first_failure=first_failure)
             return
         if attempt is not None:
             await self._store(f"attempt {attempt.attempt} ({attempt.status})", step_key,
@@ -808,7 +827,7 @@ class Run:
         self.emit("step.completed", step.id, attempts=res.attempts,
                   duration_s=round(res.finished_at - res.started_at, 6))
         with anyio.CancelScope(shield=True):  # the work is done: record it
-            if await self._owned():
+            if self._owned_now() or await self._owned():
                 await self._commit("the checkpoint", step.id, checkpoint=(step.id, res.output))
             else:
                 await self.flush()
@@ -825,7 +844,7 @@ class Run:
         if has_fallback:
             res.status = "completed"
             res.output = fallback
-            if await self._owned():
+            if self._owned_now() or await self._owned():
                 await self._store("the checkpoint (fallback output)", step.id,
                                   lambda: self.storage.save_checkpoint(self.run_id, step.id,
                                                                        fallback))
@@ -953,11 +972,11 @@ class Run:
                       duration_s=round(res.finished_at - res.started_at, 6))
         what = f"attempt {record.attempt} (completed) and the checkpoint"
         if self._commit_cannot_suspend:  # nothing for a cancellation to interrupt
-            if await self._owned():
+            if self._owned_now() or await self._owned():
                 await self._commit(what, key, attempt=record, checkpoint=(key, output))
             return output
         with anyio.CancelScope(shield=True):  # the work is done: record it
-            if await self._owned():
+            if self._owned_now() or await self._owned():
                 await self._commit(what, key, attempt=record, checkpoint=(key, output))
         return output
 
@@ -1012,12 +1031,9 @@ class Run:
         token = _ATTEMPT_USAGE.set(usage)
         step_token = _CURRENT_STEP.set(key)
 
-        async def save() -> None:
-            await self._commit(f"attempt {number} ({record.status})", key, attempt=record)
-
         try:
-            if await self._owned():
-                await save()
+            if self._owned_now() or await self._owned():
+                await self._commit(f"attempt {number} (running)", key, attempt=record)
             ctx = ToolContext(self.stack, self.run_id, step.id, key, number, idem,
                               self.workflow.name, self.workflow.source,
                               budget=self._budget_chain(state))
@@ -1039,15 +1055,17 @@ class Run:
                 _finish_attempt(record, usage)
                 if not self.detached and self._storage_failure is None:
                     with anyio.CancelScope(shield=True):
-                        await save()
+                        await self._commit(f"attempt {number} (cancelled)", key,
+                                           attempt=record)
                 raise
             except Exception as exc:
                 record.status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
                 record.error = str(exc) or type(exc).__name__
                 record.error_type = type(exc).__name__
                 _finish_attempt(record, usage)
-                if await self._owned():
-                    await save()
+                if self._owned_now() or await self._owned():
+                    await self._commit(f"attempt {number} ({record.status})", key,
+                                       attempt=record)
                 raise
             output = _jsonable(output)
             record.status = "completed"
