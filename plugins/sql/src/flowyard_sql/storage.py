@@ -20,6 +20,8 @@ lines in one transaction (one group commit on SQLite).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -32,8 +34,10 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import anyio
 import anyio.to_thread
 import attrs
+import sniffio
 import sqlalchemy as sa
 from flowyard import (
     Config,
@@ -199,52 +203,175 @@ class _RawSQLite:
 
 
 class _Request:
-    __slots__ = ("fn", "result", "error", "done")
+    """One write of the group commit: ``fn`` runs on the writer thread, which then stores its
+    ``result`` or ``error`` and wakes the caller (``waker``: an asyncio loop, a trio token, or
+    None for a blocking caller in a plain thread, which waits on ``event``).
+    """
+
+    __slots__ = ("fn", "result", "error", "done", "waker", "trio", "future", "task", "event")
 
     def __init__(self, fn: Callable[[_Exec], Any]) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.waker: Any = None
+        self.trio = False
+        self.future: Any = None
+        self.task: Any = None
+        self.event: threading.Event | None = None
+
+
+def _resolve_asyncio(requests: list[_Request]) -> None:
+    """On the event loop's thread: mark ``requests`` done and wake their callers."""
+    for request in requests:
+        request.done = True
+        future = request.future
+        if not future.done():
+            future.set_result(None)
+
+
+def _resolve_trio(requests: list[_Request]) -> None:
+    """On trio's thread: mark ``requests`` done and reschedule their tasks."""
+    import trio
+
+    for request in requests:
+        request.done = True
+        trio.lowlevel.reschedule(request.task)
+
+
+def _abort_failed(_raise_cancel: Any) -> Any:
+    """A trio abort function refusing cancellation: the write runs to its end first."""
+    import trio
+
+    return trio.lowlevel.Abort.FAILED
+
+
+_STOP: Any = object()
 
 
 class _GroupCommit:
-    """Group commit of the writes of one process (worker threads) to one SQLite file.
+    """Group commit of the writes of one process to one SQLite file, on one writer thread.
 
-    A writer queues its request, then takes the leader lock; whoever holds it runs *every*
-    queued request in one transaction and commits. A caller returns only after the transaction
-    holding its write has committed (or with that write's own error), so each write is still
-    durable when the awaited call returns, while concurrent writers share one commit.
+    Callers queue requests; a single long-lived thread takes *every* queued request, runs them
+    in one transaction (``run_batch``) and commits, then wakes their callers: one
+    ``call_soon_threadsafe`` (asyncio) or ``run_sync_soon`` (trio) per event loop and batch.
+    Requests queued while a transaction commits (its fsync) form the next batch, so concurrent
+    writers share commits without a worker-thread hop each. A caller returns only after the
+    transaction holding its write has committed (or with that write's own error), so each write
+    is durable when the awaited call returns. A failing batch (``run_batch`` raising) hands its
+    error to every request of the batch without one; the thread goes on with the next batch.
     """
 
-    def __init__(self, run_batch: Callable[[list[_Request]], None]) -> None:
+    def __init__(self, run_batch: Callable[[list[_Request]], None], name: str = "") -> None:
         self._run_batch = run_batch
-        self._leader = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Request] = []
+        self._name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+
+    # -- lifecycle (called from worker threads by SQLStorage.open/close)
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._accepting = True
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name=f"flowyard-sql writer {self._name}")
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Refuse new writes, let the writer thread finish every queued one, and join it."""
+        with self._cond:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._accepting = False
+            self._queue.append(_STOP)
+            self._cond.notify()
+        thread.join()
+
+    # -- submitting
+
+    def put(self, request: _Request) -> bool:
+        """Queue ``request``; False (nothing queued) when the writer is not running."""
+        with self._cond:
+            if not self._accepting:
+                return False
+            self._queue.append(request)
+            self._cond.notify()
+        return True
 
     def submit(self, fn: Callable[[_Exec], Any]) -> Any:
+        """Run ``fn`` in the next group commit and block until it committed (a plain thread).
+
+        Raises:
+            the error of ``fn`` or of its transaction; RuntimeError when the writer is stopped.
+        """
         request = _Request(fn)
-        with self._queue_lock:
-            self._queue.append(request)
-        with self._leader:
-            if not request.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                try:
-                    self._run_batch(batch)
-                except BaseException as exc:
-                    for r in batch:
-                        if r.error is None:
-                            r.error, r.result = exc, None
-                    if not isinstance(exc, Exception):
-                        raise
-                finally:
-                    for r in batch:
-                        r.done = True
+        request.event = threading.Event()
+        if not self.put(request):
+            raise RuntimeError("the writer thread is not running")
+        request.event.wait()
         if request.error is not None:
             raise request.error
         return request.result
+
+    # -- the writer thread
+
+    def _loop(self) -> None:
+        cond, queue = self._cond, self._queue
+        while True:
+            with cond:
+                while not queue:
+                    cond.wait()
+                batch = list(queue)
+                queue.clear()
+            stop = batch[-1] is _STOP
+            if stop:
+                batch.pop()
+            if batch:
+                self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[_Request]) -> None:
+        try:
+            self._run_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to the batch's callers
+            for request in batch:
+                if request.error is None:
+                    request.error, request.result = exc, None
+        self._wake(batch)
+
+    @staticmethod
+    def _wake(batch: list[_Request]) -> None:
+        by_waker: dict[int, list[_Request]] = {}
+        for request in batch:
+            waker = request.waker
+            if waker is None:
+                request.done = True
+                assert request.event is not None
+                request.event.set()
+                continue
+            group = by_waker.get(id(waker))
+            if group is None:
+                by_waker[id(waker)] = [request]
+            else:
+                group.append(request)
+        for requests in by_waker.values():
+            first = requests[0]
+            try:
+                if first.trio:
+                    first.waker.run_sync_soon(_resolve_trio, requests)
+                else:
+                    first.waker.call_soon_threadsafe(_resolve_asyncio, requests)
+            except Exception:  # noqa: BLE001 - the loop is gone: nobody waits any more
+                log.debug("flowyard-sql writer: an event loop ended before its writes "
+                          "were acknowledged", exc_info=True)
 
 
 #: PostgreSQL SQLSTATE classes and codes that mean "try again": connection exceptions,
@@ -369,7 +496,7 @@ class SQLStorage:
         # SQLite has one writer at a time: writes of this process are group-committed (see
         # _GroupCommit) instead of each waiting in SQLite's busy handler, which polls with
         # sleeps of up to 100 ms; the busy timeout still arbitrates between processes.
-        self._group = (_GroupCommit(self._write_batch)
+        self._group = (_GroupCommit(self._write_batch, str(self.path))
                        if self.dialect == "sqlite" and not self._in_memory else None)
 
     # ------------------------------------------------------------------ naming
@@ -409,8 +536,12 @@ class SQLStorage:
                 if self._group is not None:
                     self._writer = self._guard(self._connect_writer)
                     self._raw = _RawSQLite(self._writer)
+                    self._group.start()
             except BaseException:
                 engine.dispose()
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = self._raw = None
                 raise
             self._engine = engine
 
@@ -595,8 +726,15 @@ class SQLStorage:
             raise StorageError(f"{self.location}: {exc}") from None
 
     async def close(self) -> None:
-        """Release the connections. Safe to call twice; a later :meth:`open` reconnects."""
+        """Release the connections. Safe to call twice; a later :meth:`open` reconnects.
+
+        On a SQLite file, writes queued before the call are committed first (their callers
+        get their results); a write started after it raises StorageError (not open).
+        """
         engine, self._engine = self._engine, None
+        if self._group is not None:
+            with anyio.CancelScope(shield=True):  # the queued writes finish in any case
+                await anyio.to_thread.run_sync(self._group.stop)
         writer, self._writer, self._raw = self._writer, None, None
         if engine is not None:
             await anyio.to_thread.run_sync(engine.dispose)
@@ -611,34 +749,104 @@ class SQLStorage:
         try:
             with lock:
                 return fn(*args)
-        except StorageError:
-            raise
-        except sa.exc.DBAPIError as exc:
+        except Exception as exc:
+            translated = self._storage_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _storage_error(self, exc: BaseException) -> BaseException:
+        """The error to raise for ``exc``: a StorageError naming the location for database
+        failures (``retriable`` for a lock held past the busy timeout or a dropped
+        connection), ``exc`` itself for StorageErrors and anything else.
+        """
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, sa.exc.DBAPIError):
             detail = str(exc.orig).strip() or type(exc.orig).__name__
             if _is_transient(exc):
-                raise StorageError(
+                return StorageError(
                     f"{self.location}: {detail} (another writer held the database longer than "
                     f"the busy timeout of {self.busy_timeout:g}s, or the connection dropped; "
-                    "retriable)", retriable=True) from exc
-            raise StorageError(f"{self.location}: {detail}") from exc
-        except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"{self.location}: {exc}") from exc
-        except sqlite3.Error as exc:
+                    "retriable)", retriable=True)
+            return StorageError(f"{self.location}: {detail}")
+        if isinstance(exc, sa.exc.SQLAlchemyError):
+            return StorageError(f"{self.location}: {exc}")
+        if isinstance(exc, sqlite3.Error):
             if _is_transient(exc):
-                raise StorageError(
+                return StorageError(
                     f"{self.location}: {exc} (another writer held the database longer than the "
-                    f"busy timeout of {self.busy_timeout:g}s; retriable)", retriable=True
-                ) from exc
-            raise StorageError(f"{self.location}: {exc}") from exc
-        except UnicodeError as exc:
+                    f"busy timeout of {self.busy_timeout:g}s; retriable)", retriable=True)
+            return StorageError(f"{self.location}: {exc}")
+        if isinstance(exc, UnicodeError):
             # the driver decodes TEXT columns itself: bytes that are not UTF-8 are damage
-            raise StorageError(f"{self.location}: stored text is damaged (not UTF-8): {exc}"
-                               ) from exc
+            return StorageError(f"{self.location}: stored text is damaged (not UTF-8): {exc}")
+        return exc
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread (reads; writes without group commit)."""
         if self._engine is None:
             raise StorageError(f"{self.location} is not open: call 'await stack.open()'")
         return await anyio.to_thread.run_sync(self._guard, fn, *args)
+
+    async def _write(self, fn: Callable[[_Exec], T]) -> T:
+        """Run the write ``fn`` in one transaction and return its result once committed.
+
+        On a SQLite file, ``fn`` is queued to the group commit's writer thread and the caller
+        waits for the commit without a worker-thread hop of its own. A caller cancelled while
+        its write is queued or running still waits for that write to end (it is committed or
+        fails as a whole), then the cancellation propagates; a write is never half done.
+
+        Raises:
+            StorageError: the storage is not open or is closing, or the write failed (a
+                database error names the location; ``fn``'s own StorageErrors pass through).
+        """
+        group = self._group
+        if group is None:
+            return await self._call(self._write_tx, fn)
+        request = _Request(fn)
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            request.trio = True
+            request.task = trio.lowlevel.current_task()
+            request.waker = trio.lowlevel.current_trio_token()
+            if self._engine is None or not group.put(request):
+                raise StorageError(f"{self.location} is not open: call 'await stack.open()'")
+            # Not cancellable until the writer thread reschedules this task: a pending
+            # cancellation is raised at the caller's next checkpoint, after the write ended.
+            await trio.lowlevel.wait_task_rescheduled(_abort_failed)
+        else:
+            loop = asyncio.get_running_loop()
+            request.waker = loop
+            request.future = loop.create_future()
+            if self._engine is None or not group.put(request):
+                raise StorageError(f"{self.location} is not open: call 'await stack.open()'")
+            try:
+                await request.future
+            except BaseException:
+                await self._finish_cancelled(request, loop)
+                raise
+        error = request.error
+        if error is not None:
+            translated = self._storage_error(error)
+            if translated is error:
+                raise error
+            raise translated from error
+        return request.result  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def _finish_cancelled(request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait (shielded) until the writer thread is done with the request of a cancelled
+        asyncio caller; its result or error is dropped (the cancellation propagates).
+        """
+        while not request.done:
+            request.future = loop.create_future()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await request.future
+            except asyncio.CancelledError:  # a plain task.cancel() again: keep waiting
+                continue
 
     def _read(self) -> AbstractContextManager[sa.Connection]:
         assert self._engine is not None
@@ -759,7 +967,7 @@ class SQLStorage:
                 raise StorageError(f"run {run.id} already exists in {self.location}")
             ex.execute(_RUN_INSERT, row)
 
-        await self._call(self._write_tx, insert)
+        await self._write(insert)
 
     async def create_run_once(self, run: RunRecord, idempotency_key: str
                               ) -> tuple[RunRecord, bool]:
@@ -808,7 +1016,7 @@ class SQLStorage:
                                    f"{idempotency_key!r} vanished while it was being created")
             return str(found[0]), str(found[0]) == run.id
 
-        run_id, created = await self._call(self._write_tx, insert)
+        run_id, created = await self._write(insert)
         if created:
             return run, True
         return await self.get_run(run_id), False
@@ -823,7 +1031,7 @@ class SQLStorage:
             if ex.execute(_RUN_UPDATE, row) == 0:
                 raise RunNotFoundError(f"no run {run.id!r} in {self.location}")
 
-        await self._call(self._write_tx, update)
+        await self._write(update)
 
     async def get_run(self, run_id: str) -> RunRecord:
         """Return one run. Raises RunNotFoundError."""
@@ -940,7 +1148,7 @@ class SQLStorage:
             raise StorageError(f"{self.location}: the lease of run {lease.run_id} kept "
                                "changing while it was being claimed")
 
-        current = await self._call(self._write_tx, claim)
+        current = await self._write(claim)
         return RunLease(**dict(zip(_LEASE_FIELDS, current, strict=True)))
 
     async def renew_lease(self, run_id: str, owner: str, *, heartbeat_at: float,
@@ -956,7 +1164,7 @@ class SQLStorage:
         def renew(ex: _Exec) -> int:
             return ex.execute(_LEASE_RENEW, params)
 
-        return bool(await self._call(self._write_tx, renew))
+        return bool(await self._write(renew))
 
     async def release_lease(self, run_id: str, owner: str) -> bool:
         """Delete the run's lease if ``owner`` holds it; True when deleted."""
@@ -965,7 +1173,7 @@ class SQLStorage:
         def release(ex: _Exec) -> int:
             return ex.execute(_LEASE_DELETE, params)
 
-        return bool(await self._call(self._write_tx, release))
+        return bool(await self._write(release))
 
     async def get_leases(self, run_ids: Sequence[str]) -> dict[str, RunLease]:
         """Return ``{run_id: lease}`` of the given runs that have a lease."""
@@ -1054,7 +1262,7 @@ class SQLStorage:
         def save(ex: _Exec) -> None:
             ex.execute(stmt, row)
 
-        await self._call(self._write_tx, save)
+        await self._write(save)
 
     async def list_attempts(self, run_id: str) -> list[StepAttempt]:
         """Return the run's attempts ordered by start time (then step key and attempt)."""
@@ -1088,7 +1296,7 @@ class SQLStorage:
         def save(ex: _Exec) -> None:
             ex.execute(stmt, row)
 
-        await self._call(self._write_tx, save)
+        await self._write(save)
 
     async def load_checkpoints(self, run_id: str) -> dict[str, Any]:
         """Return ``{step_key: output}`` of every completed step key of the run."""
@@ -1163,7 +1371,7 @@ class SQLStorage:
             if log_rows:
                 ex.execute(_LOG_INSERT, log_rows)
 
-        await self._call(self._write_tx, write)
+        await self._write(write)
 
     # ------------------------------------------------------------------ events / logs / costs
 
@@ -1185,7 +1393,7 @@ class SQLStorage:
         def insert(ex: _Exec) -> None:
             ex.execute(stmt, rows)
 
-        await self._call(self._write_tx, insert)
+        await self._write(insert)
 
     async def list_events(self, run_id: str, *, after_seq: int = 0, limit: int = 1000
                           ) -> list[Event]:
@@ -1213,7 +1421,7 @@ class SQLStorage:
         def insert(ex: _Exec) -> None:
             ex.execute(_LOG_INSERT, row)
 
-        await self._call(self._write_tx, insert)
+        await self._write(insert)
 
     async def list_logs(self, run_id: str) -> list[LogRecord]:
         """Return the run's log lines in the order they were appended."""
@@ -1234,7 +1442,7 @@ class SQLStorage:
         def insert(ex: _Exec) -> None:
             ex.execute(_COST_INSERT, row)
 
-        await self._call(self._write_tx, insert)
+        await self._write(insert)
 
     async def list_costs(self, run_id: str | None = None) -> list[CostLine]:
         """Return cost lines of one run, or of all runs when ``run_id`` is None, in order."""
@@ -1273,7 +1481,7 @@ class SQLStorage:
         def save(ex: _Exec) -> None:
             ex.execute(stmt, row)
 
-        await self._call(self._write_tx, save)
+        await self._write(save)
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         """Delete a value (no error when absent)."""
@@ -1282,5 +1490,5 @@ class SQLStorage:
         def delete(ex: _Exec) -> None:
             ex.execute(_KV_DELETE, params)
 
-        await self._call(self._write_tx, delete)
+        await self._write(delete)
 
