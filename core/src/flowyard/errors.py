@@ -29,6 +29,7 @@ __all__ = [
     "ToolInputError",
     "StorageError",
     "RunNotFoundError",
+    "TaskNotFoundError",
     "WorkflowError",
     "ValidationIssue",
     "WorkflowValidationError",
@@ -189,6 +190,10 @@ class StorageError(FlowyardError):
 
 class RunNotFoundError(StorageError, LookupError):
     """No run with the given id is stored."""
+
+
+class TaskNotFoundError(StorageError, LookupError):
+    """No task with the given id is stored (see :class:`~flowyard.interfaces.SupportsTaskQueue`)."""
 
 
 # ----------------------------------------------------------------------------- workflows

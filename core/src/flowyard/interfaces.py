@@ -28,6 +28,7 @@ from flowyard.models import (
     ModelInfo,
     RunRecord,
     StepAttempt,
+    TaskRecord,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ __all__ = [
     "StorageBackend",
     "SupportsIdempotentRuns",
     "SupportsStepCommit",
+    "SupportsTaskQueue",
+    "SupportsKeyValueListing",
+    "TaskQuery",
     "RunQuery",
     "RunLease",
     "MemoryStore",
@@ -406,6 +410,127 @@ class StorageBackend(Protocol):
 
     async def kv_delete(self, namespace: str, key: str) -> None:
         """Delete a plugin value (no error when absent)."""
+        ...
+
+
+class TaskQuery:
+    """Filters for :meth:`SupportsTaskQueue.list_tasks` (newest first).
+
+    Args:
+        tenant: keep this tenant's tasks (required: tasks are never listed across tenants).
+        status: keep tasks with this status; kind: ``"workflow"`` or ``"agent"``;
+        target: keep tasks of this workflow name / agent id.
+        limit: page size (1..1000); offset: rows to skip.
+
+    Raises:
+        ValueError: an empty tenant, or limit/offset out of range.
+    """
+
+    __slots__ = ("tenant", "status", "kind", "target", "limit", "offset")
+
+    def __init__(self, *, tenant: str, status: str | None = None, kind: str | None = None,
+                 target: str | None = None, limit: int = 50, offset: int = 0) -> None:
+        if not tenant:
+            raise ValueError("a task query needs a tenant")
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        self.tenant = tenant
+        self.status = status
+        self.kind = kind
+        self.target = target
+        self.limit = limit
+        self.offset = offset
+
+
+@runtime_checkable
+class SupportsTaskQueue(Protocol):
+    """A :class:`StorageBackend` that keeps a durable task queue: submitted tasks survive
+    restarts; workers (in any process) claim them with a lease they renew, so a task whose
+    worker died is claimed again once its lease expired, and runs its same ``run_id`` (resumed:
+    completed steps are not run again). Claiming is atomic across processes (PostgreSQL:
+    ``FOR UPDATE SKIP LOCKED``; SQLite: an immediate transaction). Times are UNIX seconds.
+    """
+
+    async def submit_task(self, task: TaskRecord) -> tuple[TaskRecord, bool]:
+        """Insert a ``queued`` task, unless ``task.idempotency_key`` names a task of the
+        same tenant already.
+
+        Returns:
+            ``(task, True)`` when inserted, ``(existing, False)`` otherwise (its current
+            record; the caller compares ``request_hash``).
+
+        Raises:
+            StorageError: ``task.id`` exists, or the backend failed.
+        """
+        ...
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """Return a task. Raises TaskNotFoundError."""
+        ...
+
+    async def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        """Return the tenant's tasks matching ``query``, newest first."""
+        ...
+
+    async def claim_task(self, worker: str, *, now: float, lease_timeout: float
+                         ) -> TaskRecord | None:
+        """Atomically take the next task for ``worker``: the ``queued`` one with the highest
+        priority (oldest first among equals), or a ``running`` one whose lease expired
+        before ``now`` (its worker died). The task becomes ``running`` with ``worker``, a
+        lease until ``now + lease_timeout``, ``attempts`` + 1, ``started_at`` set once.
+
+        Returns:
+            the claimed task, or None when there is nothing to claim.
+        """
+        ...
+
+    async def renew_task(self, task_id: str, worker: str, *, now: float,
+                         lease_timeout: float) -> TaskRecord | None:
+        """Extend ``worker``'s lease to ``now + lease_timeout``.
+
+        Returns:
+            the task (its ``cancel_requested`` tells the worker to stop), or None when
+            ``worker`` does not hold it any more (another worker took it over: stop).
+        """
+        ...
+
+    async def finish_task(self, task_id: str, worker: str, *, status: str,
+                          outputs: dict[str, Any] | None = None, error: str | None = None,
+                          now: float) -> bool:
+        """Record the end of a task ``worker`` holds (``completed``, ``failed`` or
+        ``cancelled``) and release its lease.
+
+        Returns:
+            False (nothing written) when ``worker`` does not hold the task.
+        """
+        ...
+
+    async def cancel_task(self, task_id: str, *, now: float) -> TaskRecord:
+        """Cancel a task: a ``queued`` one is ``cancelled`` at once; a ``running`` one gets
+        ``cancel_requested`` (its worker stops the run and records ``cancelled``); an ended
+        one is returned unchanged. Raises TaskNotFoundError.
+        """
+        ...
+
+    async def retry_task(self, task_id: str) -> TaskRecord:
+        """Queue an ended (``failed`` or ``cancelled``) task again, keeping its ``run_id``
+        (the run is resumed: completed steps are not run again); other tasks are returned
+        unchanged. Raises TaskNotFoundError.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsKeyValueListing(Protocol):
+    """A :class:`StorageBackend` whose plugin key-value area can be listed."""
+
+    async def kv_list(self, namespace: str, *, after: str = "", limit: int = 100
+                      ) -> list[tuple[str, Any]]:
+        """Return up to ``limit`` ``(key, value)`` pairs of ``namespace`` with keys greater
+        than ``after``, in key order (pass the last key to get the next page).
+        """
         ...
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "Document",
     "Chunk",
     "RunStatus",
+    "TaskStatus",
+    "TaskRecord",
     "StepStatus",
     "new_id",
     "now",
@@ -387,6 +389,59 @@ class StepAttempt:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = 0.0
+
+
+TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+@define
+class TaskRecord:
+    """A unit of work submitted to a task queue (see
+    :class:`~flowyard.interfaces.SupportsTaskQueue`): run a workflow or an agent with inputs.
+
+    Args:
+        id: the task id (32 hex characters).
+        tenant: who submitted it; every read is scoped to one tenant.
+        kind: ``"workflow"`` or ``"agent"``.
+        target: the registered workflow's name, or the agent's id.
+        inputs: the workflow inputs / the agent's input, JSON-ready.
+        name: for humans.
+        priority: higher is claimed first (then oldest first).
+        status: ``queued``, ``running``, ``completed``, ``failed`` or ``cancelled``.
+        idempotency_key: at most one task per tenant and key (None: no key).
+        request_hash: SHA-256 hex of what the key stands for (kind, target, inputs).
+        run_id: the run executing it, chosen at submission so a worker that takes over an
+            abandoned task resumes the same run (completed steps are not run again).
+        worker: the worker holding the task's lease (None when not claimed).
+        lease_expires_at: UNIX seconds when the lease ends unless renewed.
+        attempts: how many times a worker claimed it.
+        cancel_requested: a cancel arrived while running; the worker stops the run.
+        created_at, started_at, finished_at: UNIX seconds.
+        outputs: the run's outputs once finished; error: why it failed.
+        metadata: free-form JSON-ready data.
+    """
+
+    id: str
+    tenant: str
+    kind: str
+    target: str
+    inputs: dict[str, Any] = field(factory=dict)
+    name: str = ""
+    priority: int = 0
+    status: TaskStatus = "queued"
+    idempotency_key: str | None = None
+    request_hash: str = ""
+    run_id: str = field(factory=new_id)
+    worker: str | None = None
+    lease_expires_at: float | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    created_at: float = field(factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    outputs: dict[str, Any] = field(factory=dict)
+    error: str | None = None
+    metadata: dict[str, Any] = field(factory=dict)
 
 
 @frozen

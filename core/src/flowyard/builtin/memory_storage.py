@@ -19,9 +19,9 @@ from typing import Any
 import attrs
 
 from flowyard.config import Config
-from flowyard.errors import RunNotFoundError, StorageError
-from flowyard.interfaces import RunLease, RunQuery
-from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt
+from flowyard.errors import RunNotFoundError, StorageError, TaskNotFoundError
+from flowyard.interfaces import RunLease, RunQuery, TaskQuery
+from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt, TaskRecord
 from flowyard.serialization import json_default
 
 __all__ = ["MemoryStorage"]
@@ -109,6 +109,8 @@ class MemoryStorage:
         self._kv: dict[tuple[str, str], Any] = {}
         self._leases: dict[str, RunLease] = {}
         self._idempotency: dict[str, str] = {}  # submission idempotency key -> run id
+        self._tasks: dict[str, TaskRecord] = {}
+        self._task_keys: dict[tuple[str, str], str] = {}  # (tenant, idempotency key) -> id
         self._open = False
 
     async def open(self) -> None:
@@ -326,3 +328,145 @@ class MemoryStorage:
         """Delete a plugin value."""
         self._check()
         self._kv.pop((namespace, key), None)
+
+    async def kv_list(self, namespace: str, *, after: str = "", limit: int = 100
+                      ) -> list[tuple[str, Any]]:
+        """Return up to ``limit`` ``(key, value)`` pairs of ``namespace`` with keys after
+        ``after``, in key order (:class:`~flowyard.interfaces.SupportsKeyValueListing`).
+        """
+        self._check()
+        keys = sorted(k for ns, k in self._kv if ns == namespace and k > after)[:limit]
+        return [(k, copy.deepcopy(self._kv[(namespace, k)])) for k in keys]
+
+    # ------------------------------------------------------------------ task queue
+
+    def _task(self, task_id: str) -> TaskRecord:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise TaskNotFoundError(f"no task {task_id!r}") from None
+
+    @staticmethod
+    def _copy_task(task: TaskRecord) -> TaskRecord:
+        return attrs.evolve(task, inputs=copy.deepcopy(task.inputs),
+                            outputs=copy.deepcopy(task.outputs),
+                            metadata=copy.deepcopy(task.metadata))
+
+    async def submit_task(self, task: TaskRecord) -> tuple[TaskRecord, bool]:
+        """Insert a queued task unless its tenant's idempotency key names one
+        (:class:`~flowyard.interfaces.SupportsTaskQueue`; no await between check and insert).
+
+        Raises:
+            StorageError: the id exists, or a value is not JSON-ready.
+        """
+        self._check()
+        if task.idempotency_key is not None:
+            existing = self._task_keys.get((task.tenant, task.idempotency_key))
+            if existing is not None:
+                return self._copy_task(self._tasks[existing]), False
+        if task.id in self._tasks:
+            raise StorageError(f"task {task.id} already exists")
+        for name in ("inputs", "outputs", "metadata"):
+            _freeze(getattr(task, name), f"field {name!r} of task {task.id}")
+        stored = self._copy_task(task)
+        stored.status = "queued"
+        self._tasks[task.id] = stored
+        if task.idempotency_key is not None:
+            self._task_keys[(task.tenant, task.idempotency_key)] = task.id
+        return self._copy_task(stored), True
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """Return a copy of a task. Raises TaskNotFoundError."""
+        self._check()
+        return self._copy_task(self._task(task_id))
+
+    async def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        """Return the tenant's tasks matching ``query``, newest first."""
+        self._check()
+        tasks = [t for t in self._tasks.values()
+                 if t.tenant == query.tenant
+                 and (query.status is None or t.status == query.status)
+                 and (query.kind is None or t.kind == query.kind)
+                 and (query.target is None or t.target == query.target)]
+        tasks.sort(key=lambda t: (t.created_at, t.id), reverse=True)
+        return [self._copy_task(t) for t in tasks[query.offset:query.offset + query.limit]]
+
+    async def claim_task(self, worker: str, *, now: float, lease_timeout: float
+                         ) -> TaskRecord | None:
+        """Take the best queued task, or a running one whose lease expired (no await
+        between choosing and taking it, so it is atomic).
+        """
+        self._check()
+        best: TaskRecord | None = None
+        for task in self._tasks.values():
+            claimable = task.status == "queued" or (
+                task.status == "running" and task.lease_expires_at is not None
+                and task.lease_expires_at < now)
+            if claimable and (best is None or (-task.priority, task.created_at, task.id)
+                              < (-best.priority, best.created_at, best.id)):
+                best = task
+        if best is None:
+            return None
+        best.status = "running"
+        best.worker = worker
+        best.lease_expires_at = now + lease_timeout
+        best.attempts += 1
+        best.started_at = best.started_at or now
+        return self._copy_task(best)
+
+    async def renew_task(self, task_id: str, worker: str, *, now: float,
+                         lease_timeout: float) -> TaskRecord | None:
+        """Extend ``worker``'s lease; None when it does not hold the task."""
+        self._check()
+        task = self._task(task_id)
+        if task.status != "running" or task.worker != worker:
+            return None
+        task.lease_expires_at = now + lease_timeout
+        return self._copy_task(task)
+
+    async def finish_task(self, task_id: str, worker: str, *, status: str,
+                          outputs: dict[str, Any] | None = None, error: str | None = None,
+                          now: float) -> bool:
+        """Record the end of a task ``worker`` holds; False when it does not.
+
+        Raises:
+            ValueError: ``status`` is not an end status.
+            StorageError: ``outputs`` is not JSON-ready (nothing written).
+        """
+        self._check()
+        if status not in ("completed", "failed", "cancelled"):
+            raise ValueError(f"a task ends completed, failed or cancelled, not {status!r}")
+        task = self._task(task_id)
+        if task.status != "running" or task.worker != worker:
+            return False
+        _freeze(outputs or {}, f"outputs of task {task_id}")
+        task.status = status  # type: ignore[assignment]
+        task.outputs = copy.deepcopy(outputs or {})
+        task.error = error
+        task.finished_at = now
+        task.worker = None
+        task.lease_expires_at = None
+        return True
+
+    async def cancel_task(self, task_id: str, *, now: float) -> TaskRecord:
+        """Cancel a queued task, or ask a running one's worker to stop."""
+        self._check()
+        task = self._task(task_id)
+        if task.status == "queued":
+            task.status = "cancelled"
+            task.finished_at = now
+            task.error = "cancelled before it started"
+        elif task.status == "running":
+            task.cancel_requested = True
+        return self._copy_task(task)
+
+    async def retry_task(self, task_id: str) -> TaskRecord:
+        """Queue a failed or cancelled task again (same run id)."""
+        self._check()
+        task = self._task(task_id)
+        if task.status in ("failed", "cancelled"):
+            task.status = "queued"
+            task.error = None
+            task.finished_at = None
+            task.cancel_requested = False
+        return self._copy_task(task)

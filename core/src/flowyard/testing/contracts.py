@@ -18,12 +18,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 
 from flowyard.errors import (
     ProviderError,
     RunNotFoundError,
     StorageError,
+    TaskNotFoundError,
     ToolInputError,
     UnknownNameError,
     WorkflowValidationError,
@@ -33,7 +35,10 @@ from flowyard.interfaces import (
     RunLease,
     RunQuery,
     SupportsIdempotentRuns,
+    SupportsKeyValueListing,
     SupportsStepCommit,
+    SupportsTaskQueue,
+    TaskQuery,
 )
 from flowyard.models import (
     ChatChunk,
@@ -49,6 +54,7 @@ from flowyard.models import (
     ModelPrice,
     RunRecord,
     StepAttempt,
+    TaskRecord,
     ToolSpec,
     new_id,
 )
@@ -245,7 +251,10 @@ class StorageContract:
     allowed once it expired or its owner is named dead) give ``now`` explicitly, so they do
     not depend on the clock. The checks of the optional protocols
     (:class:`~flowyard.interfaces.SupportsIdempotentRuns`,
-    :class:`~flowyard.interfaces.SupportsStepCommit`) are skipped for a backend without them.
+    :class:`~flowyard.interfaces.SupportsStepCommit`,
+    :class:`~flowyard.interfaces.SupportsTaskQueue`,
+    :class:`~flowyard.interfaces.SupportsKeyValueListing`) are skipped for a backend without
+    them.
     """
 
     pytestmark = _ANYIO
@@ -656,6 +665,150 @@ class StorageContract:
         assert fetched.outputs == {"list": [1]}
         fetched.outputs["list"].append(3)
         assert (await storage.get_run(run.id)).outputs == {"list": [1]}
+
+
+    # ------------------------------------------------------------------ task queue
+
+    def _queue(self, storage: Any) -> Any:
+        if not isinstance(storage, SupportsTaskQueue):
+            pytest.skip("the backend does not implement SupportsTaskQueue")
+        return storage
+
+    @staticmethod
+    def _task(**kwargs: Any) -> TaskRecord:
+        kwargs.setdefault("id", new_id())
+        kwargs.setdefault("tenant", "tenant-a")
+        kwargs.setdefault("kind", "workflow")
+        kwargs.setdefault("target", "contract")
+        return TaskRecord(**kwargs)
+
+    async def test_tasks_round_trip_and_list_per_tenant(self, storage: Any) -> None:
+        """Checked on backends implementing :class:`~flowyard.interfaces.SupportsTaskQueue`."""
+        queue = self._queue(storage)
+        first = self._task(inputs={"q": ["x", {"y": 1.5}]}, name="first", priority=3,
+                           metadata={"m": 1}, created_at=1_700_000_000.0)
+        stored, created = await queue.submit_task(first)
+        assert created and stored == first
+        assert await queue.get_task(first.id) == first
+        second = self._task(kind="agent", target="agent-1", created_at=1_700_000_001.0)
+        other = self._task(tenant="tenant-b", created_at=1_700_000_002.0)
+        for task in (second, other):
+            await queue.submit_task(task)
+        listed = await queue.list_tasks(TaskQuery(tenant="tenant-a"))
+        assert [t.id for t in listed] == [second.id, first.id]  # newest first, own tenant
+        assert [t.id for t in await queue.list_tasks(TaskQuery(tenant="tenant-a",
+                                                                kind="agent"))] == [second.id]
+        assert [t.id for t in await queue.list_tasks(TaskQuery(tenant="tenant-a", limit=1,
+                                                                offset=1))] == [first.id]
+        assert [t.id for t in await queue.list_tasks(TaskQuery(tenant="tenant-b"))] == [
+            other.id]
+        with pytest.raises(TaskNotFoundError):
+            await queue.get_task("no-such-task")
+        fetched = await queue.get_task(first.id)
+        fetched.inputs["q"].append("changed")
+        assert (await queue.get_task(first.id)).inputs == {"q": ["x", {"y": 1.5}]}
+
+    async def test_an_idempotency_key_names_one_task_per_tenant(self, storage: Any) -> None:
+        queue = self._queue(storage)
+        first = self._task(idempotency_key="k", request_hash="h1")
+        assert (await queue.submit_task(first))[1]
+        again, created = await queue.submit_task(self._task(idempotency_key="k",
+                                                            request_hash="h2"))
+        assert not created and again.id == first.id and again.request_hash == "h1"
+        elsewhere, created = await queue.submit_task(self._task(tenant="tenant-b",
+                                                                idempotency_key="k"))
+        assert created and elsewhere.id != first.id
+
+    async def test_claims_follow_priority_then_age_and_expired_leases(self, storage: Any
+                                                                      ) -> None:
+        queue = self._queue(storage)
+        now = 1_700_000_000.0
+        low = self._task(priority=0, created_at=now - 30)
+        high_old = self._task(priority=5, created_at=now - 20)
+        high_new = self._task(priority=5, created_at=now - 10)
+        for task in (high_new, low, high_old):
+            await queue.submit_task(task)
+        order = []
+        for worker in ("w1", "w2", "w3"):
+            claimed = await queue.claim_task(worker, now=now, lease_timeout=30.0)
+            assert claimed is not None and claimed.status == "running"
+            assert claimed.worker == worker and claimed.attempts == 1
+            assert claimed.lease_expires_at == now + 30.0 and claimed.started_at == now
+            order.append(claimed.id)
+        assert order == [high_old.id, high_new.id, low.id]
+        assert await queue.claim_task("w4", now=now + 1, lease_timeout=30.0) is None
+        # w2 keeps its lease, w1 and w3 stop renewing: their tasks are claimed again, same run
+        assert await queue.renew_task(high_new.id, "w2", now=now + 20, lease_timeout=30.0)
+        assert await queue.renew_task(high_new.id, "w1", now=now + 20,
+                                      lease_timeout=30.0) is None
+        taken = await queue.claim_task("w5", now=now + 31, lease_timeout=30.0)
+        assert taken is not None and taken.id == high_old.id and taken.attempts == 2
+        assert taken.run_id == high_old.run_id and taken.started_at == now
+        assert await queue.renew_task(high_old.id, "w1", now=now + 32,
+                                      lease_timeout=30.0) is None  # w1 lost it
+        assert not await queue.finish_task(high_old.id, "w1", status="completed", now=now)
+        assert await queue.finish_task(high_old.id, "w5", status="completed",
+                                       outputs={"answer": [1, 2]}, now=now + 33)
+        done = await queue.get_task(high_old.id)
+        assert done.status == "completed" and done.outputs == {"answer": [1, 2]}
+        assert done.worker is None and done.finished_at == now + 33
+
+    async def test_concurrent_claims_take_each_task_once(self, storage: Any) -> None:
+        queue = self._queue(storage)
+        tasks = [self._task() for _ in range(12)]
+        for task in tasks:
+            await queue.submit_task(task)
+        claimed: list[str] = []
+
+        async def worker(name: str) -> None:
+            while True:
+                task = await queue.claim_task(name, now=1_700_000_000.0, lease_timeout=60.0)
+                if task is None:
+                    return
+                claimed.append(task.id)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(worker, f"w{i}")
+        assert sorted(claimed) == sorted(t.id for t in tasks)
+
+    async def test_cancel_and_retry(self, storage: Any) -> None:
+        queue = self._queue(storage)
+        now = 1_700_000_000.0
+        queued, running = self._task(), self._task(priority=9)
+        for task in (queued, running):
+            await queue.submit_task(task)
+        assert (await queue.claim_task("w", now=now, lease_timeout=30.0)).id == running.id
+        cancelled = await queue.cancel_task(queued.id, now=now)
+        assert cancelled.status == "cancelled" and cancelled.finished_at == now
+        asked = await queue.cancel_task(running.id, now=now)
+        assert asked.status == "running" and asked.cancel_requested
+        renewed = await queue.renew_task(running.id, "w", now=now + 1, lease_timeout=30.0)
+        assert renewed is not None and renewed.cancel_requested
+        assert await queue.finish_task(running.id, "w", status="cancelled", error="stopped",
+                                       now=now + 2)
+        again = await queue.retry_task(running.id)
+        assert again.status == "queued" and not again.cancel_requested
+        assert again.run_id == running.run_id and again.error is None
+        retaken = await queue.claim_task("w2", now=now + 3, lease_timeout=30.0)
+        assert retaken is not None and retaken.id == running.id and retaken.attempts == 2
+        assert (await queue.retry_task(running.id)).status == "running"  # not ended: unchanged
+        with pytest.raises(TaskNotFoundError):
+            await queue.cancel_task("no-such-task", now=now)
+
+    async def test_kv_list_pages_in_key_order(self, storage: Any) -> None:
+        """Checked on backends implementing
+        :class:`~flowyard.interfaces.SupportsKeyValueListing`.
+        """
+        if not isinstance(storage, SupportsKeyValueListing):
+            pytest.skip("the backend does not implement SupportsKeyValueListing")
+        for key in ("b", "a", "c", "d"):
+            await storage.kv_set("contract.list", key, {"k": key})
+        await storage.kv_set("contract.other", "a0", 1)
+        first = await storage.kv_list("contract.list", limit=3)
+        assert first == [("a", {"k": "a"}), ("b", {"k": "b"}), ("c", {"k": "c"})]
+        assert await storage.kv_list("contract.list", after="c") == [("d", {"k": "d"})]
+        assert await storage.kv_list("contract.empty") == []
 
 
 # ============================================================================ memory
