@@ -83,6 +83,10 @@ _RUN_COLUMNS = frozenset(c.name for c in runs.c) - {"extra", "idempotency_key"}
 _ATTEMPT_JSON = ("output",)
 _ATTEMPT_FIELDS = tuple(f.name for f in attrs.fields(StepAttempt))
 _ATTEMPT_COLUMNS = frozenset(c.name for c in attempts.c) - {"extra"}
+#: StepAttempt fields stored as they are, and those kept in the ``extra`` JSON column.
+_ATTEMPT_PLAIN = tuple(n for n in _ATTEMPT_FIELDS
+                       if n in _ATTEMPT_COLUMNS and n not in _ATTEMPT_JSON)
+_ATTEMPT_EXTRA = tuple(n for n in _ATTEMPT_FIELDS if n not in _ATTEMPT_COLUMNS)
 _PG_DRIVERS = {"postgresql", "postgresql+psycopg", "postgres"}
 
 
@@ -391,25 +395,38 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
-def _dumps(value: Any, what: str) -> str:
+#: ``json.dumps(value, default=json_default, ensure_ascii=False)`` without building a new
+#: encoder per call (json.dumps does for any non-default argument).
+_ENCODE = json.JSONEncoder(default=json_default, ensure_ascii=False).encode
+
+
+def _dumps(value: Any, what: str | Callable[[], str]) -> str:
     r"""Serialise ``value`` to JSON text for a TEXT column.
+
+    ``what`` names the value in errors (run, step, field): a string, or a function returning
+    one (built only when an error is raised).
 
     Raises:
         StorageError: the value is not JSON-ready, or holds text that is not
             valid Unicode (a lone surrogate such as ``"\ud800"``, which no UTF-8 database
-            can store); ``what`` names the value (run, step, field).
+            can store).
     """
+    if value is None:
+        return "null"
     try:
-        text = json.dumps(value, default=json_default, ensure_ascii=False)
+        text = _ENCODE(value)
     except (TypeError, ValueError) as exc:
-        raise StorageError(f"{what} is not JSON-ready: {exc}") from None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise StorageError(
-            f"{what} holds text that is not valid Unicode: {exc.object[exc.start:exc.end]!r} "
-            f"at character {exc.start} of its JSON form (a lone surrogate); nothing was "
-            "stored") from None
+        name = what if isinstance(what, str) else what()
+        raise StorageError(f"{name} is not JSON-ready: {exc}") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            name = what if isinstance(what, str) else what()
+            raise StorageError(
+                f"{name} holds text that is not valid Unicode: "
+                f"{exc.object[exc.start:exc.end]!r} at character {exc.start} of its JSON form "
+                "(a lone surrogate); nothing was stored") from None
     return text
 
 
@@ -1203,19 +1220,17 @@ class SQLStorage:
             StorageError: the output or an extra field is not JSON-ready (naming the run and
                 step key).
         """
-        data = attrs.asdict(attempt, recurse=False)
-        row: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for name, value in data.items():
-            if name in _ATTEMPT_JSON:
-                row[name] = _dumps(value, f"output of attempt {attempt.attempt} of step "
-                                          f"{attempt.step_key!r} of run {attempt.run_id}")
-            elif name in _ATTEMPT_COLUMNS:
-                row[name] = value
-            else:
-                extra[name] = value
-        row["extra"] = _dumps(extra, f"attempt {attempt.attempt} of step "
-                                     f"{attempt.step_key!r} of run {attempt.run_id}")
+        row = {name: getattr(attempt, name) for name in _ATTEMPT_PLAIN}
+        row["output"] = _dumps(attempt.output, lambda: (
+            f"output of attempt {attempt.attempt} of step {attempt.step_key!r} of run "
+            f"{attempt.run_id}"))
+        if _ATTEMPT_EXTRA:
+            extra = {name: getattr(attempt, name) for name in _ATTEMPT_EXTRA}
+            row["extra"] = _dumps(extra, lambda: (
+                f"attempt {attempt.attempt} of step {attempt.step_key!r} of run "
+                f"{attempt.run_id}"))
+        else:
+            row["extra"] = "{}"
         return row
 
     @staticmethod
@@ -1227,7 +1242,8 @@ class SQLStorage:
         """
         return [{"run_id": e.run_id, "seq": e.seq, "type": e.type, "step_id": e.step_id,
                  "time": e.time,
-                 "data": _dumps(e.data, f"data of event {e.seq} ({e.type}) of run {e.run_id}")}
+                 "data": _dumps(e.data, lambda e=e: (  # type: ignore[misc]
+                     f"data of event {e.seq} ({e.type}) of run {e.run_id}"))}
                 for e in events_]
 
     def _event_insert_stmt(self) -> Any:
@@ -1349,8 +1365,8 @@ class SQLStorage:
         if checkpoint is not None:
             step_key, output = checkpoint
             checkpoint_row = {"run_id": run_id, "step_key": step_key,
-                              "output": _dumps(output, f"output of step {step_key!r} of run "
-                                                       f"{run_id}"),
+                              "output": _dumps(output, lambda: (
+                                  f"output of step {step_key!r} of run {run_id}")),
                               "saved_at": time.time()}
         event_rows = self._event_rows(events)
         log_rows = [{"run_id": r.run_id, "step_id": r.step_id, "level": r.level,
