@@ -133,7 +133,9 @@ async def test_diagnose_reports_build_threads_and_generation() -> None:
     by_name = {f.name: f for f in findings}
     assert list(by_name) == ["build", "threads", "generation"]
     assert by_name["build"].status == "ok" and "AVX2" in by_name["build"].detail
-    assert "prompt thread(s) on" in by_name["threads"].detail
+    threads = by_name["threads"].detail
+    assert "up to 2 context(s); alone a context gets" in threads  # the built-in pool of two
+    assert "prompt thread(s)" in threads and "core(s)" in threads
     assert by_name["generation"].status == "ok", by_name["generation"].detail
     assert "generated 8 token(s)" in by_name["generation"].detail
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from contextlib import aclosing
+from contextlib import ExitStack, aclosing
 
 import anyio
 import attrs
@@ -19,7 +19,7 @@ import pytest
 from flowyard.errors import BadRequestError, MalformedResponseError
 from flowyard.models import ChatRequest, ImagePart, Message, ToolCall, ToolSpec
 from flowyard_llamacpp import LlamaCppProvider, engine
-from flowyard_llamacpp.spec import ModelSpec, smollm2_path
+from flowyard_llamacpp.spec import SMOLLM2_POOL_SIZE, ModelSpec, smollm2_path
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -296,7 +296,8 @@ async def test_generation_runs_off_the_event_loop(provider: LlamaCppProvider) ->
     assert ticks >= max(3, int(elapsed / 0.01) // 10)
 
 
-async def test_concurrent_calls_share_one_context_safely(provider: LlamaCppProvider) -> None:
+async def test_concurrent_calls_share_the_pool_safely(provider: LlamaCppProvider) -> None:
+    """Three calls on the built-in model's pool of two: one waits for a context."""
     results: dict[int, str] = {}
 
     async def one(i: int) -> None:
@@ -307,8 +308,9 @@ async def test_concurrent_calls_share_one_context_safely(provider: LlamaCppProvi
             tg.start_soon(one, i)
     assert len(results) == 3 and all(results.values())
     alone = await provider.chat(request("Say a word.", max_tokens=6, seed=1))
-    assert alone.text == results[1]  # serialised calls do not disturb each other
-    assert engine.get_model(provider.spec("smollm2")).contexts == 1
+    assert alone.text == results[1]  # calls do not disturb each other
+    model = engine.get_model(provider.spec("smollm2"))
+    assert 1 <= model.contexts <= model.pool_size == SMOLLM2_POOL_SIZE
 
 
 async def test_a_call_waiting_for_a_busy_context_can_be_cancelled(provider: LlamaCppProvider
@@ -318,14 +320,16 @@ async def test_a_call_waiting_for_a_busy_context_can_be_cancelled(provider: Llam
     holding = threading.Event()
     release = threading.Event()
 
-    def hold_the_only_context() -> None:
-        # a generation that cannot end early: the context is held until released
-        with model.acquire():
+    def hold_every_context() -> None:
+        # generations that cannot end early: the pool's contexts are held until released
+        with ExitStack() as held:
+            for _ in range(model.pool_size):
+                held.enter_context(model.acquire())
             holding.set()
             release.wait(30)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(anyio.to_thread.run_sync, hold_the_only_context)
+        tg.start_soon(anyio.to_thread.run_sync, hold_every_context)
         while not holding.is_set():
             await anyio.sleep(0.01)
         started = time.perf_counter()
@@ -381,6 +385,37 @@ async def test_pool_runs_generations_in_parallel_contexts() -> None:
         model.acquire = original  # type: ignore[method-assign]
     assert model.contexts == 2
     assert peak == 2
+
+
+async def test_a_context_gets_its_share_of_the_cores_when_lent() -> None:
+    """Alone, a context of a pool of two gets what a pool of one gets (all cores for the
+    prompt); two working at once get ``cores // 2`` each; a configured ``n_threads`` stays."""
+    spec = ModelSpec(alias="shared", path=smollm2_path(), n_ctx=512, pool_size=2,
+                     source="test")
+    model = engine.get_model(spec)
+    alone = (engine.default_threads(1), engine.generation_threads(1))
+    both = (engine.default_threads(2), engine.generation_threads(2))
+
+    def threads(llm: object) -> tuple[int, int]:
+        return (llm.n_threads_batch, llm.n_threads)  # type: ignore[attr-defined]
+
+    def take_two() -> None:
+        with model.acquire() as first:
+            assert threads(first) == alone
+            with model.acquire() as second:
+                assert second is not first and threads(second) == both
+        with model.acquire() as again:  # alone again: all its share back
+            assert threads(again) == alone
+
+    await anyio.to_thread.run_sync(take_two)
+    fixed = engine.get_model(attrs.evolve(spec, n_threads=1))
+    assert fixed is not model
+
+    def take_fixed() -> None:
+        with fixed.acquire() as llm:
+            assert threads(llm) == (1, 1)
+
+    await anyio.to_thread.run_sync(take_fixed)
 
 
 async def test_models_load_once_per_process_and_are_shared() -> None:

@@ -15,6 +15,7 @@ from flowyard.errors import ConfigError
 from flowyard.stack import Stack
 from flowyard_llamacpp import engine, read_metadata, smollm2_path, specs_from_config
 from flowyard_llamacpp.gguf import GGUFError
+from flowyard_llamacpp.spec import SMOLLM2_POOL_SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,18 @@ def test_specs_from_config_adds_aliases_and_defaults(tmp_path: Path) -> None:
     assert specs["mine"].path == gguf and specs["mine"].n_ctx == 1024
     assert specs["mine"].temperature == 0.0 and specs["mine"].n_threads == 2
     assert specs["smollm2"].path == smollm2_path() and specs["smollm2"].pool_size == 2
+
+
+def test_the_builtin_model_pools_two_contexts_unless_configured(tmp_path: Path) -> None:
+    specs, _ = specs_from_config({"models": {"mine": {"path": str(tmp_path / "x.gguf")}}})
+    assert specs["smollm2"].pool_size == SMOLLM2_POOL_SIZE == 2
+    assert specs["mine"].pool_size == 1
+    specs, _ = specs_from_config({"pool_size": 3})
+    assert specs["smollm2"].pool_size == 3
+    specs, _ = specs_from_config({"pool_size": 3, "models": {"smollm2": {"pool_size": 1}}})
+    assert specs["smollm2"].pool_size == 1
+    specs, _ = specs_from_config({"models": {"smollm2": {"n_ctx": 1024}}})
+    assert specs["smollm2"].pool_size == SMOLLM2_POOL_SIZE
 
 
 @pytest.mark.parametrize(("section", "message"), [

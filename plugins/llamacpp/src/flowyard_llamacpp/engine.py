@@ -210,6 +210,7 @@ class LoadedModel:
         self.pool_size = spec.pool_size
         self._idle: queue.LifoQueue[Llama] = queue.LifoQueue()
         self._created = 0
+        self._busy = 0  # contexts lent out right now
         self._lock = threading.Lock()
         first = self._new_context()
         self._created = 1
@@ -256,7 +257,8 @@ class LoadedModel:
         """Lend one context to the calling thread (blocking until one is free).
 
         A new context is created while fewer than ``pool_size`` exist; otherwise the call
-        waits, re-checking ``cancel`` every 20 ms.
+        waits, re-checking ``cancel`` every 20 ms. The context comes with its share of the
+        cores among the contexts working now (:meth:`_share_cores`).
 
         Raises:
             Cancelled: ``cancel`` was set while waiting.
@@ -286,10 +288,37 @@ class LoadedModel:
                 llm = self._idle.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
+        with self._lock:
+            self._busy += 1
+            busy = self._busy
         try:
+            self._share_cores(llm, busy)
             yield llm
         finally:
+            with self._lock:
+                self._busy -= 1
             self._idle.put(llm)
+
+    def _share_cores(self, llm: Llama, busy: int) -> None:
+        """Give a context just lent out its share of the cores among the ``busy`` contexts
+        working now (itself included), unless the configuration fixes ``n_threads``.
+
+        A context alone gets what a 1-context pool gets (all cores for prompt processing,
+        half of them for generation), so a larger pool costs a lone call nothing; when
+        ``busy`` contexts work at once each gets ``cores // busy`` (at least 1), so together
+        they do not oversubscribe the machine. A context already working keeps its threads
+        until its next loan (llama.cpp reads them at every decode, but the context belongs
+        to its thread), so the cores may be briefly oversubscribed when a second call starts
+        while the first is processing its prompt.
+        """
+        if self.spec.n_threads is not None or self.embedding:
+            return
+        threads = (default_threads(busy), generation_threads(busy))
+        if getattr(llm, "_flowyard_threads", None) == threads:
+            return
+        llm._ctx.set_n_threads(threads[1], threads[0])
+        llm.n_threads, llm.n_threads_batch = threads[1], threads[0]
+        llm._flowyard_threads = threads  # type: ignore[attr-defined]
 
     @property
     def contexts(self) -> int:

@@ -532,12 +532,20 @@ class LlamaCppProvider:
             findings.append(Diagnostic("build", "ok", detail))
         spec = self.specs[self.default_alias] if self.default_alias in self.specs else None
         if spec is not None:
-            gen = spec.n_threads or engine.generation_threads(spec.pool_size)
-            batch = spec.n_threads or engine.default_threads(spec.pool_size)
+            cores = engine.available_cores()
+            if spec.n_threads:
+                threads = (f"{spec.pool_size} context(s) x {spec.n_threads} thread(s) "
+                           "(n_threads)")
+            else:  # each loan shares the cores among the contexts working (engine.acquire)
+                threads = (f"up to {spec.pool_size} context(s); alone a context gets "
+                           f"{engine.generation_threads(1)} generation / "
+                           f"{engine.default_threads(1)} prompt thread(s)")
+                if spec.pool_size > 1:
+                    threads += (f", {spec.pool_size} at once "
+                                f"{engine.generation_threads(spec.pool_size)} / "
+                                f"{engine.default_threads(spec.pool_size)} each")
             findings.append(Diagnostic(
-                "threads", "ok",
-                f"local/{spec.alias}: {spec.pool_size} context(s) x {gen} generation / "
-                f"{batch} prompt thread(s) on {engine.available_cores()} core(s); "
+                "threads", "ok", f"local/{spec.alias}: {threads}, on {cores} core(s); "
                 f"{engine.omp_wait_policy_note}"))
         if spec is None or spec.path is None or not spec.path.is_file():
             reason = str(engine._missing_file_error(spec)) if spec is not None else "no model"
