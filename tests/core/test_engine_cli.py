@@ -191,8 +191,8 @@ def test_summary_shows_wall_times_of_steps_items_and_run(runner: CliRunner,
     plain = runner.invoke(cli, ["run", "fan.yaml", "--no-live"])
     assert plain.exit_code == 0, plain.output
     out = plain.output
-    assert "wall time" in out and "items: median/max" in out
-    assert re.search(r"3: \d+\.\d\ds/\d+\.\d\ds", out), out
+    assert "wall time" in out and "items (median/max)" in out
+    assert re.search(r"3 \(\d+\.\d\ds/\d+\.\d\ds\)", out), out
     assert re.search(r"wall time \d+\.\d\ds \(\d+\.\d\ds with start-up\)", out), out
 
     result = runner.invoke(cli, ["run", "fan.yaml", "--json"])

@@ -458,12 +458,12 @@ def step_timings(result: Any, attempts: list[Any]) -> dict[str, dict[str, Any]]:
 
 
 def _fmt_items(timing: dict[str, Any]) -> str:
-    """``8: 9.40s/14.31s`` (items: median/max item time); empty for a step without items."""
+    """``8 (9.40s/14.31s)``: items (median/max item wall time); empty without items."""
     if "items" not in timing:
         return ""
     text = str(timing["items"])
     if "item_median_s" in timing:
-        text += f": {timing['item_median_s']:.2f}s/{timing['item_max_s']:.2f}s"
+        text += f" ({timing['item_median_s']:.2f}s/{timing['item_max_s']:.2f}s)"
     return text
 
 
@@ -473,24 +473,34 @@ def _print_summary(console: Any, result: Any, timings: dict[str, dict[str, Any]]
     from rich.table import Table
 
     per_item = any("items" in t for t in timings.values())
-    table = Table("step", "status", "attempts", "wall time",
-                  title=f"{result.workflow_name}: {result.status}", title_justify="left")
+    table = Table(title=f"{result.workflow_name}: {result.status}", title_justify="left")
+    # ids and figures are not cut on a narrow terminal (80 columns when piped)
+    table.add_column("step", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("wall time", justify="right", no_wrap=True)
     if per_item:  # a fan-out's items and its median/max item wall time
-        table.add_column("items: median/max", no_wrap=True)
-    for name in ("tokens", "cost", "error"):
-        table.add_column(name)
+        table.add_column("items (median/max)", no_wrap=True)
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right")
     for step in result.steps.values():
         style = _STATUS_STYLE.get(step.status, "")
         duration = f"{step.duration_s:.2f}s" if step.duration_s is not None else ""
         cost = "unknown" if step.cost_usd is None else (
             f"${step.cost_usd:.6f}" if step.cost_usd else "")
         tokens = step.input_tokens + step.output_tokens
-        items = [_fmt_items(timings.get(step.id, {}))] if per_item else []
-        # ids, errors and reasons are data: escaped, never read as rich markup
-        table.add_row(escape(step.id), f"[{style}]{step.status}[/]", str(step.attempts),
-                      duration, *items, str(tokens or ""), cost,
-                      escape((step.error or step.reason or "")[:80]))
+        cells = [escape(step.id), f"[{style}]{step.status}[/]", str(step.attempts), duration]
+        if per_item:
+            cells.append(_fmt_items(timings.get(step.id, {})))
+        table.add_row(*cells, str(tokens or ""), cost)
     console.print(table)
+    for step in result.steps.values():
+        # below the table, where a narrow terminal does not squeeze them away; ids, errors
+        # and reasons are data: escaped, never read as rich markup
+        note = step.error or step.reason
+        if note:
+            console.print(f"  {escape(step.id)} {step.status}: {escape(note[:300])}",
+                          soft_wrap=True, highlight=False)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.steps_by_status().items()))
     cost = "unknown (a model's price is not known)" if result.cost_usd is None else \
         f"${result.cost_usd:.6f}"
