@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "runs", "leases", "attempts", "checkpoints", "events", "logs", "costs",
-           "kv"]
+           "kv", "tasks"]
 
 metadata = sa.MetaData()
 
@@ -140,4 +140,38 @@ kv = sa.Table(
     sa.Column("key", sa.String(), primary_key=True),
     sa.Column("value", sa.Text(), nullable=False),
     sa.Column("updated_at", sa.Float(), nullable=False),
+)
+
+#: The durable task queue (migration 0007; see flowyard_sql.queue): one row per TaskRecord,
+#: every field a column. Claims read ix_fy_tasks_claim in claim order (priority, then age);
+#: ux_fy_tasks_idempotency_key holds at most one task per tenant and idempotency key.
+tasks = sa.Table(
+    "fy_tasks",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("tenant", sa.String(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("target", sa.String(), nullable=False),
+    sa.Column("inputs", sa.Text(), nullable=False),
+    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("priority", sa.Integer(), nullable=False),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("idempotency_key", sa.String(), nullable=True),
+    sa.Column("request_hash", sa.String(), nullable=False),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("worker", sa.String(), nullable=True),
+    sa.Column("lease_expires_at", sa.Float(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("started_at", sa.Float(), nullable=True),
+    sa.Column("finished_at", sa.Float(), nullable=True),
+    sa.Column("outputs", sa.Text(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("metadata", sa.Text(), nullable=False),
+    sa.Index("ix_fy_tasks_claim", "status", sa.text("priority DESC"), "created_at", "id"),
+    sa.Index("ix_fy_tasks_tenant_created", "tenant", "created_at"),
+    sa.Index("ux_fy_tasks_idempotency_key", "tenant", "idempotency_key", unique=True,
+             sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+             postgresql_where=sa.text("idempotency_key IS NOT NULL")),
 )
