@@ -1,0 +1,664 @@
+"""The FastAPI application of ``flowyard serve``: the routes of
+:mod:`flowyard_client.models` (whose pydantic models are the request and response types, so
+the OpenAPI schema, request validation and the client SDK share one definition).
+
+Every route but health and the documentation needs an API key (see
+:mod:`flowyard_server.security`); every read is scoped to the key's tenant, and another
+tenant's id answers ``404`` exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import anyio
+import attrs
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from flowyard_client import models as wire
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException
+
+from flowyard import (
+    Stack,
+    SupportsTaskQueue,
+    TaskQuery,
+    TaskRecord,
+    WorkflowValidationError,
+    new_id,
+    run_state,
+)
+from flowyard import __version__ as core_version
+
+from flowyard_server.keys import KeyStore
+from flowyard_server.live import DeltaHub, follow_run
+from flowyard_server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from flowyard_server.security import SecurityMiddleware
+from flowyard_server.settings import ServerSettings
+from flowyard_server.worker import (
+    AGENTS_NAMESPACE,
+    WORKFLOWS_NAMESPACE,
+    Worker,
+    queue_of,
+)
+
+__all__ = ["create_app", "RUNS_NAMESPACE"]
+
+log = logging.getLogger("flowyard_server.app")
+
+#: Key-value namespace (``+ tenant``) mapping a run id to its task id.
+RUNS_NAMESPACE = "server.runs."
+_ID = r"^[0-9a-f]{32}$"
+IdPath = Annotated[str, Path(pattern=_ID, description="32 hex characters")]
+_CODES = {400: "bad_request", 401: "authentication_error", 403: "forbidden",
+          404: "not_found", 405: "method_not_allowed", 409: "conflict",
+          413: "payload_too_large", 422: "validation_error", 429: "rate_limited",
+          503: "unavailable"}
+_ENDED_TASK = frozenset({"completed", "failed", "cancelled"})
+
+
+class ApiError(HTTPException):
+    """An error answered as an :class:`~flowyard_client.models.ErrorBody`.
+
+    Args:
+        status: the HTTP status.
+        message: for humans (never a secret or a stack trace).
+        code: the error code (default: from the status).
+        details: structured details.
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 details: Any = None) -> None:
+        super().__init__(status_code=status, detail=message)
+        self.code = code or _CODES.get(status, "error")
+        self.details = details
+
+
+def _not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, f"{what} {ident} does not exist")
+
+
+def _error_response(status: int, code: str, message: str, details: Any = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    body = wire.ErrorBody(code=code, message=message, details=details)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _task(record: TaskRecord) -> wire.Task:
+    return wire.Task.model_validate(attrs.asdict(record))
+
+
+def _request_hash(kind: str, target: str, inputs: dict[str, Any]) -> str:
+    text = json.dumps([kind, target, inputs], sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Service:
+    """What the routes share: the stack, its queue, key store, worker, hub and metrics.
+
+    Args:
+        stack: the stack (opened by the app's lifespan).
+        settings: the server settings.
+        worker: the in-process worker, or None (``--no-worker``).
+    """
+
+    def __init__(self, stack: Stack, settings: ServerSettings, worker: Worker | None) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.worker = worker
+        self.keys = KeyStore(stack.storage)
+        self.hub = DeltaHub() if settings.stream_deltas else None
+        self.metrics = Metrics()
+        self.sse_connections = 0
+        self.metrics.gauge("flowyard_server_sse_connections", "open run event streams",
+                           lambda: self.sse_connections)
+        self.metrics.gauge("flowyard_server_uptime_seconds", "seconds since the server started",
+                           lambda: time.time() - self.metrics.started_at)
+        self.metrics.gauge("flowyard_worker_tasks_running", "tasks the in-process worker runs",
+                           lambda: len(worker.running) if worker is not None else 0)
+        self.metrics.gauge("flowyard_worker_tasks_completed", "tasks the in-process worker "
+                           "completed", lambda: worker.finished["completed"] if worker else 0)
+        self.metrics.gauge("flowyard_worker_tasks_failed", "tasks the in-process worker failed",
+                           lambda: worker.finished["failed"] if worker else 0)
+
+    @property
+    def queue(self) -> SupportsTaskQueue:
+        """The storage as a task queue."""
+        return queue_of(self.stack)
+
+    async def task_of(self, tenant: str, task_id: str) -> TaskRecord:
+        """Return the tenant's task, or raise a 404 (also for another tenant's task)."""
+        try:
+            task = await self.queue.get_task(task_id)
+        except LookupError:
+            raise _not_found("task", task_id) from None
+        if task.tenant != tenant:
+            raise _not_found("task", task_id)
+        return task
+
+    async def task_of_run(self, tenant: str, run_id: str) -> TaskRecord:
+        """Return the task of the tenant's run, or raise a 404."""
+        task_id = await self.stack.storage.kv_get(RUNS_NAMESPACE + tenant, run_id)
+        if not isinstance(task_id, str):
+            raise _not_found("run", run_id)
+        try:
+            task = await self.queue.get_task(task_id)
+        except LookupError:
+            raise _not_found("run", run_id) from None
+        if task.tenant != tenant or task.run_id != run_id:
+            raise _not_found("run", run_id)
+        return task
+
+    async def run_of(self, task: TaskRecord) -> wire.Run:
+        """The run of a task (``pending`` from the task when no worker started it yet)."""
+        storage = self.stack.storage
+        try:
+            record = await storage.get_run(task.run_id)
+        except LookupError:
+            return wire.Run(id=task.run_id, workflow_name=task.target, status="pending",
+                            inputs=task.inputs, created_at=task.created_at, task_id=task.id)
+        leases = await storage.get_leases([record.id])
+        return wire.Run(
+            id=record.id, workflow_name=record.workflow_name,
+            status=run_state(record, leases.get(record.id)), inputs=record.inputs,
+            outputs=record.outputs, error=record.error, created_at=record.created_at,
+            started_at=record.started_at, finished_at=record.finished_at,
+            input_tokens=record.input_tokens, output_tokens=record.output_tokens,
+            cost_usd=record.cost_usd, resume_count=record.resume_count, task_id=task.id)
+
+    async def submit(self, tenant: str, spec: wire.TaskSubmit) -> tuple[TaskRecord, bool]:
+        """Queue a task (or find the one its idempotency key names).
+
+        Raises:
+            ApiError: 404 unknown workflow/agent; 409 the key names another request.
+        """
+        storage = self.stack.storage
+        if spec.kind == "workflow":
+            if await storage.kv_get(WORKFLOWS_NAMESPACE + tenant, spec.target) is None:
+                raise ApiError(404, "no workflow of this name is registered")
+        elif await storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target) is None:
+            raise ApiError(404, "no agent has this id")
+        request_hash = _request_hash(spec.kind, spec.target, spec.inputs)
+        record = TaskRecord(id=new_id(), tenant=tenant, kind=spec.kind, target=spec.target,
+                            inputs=spec.inputs, name=spec.name, priority=spec.priority,
+                            idempotency_key=spec.idempotency_key, request_hash=request_hash,
+                            metadata=spec.metadata)
+        # the run -> task index first: a crash in between leaves an index entry to nothing
+        await storage.kv_set(RUNS_NAMESPACE + tenant, record.run_id, record.id)
+        stored, created = await self.queue.submit_task(record)
+        if not created:
+            await storage.kv_delete(RUNS_NAMESPACE + tenant, record.run_id)
+            if stored.request_hash != request_hash:
+                raise ApiError(409, "this idempotency key was used for another request "
+                               "(other kind, target or inputs)")
+            return stored, False
+        self.metrics.inc("flowyard_server_tasks_submitted_total", "tasks queued",
+                         kind=spec.kind)
+        if self.worker is not None:
+            self.worker.wake()
+        return stored, True
+
+    def load_workflow(self, source: wire.WorkflowSource) -> Any:
+        """Parse and validate a workflow given as text or as a definition.
+
+        Raises:
+            ApiError: 422 when both or neither of ``source``/``definition`` are given.
+            WorkflowValidationError: the workflow is invalid.
+        """
+        if (source.source is None) == (source.definition is None):
+            raise ApiError(422, "give exactly one of 'source' (YAML/JSON text) or 'definition'")
+        if source.source is not None:
+            # parsed as text only: never read as a path on the server's disk
+            workflow = self.stack.loaders.get("native").load(source.source)
+            return self.stack.load_workflow(workflow)
+        return self.stack.load_workflow(source.definition or {})
+
+
+def _issues(exc: WorkflowValidationError) -> list[wire.ValidationIssue]:
+    return [wire.ValidationIssue(message=i.message, path=i.path or None, line=i.line,
+                                 column=i.column) for i in exc.issues]
+
+
+def _workflow_info(name: str, entry: dict[str, Any]) -> wire.WorkflowInfo:
+    definition = entry["definition"]
+    return wire.WorkflowInfo(name=name, description=definition.get("description", ""),
+                             steps=len(definition.get("steps", [])),
+                             inputs=definition.get("inputs", {}),
+                             content_hash=entry["content_hash"],
+                             registered_at=entry.get("registered_at"))
+
+
+def _routes(svc: Service) -> APIRouter:  # noqa: C901 - one closure per route
+    api = APIRouter(prefix=wire.API_PREFIX)
+    stack = svc.stack
+
+    def tenant_of(request: Request) -> str:
+        return str(request.state.tenant)
+
+    # ------------------------------------------------------------------ health
+
+    @api.get("/health/live", response_model=wire.Health, tags=["health"])
+    async def live() -> wire.Health:
+        """The process answers."""
+        return wire.Health(status="UP", version=core_version)
+
+    @api.get("/health/ready", response_model=wire.Health, tags=["health"],
+             responses={503: {"model": wire.Health}})
+    async def ready() -> Any:
+        """Storage answers, it has a task queue, and the in-process worker runs."""
+        checks: dict[str, wire.CheckResult] = {}
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(2.0):
+                await stack.storage.kv_get("server.health", "ping")
+            checks["storage"] = wire.CheckResult(
+                status="UP", duration_ms=(time.perf_counter() - started) * 1000)
+        except (TimeoutError, OSError, LookupError, RuntimeError) as exc:
+            checks["storage"] = wire.CheckResult(status="DOWN", detail=type(exc).__name__,
+                                                 duration_ms=(time.perf_counter() - started)
+                                                 * 1000)
+        queue_ok = isinstance(stack.storage, SupportsTaskQueue)
+        checks["queue"] = wire.CheckResult(status="UP" if queue_ok else "DOWN")
+        if svc.worker is None:
+            checks["worker"] = wire.CheckResult(status="UP", detail="no in-process worker")
+        else:
+            checks["worker"] = wire.CheckResult(
+                status="UP" if svc.worker.started else "DEGRADED",
+                detail=f"{len(svc.worker.running)} running")
+        statuses = {c.status for c in checks.values()}
+        status = "DOWN" if "DOWN" in statuses else ("DEGRADED" if "DEGRADED" in statuses
+                                                    else "UP")
+        health = wire.Health(status=status, version=core_version, checks=checks)
+        return JSONResponse(health.model_dump(), status_code=503 if status == "DOWN" else 200)
+
+    # ------------------------------------------------------------------ agents
+
+    async def agent_of(tenant: str, agent_id: str) -> dict[str, Any]:
+        agent = await stack.storage.kv_get(AGENTS_NAMESPACE + tenant, agent_id)
+        if agent is None:
+            raise _not_found("agent", agent_id)
+        return dict(agent)
+
+    def check_tools(tools: list[str]) -> None:
+        unknown = [t for t in tools if t not in stack.tools]
+        if unknown:
+            raise ApiError(422, f"unknown tools: {', '.join(unknown)}",
+                           details={"unknown_tools": unknown})
+
+    @api.post("/agents", response_model=wire.Agent, status_code=201, tags=["agents"])
+    async def create_agent(request: Request, spec: wire.AgentCreate) -> wire.Agent:
+        """Store an agent definition."""
+        check_tools(spec.tools)
+        now = time.time()
+        agent = wire.Agent(id=new_id(), created_at=now, updated_at=now, **spec.model_dump())
+        await stack.storage.kv_set(AGENTS_NAMESPACE + tenant_of(request), agent.id,
+                                   agent.model_dump())
+        return agent
+
+    @api.get("/agents", response_model=wire.AgentPage, tags=["agents"])
+    async def list_agents(request: Request,
+                          limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                          after: Annotated[str, Query(pattern=r"^([0-9a-f]{32})?$")] = ""
+                          ) -> wire.AgentPage:
+        """A page of the tenant's agents in id order."""
+        page = await stack.storage.kv_list(  # type: ignore[attr-defined]
+            AGENTS_NAMESPACE + tenant_of(request), after=after, limit=limit)
+        items = [wire.Agent.model_validate(value) for _, value in page]
+        return wire.AgentPage(items=items,
+                              next_after=page[-1][0] if len(page) == limit else None)
+
+    @api.get("/agents/{agent_id}", response_model=wire.Agent, tags=["agents"])
+    async def get_agent(request: Request, agent_id: IdPath) -> wire.Agent:
+        """One agent."""
+        return wire.Agent.model_validate(await agent_of(tenant_of(request), agent_id))
+
+    @api.patch("/agents/{agent_id}", response_model=wire.Agent, tags=["agents"])
+    async def update_agent(request: Request, agent_id: IdPath,
+                           update: wire.AgentUpdate) -> wire.Agent:
+        """Change some fields of an agent."""
+        tenant = tenant_of(request)
+        agent = await agent_of(tenant, agent_id)
+        changes = {k: v for k, v in update.model_dump(exclude_unset=True).items()
+                   if v is not None or k == "model"}
+        if "tools" in changes:
+            check_tools(changes["tools"])
+        agent.update(changes, updated_at=time.time())
+        await stack.storage.kv_set(AGENTS_NAMESPACE + tenant, agent_id, agent)
+        return wire.Agent.model_validate(agent)
+
+    @api.delete("/agents/{agent_id}", status_code=204, tags=["agents"])
+    async def delete_agent(request: Request, agent_id: IdPath) -> Response:
+        """Delete an agent (its past tasks and runs stay)."""
+        tenant = tenant_of(request)
+        await agent_of(tenant, agent_id)
+        await stack.storage.kv_delete(AGENTS_NAMESPACE + tenant, agent_id)
+        return Response(status_code=204)
+
+    @api.get("/agents/{agent_id}/capabilities", response_model=list[str], tags=["agents"])
+    async def agent_capabilities(request: Request, agent_id: IdPath) -> list[str]:
+        """The agent's declared capabilities."""
+        return list((await agent_of(tenant_of(request), agent_id))["capabilities"])
+
+    # ------------------------------------------------------------------ tasks
+
+    @api.post("/tasks", response_model=wire.Task, status_code=201, tags=["tasks"],
+              responses={200: {"model": wire.Task, "description": "the idempotency key's "
+                               "task"}, 409: {"model": wire.ErrorBody}})
+    async def submit_task(request: Request, spec: wire.TaskSubmit) -> Any:
+        """Queue a workflow or agent task (201), or return the task its idempotency key
+        names (200).
+        """
+        record, created = await svc.submit(tenant_of(request), spec)
+        return JSONResponse(_task(record).model_dump(), status_code=201 if created else 200)
+
+    @api.post("/tasks/batch", response_model=list[wire.Task], tags=["tasks"])
+    async def submit_batch(request: Request, batch: wire.TaskBatch) -> list[wire.Task]:
+        """Queue several tasks (each as ``POST /tasks`` would; the first error stops)."""
+        tenant = tenant_of(request)
+        return [_task((await svc.submit(tenant, spec))[0]) for spec in batch.tasks]
+
+    @api.get("/tasks", response_model=wire.TaskPage, tags=["tasks"])
+    async def list_tasks(request: Request,
+                         status: wire.TaskStatus | None = None,
+                         kind: Literal["workflow", "agent"] | None = None,
+                         target: Annotated[str | None,
+                                           Query(max_length=wire.MAX_NAME_CHARS)] = None,
+                         limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
+                         ) -> wire.TaskPage:
+        """The tenant's tasks, newest first."""
+        records = await svc.queue.list_tasks(TaskQuery(
+            tenant=tenant_of(request), status=status, kind=kind, target=target, limit=limit,
+            offset=offset))
+        return wire.TaskPage(items=[_task(r) for r in records], limit=limit, offset=offset)
+
+    @api.get("/tasks/{task_id}", response_model=wire.Task, tags=["tasks"])
+    async def get_task(request: Request, task_id: IdPath) -> wire.Task:
+        """One task."""
+        return _task(await svc.task_of(tenant_of(request), task_id))
+
+    @api.post("/tasks/{task_id}/cancel", response_model=wire.Task, tags=["tasks"])
+    async def cancel_task(request: Request, task_id: IdPath) -> wire.Task:
+        """Cancel a queued task, or ask a running one's worker to stop it."""
+        await svc.task_of(tenant_of(request), task_id)
+        return _task(await svc.queue.cancel_task(task_id, now=time.time()))
+
+    @api.post("/tasks/{task_id}/retry", response_model=wire.Task, tags=["tasks"])
+    async def retry_task(request: Request, task_id: IdPath) -> wire.Task:
+        """Queue a failed or cancelled task again (its run resumes)."""
+        await svc.task_of(tenant_of(request), task_id)
+        record = await svc.queue.retry_task(task_id)
+        if svc.worker is not None:
+            svc.worker.wake()
+        return _task(record)
+
+    # ------------------------------------------------------------------ runs
+
+    @api.get("/runs", response_model=wire.RunPage, tags=["runs"])
+    async def list_runs(request: Request,
+                        status: Annotated[str | None, Query(max_length=20)] = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                        offset: Annotated[int, Query(ge=0, le=10_000)] = 0) -> wire.RunPage:
+        """The runs of the tenant's tasks, newest first (at most 10,000 tasks are scanned
+        when filtering by status).
+        """
+        tenant = tenant_of(request)
+        found: list[wire.Run] = []
+        scanned = 0
+        while len(found) < offset + limit and scanned < 10_000:
+            tasks = await svc.queue.list_tasks(TaskQuery(tenant=tenant, limit=200,
+                                                         offset=scanned))
+            for task in tasks:
+                run = await svc.run_of(task)
+                if status is None or run.status == status:
+                    found.append(run)
+            scanned += len(tasks)
+            if len(tasks) < 200:
+                break
+        return wire.RunPage(items=found[offset:offset + limit], limit=limit, offset=offset)
+
+    @api.get("/runs/{run_id}", response_model=wire.Run, tags=["runs"])
+    async def get_run(request: Request, run_id: IdPath) -> wire.Run:
+        """One run."""
+        return await svc.run_of(await svc.task_of_run(tenant_of(request), run_id))
+
+    @api.get("/runs/{run_id}/steps", response_model=list[wire.StepAttempt], tags=["runs"])
+    async def run_steps(request: Request, run_id: IdPath) -> list[wire.StepAttempt]:
+        """Every step attempt of the run."""
+        await svc.task_of_run(tenant_of(request), run_id)
+        attempts = await stack.storage.list_attempts(run_id)
+        return [wire.StepAttempt.model_validate(attrs.asdict(a)) for a in attempts]
+
+    @api.get("/runs/{run_id}/logs", response_model=list[wire.LogLine], tags=["runs"])
+    async def run_logs(request: Request, run_id: IdPath) -> list[wire.LogLine]:
+        """The run's log lines in order."""
+        await svc.task_of_run(tenant_of(request), run_id)
+        return [wire.LogLine.model_validate(attrs.asdict(r))
+                for r in await stack.storage.list_logs(run_id)]
+
+    @api.get("/runs/{run_id}/cost", response_model=list[wire.CostLine], tags=["runs"])
+    async def run_cost(request: Request, run_id: IdPath) -> list[wire.CostLine]:
+        """The cost of each model call of the run."""
+        await svc.task_of_run(tenant_of(request), run_id)
+        return [wire.CostLine.model_validate(attrs.asdict(c))
+                for c in await stack.storage.list_costs(run_id)]
+
+    @api.post("/runs/{run_id}/resume", response_model=wire.Task, tags=["runs"],
+              responses={409: {"model": wire.ErrorBody}})
+    async def resume_run(request: Request, run_id: IdPath) -> wire.Task:
+        """Queue the run's task again so a worker resumes the run (409 unless it failed or
+        was cancelled).
+        """
+        task = await svc.task_of_run(tenant_of(request), run_id)
+        if task.status not in ("failed", "cancelled"):
+            raise ApiError(409, f"the run's task is {task.status}; only a failed or cancelled "
+                           "run can be resumed")
+        record = await svc.queue.retry_task(task.id)
+        if svc.worker is not None:
+            svc.worker.wake()
+        return _task(record)
+
+    @api.get("/runs/{run_id}/events", tags=["runs"],
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "RunEvent items; `id:` is `seq`"}})
+    async def run_events(request: Request, run_id: IdPath,
+                         last_event_id: Annotated[str | None,
+                                                  Header(max_length=20)] = None,
+                         after: Annotated[int | None, Query(ge=0)] = None
+                         ) -> EventSourceResponse:
+        """The run's events as Server-Sent Events, from the durable log (``id:`` is ``seq``;
+        ``Last-Event-ID`` or ``after`` resumes after that event), with heartbeat comments,
+        ending after ``run.finished``; token deltas (``step.delta``) of runs executing in this
+        process come without an ``id:``.
+        """
+        tenant = tenant_of(request)
+        task = await svc.task_of_run(tenant, run_id)
+        start = after or 0
+        if last_event_id is not None:
+            if not last_event_id.strip().isdigit():
+                raise ApiError(422, "Last-Event-ID must be an event seq (a whole number)")
+            start = max(start, int(last_event_id))
+
+        async def task_done() -> bool:
+            return (await svc.queue.get_task(task.id)).status in _ENDED_TASK
+
+        async def stream() -> AsyncIterator[dict[str, Any]]:
+            svc.sse_connections += 1
+            try:
+                async for item in follow_run(stack, run_id, after_seq=start,
+                                             poll=svc.settings.sse_poll, hub=svc.hub,
+                                             task_done=task_done):
+                    yield item
+            finally:
+                svc.sse_connections -= 1
+
+        return EventSourceResponse(stream(), ping=svc.settings.sse_ping)
+
+    # ------------------------------------------------------------------ workflows
+
+    @api.post("/workflows/validate", response_model=wire.ValidationResult, tags=["workflows"])
+    async def validate_workflow(source: wire.WorkflowSource) -> wire.ValidationResult:
+        """Check a workflow without storing it."""
+        try:
+            workflow = svc.load_workflow(source)
+        except WorkflowValidationError as exc:
+            return wire.ValidationResult(valid=False, issues=_issues(exc))
+        return wire.ValidationResult(valid=True, name=workflow.name)
+
+    @api.post("/workflows", response_model=wire.WorkflowInfo, status_code=201,
+              tags=["workflows"], responses={422: {"model": wire.ErrorBody}})
+    async def register_workflow(request: Request,
+                                source: wire.WorkflowSource) -> wire.WorkflowInfo:
+        """Register (or replace) a workflow under its name, for tasks of this tenant."""
+        try:
+            workflow = svc.load_workflow(source)
+        except WorkflowValidationError as exc:
+            raise ApiError(422, "the workflow is invalid",
+                           details=[i.model_dump() for i in _issues(exc)]) from None
+        definition = workflow.to_dict()
+        entry = {"definition": definition, "content_hash": workflow.content_hash(),
+                 "registered_at": time.time()}
+        await stack.storage.kv_set(WORKFLOWS_NAMESPACE + tenant_of(request), workflow.name,
+                                   entry)
+        return _workflow_info(workflow.name, entry)
+
+    @api.get("/workflows", response_model=list[wire.WorkflowInfo], tags=["workflows"])
+    async def list_workflows(request: Request) -> list[wire.WorkflowInfo]:
+        """The tenant's registered workflows, by name."""
+        namespace = WORKFLOWS_NAMESPACE + tenant_of(request)
+        out: list[wire.WorkflowInfo] = []
+        after = ""
+        while True:
+            page = await stack.storage.kv_list(  # type: ignore[attr-defined]
+                namespace, after=after, limit=500)
+            out.extend(_workflow_info(name, entry) for name, entry in page)
+            if len(page) < 500:
+                return out
+            after = page[-1][0]
+
+    # ------------------------------------------------------------------ the stack
+
+    async def models_of(name: str) -> list[Any]:
+        provider = stack.providers.get(name)
+        with anyio.move_on_after(5.0):
+            return list(await provider.list_models())
+        log.warning("provider %s did not list its models within 5 s", name)
+        return []
+
+    @api.get("/providers", response_model=list[wire.ProviderInfo], tags=["stack"])
+    async def providers() -> list[wire.ProviderInfo]:
+        """The stack's model providers and their models."""
+        return [wire.ProviderInfo(name=name, models=[m.model for m in await models_of(name)])
+                for name in stack.providers.names()]
+
+    @api.get("/models", response_model=list[wire.ModelInfo], tags=["stack"])
+    async def models() -> list[wire.ModelInfo]:
+        """Every model of every provider, with prices per million tokens."""
+        out = []
+        for name in stack.providers.names():
+            for m in await models_of(name):
+                out.append(wire.ModelInfo(
+                    ref=f"{name}/{m.model}", provider=name, model=m.model,
+                    context_window=m.context_window, capabilities=sorted(m.capabilities),
+                    input_usd_per_mtok=m.price.input_per_mtok if m.price else None,
+                    output_usd_per_mtok=m.price.output_per_mtok if m.price else None))
+        return out
+
+    @api.get("/tools", response_model=list[wire.ToolInfo], tags=["stack"])
+    async def tools() -> list[wire.ToolInfo]:
+        """Every tool steps and agents can use."""
+        out = []
+        for name in stack.tools.names():
+            tool = stack.tools.get(name)
+            out.append(wire.ToolInfo(
+                name=name, description=str(getattr(tool, "description", "") or ""),
+                parameters=dict(getattr(tool, "parameters", {}) or {}),
+                idempotent=bool(getattr(tool, "idempotent", False)),
+                side_effects=list(getattr(tool, "side_effects", ()) or ())))
+        return out
+
+    return api
+
+
+def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None = None
+               ) -> FastAPI:
+    """Build the ASGI application.
+
+    Args:
+        stack: the stack to serve; its storage must implement
+            :class:`~flowyard.SupportsTaskQueue` and
+            :class:`~flowyard.SupportsKeyValueListing`. The app's lifespan opens it (and
+            closes it when it opened it).
+        settings: limits and timings.
+        worker: a worker to run inside the server during the app's lifespan (None: tasks
+            are left to ``flowyard worker`` processes).
+
+    Returns:
+        the FastAPI app, with the security and metrics middleware installed (the
+        :class:`Service` the routes share is ``app.state.service``).
+    """
+    svc = Service(stack, settings, worker)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        opened = not stack.storage_is_open
+        await stack.open()
+        queue_of(stack)  # fail at start, not at the first request
+        if svc.hub is not None:
+            svc.hub.attach(stack)
+        try:
+            async with anyio.create_task_group() as tg:
+                if worker is not None:
+                    tg.start_soon(worker.run)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            if svc.hub is not None:
+                svc.hub.detach()
+            if opened:
+                await stack.aclose()
+
+    app = FastAPI(title="flowyard", version=core_version, lifespan=lifespan,
+                  description="Run flowyard workflows and agents as a service. Every route "
+                  "but /v1/health/* needs `Authorization: Bearer <key>` (or `X-API-Key`).")
+    app.state.service = svc
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc, ApiError):
+            return _error_response(exc.status_code, exc.code, str(exc.detail), exc.details)
+        return _error_response(exc.status_code, _CODES.get(exc.status_code, "error"),
+                               str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # the offending values are not echoed: they may hold secrets
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                    "type": e.get("type", "")} for e in exc.errors()]
+        return _error_response(422, "validation_error", "the request is invalid", details)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed: %s", type(exc).__name__, exc_info=exc)
+        return _error_response(500, "server_error", "internal server error")
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    async def metrics() -> PlainTextResponse:
+        """Process metrics in the Prometheus text format."""
+        return PlainTextResponse(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.include_router(_routes(svc))
+    app.add_middleware(SecurityMiddleware, keys=svc.keys,  # type: ignore[arg-type]
+                       max_body_bytes=settings.max_body_bytes,
+                       max_json_depth=settings.max_json_depth)
+    app.add_middleware(MetricsMiddleware, metrics=svc.metrics)  # type: ignore[arg-type]
+    return app
+

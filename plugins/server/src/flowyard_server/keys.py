@@ -1,0 +1,161 @@
+"""API keys: created once, shown once, stored only as a salted digest.
+
+A key reads ``fy_<key id>_<secret>``: the key id (12 hex characters) names the stored entry,
+the secret is 32 random bytes from :mod:`secrets` (``token_urlsafe``, 43 characters). The
+storage's key-value area (namespace :data:`KEYS_NAMESPACE`, key = the key id) keeps the
+tenant, a name, the creation time, a random 16-byte salt and ``HMAC-SHA256(salt, secret)``;
+the secret itself is never stored, logged or returned again.
+
+Why HMAC-SHA256 and not scrypt/PBKDF2: the secrets are 256-bit random values, not passwords,
+so there is nothing to brute-force that a slow key derivation would protect -- guessing a
+256-bit secret is infeasible whatever the digest costs. A deliberately slow KDF would instead
+cost tens of milliseconds of CPU on *every request* and hand an attacker a cheap way to load
+the server with bogus keys. The per-key salt still keeps two digests of one secret apart, and
+the digest is compared with :func:`hmac.compare_digest` (constant time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from typing import Any
+
+import attrs
+
+from flowyard import StorageBackend, StorageError, SupportsKeyValueListing
+
+__all__ = ["KEYS_NAMESPACE", "ApiKey", "KeyStore", "TENANT_PATTERN", "valid_tenant"]
+
+#: The key-value namespace of the key digests.
+KEYS_NAMESPACE = "server.keys"
+#: Tenant names: lower-case letters, digits, ``-`` and ``_``, 1 to 64 characters.
+TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_KEY = re.compile(r"fy_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_DUMMY_SALT = secrets.token_bytes(16)
+
+
+def valid_tenant(name: str) -> bool:
+    """True when ``name`` matches :data:`TENANT_PATTERN`."""
+    return TENANT_PATTERN.fullmatch(name) is not None
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hmac.new(salt, secret.encode("ascii"), hashlib.sha256).digest()
+
+
+@attrs.frozen
+class ApiKey:
+    """What is known about a stored key (never its secret).
+
+    Attributes:
+        key_id: the 12 hex characters after ``fy_``.
+        tenant: the tenant the key acts for.
+        name: for humans.
+        created_at: UNIX seconds.
+    """
+
+    key_id: str
+    tenant: str
+    name: str
+    created_at: float
+
+
+class KeyStore:
+    """API keys kept in a storage backend's key-value area.
+
+    Args:
+        storage: an open backend that also implements
+            :class:`~flowyard.SupportsKeyValueListing` (for ``list`` and ``any_keys``).
+    """
+
+    def __init__(self, storage: StorageBackend) -> None:
+        self.storage = storage
+
+    def _listing(self) -> SupportsKeyValueListing:
+        if not isinstance(self.storage, SupportsKeyValueListing):
+            raise StorageError(f"the storage backend {type(self.storage).__name__} cannot list "
+                               "its key-value area (no kv_list); flowyard-server needs it")
+        return self.storage
+
+    async def create(self, tenant: str, *, name: str = "") -> tuple[str, ApiKey]:
+        """Create a key for ``tenant``.
+
+        Returns:
+            ``(key, info)``: the full key, to show once, and its stored description.
+
+        Raises:
+            ValueError: ``tenant`` does not match :data:`TENANT_PATTERN`, or ``name`` is
+                longer than 200 characters.
+            StorageError: the backend failed.
+        """
+        if not valid_tenant(tenant):
+            raise ValueError(f"a tenant is 1-64 characters of a-z, 0-9, '-' and '_' starting "
+                             f"with a letter or digit, got {tenant!r}")
+        if len(name) > 200:
+            raise ValueError("a key name is at most 200 characters")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        info = ApiKey(key_id=key_id, tenant=tenant, name=name, created_at=time.time())
+        await self.storage.kv_set(KEYS_NAMESPACE, key_id, {
+            "tenant": tenant, "name": name, "created_at": info.created_at,
+            "salt": salt.hex(), "digest": _digest(salt, secret).hex(),
+        })
+        return f"fy_{key_id}_{secret}", info
+
+    async def verify(self, key: str) -> str | None:
+        """Return the tenant of ``key``, or None when it is malformed, unknown or revoked.
+
+        The digest is compared in constant time; a malformed or unknown key still costs one
+        HMAC, so timing does not tell which part was wrong.
+        """
+        match = _KEY.fullmatch(key)
+        if match is None:
+            _digest(_DUMMY_SALT, "x" * 43)
+            return None
+        key_id, secret = match.groups()
+        entry = await self.storage.kv_get(KEYS_NAMESPACE, key_id)
+        if not isinstance(entry, dict):
+            _digest(_DUMMY_SALT, secret)
+            return None
+        expected = bytes.fromhex(str(entry["digest"]))
+        actual = _digest(bytes.fromhex(str(entry["salt"])), secret)
+        if not hmac.compare_digest(actual, expected):
+            return None
+        return str(entry["tenant"])
+
+    async def list(self) -> list[ApiKey]:
+        """Return every stored key (without secrets), in key id order."""
+        listing = self._listing()
+        out: list[ApiKey] = []
+        after = ""
+        while True:
+            page = await listing.kv_list(KEYS_NAMESPACE, after=after, limit=500)
+            out.extend(_info(key_id, entry) for key_id, entry in page)
+            if len(page) < 500:
+                return out
+            after = page[-1][0]
+
+    async def revoke(self, key_id: str) -> bool:
+        """Delete a key by its id (or by the full key); return False when it did not exist."""
+        match = _KEY.fullmatch(key_id)
+        if match is not None:
+            key_id = match.group(1)
+        if re.fullmatch(r"[0-9a-f]{12}", key_id) is None:
+            return False
+        if await self.storage.kv_get(KEYS_NAMESPACE, key_id) is None:
+            return False
+        await self.storage.kv_delete(KEYS_NAMESPACE, key_id)
+        return True
+
+    async def any_keys(self) -> bool:
+        """True when at least one key is stored (the API then requires one)."""
+        return bool(await self._listing().kv_list(KEYS_NAMESPACE, limit=1))
+
+
+def _info(key_id: str, entry: Any) -> ApiKey:
+    return ApiKey(key_id=key_id, tenant=str(entry["tenant"]), name=str(entry.get("name", "")),
+                  created_at=float(entry.get("created_at", 0.0)))

@@ -1,0 +1,274 @@
+"""Workers of the durable task queue (inside ``flowyard serve`` and as ``flowyard worker``).
+
+A worker claims the next task from the storage's queue
+(:class:`~flowyard.SupportsTaskQueue`: highest priority first, then oldest; or a running task
+whose lease expired because its worker died), runs it, renews the task's lease every
+``task_renew_interval`` seconds while it runs, and records its end with ``finish_task``.
+
+A task's run id is chosen at submission. The first worker starts the run with that id; a
+worker that takes over an abandoned task finds the run stored and resumes it
+(``stack.resume``), so the steps that completed are not run again. A run still held by a live
+process (its run lease) is waited for, never run twice at once.
+
+The run stops when the task's ``cancel_requested`` is set (the task ends ``cancelled``) or
+when the worker loses the task's lease (another worker took it over; nothing is recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import anyio
+
+from flowyard import (
+    RunNotFoundError,
+    Stack,
+    StorageError,
+    SupportsTaskQueue,
+    TaskRecord,
+    new_id,
+    run_state,
+)
+
+from flowyard_server.settings import ServerSettings
+
+__all__ = ["Worker", "AGENTS_NAMESPACE", "WORKFLOWS_NAMESPACE", "agent_workflow",
+           "task_workflow", "queue_of"]
+
+log = logging.getLogger("flowyard_server.worker")
+
+#: Key-value namespaces of a tenant's stored agents and registered workflows (``+ tenant``).
+AGENTS_NAMESPACE = "server.agents."
+WORKFLOWS_NAMESPACE = "server.workflows."
+
+
+def queue_of(stack: Stack) -> SupportsTaskQueue:
+    """Return the stack's storage as a task queue.
+
+    Raises:
+        StorageError: the backend does not implement :class:`~flowyard.SupportsTaskQueue`.
+    """
+    storage = stack.storage
+    if not isinstance(storage, SupportsTaskQueue):
+        raise StorageError(f"the storage backend {type(storage).__name__} ({stack.storage_url()})"
+                           " has no task queue (SupportsTaskQueue); flowyard-server needs one")
+    return storage
+
+
+def agent_workflow(agent: dict[str, Any]) -> dict[str, Any]:
+    """The one-step workflow that runs a stored agent on ``inputs.input``.
+
+    Args:
+        agent: the stored agent (``id``, ``model``, ``instructions``, ``tools``, ``metadata``;
+            ``metadata.max_turns`` and ``metadata.budget_usd`` are passed on when set).
+
+    Returns:
+        a workflow definition with one input ``input`` and the outputs ``answer``, ``turns``.
+    """
+    settings: dict[str, Any] = {"prompt": "${inputs.input}", "tools": list(agent["tools"])}
+    if agent.get("model"):
+        settings["model"] = agent["model"]
+    if agent.get("instructions"):
+        settings["instructions"] = agent["instructions"]
+    for key in ("max_turns", "budget_usd"):
+        if key in agent.get("metadata", {}):
+            settings[key] = agent["metadata"][key]
+    return {
+        "name": f"agent-{agent['id']}",
+        "inputs": {"input": {"type": "string"}},
+        "steps": [{"id": "agent", "uses": "agent", "with": settings}],
+        "outputs": {"answer": "${agent.answer}", "turns": "${agent.turns}"},
+    }
+
+
+async def task_workflow(stack: Stack, task: TaskRecord) -> dict[str, Any]:
+    """Return the workflow definition a task runs: the tenant's registered workflow named
+    ``task.target``, or the one-step workflow of its stored agent.
+
+    Raises:
+        LookupError: the workflow or agent is not (any more) stored for the task's tenant.
+    """
+    if task.kind == "agent":
+        agent = await stack.storage.kv_get(AGENTS_NAMESPACE + task.tenant, task.target)
+        if agent is None:
+            raise LookupError(f"agent {task.target} does not exist")
+        return agent_workflow(agent)
+    entry = await stack.storage.kv_get(WORKFLOWS_NAMESPACE + task.tenant, task.target)
+    if entry is None:
+        raise LookupError(f"workflow {task.target!r} is not registered")
+    return dict(entry["definition"])
+
+
+class Worker:
+    """Claims tasks from the stack's queue and runs up to ``concurrency`` of them at once.
+
+    Args:
+        stack: an open stack whose storage implements :class:`~flowyard.SupportsTaskQueue`.
+        settings: ``concurrency``, ``task_lease_timeout``, ``task_renew_interval`` and
+            ``poll_interval`` are used.
+        name: the worker's id in task records (default: host, pid and a random suffix).
+
+    Attributes:
+        running: ids of the tasks running now.
+        finished: counts of the tasks this worker ended, by status.
+    """
+
+    def __init__(self, stack: Stack, settings: ServerSettings, *, name: str | None = None
+                 ) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self.running: set[str] = set()
+        self.finished: dict[str, int] = {"completed": 0, "failed": 0, "cancelled": 0}
+        self.started = False
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        """Look for a task now instead of after the poll interval (a task was submitted)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and run tasks until cancelled.
+
+        Raises:
+            StorageError: the storage has no task queue.
+        """
+        queue = queue_of(self.stack)
+        limiter = anyio.Semaphore(self.settings.concurrency)
+        self.started = True
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    await limiter.acquire()
+                    try:
+                        task = await queue.claim_task(
+                            self.name, now=time.time(),
+                            lease_timeout=self.settings.task_lease_timeout)
+                    except StorageError:
+                        limiter.release()
+                        log.exception("worker %s could not claim a task", self.name)
+                        task = None
+                        await anyio.sleep(self.settings.poll_interval)
+                        continue
+                    if task is None:
+                        limiter.release()
+                        with anyio.move_on_after(self.settings.poll_interval):
+                            await self._wake.wait()
+                        self._wake = anyio.Event()
+                        continue
+                    tg.start_soon(self._execute_released, task, limiter)
+        finally:
+            self.started = False
+
+    async def _execute_released(self, task: TaskRecord, limiter: anyio.Semaphore) -> None:
+        try:
+            await self.execute(task)
+        finally:
+            limiter.release()
+
+    async def execute(self, task: TaskRecord) -> str | None:
+        """Run one claimed task to its end and record it.
+
+        Returns:
+            the status recorded (``completed``, ``failed``, ``cancelled``), or None when the
+            lease was lost (another worker owns the task now) or the end could not be
+            recorded.
+        """
+        queue = queue_of(self.stack)
+        flags = {"lost": False, "cancel": False}
+        outcome: dict[str, Any] = {}
+        self.running.add(task.id)
+        log.info("worker %s runs task %s (attempt %d, run %s)", self.name, task.id,
+                 task.attempts, task.run_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, task, tg.cancel_scope, flags)
+                try:
+                    outcome["result"] = await self._run(task, tg.cancel_scope, flags)
+                except Exception as exc:  # noqa: BLE001 - recorded as the task's failure
+                    log.warning("task %s failed: %s: %s", task.id, type(exc).__name__, exc)
+                    outcome["error"] = f"{type(exc).__name__}: {exc}"
+                tg.cancel_scope.cancel()
+            if flags["lost"]:
+                log.warning("worker %s lost the lease of task %s; another worker has it",
+                            self.name, task.id)
+                return None
+            if flags["cancel"]:
+                status, outputs, error = "cancelled", {}, "cancelled on request"
+            elif "error" in outcome:
+                status, outputs, error = "failed", {}, outcome["error"]
+            else:
+                result = outcome["result"]
+                outputs = dict(result.outputs)
+                status = "completed" if result.status == "completed" else (
+                    "cancelled" if result.status == "cancelled" else "failed")
+                error = None if status == "completed" else (
+                    result.error or f"the run ended {result.status}")
+            with anyio.CancelScope(shield=True):
+                written = await queue.finish_task(task.id, self.name, status=status,
+                                                  outputs=outputs, error=error, now=time.time())
+            if not written:
+                log.warning("task %s was taken over before its end could be recorded", task.id)
+                return None
+            self.finished[status] += 1
+            return status
+        finally:
+            self.running.discard(task.id)
+
+    async def _heartbeat(self, task: TaskRecord, scope: anyio.CancelScope,
+                         flags: dict[str, bool]) -> None:
+        queue = queue_of(self.stack)
+        while True:
+            await anyio.sleep(self.settings.task_renew_interval)
+            try:
+                record = await queue.renew_task(task.id, self.name, now=time.time(),
+                                                lease_timeout=self.settings.task_lease_timeout)
+            except StorageError:
+                log.exception("worker %s could not renew the lease of task %s", self.name,
+                              task.id)
+                continue  # the lease may still be valid; the next renewal tries again
+            if record is None:
+                flags["lost"] = True
+                scope.cancel()
+                return
+            if record.cancel_requested:
+                flags["cancel"] = True
+                scope.cancel()
+                return
+
+    async def _run(self, task: TaskRecord, scope: anyio.CancelScope,
+                   flags: dict[str, bool]) -> Any:
+        current = await queue_of(self.stack).get_task(task.id)
+        if current.cancel_requested:
+            flags["cancel"] = True
+            scope.cancel()
+            await anyio.sleep(0)
+        storage = self.stack.storage
+        try:
+            record = await storage.get_run(task.run_id)
+        except RunNotFoundError:
+            definition = await task_workflow(self.stack, task)
+            return await self.stack.run(definition, task.inputs, run_id=task.run_id,
+                                        metadata={"task_id": task.id})
+        while True:  # a live process still executes the run: wait for it to stop
+            leases = await storage.get_leases([record.id])
+            if run_state(record, leases.get(record.id)) != "running":
+                break
+            await anyio.sleep(min(1.0, self.settings.task_renew_interval))
+            record = await storage.get_run(record.id)
+        if record.status == "completed":
+            return _Stored(record)
+        return await self.stack.resume(record.id)
+
+
+class _Stored:
+    """A completed run's stored record, shaped like the run result the worker reads."""
+
+    def __init__(self, record: Any) -> None:
+        self.status = record.status
+        self.outputs = record.outputs
+        self.error = record.error
