@@ -14,7 +14,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-
 from flowyard import Stack
 
 
@@ -57,7 +56,6 @@ def free_port() -> int:
 def server() -> Iterator[Server]:
     """Start the server once; stop it at the end of the session."""
     import uvicorn
-
     from flowyard_server.app import create_app
     from flowyard_server.keys import KeyStore
     from flowyard_server.settings import ServerSettings

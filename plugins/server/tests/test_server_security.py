@@ -14,7 +14,6 @@ import anyio
 import httpx
 import pytest
 from click.testing import CliRunner
-
 from flowyard import Stack
 
 

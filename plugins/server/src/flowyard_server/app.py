@@ -22,10 +22,6 @@ import attrs
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from flowyard_client import models as wire
-from sse_starlette import EventSourceResponse
-from starlette.exceptions import HTTPException
-
 from flowyard import (
     Stack,
     SupportsTaskQueue,
@@ -36,6 +32,9 @@ from flowyard import (
     run_state,
 )
 from flowyard import __version__ as core_version
+from flowyard_client import models as wire
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException
 
 from flowyard_server.keys import KeyStore
 from flowyard_server.live import DeltaHub, follow_run
@@ -236,7 +235,7 @@ def _workflow_info(name: str, entry: dict[str, Any]) -> wire.WorkflowInfo:
                              registered_at=entry.get("registered_at"))
 
 
-def _routes(svc: Service) -> APIRouter:  # noqa: C901 - one closure per route
+def _routes(svc: Service) -> APIRouter:
     api = APIRouter(prefix=wire.API_PREFIX)
     stack = svc.stack
 

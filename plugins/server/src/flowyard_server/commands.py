@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import attrs
 import click
-
 from flowyard import FlowyardError
 
 __all__ = ["serve", "worker", "keys", "check_binding", "BindingRefused"]

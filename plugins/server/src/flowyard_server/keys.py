@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import attrs
-
 from flowyard import StorageBackend, StorageError, SupportsKeyValueListing
 
 __all__ = ["KEYS_NAMESPACE", "ApiKey", "KeyStore", "TENANT_PATTERN", "valid_tenant"]

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
-
 from flowyard import Event, Stack, json_default
 
 __all__ = ["DeltaHub", "follow_run", "event_json"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-
 from flowyard import Config, ConfigError
 
 __all__ = ["ServerSettings", "LOOPBACK_HOSTS"]

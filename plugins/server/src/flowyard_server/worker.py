@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 import anyio
-
 from flowyard import (
     RunNotFoundError,
     Stack,
