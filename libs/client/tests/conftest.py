@@ -14,7 +14,8 @@ token in them, so the asyncio and trio runs of a test never share state):
   keys honoured: the same key gives the same task, with 200);
 * ``GET /v1/runs/<scenario>-<token>/events``: SSE streams that drop the connection midway
   (``drop``), replay events already sent (``replay``), go silent (``silent``) or end early
-  (``early``); every connection's ``Last-Event-ID`` is recorded;
+  (``early``), or answer 503 every time (``down``); every connection's ``Last-Event-ID`` is
+  recorded;
 * a wrong API key gets a 401 whose message and details echo it; ``GET /v1/agents/echo-key``
   echoes the right one in a 400.
 
@@ -356,6 +357,8 @@ async def events(request: Request) -> Response:
         return error(404, f"no run {run_id}")
     header = request.headers.get("last-event-id")
     STATE.last_event_ids[run_id].append(header)
+    if run_id.startswith("down-"):
+        return error(503, "event log unavailable")
     connection = len(STATE.last_event_ids[run_id])
     after = int(header) if header else 0
     scenario = run_id.split("-")[0]

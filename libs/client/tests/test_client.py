@@ -362,6 +362,20 @@ async def test_events_after_seq_and_early_exit(server: Server, token: str) -> No
     assert server.state.last_event_ids[f"plain-{token}"] == ["6"]
 
 
+async def test_events_give_up_after_max_retries(server: Server, token: str) -> None:
+    async with client_for(server, max_retries=2) as client:
+        with pytest.raises(ServerError) as caught:
+            await collect(client, f"down-{token}")
+        assert caught.value.status == 503
+        assert len(server.state.last_event_ids[f"down-{token}"]) == 3
+        route = client.metrics.route("GET /v1/runs/{run_id}/events")
+        assert (route.requests, route.failures, route.retries) == (3, 3, 2)
+    async with client_for(server, api_key="sk-wrong") as client:
+        with pytest.raises(AuthenticationError):  # not retried
+            await collect(client, f"plain3-{token}")
+    assert client.metrics.requests == 1
+
+
 # -- secrets and metrics -----------------------------------------------------------------------
 
 
@@ -385,6 +399,20 @@ async def test_the_key_never_leaks(server: Server, caplog: pytest.LogCaptureFixt
     assert echoed.value.details == {"key": "***", "nested": ["***"]}
     assert "retrying" in caplog.text
     assert API_KEY not in caplog.text and wrong not in caplog.text
+
+
+async def test_a_password_in_the_base_url_is_hidden(server: Server) -> None:
+    url = server.base_url.replace("http://", "http://user:pw-canary-0451@")
+    async with AsyncClient(url, api_key=API_KEY, max_retries=0) as client:
+        assert "pw-canary-0451" not in repr(client) and "user:***@" in repr(client)
+        assert (await client.health()).status == "UP"
+        with pytest.raises(ValidationError) as caught:
+            await client.agents.get("echo-key")  # the key wins over the URL's Basic auth
+        assert API_KEY not in str(caught.value)
+    async with AsyncClient(url, max_retries=0) as client:  # no key: Basic auth from the URL
+        with pytest.raises(AuthenticationError) as denied:
+            await client.agents.get("x")
+    assert "pw-canary-0451" not in repr(denied.value.details)
 
 
 async def test_latency_percentiles(server: Server) -> None:

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -80,3 +82,18 @@ def test_round_trip(server: Any, backend: str) -> None:
                                              timeout=0.2, poll_interval=0.05)
     with pytest.raises(RuntimeError):
         client.health()
+
+
+def test_a_client_never_closed_does_not_keep_the_interpreter_alive() -> None:
+    script = ("from flowyard_client import Client\n"
+              "client = Client('http://127.0.0.1:1', backend='trio')\n"
+              "other = Client('http://127.0.0.1:1')\n"
+              "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(LookupError):
+        Client("http://127.0.0.1:1", backend="curio")

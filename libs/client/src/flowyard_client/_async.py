@@ -649,7 +649,10 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         key = "'***'" if self._core.has_key else "None"
-        return (f"AsyncClient(base_url={self.base_url!r}, api_key={key}, "
+        url = httpx.URL(self.base_url)
+        shown = (str(url.copy_with(username=url.username, password="***")) if url.password
+                 else self.base_url)
+        return (f"AsyncClient(base_url={shown!r}, api_key={key}, "
                 f"timeout={self._core.timeout!r}, max_retries={self._core.max_retries!r})")
 
     async def health(self, *, ready: bool = True) -> Health:

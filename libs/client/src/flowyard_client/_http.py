@@ -72,12 +72,31 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer <key>`` on every request; the key is ``***`` in ``repr``.
+
+    Given to httpx as the client's ``auth``, so it also wins over userinfo in the base URL.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        """Set the header on ``request`` and send it (httpx's auth flow protocol)."""
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "BearerAuth('***')"
+
+
 class HTTPCore:
     """Send requests to one flowyard service: auth, typed errors, retries, metrics.
 
     Args:
         base_url: The service's root URL (``http://127.0.0.1:8080``), without ``/v1``.
-        api_key: The API key sent as ``Authorization: Bearer <key>``, or ``None``.
+        api_key: The API key sent as ``Authorization: Bearer <key>``, or ``None`` (then a
+            user and password in ``base_url`` are sent as Basic auth, as httpx does).
         timeout: Seconds one attempt may take in all (connect, send, the whole answer);
             ``None`` for no limit.
         max_retries: Extra attempts for a retriable failure of an idempotent request.
@@ -108,6 +127,9 @@ class HTTPCore:
             raise ValueError("timeout must be > 0 seconds (or None)")
         self.base_url = base_url.rstrip("/")
         self._key = api_key or None
+        password = httpx.URL(self.base_url).password
+        #: Texts redacted from everything taken from a response: the key, a URL password.
+        self._secrets = [s for s in (self._key, password) if s]
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
@@ -118,7 +140,8 @@ class HTTPCore:
         try:
             self._http = httpx.AsyncClient(
                 base_url=self.base_url, timeout=httpx.Timeout(timeout), http2=http2,
-                transport=transport, follow_redirects=False)
+                transport=transport, follow_redirects=False,
+                auth=BearerAuth(self._key) if self._key else None)
         except ImportError as exc:  # http2=True without h2
             raise ImportError("http2=True needs the h2 package: pip install 'httpx[http2]'"
                               ) from exc
@@ -140,14 +163,16 @@ class HTTPCore:
     # -- redaction ---------------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        """Return ``text`` with the API key (plain, URL-encoded or JSON-escaped) as ``***``."""
-        key = self._key
-        if not key or not text:
+        """Return ``text`` with the API key and the base URL's password (plain, URL-encoded
+        or JSON-escaped) as ``***``.
+        """
+        if not text:
             return text
-        for form in {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key),
-                     json.dumps(key)[1:-1]}:
-            if form:
-                text = text.replace(form, "***")
+        for secret in self._secrets:
+            for form in {secret, urllib.parse.quote(secret, safe=""),
+                         urllib.parse.quote_plus(secret), json.dumps(secret)[1:-1]}:
+                if form:
+                    text = text.replace(form, "***")
         return text
 
     def redact_value(self, value: Any) -> Any:
@@ -164,8 +189,6 @@ class HTTPCore:
 
     def _headers_for(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = dict(self._headers)
-        if self._key is not None:
-            headers["Authorization"] = f"Bearer {self._key}"
         if extra:
             headers.update(extra)
         return headers

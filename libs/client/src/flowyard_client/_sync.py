@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import httpx
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 
 from ._async import AsyncAgents, AsyncClient, AsyncRuns, AsyncTasks, AsyncWorkflows
 from ._metrics import ClientMetrics
@@ -52,7 +55,10 @@ def _iterate(portal: BlockingPortal, stream: AsyncIterator[Any]) -> Iterator[Any
     finally:
         close = getattr(stream, "aclose", None)
         if close is not None:
-            portal.call(close)
+            try:
+                portal.call(close)
+            except RuntimeError:
+                pass  # the client was closed first: its event loop is gone
 
 
 def _blocking(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,6 +92,46 @@ def _sync_namespace(async_cls: type, name: str) -> type[_SyncNamespace]:
     return type(name, (_SyncNamespace,), members)
 
 
+def _start_portal(backend: str) -> tuple[BlockingPortal, threading.Thread]:
+    """Run an event loop with a blocking portal on a new **daemon** thread (unlike anyio's
+    ``start_blocking_portal``, whose worker thread would keep the interpreter from exiting
+    when a client is never closed).
+
+    Raises:
+        Exception: whatever starting the event loop raised (an unknown backend...).
+    """
+    handover: queue.Queue[BlockingPortal | BaseException] = queue.Queue(1)
+
+    async def main() -> None:
+        async with BlockingPortal() as portal:
+            handover.put(portal)
+            await portal.sleep_until_stopped()
+
+    def target() -> None:
+        try:
+            anyio.run(main, backend=backend)
+        except BaseException as exc:  # noqa: BLE001 (handed to the thread waiting for the portal)
+            if handover.empty():
+                handover.put(exc)
+
+    thread = threading.Thread(target=target, name="flowyard-client", daemon=True)
+    thread.start()
+    portal = handover.get()
+    if isinstance(portal, BaseException):
+        raise portal
+    return portal, thread
+
+
+def _stop_portal(portal: BlockingPortal, thread: threading.Thread) -> None:
+    """Stop a portal's event loop and wait for its thread (safe when already stopped)."""
+    try:
+        portal.call(portal.stop, True)
+    except RuntimeError:
+        pass  # the event loop has ended already
+    if thread is not threading.current_thread():
+        thread.join(10)
+
+
 Agents = _sync_namespace(AsyncAgents, "Agents")
 Tasks = _sync_namespace(AsyncTasks, "Tasks")
 Runs = _sync_namespace(AsyncRuns, "Runs")
@@ -96,7 +142,7 @@ class Client:
     """A blocking client of a flowyard service, with the surface of :class:`AsyncClient`.
 
     Every call runs the :class:`AsyncClient` method of the same name in an event loop on a
-    helper thread and waits for it; ``client.runs.events(run_id)`` is a plain iterator. Use
+    helper (daemon) thread and waits for it; ``client.runs.events(run_id)`` is a plain iterator. Use
     it as ``with Client(...) as client:`` (or call :meth:`close`) so the thread ends. A
     client may be shared between threads.
 
@@ -122,8 +168,10 @@ class Client:
         self._async = AsyncClient(base_url, api_key, timeout=timeout, max_retries=max_retries,
                                   backoff=backoff, http2=http2, transport=transport)
         self._lock = threading.Lock()
-        self._portal_cm = start_blocking_portal(backend)
-        self._portal: BlockingPortal | None = self._portal_cm.__enter__()
+        portal, thread = _start_portal(backend)
+        self._portal: BlockingPortal | None = portal
+        # Stops the event loop when the client is closed, collected, or at exit.
+        self._stop = weakref.finalize(self, _stop_portal, portal, thread)
         self.agents = Agents(self._async.agents, self._portal)
         self.tasks = Tasks(self._async.tasks, self._portal)
         self.runs = Runs(self._async.runs, self._portal)
@@ -154,7 +202,7 @@ class Client:
         try:
             portal.call(self._async.aclose)
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._stop()
 
     def __enter__(self) -> Client:
         return self
