@@ -42,7 +42,8 @@ def test_the_surface_matches_the_async_client() -> None:
             assert public == {m for m in dir(sync_ns) if not m.startswith("_")}
             for method in public:
                 a, s = getattr(async_ns, method), getattr(sync_ns, method)
-                assert inspect.signature(a) == inspect.signature(s), (name, method)
+                assert (inspect.signature(a).parameters
+                        == inspect.signature(s).parameters), (name, method)
                 assert s.__doc__
         for method in ("health", "get_metrics", "providers", "models", "tools"):
             assert callable(getattr(sync, method))

@@ -67,6 +67,10 @@ def _blocking(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         def stream(self: _SyncNamespace, *args: Any, **kwargs: Any) -> Iterator[Any]:
             return _iterate(self._portal, getattr(self._async, name)(*args, **kwargs))
         stream.__doc__ = (func.__doc__ or "").replace("An async iterator", "An iterator")
+        signature = inspect.signature(func)
+        stream.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=str(signature.return_annotation).replace("AsyncIterator",
+                                                                      "Iterator"))
         return stream
 
     @functools.wraps(func)
