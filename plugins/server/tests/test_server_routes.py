@@ -273,3 +273,33 @@ def test_unknown_route_is_an_error_body(server: Any) -> None:
         response = client.get("/v1/nothing-here")
     assert response.status_code == 404
     assert wire.ErrorBody.model_validate(response.json()).code == "not_found"
+
+
+def test_metrics_label_client_chosen_methods_as_other(server: Any) -> None:
+    with server.client(None) as anonymous:
+        assert anonymous.request("PROPFIND", "/v1/tasks").status_code == 401
+    with server.client("a") as client:
+        text = client.get("/metrics").text
+    assert 'method="other"' in text and "PROPFIND" not in text
+
+
+def test_a_task_cancelled_before_it_started_shows_its_run_cancelled(server: Any,
+                                                                   registered: dict[str, str]
+                                                                   ) -> None:
+    import anyio
+    from flowyard import TaskRecord, new_id
+
+    async def cancel_queued() -> TaskRecord:
+        queue: Any = server.stack.storage
+        task = TaskRecord(id=new_id(), tenant="a", kind="workflow", target="hello",
+                          status="queued")
+        await queue.kv_set("server.runs.a", task.run_id, task.id)
+        # submitted and cancelled with no await in between: no worker can claim it
+        stored, _ = await queue.submit_task(task)
+        return await queue.cancel_task(stored.id, now=0.0)
+
+    task = anyio.run(cancel_queued)
+    assert task.status == "cancelled"
+    with server.client("a") as client:
+        run = wire.Run.model_validate(client.get(f"/v1/runs/{task.run_id}").json())
+    assert run.status == "cancelled" and run.task_id == task.id

@@ -23,7 +23,10 @@ from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from flowyard import (
+    FlowyardError,
     Stack,
+    StorageError,
+    SupportsKeyValueListing,
     SupportsTaskQueue,
     TaskQuery,
     TaskRecord,
@@ -161,9 +164,11 @@ class Service:
         storage = self.stack.storage
         try:
             record = await storage.get_run(task.run_id)
-        except LookupError:
-            return wire.Run(id=task.run_id, workflow_name=task.target, status="pending",
-                            inputs=task.inputs, created_at=task.created_at, task_id=task.id)
+        except LookupError:  # not started yet; or its task ended before it started
+            status = task.status if task.status in _ENDED_TASK else "pending"
+            return wire.Run(id=task.run_id, workflow_name=task.target, status=status,
+                            inputs=task.inputs, error=task.error, created_at=task.created_at,
+                            finished_at=task.finished_at, task_id=task.id)
         leases = await storage.get_leases([record.id])
         return wire.Run(
             id=record.id, workflow_name=record.workflow_name,
@@ -260,7 +265,7 @@ def _routes(svc: Service) -> APIRouter:
                 await stack.storage.kv_get("server.health", "ping")
             checks["storage"] = wire.CheckResult(
                 status="UP", duration_ms=(time.perf_counter() - started) * 1000)
-        except (TimeoutError, OSError, LookupError, RuntimeError) as exc:
+        except (TimeoutError, OSError, FlowyardError) as exc:
             checks["storage"] = wire.CheckResult(status="DOWN", detail=type(exc).__name__,
                                                  duration_ms=(time.perf_counter() - started)
                                                  * 1000)
@@ -611,6 +616,9 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
         opened = not stack.storage_is_open
         await stack.open()
         queue_of(stack)  # fail at start, not at the first request
+        if not isinstance(stack.storage, SupportsKeyValueListing):
+            raise StorageError(f"the storage backend {type(stack.storage).__name__} cannot "
+                               "list its key-value area (no kv_list); flowyard-server needs it")
         if svc.hub is not None:
             svc.hub.attach(stack)
         try:

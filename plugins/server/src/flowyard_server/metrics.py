@@ -71,6 +71,9 @@ class Metrics:
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+#: Methods counted by name; any other (clients choose them) is counted as ``other``, so a
+#: client cannot grow the label set without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class MetricsMiddleware:
@@ -94,9 +97,10 @@ class MetricsMiddleware:
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
+                method = str(scope.get("method", ""))
                 self.metrics.inc("flowyard_server_http_requests_total",
                                  "HTTP responses by method and status code",
-                                 method=str(scope.get("method", "")),
+                                 method=method if method in _METHODS else "other",
                                  code=str(message["status"]))
             await send(message)
 
