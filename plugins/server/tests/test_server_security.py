@@ -168,3 +168,16 @@ async def test_key_store_lifecycle() -> None:
         assert not await store.revoke(info.key_id)
         with pytest.raises(ValueError):
             await store.create("UPPER")
+
+
+def test_values_that_cannot_be_stored_are_422(server: Any, registered: dict[str, str]) -> None:
+    with server.client("a") as client:
+        for body in (b'{"target": "hello", "inputs": {"x": "\\ud800"}}',
+                     b'{"target": "hello", "inputs": {"x": 1e999}}',
+                     b'{"target": "hello", "metadata": {"\\udfff": 1}}',
+                     b'{"name": "agent \\ud800"}'):
+            path = "/v1/agents" if b"agent" in body else "/v1/tasks"
+            response = client.post(path, content=body,
+                                   headers={"content-type": "application/json"})
+            assert response.status_code == 422, (body, response.text)
+        assert client.get("/v1/health/live").status_code == 200

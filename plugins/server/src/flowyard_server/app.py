@@ -97,10 +97,20 @@ def _task(record: TaskRecord) -> wire.Task:
     return wire.Task.model_validate(attrs.asdict(record))
 
 
+def _json_ready(value: Any, what: str) -> bytes:
+    """Return ``value`` as canonical UTF-8 JSON, or raise a 422 naming ``what`` (a lone
+    surrogate, NaN or an infinity cannot be stored).
+    """
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+    except ValueError:  # UnicodeEncodeError included
+        raise ApiError(422, f"{what} must be JSON-ready: no lone surrogates, NaN or "
+                       "infinities") from None
+
+
 def _request_hash(kind: str, target: str, inputs: dict[str, Any]) -> str:
-    text = json.dumps([kind, target, inputs], sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_json_ready([kind, target, inputs], "inputs")).hexdigest()
 
 
 class Service:
@@ -191,6 +201,7 @@ class Service:
         elif await storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target) is None:
             raise ApiError(404, "no agent has this id")
         request_hash = _request_hash(spec.kind, spec.target, spec.inputs)
+        _json_ready([spec.name, spec.idempotency_key, spec.metadata], "name, key and metadata")
         record = TaskRecord(id=new_id(), tenant=tenant, kind=spec.kind, target=spec.target,
                             inputs=spec.inputs, name=spec.name, priority=spec.priority,
                             idempotency_key=spec.idempotency_key, request_hash=request_hash,
@@ -219,6 +230,7 @@ class Service:
         """
         if (source.source is None) == (source.definition is None):
             raise ApiError(422, "give exactly one of 'source' (YAML/JSON text) or 'definition'")
+        _json_ready(source.model_dump(), "the workflow")
         if source.source is not None:
             # parsed as text only: never read as a path on the server's disk
             workflow = self.stack.loaders.get("native").load(source.source)
@@ -301,6 +313,7 @@ def _routes(svc: Service) -> APIRouter:
     async def create_agent(request: Request, spec: wire.AgentCreate) -> wire.Agent:
         """Store an agent definition."""
         check_tools(spec.tools)
+        _json_ready(spec.model_dump(), "the agent")
         now = time.time()
         agent = wire.Agent(id=new_id(), created_at=now, updated_at=now, **spec.model_dump())
         await stack.storage.kv_set(AGENTS_NAMESPACE + tenant_of(request), agent.id,
@@ -334,6 +347,7 @@ def _routes(svc: Service) -> APIRouter:
                    if v is not None or k == "model"}
         if "tools" in changes:
             check_tools(changes["tools"])
+        _json_ready(changes, "the agent")
         agent.update(changes, updated_at=time.time())
         await stack.storage.kv_set(AGENTS_NAMESPACE + tenant, agent_id, agent)
         return wire.Agent.model_validate(agent)

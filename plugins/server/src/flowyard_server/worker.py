@@ -207,9 +207,16 @@ class Worker:
                     "cancelled" if result.status == "cancelled" else "failed")
                 error = None if status == "completed" else (
                     result.error or f"the run ended {result.status}")
-            with anyio.CancelScope(shield=True):
-                written = await queue.finish_task(task.id, self.name, status=status,
-                                                  outputs=outputs, error=error, now=time.time())
+            try:
+                with anyio.CancelScope(shield=True):
+                    written = await queue.finish_task(task.id, self.name, status=status,
+                                                      outputs=outputs, error=error,
+                                                      now=time.time())
+            except StorageError:
+                # the lease expires and another worker records the end (the run is stored)
+                log.exception("worker %s could not record the end of task %s", self.name,
+                              task.id)
+                return None
             if not written:
                 log.warning("task %s was taken over before its end could be recorded", task.id)
                 return None
