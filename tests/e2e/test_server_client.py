@@ -213,3 +213,19 @@ async def test_a_killed_worker_loses_nothing(service: Any) -> None:
         second = [a.status for a in attempts if a.step_id == "second"]
         assert second[-1] == "completed" and len(second) == 2
         assert done.outputs == {"first": "done once"}
+
+
+@pytest.mark.anyio
+async def test_keys_list_and_revoke(service: Any) -> None:
+    from flowyard_client import AsyncClient, AuthenticationError
+
+    listed = service.command("keys", "list")
+    for tenant, key in service.keys.items():
+        key_id = key.split("_")[1]
+        assert key_id in listed and tenant in listed
+        assert key.split("_", 2)[2] not in listed
+    async with AsyncClient(service.url, service.keys["other"]) as other:
+        assert (await other.tasks.list()).items == []
+        service.command("keys", "revoke", service.keys["other"].split("_")[1])
+        with pytest.raises(AuthenticationError):
+            await other.tasks.list()
