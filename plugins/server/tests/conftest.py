@@ -65,8 +65,12 @@ def server() -> Iterator[Server]:
     logs.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(logs)
-    previous_level = root.level
-    root.setLevel(logging.INFO)
+    # only the server's loggers are turned up (and restored), not the root: other test
+    # folders of the same session keep their logging
+    loud = [logging.getLogger(n) for n in ("uvicorn.access", "uvicorn.error", "flowyard_server")]
+    previous_levels = [logger.level for logger in loud]
+    for logger in loud:
+        logger.setLevel(logging.INFO)
     stack = Stack(config={"storage": {"url": "memory://"}, "models": {"default": "fake/echo"},
                           "runs": {"heartbeat_interval": 0.5, "lease_timeout": 3}})
     settings = ServerSettings(port=free_port(), concurrency=2, task_lease_timeout=3.0,
@@ -99,7 +103,8 @@ def server() -> Iterator[Server]:
         uv.should_exit = True
         thread.join(timeout=10)
         root.removeHandler(logs)
-        root.setLevel(previous_level)
+        for logger, level in zip(loud, previous_levels):
+            logger.setLevel(level)
         anyio.run(stack.aclose)
 
 
