@@ -84,6 +84,7 @@ __all__ = [
     "TaskRecord",
     "RunResult",
     "run_state",
+    "check_inputs",
     "RunStatus",
     "schema_for_type",
     "ServerError",
@@ -184,6 +185,7 @@ _LAZY: dict[str, str] = {
     "new_id": "flowyard.models",
     "json_default": "flowyard.serialization",
     "run_state": "flowyard.engine.lease",
+    "check_inputs": "flowyard.engine.runner",
     "Diagnostic": "flowyard.interfaces",
     "EventListener": "flowyard.interfaces",
     "Executor": "flowyard.interfaces",
@@ -242,6 +244,9 @@ if TYPE_CHECKING:
     )
     from flowyard.engine.lease import (
         run_state,
+    )
+    from flowyard.engine.runner import (
+        check_inputs,
     )
     from flowyard.context import (
         ToolContext,
