@@ -303,3 +303,41 @@ def test_a_task_cancelled_before_it_started_shows_its_run_cancelled(server: Any,
     with server.client("a") as client:
         run = wire.Run.model_validate(client.get(f"/v1/runs/{task.run_id}").json())
     assert run.status == "cancelled" and run.task_id == task.id
+
+
+def test_task_inputs_checked_at_submission(server: Any, registered: dict[str, str]) -> None:
+    """Unknown, missing, mistyped inputs answer 422 listing every problem, and nothing is
+    queued (a batch with one bad task queues none of its tasks).
+    """
+    typed = ("name: typed\ninputs:\n  n: {type: integer}\n  who: {type: string, default: x}\n"
+             "steps:\n  - id: s\n    uses: echo\n    with: {value: \"${inputs.n}\"}\n")
+    with server.client("a") as client:
+        assert client.post("/v1/workflows", json={"source": typed}).status_code == 201
+        before = len(client.get("/v1/tasks", params={"limit": 200}).json()["items"])
+        bad = client.post("/v1/tasks", json={"target": "typed",
+                                             "inputs": {"who": 3, "colour": "red"}})
+        assert bad.status_code == 422, bad.text
+        body = wire.ErrorBody.model_validate(bad.json())
+        assert body.code == "validation_error"
+        paths = sorted(d["path"] for d in body.details or [])
+        assert paths == ["inputs.colour", "inputs.n", "inputs.who"], body.details
+        assert all(d["message"] for d in body.details or [])
+        wrong = client.post("/v1/tasks", json={"target": "typed", "inputs": {"n": True}})
+        assert wrong.status_code == 422 and "integer" in wrong.json()["details"][0]["message"]
+        batch = client.post("/v1/tasks/batch", json={"tasks": [
+            {"target": "typed", "inputs": {"n": 1}},
+            {"target": "hello", "inputs": {"who": "ok"}},
+            {"target": "typed", "inputs": {}}]})
+        assert batch.status_code == 422, batch.text
+        assert [d["path"] for d in batch.json()["details"]] == ["tasks[2].inputs.n"]
+        assert len(client.get("/v1/tasks", params={"limit": 200}).json()["items"]) == before
+        ok = client.post("/v1/tasks", json={"target": "typed", "inputs": {"n": 2}})
+        assert ok.status_code == 201, ok.text
+        # a new registration under the same name counts at once (no stale parsed copy)
+        renamed = typed.replace("  n: {type: integer}", "  n: {type: string}")
+        assert client.post("/v1/workflows", json={"source": renamed}).status_code == 201
+        now_bad = client.post("/v1/tasks", json={"target": "typed", "inputs": {"n": 2}})
+        assert now_bad.status_code == 422, now_bad.text
+    with server.client("b") as other:  # another tenant's workflow stays a 404
+        assert other.post("/v1/tasks", json={"target": "typed",
+                                             "inputs": {"n": 1}}).status_code == 404

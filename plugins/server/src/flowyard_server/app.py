@@ -31,6 +31,7 @@ from flowyard import (
     TaskQuery,
     TaskRecord,
     WorkflowValidationError,
+    check_inputs,
     new_id,
     run_state,
 )
@@ -129,6 +130,8 @@ class Service:
         self.keys = KeyStore(stack.storage)
         self.hub = DeltaHub() if settings.stream_deltas else None
         self.metrics = Metrics()
+        #: (tenant, name, content hash) -> parsed registered workflow, for input checks
+        self._workflows: dict[tuple[str, str, str], Any] = {}
         self.sse_connections = 0
         self.metrics.gauge("flowyard_server_sse_connections", "open run event streams",
                            lambda: self.sse_connections)
@@ -196,8 +199,10 @@ class Service:
         """
         storage = self.stack.storage
         if spec.kind == "workflow":
-            if await storage.kv_get(WORKFLOWS_NAMESPACE + tenant, spec.target) is None:
-                raise ApiError(404, "no workflow of this name is registered")
+            issues = await self.input_issues(tenant, spec)
+            if issues:
+                raise ApiError(422, "the task's inputs are invalid",
+                               details=[i.model_dump() for i in issues])
         elif await storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target) is None:
             raise ApiError(404, "no agent has this id")
         request_hash = _request_hash(spec.kind, spec.target, spec.inputs)
@@ -220,6 +225,44 @@ class Service:
         if self.worker is not None:
             self.worker.wake()
         return stored, True
+
+    async def registered_workflow(self, tenant: str, name: str) -> Any:
+        """Return the tenant's registered workflow ``name`` as a validated
+        :class:`~flowyard.workflow.Workflow` (parsed once per content hash and kept in a small
+        in-memory cache; the storage is read every time, so a new registration counts at once).
+
+        Raises:
+            ApiError: 404 when no workflow of this name is registered for the tenant.
+        """
+        entry = await self.stack.storage.kv_get(WORKFLOWS_NAMESPACE + tenant, name)
+        if entry is None:
+            raise ApiError(404, "no workflow of this name is registered")
+        key = (tenant, name, str(entry.get("content_hash", "")))
+        workflow = self._workflows.get(key)
+        if workflow is None:
+            workflow = self.stack.load_workflow(dict(entry["definition"]))
+            if len(self._workflows) >= 256:
+                self._workflows.pop(next(iter(self._workflows)))
+            self._workflows[key] = workflow
+        return workflow
+
+    async def input_issues(self, tenant: str, spec: wire.TaskSubmit
+                           ) -> list[wire.ValidationIssue]:
+        """Check a workflow task's inputs against the registered workflow's declared inputs
+        (:func:`flowyard.check_inputs`: unknown, missing, mistyped and unstorable inputs).
+
+        Returns:
+            every problem (``path`` ``inputs.NAME``); empty when the inputs are valid.
+
+        Raises:
+            ApiError: 404 when the workflow is not registered for the tenant.
+        """
+        workflow = await self.registered_workflow(tenant, spec.target)
+        try:
+            check_inputs(workflow, spec.inputs)
+        except WorkflowValidationError as exc:
+            return _issues(exc)
+        return []
 
     def load_workflow(self, source: wire.WorkflowSource) -> Any:
         """Parse and validate a workflow given as text or as a definition.
@@ -379,8 +422,21 @@ def _routes(svc: Service) -> APIRouter:
 
     @api.post("/tasks/batch", response_model=list[wire.Task], tags=["tasks"])
     async def submit_batch(request: Request, batch: wire.TaskBatch) -> list[wire.Task]:
-        """Queue several tasks (each as ``POST /tasks`` would; the first error stops)."""
+        """Queue several tasks (each as ``POST /tasks`` would). The inputs of every workflow
+        task are checked first: any problem answers 422 listing them all (``path``
+        ``tasks[i].inputs.NAME``) and queues nothing; otherwise the first error stops.
+        """
         tenant = tenant_of(request)
+        problems: list[dict[str, Any]] = []
+        for index, spec in enumerate(batch.tasks):
+            if spec.kind == "workflow":
+                for issue in await svc.input_issues(tenant, spec):
+                    item = issue.model_dump()
+                    item["path"] = f"tasks[{index}]." + (issue.path or "inputs")
+                    problems.append(item)
+        if problems:
+            raise ApiError(422, "the inputs of some tasks are invalid; none was queued",
+                           details=problems)
         return [_task((await svc.submit(tenant, spec))[0]) for spec in batch.tasks]
 
     @api.get("/tasks", response_model=wire.TaskPage, tags=["tasks"])
