@@ -251,3 +251,31 @@ async def test_a_blocking_caller_in_a_plain_thread_is_group_committed(
 
     assert await anyio.to_thread.run_sync(write) == 1
     assert await sqlite_storage.kv_get("t", "k") == 3
+
+
+async def test_an_unexpected_writer_thread_error_fails_its_writes_and_refuses_more(
+        sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    storage = SQLStorage(sqlite_url)
+    await storage.open()
+    group = storage._group
+    assert group is not None
+
+    def broken(batch: list[Any]) -> None:
+        raise RuntimeError("a bug in the writer loop")
+
+    group._run = broken  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StorageError, match="writer thread of .* ended unexpectedly"):
+            await storage.save_checkpoint("r", "a", 1)
+        with pytest.raises(StorageError, match="is not open"):
+            await storage.save_checkpoint("r", "b", 2)
+    finally:
+        await storage.close()
+    assert "ended unexpectedly" in caplog.text
+    await storage.open()  # a new writer thread
+    try:
+        del group._run
+        await storage.save_checkpoint("r", "c", 3)
+        assert await storage.load_checkpoints("r") == {"c": 3}
+    finally:
+        await storage.close()

@@ -212,13 +212,15 @@ class _Request:
     None for a blocking caller in a plain thread, which waits on ``event``).
     """
 
-    __slots__ = ("fn", "result", "error", "done", "waker", "trio", "future", "task", "event")
+    __slots__ = ("fn", "result", "error", "done", "sent", "waker", "trio", "future", "task",
+                 "event")
 
     def __init__(self, fn: Callable[[_Exec], Any]) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.sent = False  # handed to its waker by the writer thread
         self.waker: Any = None
         self.trio = False
         self.future: Any = None
@@ -274,6 +276,7 @@ class _GroupCommit:
         self._queue: collections.deque[_Request] = collections.deque()
         self._thread: threading.Thread | None = None
         self._accepting = False
+        self._pid = os.getpid()
 
     # -- lifecycle (called from worker threads by SQLStorage.open/close)
 
@@ -283,6 +286,7 @@ class _GroupCommit:
             if self._thread is not None:
                 return
             self._accepting = True
+            self._pid = os.getpid()
             self._thread = threading.Thread(target=self._loop, daemon=True,
                                             name=f"flowyard-sql writer {self._name}")
             self._thread.start()
@@ -297,13 +301,18 @@ class _GroupCommit:
             self._queue.append(_STOP)
             self._cond.notify()
         thread.join()
+        with self._cond:  # what a writer thread that ended unexpectedly left behind
+            self._queue.clear()
 
     # -- submitting
 
     def put(self, request: _Request) -> bool:
-        """Queue ``request``; False (nothing queued) when the writer is not running."""
+        """Queue ``request``; False (nothing queued) when the writer is not running (stopped,
+        ended by an unexpected error, or this is a forked child of the process that started
+        it).
+        """
         with self._cond:
-            if not self._accepting:
+            if not self._accepting or self._pid != os.getpid():
                 return False
             self._queue.append(request)
             self._cond.notify()
@@ -328,19 +337,35 @@ class _GroupCommit:
 
     def _loop(self) -> None:
         cond, queue = self._cond, self._queue
-        while True:
+        batch: list[_Request] = []
+        try:
+            while True:
+                with cond:
+                    while not queue:
+                        cond.wait()
+                    batch = list(queue)
+                    queue.clear()
+                stop = batch[-1] is _STOP
+                if stop:
+                    batch.pop()
+                if batch:
+                    self._run(batch)
+                batch = []
+                if stop:
+                    return
+        except BaseException as exc:  # a bug here: fail the waiting writes, refuse new ones
+            log.exception("flowyard-sql writer thread %s ended unexpectedly", self._name)
             with cond:
-                while not queue:
-                    cond.wait()
-                batch = list(queue)
+                self._accepting = False
+                left = [r for r in (*batch, *queue) if r is not _STOP and not r.sent]
                 queue.clear()
-            stop = batch[-1] is _STOP
-            if stop:
-                batch.pop()
-            if batch:
-                self._run(batch)
-            if stop:
-                return
+            for request in left:
+                if request.error is None:
+                    request.error, request.result = StorageError(
+                        f"the flowyard-sql writer thread of {self._name} ended unexpectedly: "
+                        f"{exc!r}; nothing more is written (reopen the storage)"), None
+            with contextlib.suppress(BaseException):
+                self._wake(left)
 
     def _run(self, batch: list[_Request]) -> None:
         try:
@@ -355,6 +380,7 @@ class _GroupCommit:
     def _wake(batch: list[_Request]) -> None:
         by_waker: dict[int, list[_Request]] = {}
         for request in batch:
+            request.sent = True
             waker = request.waker
             if waker is None:
                 request.done = True
