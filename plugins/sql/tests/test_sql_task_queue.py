@@ -176,7 +176,7 @@ def test_a_worker_killed_with_sigkill_loses_nothing(database: str, tmp_path: Pat
 
     anyio.run(submit)
     ready = tmp_path / "ready"
-    lease = 2.0
+    lease = 3.0
     holder = _start("hold", url, "doomed", str(ready), str(lease))
     deadline = time.monotonic() + 120
     while not ready.exists():
@@ -188,14 +188,24 @@ def test_a_worker_killed_with_sigkill_loses_nothing(database: str, tmp_path: Pat
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
     assert holder.returncode == -signal.SIGKILL
-    held = anyio.run(get)
+
+    async def claim_early() -> tuple[TaskRecord, TaskRecord | None]:
+        storage = SQLStorage(url)
+        await storage.open()
+        try:
+            held = await storage.get_task(task.id)
+            return held, await storage.claim_task("early", now=time.time(), lease_timeout=5.0)
+        finally:
+            await storage.close()
+
+    held, early = anyio.run(claim_early)
     assert held.status == "running" and held.worker == "doomed" and held.attempts == 1
     assert held.lease_expires_at is not None and held.lease_expires_at > time.time()
+    assert early is None  # the lease has not expired yet: nobody may take the task
     rescued = _result(_start("take", url, "rescuer", "60"))
     taken = rescued["task"]
     assert taken is not None, "nobody took the task over"
     assert rescued["claimed_at"] > held.lease_expires_at  # not before the lease expired
-    assert rescued["polls"] > 1
     assert (taken["id"], taken["attempts"], taken["run_id"], taken["worker"]) == (
         task.id, 2, task.run_id, "rescuer")
     assert taken["started_at"] == held.started_at  # set by the first claim only
@@ -379,6 +389,23 @@ async def test_a_task_id_is_stored_once(storage: SQLStorage) -> None:
     with pytest.raises(StorageError, match="already exists"):  # with a key as well
         await storage.submit_task(attrs.evolve(task, idempotency_key="k"))
     assert (await storage.get_task(task.id)).target == "wf"
+
+
+async def test_one_task_submitted_twice_at_once_is_created_once(storage: SQLStorage) -> None:
+    """A client retrying the same submission (same task id and key) concurrently: one call
+    creates the task, the other gets it back with ``created`` False."""
+    for i in range(20):
+        task = _task(idempotency_key=f"retry-{i}")
+        results: list[tuple[TaskRecord, bool]] = []
+
+        async def submit(task: TaskRecord = task, results: list[Any] = results) -> None:
+            results.append(await storage.submit_task(task))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(submit)
+        assert sorted(created for _, created in results) == [False, False, True]
+        assert all(stored.id == task.id for stored, _ in results)
 
 
 async def test_unknown_tasks_raise_task_not_found(storage: SQLStorage) -> None:

@@ -111,19 +111,16 @@ class _Statements:
             tasks.c.tenant == sa.bindparam("b_tenant"),
             tasks.c.idempotency_key == sa.bindparam("b_key"))
         self.insert = tasks.insert()
-        base: Any
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            base = sqlite_insert(tasks)
-        else:
+        #: PostgreSQL: insert unless another transaction stored this id or this tenant's key
+        #: first (any unique index; the two may commit at the same moment); ``RETURNING id``
+        #: tells whether this statement inserted (psycopg reports no rowcount for it through
+        #: SQLAlchemy). SQLite needs no such statement: nothing runs between the checks and
+        #: the insert of a write transaction.
+        self.insert_once: Any = None
+        if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            base = pg_insert(tasks)
-        #: insert unless the tenant's key names a task (ux_fy_tasks_idempotency_key)
-        self.insert_once = base.on_conflict_do_nothing(
-            index_elements=["tenant", "idempotency_key"],
-            index_where=tasks.c.idempotency_key.isnot(None))
+            self.insert_once = pg_insert(tasks).on_conflict_do_nothing().returning(tasks.c.id)
         self.update_by_id = tasks.update().where(by_id)
         self.update_held = tasks.update().where(held)
         self.cancel_queued = tasks.update().where(
@@ -254,11 +251,12 @@ class TaskQueueMixin:
         """Insert ``task`` as ``queued``, unless ``task.idempotency_key`` names a task of the
         same tenant already (:class:`~flowyard.interfaces.SupportsTaskQueue`).
 
-        One write transaction: a lookup by (tenant, key), then ``INSERT ... ON CONFLICT
-        (tenant, idempotency_key) DO NOTHING`` against the unique index of migration 0007,
-        then the lookup again; so of processes submitting one key at once exactly one inserts
-        (SQLite serialises them with ``BEGIN IMMEDIATE``; on PostgreSQL the losing INSERT
-        waits for the winner's commit, then does nothing).
+        One write transaction: a lookup by (tenant, key) and by id, then the insert. Of
+        processes submitting one key (or one task id) at once exactly one inserts: SQLite
+        serialises them with ``BEGIN IMMEDIATE``; on PostgreSQL the insert is ``INSERT ... ON
+        CONFLICT DO NOTHING RETURNING id`` (the unique index of migration 0007 and the primary
+        key): the losing insert waits for the winner's commit, does nothing, and the task the
+        winner stored under the key is returned.
 
         Args:
             task: the task; its ``status`` is stored as ``queued`` whatever it says.
@@ -286,19 +284,20 @@ class TaskQueueMixin:
                 found = ex.first(sql.by_key, found_params)
                 if found is not None:
                     return self._read_task(ex, sql, str(found[0]))
-            if ex.first(sql.exists, {"b_id": task.id}) is not None:
-                raise StorageError(f"task {task.id} already exists in {location}")
-            if key is None:
+            if sql.insert_once is None:  # SQLite: the write lock is held since BEGIN
+                if ex.first(sql.exists, {"b_id": task.id}) is not None:
+                    raise StorageError(f"task {task.id} already exists in {location}")
                 ex.execute(sql.insert, row)
                 return None
-            ex.execute(sql.insert_once, row)  # (rowcount is not reliable on every driver)
-            found = ex.first(sql.by_key, found_params)
-            if found is None:
-                raise StorageError(f"{location}: the task of idempotency key {key!r} of "
-                                   f"tenant {task.tenant!r} vanished while it was submitted")
-            if str(found[0]) == task.id:
+            if ex.first(sql.insert_once, row) is not None:
                 return None
-            return self._read_task(ex, sql, str(found[0]))
+            # PostgreSQL: this id or key was stored before, or by a concurrent submission
+            # that committed since the lookup above (the same task sent twice at once)
+            if key is not None:
+                found = ex.first(sql.by_key, found_params)
+                if found is not None:
+                    return self._read_task(ex, sql, str(found[0]))
+            raise StorageError(f"task {task.id} already exists in {location}")
 
         existing = await self._write(insert)
         if existing is None:
