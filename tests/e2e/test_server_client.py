@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 pytest.importorskip("flowyard_server")
@@ -85,6 +86,7 @@ class Service:
             "FLOWYARD_SERVER__TASK_RENEW_INTERVAL": "0.3",
             "FLOWYARD_SERVER__POLL_INTERVAL": "0.2",
             "FLOWYARD_SERVER__SSE_POLL": "0.05",
+            "FLOWYARD_SERVER__KEY_CACHE_SECONDS": "0.5",
             "FLOWYARD_RUNS__HEARTBEAT_INTERVAL": "0.3",
             "FLOWYARD_RUNS__LEASE_TIMEOUT": "2",
         }
@@ -227,5 +229,14 @@ async def test_keys_list_and_revoke(service: Any) -> None:
     async with AsyncClient(service.url, service.keys["other"]) as other:
         assert (await other.tasks.list()).items == []
         service.command("keys", "revoke", service.keys["other"].split("_")[1])
+        # the server trusts a verified key for key_cache_seconds (0.5 here) from memory
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                await other.tasks.list()
+            except AuthenticationError:
+                break
+            assert time.monotonic() < deadline, "the revoked key is still accepted"
+            await anyio.sleep(0.1)
         with pytest.raises(AuthenticationError):
             await other.tasks.list()

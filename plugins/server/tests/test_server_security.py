@@ -170,6 +170,35 @@ async def test_key_store_lifecycle() -> None:
             await store.create("UPPER")
 
 
+@pytest.mark.anyio
+async def test_key_cache_trusts_a_verified_key_for_a_few_seconds_only() -> None:
+    """A verified key is trusted from memory for ``cache_seconds``: a revocation through the
+    same store counts at once, one through another store (another process) once the time
+    passed; a wrong key is never cached; the key itself is not kept.
+    """
+    from flowyard_server.keys import KeyStore
+
+    stack = Stack(config={"storage": {"url": "memory://"}})
+    async with stack:
+        server = KeyStore(stack.storage, cache_seconds=0.3)
+        cli = KeyStore(stack.storage)
+        key, info = await cli.create("acme")
+        other, other_info = await cli.create("beta")
+        assert await server.verify(key) == "acme"
+        assert await server.verify(other) == "beta"
+        assert all(key not in repr(v) and key.encode() not in k
+                   for k, v in server._verified.items())
+        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+        assert await server.verify(wrong) is None
+        assert len(server._verified) == 2
+        assert await cli.revoke(info.key_id)  # another process: trusted until the cache ends
+        assert await server.verify(key) == "acme"
+        await anyio.sleep(0.35)
+        assert await server.verify(key) is None
+        assert await server.revoke(other_info.key_id)  # this store: at once
+        assert await server.verify(other) is None
+
+
 def test_values_that_cannot_be_stored_are_422(server: Any, registered: dict[str, str]) -> None:
     with server.client("a") as client:
         for body in (b'{"target": "hello", "inputs": {"x": "\\ud800"}}',

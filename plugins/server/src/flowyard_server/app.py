@@ -95,7 +95,14 @@ def _error_response(status: int, code: str, message: str, details: Any = None,
 
 
 def _task(record: TaskRecord) -> wire.Task:
-    return wire.Task.model_validate(attrs.asdict(record))
+    return wire.Task.model_validate(attrs.asdict(record, recurse=False))
+
+
+def _task_response(record: TaskRecord, status: int = 200) -> Response:
+    """A task as a JSON response, serialised once by pydantic-core (no second validation of
+    the route's ``response_model``, no ``json.dumps`` of a ``model_dump``)."""
+    return Response(_task(record).model_dump_json(), status_code=status,
+                    media_type="application/json")
 
 
 def _json_ready(value: Any, what: str) -> bytes:
@@ -127,11 +134,12 @@ class Service:
         self.stack = stack
         self.settings = settings
         self.worker = worker
-        self.keys = KeyStore(stack.storage)
+        self.keys = KeyStore(stack.storage, cache_seconds=settings.key_cache_seconds)
         self.hub = DeltaHub() if settings.stream_deltas else None
         self.metrics = Metrics()
-        #: (tenant, name, content hash) -> parsed registered workflow, for input checks
-        self._workflows: dict[tuple[str, str, str], Any] = {}
+        #: (tenant, name) -> (parsed registered workflow, monotonic expiry, content hash)
+        self._workflows: dict[tuple[str, str], tuple[Any, float, str]] = {}
+        self._queue: SupportsTaskQueue | None = None
         self.sse_connections = 0
         self.metrics.gauge("flowyard_server_sse_connections", "open run event streams",
                            lambda: self.sse_connections)
@@ -146,8 +154,11 @@ class Service:
 
     @property
     def queue(self) -> SupportsTaskQueue:
-        """The storage as a task queue."""
-        return queue_of(self.stack)
+        """The storage as a task queue (checked once: a protocol ``isinstance`` costs tens of
+        microseconds per request)."""
+        if self._queue is None or self._queue is not self.stack.storage:
+            self._queue = queue_of(self.stack)
+        return self._queue
 
     async def task_of(self, tenant: str, task_id: str) -> TaskRecord:
         """Return the tenant's task, or raise a 404 (also for another tenant's task)."""
@@ -206,7 +217,11 @@ class Service:
         elif await storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target) is None:
             raise ApiError(404, "no agent has this id")
         request_hash = _request_hash(spec.kind, spec.target, spec.inputs)
-        _json_ready([spec.name, spec.idempotency_key, spec.metadata], "name, key and metadata")
+        if spec.metadata or not (spec.name.isascii()
+                                 and (spec.idempotency_key or "").isascii()):
+            # (ASCII text and no metadata are JSON-ready: the common case skips an encoding)
+            _json_ready([spec.name, spec.idempotency_key, spec.metadata],
+                        "name, key and metadata")
         record = TaskRecord(id=new_id(), tenant=tenant, kind=spec.kind, target=spec.target,
                             inputs=spec.inputs, name=spec.name, priority=spec.priority,
                             idempotency_key=spec.idempotency_key, request_hash=request_hash,
@@ -228,23 +243,40 @@ class Service:
 
     async def registered_workflow(self, tenant: str, name: str) -> Any:
         """Return the tenant's registered workflow ``name`` as a validated
-        :class:`~flowyard.workflow.Workflow` (parsed once per content hash and kept in a small
-        in-memory cache; the storage is read every time, so a new registration counts at once).
+        :class:`~flowyard.workflow.Workflow`, for checking a task's inputs at submission.
+
+        The parsed workflow is kept in memory for ``key_cache_seconds`` (at most 256): a
+        registration through this process replaces it at once, one through another server
+        process counts for input checks within that time (the worker always runs the
+        definition stored when it starts the task).
 
         Raises:
             ApiError: 404 when no workflow of this name is registered for the tenant.
         """
+        now = time.monotonic()
+        cached = self._workflows.get((tenant, name))
+        if cached is not None and cached[1] > now:
+            return cached[0]
         entry = await self.stack.storage.kv_get(WORKFLOWS_NAMESPACE + tenant, name)
         if entry is None:
             raise ApiError(404, "no workflow of this name is registered")
-        key = (tenant, name, str(entry.get("content_hash", "")))
-        workflow = self._workflows.get(key)
-        if workflow is None:
+        content_hash = str(entry.get("content_hash", ""))
+        if cached is not None and cached[2] == content_hash:
+            workflow = cached[0]
+        else:
             workflow = self.stack.load_workflow(dict(entry["definition"]))
-            if len(self._workflows) >= 256:
-                self._workflows.pop(next(iter(self._workflows)))
-            self._workflows[key] = workflow
+        self.remember_workflow(tenant, name, workflow, content_hash)
         return workflow
+
+    def remember_workflow(self, tenant: str, name: str, workflow: Any, content_hash: str
+                          ) -> None:
+        """Cache a registered workflow for input checks (see :meth:`registered_workflow`)."""
+        key = (tenant, name)
+        self._workflows.pop(key, None)
+        if len(self._workflows) >= 256:
+            self._workflows.pop(next(iter(self._workflows)))
+        self._workflows[key] = (workflow, time.monotonic() + self.settings.key_cache_seconds,
+                                content_hash)
 
     async def input_issues(self, tenant: str, spec: wire.TaskSubmit
                            ) -> list[wire.ValidationIssue]:
@@ -301,6 +333,73 @@ def _routes(svc: Service) -> APIRouter:
 
     def tenant_of(request: Request) -> str:
         return str(request.state.tenant)
+
+    # ------------------------------------------------------------------ tasks
+    # (first: routes are matched in order, and submit/get of tasks are the busiest)
+
+    @api.post("/tasks", response_model=wire.Task, status_code=201, tags=["tasks"],
+              responses={200: {"model": wire.Task, "description": "the idempotency key's "
+                               "task"}, 409: {"model": wire.ErrorBody}})
+    async def submit_task(request: Request, spec: wire.TaskSubmit) -> Any:
+        """Queue a workflow or agent task (201), or return the task its idempotency key
+        names (200).
+        """
+        record, created = await svc.submit(tenant_of(request), spec)
+        return _task_response(record, 201 if created else 200)
+
+    @api.post("/tasks/batch", response_model=list[wire.Task], tags=["tasks"])
+    async def submit_batch(request: Request, batch: wire.TaskBatch) -> list[wire.Task]:
+        """Queue several tasks (each as ``POST /tasks`` would). The inputs of every workflow
+        task are checked first: any problem answers 422 listing them all (``path``
+        ``tasks[i].inputs.NAME``) and queues nothing; otherwise the first error stops.
+        """
+        tenant = tenant_of(request)
+        problems: list[dict[str, Any]] = []
+        for index, spec in enumerate(batch.tasks):
+            if spec.kind == "workflow":
+                for issue in await svc.input_issues(tenant, spec):
+                    item = issue.model_dump()
+                    item["path"] = f"tasks[{index}]." + (issue.path or "inputs")
+                    problems.append(item)
+        if problems:
+            raise ApiError(422, "the inputs of some tasks are invalid; none was queued",
+                           details=problems)
+        return [_task((await svc.submit(tenant, spec))[0]) for spec in batch.tasks]
+
+    @api.get("/tasks", response_model=wire.TaskPage, tags=["tasks"])
+    async def list_tasks(request: Request,
+                         status: wire.TaskStatus | None = None,
+                         kind: Literal["workflow", "agent"] | None = None,
+                         target: Annotated[str | None,
+                                           Query(max_length=wire.MAX_NAME_CHARS)] = None,
+                         limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
+                         ) -> wire.TaskPage:
+        """The tenant's tasks, newest first."""
+        records = await svc.queue.list_tasks(TaskQuery(
+            tenant=tenant_of(request), status=status, kind=kind, target=target, limit=limit,
+            offset=offset))
+        return wire.TaskPage(items=[_task(r) for r in records], limit=limit, offset=offset)
+
+    @api.get("/tasks/{task_id}", response_model=wire.Task, tags=["tasks"])
+    async def get_task(request: Request, task_id: IdPath) -> Any:
+        """One task."""
+        return _task_response(await svc.task_of(tenant_of(request), task_id))
+
+    @api.post("/tasks/{task_id}/cancel", response_model=wire.Task, tags=["tasks"])
+    async def cancel_task(request: Request, task_id: IdPath) -> wire.Task:
+        """Cancel a queued task, or ask a running one's worker to stop it."""
+        await svc.task_of(tenant_of(request), task_id)
+        return _task(await svc.queue.cancel_task(task_id, now=time.time()))
+
+    @api.post("/tasks/{task_id}/retry", response_model=wire.Task, tags=["tasks"])
+    async def retry_task(request: Request, task_id: IdPath) -> wire.Task:
+        """Queue a failed or cancelled task again (its run resumes)."""
+        await svc.task_of(tenant_of(request), task_id)
+        record = await svc.queue.retry_task(task_id)
+        if svc.worker is not None:
+            svc.worker.wake()
+        return _task(record)
 
     # ------------------------------------------------------------------ health
 
@@ -407,72 +506,6 @@ def _routes(svc: Service) -> APIRouter:
     async def agent_capabilities(request: Request, agent_id: IdPath) -> list[str]:
         """The agent's declared capabilities."""
         return list((await agent_of(tenant_of(request), agent_id))["capabilities"])
-
-    # ------------------------------------------------------------------ tasks
-
-    @api.post("/tasks", response_model=wire.Task, status_code=201, tags=["tasks"],
-              responses={200: {"model": wire.Task, "description": "the idempotency key's "
-                               "task"}, 409: {"model": wire.ErrorBody}})
-    async def submit_task(request: Request, spec: wire.TaskSubmit) -> Any:
-        """Queue a workflow or agent task (201), or return the task its idempotency key
-        names (200).
-        """
-        record, created = await svc.submit(tenant_of(request), spec)
-        return JSONResponse(_task(record).model_dump(), status_code=201 if created else 200)
-
-    @api.post("/tasks/batch", response_model=list[wire.Task], tags=["tasks"])
-    async def submit_batch(request: Request, batch: wire.TaskBatch) -> list[wire.Task]:
-        """Queue several tasks (each as ``POST /tasks`` would). The inputs of every workflow
-        task are checked first: any problem answers 422 listing them all (``path``
-        ``tasks[i].inputs.NAME``) and queues nothing; otherwise the first error stops.
-        """
-        tenant = tenant_of(request)
-        problems: list[dict[str, Any]] = []
-        for index, spec in enumerate(batch.tasks):
-            if spec.kind == "workflow":
-                for issue in await svc.input_issues(tenant, spec):
-                    item = issue.model_dump()
-                    item["path"] = f"tasks[{index}]." + (issue.path or "inputs")
-                    problems.append(item)
-        if problems:
-            raise ApiError(422, "the inputs of some tasks are invalid; none was queued",
-                           details=problems)
-        return [_task((await svc.submit(tenant, spec))[0]) for spec in batch.tasks]
-
-    @api.get("/tasks", response_model=wire.TaskPage, tags=["tasks"])
-    async def list_tasks(request: Request,
-                         status: wire.TaskStatus | None = None,
-                         kind: Literal["workflow", "agent"] | None = None,
-                         target: Annotated[str | None,
-                                           Query(max_length=wire.MAX_NAME_CHARS)] = None,
-                         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
-                         ) -> wire.TaskPage:
-        """The tenant's tasks, newest first."""
-        records = await svc.queue.list_tasks(TaskQuery(
-            tenant=tenant_of(request), status=status, kind=kind, target=target, limit=limit,
-            offset=offset))
-        return wire.TaskPage(items=[_task(r) for r in records], limit=limit, offset=offset)
-
-    @api.get("/tasks/{task_id}", response_model=wire.Task, tags=["tasks"])
-    async def get_task(request: Request, task_id: IdPath) -> wire.Task:
-        """One task."""
-        return _task(await svc.task_of(tenant_of(request), task_id))
-
-    @api.post("/tasks/{task_id}/cancel", response_model=wire.Task, tags=["tasks"])
-    async def cancel_task(request: Request, task_id: IdPath) -> wire.Task:
-        """Cancel a queued task, or ask a running one's worker to stop it."""
-        await svc.task_of(tenant_of(request), task_id)
-        return _task(await svc.queue.cancel_task(task_id, now=time.time()))
-
-    @api.post("/tasks/{task_id}/retry", response_model=wire.Task, tags=["tasks"])
-    async def retry_task(request: Request, task_id: IdPath) -> wire.Task:
-        """Queue a failed or cancelled task again (its run resumes)."""
-        await svc.task_of(tenant_of(request), task_id)
-        record = await svc.queue.retry_task(task_id)
-        if svc.worker is not None:
-            svc.worker.wake()
-        return _task(record)
 
     # ------------------------------------------------------------------ runs
 
@@ -602,6 +635,8 @@ def _routes(svc: Service) -> APIRouter:
                  "registered_at": time.time()}
         await stack.storage.kv_set(WORKFLOWS_NAMESPACE + tenant_of(request), workflow.name,
                                    entry)
+        svc.remember_workflow(tenant_of(request), workflow.name, workflow,
+                              entry["content_hash"])
         return _workflow_info(workflow.name, entry)
 
     @api.get("/workflows", response_model=list[wire.WorkflowInfo], tags=["workflows"])
@@ -727,12 +762,12 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
         log.error("request failed: %s", type(exc).__name__, exc_info=exc)
         return _error_response(500, "server_error", "internal server error")
 
+    app.include_router(_routes(svc))
+
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics() -> PlainTextResponse:
         """Process metrics in the Prometheus text format."""
         return PlainTextResponse(svc.metrics.render(), media_type=CONTENT_TYPE)
-
-    app.include_router(_routes(svc))
     app.add_middleware(SecurityMiddleware, keys=svc.keys,  # type: ignore[arg-type]
                        max_body_bytes=settings.max_body_bytes,
                        max_json_depth=settings.max_json_depth)

@@ -26,7 +26,8 @@ from typing import Any
 import attrs
 from flowyard import StorageBackend, StorageError, SupportsKeyValueListing
 
-__all__ = ["KEYS_NAMESPACE", "ApiKey", "KeyStore", "TENANT_PATTERN", "valid_tenant"]
+__all__ = ["KEYS_NAMESPACE", "ApiKey", "KeyStore", "MAX_CACHED_KEYS", "TENANT_PATTERN",
+           "valid_tenant"]
 
 #: The key-value namespace of the key digests.
 KEYS_NAMESPACE = "server.keys"
@@ -34,6 +35,8 @@ KEYS_NAMESPACE = "server.keys"
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _KEY = re.compile(r"fy_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _DUMMY_SALT = secrets.token_bytes(16)
+#: Most verified keys a :class:`KeyStore` trusts from memory at once (then it starts over).
+MAX_CACHED_KEYS = 10_000
 
 
 def valid_tenant(name: str) -> bool:
@@ -68,10 +71,15 @@ class KeyStore:
     Args:
         storage: an open backend that also implements
             :class:`~flowyard.SupportsKeyValueListing` (for ``list`` and ``any_keys``).
+        cache_seconds: how long a verified key is trusted without reading the storage
+            again (0: never; the server uses ``[server] key_cache_seconds``).
     """
 
-    def __init__(self, storage: StorageBackend) -> None:
+    def __init__(self, storage: StorageBackend, *, cache_seconds: float = 0.0) -> None:
         self.storage = storage
+        self.cache_seconds = cache_seconds
+        #: SHA-256 of a verified key -> (tenant, key id, monotonic time it stops being trusted)
+        self._verified: dict[bytes, tuple[str, str, float]] = {}
 
     def _listing(self) -> SupportsKeyValueListing:
         if not isinstance(self.storage, SupportsKeyValueListing):
@@ -110,12 +118,34 @@ class KeyStore:
 
         The digest is compared in constant time; a malformed or unknown key still costs one
         HMAC, so timing does not tell which part was wrong.
+
+        With ``cache_seconds`` > 0, a key verified against the storage is trusted for that
+        many seconds without reading the storage again (held in memory as the SHA-256 of the
+        whole key, never the key; at most :data:`MAX_CACHED_KEYS`; failures are never cached).
+        A revocation through this store takes effect at once; one by another process within
+        ``cache_seconds``.
         """
         match = _KEY.fullmatch(key)
         if match is None:
             _digest(_DUMMY_SALT, "x" * 43)
             return None
-        key_id, secret = match.groups()
+        if self.cache_seconds > 0:
+            fingerprint = hashlib.sha256(key.encode("ascii")).digest()
+            cached = self._verified.get(fingerprint)
+            if cached is not None:
+                if cached[2] > time.monotonic():
+                    return cached[0]
+                del self._verified[fingerprint]
+            tenant = await self._verify(*match.groups())
+            if tenant is not None:
+                if len(self._verified) >= MAX_CACHED_KEYS:
+                    self._verified.clear()
+                self._verified[fingerprint] = (tenant, match.group(1),
+                                               time.monotonic() + self.cache_seconds)
+            return tenant
+        return await self._verify(*match.groups())
+
+    async def _verify(self, key_id: str, secret: str) -> str | None:
         entry = await self.storage.kv_get(KEYS_NAMESPACE, key_id)
         if not isinstance(entry, dict):
             _digest(_DUMMY_SALT, secret)
@@ -145,6 +175,9 @@ class KeyStore:
             key_id = match.group(1)
         if re.fullmatch(r"[0-9a-f]{12}", key_id) is None:
             return False
+        for fingerprint, (_, cached_id, _) in list(self._verified.items()):
+            if cached_id == key_id:
+                del self._verified[fingerprint]
         if await self.storage.kv_get(KEYS_NAMESPACE, key_id) is None:
             return False
         await self.storage.kv_delete(KEYS_NAMESPACE, key_id)

@@ -82,6 +82,31 @@ class DeltaHub:
                     del self._listeners[run_id]
 
 
+class _EncodedEvents:
+    """The JSON text of recently streamed stored events, by ``(run id, seq)``: a stored event
+    never changes, so the subscribers of one run share one encoding of each event instead of
+    each encoding it again (bounded: the oldest entries are dropped first).
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._texts: dict[tuple[str, int], str] = {}
+
+    def text(self, event: Event) -> str:
+        """Return :func:`event_json` of a stored event (encoded once while it is cached)."""
+        key = (event.run_id, event.seq)
+        text = self._texts.get(key)
+        if text is None:
+            text = event_json(event)
+            if len(self._texts) >= self.size:
+                self._texts.pop(next(iter(self._texts)))
+            self._texts[key] = text
+        return text
+
+
+_ENCODED = _EncodedEvents()
+
+
 async def follow_run(stack: Stack, run_id: str, *, after_seq: int, poll: float,
                      hub: DeltaHub | None, task_done: Callable[[], Any]
                      ) -> AsyncIterator[dict[str, Any]]:
@@ -112,7 +137,8 @@ async def follow_run(stack: Stack, run_id: str, *, after_seq: int, poll: float,
             page = await storage.list_events(run_id, after_seq=seq, limit=500)
             for event in page:
                 seq = event.seq
-                yield {"id": str(event.seq), "event": event.type, "data": event_json(event)}
+                yield {"id": str(event.seq), "event": event.type,
+                       "data": _ENCODED.text(event)}
                 finished_seen = event.type == "run.finished"
             if page:
                 continue  # read on until the log is drained

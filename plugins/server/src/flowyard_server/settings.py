@@ -16,6 +16,9 @@ key                        meaning                                              
 ``sse_ping``               seconds between two SSE heartbeat comments                 15
 ``sse_poll``               seconds between two reads of a run's event log (SSE)       0.25
 ``stream_deltas``          deliver ``step.delta`` token deltas over SSE                true
+``key_cache_seconds``      seconds a verified API key is trusted without re-reading   2
+                           the storage (a revocation by another process takes effect
+                           within this time; 0: read on every request)
 =========================  =========================================================  ========
 """
 
@@ -44,6 +47,13 @@ def _number(table: dict[str, Any], key: str, default: float, *, integer: bool = 
     return float(value)
 
 
+def _seconds_or_zero(table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"[server] {key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 @attrs.frozen
 class ServerSettings:
     """The settings of one server or worker process (times in seconds, sizes in bytes).
@@ -67,6 +77,7 @@ class ServerSettings:
     sse_ping: float = 15.0
     sse_poll: float = 0.25
     stream_deltas: bool = True
+    key_cache_seconds: float = 2.0
 
     def __attrs_post_init__(self) -> None:
         if self.task_renew_interval >= self.task_lease_timeout:
@@ -107,6 +118,7 @@ class ServerSettings:
             max_json_depth=_number(table, "max_json_depth", 32, integer=True),
             sse_ping=_number(table, "sse_ping", 15.0),
             sse_poll=_number(table, "sse_poll", 0.25),
+            key_cache_seconds=_seconds_or_zero(table, "key_cache_seconds", 2.0),
         )
 
     @property
