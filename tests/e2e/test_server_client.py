@@ -1,5 +1,7 @@
 """flowyard-server end to end, as a user runs it: `flowyard serve --no-worker` and two
-`flowyard worker` processes over one SQLite database, driven with flowyard_client.AsyncClient.
+`flowyard worker` processes over one SQLite database, then over one PostgreSQL database (a
+throwaway server, as in plugins/sql/tests/conftest.py), driven with
+flowyard_client.AsyncClient.
 
 - a workflow task runs to completion through a worker; its events stream over SSE; an
   idempotent submission runs once; another tenant sees nothing (404);
@@ -66,10 +68,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _postgres_server_class() -> Any:
+    """``PostgresServer`` of plugins/sql/tests/conftest.py (a throwaway server: initdb and
+    pg_ctl, as user ``postgres`` when run as root), imported by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "plugins" / "sql" / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_flowyard_sql_conftest_e2e", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PostgresServer
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[Any]:
+    """A PostgreSQL server for this module (skips when PostgreSQL is not installed)."""
+    try:
+        server = _postgres_server_class()()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 class Service:
     """The processes of the service and how to reach it."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, storage_url: str | None = None) -> None:
         self.tmp = tmp
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,7 +108,7 @@ class Service:
             "FLOWYARD_CONFIG": str(tmp / "flowyard.toml"),
             "XDG_CONFIG_HOME": str(tmp / "config"),
             "FLOWYARD_DATA_DIR": str(tmp / "data"),
-            "FLOWYARD_STORAGE_URL": f"sqlite:///{tmp / 'service.db'}",
+            "FLOWYARD_STORAGE_URL": storage_url or f"sqlite:///{tmp / 'service.db'}",
             "FLOWYARD_DEFAULT_MODEL": "fake/echo",
             "FLOWYARD_PLUGINS": "builtin,server,sql",
             "FLOWYARD_SERVER__TASK_LEASE_TIMEOUT": "2",
@@ -110,13 +139,20 @@ class Service:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service on a SQLite file, then on a PostgreSQL database (every test runs on
+    both)."""
     import httpx
     from flowyard import Stack, SupportsTaskQueue
 
-    tmp = tmp_path_factory.mktemp("service")
-    svc = Service(tmp)
+    tmp = tmp_path_factory.mktemp(f"service-{request.param}")
+    url = None
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("postgres_server")
+        url = pg.url(pg.create_database())
+    svc = Service(tmp, url)
     probe = Stack.default(config={"storage": {"url": svc.env["FLOWYARD_STORAGE_URL"]}})
     if not isinstance(probe.storage, SupportsTaskQueue):
         pytest.skip("the SQL storage has no task queue yet")
@@ -159,7 +195,7 @@ def anyio_backend() -> str:
 
 @pytest.mark.anyio
 async def test_client_runs_a_workflow_task(service: Any) -> None:
-    from flowyard_client import AsyncClient, NotFoundError
+    from flowyard_client import AsyncClient, NotFoundError, ValidationError
 
     async with AsyncClient(service.url, service.keys["e2e"]) as fy, \
             AsyncClient(service.url, service.keys["other"]) as other:
@@ -171,6 +207,10 @@ async def test_client_runs_a_workflow_task(service: Any) -> None:
         again = await fy.tasks.submit(target="hello", inputs={"who": "Ada"},
                                       idempotency_key="e2e-hello")
         assert again.id == task.id
+        with pytest.raises(ValidationError) as refused:  # inputs checked at submission
+            await fy.tasks.submit(target="hello", inputs={"who": 3, "colour": "red"})
+        assert sorted(d["path"] for d in refused.value.details) == ["inputs.colour",
+                                                                    "inputs.who"]
         done = await fy.tasks.wait_for_completion(task, timeout=60)
         assert done.status == "completed", done.error
         assert done.outputs == {"greeting": "Hello, Ada!"}
