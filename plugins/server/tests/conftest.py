@@ -103,7 +103,7 @@ def server() -> Iterator[Server]:
         uv.should_exit = True
         thread.join(timeout=10)
         root.removeHandler(logs)
-        for logger, level in zip(loud, previous_levels):
+        for logger, level in zip(loud, previous_levels, strict=True):
             logger.setLevel(level)
         anyio.run(stack.aclose)
 

@@ -171,3 +171,37 @@ async def test_cancel_and_failure() -> None:
     assert failed.status == "failed" and failed.error
     assert missing.status == "failed" and "not registered" in (missing.error or "")
     await stack.aclose()
+
+
+def test_relative_sub_workflow_paths_resolve_against_workflows_dir(
+        server: Any, waiter: Any, tmp_path: Any) -> None:
+    """A registered workflow calling ``uses: workflow`` with a relative path: registration
+    checks the file in ``[server] workflows_dir``, the registration keeps that directory (its
+    ``source``), and the worker runs the sub-workflow from there whatever its own directory.
+    """
+    import attrs
+
+    (tmp_path / "sub.yaml").write_text(
+        "name: sub\ninputs:\n  who: {type: string}\nsteps:\n  - id: hi\n    uses: echo\n"
+        "    with: {value: \"hi {{ inputs.who }}\"}\noutputs:\n  said: \"${hi}\"\n")
+    parent = ("name: parent-rel\nsteps:\n  - id: call\n    uses: workflow\n    with:\n"
+              "      workflow: sub.yaml\n      inputs: {who: Ada}\n"
+              "outputs:\n  said: \"${call.said}\"\n")
+    svc = server.service
+    before = svc.settings
+    with server.client("a") as client:
+        missing = client.post("/v1/workflows", json={"source": parent})
+        assert missing.status_code == 422  # not in the server's working directory
+        svc.settings = attrs.evolve(before, workflows_dir=str(tmp_path))
+        try:
+            registered = client.post("/v1/workflows", json={"source": parent})
+        finally:
+            svc.settings = before
+        assert registered.status_code == 201, registered.text
+        stored = anyio.run(server.stack.storage.kv_get, "server.workflows.a", "parent-rel")
+        assert stored["source"].startswith(str(tmp_path))
+        task = client.post("/v1/tasks", json={"target": "parent-rel"})
+        assert task.status_code == 201, task.text
+        done = waiter(client, task.json()["id"])
+        assert done["status"] == "completed", done
+        assert done["outputs"] == {"said": "hi Ada"}

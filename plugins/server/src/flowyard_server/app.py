@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +51,7 @@ from flowyard_server.worker import (
     WORKFLOWS_NAMESPACE,
     Worker,
     queue_of,
+    registered_source,
 )
 
 __all__ = ["create_app", "RUNS_NAMESPACE"]
@@ -100,7 +102,8 @@ def _task(record: TaskRecord) -> wire.Task:
 
 def _task_response(record: TaskRecord, status: int = 200) -> Response:
     """A task as a JSON response, serialised once by pydantic-core (no second validation of
-    the route's ``response_model``, no ``json.dumps`` of a ``model_dump``)."""
+    the route's ``response_model``, no ``json.dumps`` of a ``model_dump``).
+    """
     return Response(_task(record).model_dump_json(), status_code=status,
                     media_type="application/json")
 
@@ -155,7 +158,8 @@ class Service:
     @property
     def queue(self) -> SupportsTaskQueue:
         """The storage as a task queue (checked once: a protocol ``isinstance`` costs tens of
-        microseconds per request)."""
+        microseconds per request).
+        """
         if self._queue is None or self._queue is not self.stack.storage:
             self._queue = queue_of(self.stack)
         return self._queue
@@ -264,7 +268,11 @@ class Service:
         if cached is not None and cached[2] == content_hash:
             workflow = cached[0]
         else:
-            workflow = self.stack.load_workflow(dict(entry["definition"]))
+            from flowyard.workflow import parse_workflow
+
+            source = entry.get("source")
+            workflow = self.stack.load_workflow(parse_workflow(
+                dict(entry["definition"]), source=source if isinstance(source, str) else None))
         self.remember_workflow(tenant, name, workflow, content_hash)
         return workflow
 
@@ -297,20 +305,26 @@ class Service:
         return []
 
     def load_workflow(self, source: wire.WorkflowSource) -> Any:
-        """Parse and validate a workflow given as text or as a definition.
+        """Parse and validate a workflow given as text or as a definition. Its ``source`` is
+        :func:`~flowyard_server.worker.registered_source` of ``[server] workflows_dir``, so
+        relative ``uses: workflow`` paths resolve against that directory.
 
         Raises:
             ApiError: 422 when both or neither of ``source``/``definition`` are given.
             WorkflowValidationError: the workflow is invalid.
         """
+        from flowyard.engine import load_workflow as parse_only
+
         if (source.source is None) == (source.definition is None):
             raise ApiError(422, "give exactly one of 'source' (YAML/JSON text) or 'definition'")
         _json_ready(source.model_dump(), "the workflow")
         if source.source is not None:
             # parsed as text only: never read as a path on the server's disk
             workflow = self.stack.loaders.get("native").load(source.source)
-            return self.stack.load_workflow(workflow)
-        return self.stack.load_workflow(source.definition or {})
+        else:
+            workflow = parse_only(self.stack, source.definition or {}, validate=False)
+        workflow.source = registered_source(self.settings.workflows_dir or os.getcwd())
+        return self.stack.load_workflow(workflow)
 
 
 def _issues(exc: WorkflowValidationError) -> list[wire.ValidationIssue]:
@@ -632,7 +646,7 @@ def _routes(svc: Service) -> APIRouter:
                            details=[i.model_dump() for i in _issues(exc)]) from None
         definition = workflow.to_dict()
         entry = {"definition": definition, "content_hash": workflow.content_hash(),
-                 "registered_at": time.time()}
+                 "registered_at": time.time(), "source": workflow.source}
         await stack.storage.kv_set(WORKFLOWS_NAMESPACE + tenant_of(request), workflow.name,
                                    entry)
         svc.remember_workflow(tenant_of(request), workflow.name, workflow,

@@ -16,6 +16,9 @@ key                        meaning                                              
 ``sse_ping``               seconds between two SSE heartbeat comments                 15
 ``sse_poll``               seconds between two reads of a run's event log (SSE)       0.25
 ``stream_deltas``          deliver ``step.delta`` token deltas over SSE                true
+``workflows_dir``          directory that relative ``uses: workflow`` paths of        cwd
+                           registered workflows are resolved against (stored with
+                           the registration, so every worker resolves them alike)
 ``key_cache_seconds``      seconds a verified API key is trusted without re-reading   2
                            the storage (a revocation by another process takes effect
                            within this time; 0: read on every request)
@@ -78,6 +81,7 @@ class ServerSettings:
     sse_poll: float = 0.25
     stream_deltas: bool = True
     key_cache_seconds: float = 2.0
+    workflows_dir: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.task_renew_interval >= self.task_lease_timeout:
@@ -105,11 +109,15 @@ class ServerSettings:
             if not isinstance(value, bool):
                 raise ConfigError(f"[server] {key} must be true or false, got {value!r}")
             flags[key] = value
+        workflows_dir = table.get("workflows_dir", "")
+        if not isinstance(workflows_dir, str):
+            raise ConfigError(f"[server] workflows_dir must be a directory path, got "
+                              f"{workflows_dir!r}")
         port = _number(table, "port", 8750, integer=True)
         if port > 65535:
             raise ConfigError(f"[server] port must be at most 65535, got {port}")
         return cls(
-            host=host, port=port, **flags,
+            host=host, port=port, **flags, workflows_dir=workflows_dir,
             concurrency=_number(table, "concurrency", 4, integer=True),
             task_lease_timeout=_number(table, "task_lease_timeout", 30.0),
             task_renew_interval=_number(table, "task_renew_interval", 5.0),

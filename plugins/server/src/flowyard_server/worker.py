@@ -35,8 +35,9 @@ from flowyard import (
 
 from flowyard_server.settings import ServerSettings
 
-__all__ = ["Worker", "AGENTS_NAMESPACE", "WORKFLOWS_NAMESPACE", "agent_workflow",
-           "task_workflow", "queue_of"]
+__all__ = ["Worker", "AGENTS_NAMESPACE", "WORKFLOWS_NAMESPACE", "REGISTERED_SOURCE_NAME",
+           "agent_workflow", "load_task_workflow", "registered_source", "task_workflow",
+           "queue_of"]
 
 log = logging.getLogger("flowyard_server.worker")
 
@@ -82,6 +83,38 @@ def agent_workflow(agent: dict[str, Any]) -> dict[str, Any]:
         "steps": [{"id": "agent", "uses": "agent", "with": settings}],
         "outputs": {"answer": "${agent.answer}", "turns": "${agent.turns}"},
     }
+
+
+#: The file name (never read) of a registered workflow's ``source``: its directory is what
+#: relative ``uses: workflow`` paths resolve against.
+REGISTERED_SOURCE_NAME = "<registered workflow>"
+
+
+def registered_source(workflows_dir: str | os.PathLike[str]) -> str:
+    """The ``source`` given to workflows registered with the server: a name in the absolute
+    ``workflows_dir`` that no file has, so relative sub-workflow paths resolve against that
+    directory and nothing reads the name itself as a file.
+    """
+    return os.path.join(os.path.abspath(workflows_dir), REGISTERED_SOURCE_NAME)
+
+
+async def load_task_workflow(stack: Stack, task: TaskRecord) -> Any:
+    """Return the :class:`~flowyard.workflow.Workflow` a task runs (see
+    :func:`task_workflow`), with the ``source`` stored at registration so that relative
+    ``uses: workflow`` paths resolve against the server's ``workflows_dir``.
+
+    Raises:
+        LookupError: the workflow or agent is not (any more) stored for the task's tenant.
+        WorkflowValidationError: the stored definition does not parse.
+    """
+    from flowyard.workflow import parse_workflow
+
+    definition = await task_workflow(stack, task)
+    source = None
+    if task.kind == "workflow":
+        entry = await stack.storage.kv_get(WORKFLOWS_NAMESPACE + task.tenant, task.target)
+        source = entry.get("source") if isinstance(entry, dict) else None
+    return parse_workflow(definition, source=source if isinstance(source, str) else None)
 
 
 async def task_workflow(stack: Stack, task: TaskRecord) -> dict[str, Any]:
@@ -257,8 +290,8 @@ class Worker:
         try:
             record = await storage.get_run(task.run_id)
         except RunNotFoundError:
-            definition = await task_workflow(self.stack, task)
-            return await self.stack.run(definition, task.inputs, run_id=task.run_id,
+            workflow = await load_task_workflow(self.stack, task)
+            return await self.stack.run(workflow, task.inputs, run_id=task.run_id,
                                         metadata={"task_id": task.id})
         while True:  # a live process still executes the run: wait for it to stop
             leases = await storage.get_leases([record.id])
@@ -268,6 +301,14 @@ class Worker:
             record = await storage.get_run(record.id)
         if record.status == "completed":
             return _Stored(record)
+        source = record.metadata.get("source")
+        if isinstance(source, str) and source.endswith(REGISTERED_SOURCE_NAME):
+            # a registered workflow: resume its stored definition with the source it ran
+            # with, so relative sub-workflow paths resolve as they did
+            from flowyard.workflow import parse_workflow
+
+            return await self.stack.resume(
+                record.id, workflow=parse_workflow(record.workflow, source=source))
         return await self.stack.resume(record.id)
 
 
