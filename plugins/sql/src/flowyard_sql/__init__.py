@@ -1,7 +1,8 @@
 """flowyard-sql: SQL storage for flowyard (SQLite by default, PostgreSQL by URL).
 
 Install it and ``Stack.default()`` persists runs, step attempts, checkpoints, events, logs,
-cost lines and plugin data to ``flowyard.db`` in the flowyard data directory. Set
+cost lines, plugin data and the durable task queue (:mod:`flowyard_sql.queue`) to
+``flowyard.db`` in the flowyard data directory. Set
 ``storage.url`` (or ``FLOWYARD_STORAGE_URL``) to ``sqlite:///path/runs.db`` or
 ``postgresql+psycopg://user:password@host/db`` to choose another database.
 
