@@ -338,6 +338,14 @@ def test_task_inputs_checked_at_submission(server: Any, registered: dict[str, st
         assert client.post("/v1/workflows", json={"source": renamed}).status_code == 201
         now_bad = client.post("/v1/tasks", json={"target": "typed", "inputs": {"n": 2}})
         assert now_bad.status_code == 422, now_bad.text
+        agent = client.post("/v1/agents", json={"name": "checked", "model": "fake/echo"})
+        assert agent.status_code == 201, agent.text
+        for inputs, path in (({}, "inputs.input"), ({"input": 3}, "inputs.input"),
+                             ({"input": "hi", "extra": 1}, "inputs.extra")):
+            refused = client.post("/v1/tasks", json={"kind": "agent", "inputs": inputs,
+                                                     "target": agent.json()["id"]})
+            assert refused.status_code == 422, refused.text
+            assert [d["path"] for d in refused.json()["details"]] == [path]
     with server.client("b") as other:  # another tenant's workflow stays a 404
         assert other.post("/v1/tasks", json={"target": "typed",
                                              "inputs": {"n": 1}}).status_code == 404

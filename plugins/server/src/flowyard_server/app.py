@@ -50,6 +50,7 @@ from flowyard_server.worker import (
     AGENTS_NAMESPACE,
     WORKFLOWS_NAMESPACE,
     Worker,
+    agent_workflow,
     queue_of,
     registered_source,
 )
@@ -213,13 +214,10 @@ class Service:
             ApiError: 404 unknown workflow/agent; 409 the key names another request.
         """
         storage = self.stack.storage
-        if spec.kind == "workflow":
-            issues = await self.input_issues(tenant, spec)
-            if issues:
-                raise ApiError(422, "the task's inputs are invalid",
-                               details=[i.model_dump() for i in issues])
-        elif await storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target) is None:
-            raise ApiError(404, "no agent has this id")
+        issues = await self.input_issues(tenant, spec)
+        if issues:
+            raise ApiError(422, "the task's inputs are invalid",
+                           details=[i.model_dump() for i in issues])
         request_hash = _request_hash(spec.kind, spec.target, spec.inputs)
         if spec.metadata or not (spec.name.isascii()
                                  and (spec.idempotency_key or "").isascii()):
@@ -288,16 +286,26 @@ class Service:
 
     async def input_issues(self, tenant: str, spec: wire.TaskSubmit
                            ) -> list[wire.ValidationIssue]:
-        """Check a workflow task's inputs against the registered workflow's declared inputs
-        (:func:`flowyard.check_inputs`: unknown, missing, mistyped and unstorable inputs).
+        """Check a task's inputs against the declared inputs of the registered workflow (or of
+        the stored agent's one-step workflow: ``input``, a string) with
+        :func:`flowyard.check_inputs` (unknown, missing, mistyped and unstorable inputs).
 
         Returns:
             every problem (``path`` ``inputs.NAME``); empty when the inputs are valid.
 
         Raises:
-            ApiError: 404 when the workflow is not registered for the tenant.
+            ApiError: 404 when the workflow is not registered for the tenant, or the agent
+                does not exist.
         """
-        workflow = await self.registered_workflow(tenant, spec.target)
+        if spec.kind == "agent":
+            from flowyard.workflow import parse_workflow
+
+            agent = await self.stack.storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target)
+            if agent is None:
+                raise ApiError(404, "no agent has this id")
+            workflow = parse_workflow(agent_workflow(agent))
+        else:
+            workflow = await self.registered_workflow(tenant, spec.target)
         try:
             check_inputs(workflow, spec.inputs)
         except WorkflowValidationError as exc:
@@ -363,18 +371,17 @@ def _routes(svc: Service) -> APIRouter:
 
     @api.post("/tasks/batch", response_model=list[wire.Task], tags=["tasks"])
     async def submit_batch(request: Request, batch: wire.TaskBatch) -> list[wire.Task]:
-        """Queue several tasks (each as ``POST /tasks`` would). The inputs of every workflow
-        task are checked first: any problem answers 422 listing them all (``path``
+        """Queue several tasks (each as ``POST /tasks`` would). The inputs of every task are
+        checked first: any problem answers 422 listing them all (``path``
         ``tasks[i].inputs.NAME``) and queues nothing; otherwise the first error stops.
         """
         tenant = tenant_of(request)
         problems: list[dict[str, Any]] = []
         for index, spec in enumerate(batch.tasks):
-            if spec.kind == "workflow":
-                for issue in await svc.input_issues(tenant, spec):
-                    item = issue.model_dump()
-                    item["path"] = f"tasks[{index}]." + (issue.path or "inputs")
-                    problems.append(item)
+            for issue in await svc.input_issues(tenant, spec):
+                item = issue.model_dump()
+                item["path"] = f"tasks[{index}]." + (issue.path or "inputs")
+                problems.append(item)
         if problems:
             raise ApiError(422, "the inputs of some tasks are invalid; none was queued",
                            details=problems)
