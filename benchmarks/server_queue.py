@@ -61,10 +61,13 @@ def _env(url: str, tmp: Path) -> dict[str, str]:
 
 async def _prepare(url: str) -> None:
     """Create the schema and register the no-op workflow for the tenant."""
-    from flowyard import Stack
+    from flowyard import Stack, SupportsTaskQueue
     from flowyard_server.worker import WORKFLOWS_NAMESPACE
 
     stack = Stack.default(config={"storage": {"url": url}})
+    if not isinstance(stack.storage, SupportsTaskQueue):
+        raise SystemExit(f"{type(stack.storage).__name__} has no task queue (SupportsTaskQueue)"
+                         "; this flowyard-sql is older than its task queue")
     async with stack:
         workflow = stack.load_workflow(NOOP)
         await stack.storage.kv_set(WORKFLOWS_NAMESPACE + TENANT, "noop", {
