@@ -81,6 +81,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
            "FLOWYARD_SERVER__WORKFLOWS_DIR": str(flows),
            "FLOWYARD_SERVER__SSE_POLL": "0.05"}
     env.pop("FLOWYARD_API_KEY", None)
+    from flowyard import Stack, SupportsTaskQueue
+
+    probe = Stack.default(config={"storage": {"url": env["FLOWYARD_STORAGE_URL"]}})
+    if not isinstance(probe.storage, SupportsTaskQueue):
+        pytest.skip("the SQL storage has no task queue yet")
     log = open(tmp / "serve.log", "wb")
     # started elsewhere than the workflows: the relative path must not depend on the cwd
     process = subprocess.Popen([sys.executable, "-c", "from flowyard.cli import main; main()",
