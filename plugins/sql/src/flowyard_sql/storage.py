@@ -53,6 +53,7 @@ from flowyard import (
     json_default,
 )
 
+from flowyard_sql.queue import TaskQueueMixin
 from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, leases, logs, runs
 
 __all__ = ["SQLStorage", "RUN_FILTERS", "SQLITE_HEADER", "normalize_url"]
@@ -472,7 +473,7 @@ def _loads(text: Any, what: str = "a stored value") -> Any:
                            f"{type(exc).__name__}: {exc}") from None
 
 
-class SQLStorage:
+class SQLStorage(TaskQueueMixin):
     """A :class:`~flowyard.interfaces.StorageBackend` on SQLite or PostgreSQL.
 
     Args:
