@@ -37,11 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import sqlalchemy as sa
-from flowyard import StorageError, TaskQuery, TaskRecord
-
-# TaskNotFoundError is not in flowyard's public API (__all__ and lazy table of
-# core/src/flowyard/__init__.py) yet; import it from there once it is (issue 18).
-from flowyard.errors import TaskNotFoundError
+from flowyard import StorageError, TaskNotFoundError, TaskQuery, TaskRecord
 
 from flowyard_sql.schema import kv, tasks
 
