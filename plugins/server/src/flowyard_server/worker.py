@@ -107,7 +107,7 @@ async def load_task_workflow(stack: Stack, task: TaskRecord) -> Any:
         LookupError: the workflow or agent is not (any more) stored for the task's tenant.
         WorkflowValidationError: the stored definition does not parse.
     """
-    from flowyard.workflow import parse_workflow
+    from flowyard import parse_workflow
 
     definition = await task_workflow(stack, task)
     source = None
@@ -305,7 +305,7 @@ class Worker:
         if isinstance(source, str) and source.endswith(REGISTERED_SOURCE_NAME):
             # a registered workflow: resume its stored definition with the source it ran
             # with, so relative sub-workflow paths resolve as they did
-            from flowyard.workflow import parse_workflow
+            from flowyard import parse_workflow
 
             return await self.stack.resume(
                 record.id, workflow=parse_workflow(record.workflow, source=source))
