@@ -314,11 +314,11 @@ class AsyncTasks(_Namespace):
             task_id: The task's id (or the :class:`Task`).
 
         Returns:
-            The :class:`Task` (``cancel_requested`` True, or ``status`` ``cancelled``).
+            The :class:`Task`: ``status`` ``cancelled`` (it was queued), ``cancel_requested``
+            True (it is running; its worker stops it), or unchanged (it had ended).
 
         Raises:
             NotFoundError: no such task.
-            ConflictError: the task has already finished.
         """
         response = await self._core.request("POST", "/v1/tasks/{task_id}/cancel",
                                             path_params={"task_id": id_of(task_id)},
@@ -333,11 +333,11 @@ class AsyncTasks(_Namespace):
             task_id: The task's id (or the :class:`Task`).
 
         Returns:
-            The queued :class:`Task` (same id and run id).
+            The :class:`Task`: queued again with the same id and run id when it had failed
+            or was cancelled, else unchanged.
 
         Raises:
             NotFoundError: no such task.
-            ConflictError: the task is not in a state that can be retried.
         """
         response = await self._core.request("POST", "/v1/tasks/{task_id}/retry",
                                             path_params={"task_id": id_of(task_id)},
