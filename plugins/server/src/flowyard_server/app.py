@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException
 
 from flowyard_server.keys import KeyStore
 from flowyard_server.live import DeltaHub, follow_run
-from flowyard_server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from flowyard_server.metrics import CONTENT_TYPE, Metrics
 from flowyard_server.security import SecurityMiddleware
 from flowyard_server.settings import ServerSettings
 from flowyard_server.worker import (
@@ -97,8 +97,12 @@ def _error_response(status: int, code: str, message: str, details: Any = None,
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+_TASK_FIELDS = tuple(field.name for field in attrs.fields(TaskRecord))
+
+
 def _task(record: TaskRecord) -> wire.Task:
-    return wire.Task.model_validate(attrs.asdict(record, recurse=False))
+    # (a comprehension over the field names: attrs.asdict costs several times more)
+    return wire.Task.model_validate({name: getattr(record, name) for name in _TASK_FIELDS})
 
 
 def _task_response(record: TaskRecord, status: int = 200) -> Response:
@@ -237,8 +241,8 @@ class Service:
                 raise ApiError(409, "this idempotency key was used for another request "
                                "(other kind, target or inputs)")
             return stored, False
-        self.metrics.inc("flowyard_server_tasks_submitted_total", "tasks queued",
-                         kind=spec.kind)
+        self.metrics.add("flowyard_server_tasks_submitted_total", "tasks queued",
+                         (("kind", spec.kind),))
         if self.worker is not None:
             self.worker.wake()
         return stored, True
@@ -354,7 +358,8 @@ def _routes(svc: Service) -> APIRouter:
     stack = svc.stack
 
     def tenant_of(request: Request) -> str:
-        return str(request.state.tenant)
+        # set by SecurityMiddleware (read from the scope: request.state builds an object)
+        return str(request.scope["state"]["tenant"])
 
     # ------------------------------------------------------------------ tasks
     # (first: routes are matched in order, and submit/get of tasks are the busiest)
@@ -368,6 +373,12 @@ def _routes(svc: Service) -> APIRouter:
         """
         record, created = await svc.submit(tenant_of(request), spec)
         return _task_response(record, 201 if created else 200)
+
+    # (second: no other route answers GET /v1/tasks/{x}, so its place changes no answer)
+    @api.get("/tasks/{task_id}", response_model=wire.Task, tags=["tasks"])
+    async def get_task(request: Request, task_id: IdPath) -> Any:
+        """One task."""
+        return _task_response(await svc.task_of(tenant_of(request), task_id))
 
     @api.post("/tasks/batch", response_model=list[wire.Task], tags=["tasks"])
     async def submit_batch(request: Request, batch: wire.TaskBatch) -> list[wire.Task]:
@@ -401,11 +412,6 @@ def _routes(svc: Service) -> APIRouter:
             tenant=tenant_of(request), status=status, kind=kind, target=target, limit=limit,
             offset=offset))
         return wire.TaskPage(items=[_task(r) for r in records], limit=limit, offset=offset)
-
-    @api.get("/tasks/{task_id}", response_model=wire.Task, tags=["tasks"])
-    async def get_task(request: Request, task_id: IdPath) -> Any:
-        """One task."""
-        return _task_response(await svc.task_of(tenant_of(request), task_id))
 
     @api.post("/tasks/{task_id}/cancel", response_model=wire.Task, tags=["tasks"])
     async def cancel_task(request: Request, task_id: IdPath) -> wire.Task:
@@ -783,15 +789,19 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
         log.error("request failed: %s", type(exc).__name__, exc_info=exc)
         return _error_response(500, "server_error", "internal server error")
 
-    app.include_router(_routes(svc))
+    # the routes go straight into the app's router, ahead of the documentation routes (whose
+    # paths no /v1 path matches): an included router is matched twice per request by FastAPI
+    # (the router, then its route), and each route tried before the right one costs too
+    app.router.routes[0:0] = _routes(svc).routes
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics() -> PlainTextResponse:
         """Process metrics in the Prometheus text format."""
         return PlainTextResponse(svc.metrics.render(), media_type=CONTENT_TYPE)
+    # one pure ASGI layer: counts every response (its own 401/413/422 too), authenticates,
+    # then limits the body
     app.add_middleware(SecurityMiddleware, keys=svc.keys,  # type: ignore[arg-type]
                        max_body_bytes=settings.max_body_bytes,
-                       max_json_depth=settings.max_json_depth)
-    app.add_middleware(MetricsMiddleware, metrics=svc.metrics)  # type: ignore[arg-type]
+                       max_json_depth=settings.max_json_depth, metrics=svc.metrics)
     return app
 

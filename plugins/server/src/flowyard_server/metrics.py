@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE"]
+__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE", "request_counter"]
 
 #: The media type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -45,6 +45,17 @@ class Metrics:
             self._help.setdefault(name, ("counter", help_text))
             self._counters[key] = self._counters.get(key, 0.0) + amount
 
+    def add(self, name: str, help_text: str, labels: tuple[tuple[str, str], ...],
+            amount: float = 1.0) -> None:
+        """Like :meth:`inc` with ``labels`` given as a tuple of ``(name, value)`` pairs
+        already sorted by name (no keyword dict to build and sort on a hot path).
+        """
+        key = (name, labels)
+        with self._lock:
+            if name not in self._help:
+                self._help[name] = ("counter", help_text)
+            self._counters[key] = self._counters.get(key, 0.0) + amount
+
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Register gauge ``name`` whose value ``read()`` returns at scrape time."""
         self.gauges[name] = (help_text, read)
@@ -76,6 +87,29 @@ Message = MutableMapping[str, Any]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+_REQUESTS = "flowyard_server_http_requests_total"
+_REQUESTS_HELP = "HTTP responses by method and status code"
+
+
+def request_counter(metrics: Metrics, scope: Scope,
+                    send: Callable[[Message], Awaitable[None]]
+                    ) -> Callable[[Message], Awaitable[None]]:
+    """Wrap an HTTP request's ``send`` so its response is counted in ``metrics``
+    (``flowyard_server_http_requests_total`` by method and status code).
+    """
+    method = str(scope.get("method", ""))
+    if method not in _METHODS:
+        method = "other"
+
+    async def counting_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            metrics.add(_REQUESTS, _REQUESTS_HELP,
+                        (("code", str(message["status"])), ("method", method)))
+        await send(message)
+
+    return counting_send
+
+
 class MetricsMiddleware:
     """Counts HTTP responses by method and status code (pure ASGI, outermost).
 
@@ -94,14 +128,4 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                method = str(scope.get("method", ""))
-                self.metrics.inc("flowyard_server_http_requests_total",
-                                 "HTTP responses by method and status code",
-                                 method=method if method in _METHODS else "other",
-                                 code=str(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
+        await self.app(scope, receive, request_counter(self.metrics, scope, send))
