@@ -270,7 +270,7 @@ class Service:
         if cached is not None and cached[2] == content_hash:
             workflow = cached[0]
         else:
-            from flowyard.workflow import parse_workflow
+            from flowyard import parse_workflow
 
             source = entry.get("source")
             workflow = self.stack.load_workflow(parse_workflow(
@@ -302,7 +302,7 @@ class Service:
                 does not exist.
         """
         if spec.kind == "agent":
-            from flowyard.workflow import parse_workflow
+            from flowyard import parse_workflow
 
             agent = await self.stack.storage.kv_get(AGENTS_NAMESPACE + tenant, spec.target)
             if agent is None:
@@ -325,7 +325,7 @@ class Service:
             ApiError: 422 when both or neither of ``source``/``definition`` are given.
             WorkflowValidationError: the workflow is invalid.
         """
-        from flowyard.engine import load_workflow as parse_only
+        from flowyard import parse_workflow
 
         if (source.source is None) == (source.definition is None):
             raise ApiError(422, "give exactly one of 'source' (YAML/JSON text) or 'definition'")
@@ -334,7 +334,8 @@ class Service:
             # parsed as text only: never read as a path on the server's disk
             workflow = self.stack.loaders.get("native").load(source.source)
         else:
-            workflow = parse_only(self.stack, source.definition or {}, validate=False)
+            # _json_ready above refused lone surrogates, NaN and infinities
+            workflow = parse_workflow(source.definition or {})
         workflow.source = registered_source(self.settings.workflows_dir or os.getcwd())
         return self.stack.load_workflow(workflow)
 
