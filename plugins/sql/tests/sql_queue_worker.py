@@ -2,7 +2,8 @@
 
 Usage:
     python sql_queue_worker.py claim URL WORKER GO_FILE
-        wait until GO_FILE exists, then claim tasks (lease 60 s) and finish each ``completed``
+        create GO_FILE.PID.ready once the storage is open, wait until GO_FILE exists, then
+        claim tasks (lease 60 s) and finish each ``completed``
         until nothing is left; print the claimed tasks in claim order as one JSON list of
         ``{"id", "priority", "created_at", "attempts"}``.
     python sql_queue_worker.py hold URL WORKER READY_FILE LEASE_SECONDS
@@ -12,7 +13,8 @@ Usage:
         poll for a task every 50 ms until one is claimed (lease 60 s) or TIMEOUT_SECONDS
         passed; finish it ``completed``; print ``{"task": {...fields...} or null, "polls": N}``.
     python sql_queue_worker.py submit URL KEYS GO_FILE
-        wait until GO_FILE exists, then submit one task per comma-separated idempotency key of
+        create GO_FILE.PID.ready once the storage is open, wait until GO_FILE exists, then
+        submit one task per comma-separated idempotency key of
         KEYS (tenant ``t``, a new task id each); print a JSON list of ``{"key", "id",
         "created"}``.
 
@@ -93,6 +95,8 @@ async def submit(storage: SQLStorage, keys: str, go_file: str) -> list[dict[str,
 async def main(mode: str, url: str, *args: str) -> None:
     storage = SQLStorage(url)
     await storage.open()
+    if mode in ("claim", "submit"):  # tell the test this process is ready for GO_FILE
+        Path(f"{args[-1]}.{os.getpid()}.ready").touch()
     try:
         if mode == "claim":
             result: Any = await claim(storage, args[0], args[1])

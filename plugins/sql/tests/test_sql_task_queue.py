@@ -20,8 +20,7 @@ import anyio
 import attrs
 import pytest
 import sqlalchemy as sa
-from flowyard import StorageError, TaskQuery, TaskRecord, new_id
-from flowyard.errors import TaskNotFoundError
+from flowyard import StorageError, TaskNotFoundError, TaskQuery, TaskRecord, new_id
 from flowyard_sql import migrate
 from flowyard_sql.queue import _statements
 from flowyard_sql.schema import tasks
@@ -72,9 +71,13 @@ def _result(proc: subprocess.Popen[str], timeout: float = 300) -> Any:
 
 
 def _go(procs: list[subprocess.Popen[str]], go: Path) -> None:
-    """Let every interpreter start and open its storage, then release them together."""
-    time.sleep(1.5)
-    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+    """Wait until every process opened its storage (GO.PID.ready), then release them
+    together."""
+    deadline = time.monotonic() + 120
+    while len(list(go.parent.glob(f"{go.name}.*.ready"))) < len(procs):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert time.monotonic() < deadline, "the worker processes never got ready"
+        time.sleep(0.05)
     go.touch()
 
 
