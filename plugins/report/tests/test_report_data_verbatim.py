@@ -176,5 +176,7 @@ steps:
     result = await _run(root_dir, workflow, {})
     assert time.monotonic() - started < 5
     assert result.status == "failed"
-    assert "time limit" in str(result.error)
+    # the step's deadline or the render's work limit, whichever trips first on this machine
+    assert ("time limit" in str(result.error)
+            or "more than 1000000 loop iterations" in str(result.error)), result.error
     assert not (root_dir / "out" / "slow.md").exists()
