@@ -67,7 +67,8 @@ def plan_of(stack: Services, workflow: Workflow, content_hash: str | None = None
     Raises:
         WorkflowValidationError: a template cannot be compiled.
     """
-    key = _plan_key(workflow, content_hash or workflow.content_hash())
+    content_hash = content_hash or workflow.content_hash()
+    key = _plan_key(workflow, content_hash)
     plans = _PLANS.get(stack)
     if plans is not None:
         plan = plans.get(key)
@@ -76,7 +77,7 @@ def plan_of(stack: Services, workflow: Workflow, content_hash: str | None = None
             return plan
     deps = {step.id: step_dependencies(step, step_raw_arguments(stack, step))
             for step in workflow.steps}
-    return build_plan(stack, workflow, deps, key.split(":", 1)[0])
+    return build_plan(stack, workflow, deps, content_hash)
 
 
 def templated_arguments(step: Step, raw: Collection[str] = ()) -> dict[str, Any]:
