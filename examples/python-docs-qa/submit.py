@@ -28,8 +28,8 @@ resolves the path alike. So start ``flowyard serve`` with
 ``FLOWYARD_SERVER__WORKFLOWS_DIR=examples/python-docs-qa`` (or from that directory).
 
 Output: one line per event (seconds since submission; step starts, completions with their own
-duration, retries and failures; token deltas of model steps as they arrive when the run
-executes in the server's own process), then the task's status and outputs as JSON. The exit
+duration, retries and failures; token deltas of model steps as they arrive, from whichever
+worker process runs them), then the task's status and outputs as JSON. The exit
 status is 0 when the task completed, 1 when it failed or was cancelled, 2 for invalid inputs.
 """
 

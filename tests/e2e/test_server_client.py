@@ -227,6 +227,49 @@ async def test_client_runs_a_workflow_task(service: Any) -> None:
         assert (await other.tasks.list()).items == []
 
 
+NESTED_CHAT = """\
+name: nested-chat
+steps:
+  - id: nap
+    uses: sleep
+    with: {seconds: 1}
+  - id: inner
+    uses: workflow
+    depends_on: [nap]
+    with:
+      workflow:
+        name: inner-chat
+        steps:
+          - id: ask
+            uses: llm.chat
+            with: {model: fake/echo, prompt: "relay these words from the worker process"}
+"""
+
+
+@pytest.mark.anyio
+async def test_token_deltas_stream_from_a_worker_process(service: Any) -> None:
+    """The run executes in `flowyard worker` (serve has no worker): its sub-workflow's token
+    deltas reach the client through the storage relay, before run.finished, each once.
+    """
+    from flowyard_client import AsyncClient
+
+    async with AsyncClient(service.url, service.keys["e2e"]) as fy:
+        await fy.workflows.register(NESTED_CHAT)
+        task = await fy.tasks.submit(target="nested-chat")
+        events = [e async for e in fy.runs.events(task.run_id)]
+        done = await fy.tasks.get(task.id)
+    assert done.status == "completed", done.error
+    assert events[-1].type == "run.finished"
+    deltas = [e for e in events if e.type == "step.delta"]
+    assert deltas, [e.type for e in events]
+    assert all(e.seq == 0 and e.step_id == "ask" and e.run_id != task.run_id for e in deltas)
+    offsets = [e.data["offset"] for e in deltas]
+    assert offsets == sorted(set(offsets))  # in order, none twice
+    assert deltas[-1].data["final"] is True
+    text = "".join(e.data["text"] for e in deltas)
+    assert text.endswith("relay these words from the worker process")
+
+
 @pytest.mark.anyio
 async def test_a_killed_worker_loses_nothing(service: Any) -> None:
     import anyio

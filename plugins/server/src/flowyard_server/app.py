@@ -42,7 +42,7 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
 from flowyard_server.keys import KeyStore
-from flowyard_server.live import DeltaHub, follow_run
+from flowyard_server.live import DeltaHub, RelayReader, follow_run
 from flowyard_server.metrics import CONTENT_TYPE, Metrics
 from flowyard_server.security import SecurityMiddleware
 from flowyard_server.settings import ServerSettings
@@ -144,6 +144,9 @@ class Service:
         self.worker = worker
         self.keys = KeyStore(stack.storage, cache_seconds=settings.key_cache_seconds)
         self.hub = DeltaHub() if settings.stream_deltas else None
+        self.relay = (RelayReader(stack, local_writer=worker.name if worker else None,
+                                  max_age=settings.sse_poll)
+                      if settings.stream_deltas else None)
         self.metrics = Metrics()
         #: (tenant, name) -> (parsed registered workflow, monotonic expiry, content hash)
         self._workflows: dict[tuple[str, str], tuple[Any, float, str]] = {}
@@ -611,8 +614,9 @@ def _routes(svc: Service) -> APIRouter:
                          ) -> EventSourceResponse:
         """The run's events as Server-Sent Events, from the durable log (``id:`` is ``seq``;
         ``Last-Event-ID`` or ``after`` resumes after that event), with heartbeat comments,
-        ending after ``run.finished``; token deltas (``step.delta``) of runs executing in this
-        process come without an ``id:``.
+        ending after ``run.finished``; token deltas (``step.delta``) and progress reports
+        (``step.progress``) of the run and its sub-workflow runs, from whichever worker runs
+        them, come without an ``id:``.
         """
         tenant = tenant_of(request)
         task = await svc.task_of_run(tenant, run_id)
@@ -630,6 +634,7 @@ def _routes(svc: Service) -> APIRouter:
             try:
                 async for item in follow_run(stack, run_id, after_seq=start,
                                              poll=svc.settings.sse_poll, hub=svc.hub,
+                                             relay=svc.relay,
                                              task_done=task_done):
                     yield item
             finally:

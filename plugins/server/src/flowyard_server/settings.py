@@ -15,7 +15,9 @@ key                        meaning                                              
 ``max_json_depth``         deepest nesting of a JSON body (422 beyond)                32
 ``sse_ping``               seconds between two SSE heartbeat comments                 15
 ``sse_poll``               seconds between two reads of a run's event log (SSE)       0.25
-``stream_deltas``          deliver ``step.delta`` token deltas over SSE                true
+``stream_deltas``          deliver ``step.delta`` token deltas over SSE; workers      true
+                           relay them through the storage to every server process
+``relay_interval``         seconds between two writes of a run's relayed deltas       0.25
 ``workflows_dir``          directory that relative ``uses: workflow`` paths of        cwd
                            registered workflows are resolved against (stored with
                            the registration, so every worker resolves them alike)
@@ -80,6 +82,7 @@ class ServerSettings:
     sse_ping: float = 15.0
     sse_poll: float = 0.25
     stream_deltas: bool = True
+    relay_interval: float = 0.25
     key_cache_seconds: float = 2.0
     workflows_dir: str = ""
 
@@ -126,6 +129,7 @@ class ServerSettings:
             max_json_depth=_number(table, "max_json_depth", 32, integer=True),
             sse_ping=_number(table, "sse_ping", 15.0),
             sse_poll=_number(table, "sse_poll", 0.25),
+            relay_interval=_number(table, "relay_interval", 0.25),
             key_cache_seconds=_seconds_or_zero(table, "key_cache_seconds", 2.0),
         )
 

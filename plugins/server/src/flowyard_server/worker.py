@@ -10,6 +10,11 @@ worker that takes over an abandoned task finds the run stored and resumes it
 (``stack.resume``), so the steps that completed are not run again. A run still held by a live
 process (its run lease) is waited for, never run twice at once.
 
+With ``stream_deltas`` on, the worker relays the transient events of its runs (token deltas,
+progress) through the storage to the SSE streams of every server process
+(:class:`~flowyard_server.live.DeltaRelay`); a run's last events are written before its task's
+end is recorded.
+
 The run stops when the task's ``cancel_requested`` is set (the task ends ``cancelled``) or
 when the worker loses the task's lease (another worker took it over; nothing is recorded).
 """
@@ -33,6 +38,7 @@ from flowyard import (
     run_state,
 )
 
+from flowyard_server.live import DeltaRelay
 from flowyard_server.settings import ServerSettings
 
 __all__ = ["Worker", "AGENTS_NAMESPACE", "WORKFLOWS_NAMESPACE", "REGISTERED_SOURCE_NAME",
@@ -147,6 +153,7 @@ class Worker:
     Attributes:
         running: ids of the tasks running now.
         finished: counts of the tasks this worker ended, by status.
+        relay: the relay of its runs' transient events (None when ``stream_deltas`` is off).
     """
 
     def __init__(self, stack: Stack, settings: ServerSettings, *, name: str | None = None
@@ -158,6 +165,9 @@ class Worker:
         self.finished: dict[str, int] = {"completed": 0, "failed": 0, "cancelled": 0}
         self.started = False
         self._wake = anyio.Event()
+        self.relay = (DeltaRelay(stack.storage, writer=self.name,
+                                 interval=settings.relay_interval)
+                      if settings.stream_deltas else None)
 
     def wake(self) -> None:
         """Look for a task now instead of after the poll interval (a task was submitted)."""
@@ -172,8 +182,13 @@ class Worker:
         queue = queue_of(self.stack)
         limiter = anyio.Semaphore(self.settings.concurrency)
         self.started = True
+        if self.relay is not None:
+            self.relay.storage = self.stack.storage
+            self.relay.attach(self.stack)
         try:
             async with anyio.create_task_group() as tg:
+                if self.relay is not None:
+                    tg.start_soon(self.relay.run)
                 while True:
                     await limiter.acquire()
                     try:
@@ -195,6 +210,8 @@ class Worker:
                     tg.start_soon(self._execute_released, task, limiter)
         finally:
             self.started = False
+            if self.relay is not None:
+                self.relay.detach()
 
     async def _execute_released(self, task: TaskRecord, limiter: anyio.Semaphore) -> None:
         try:
@@ -240,6 +257,7 @@ class Worker:
                     "cancelled" if result.status == "cancelled" else "failed")
                 error = None if status == "completed" else (
                     result.error or f"the run ended {result.status}")
+            await self._flush_relay(task.run_id)
             try:
                 with anyio.CancelScope(shield=True):
                     written = await queue.finish_task(task.id, self.name, status=status,
@@ -257,6 +275,20 @@ class Worker:
             return status
         finally:
             self.running.discard(task.id)
+
+    async def _flush_relay(self, run_id: str) -> None:
+        """Write the run's last relayed events before its end is recorded (streams that see
+        the end read them once more), then drop this worker's copy.
+        """
+        if self.relay is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.relay.flush(run_id)
+        except StorageError:
+            log.exception("worker %s could not relay the last events of run %s", self.name,
+                          run_id)
+        self.relay.forget(run_id)
 
     async def _heartbeat(self, task: TaskRecord, scope: anyio.CancelScope,
                          flags: dict[str, bool]) -> None:
