@@ -141,7 +141,9 @@ async def main() -> int:
         in_delta: str | None = None
         async for event in client.runs.events(task.run_id):
             if event.type == "step.delta":
-                key = str(event.data.get("step_key") or event.step_id)
+                # sub-workflow runs (one per question) stream under their own run id
+                step = str(event.data.get("step_key") or event.step_id)
+                key = step if event.run_id == task.run_id else f"{step} (run {event.run_id[:8]})"
                 if in_delta != key:
                     print(f"\n[{time.monotonic() - started:7.1f}s]   {key} says: ", end="")
                     in_delta = key

@@ -130,6 +130,13 @@ def test_submit_script_streams_the_run_and_prints_outputs(
     for line in ("> call started (workflow)", "+ call completed in ", "> ask started (llm.chat)",
                  "+ ask completed in ", "run finished: completed", "task completed after"):
         assert line in out, out
+    assert "ask says: echo: say n is 2" in out, out  # the token deltas
+    # a stream that catches up on a finished run sends each delta after the stored events
+    # that happened before it: between the step's start and its end
+    lines = out.splitlines()
+    says = next(i for i, line in enumerate(lines) if "ask says:" in line)
+    assert "> ask started" in "\n".join(lines[:says])
+    assert "+ ask completed" in "\n".join(lines[says:])
     outputs = json.loads(out[out.index("\n{\n") + 1:])
     assert outputs["said"] == "n is 2" and outputs["reply"], outputs
 

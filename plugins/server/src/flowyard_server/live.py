@@ -367,9 +367,10 @@ async def follow_run(stack: Stack, run_id: str, *, after_seq: int, poll: float,
     """Yield the run's events as ``EventSourceResponse`` items (``id``, ``event``, ``data``).
 
     Stored events come in ``seq`` order starting after ``after_seq``; transient events (no
-    ``id``) of the run and its sub-workflow runs are interleaved as they arrive, from the
-    hub (runs executing in this process) and the relay (runs executing elsewhere), starting
-    with those produced after the stream opened. Before ``run.finished`` the stream waits up
+    ``id``) of the run and its sub-workflow runs, from the hub (runs executing in this
+    process) and the relay (runs executing elsewhere), starting with those produced after the
+    stream opened, are interleaved by their ``time``: a stream that catches up on stored
+    events sends a transient event after the stored events that happened before it. Before ``run.finished`` the stream waits up
     to ``end_grace`` seconds for the run's task to end, so the last transient events come
     before it. The stream ends after the ``run.finished`` event of a run that stays ended (its
     task is not queued or running again).
@@ -387,51 +388,61 @@ async def follow_run(stack: Stack, run_id: str, *, after_seq: int, poll: float,
     storage = stack.storage
     seq = after_seq
     deltas = hub.listen(run_id) if hub is not None else None
-    relayed = -1  # index of the last relayed event delivered (-1: start with the newest)
+    relayed = -1  # index of the last relayed event taken (-1: start with the newest)
+    #: transient events taken but not yet sent: (time, type, JSON text), sent in time order
+    #: among the stored events (none is sent ahead of a stored event that happened before)
+    held: list[tuple[float, str, str]] = []
     finished_seen = False
+
+    async def take(*, fresh: bool = False) -> None:
+        nonlocal relayed
+        while deltas:
+            delta = deltas.popleft()
+            held.append((delta.time, delta.type, event_json(delta)))
+        if relay is not None:
+            relayed, items = await relay.since(run_id, relayed, fresh=fresh)
+            held.extend((float(item.get("time") or 0.0), str(item["type"]),
+                         json.dumps(item, separators=(",", ":"))) for item in items)
+        held.sort(key=lambda item: item[0])
+
     try:
         while True:
-            # transient events first: they were produced before the stored events read next
-            while deltas:
-                event = deltas.popleft()
-                yield {"event": event.type, "data": event_json(event)}
-            if relay is not None:
-                relayed, items = await relay.since(run_id, relayed)
-                for item in items:
-                    yield {"event": item["type"],
-                           "data": json.dumps(item, separators=(",", ":"))}
+            await take()
             page = await storage.list_events(run_id, after_seq=seq, limit=500)
             for event in page:
                 seq = event.seq
-                finished_seen = event.type == "run.finished"
-                if finished_seen:
+                if event.type == "run.finished":
                     # the run's transient events come before its end: wait (bounded) for
                     # the worker to record the task's end (it writes its last relayed
-                    # events first), then deliver what is left
+                    # events first), then send every event held
                     if relay is not None:
                         deadline = time.monotonic() + end_grace
                         while not await task_done() and time.monotonic() < deadline:
                             await anyio.sleep(poll)
-                        relayed, items = await relay.since(run_id, relayed, fresh=True)
-                        for item in items:
-                            yield {"event": item["type"],
-                                   "data": json.dumps(item, separators=(",", ":"))}
-                    while deltas:
-                        delta = deltas.popleft()
-                        yield {"event": delta.type, "data": event_json(delta)}
+                    await take(fresh=True)
+                    cut = len(held)
+                else:
+                    cut = 0
+                    while cut < len(held) and held[cut][0] <= event.time:
+                        cut += 1
+                for item in held[:cut]:
+                    yield {"event": item[1], "data": item[2]}
+                del held[:cut]
                 yield {"id": str(event.seq), "event": event.type,
                        "data": _ENCODED.text(event)}
+                finished_seen = event.type == "run.finished"
             if page:
                 continue  # read on until the log is drained
+            for item in held:  # caught up with the log: the rest are newer
+                yield {"event": item[1], "data": item[2]}
+            held.clear()
             if (finished_seen or await _ended(storage, run_id)) and await task_done():
                 more = await storage.list_events(run_id, after_seq=seq, limit=1)
                 if more:
                     continue
-                if relay is not None:  # the worker wrote its last events before the end
-                    relayed, items = await relay.since(run_id, relayed, fresh=True)
-                    for item in items:
-                        yield {"event": item["type"],
-                               "data": json.dumps(item, separators=(",", ":"))}
+                await take(fresh=True)
+                for item in held:
+                    yield {"event": item[1], "data": item[2]}
                 return
             await anyio.sleep(poll)
     finally:
