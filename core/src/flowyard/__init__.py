@@ -85,6 +85,7 @@ __all__ = [
     "RunResult",
     "run_state",
     "check_inputs",
+    "step_dependencies",
     "RunStatus",
     "schema_for_type",
     "ServerError",
@@ -186,6 +187,7 @@ _LAZY: dict[str, str] = {
     "json_default": "flowyard.serialization",
     "run_state": "flowyard.engine.lease",
     "check_inputs": "flowyard.engine.runner",
+    "step_dependencies": "flowyard.engine.validate",
     "Diagnostic": "flowyard.interfaces",
     "EventListener": "flowyard.interfaces",
     "Executor": "flowyard.interfaces",
@@ -247,6 +249,9 @@ if TYPE_CHECKING:
     )
     from flowyard.engine.runner import (
         check_inputs,
+    )
+    from flowyard.engine.validate import (
+        step_dependencies,
     )
     from flowyard.context import (
         ToolContext,

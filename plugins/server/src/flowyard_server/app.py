@@ -46,6 +46,7 @@ from flowyard_server.live import DeltaHub, RelayReader, follow_run
 from flowyard_server.metrics import CONTENT_TYPE, Metrics
 from flowyard_server.security import SecurityMiddleware
 from flowyard_server.settings import ServerSettings
+from flowyard_server.ui.session import Sessions
 from flowyard_server.worker import (
     AGENTS_NAMESPACE,
     WORKFLOWS_NAMESPACE,
@@ -143,6 +144,7 @@ class Service:
         self.settings = settings
         self.worker = worker
         self.keys = KeyStore(stack.storage, cache_seconds=settings.key_cache_seconds)
+        self.sessions = Sessions(self.keys, stack.storage)
         self.hub = DeltaHub() if settings.stream_deltas else None
         self.relay = (RelayReader(stack, local_writer=worker.name if worker else None,
                                   max_age=settings.sse_poll)
@@ -800,6 +802,14 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
     # (the router, then its route), and each route tried before the right one costs too
     app.router.routes[0:0] = _routes(svc).routes
 
+    if settings.ui:
+        from starlette.staticfiles import StaticFiles
+
+        from flowyard_server.ui.pages import STATIC_DIR, ui_router
+
+        app.include_router(ui_router(svc))
+        app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
+
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics() -> PlainTextResponse:
         """Process metrics in the Prometheus text format."""
@@ -808,6 +818,7 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
     # then limits the body
     app.add_middleware(SecurityMiddleware, keys=svc.keys,  # type: ignore[arg-type]
                        max_body_bytes=settings.max_body_bytes,
-                       max_json_depth=settings.max_json_depth, metrics=svc.metrics)
+                       max_json_depth=settings.max_json_depth, metrics=svc.metrics,
+                       sessions=svc.sessions if settings.ui else None)
     return app
 

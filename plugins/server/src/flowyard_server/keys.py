@@ -145,6 +145,26 @@ class KeyStore:
             return tenant
         return await self._verify(*match.groups())
 
+    async def identify(self, key: str) -> tuple[str, str] | None:
+        """Return ``(tenant, key id)`` of ``key``, or None when it is malformed, unknown or
+        revoked (always read from the storage; compared as :meth:`verify` does).
+        """
+        match = _KEY.fullmatch(key)
+        if match is None:
+            _digest(_DUMMY_SALT, "x" * 43)
+            return None
+        tenant = await self._verify(*match.groups())
+        return None if tenant is None else (tenant, match.group(1))
+
+    async def tenant_of_id(self, key_id: str) -> str | None:
+        """Return the tenant of the stored key ``key_id``, or None when it does not exist
+        (revoked). A browser session checks its key this way on every request.
+        """
+        if re.fullmatch(r"[0-9a-f]{12}", key_id) is None:
+            return None
+        entry = await self.storage.kv_get(KEYS_NAMESPACE, key_id)
+        return str(entry["tenant"]) if isinstance(entry, dict) else None
+
     async def _verify(self, key_id: str, secret: str) -> str | None:
         entry = await self.storage.kv_get(KEYS_NAMESPACE, key_id)
         if not isinstance(entry, dict):

@@ -12,6 +12,11 @@ It decides before any byte of the body is read or parsed:
 3. JSON depth -- a JSON body nested deeper than the limit is ``422`` before any parser sees it
    (Python's parser recurses), so a hostile body cannot exhaust the stack or the CPU.
 
+The dashboard's pages (``/ui/...``) authenticate with a browser session cookie instead of a
+key (:mod:`flowyard_server.ui.session`), decided here the same way before any body is read:
+``/ui/login`` and ``/ui/static/...`` are public, any other ``/ui`` page without a valid session
+redirects a ``GET`` to the login page and answers anything else ``401``.
+
 Given a :class:`~flowyard_server.metrics.Metrics`, the same middleware also counts every
 response (its own 401/413/422 included) by method and status code: one ASGI layer instead of
 two on each request.
@@ -27,6 +32,7 @@ from typing import Any
 
 from flowyard_server.keys import KeyStore
 from flowyard_server.metrics import Metrics, request_counter
+from flowyard_server.ui.session import SESSION_COOKIE, Sessions
 
 __all__ = ["SecurityMiddleware", "json_depth_exceeds", "PUBLIC_PATHS"]
 
@@ -76,6 +82,18 @@ async def _error(send: Send, status: int, code: str, message: str,
     await send({"type": "http.response.body", "body": body})
 
 
+def _cookie(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    """The value of cookie ``name`` in the request's ``Cookie`` headers, or None."""
+    prefix = name + "="
+    for header, value in headers:
+        if header == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                part = part.strip()
+                if part.startswith(prefix):
+                    return part[len(prefix):]
+    return None
+
+
 def _api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == b"authorization":
@@ -98,15 +116,18 @@ class SecurityMiddleware:
         metrics: when given, every HTTP response is counted there
             (``flowyard_server_http_requests_total`` by method and code), as
             :class:`~flowyard_server.metrics.MetricsMiddleware` would outside this one.
+        sessions: the dashboard's browser sessions (None: ``/ui`` is not served).
     """
 
     def __init__(self, app: ASGIApp, *, keys: KeyStore, max_body_bytes: int,
-                 max_json_depth: int, metrics: Metrics | None = None) -> None:
+                 max_json_depth: int, metrics: Metrics | None = None,
+                 sessions: Sessions | None = None) -> None:
         self.app = app
         self.keys = keys
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
         self.metrics = metrics
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection (lifespan and websockets pass through)."""
@@ -116,7 +137,12 @@ class SecurityMiddleware:
         if self.metrics is not None:
             send = request_counter(self.metrics, scope, send)
         path = scope.get("path", "")
-        if path not in PUBLIC_PATHS:
+        if self.sessions is not None and (path == "/ui" or path.startswith("/ui/")):
+            if path != "/ui/login" and not path.startswith("/ui/static/"):
+                send = await self._session(scope, send)
+                if send is None:
+                    return
+        elif path not in PUBLIC_PATHS:
             tenant = await self._tenant(scope)
             if tenant is None:
                 await _error(send, 401, "authentication_error",
@@ -128,6 +154,41 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         await self._with_body(scope, receive, send)
+
+    async def _session(self, scope: Scope, send: Send) -> Send | None:
+        """Put the browser session in ``scope["state"]`` and return the ``send`` to use, or
+        answer the request (login redirect / 401) and return None.
+        """
+        assert self.sessions is not None
+        cookie = _cookie(scope.get("headers") or [], SESSION_COOKIE)
+        session = await self.sessions.check(cookie)
+        if session is None and await self.sessions.keyless_allowed(scope.get("client")):
+            value, session = await self.sessions.issue("default", "")
+            header = self.sessions.cookie_header(
+                value, secure=scope.get("scheme") == "https").encode("latin-1")
+            inner = send
+
+            async def send_with_cookie(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"set-cookie", header)]}
+                await inner(message)
+
+            send = send_with_cookie
+        if session is None:
+            if scope.get("method") in ("GET", "HEAD"):
+                await send({"type": "http.response.start", "status": 303,
+                            "headers": [(b"location", b"/ui/login"),
+                                        (b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await _error(send, 401, "authentication_error",
+                             "log in at /ui/login first (the session is missing or ended)")
+            return None
+        state = scope.setdefault("state", {})
+        state["tenant"] = session.tenant
+        state["session"] = session
+        return send
 
     async def _tenant(self, scope: Scope) -> str | None:
         key = _api_key(scope.get("headers") or [])

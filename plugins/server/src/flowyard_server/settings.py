@@ -17,6 +17,7 @@ key                        meaning                                              
 ``sse_poll``               seconds between two reads of a run's event log (SSE)       0.25
 ``stream_deltas``          deliver ``step.delta`` token deltas over SSE; workers      true
                            relay them through the storage to every server process
+``ui``                     serve the web dashboard under ``/ui``                      true
 ``relay_interval``         seconds between two writes of a run's relayed deltas       0.25
 ``workflows_dir``          directory that relative ``uses: workflow`` paths of        cwd
                            registered workflows are resolved against (stored with
@@ -82,6 +83,7 @@ class ServerSettings:
     sse_ping: float = 15.0
     sse_poll: float = 0.25
     stream_deltas: bool = True
+    ui: bool = True
     relay_interval: float = 0.25
     key_cache_seconds: float = 2.0
     workflows_dir: str = ""
@@ -107,7 +109,7 @@ class ServerSettings:
         if not isinstance(host, str) or not host:
             raise ConfigError(f"[server] host must be a host name or address, got {host!r}")
         flags = {}
-        for key in ("worker", "stream_deltas"):
+        for key in ("worker", "stream_deltas", "ui"):
             value = table.get(key, True)
             if not isinstance(value, bool):
                 raise ConfigError(f"[server] {key} must be true or false, got {value!r}")
