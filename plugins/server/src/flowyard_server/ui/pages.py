@@ -390,7 +390,7 @@ def ui_router(svc: Service) -> APIRouter:
             return back_to(f"/ui/runs/{run_id}",
                            f"The run's task is {task.status}; only a failed or cancelled "
                            "run can be resumed.")
-        await svc.queue.retry_task(task.id, now=time.time())
+        await svc.queue.retry_task(task.id)
         if svc.worker is not None:
             svc.worker.wake()
         return back_to(f"/ui/runs/{run_id}", "The run was queued to resume.")
