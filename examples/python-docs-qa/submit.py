@@ -137,6 +137,7 @@ async def main() -> int:
             return 2
         print(f"submitted task {task.id} (run {task.run_id}) with inputs "
               f"{json.dumps(inputs)}")
+        print(f"watch it live at {args.url.rstrip('/')}/ui/runs/{task.run_id}")
         step_started: dict[str, float] = {}
         in_delta: str | None = None
         async for event in client.runs.events(task.run_id):
