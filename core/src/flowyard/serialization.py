@@ -8,7 +8,7 @@ functions rather than their own converters.
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, get_origin
 
 import cattrs
 
@@ -42,7 +42,16 @@ def _structure_content(value: Any, _type: Any) -> str | list[ContentPart]:
 
 converter.register_structure_hook(Union[TextPart, ImagePart], _structure_part)
 converter.register_structure_hook(Union[str, list[ContentPart]], _structure_content)
-converter.register_unstructure_hook(frozenset, lambda s: sorted(s))
+
+
+def _is_set_type(cls: Any) -> bool:
+    """True for ``set``/``frozenset`` and their parametrised forms (``frozenset[str]``)."""
+    return cls in (set, frozenset) or get_origin(cls) in (set, frozenset)
+
+
+# Sets (``ModelInfo.capabilities`` is a ``frozenset[str]``) unstructure as sorted lists, so
+# every unstructured model is JSON-ready and stable; structuring a list back gives the set.
+converter.register_unstructure_hook_func(_is_set_type, lambda s: sorted(s))
 
 
 def _structure_message(value: Any, _type: Any) -> Message:
