@@ -208,6 +208,32 @@ class BreakerSet:
             self._breakers[provider] = breaker
         return breaker
 
+    def enabled(self, provider: str) -> bool:
+        """Return whether the provider's calls go through a breaker (``enabled`` of its
+        ``[circuit]`` settings); read-only: no breaker is made.
+
+        Args:
+            provider: the provider name.
+
+        Returns:
+            False when ``[circuit]`` (or its table for the provider) says ``enabled = false``.
+        """
+        return bool(self.overrides.get(provider, self.defaults).get("enabled", True))
+
+    def peek(self, provider: str) -> CircuitBreaker | None:
+        """Return the provider's breaker when one exists, without making one (unlike
+        :meth:`breaker`, which makes it on first use): for dashboards and health checks that
+        must not change what they look at.
+
+        Args:
+            provider: the provider name.
+
+        Returns:
+            The breaker, or None when no call to the provider went through a breaker yet (the
+            state is then closed with no failures) or breakers are disabled for it.
+        """
+        return self._breakers.get(provider)
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return every breaker's state by provider."""
         return {name: b.snapshot() for name, b in sorted(self._breakers.items())}
