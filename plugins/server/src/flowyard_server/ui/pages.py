@@ -16,6 +16,7 @@ session's CSRF token.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import json
 import secrets
@@ -352,8 +353,7 @@ def ui_router(svc: Service) -> APIRouter:
         for child in children:
             costs.extend(await storage.list_costs(child.id))
         logs = await storage.list_logs(run_id) if record else []
-        events = await storage.list_events(run_id, after_seq=0, limit=100_000) if record else []
-        events = events[-_EVENTS_SHOWN:]
+        events = await _last_events(storage, run_id) if record else []
         return render(
             request, "run.html", active="Runs", run=run, task=task, record=record,
             dag=render_dag_svg(nodes) if nodes else "", definition_error=definition_error,
@@ -479,6 +479,20 @@ def ui_router(svc: Service) -> APIRouter:
                       **await providers_context(svc))
 
     return router
+
+
+async def _last_events(storage: Any, run_id: str) -> list[Any]:
+    """The run's last :data:`_EVENTS_SHOWN` stored events (read in pages of 1,000, so memory
+    stays bounded however long the log is).
+    """
+    tail: collections.deque[Any] = collections.deque(maxlen=_EVENTS_SHOWN)
+    seq = 0
+    while True:
+        page = await storage.list_events(run_id, after_seq=seq, limit=1000)
+        tail.extend(page)
+        if len(page) < 1000:
+            return list(tail)
+        seq = page[-1].seq
 
 
 def _step_state(key_states: list[str], run_status: str) -> str:
