@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from flowyard.cli import cli
 from flowyard.models import ModelInfo, ModelPrice
 from flowyard.serialization import from_json, to_json, unstructure

@@ -13,7 +13,9 @@ For each call it:
 3. waits for the provider's and model's rate limits (fair FIFO queue; a wait longer than
    ``limits.max_wait_s`` becomes a retriable ``RateLimitedError``, so routing moves on);
 4. asks the provider's circuit breaker (fails fast with ``CircuitOpenError`` while open);
-5. calls the provider, then settles the reservation with the actual cost, records the token
+5. calls the provider, then settles the reservation with the actual cost (tokens at the price
+   configured in ``[models.info]`` when one is set, the same price the reservation used;
+   else the provider's own figure, else its listed price), records the token
    usage with the rate limiter, emits ``llm.call`` (or ``llm.error``) and stores a cost line
    when the call belongs to a run.
 
@@ -301,6 +303,13 @@ class LLMGateway:
         return ChatRequest(model=model_id, messages=list(messages), **params)
 
     async def _cost(self, ref: str, response_cost: float | None, usage: Usage) -> float | None:
+        """The cost of a call in US dollars: a price configured in ``[models.info]`` (the one
+        the budget reserved with) wins; else the provider's own figure for the call; else the
+        registry's price; None when unknown.
+        """
+        configured = self.models.configured_price(ref)
+        if configured is not None:
+            return configured.cost(usage)
         if response_cost is not None:
             return response_cost
         info = await self.models.get(ref)

@@ -14,6 +14,8 @@ provider does not report::
     capabilities = ["chat", "tools", "vision", "json"]
 
 A model named only in configuration is added to the registry when its provider is registered.
+A configured price wins over the provider's: budgets reserve it and the cost ledger records
+it, even when the provider reports its own cost for a call (:meth:`ModelRegistry.configured_price`).
 """
 
 from __future__ import annotations
@@ -154,6 +156,35 @@ class ModelRegistry:
             base = out.get(model) or ModelInfo(provider=provider, model=model)
             out[model] = apply_overrides(base, table, where=f"models.info.{ref!r}")
         return out
+
+    def configured_price(self, ref: str) -> ModelPrice | None:
+        """Return the price ``[models.info."provider/model"]`` sets for ``ref``, or None when
+        the configuration gives it no ``input_per_mtok``/``output_per_mtok``.
+
+        A configured price is what budgets reserve and what the cost ledger records for the
+        model, whatever figure the provider reports for a call (see
+        ``docs/budgets-and-limits.md``).
+
+        Args:
+            ref: ``provider/model``.
+
+        Returns:
+            The configured :class:`~flowyard.models.ModelPrice` (US dollars per million
+            tokens), or None.
+
+        Raises:
+            ConfigError: a malformed ``[models.info]`` entry for ``ref``.
+        """
+        table = self._overrides().get(ref)
+        if table is None:
+            return None
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"models.info.{ref!r} must be a table")
+        if "input_per_mtok" not in table and "output_per_mtok" not in table:
+            return None
+        provider, _, model = ref.partition("/")
+        return apply_overrides(ModelInfo(provider=provider, model=model), table,
+                               where=f"models.info.{ref!r}").price
 
     async def load_provider(self, name: str, *, refresh: bool = False) -> dict[str, ModelInfo]:
         """Return ``{model id: info}`` of one provider (cached).
