@@ -205,3 +205,43 @@ async def test_an_invalid_gateway_configuration_is_reported_not_raised() -> None
         assert 'id="gateway-error"' in render(ctx)
     finally:
         await stack.aclose()
+
+
+class Counting(FakeProvider):
+    """Counts its ``list_models`` calls, each taking a little time."""
+
+    calls = 0
+
+    async def list_models(self) -> list[Any]:
+        self.calls += 1
+        await anyio.sleep(0.05)
+        return await super().list_models()
+
+
+async def test_health_checks_are_shared_and_reused_for_a_few_seconds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = await _stack()
+    try:
+        counting = Counting("counting")
+        stack.providers.add("counting", counting)
+        svc = Service(stack, ServerSettings(), None)
+        async with anyio.create_task_group() as tg:  # five page loads at once: one check
+            for _ in range(5):
+                tg.start_soon(providers_context, svc)
+        assert counting.calls == 1
+        first = await providers_context(svc)
+        assert counting.calls == 1 and by_name(first)["counting"]["status"] == "up"
+        # breakers are read afresh even while the health check is reused
+        breaker = stack.llm.breakers.breaker("counting")
+        assert breaker is not None
+        breaker.on_failure(False)
+        again = await providers_context(svc)
+        assert by_name(again)["counting"]["circuit"]["consecutive_failures"] == 1
+        assert again["checked_at"] == first["checked_at"]
+        monkeypatch.setattr(providers_module, "HEALTH_CACHE_S", 0.0)
+        other = Service(stack, ServerSettings(), None)  # its own results
+        await providers_context(other)
+        await providers_context(other)
+        assert counting.calls == 3
+    finally:
+        await stack.aclose()

@@ -18,6 +18,10 @@ or breaker is made by the page (:meth:`~flowyard.llm.circuit.BreakerSet.peek`), 
 health check calls the provider directly, not through the gateway.
 
 The checks of all providers run concurrently, so the page takes at most about 5 seconds.
+Their results are kept for :data:`HEALTH_CACHE_S` seconds, and page loads arriving while a
+check runs wait for it rather than start their own: reloading the page (or many people
+looking at once) does not turn into a stream of calls to the providers' APIs. Rate limits
+and breakers are read afresh on every load (they cost nothing to read).
 """
 
 from __future__ import annotations
@@ -26,15 +30,23 @@ import datetime as dt
 import math
 import os
 import time
+import weakref
 from typing import Any
 
 import anyio
 import attrs
 
-__all__ = ["providers_context", "check_provider", "HEALTH_TIMEOUT_S"]
+__all__ = ["providers_context", "check_provider", "HEALTH_TIMEOUT_S", "HEALTH_CACHE_S"]
 
 #: Seconds a provider has to list its models before it is reported down.
 HEALTH_TIMEOUT_S = 5.0
+#: Seconds the health checks' results are reused by later page loads.
+HEALTH_CACHE_S = 10.0
+
+#: service -> (monotonic expiry, UNIX time of the check, results by provider)
+_checked: weakref.WeakKeyDictionary[Any, tuple[float, float, dict[str, dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary())
+_checking: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyDictionary()
 
 _STATE_LABELS = {"closed": "closed", "open": "open", "half_open": "half-open"}
 _LIMIT_NAMES = (("rps", "req/s"), ("rpm", "req/min"), ("rph", "req/h"), ("rpd", "req/day"),
@@ -186,6 +198,30 @@ def _circuit(gateway: Any, name: str) -> dict[str, Any]:
             "cooldown_s": snap.get("cooldown_s")}
 
 
+async def _health(svc: Any, names: list[str]) -> tuple[float, dict[str, dict[str, Any]]]:
+    """The health checks of ``names`` (UNIX time of the check, results by provider), reused
+    for :data:`HEALTH_CACHE_S` seconds; one check at a time per service.
+    """
+    lock = _checking.get(svc)
+    if lock is None:
+        lock = _checking[svc] = anyio.Lock()
+    async with lock:
+        cached = _checked.get(svc)
+        if cached is not None and cached[0] > time.monotonic() and set(cached[2]) == set(names):
+            return cached[1], cached[2]
+        checks: dict[str, dict[str, Any]] = {}
+
+        async def check(name: str) -> None:
+            checks[name] = await check_provider(svc.stack, name, timeout=HEALTH_TIMEOUT_S)
+
+        checked_at = time.time()
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(check, name)
+        _checked[svc] = (time.monotonic() + HEALTH_CACHE_S, checked_at, checks)
+        return checked_at, checks
+
+
 async def providers_context(svc: Any) -> dict[str, Any]:
     """Data of the providers page.
 
@@ -203,18 +239,12 @@ async def providers_context(svc: Any) -> dict[str, Any]:
         ``enabled``)),
         ``gateway_error`` (the error type when the gateway's limits or circuit configuration
         is invalid, else None), ``worker`` (the in-process worker's name, or None),
-        ``process_id`` and ``checked_at`` (the same format).
+        ``process_id`` and ``checked_at`` (the same format; the health checks are reused for
+        :data:`HEALTH_CACHE_S` seconds).
     """
     stack = svc.stack
     names = list(stack.providers.names())
-    checks: dict[str, dict[str, Any]] = {}
-
-    async def check(name: str) -> None:
-        checks[name] = await check_provider(stack, name, timeout=HEALTH_TIMEOUT_S)
-
-    async with anyio.create_task_group() as tg:
-        for name in names:
-            tg.start_soon(check, name)
+    checked_at, checks = await _health(svc, names)
     gateway_error = None
     try:
         gateway = stack.llm
@@ -236,5 +266,5 @@ async def providers_context(svc: Any) -> dict[str, Any]:
         "gateway_error": gateway_error,
         "worker": getattr(worker, "name", None) if worker is not None else None,
         "process_id": os.getpid(),
-        "checked_at": _iso(time.time()),
+        "checked_at": _iso(checked_at),
     }
