@@ -54,6 +54,7 @@ __all__ = [
     "InputSpec",
     "json_default",
     "LLMService",
+    "Locations",
     "LogRecord",
     "MalformedResponseError",
     "MemoryEntry",
@@ -65,6 +66,8 @@ __all__ = [
     "ModelRegistry",
     "new_id",
     "parse_workflow",
+    "parse_yaml",
+    "ParseLimits",
     "PluginError",
     "Provider",
     "ProviderError",
@@ -108,6 +111,7 @@ __all__ = [
     "SupportsTaskQueue",
     "SupportsRawArguments",
     "SupportsRouterState",
+    "SupportsSniff",
     "SupportsStepValidation",
     "SupportsTokenCounting",
     "TemplateError",
@@ -131,8 +135,9 @@ __all__ = [
     "WorkflowValidationError",
 ]
 
-#: The public plugin API, name -> module: plugins import from ``flowyard`` only, so the
-#: modules behind it can move. Loaded on first access (``import flowyard`` stays fast).
+#: The public plugin API, name -> module (or ``module:attribute`` when the name differs):
+#: plugins import from ``flowyard`` only, so the modules behind it can move. Loaded on first
+#: access (``import flowyard`` stays fast).
 _LAZY: dict[str, str] = {
     "AuthenticationError": "flowyard.errors",
     "BadRequestError": "flowyard.errors",
@@ -212,6 +217,7 @@ _LAZY: dict[str, str] = {
     "SupportsRawArguments": "flowyard.interfaces",
     "SupportsRouterState": "flowyard.interfaces",
     "SupportsStepValidation": "flowyard.interfaces",
+    "SupportsSniff": "flowyard.interfaces",
     "SupportsTokenCounting": "flowyard.interfaces",
     "Tool": "flowyard.interfaces",
     "WorkflowLoader": "flowyard.interfaces",
@@ -236,6 +242,9 @@ _LAZY: dict[str, str] = {
     "WorkflowBuilder": "flowyard.workflow",
     "definition_hash": "flowyard.workflow",
     "parse_workflow": "flowyard.workflow",
+    "Locations": "flowyard.workflow",
+    "parse_yaml": "flowyard.parsing:parse_located",
+    "ParseLimits": "flowyard.parsing",
     "Stack": "flowyard.stack",
     "hookspec": "flowyard.hookspecs",
 }
@@ -307,6 +316,7 @@ if TYPE_CHECKING:
         SupportsTaskQueue,
         SupportsRawArguments,
         SupportsRouterState,
+        SupportsSniff,
         SupportsStepValidation,
         SupportsTokenCounting,
         Tool,
@@ -344,6 +354,12 @@ if TYPE_CHECKING:
         ToolSpec,
         Usage,
     )
+    from flowyard.parsing import (
+        ParseLimits,
+    )
+    from flowyard.parsing import (
+        parse_located as parse_yaml,
+    )
     from flowyard.registry import (
         Register,
         Registry,
@@ -364,6 +380,7 @@ if TYPE_CHECKING:
     from flowyard.workflow import (
         definition_hash,
         InputSpec,
+        Locations,
         parse_workflow,
         RetryPolicy,
         RunResult,
@@ -376,11 +393,12 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     try:
-        module_name = _LAZY[name]
+        target = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'flowyard' has no attribute {name!r}") from None
     import importlib
 
-    value = getattr(importlib.import_module(module_name), name)
+    module_name, _, attribute = target.partition(":")  # "module" or "module:attribute"
+    value = getattr(importlib.import_module(module_name), attribute or name)
     globals()[name] = value
     return value

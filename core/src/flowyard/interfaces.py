@@ -45,6 +45,7 @@ __all__ = [
     "Diagnostic",
     "Provider",
     "SupportsStepValidation",
+    "SupportsSniff",
     "SupportsRawArguments",
     "SupportsDiagnostics",
     "SupportsAclose",
@@ -761,7 +762,19 @@ class Executor(Protocol):
 
 @runtime_checkable
 class WorkflowLoader(Protocol):
-    """Parses workflow files of one format."""
+    """Parses workflow files of one format.
+
+    A loader is registered by format name (``register("native", loader, suffixes=(...))``);
+    it handles files whose suffix is in ``suffixes`` (lower case, with the dot).
+
+    Optional: ``sniff(source, path) -> bool`` (:class:`SupportsSniff`) lets a loader *claim* a
+    file by its content when several loaders handle the same suffix (``.yaml``). A file is
+    loaded by: the loader named by ``--format NAME`` (``Stack.load_workflow(path,
+    format=NAME)``) when given; else the one loader of its suffix whose ``sniff`` returns True
+    (two or more claimers: a validation error naming them, asking for ``--format``); else,
+    when none claims it, the ``native`` loader if it handles the suffix, or the one loader
+    of the suffix without ``sniff``. Loaders without ``sniff`` stay valid and never claim.
+    """
 
     suffixes: Sequence[str]
 
@@ -770,6 +783,26 @@ class WorkflowLoader(Protocol):
 
         Raises:
             WorkflowValidationError: with file, line and column of each problem.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsSniff(Protocol):
+    """A workflow loader that recognizes its files by content (see :class:`WorkflowLoader`).
+
+    ``sniff`` must be cheap and must not raise on text of another format: look for the
+    format's distinctive top-level keys with a regular expression or a bounded parse, never
+    load the workflow.
+    """
+
+    def sniff(self, source: str, path: str | None) -> bool:
+        """Return True when ``source`` (the whole text of the file ``path``) is in this
+        loader's format, so that it claims the file from the other loaders of its suffix.
+
+        Args:
+            source: the file's text (its size already checked against ``workflows.max_bytes``).
+            path: the file's path, or None for text without a file.
         """
         ...
 

@@ -33,7 +33,7 @@ from attrs import define, field, validators
 from flowyard.errors import ConfigError, ValidationIssue, WorkflowValidationError
 from flowyard.workflow import Locations
 
-__all__ = ["ParseLimits", "read_bounded", "parse_yaml", "parse_json", "parse_text",
+__all__ = ["ParseLimits", "read_bounded", "parse_yaml", "parse_located", "parse_json", "parse_text",
            "find_surrogate", "is_json_path", "DEPTH_CEILING"]
 
 #: Highest accepted ``max_depth``: the composer recurses (three frames a level), so the
@@ -341,7 +341,11 @@ class _Walker:
                 self.loc.keys.setdefault(child, (key_node.start_mark.line + 1,
                                                  key_node.start_mark.column + 1))
                 if key in out:
-                    self.issues.append(self._issue(f"duplicate key {key!r}", key_node, child))
+                    first = self.loc.keys.get(child)
+                    where = f" (first written at line {first[0]}, column {first[1]})" \
+                        if first else ""
+                    self.issues.append(self._issue(f"duplicate key {key!r}{where}", key_node,
+                                                   child))
                     continue
                 out[key] = self.walk(value_node, child, depth + 1)
             return out
@@ -352,7 +356,8 @@ class _Walker:
 
 
 def parse_yaml(text: str, *, source: str | None = None, limits: ParseLimits | None = None,
-               empty: Any = None, check_surrogates: bool = True) -> tuple[Any, Locations]:
+               empty: Any = None, check_surrogates: bool = True, keep_going: bool = False
+               ) -> tuple[Any, Locations]:
     """Parse one YAML (or JSON) document into plain values plus the location of each.
 
     Args:
@@ -361,6 +366,9 @@ def parse_yaml(text: str, *, source: str | None = None, limits: ParseLimits | No
         limits: the limits (defaults: :class:`ParseLimits`).
         empty: returned for an empty document (``None``: the empty document is an error).
         check_surrogates: refuse strings holding lone surrogates.
+        keep_going: record duplicate keys (the first value is kept, the later ones dropped)
+            and non-scalar keys (dropped) in ``locations.issues`` instead of raising, so that
+            :func:`~flowyard.workflow.parse_workflow` reports them with every other problem.
 
     Returns:
         ``(value, locations)``; ``locations.positions`` maps paths (``steps[2].with``) to
@@ -368,7 +376,8 @@ def parse_yaml(text: str, *, source: str | None = None, limits: ParseLimits | No
 
     Raises:
         WorkflowValidationError: too large, a limit exceeded, invalid YAML (with line and
-            column), an unsupported tag, duplicate or non-scalar keys, a lone surrogate.
+            column), an unsupported tag, a lone surrogate; duplicate or non-scalar keys
+            unless ``keep_going``.
     """
     limits = limits or ParseLimits()
     _check_size(text, limits, source)
@@ -399,8 +408,39 @@ def parse_yaml(text: str, *, source: str | None = None, limits: ParseLimits | No
         if loader is not None:
             loader.dispose()
     if walker.issues:
-        raise WorkflowValidationError(walker.issues)
+        if not keep_going:
+            raise WorkflowValidationError(walker.issues)
+        locations.issues.extend(walker.issues)
     return data, locations
+
+
+def parse_located(source: str, *, path: str | None = None, limits: ParseLimits | None = None,
+                  keep_going: bool = False) -> tuple[Any, Locations]:
+    """Parse YAML/JSON text into builtins plus the location of every value (the parser of the
+    ``native`` loader, public as :func:`flowyard.parse_yaml` for loader plugins).
+
+    Args:
+        source: the text.
+        path: the file it came from (named by issues and stored as ``locations.file``).
+        limits: the limits (:class:`ParseLimits`; config ``workflows.*``
+            gives them with ``ParseLimits.from_config(config)``); default: the defaults.
+        keep_going: record duplicate keys (the first value is kept) and non-scalar keys in
+            ``locations.issues`` instead of raising; :func:`~flowyard.workflow.parse_workflow`
+            reports them with every other problem (a translating loader copies them into the
+            :class:`~flowyard.workflow.Locations` it builds).
+
+    Returns:
+        ``(data, locations)``: plain values (dict, list, str, int, float, bool, None, dates)
+        and a :class:`~flowyard.workflow.Locations` whose ``positions`` map each value's path
+        (``steps[2].with.path``) and ``keys`` each mapping key's path to 1-based
+        ``(line, column)``.
+
+    Raises:
+        WorkflowValidationError: the text is too large, exceeds a limit, is not valid YAML
+            (with the line and column of the error), holds a lone surrogate; has duplicate
+            keys unless ``keep_going``.
+    """
+    return parse_yaml(source, source=path, limits=limits, keep_going=keep_going)
 
 
 #: Strings (skipped whole, escapes included), brackets and commas of JSON text.
@@ -411,14 +451,23 @@ def _line_column(text: str, pos: int) -> tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
-def parse_json(text: str, *, source: str | None = None, limits: ParseLimits | None = None
-               ) -> Any:
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def parse_json(text: str, *, source: str | None = None, limits: ParseLimits | None = None,
+               keep_first: bool = False) -> Any:
     """Parse JSON text after a bounded pre-scan of its nesting depth and value count.
 
     Args:
         text: the JSON text.
         source: what issues name as the file.
         limits: the limits (defaults: :class:`ParseLimits`); JSON has no aliases.
+        keep_first: of duplicate keys in an object keep the first value (as
+            :func:`parse_yaml` with ``keep_going`` does) instead of :mod:`json`'s last.
 
     Returns:
         The value (dicts, lists, str, int, float, bool, None).
@@ -448,7 +497,7 @@ def parse_json(text: str, *, source: str | None = None, limits: ParseLimits | No
             raise _fail(f"more than {limits.max_nodes} values (workflows.max_nodes)", source,
                         *_line_column(text, match.start()))
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_first_wins if keep_first else None)
     except json.JSONDecodeError as exc:
         raise _fail(f"invalid JSON: {exc.msg}", source, exc.lineno, exc.colno) from None
     except RecursionError:  # unreachable after the pre-scan; kept as a located error

@@ -238,17 +238,26 @@ class Stack:
 
     # ------------------------------------------------------------------ workflows
 
-    def load_workflow(self, source: str | Path | Mapping[str, Any] | Workflow) -> Workflow:
-        """Return a validated :class:`~flowyard.workflow.Workflow` from a file path, a dict or
-        a workflow object.
+    def load_workflow(self, source: str | Path | Mapping[str, Any] | Workflow, *,
+                      format: str | None = None) -> Workflow:
+        """Return a validated :class:`~flowyard.workflow.Workflow` from a file path, YAML text,
+        a dict or a workflow object.
+
+        Args:
+            source: the workflow.
+            format: the workflow loader (format name, as ``flowyard run --format``) that
+                parses a file or text; None: a file's loader is chosen by suffix and content
+                (see :class:`~flowyard.interfaces.WorkflowLoader`), text is ``native``.
 
         Raises:
-            WorkflowValidationError: every problem found, with file, line and column.
+            WorkflowValidationError: every problem found, with file, line and column; an
+                unknown ``format``; two loaders claiming the file.
+            ValueError: ``format`` given with a dict or a workflow object.
         """
         # lazy: the engine (jinja2) loads on the first run (`flowyard runs`, `doctor` need none)
         from flowyard.engine import load_workflow
 
-        return load_workflow(self, source)
+        return load_workflow(self, source, format=format)
 
     async def run(self, workflow: str | Path | Mapping[str, Any] | Workflow,
                   inputs: Mapping[str, Any] | None = None, **options: Any) -> RunResult:

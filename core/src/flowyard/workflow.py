@@ -70,8 +70,35 @@ REQUIRED: Any = _Required()
 class Locations:
     """Where each field of a workflow was written: ``path -> (line, column)`` (1-based).
 
-    Paths look like ``steps[2].with.path``. :meth:`find` falls back to the closest enclosing
-    path that has a location.
+    Paths look like ``steps[2].with.path`` (mapping keys joined with ``.``, list indexes in
+    ``[]``; ``""`` is the document itself). :func:`flowyard.parse_yaml` fills one for a YAML
+    file; a loader that *translates* another format builds one for the translated definition
+    (``steps[2].with.path`` -> where the value was written in the original file) with
+    :meth:`set`, and passes it to :func:`parse_workflow`, whose issues (and those of
+    validation) then name the original file, line and column::
+
+        locations = Locations(file=path)
+        locations.set("steps[0].with.command", 12, 7)   # the value, line 12, column 7
+        locations.set("steps[0].uses", 11, 5, key=True)  # the key, for unknown-key errors
+        workflow = parse_workflow(definition, locations=locations, source=path)
+
+    :meth:`find` falls back to the closest enclosing path that has a location, so a loader
+    may record only the positions it knows (each step's mapping, say).
+
+    Args:
+        file: the file named by issues (a path), or None.
+        positions: initial ``path -> (line, column)`` of values.
+
+    Attributes:
+        file: the file named by issues.
+        positions: public, ``path -> (line, column)`` of each value (1-based); a loader may
+            fill it directly or through :meth:`set`.
+        keys: public, ``path -> (line, column)`` of the *key* of each mapping entry (used for
+            "unknown key" and "duplicate key" issues; falls back to ``positions``).
+        issues: problems found while parsing that did not stop it (a duplicate key):
+            :func:`parse_workflow` reports them along with its own, so that validation
+            reports every problem at once.
+        step_sources: for each parsed step, its index in the source's ``steps`` list.
     """
 
     def __init__(self, file: str | None = None,
@@ -79,8 +106,29 @@ class Locations:
         self.file = file
         self.positions: dict[str, tuple[int, int]] = dict(positions or {})
         self.keys: dict[str, tuple[int, int]] = {}
+        self.issues: list[ValidationIssue] = []
         #: for each parsed step, its index in the source's ``steps`` list
         self.step_sources: list[int] = []
+
+    def set(self, path: str, line: int, column: int, *, key: bool = False) -> None:
+        """Record that the value (or, with ``key``, the key) at ``path`` was written at
+        ``line``:``column`` of :attr:`file`. A later call for the same path replaces it.
+
+        Args:
+            path: the field path in the definition given to :func:`parse_workflow`
+                (``steps[2].with.path``; ``""`` for the whole document).
+            line: 1-based line number.
+            column: 1-based column number.
+            key: record the position of the mapping key instead of the value.
+
+        Raises:
+            ValueError: ``line`` or ``column`` is not a positive integer.
+        """
+        for label, number in (("line", line), ("column", column)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ValueError(f"Locations.set: {label} must be a positive integer, "
+                                 f"got {number!r} (path {path!r})")
+        (self.keys if key else self.positions)[path] = (line, column)
 
     def step_path(self, index: int, count: int) -> str:
         """Return ``steps[i]`` with the source index of the ``index``-th of ``count`` parsed
@@ -562,8 +610,9 @@ def parse_workflow(data: Mapping[str, Any], *, locations: Locations | None = Non
     """
     loc = locations or Locations(file=source)
     c = _Collector(loc)
+    c.issues.extend(loc.issues)  # found while parsing (duplicate keys): reported with the rest
     if not isinstance(data, Mapping):
-        raise WorkflowValidationError([loc.issue(
+        raise WorkflowValidationError([*loc.issues, loc.issue(
             f"a workflow must be a mapping, got {type(data).__name__}")])
     for key in data:
         if key not in _WORKFLOW_KEYS:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowyard.errors import WorkflowValidationError
-from flowyard.parsing import ParseLimits, is_json_path, parse_json, read_bounded
+from flowyard.parsing import ParseLimits, is_json_path, parse_json, parse_located, read_bounded
 from flowyard.parsing import parse_yaml as _parse_yaml
 from flowyard.workflow import Locations, Workflow, parse_workflow
 
@@ -28,24 +28,25 @@ MAX_ALIASES = ParseLimits().max_aliases
 MAX_DEPTH = ParseLimits().max_depth
 
 
-def parse_yaml(source: str, *, path: str | None = None, max_bytes: int = MAX_BYTES,
-               max_nodes: int = MAX_NODES, limits: ParseLimits | None = None
+def parse_yaml(source: str, *, path: str | None = None, limits: ParseLimits | None = None,
+               keep_going: bool = False, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES
                ) -> tuple[Any, Locations]:
-    """Parse YAML/JSON text into builtins plus the location of every value.
+    """Parse YAML/JSON text into builtins plus the location of every value: see
+    :func:`flowyard.parsing.parse_located` (public as :func:`flowyard.parse_yaml`).
 
     Args:
         source: the text.
         path: the file it came from (named by issues).
+        limits: the limits; default: ``max_bytes`` and ``max_nodes``, the other defaults.
+        keep_going: record duplicate keys in ``locations.issues`` instead of raising.
         max_bytes: largest text, bytes (ignored when ``limits`` is given).
         max_nodes: most values after alias expansion (ignored when ``limits`` is given).
-        limits: all the limits (:class:`~flowyard.parsing.ParseLimits`).
 
     Raises:
-        WorkflowValidationError: the text is too large, exceeds a limit, is not valid YAML
-            (with the line and column of the error), has duplicate keys or lone surrogates.
+        WorkflowValidationError: as :func:`flowyard.parsing.parse_located`.
     """
     limits = limits or ParseLimits(max_bytes=max_bytes, max_nodes=max_nodes)
-    return _parse_yaml(source, source=path, limits=limits)
+    return parse_located(source, path=path, limits=limits, keep_going=keep_going)
 
 
 class NativeLoader:
@@ -78,7 +79,9 @@ class NativeLoader:
         if is_json_path(path):
             data, locations = self._json(source, path)
         else:
-            data, locations = _parse_yaml(source, source=path, limits=self.limits)
+            # duplicate keys are reported by parse_workflow with every other problem
+            data, locations = _parse_yaml(source, source=path, limits=self.limits,
+                                          keep_going=True)
         return parse_workflow(data, locations=locations, source=path)
 
     def load_path(self, path: str | Path) -> Workflow:
@@ -95,17 +98,15 @@ class NativeLoader:
         and limits are located.
         """
         try:
-            data = parse_json(source, source=path, limits=self.limits)
+            data = parse_json(source, source=path, limits=self.limits, keep_first=True)
         except WorkflowValidationError as exc:
             raise self._located(exc, source, path) from None
         try:
             # surrogate pairs written as two \u escapes are one character to JSON, two lone
             # surrogates to PyYAML: the JSON parse above already checked the strings
             _, locations = _parse_yaml(source, source=path, limits=self.limits,
-                                       check_surrogates=False)
-        except WorkflowValidationError as exc:
-            if any(i.message.startswith("duplicate key") for i in exc.issues):
-                raise
+                                       check_surrogates=False, keep_going=True)
+        except WorkflowValidationError:
             locations = Locations(file=path)
         return data, locations
 

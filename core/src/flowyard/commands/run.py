@@ -599,9 +599,12 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
 @click.option("--idempotency-key", default=None, metavar="KEY",
               help="Submission key: a run with KEY is created once; submitting KEY again "
                    "returns that run's result (waiting while it runs) and never runs it twice.")
+@click.option("--format", "format_name", default=None, metavar="NAME",
+              help="The workflow format (loader) of FILE, e.g. native; default: chosen by "
+                   "suffix and content.")
 def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
         max_concurrency: int | None, inputs_file: str | None, no_live: bool,
-        idempotency_key: str | None = None) -> None:
+        idempotency_key: str | None = None, format_name: str | None = None) -> None:
     """Run the workflow FILE and print a summary (or JSON with --json).
 
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
@@ -614,7 +617,7 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     try:
         limits = ParseLimits.from_config(stack.config)
         values = {**_inputs_file(inputs_file, limits), **parse_inputs(inputs, limits)}
-        workflow = stack.load_workflow(file)
+        workflow = stack.load_workflow(file, format=format_name)
         from flowyard.engine.runner import check_inputs  # lazy: the runtime, not for --help
 
         check_inputs(workflow, values)
@@ -668,14 +671,17 @@ def default_stack() -> Any:
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
-def validate(file: str, as_json: bool) -> None:
+@click.option("--format", "format_name", default=None, metavar="NAME",
+              help="The workflow format (loader) of FILE, e.g. native; default: chosen by "
+                   "suffix and content.")
+def validate(file: str, as_json: bool, format_name: str | None = None) -> None:
     """Check the workflow FILE: structure, cycles, references, actions and their arguments.
 
     Exits 2 when there are problems (each printed as file:line:column: message), the same
     status `flowyard run` gives for an invalid workflow.
     """
     try:
-        workflow = default_stack().load_workflow(file)
+        workflow = default_stack().load_workflow(file, format=format_name)
     except WorkflowValidationError as exc:
         _invalid(exc, as_json)
     if as_json:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
-from flowyard.interfaces import SupportsStepValidation
+from flowyard.interfaces import SupportsSniff, SupportsStepValidation
 from flowyard.parsing import ParseLimits, find_surrogate, read_bounded
 from flowyard.templating import Reference, find_references
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
@@ -26,8 +26,8 @@ from .plan import Plan, build_plan, step_raw_arguments, templated_paths
 if TYPE_CHECKING:
     from flowyard.interfaces import Services
 
-__all__ = ["load_workflow", "validate_workflow", "step_dependencies", "templated_arguments",
-           "raw_arguments", "unknown_message", "plan_of", "MAX_CACHED_PLANS"]
+__all__ = ["load_workflow", "choose_loader", "validate_workflow", "step_dependencies",
+           "templated_arguments", "raw_arguments", "unknown_message", "plan_of", "MAX_CACHED_PLANS"]
 
 #: Plans of the workflows already validated against each stack, by content hash and source
 #: (a stack's registries do not change after it is built, so the same definition validates and
@@ -119,36 +119,97 @@ class _LoadsPaths(Protocol):
         ...
 
 
-def _read_source(stack: Services, path: Path) -> Workflow:
+def _loader_suffixes(stack: Services, name: str) -> tuple[str, ...]:
+    suffixes = stack.loaders.metadata_of(name).get("suffixes")
+    if suffixes is None:
+        suffixes = stack.loaders.get(name).suffixes  # required by WorkflowLoader
+    return tuple(str(s).lower() for s in suffixes)
+
+
+def _named_loader(stack: Services, format: str, where: str | None) -> Any:
+    """Return the loader registered as ``format``, or raise a located error listing them."""
+    if format not in stack.loaders:
+        raise WorkflowValidationError([ValidationIssue(
+            f"unknown workflow format {format!r} (--format); the formats are: "
+            f"{', '.join(stack.loaders.names()) or 'none'}", file=where)])
+    return stack.loaders.get(format)
+
+
+def choose_loader(stack: Services, path: Path, text: str | None = None) -> tuple[str, str | None]:
+    """Return ``(format name, text)`` of the loader that loads the file ``path``.
+
+    The candidates are the loaders whose suffixes include the file's; of those that support
+    :class:`~flowyard.interfaces.SupportsSniff`, the ones whose ``sniff`` returns True claim
+    the file and exactly one claimer wins. When none claims it: ``native`` if it is a
+    candidate, else the one candidate without ``sniff``.
+
+    Args:
+        stack: the stack whose loaders are used.
+        path: the workflow file.
+        text: the file's text when already read (else it is read, size-checked, when a
+            candidate sniffs).
+
+    Returns:
+        the chosen format name and the file's text (None when it was not read: no candidate
+        sniffs).
+
+    Raises:
+        WorkflowValidationError: no loader for the suffix; two or more loaders claim the file
+            (naming them and ``--format``); no loader claims it and none is the default.
+    """
     suffix = path.suffix.lower()
-    loader = None
-    for name in stack.loaders.names():
-        meta = stack.loaders.metadata_of(name)
-        suffixes = meta.get("suffixes")
-        if suffixes is None:
-            suffixes = stack.loaders.get(name).suffixes  # required by WorkflowLoader
-        if suffix in tuple(suffixes):
-            loader = stack.loaders.get(name)
-            break
-    if loader is None:
-        known = sorted({s for n in stack.loaders.names()
-                        for s in stack.loaders.metadata_of(n).get("suffixes", ())})
+    candidates = [name for name in stack.loaders.names()
+                  if suffix in _loader_suffixes(stack, name)]
+    if not candidates:
+        known = sorted({s for n in stack.loaders.names() for s in _loader_suffixes(stack, n)})
         raise WorkflowValidationError([ValidationIssue(
             f"no workflow loader for {suffix or 'files without a suffix'!r} (known: "
             f"{', '.join(known) or 'none'})", file=str(path))])
-    if isinstance(loader, _LoadsPaths):  # reads with its own limits
+    sniffers = [n for n in candidates if isinstance(stack.loaders.get(n), SupportsSniff)]
+    if sniffers and text is None:
+        text = read_bounded(path, ParseLimits.from_config(stack.config))
+    claimers = [n for n in sniffers if stack.loaders.get(n).sniff(text or "", str(path))]
+    if len(claimers) == 1:
+        return claimers[0], text
+    if len(claimers) > 1:
+        names = ", ".join(repr(n) for n in claimers)
+        raise WorkflowValidationError([ValidationIssue(
+            f"the workflow loaders {names} all recognize this file as their format; choose "
+            f"one with --format NAME (flowyard run/validate --format {claimers[0]} ...) or "
+            "Stack.load_workflow(path, format=NAME)", file=str(path))])
+    if "native" in candidates:
+        return "native", text
+    plain = [n for n in candidates if n not in sniffers]
+    if len(plain) == 1:
+        return plain[0], text
+    raise WorkflowValidationError([ValidationIssue(
+        f"no workflow loader recognizes this {suffix!r} file (loaders for {suffix!r}: "
+        f"{', '.join(candidates)}); choose one with --format NAME", file=str(path))])
+
+
+def _read_source(stack: Services, path: Path, format: str | None = None) -> Workflow:
+    text: str | None = None
+    if format is not None:
+        loader = _named_loader(stack, format, str(path))
+    else:
+        name, text = choose_loader(stack, path)
+        loader = stack.loaders.get(name)
+    if text is None and isinstance(loader, _LoadsPaths):  # reads with its own limits
         return loader.load_path(path)
-    # other loaders take text: the file's size is checked before it is read (workflows.*)
-    text = read_bounded(path, ParseLimits.from_config(stack.config))
+    if text is None:
+        # other loaders take text: the file's size is checked before it is read (workflows.*)
+        text = read_bounded(path, ParseLimits.from_config(stack.config))
     return loader.load(text, path=str(path))
 
 
-def load_workflow(stack: Services, source: Any, *, validate: bool = True) -> Workflow:
+def load_workflow(stack: Services, source: Any, *, validate: bool = True,
+                  format: str | None = None) -> Workflow:
     """See :func:`load_workflow_with_definition`; returns only the workflow."""
-    return load_workflow_with_definition(stack, source, validate=validate)[0]
+    return load_workflow_with_definition(stack, source, validate=validate, format=format)[0]
 
 
-def load_workflow_with_definition(stack: Services, source: Any, *, validate: bool = True
+def load_workflow_with_definition(stack: Services, source: Any, *, validate: bool = True,
+                                  format: str | None = None
                                   ) -> tuple[Workflow, dict[str, Any], str]:
     """Return a validated :class:`Workflow` from a path, YAML text, a dict or a workflow.
 
@@ -157,15 +218,19 @@ def load_workflow_with_definition(stack: Services, source: Any, *, validate: boo
         source: a :class:`Workflow`; a mapping; a path (``str`` or :class:`Path`) of a file
             whose suffix a registered loader handles; or YAML text (a string with a newline).
         validate: run :func:`validate_workflow`.
+        format: the name of the workflow loader that parses a path or text (``--format``);
+            None: chosen by :func:`choose_loader` (text: ``native``).
 
     Returns:
         ``(workflow, definition dict, content hash)``.
 
     Raises:
-        WorkflowValidationError: every problem found, with file, line and column.
+        WorkflowValidationError: every problem found, with file, line and column; an unknown
+            ``format`` (listing the formats).
+        ValueError: ``format`` given with a mapping or a :class:`Workflow`.
     """
     try:
-        workflow = _parse_source(stack, source)
+        workflow = _parse_source(stack, source, format)
     except WorkflowValidationError as exc:
         partial = getattr(exc, "partial", None)
         if not validate or partial is None:
@@ -192,7 +257,10 @@ def load_workflow_with_definition(stack: Services, source: Any, *, validate: boo
     return workflow, definition, key
 
 
-def _parse_source(stack: Services, source: Any) -> Workflow:
+def _parse_source(stack: Services, source: Any, format: str | None = None) -> Workflow:
+    if format is not None and isinstance(source, (Workflow, Mapping)):
+        raise ValueError("format= applies to a workflow file or text, not to a "
+                         f"{type(source).__name__}")
     if isinstance(source, Workflow):
         return source
     if isinstance(source, Mapping):
@@ -207,9 +275,9 @@ def _parse_source(stack: Services, source: Any) -> Workflow:
         if not path.is_file():
             raise WorkflowValidationError([ValidationIssue(
                 "workflow file not found", file=str(path))])
-        return _read_source(stack, path)
-    if isinstance(source, str):  # YAML/JSON text: the registered native loader parses it
-        return stack.loaders.get("native").load(source)
+        return _read_source(stack, path, format)
+    if isinstance(source, str):  # text: the named loader, else the native one, parses it
+        return _named_loader(stack, format or "native", None).load(source)
     raise TypeError(f"cannot load a workflow from {type(source).__name__}; give a path, "
                     "YAML text, a dict or a Workflow")
 
