@@ -49,10 +49,14 @@ __all__ = [
     "FunctionTool",
     "hookimpl",
     "hookspec",
+    "ImageInputError",
     "ImagePart",
+    "ImagePolicy",
+    "image_policy",
     "ineligibility",
     "InputSpec",
     "json_default",
+    "load_image",
     "LLMService",
     "Locations",
     "LogRecord",
@@ -117,6 +121,7 @@ __all__ = [
     "TemplateError",
     "TextPart",
     "tool",
+    "sniff_image_type",
     "Tool",
     "ToolCall",
     "ToolContext",
@@ -245,6 +250,11 @@ _LAZY: dict[str, str] = {
     "Locations": "flowyard.workflow",
     "parse_yaml": "flowyard.parsing:parse_located",
     "ParseLimits": "flowyard.parsing",
+    "ImageInputError": "flowyard.images",
+    "ImagePolicy": "flowyard.images",
+    "image_policy": "flowyard.images",
+    "load_image": "flowyard.images",
+    "sniff_image_type": "flowyard.images",
     "Stack": "flowyard.stack",
     "hookspec": "flowyard.hookspecs",
 }
@@ -353,6 +363,13 @@ if TYPE_CHECKING:
         ToolCall,
         ToolSpec,
         Usage,
+    )
+    from flowyard.images import (
+        ImageInputError,
+        ImagePolicy,
+        image_policy,
+        load_image,
+        sniff_image_type,
     )
     from flowyard.parsing import (
         ParseLimits,

@@ -11,17 +11,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from flowyard.context import ToolContext
-from flowyard.errors import ToolError
+from flowyard.errors import ConfigError, ToolError, ToolInputError
+from flowyard.images import ImageInputError, ImagePolicy, image_policy, load_image
 from flowyard.interfaces import RouteRequest
-from flowyard.models import Message
+from flowyard.models import ImagePart, Message, TextPart
+from flowyard.templating import has_template
 from flowyard.tools import BaseTool
+
+if TYPE_CHECKING:
+    from flowyard.interfaces import Services
+    from flowyard.workflow import Step, Workflow
 
 __all__ = ["EchoAction", "LogAction", "SleepAction", "ChatAction", "builtin_actions"]
 
@@ -90,21 +96,31 @@ class SleepAction(BaseTool):
         return arguments["seconds"]
 
 
+_IMAGES_SCHEMA = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1},
+    "description": "images: local paths (relative to the workflow file), http(s) URLs, "
+                   "data: URLs or base64; PNG, JPEG, GIF or WebP",
+}
+
 _MESSAGE_SCHEMA = {
     "type": "object",
     "properties": {
         "role": {"enum": ["system", "user", "assistant"]},
         "content": {"type": "string"},
+        "images": _IMAGES_SCHEMA,
     },
     "required": ["role", "content"],
+    "additionalProperties": False,
 }
 
 
 class ChatAction(BaseTool):
     """One LLM call through ``stack.llm`` (so budgets, routing, rate limits and cost apply).
 
-    Arguments: ``prompt`` (a user message) and/or ``messages`` (``[{role, content}]``),
-    ``system``, ``model`` (``provider/model``; default: the stack's default model),
+    Arguments: ``prompt`` (a user message) and/or ``messages`` (``[{role, content,
+    images}]``), ``images`` (with ``prompt``: images attached to it), ``system``, ``model``
+    (``provider/model``; default: the stack's default model),
     ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``, ``response_schema`` (JSON
     Schema: the answer is parsed and checked), ``requirements`` (``capabilities``,
     ``min_context``, ``max_input_price``, ``candidates``: a router picks the model; the model
@@ -118,6 +134,14 @@ class ChatAction(BaseTool):
     a display (``--json``, pipes, library calls) make the same call as always. The output is
     the complete answer either way.
 
+    Images: ``images`` (with ``prompt``) and ``messages[].images`` (user messages only) are
+    lists of local paths, http(s) URLs, ``data:`` URLs or base64, read and checked by
+    :func:`flowyard.images.load_image` (allowed roots, ``images.max_bytes``, PNG/JPEG/GIF/WebP
+    sniffed from the bytes); the gateway refuses a model whose capabilities lack ``vision``
+    before calling it. A field the schema does not know (``messages[].imagez``) is a
+    validation error at that field: :meth:`validate_step` checks the arguments against
+    ``parameters`` and every image written literally in the workflow.
+
     Returns the answer text, or the parsed JSON value with ``response_schema``.
     """
 
@@ -127,6 +151,7 @@ class ChatAction(BaseTool):
         "type": "object",
         "properties": {
             "prompt": {"type": "string"},
+            "images": _IMAGES_SCHEMA,
             "messages": {"type": "array", "items": _MESSAGE_SCHEMA},
             "system": {"type": "string"},
             "model": {"type": "string"},
@@ -151,6 +176,7 @@ class ChatAction(BaseTool):
             },
         },
         "anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+        "dependentRequired": {"images": ["prompt"]},
         "additionalProperties": False,
     }
     idempotent = False
@@ -165,12 +191,24 @@ class ChatAction(BaseTool):
             ProviderError, BudgetExceeded: from the gateway.
         """
         messages: list[Message] = []
+        policy: ImagePolicy | None = None
+        if arguments.get("images") or any(m.get("images") for m in
+                                          arguments.get("messages", [])):
+            policy = image_policy(context.stack.config, context.workflow_source)
         if arguments.get("system"):
             messages.append(Message.system(arguments["system"]))
-        for m in arguments.get("messages", []):
-            messages.append(Message(role=m["role"], content=m["content"]))
+        for i, m in enumerate(arguments.get("messages", [])):
+            field = f"with.messages[{i}]"
+            if m.get("images") and m["role"] != "user":
+                raise ToolInputError(f"llm.chat step {context.step_id!r}: {field}.images: "
+                                     f"only user messages take images, not {m['role']!r}",
+                                     tool=self.name)
+            images = await self._images(context, policy, m.get("images"), f"{field}.images")
+            content: Any = [TextPart(m["content"]), *images] if images else m["content"]
+            messages.append(Message(role=m["role"], content=content))
         if arguments.get("prompt") is not None:
-            messages.append(Message.user(arguments["prompt"]))
+            messages.append(Message.user(arguments["prompt"], images=await self._images(
+                context, policy, arguments.get("images"), "with.images")))
         params: dict[str, Any] = {k: arguments[k] for k in
                                   ("temperature", "top_p", "max_tokens", "stop", "seed",
                                    "response_schema") if k in arguments}
@@ -210,6 +248,71 @@ class ChatAction(BaseTool):
                             f"{errors[0].message}", tool=self.name, retriable=True)
         return value
 
+    async def _images(self, context: ToolContext, policy: ImagePolicy | None,
+                      values: list[str] | None, field: str) -> list[ImagePart]:
+        """Load the images of one field (in a worker thread: files are read).
+
+        Raises:
+            ToolInputError: an image cannot be used; names the step and the field
+                (``with.messages[0].images[1]``).
+        """
+        if not values:
+            return []
+        assert policy is not None
+        parts = []
+        for j, value in enumerate(values):
+            try:
+                parts.append(await anyio.to_thread.run_sync(load_image, value, policy))
+            except ImageInputError as exc:
+                raise ToolInputError(f"llm.chat step {context.step_id!r}: {field}[{j}]: {exc}",
+                                     tool=self.name) from None
+        return parts
+
+    def validate_step(self, step: Step, *, workflow: Workflow, services: Services,
+                      issue: Callable[[str, str], None], base: str) -> None:
+        """Check the step's ``with`` against :attr:`parameters` (an unknown field is reported
+        at that field), then every image written literally (no template): it must load as
+        at run time (file found inside the allowed roots, size, type), and only user
+        messages take images.
+
+        Args:
+            step: the ``llm.chat`` step.
+            workflow: its workflow (``source`` resolves relative image paths).
+            services: the stack's services (``config``: the ``[images]`` table).
+            issue: records a problem at a path.
+            base: the step's path (``steps[2]``).
+        """
+        where = f"{base}.with"
+        with_ = dict(step.with_)
+        schema_issues(self.parameters, with_, where, self.name, issue)
+        fields: list[tuple[str, Any]] = [("", with_.get("images"))]
+        messages = with_.get("messages")
+        if isinstance(messages, list):
+            for i, m in enumerate(messages):
+                if not isinstance(m, Mapping) or not m.get("images"):
+                    continue
+                role = m.get("role")
+                if isinstance(role, str) and not has_template(role) and role != "user":
+                    issue(f"only user messages take images, not {role!r}",
+                          f"{where}.messages[{i}].images")
+                fields.append((f".messages[{i}]", m.get("images")))
+        literal = [(f"{where}{prefix}.images[{j}]", value)
+                   for prefix, values in fields if isinstance(values, list)
+                   for j, value in enumerate(values)
+                   if isinstance(value, str) and value and not has_template(value)]
+        if not literal:
+            return
+        try:
+            policy = image_policy(services.config, workflow.source)
+        except ConfigError as exc:
+            issue(str(exc), where)
+            return
+        for path, value in literal:
+            try:
+                load_image(value, policy)
+            except ImageInputError as exc:
+                issue(f"llm.chat step {step.id!r}: {exc}", path)
+
     @staticmethod
     async def _stream(context: ToolContext, messages: list[Any], model: str | None,
                       params: dict[str, Any]) -> str:
@@ -233,6 +336,52 @@ class ChatAction(BaseTool):
         finally:
             context.stream_text("", final=True)
         return "".join(parts)
+
+
+def _templated_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The paths (keys and list indexes) of the template strings inside ``value``."""
+    if isinstance(value, str):
+        return [path] if has_template(value) else []
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _templated_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _templated_paths(v, (*path, i))]
+    return []
+
+
+def _json_path(parts: Sequence[Any]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def schema_issues(schema: Mapping[str, Any], arguments: Mapping[str, Any], where: str,
+                  tool: str, issue: Callable[[str, str], None]) -> None:
+    """Report every violation of ``schema`` by a step's ``with`` that templates cannot change,
+    each at its path; an unknown field (``additionalProperties: false``) is reported at the
+    field itself (``steps[0].with.messages[0].imagez``), not at its parent object.
+
+    Args:
+        schema: the action's JSON Schema (draft 2020-12).
+        arguments: the step's ``with`` as written.
+        where: the path of ``with`` (``steps[0].with``).
+        tool: the action's name, for messages.
+        issue: records a problem at a path.
+    """
+    import jsonschema
+
+    templated = _templated_paths(arguments)
+    for err in jsonschema.Draft202012Validator(schema).iter_errors(dict(arguments)):
+        epath = tuple(err.absolute_path)
+        if any(epath[:len(t)] == t for t in templated):
+            continue  # the value is only known at run time; it is checked then
+        if err.validator in ("anyOf", "oneOf") and templated and not epath:
+            continue
+        if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+            known = sorted(err.schema.get("properties", {}))
+            for extra in sorted(set(err.instance) - set(known), key=str):
+                issue(f"unknown field {extra!r} for {tool!r} (known: {', '.join(known)})",
+                      f"{where}{_json_path((*epath, extra))}")
+            continue
+        issue(f"invalid arguments for {tool!r}: {err.message}", f"{where}{_json_path(epath)}")
 
 
 def builtin_actions() -> list[BaseTool]:

@@ -1,8 +1,11 @@
 """A deterministic fake provider for tests and demos (provider name ``fake``).
 
 Replies come from a script, in order; when the script is used up (or empty) the provider
-echoes the last user message. Token usage counts whitespace-separated words. Embeddings are
-deterministic unit vectors derived from a hash of the words.
+echoes the last user message, followed by ``[N images]`` when the request carried images
+(``[1 image]``), so tests can see end to end that images arrived. Every request is kept in
+``FakeProvider.requests`` (its messages' ``images`` hold the image parts received). Token
+usage counts whitespace-separated words. Embeddings are deterministic unit vectors derived
+from a hash of the words.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from flowyard.models import (
     Usage,
 )
 
-__all__ = ["FakeProvider", "ScriptItem", "count_tokens"]
+__all__ = ["FakeProvider", "ScriptItem", "count_tokens", "image_count"]
 
 #: A script entry: a text reply, a tool call, a full message or response, an exception to
 #: raise, or a function of the request.
@@ -40,6 +43,11 @@ EMBEDDING_DIMENSIONS = 64
 def count_tokens(text: str) -> int:
     """The fake tokenizer: the number of whitespace-separated words."""
     return len(text.split())
+
+
+def image_count(request: ChatRequest) -> int:
+    """Return the number of image parts in all messages of ``request``."""
+    return sum(len(m.images) for m in request.messages)
 
 
 def _prompt_tokens(request: ChatRequest) -> int:
@@ -131,6 +139,9 @@ class FakeProvider:
         if request.response_schema is not None:
             return json.dumps(_example_for(request.response_schema))
         last_user = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
+        images = image_count(request)
+        if images:
+            return f"echo: {last_user} [{images} image{'s' if images != 1 else ''}]"
         return f"echo: {last_user}"
 
     async def chat(self, request: ChatRequest) -> ChatResponse:

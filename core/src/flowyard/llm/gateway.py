@@ -71,6 +71,7 @@ from flowyard.llm.budget import (
 from flowyard.llm.circuit import BreakerSet, counts_as_failure
 from flowyard.clock import Clock, MonotonicClock
 from flowyard.errors import (
+    BadRequestError,
     BudgetExceeded,
     CircuitOpenError,
     ConfigError,
@@ -415,6 +416,7 @@ class LLMGateway:
         """
         ref = f"{provider_name}/{model_id}"
         info = await self.models.get(ref)
+        self._check_images(request, ref, info)
         prompt = await self._prompt_tokens(provider, request)
         max_out = request.max_tokens or (info.max_output_tokens if info else None)
         breaker = self.breakers.breaker(provider_name)
@@ -484,6 +486,28 @@ class LLMGateway:
         if reservation is not None:
             call.overshoot_usd = BudgetChain.settle(reservation, call.cost_usd,
                                                     estimated=call.estimated)
+
+    @staticmethod
+    def _check_images(request: ChatRequest, ref: str, info: ModelInfo | None) -> None:
+        """Refuse a request with images for a model whose listed capabilities lack
+        ``vision`` (before anything is reserved or sent; never drop the images).
+
+        A model the registry does not know, or that lists no capabilities, is not refused:
+        its provider sends the images and the server decides.
+
+        Raises:
+            BadRequestError: the model cannot take images (names how to say it can).
+        """
+        if info is None or not info.capabilities or "vision" in info.capabilities:
+            return
+        count = sum(len(m.images) for m in request.messages)
+        if count:
+            raise BadRequestError(
+                f"{ref} cannot take images: the request has {count} image(s) and the model's "
+                f"capabilities ({', '.join(sorted(info.capabilities))}) lack 'vision'; use a "
+                f"vision model, or add \"vision\" to capabilities in "
+                f"[models.info.\"{ref}\"] if this model does take images",
+                provider=info.provider, model=info.model)
 
     @staticmethod
     def _settle_failed(call: _Call, limited: Any) -> None:
