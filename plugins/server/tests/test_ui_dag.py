@@ -267,7 +267,7 @@ def test_every_user_string_is_escaped() -> None:
         assert set(element.attrib) <= allowed, element.attrib
         assert not any(name.startswith("on") for name in element.attrib)
         assert element.tag.split("}")[1] in {"svg", "defs", "marker", "path", "g", "title",
-                                               "rect", "text"}
+                                               "rect", "text", "clipPath"}
     # and the values round-trip: the browser sees the ids as they are
     groups = [g for g in root.iter(f"{SVG}g") if g.get("class") == "node"]
     assert [g.get("data-step") for g in groups] == PAYLOADS
@@ -308,3 +308,31 @@ def test_a_thousand_step_chain_or_fan_out(shape: str) -> None:
     assert len(layout.layers) == (1000 if shape == "chain" else 3)
     assert layout.width <= dag.MAX_PER_ROW * (dag.NODE_W + dag.GAP_X) + 2 * dag.MARGIN
     assert len(str(render_dag_svg(nodes)).encode()) < 450_000
+
+
+@pytest.mark.parametrize("shape", ["fan", "random"])
+def test_edges_crossing_rows_run_down_gaps_not_through_boxes(shape: str) -> None:
+    if shape == "fan":
+        nodes = [n("root"), *(n(f"m{i}", "root") for i in range(45)),
+                 n("join", *(f"m{i}" for i in range(45)))]
+    else:
+        nodes = random_layered(300, width=15)
+    layout = layout_dag(nodes)
+    pitch = dag.NODE_W + dag.GAP_X
+    # wrapped layers: every box is on one grid, so the gaps line up from top to bottom
+    assert all((x - dag.MARGIN) % pitch == 0 for x, _ in layout.positions.values())
+    boxes = list(layout.positions.values())
+    root = parse(render_dag_svg(nodes))
+    checked = 0
+    for path in root.iter(f"{SVG}path"):
+        if path.get("class") != "edge":
+            continue
+        points = _points(path.get("d", ""))
+        for (_, y0, _), (x, y1, cmd) in itertools.pairwise(points):
+            if cmd != "v":
+                continue
+            checked += 1
+            hit = [(bx, by) for bx, by in boxes
+                   if bx < x < bx + dag.NODE_W and by < y1 and by + dag.NODE_H > y0]
+            assert not hit, (path.get("data-from"), path.get("data-to"), x, y0, y1, hit)
+    assert checked > 40

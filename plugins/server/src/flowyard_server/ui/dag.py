@@ -10,8 +10,13 @@ Layout (a small Sugiyama-style pass, linear in the number of steps and dependenc
   step moves to the mean rank of its neighbours in the layer swept from, which removes most
   edge crossings of the usual shapes (parallel branches, fan-out/fan-in).
 - **Wide layers** wrap: a layer of more than :data:`MAX_PER_ROW` steps takes several rows, so
-  a fan-out of 1,000 steps is tall rather than 200,000 pixels wide. The page puts the SVG in
-  a scrolling container.
+  a fan-out of 1,000 steps is tall rather than 200,000 pixels wide (the page puts the SVG in
+  a scrolling container). Rows are then laid on one grid, so the gaps between boxes line up.
+- **Edges** are curves from a port on the bottom of the dependency to one on the top of the
+  step (ports spread by the other end's x). An edge crossing rows (it skips a layer, or
+  leads into a wrapped layer) goes through the gaps instead of behind the boxes: around each
+  box in its way when it crosses up to :data:`ROUTED_ROWS` rows, else straight down the gap
+  beside its step.
 
 The SVG carries no style and no script (the pages' Content-Security-Policy allows neither
 inline): ``ui.css`` colours ``g.node[data-state=...]`` and ``run.js`` changes ``data-state``
@@ -27,7 +32,7 @@ import attrs
 import markupsafe
 
 __all__ = ["DagNode", "DagLayout", "layout_dag", "render_dag_svg", "STATES", "MAX_PER_ROW",
-           "LABEL_CHARS"]
+           "LABEL_CHARS", "ROUTED_ROWS"]
 
 #: The states a node can show (``data-state``); ``ui.css`` has a colour for each.
 STATES = ("pending", "running", "completed", "failed", "skipped", "cancelled", "retrying")
@@ -37,15 +42,16 @@ MAX_PER_ROW = 10
 #: the node's ``<title>`` (its tooltip) has them in full.
 LABEL_CHARS = 24
 
-NODE_W = 180
+#: Geometry in pixels: box width and height, gaps between boxes and rows, outer margin.
+NODE_W = 196
 NODE_H = 40
 GAP_X = 24
 GAP_Y = 56
 MARGIN = 16
 _SWEEPS = 4
-#: Edges crossing at most this many rows go around the boxes in their way; longer ones are
-#: drawn straight (behind the boxes), which keeps huge graphs' SVG small.
-ROUTED_ROWS = 4
+#: Edges crossing at most this many rows go around each box in their way; longer ones run
+#: down the gap beside the step they lead to (a short path, also for huge graphs).
+ROUTED_ROWS = 2
 
 
 @attrs.frozen
@@ -208,11 +214,17 @@ def _layout(ids: list[str], deps: dict[str, list[str]]) -> tuple[DagLayout, _Gri
     width = 2 * MARGIN + max(per_row * NODE_W + (per_row - 1) * GAP_X, 0)
     positions: dict[str, tuple[int, int]] = {}
     grid = _Grid(rows=[], row_of={})
+    # rows are centred; when a layer wraps, on a grid of whole boxes instead, so that the
+    # gaps line up from top to bottom and the long edges running down them stay visible
+    grid_aligned = per_row == MAX_PER_ROW and any(len(r) > MAX_PER_ROW for r in rows)
     y = MARGIN
     for row in rows:
         for start in range(0, len(row), MAX_PER_ROW):
             chunk = row[start:start + MAX_PER_ROW]
-            x = (width - len(chunk) * NODE_W - (len(chunk) - 1) * GAP_X) // 2
+            if grid_aligned:
+                x = MARGIN + (per_row - len(chunk)) // 2 * (NODE_W + GAP_X)
+            else:
+                x = (width - len(chunk) * NODE_W - (len(chunk) - 1) * GAP_X) // 2
             grid.rows.append((y, x, len(chunk)))
             for node_id in chunk:
                 positions[node_id] = (x, y)
@@ -225,8 +237,8 @@ def _layout(ids: list[str], deps: dict[str, list[str]]) -> tuple[DagLayout, _Gri
                      height=height), grid
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "\u2026"
+def _short(text: str, chars: int = LABEL_CHARS) -> str:
+    return text if len(text) <= chars else text[:chars - 1] + "\u2026"
 
 
 def render_dag_svg(nodes: Sequence[DagNode]) -> markupsafe.Markup:
@@ -270,7 +282,8 @@ def render_dag_svg(nodes: Sequence[DagNode]) -> markupsafe.Markup:
              f'aria-label="Workflow steps: {len(first)}">'
              '<defs><marker id="dag-arrow" class="arrow" viewBox="0 0 8 8" refX="8" refY="4" '
              'markerWidth="7" markerHeight="7" orient="auto"><path d="M0 0L8 4L0 8z"/>'
-             '</marker></defs><g class="edges">']
+             f'</marker><clipPath id="dag-clip"><rect x="4" width="{NODE_W - 8}" '
+             f'height="{NODE_H}"/></clipPath></defs><g class="edges">']
     back = lay.back_edges
     for edge in lay.edges:
         src, dst = edge
@@ -279,6 +292,14 @@ def render_dag_svg(nodes: Sequence[DagNode]) -> markupsafe.Markup:
         first_row, last_row = grid.row_of[src] + 1, grid.row_of[dst]
         if 0 < last_row - first_row <= ROUTED_ROWS:
             d = _routed(x1, y1, x2, y2, grid.rows[first_row:last_row])
+        elif last_row > first_row:
+            # a long edge runs down the gap beside its step: long edges share a few lanes
+            # instead of cutting across the drawing (and its path stays short)
+            gx = pos[dst][0] - GAP_X // 2 if x1 < x2 else pos[dst][0] + NODE_W + GAP_X // 2
+            top = grid.rows[first_row][0]
+            bottom = grid.rows[last_row - 1][0] + NODE_H
+            d = (f"M{x1} {y1}" + _s_curve(gx - x1, top - y1) + f"v{bottom - top}"
+                 + _s_curve(x2 - gx, y2 - bottom))
         else:
             d = f"M{x1} {y1}" + _s_curve(x2 - x1, y2 - y1)
         parts.append(f'<path class="edge{" back" if edge in back else ""}" '
@@ -293,7 +314,8 @@ def render_dag_svg(nodes: Sequence[DagNode]) -> markupsafe.Markup:
             f'transform="translate({x} {y})"><title>{escape(title)}</title>'
             f'<rect width="{NODE_W}" height="{NODE_H}" rx="6"/>'
             f'<text x="10" y="17">{escape(_short(node_id))}</text>'
-            f'<text class="uses" x="10" y="32">{escape(_short(node.uses))}</text>'
+            f'<text class="uses" x="10" y="32">'
+            f'{escape(_short(node.uses, LABEL_CHARS if keys == 1 else LABEL_CHARS - 6))}</text>'
             + (f'<text class="keys" x="{NODE_W - 8}" y="32">\u00d7{keys}</text>'
                if keys != 1 else "")
             + "</g>")

@@ -207,13 +207,16 @@
     live.dataset.ended = "true";
     if (source) source.close();
     if (window.htmx && document.getElementById("run-details")) {
-      try {
-        const done = window.htmx.ajax("GET", location.pathname,
-          { target: "#run-details", select: "#run-details", swap: "outerHTML" });
-        if (done && typeof done.catch === "function") done.catch(() => { stats.errors += 1; });
-      } catch (e) {
-        stats.errors += 1;
-      }
+      setTimeout(refreshDetails, 0); // after this event's update, not inside it
+    }
+  }
+  function refreshDetails() {
+    try {
+      const done = window.htmx.ajax("GET", location.pathname,
+        { target: "#run-details", select: "#run-details", swap: "outerHTML" });
+      if (done && typeof done.catch === "function") done.catch(() => { stats.errors += 1; });
+    } catch (e) {
+      stats.errors += 1;
     }
   }
 
@@ -259,6 +262,7 @@
   }
 
   if (live.dataset.ended === "false" && eventsUrl && typeof EventSource === "function") {
+    indexNodes(); // now, not while the first event waits
     try {
       source = new EventSource(eventsUrl);
     } catch (e) {
