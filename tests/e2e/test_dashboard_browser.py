@@ -127,6 +127,13 @@ steps:
     depends_on: [nap]
     with: {value: woke up}
 """
+SHORT_NAP = """\
+name: short-nap
+steps:
+  - id: nap
+    uses: sleep
+    with: {seconds: 1.5}
+"""
 BETA_ONLY = """\
 name: beta-only
 steps:
@@ -575,6 +582,27 @@ def test_run_page_follows_the_run_live(server: Any, driver: Any,
     _assert_security_headers(response)
 
 
+def test_run_page_controls_follow_the_run_end(server: Any, driver: Any,
+                                              seeded: dict[str, Any]) -> None:
+    """A run that ends while its page is open no longer offers to cancel it (no reload)."""
+    alpha = seeded["alpha"]
+    alpha.register(SHORT_NAP)
+    ds.login(driver, server.url, server.keys["alpha"])
+    task = alpha.submit("short-nap", priority=100)
+    _get(driver, server, f"/ui/runs/{task['run_id']}")
+    assert driver.find_element(By.ID, "run-live").get_attribute("data-ended") == "false"
+    assert driver.find_elements(By.ID, "cancel-run")
+    driver.execute_script("window.__marker = 'no reload'")
+    ds.wait_for(lambda: driver.find_element(By.ID, "run-status").get_attribute("data-status")
+                == "completed", 20, message="the run completed, live")
+    assert alpha.wait_task(task["id"], {"completed"})["status"] == "completed"
+    time.sleep(1.0)  # whatever the page does at the end (htmx swaps) is done
+    assert driver.execute_script("return window.__marker") == "no reload"
+    ds.screenshot(driver, "run-ended-live")
+    assert not [b for b in driver.find_elements(By.ID, "cancel-run") if b.is_displayed()], \
+        "a run that ended while its page was open still shows button#cancel-run"
+
+
 def test_cancel_and_resume_buttons(server: Any, driver: Any, seeded: dict[str, Any]) -> None:
     alpha = seeded["alpha"]
     ds.login(driver, server.url, server.keys["alpha"])
@@ -597,6 +625,13 @@ def test_cancel_and_resume_buttons(server: Any, driver: Any, seeded: dict[str, A
     assert form.find_element(By.CSS_SELECTOR, "input[type=hidden][name=csrf]").get_attribute(
         "value")
     ds.screenshot(driver, "run-cancellable")
+    # the form's CSRF token is required
+    for data in ({}, {"csrf": "not-the-token"}):
+        forged = httpx.post(f"{server.url}/ui/runs/{task['run_id']}/cancel",
+                            headers=_session(driver), data=data, timeout=30)
+        assert forged.status_code == 403, forged.status_code
+    assert alpha.task(task["id"])["status"] == "running"
+    assert not alpha.task(task["id"])["cancel_requested"]
     driver.find_element(By.ID, "cancel-run").click()
     flash = ds.wait_for(lambda: driver.find_elements(By.ID, "flash"), 10, message="p#flash")
     assert "ancel" in flash[0].text
@@ -747,16 +782,30 @@ def test_tenants_see_only_their_own_data(server: Any, driver: Any,
     _check_page(driver, "tenant-beta-404", status=404)
     assert _fetch(server, driver, f"/ui/runs/{alpha_run}").status_code == 404
     assert _fetch(server, driver, f"/ui/runs/{alpha_run}/events").status_code == 404
+    _get(driver, server, "/ui/runs")
+    csrf = driver.find_element(By.CSS_SELECTOR, 'meta[name="csrf-token"]').get_attribute(
+        "content")
+    assert csrf
     for action in ("cancel", "resume"):
         response = httpx.post(f"{server.url}/ui/runs/{alpha_run}/{action}",
-                              headers=_session(driver), data={"csrf": "x"}, timeout=30)
-        assert response.status_code in (403, 404), response.status_code
+                              headers=_session(driver), data={"csrf": csrf}, timeout=30)
+        assert response.status_code == 404, (action, response.status_code)
+    assert seeded["alpha"].task(seeded["quick"][0]["id"])["status"] == "completed"
     _get(driver, server, f"/ui/runs?q={alpha_run}")
     assert _path(driver) == "/ui/runs"
     _get(driver, server, f"/ui/runs?q={seeded['quick'][0]['id']}")
     assert _path(driver) == "/ui/runs"
     assert alpha_runs.isdisjoint({r["id"] for r in _run_rows(driver)})
     assert not _console_errors(driver)
+
+    # no cost of alpha's runs: beta made no model call
+    _get(driver, server, "/ui/costs")
+    assert driver.find_elements(By.ID, "costs-empty")
+    assert "priced" not in driver.find_element(By.TAG_NAME, "main").text
+    _check_page(driver, "tenant-beta-costs")
+    _get(driver, server, "/ui/providers")
+    assert driver.find_elements(By.CSS_SELECTOR, '#providers tr.provider[data-provider="fake"]')
+    _check_page(driver, "tenant-beta-providers")
 
 
 def test_tasks_agents_costs_providers_pages(server: Any, driver: Any,
