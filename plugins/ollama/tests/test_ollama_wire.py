@@ -62,6 +62,7 @@ def ndjson(body: str) -> httpx.Response:
 async def test_request_shape_with_images_tools_and_options(router: respx.MockRouter,
                                                            provider: OllamaProvider) -> None:
     route = router.post("/api/chat").respond(json=recorded("chat_tool_call.json"))
+    router.post("/api/show").respond(json={"capabilities": ["completion", "vision"]})
     router.get("https://example.org/cat.png").respond(content=b"catbytes")
     messages = [
         Message.system("Be brief."),
@@ -265,6 +266,8 @@ async def test_api_key_for_ollama_com_is_hidden(router: respx.MockRouter) -> Non
 async def test_image_urls_are_fetched_without_the_api_key() -> None:
     r = respx.MockRouter(assert_all_called=False)
     chat = r.post("https://ollama.com/api/chat").respond(json=recorded("chat_tool_call.json"))
+    r.post("https://ollama.com/api/show").respond(json={"capabilities": ["completion",
+                                                                         "vision"]})
     image = r.get("https://images.example/cat.png").respond(content=b"catbytes")
     provider = OllamaProvider(base_url="https://ollama.com", api_key="ollama-abc12345",
                               transport=httpx.MockTransport(r.async_handler))
@@ -275,3 +278,22 @@ async def test_image_urls_are_fetched_without_the_api_key() -> None:
     assert "authorization" not in image.calls.last.request.headers
     sent = json.loads(chat.calls.last.request.content)
     assert sent["messages"][0]["images"] == [base64.b64encode(b"catbytes").decode()]
+
+
+async def test_images_for_a_model_without_vision_are_refused_before_the_chat(
+        router: respx.MockRouter, provider: OllamaProvider) -> None:
+    """Ollama's older runners ignore images sent to a text model: the provider asks
+    ``/api/show`` once per model and refuses instead of letting them be dropped."""
+    chat = router.post("/api/chat").respond(json=recorded("chat_tool_call.json"))
+    show = router.post("/api/show").respond(json={"capabilities": ["completion", "tools"]})
+    request = req(messages=[Message.user("What is this?", images=[ImagePart(data_base64=PNG)])])
+    for _ in range(2):
+        with pytest.raises(BadRequestError, match=r"llama3\.2 cannot take images: /api/show "
+                                                  "lists its capabilities as completion, "
+                                                  "tools, without 'vision'"):
+            await provider.chat(request)
+    assert show.call_count == 1 and json.loads(show.calls.last.request.content) == {
+        "model": "llama3.2"}
+    assert chat.call_count == 0
+    await provider.chat(req())  # no images: no capability check
+    assert chat.call_count == 1 and show.call_count == 1

@@ -127,6 +127,9 @@ class OllamaProvider(HTTPProvider):
             free = (urlsplit(base_url).hostname or "") != "ollama.com"
         self.keep_alive = keep_alive
         self.options = dict(options or {})
+        #: model -> the capabilities ``/api/show`` lists for it (asked once per model, when
+        #: a chat request first carries images)
+        self._show_capabilities: dict[str, tuple[str, ...]] = {}
         super().__init__(name, base_url=base_url, api_key=api_key, api_key_env="OLLAMA_API_KEY",
                          headers=headers, timeout=timeout, deadline=deadline,
             max_retry_after=max_retry_after, backend=backend,
@@ -212,14 +215,42 @@ class OllamaProvider(HTTPProvider):
             options["seed"] = request.seed
         return options
 
+    async def check_vision(self, model: str) -> None:
+        """Refuse images for a model whose ``/api/show`` capabilities lack ``vision`` (asked
+        once per model). Ollama's older runners ignore images sent to a text model instead of
+        failing, so the check is made here rather than left to the server; it also covers a
+        model named without its tag (``llama3.2`` for ``llama3.2:latest``), which the model
+        registry does not match.
+
+        Args:
+            model: the model id as the request names it.
+
+        Raises:
+            BadRequestError: the model lists capabilities and ``vision`` is not among them.
+            ProviderError: ``/api/show`` failed (unknown model, server down).
+        """
+        capabilities = self._show_capabilities.get(model)
+        if capabilities is None:
+            show = await self.show(model)
+            listed = show.get("capabilities")
+            capabilities = tuple(str(c) for c in listed) if isinstance(listed, list) else ()
+            self._show_capabilities[model] = capabilities
+        if capabilities and "vision" not in capabilities:
+            raise BadRequestError(
+                f"{self.name}/{model} cannot take images: /api/show lists its capabilities as "
+                f"{', '.join(capabilities)}, without 'vision'; use a vision model (llava, "
+                "llama3.2-vision, gemma3, ...)", provider=self.name, model=model)
+
     async def build_body(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
         """Return the JSON body of ``POST /api/chat`` for ``request``.
 
         ``response_schema`` becomes ``format`` (Ollama's structured outputs); images are sent
-        base64-encoded (http(s) URLs are fetched first). ``tool_choice`` other than ``auto``
-        has no Ollama equivalent: ``none`` leaves the tools out; ``required`` and a tool name
-        add a system instruction to call it.
+        base64-encoded (http(s) URLs are fetched first), after :meth:`check_vision`.
+        ``tool_choice`` other than ``auto`` has no Ollama equivalent: ``none`` leaves the tools
+        out; ``required`` and a tool name add a system instruction to call it.
         """
+        if any(m.images for m in request.messages):
+            await self.check_vision(request.model)
         messages = await self._wire_messages(request.messages)
         body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
         if request.tools and request.tool_choice != "none":

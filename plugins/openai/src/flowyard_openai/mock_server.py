@@ -7,7 +7,11 @@ shapes, answering by rule instead of by model:
 * with ``response_format``: a minimal JSON value satisfying the schema;
 * with tools and ``tool_choice`` ``required`` or a named function: a call of that (or the
   first) tool with minimal arguments satisfying its schema;
-* otherwise ``"echo: <last user text>"``, cut to ``max_tokens`` words.
+* otherwise ``"echo: <last user text>"``, followed by ``[N images]`` when the messages carry
+  ``image_url`` content parts, cut to ``max_tokens`` words.
+
+Every chat request body is kept in :attr:`MockOpenAIServer.chat_bodies`, so tests can check
+the wire shape end to end.
 
 Tokens are whitespace-separated words. An unknown model gets OpenAI's 404 error shape; when
 started with an API key, a request without ``Authorization: Bearer <key>`` gets a 401.
@@ -91,6 +95,8 @@ class MockOpenAIServer:
         self.host = host
         self.port = port
         self.requests = 0
+        #: the JSON body of every ``POST /v1/chat/completions`` received, in order
+        self.chat_bodies: list[dict[str, Any]] = []
         self._runner: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +167,8 @@ class MockOpenAIServer:
             body = await request.json()
         except ValueError:
             return self._error(400, "body is not JSON", "invalid_request_error")
+        if isinstance(body, dict):
+            self.chat_bodies.append(body)
         model = body.get("model")
         if model not in self.models:
             return self._error(404, f"The model `{model}` does not exist or you do not have "
@@ -193,6 +201,10 @@ class MockOpenAIServer:
         else:
             last = next((_message_text(m) for m in reversed(messages)
                          if m.get("role") == "user"), "")
+            images = sum(1 for m in messages if isinstance(m.get("content"), list)
+                         for p in m["content"] if p.get("type") == "image_url")
+            if images:
+                last += f" [{images} image{'s' if images != 1 else ''}]"
             words = f"echo: {last}".split()
             if max_tokens is not None and len(words) > int(max_tokens):
                 words, finish = words[: int(max_tokens)], "length"
