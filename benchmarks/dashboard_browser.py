@@ -25,7 +25,8 @@ do not depend on the machine:
     batch of events took to apply); how long after the task finished (server clock) the last
     DAG node turned completed in the page; and the main thread's long tasks (a
     ``PerformanceObserver`` of ``longtask`` entries, installed before the page's own scripts):
-    the longest, their count and total time while the run was followed.
+    the longest, their count and total time, while the page loaded (before DOMContentLoaded)
+    and while it followed the run.
 
 The servers run as child processes (``flowyard serve``), on loopback, with a throwaway data
 directory; the browser is Debian's chromium with chromium-driver, nothing is downloaded.
@@ -40,8 +41,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -147,6 +150,13 @@ def _row(label: str, t: dict[str, list[float]], base: dict[str, list[float]] | N
     return text
 
 
+def _print_errors(driver: Any) -> None:
+    errors = collections.Counter(re.sub(r"^https?://[^/ ]+", "", e)
+                                 for e in ds.console_errors(driver))
+    for text, count in errors.most_common(5):
+        print(f"  console error x{count}: {text[:200]}")
+
+
 def part_a(args: argparse.Namespace, driver: Any) -> None:
     print(f"(a) runs list with {args.tasks} queued tasks (flowyard serve --no-worker)")
     server = ds.Server(Path(tempfile.mkdtemp(prefix="fy-bench-ui-a-")), worker=False)
@@ -185,9 +195,7 @@ def part_a(args: argparse.Namespace, driver: Any) -> None:
         base = results["/ui/login (baseline)"]
         for label in pages:
             print(_row(label, results[label], None if label.endswith("(baseline)") else base))
-        errors = ds.console_errors(driver)
-        if errors:
-            print(f"  console errors: {errors[:5]}")
+        _print_errors(driver)
     finally:
         server.stop()
 
@@ -226,7 +234,8 @@ def part_b(args: argparse.Namespace, driver: Any) -> None:
         time.sleep(1.0)  # let the last batches and observers settle
         state = caught_up() or state
         bench = state["bench"]
-        longtasks = [t["duration"] for t in bench["longtasks"]]
+        loading = [t["duration"] for t in bench["longtasks"] if t["start"] < live["dcl"]]
+        following = [t["duration"] for t in bench["longtasks"] if t["start"] >= live["dcl"]]
         lag = bench["lastNodeChange"] / 1000 - finished["finished_at"]
         done_page = _load(driver, page)
         print(f"  run: {finished['status']} in {ran:.1f} s on the worker; page opened "
@@ -245,11 +254,11 @@ def part_b(args: argparse.Namespace, driver: Any) -> None:
         if "error" in bench:
             print(f"  longtask observer unavailable: {bench['error']}")
         else:
-            print(f"  long tasks (>50 ms) while followed: {len(longtasks)}, longest "
-                  f"{max(longtasks, default=0):.0f} ms, total {sum(longtasks):.0f} ms")
-        errors = ds.console_errors(driver)
-        if errors:
-            print(f"  console errors: {errors[:5]}")
+            for label, tasks in (("loading the page", loading),
+                                 ("following the run", following)):
+                print(f"  long tasks (>50 ms) {label}: {len(tasks)}, longest "
+                      f"{max(tasks, default=0):.0f} ms, total {sum(tasks):.0f} ms")
+        _print_errors(driver)
     finally:
         server.stop()
 
