@@ -102,6 +102,9 @@ HOOK_FAMILIES: tuple[HookFamily, ...] = (
                "WorkflowLoader", "format name (`native`)", "WorkflowLoaderContract"),
     HookFamily("listeners", "register_event_listeners", "listeners", "event listener",
                "EventListener", "listener name"),
+    HookFamily("templates", "register_template_filters", "template_filters",
+               "template filter", "function",
+               "filter, test or global name (`slugify`; metadata `kind=`)"),
 )
 
 #: ``family name -> hook name``, derived from :data:`HOOK_FAMILIES`.
@@ -180,6 +183,21 @@ def register_event_listeners(register: Register, config: Config, services: Servi
 
     Listeners see every event of every run of the stack: the cost ledger, audit log,
     metrics and progress displays are listeners.
+    """
+
+
+@hookspec
+def register_template_filters(register: Register, config: Config, services: Services) -> None:
+    """Register functions for workflow templates: ``register(name, function)`` adds a Jinja
+    filter (``{{ x | name }}``), ``register(name, function, kind="test")`` a test
+    (``{% if x is name %}``) and ``register(name, value, kind="global")`` a global (a function
+    called as ``{{ name(...) }}``, or a constant). Names share one namespace; a name that is
+    already built in is refused unless registered with ``replace=True``.
+
+    The functions run inside the engine's sandboxed environment and its render limits: each
+    call counts as an operation against the work and time budget, and its arguments and
+    result are size-checked. They receive plain data (never the engine's objects) and must be
+    pure, fast and synchronous.
     """
 
 

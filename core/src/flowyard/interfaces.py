@@ -872,7 +872,8 @@ class Services(Protocol):
         config: the stack's :class:`~flowyard.config.Config`.
         events: the stack's :class:`~flowyard.events.EventBus`.
         providers, tools, storage_schemes, memory_stores, retrievers, routers, executors,
-        loaders, listeners: the per-family registries (:class:`~flowyard.registry.Registry`).
+        loaders, listeners, template_filters: the per-family registries
+            (:class:`~flowyard.registry.Registry`).
     """
 
     config: Config
@@ -886,6 +887,7 @@ class Services(Protocol):
     executors: Registry[Executor]
     loaders: Registry[WorkflowLoader]
     listeners: Registry[EventListener]
+    template_filters: Registry[Any]
 
     @property
     def llm(self) -> LLMService:

@@ -115,9 +115,9 @@ class Register:
     def commit(self) -> None:
         """Add the buffered entries to the registry (in registration order)."""
         entries, self.entries = self.entries, []
-        for name, obj, factory, _metadata in entries:  # all or nothing: check before adding
+        for name, obj, factory, metadata in entries:  # all or nothing: check before adding
             if factory is None:
-                self._registry._check_object(name, obj, self._plugin)
+                self._registry._check_object(name, obj, self._plugin, metadata)
         for name, obj, factory, metadata in entries:
             self._registry.add(name, obj, factory=factory, plugin=self._plugin, **metadata)
 
@@ -132,13 +132,19 @@ class Registry(Generic[T]):
             Protocol); an object registered directly is checked when added, one built by a
             lazy factory when first built. A mismatch raises :class:`PluginError` naming the
             plugin, the name and the missing members.
+        validator: ``validator(name, obj, metadata) -> problem or None``, a family's own check
+            of each entry (made where ``protocol`` is checked); a problem raises
+            :class:`PluginError` naming the plugin and the name.
     """
 
     def __init__(self, kind: str, *, strict: bool = False,
-                 protocol: type | None = None) -> None:
+                 protocol: type | None = None,
+                 validator: Callable[[str, Any, dict[str, Any]], str | None] | None = None
+                 ) -> None:
         self.kind = kind
         self.strict = strict
         self.protocol = protocol
+        self.validator = validator
         self._values: dict[str, Any] = {}
         self._factories: dict[str, Callable[[], T]] = {}
         self._plugins: dict[str, str] = {}
@@ -161,7 +167,7 @@ class Registry(Generic[T]):
         """
         self.check_name(name)
         if factory is None:
-            self._check_object(name, obj, plugin)
+            self._check_object(name, obj, plugin, metadata)
         if name in self._plugins:
             old_priority = int(self._metadata[name].get("default_priority", 0))
             if int(metadata.get("default_priority", 0)) > old_priority:
@@ -206,12 +212,20 @@ class Registry(Generic[T]):
         with self._lock:
             if name not in self._values:
                 built = factory()
-                self._check_object(name, built, self._plugins[name])
+                self._check_object(name, built, self._plugins[name], self._metadata[name])
                 self._values[name] = built
         return self._values[name]  # type: ignore[no-any-return]
 
-    def _check_object(self, name: str, obj: Any, plugin: str) -> None:
-        """Raise PluginError when ``obj`` lacks members of :attr:`protocol`."""
+    def _check_object(self, name: str, obj: Any, plugin: str,
+                      metadata: dict[str, Any] | None = None) -> None:
+        """Raise PluginError when ``obj`` lacks members of :attr:`protocol` or the
+        :attr:`validator` finds a problem.
+        """
+        if self.validator is not None:
+            problem = self.validator(name, obj, dict(metadata or {}))
+            if problem:
+                raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r}: "
+                                  f"{problem}")
         if self.protocol is None:
             return
         missing = missing_members(obj, self.protocol)

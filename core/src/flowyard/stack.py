@@ -19,6 +19,7 @@ from flowyard.hookspecs import FAMILIES, HOOK_FAMILIES
 from flowyard.interfaces import Provider, SupportsAclose
 from flowyard.plugins import BUILTIN_MODULE, BUILTIN_PLUGIN, PluginManager, PluginStatus
 from flowyard.registry import Duplicate, Registry
+from flowyard.templating import check_template_function
 
 if TYPE_CHECKING:
     from flowyard.interfaces import (
@@ -67,6 +68,7 @@ class Stack:
     executors: Registry[Executor]
     loaders: Registry[WorkflowLoader]
     listeners: Registry[EventListener]
+    template_filters: Registry[Any]
 
     def __init__(
         self,
@@ -87,7 +89,10 @@ class Stack:
             # Providers are checked against their interface when registered (or built): a
             # plugin that registers something else is reported, never a traceback at use.
             protocol = Provider if family.name == "providers" else None
-            registry: Registry[Any] = Registry(family.kind, strict=strict, protocol=protocol)
+            # template functions are checked (kind, name, callable) when registered
+            validator = check_template_function if family.name == "templates" else None
+            registry: Registry[Any] = Registry(family.kind, strict=strict, protocol=protocol,
+                                               validator=validator)
             setattr(self, family.attribute, registry)
             self._by_family[family.name] = registry
 

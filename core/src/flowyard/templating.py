@@ -50,14 +50,20 @@ import json
 import math
 import re
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from flowyard.errors import TemplateError
+from flowyard.errors import PluginError, TemplateError
 
 __all__ = [
     "environment",
+    "template_extensions",
+    "check_template_function",
+    "TemplateExtensions",
+    "TEMPLATE_KINDS",
+    "BUILTIN_FILTERS",
     "has_template",
     "render_value",
     "render_string",
@@ -339,11 +345,44 @@ def _guard_filter(name: str, func: Any) -> Any:
     return guarded
 
 
-@lru_cache(maxsize=1)
-def environment() -> Any:
-    """Return the shared sandboxed Jinja2 environment (StrictUndefined, no autoescape), with
-    the limits described in the module's docstring.
+def environment(extensions: TemplateExtensions | None = None) -> Any:
+    """Return the sandboxed Jinja2 environment (StrictUndefined, no autoescape), with the
+    limits described in the module's docstring.
+
+    Args:
+        extensions: filters, tests and globals registered by plugins
+            (:func:`template_extensions`); None: the shared environment of the built-ins.
+            One environment is built per distinct set of extensions and kept.
+
+    Raises:
+        PluginError: a registered name is already a built-in filter, test or global and its
+            registration does not say ``replace=True``.
     """
+    if extensions is None or not extensions:
+        return _base_environment()
+    return _extended_environment(extensions)
+
+
+@lru_cache(maxsize=1)
+def _base_environment() -> Any:
+    return _new_environment()
+
+
+@lru_cache(maxsize=32)
+def _extended_environment(extensions: TemplateExtensions) -> Any:
+    env = _new_environment()
+    builtin = {"filter": env.filters, "test": env.tests, "global": env.globals}
+    for kind, name, func, plugin, replace in extensions.entries:
+        table = builtin[kind]
+        if name in table and not replace:
+            raise PluginError(
+                f"plugin {plugin!r} registered template {kind} {name!r}, which is a built-in "
+                f"{kind}; choose another name, or register it with replace=True to replace it")
+        table[name] = _guard_function(kind, name, func)
+    return env
+
+
+def _new_environment() -> Any:
     from jinja2 import StrictUndefined, nodes, pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from jinja2.utils import Namespace
@@ -451,7 +490,7 @@ def environment() -> Any:
     for name in ("cycler", "joiner", "lipsum"):
         env.globals.pop(name, None)
     env.globals["namespace"] = _Namespace
-    env.filters["fromjson"] = _fromjson
+    env.filters.update(BUILTIN_FILTERS)
     for name, func in list(env.filters.items()):
         env.filters[name] = _guard_filter(name, func)
     env.filters["_flowyard_iter"] = iterate
@@ -462,27 +501,259 @@ def environment() -> Any:
 
 
 def _fromjson(text: str) -> Any:
+    """Parse JSON text (the ``fromjson`` / ``from_json`` filter).
+
+    Raises:
+        ValueError: not valid JSON.
+    """
     try:
         return json.loads(text)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"fromjson: not valid JSON: {exc}") from None
 
 
+def _to_json(value: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """Return ``value`` as JSON text, non-ASCII kept and nothing HTML-escaped (unlike
+    Jinja's ``tojson``); ``indent`` spaces (0..16) pretty-print it.
+
+    Raises:
+        ValueError: ``indent`` out of range, or a value JSON cannot hold.
+    """
+    if indent is not None and (isinstance(indent, bool) or not isinstance(indent, int)
+                               or not 0 <= indent <= 16):
+        raise ValueError(f"to_json: indent must be an integer from 0 to 16, got {indent!r}")
+    try:
+        return json.dumps(value, indent=indent, sort_keys=bool(sort_keys), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"to_json: {exc}") from None
+
+
+_SLUG_DROP = re.compile(r"[^\w\s-]")
+_SLUG_SPACE = re.compile(r"[-\s_]+")
+
+
+def _slugify(value: Any, separator: str = "-") -> str:
+    """Return ``value`` as a lower-case slug: accents dropped (NFKD), characters other than
+    letters, digits, ``-`` and blanks removed, runs of blanks, ``-`` and ``_`` joined with
+    ``separator``, no separator at either end (``"Hello, Wörld!"`` -> ``"hello-world"``).
+    """
+    import unicodedata
+
+    text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode("ascii")
+    text = _SLUG_DROP.sub("", text).strip().lower()
+    return _SLUG_SPACE.sub(str(separator), text).strip(str(separator))
+
+
+def _basename(value: Any) -> str:
+    """Return the last component of a ``/`` or backslash separated path (``a/b.txt`` ->
+    ``b.txt``); ``""`` for a path ending with a separator.
+    """
+    text = str(value)
+    return text.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _dirname(value: Any) -> str:
+    """Return a path without its last component (``a/b.txt`` -> ``a``; ``""`` when none)."""
+    text = str(value).replace("\\", "/")
+    return text.rsplit("/", 1)[0] if "/" in text else ""
+
+
+#: strftime directives with a width or padding flag (``%_1000000Y``): refused, since the C
+#: library would pad to any width.
+_WIDE_DIRECTIVE = re.compile(r"%[-_0^#]*\d")
+
+
+def _strftime(value: Any, format: str = "%Y-%m-%d") -> str:
+    """Format a date or time: ``value`` is a :class:`datetime.datetime`/``date``, an ISO 8601
+    string (``2026-12-02T13:20:00Z``) or a number of seconds since the Unix epoch (UTC);
+    ``format`` is a :func:`time.strftime` format (default ``%Y-%m-%d``; at most 200
+    characters, no widths such as ``%10Y``).
+
+    Raises:
+        ValueError: ``value`` is not a date, time, ISO string or number; the format is too
+            long or has a width.
+    """
+    import datetime as dt
+
+    if not isinstance(format, str) or len(format) > 200 or _WIDE_DIRECTIVE.search(format):
+        raise ValueError("strftime: the format must be a string of at most 200 characters "
+                         "without widths (%10Y)")
+    if isinstance(value, (dt.date, dt.datetime)):
+        moment = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            moment = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"strftime: {value!r} is not a valid time stamp ({exc})") from None
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z")
+                                               else text)
+        except ValueError:
+            raise ValueError(f"strftime: {value!r} is not an ISO 8601 date or time") from None
+    else:
+        raise ValueError(f"strftime: cannot format a {type(value).__name__} as a date")
+    return moment.strftime(format)
+
+
+#: The filters flowyard adds to Jinja's built-in ones (see ``docs/workflows.md``).
+BUILTIN_FILTERS: dict[str, Any] = {
+    "fromjson": _fromjson,
+    "from_json": _fromjson,
+    "to_json": _to_json,
+    "slugify": _slugify,
+    "basename": _basename,
+    "dirname": _dirname,
+    "strftime": _strftime,
+    "date": _strftime,
+}
+
+#: What a plugin may register with ``register_template_filters``: ``kind=`` metadata values.
+TEMPLATE_KINDS = ("filter", "test", "global")
+_FILTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*")
+
+
+class TemplateExtensions:
+    """The filters, tests and globals plugins registered (``register_template_filters``),
+    frozen; equal sets share one Jinja environment and one cache of compiled templates.
+
+    Args:
+        entries: ``(kind, name, function, plugin, replace)`` tuples; ``kind`` is one of
+            :data:`TEMPLATE_KINDS`.
+    """
+
+    __slots__ = ("entries", "_key")
+
+    def __init__(self, entries: Iterable[tuple[str, str, Any, str, bool]] = ()) -> None:
+        self.entries = tuple(entries)
+        self._key = tuple((k, n, id(f), r) for k, n, f, _, r in self.entries)
+
+    def names(self, kind: str) -> set[str]:
+        """Return the registered names of one kind (``"filter"``, ``"test"``, ``"global"``)."""
+        return {name for k, name, *_ in self.entries if k == kind}
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TemplateExtensions) and (
+            self._key == other._key
+            and all(a[2] is b[2] for a, b in zip(self.entries, other.entries, strict=True)))
+
+    def __repr__(self) -> str:
+        return f"TemplateExtensions({[(k, n) for k, n, *_ in self.entries]!r})"
+
+
+def check_template_function(name: str, obj: Any, metadata: Mapping[str, Any]) -> str | None:
+    """Check one ``register_template_filters`` entry (the registry's validator).
+
+    Args:
+        name: the registered name.
+        obj: the function (or, for a global, any value).
+        metadata: the registration's metadata: ``kind`` (``filter``, the default, ``test`` or
+            ``global``), ``replace`` (bool).
+
+    Returns:
+        the problem, or None when the entry is valid.
+    """
+    kind = metadata.get("kind", "filter")
+    if kind not in TEMPLATE_KINDS:
+        return f"kind must be one of {', '.join(TEMPLATE_KINDS)}, not {kind!r}"
+    if not isinstance(metadata.get("replace", False), bool):
+        return "replace must be True or False"
+    pattern = _FILTER_NAME if kind != "global" else re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+    if not pattern.fullmatch(name):
+        return (f"a template {kind} name is letters, digits and '_'"
+                + (" (dotted parts allowed)" if kind != "global" else "")
+                + ", starting with a letter")
+    if name in ("steps", "inputs", "item", "index", "iteration", "previous", "output", "run"):
+        return f"{name!r} is a name the engine gives templates"
+    if kind != "global" and not callable(obj):
+        return f"a template {kind} must be callable, got {type(obj).__name__}"
+    return None
+
+
+_EXTENSIONS: weakref.WeakKeyDictionary[Any, TemplateExtensions | None] = (
+    weakref.WeakKeyDictionary())
+
+
+def template_extensions(services: Any) -> TemplateExtensions | None:
+    """Return the template filters, tests and globals registered in ``services`` (a stack),
+    or None when there are none (the shared built-in environment serves), built once per
+    stack.
+
+    Args:
+        services: a :class:`~flowyard.interfaces.Services` (its ``template_filters``
+            registry), or None.
+    """
+    if services is None:
+        return None
+    try:
+        return _EXTENSIONS[services]
+    except KeyError:
+        pass
+    registry = services.template_filters
+    entries = []
+    for name in registry.names():
+        meta = registry.metadata_of(name)
+        entries.append((meta.get("kind", "filter"), name, registry.get(name),
+                        registry.plugin_of(name), bool(meta.get("replace", False))))
+    found = TemplateExtensions(entries) if entries else None
+    _EXTENSIONS[services] = found
+    return found
+
+
+def _guard_function(kind: str, name: str, func: Any) -> Any:
+    """Wrap a registered filter, test or callable global in the render limits: each call is
+    an operation (work and time budget) and its arguments and result are size-checked.
+    """
+    if kind == "filter":
+        return _guard_filter(name, func)
+    if not callable(func):
+        _check_weight(func, f"template global {name!r}")  # a constant: checked once
+        return func
+    label = f"template {kind} {name!r}"
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        _check_weight((args, kwargs), f"the arguments of {label}")
+        result = func(*args, **kwargs)
+        if isinstance(result, (str, list, tuple, Mapping)):
+            _check_weight(result, f"the result of {label}")
+        return result
+
+    return guarded
+
+
 class Compiled:
     """A pre-compiled templated value: call :meth:`render` with a context.
 
     Static values (without templates) are returned as they are, without copying.
+
+    Args:
+        value: the value; its strings may be templates.
+        where: the location named in errors.
+        extensions: plugins' filters, tests and globals (:func:`template_extensions`).
+
+    Raises:
+        TemplateError: a template does not compile (syntax, an unknown filter or test).
     """
 
     __slots__ = ("static", "value", "_fn", "jinja")
 
-    def __init__(self, value: Any, where: str = "") -> None:
+    def __init__(self, value: Any, where: str = "",
+                 extensions: TemplateExtensions | None = None) -> None:
         self.value = value
         self.static = not _contains_template(value)
         #: True when some template needs Jinja (not only whole-value ``${...}`` references,
         #: which are plain lookups): only then does a render take a time and work budget.
         self.jinja = not self.static and _contains_jinja(value)
-        self._fn = None if self.static else _build(value, where)
+        self._fn = None if self.static else _build(value, where, extensions or None)
 
     def render(self, context: Mapping[str, Any], *, where: str = "",
                timeout: float | None = None) -> Any:
@@ -529,9 +800,12 @@ class _render_budget:
             _BUDGET.reset(self.token)
 
 
-def compile_value(value: Any, where: str = "") -> Compiled:
-    """Compile a (nested) value whose strings may be templates. Raises TemplateError."""
-    return Compiled(value, where)
+def compile_value(value: Any, where: str = "",
+                  extensions: TemplateExtensions | None = None) -> Compiled:
+    """Compile a (nested) value whose strings may be templates, with the plugins'
+    ``extensions`` (filters, tests, globals). Raises TemplateError.
+    """
+    return Compiled(value, where, extensions)
 
 
 def _contains_template(value: Any) -> bool:
@@ -571,32 +845,33 @@ def _error(where: str, source: str, exc: Exception) -> TemplateError:
     return TemplateError(f"{prefix}{what} in template {source!r}")
 
 
-def _build(value: Any, where: str) -> Any:
+def _build(value: Any, where: str, ext: TemplateExtensions | None) -> Any:
     if isinstance(value, str):
         if not has_template(value):
             return lambda ctx, w: value
-        return _compile_string(value, where)
+        return _compile_string(value, where, ext)
     if isinstance(value, Mapping):
-        parts = {k: _build(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        parts = {k: _build(v, f"{where}.{k}" if where else str(k), ext)
+                 for k, v in value.items()}
         return lambda ctx, w: {k: fn(ctx, w) for k, fn in parts.items()}
     if isinstance(value, (list, tuple)):
-        items = [_build(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_build(v, f"{where}[{i}]", ext) for i, v in enumerate(value)]
         return lambda ctx, w: [fn(ctx, w) for fn in items]
     return lambda ctx, w: value
 
 
-def _compile_string(text: str, where: str) -> Any:
+def _compile_string(text: str, where: str, ext: TemplateExtensions | None) -> Any:
     if len(text) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"{where}: template of {len(text)} characters exceeds the limit of "
                             f"{MAX_TEMPLATE_CHARS}")
     ref = whole_reference(text)
     if ref is not None:
-        return _compile_reference(text, ref, where)
-    return _compile_jinja(text, where)
+        return _compile_reference(text, ref, where, ext)
+    return _compile_jinja(text, where, ext)
 
 
 def _compile_reference(text: str, ref: tuple[str, str | None, tuple[str | int, ...]],
-                       where: str) -> Any:
+                       where: str, ext: TemplateExtensions | None) -> Any:
     """A whole-value ``${...}`` reference: a direct lookup in the context's plain dicts and
     lists, which is what the Jinja expression would give (data first, as
     ``_Environment.getattr``). Anything else -- a missing key, an index out of range, a value
@@ -608,7 +883,7 @@ def _compile_reference(text: str, ref: tuple[str, str | None, tuple[str | int, .
 
     def slow(ctx: Mapping[str, Any], w: str) -> Any:
         if not jinja:
-            jinja.append(_compile_jinja(text, where))
+            jinja.append(_compile_jinja(text, where, ext))
         return jinja[0](ctx, w)
 
     def lookup(ctx: Mapping[str, Any], w: str) -> Any:
@@ -640,26 +915,25 @@ def _compile_reference(text: str, ref: tuple[str, str | None, tuple[str | int, .
 
 
 @lru_cache(maxsize=4096)
-def _jinja(source: str) -> tuple[bool, Any]:
-    """Compile translated template text once per process: ``(True, expression)`` for a
-    string that is one ``{{ ... }}`` expression (keeps the value's type), ``(False,
-    template)`` otherwise. Raises TemplateSyntaxError (not cached).
+def _jinja(source: str, ext: TemplateExtensions | None = None) -> tuple[bool, Any]:
+    """Compile translated template text once per process and set of extensions: ``(True,
+    expression)`` for a string that is one ``{{ ... }}`` expression (keeps the value's type),
+    ``(False, template)`` otherwise. Raises TemplateSyntaxError (not cached).
     """
-    env = environment()
+    env = environment(ext)
     whole = _WHOLE.match(source)
     if whole and "{{" not in whole.group("expr") and "}}" not in whole.group("expr"):
         return True, env.compile_expression(whole.group("expr"), undefined_to_none=False)
     return False, env.from_string(source)
 
 
-def _compile_jinja(text: str, where: str) -> Any:
+def _compile_jinja(text: str, where: str, ext: TemplateExtensions | None = None) -> Any:
     from jinja2.exceptions import TemplateSyntaxError
 
     try:
-        is_expression, compiled = _jinja(translate(text))
+        is_expression, compiled = _jinja(translate(text), ext)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"{where}: template syntax error: {exc.message} in {text!r}"
-                            ) from None
+        raise TemplateError(f"{where}: {_syntax_message(exc, ext)} in {text!r}") from None
     if is_expression:
         expr = compiled
 
@@ -690,6 +964,28 @@ def _compile_jinja(text: str, where: str) -> Any:
     return run_template
 
 
+_UNKNOWN = re.compile(r"No (filter|test) named '([^']*)'")
+
+
+def _syntax_message(exc: Any, ext: TemplateExtensions | None) -> str:
+    """Describe a TemplateSyntaxError: an unknown filter or test names the close matches and
+    where to get more (``register_template_filters``); else ``template syntax error: ...``.
+    """
+    import difflib
+
+    found = _UNKNOWN.match(exc.message or "")
+    if found is None:
+        return f"template syntax error: {exc.message}"
+    kind, name = found.groups()
+    env = environment(ext)
+    known = env.filters if kind == "filter" else env.tests
+    public = sorted(n for n in known if not n.startswith("_"))
+    close = difflib.get_close_matches(name, public, n=3)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (f"unknown template {kind} {name!r} ({hint}plugins add {kind}s with "
+            "register_template_filters; see docs/workflows.md, Templates)")
+
+
 def _check_defined(value: Any) -> None:
     from jinja2 import Undefined
 
@@ -698,31 +994,34 @@ def _check_defined(value: Any) -> None:
 
 
 def render_value(value: Any, context: Mapping[str, Any], *, where: str = "",
-                 timeout: float | None = None) -> Any:
+                 timeout: float | None = None,
+                 extensions: TemplateExtensions | None = None) -> Any:
     """Render every template string inside ``value`` (dicts and lists recursively) within
-    ``timeout`` seconds (see :meth:`Compiled.render`).
+    ``timeout`` seconds (see :meth:`Compiled.render`), with the plugins' ``extensions``.
 
     Raises:
         TemplateError: a syntax error, an unresolved reference, a forbidden operation, a limit
             passed or the time limit reached; the message starts with ``where`` (e.g.
             ``"step 'b', field with.prompt"``).
     """
-    return Compiled(value, where).render(context, where=where, timeout=timeout)
+    return Compiled(value, where, extensions).render(context, where=where, timeout=timeout)
 
 
 def render_string(text: str, context: Mapping[str, Any], *, where: str = "",
-                  timeout: float | None = None) -> str:
+                  timeout: float | None = None,
+                  extensions: TemplateExtensions | None = None) -> str:
     """Render ``text`` to a string (even when it is one expression).
 
     Raises:
         TemplateError: as :func:`render_value`.
     """
-    result = render_value(text, context, where=where, timeout=timeout)
+    result = render_value(text, context, where=where, timeout=timeout, extensions=extensions)
     return result if isinstance(result, str) else json.dumps(result, default=str)
 
 
 def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where: str = "",
-             timeout: float | None = None) -> bool:
+             timeout: float | None = None,
+             extensions: TemplateExtensions | None = None) -> bool:
     """Evaluate a condition: a boolean, a template (``"{{ x > 1 }}"``) or a bare expression
     (``"x > 1"``); the strings ``"false"``, ``"no"``, ``"0"``, ``""`` are false.
 
@@ -734,7 +1033,7 @@ def evaluate(condition: str | bool | None, context: Mapping[str, Any], *, where:
     if isinstance(condition, bool):
         return condition
     text = condition if has_template(condition) else "{{ " + condition + " }}"
-    result = render_value(text, context, where=where, timeout=timeout)
+    result = render_value(text, context, where=where, timeout=timeout, extensions=extensions)
     if isinstance(result, str):
         return result.strip().lower() not in ("", "false", "no", "0", "none", "null")
     return bool(result)
@@ -772,20 +1071,23 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{path}[{i}]")
 
 
-def find_references(value: Any, path: str = "", *, expression: bool = False
+def find_references(value: Any, path: str = "", *, expression: bool = False,
+                    extensions: TemplateExtensions | None = None
                     ) -> list[tuple[str, Reference | TemplateError]]:
-    """Return ``(path, reference-or-syntax-error)`` for every template in ``value``.
+    """Return ``(path, reference-or-error)`` for every template in ``value``: an error for a
+    template that does not compile (a syntax error, an unknown filter or test, with close
+    names suggested).
 
-    ``expression`` treats a bare string as an expression (for ``when``/``until``). Each
-    distinct template text is parsed once per process (a whole-value ``${...}`` reference is
-    read without parsing).
+    ``expression`` treats a bare string as an expression (for ``when``/``until``);
+    ``extensions`` are the plugins' filters, tests and globals. Each distinct template text
+    is parsed once per process (a whole-value ``${...}`` reference is read without parsing).
     """
     found: list[tuple[str, Reference | TemplateError]] = []
     items = list(_strings(value, path))
     if expression and isinstance(value, str) and not has_template(value):
         items = [(path, "{{ " + value + " }}")]
     for where, text in items:
-        refs = _references_in(text)
+        refs = _references_in(text, extensions or None)
         if isinstance(refs, str):
             found.append((where, TemplateError(refs)))
             continue
@@ -794,8 +1096,11 @@ def find_references(value: Any, path: str = "", *, expression: bool = False
 
 
 @lru_cache(maxsize=4096)
-def _references_in(text: str) -> tuple[tuple[str, str], ...] | str:
-    """The ``(kind, name)`` references of one template text, or the syntax error's message."""
+def _references_in(text: str, ext: TemplateExtensions | None = None
+                   ) -> tuple[tuple[str, str], ...] | str:
+    """The ``(kind, name)`` references of one template text, or the error's message (syntax,
+    unknown filter or test).
+    """
     ref = whole_reference(text)
     if ref is not None:
         kind, name, _ = ref
@@ -803,13 +1108,15 @@ def _references_in(text: str) -> tuple[tuple[str, str], ...] | str:
     from jinja2 import meta, nodes
     from jinja2.exceptions import TemplateSyntaxError
 
-    env = environment()
+    env = environment(ext)
     try:
         tree = env.parse(translate(text))
-    except TemplateSyntaxError as exc:
-        return f"template syntax error: {exc.message} in {text!r}"
+        # generates the code, which checks that every filter and test exists
+        undeclared = meta.find_undeclared_variables(tree)
+    except TemplateSyntaxError as exc:  # TemplateAssertionError too (an unknown filter)
+        return f"{_syntax_message(exc, ext)} in {text!r}"
     found: list[tuple[str, str]] = []
-    for name in sorted(meta.find_undeclared_variables(tree)):
+    for name in sorted(undeclared):
         if name not in ("steps", "inputs") and name not in env.globals:
             found.append(("name", name))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.interfaces import SupportsRawArguments, SupportsStepValidation
-from flowyard.templating import Compiled, has_template
+from flowyard.templating import Compiled, has_template, template_extensions
 from flowyard.tools import ArgumentChecks, argument_checks
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def build_plan(services: Services | None, workflow: Workflow,
     """
     steps: dict[str, StepPlan] = {}
     issues: list[ValidationIssue] = []
+    extensions = template_extensions(services)
     loc = workflow.locations
     count = len(workflow.steps)
     for i, step in enumerate(workflow.steps):
@@ -110,7 +111,7 @@ def build_plan(services: Services | None, workflow: Workflow,
         compiled: list[Compiled] = []
         for field, value in (("with", with_), ("for_each", step.for_each)):
             try:
-                compiled.append(Compiled(value, f"step {step.id!r}, field {field}"))
+                compiled.append(Compiled(value, f"step {step.id!r}, field {field}", extensions))
             except TemplateError as exc:
                 issues.append(loc.issue(str(exc), f"{loc.step_path(i, count)}.{field}"))
                 compiled.append(Compiled(None))

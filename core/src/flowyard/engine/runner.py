@@ -50,7 +50,7 @@ from flowyard.interfaces import SupportsStepCommit
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.serialization import json_default
 from flowyard.tools import check_templated_arguments
-from flowyard.templating import Compiled, evaluate
+from flowyard.templating import Compiled, evaluate, template_extensions
 from flowyard.workflow import (
     INPUT_TYPES,
     RetryPolicy,
@@ -299,6 +299,8 @@ class Run:
                  parent_budget: BudgetChain | None = None,
                  lease: LeaseKeeper | None = None, plan: Plan | None = None) -> None:
         self.stack = stack
+        #: the plugins' template filters, tests and globals (register_template_filters)
+        self.template_extensions = template_extensions(stack)
         self.lease = lease
         self.workflow = workflow
         self.inputs = inputs
@@ -693,7 +695,8 @@ class Run:
             context = {**self.base_context}
             for name, template in self.workflow.outputs.items():
                 try:
-                    outputs[name] = Compiled(template, f"output {name!r}").render(context)
+                    outputs[name] = Compiled(template, f"output {name!r}",
+                                             self.template_extensions).render(context)
                 except TemplateError as exc:
                     if status == "completed":
                         status, error = "failed", f"cannot render the outputs: {exc}"
@@ -787,7 +790,8 @@ class Run:
         try:
             if step.when is not None and not evaluate(step.when, context,
                                                       where=f"step {step.id!r}, field when",
-                                                      timeout=_time_left(step.timeout)):
+                                                      timeout=_time_left(step.timeout),
+                                                      extensions=self.template_extensions):
                 res.status = "skipped"
                 res.reason = "condition false"
                 res.finished_at = res.started_at
@@ -919,7 +923,8 @@ class Run:
             state.result.iterations = n
             if evaluate(step.until, self._context(output=output, iteration=n),
                         where=f"step {step.id!r}, field until",
-                        timeout=_time_left(step.timeout)):
+                        timeout=_time_left(step.timeout),
+                        extensions=self.template_extensions):
                 met = True
                 break
         if not met:

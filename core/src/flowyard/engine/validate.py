@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.interfaces import SupportsSniff, SupportsStepValidation
 from flowyard.parsing import ParseLimits, find_surrogate, read_bounded
-from flowyard.templating import Reference, find_references
+from flowyard.templating import Reference, find_references, template_extensions
 from flowyard.workflow import Step, Workflow, definition_hash, parse_workflow
 
 from .plan import Plan, build_plan, step_raw_arguments, templated_paths
@@ -341,6 +341,7 @@ def _check(stack: Services | None, workflow: Workflow, *, known_ids: set[str] | 
     index = _index(workflow)
     seen: set[str] = set()
     count = len(workflow.steps)
+    extensions = template_extensions(stack)
     for i, step in enumerate(workflow.steps):
         if step.id in seen:
             first = loc.step_path(index[step.id], count)
@@ -368,9 +369,10 @@ def _check(stack: Services | None, workflow: Workflow, *, known_ids: set[str] | 
                                    ("until", step.until, True)):
             if value is None or isinstance(value, bool):
                 continue
-            for where, ref in find_references(value, f"{base}.{field}", expression=expr):
+            for where, ref in find_references(value, f"{base}.{field}", expression=expr,
+                                              extensions=extensions):
                 if isinstance(ref, TemplateError):
-                    issue(str(ref), where)
+                    issue(f"step {step.id!r}, field {where[len(base) + 1:]}: {ref}", where)
                 elif ref.kind == "name":
                     allowed = _names_for(step, field)
                     if ref.name not in allowed:
@@ -393,9 +395,9 @@ def _check(stack: Services | None, workflow: Workflow, *, known_ids: set[str] | 
         if stack is not None:
             _check_action(stack, workflow, step, base, issue)
 
-    for where, ref in find_references(workflow.outputs, "outputs"):
+    for where, ref in find_references(workflow.outputs, "outputs", extensions=extensions):
         if isinstance(ref, TemplateError):
-            issue(str(ref), where)
+            issue(f"{where}: {ref}", where)
         elif ref.kind == "name" and ref.name not in _BASE_NAMES:
             issue(f"unknown name {ref.name!r} in the outputs (available: "
                   f"{', '.join(sorted(_BASE_NAMES))})", where)
