@@ -5,8 +5,9 @@
 // - #events-live: one <li> per event (at most MAX_EVENTS; step.progress of a step key updates
 //   its line in place; step.delta goes to #deltas instead).
 // - #deltas: streamed text (step.delta), one <pre> per (run id, step key).
-// - run.finished of this run: #run-status is updated, #run-details reloaded by htmx, stream
-//   closed.
+// - run.finished of this run: #run-status is updated at once; unless newer events follow (a
+//   resumed run), the cancel button is hidden and #run-details reloaded by htmx; the stream
+//   is closed when the server ends it.
 // Server data only ever reaches the page as text (textContent, Text nodes, attributes set by
 // setAttribute/dataset): never as HTML. window.flowyardLive = {applied, lastSeq, maxApplyMs,
 // errors} and document.body.dataset.lastEventSeq (highest stored seq applied) are for tests.
@@ -201,13 +202,42 @@
     }
     el.classList.add(`status-${status.replace(/[^A-Za-z0-9_-]+/g, "")}`);
   }
+  // The end. A run.finished may be an old one: the stream replays the run's log from the
+  // start, and a resumed run has one per earlier attempt, followed by more events. So the
+  // page settles (controls hidden, details reloaded) once no newer event followed it for
+  // SETTLE_MS, and closes the stream when the server ends it after a run.finished (the
+  // server does so only once the run stays ended; EventSource would reconnect).
+  const SETTLE_MS = 300;
   let source = null;
-  function finish(d) {
+  let finishedSeq = 0; // seq of the run.finished that is, so far, the last stored event
+  let settleTimer = 0;
+  function controls(show) { // what only a live run offers (the cancel button)
+    const button = document.getElementById("cancel-run");
+    const form = button && (button.closest("form") || button);
+    if (form) form.hidden = !show;
+  }
+  function finished(seq, d) {
     setStatus(text(d.status));
+    finishedSeq = seq || finishedSeq || 1;
+    clearTimeout(settleTimer);
+    settleTimer = setTimeout(settle, SETTLE_MS);
+  }
+  function resumed() { // a newer stored event: that run.finished was not the last word
+    finishedSeq = 0;
+    clearTimeout(settleTimer);
+    settleTimer = 0;
+  }
+  function settle() {
+    settleTimer = 0;
+    controls(false);
+    if (window.htmx && document.getElementById("run-details")) refreshDetails();
+  }
+  function streamEnded() {
     live.dataset.ended = "true";
     if (source) source.close();
-    if (window.htmx && document.getElementById("run-details")) {
-      setTimeout(refreshDetails, 0); // after this event's update, not inside it
+    if (settleTimer) { // ended before SETTLE_MS: settle now
+      clearTimeout(settleTimer);
+      settle();
     }
   }
   function refreshDetails() {
@@ -232,8 +262,12 @@
     }
     if (ev.type === "step.delta") addDelta(ev, d);
     else addLine(ev, d);
-    if (own && ev.type === "run.started") setStatus("running");
-    if (own && ev.type === "run.finished") finish(d);
+    if (own && seq > 0 && finishedSeq > 0 && ev.type !== "run.finished") resumed();
+    if (own && ev.type === "run.started") {
+      setStatus("running");
+      controls(true);
+    }
+    if (own && ev.type === "run.finished") finished(seq, d);
     stats.applied += 1;
     if (own && seq > 0) {
       stats.lastSeq = seq;
@@ -271,8 +305,8 @@
     if (source) {
       for (const type of TYPES) source.addEventListener(type, onMessage);
       source.onmessage = onMessage;
-      source.onerror = () => { // the browser reconnects by itself (with Last-Event-ID)
-        if (live.dataset.ended === "true") source.close();
+      source.onerror = () => { // else the browser reconnects by itself (with Last-Event-ID)
+        if (finishedSeq > 0) streamEnded();
         live.dataset.stream = source.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
       };
       source.onopen = () => { live.dataset.stream = "open"; };
