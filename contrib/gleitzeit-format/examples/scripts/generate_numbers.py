@@ -1,0 +1,4 @@
+# Gleitzeit-style script: `context` is given, `result` is returned.
+count = context.get("count", 3)
+numbers = [n * n for n in range(1, count + 1)]
+result = {"numbers": numbers, "count": len(numbers)}
