@@ -82,6 +82,9 @@ def test_load_image_forms(tmp_path: Path) -> None:
     assert load_image(b64, policy) == ImagePart(data_base64=b64, media_type="image/jpeg")
     wrapped = "\n".join(b64[i:i + 8] for i in range(0, len(b64), 8))
     assert load_image(wrapped, policy).media_type == "image/jpeg"
+    unpadded = base64.b64encode(JPEG + b"x").decode()
+    assert unpadded.endswith("=")
+    assert load_image(unpadded.rstrip("="), policy).media_type == "image/jpeg"
     webp = base64.b64encode(WEBP).decode()
     assert load_image(f"data:image/webp;base64,{webp}", policy) == ImagePart(
         data_base64=webp, media_type="image/webp")

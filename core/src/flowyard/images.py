@@ -6,8 +6,8 @@ An image is written as one string, one of:
 - an ``http://`` or ``https://`` URL: passed to the provider as a URL (flowyard does not fetch
   it; providers that need the bytes, like Ollama, download it themselves);
 - a ``data:`` URL (``data:image/png;base64,...``): decoded and checked;
-- base64 text of the image bytes (whitespace ignored): recognised when it decodes to bytes
-  that start like a PNG, JPEG, GIF or WebP file;
+- base64 text of the image bytes (whitespace ignored, ``=`` padding optional): recognised
+  when it decodes to bytes that start like a PNG, JPEG, GIF or WebP file;
 - otherwise a local file path: relative paths resolve against the folder of the workflow
   file (the current directory for a workflow given as text or a mapping), like a
   sub-workflow's path. The resolved file (symbolic links followed) must lie inside an allowed
@@ -133,8 +133,14 @@ def _checked(data: bytes, what: str, policy: ImagePolicy, declared: str | None =
     return ImagePart(data_base64=base64.b64encode(data).decode("ascii"), media_type=media_type)
 
 
-def _decode_base64(text: str, what: str, policy: ImagePolicy) -> bytes:
+def _compact(text: str) -> str:
+    """``text`` without whitespace, padded with ``=`` to a multiple of 4 characters."""
     compact = "".join(text.split())
+    return compact + "=" * (-len(compact) % 4)
+
+
+def _decode_base64(text: str, what: str, policy: ImagePolicy) -> bytes:
+    compact = _compact(text)
     if len(compact) * 3 // 4 > policy.max_bytes + 2:
         raise ImageInputError(f"{what} decodes to more than images.max_bytes = "
                               f"{policy.max_bytes} bytes")
@@ -145,8 +151,8 @@ def _decode_base64(text: str, what: str, policy: ImagePolicy) -> bytes:
 
 
 def _looks_like_base64_image(text: str) -> bool:
-    compact = "".join(text.split())
-    if len(compact) < 16 or len(compact) % 4 or not set(compact) <= _BASE64_CHARS:
+    compact = _compact(text)
+    if len(compact) < 16 or not set(compact) <= _BASE64_CHARS:
         return False
     try:
         head = base64.b64decode(compact[:16], validate=True)

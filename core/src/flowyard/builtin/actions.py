@@ -21,6 +21,7 @@ from flowyard.context import ToolContext
 from flowyard.errors import ConfigError, ToolError, ToolInputError
 from flowyard.images import ImageInputError, ImagePolicy, image_policy, load_image
 from flowyard.interfaces import RouteRequest
+from flowyard.llm.budget import IMAGE_TOKENS
 from flowyard.models import ImagePart, Message, TextPart
 from flowyard.templating import has_template
 from flowyard.tools import BaseTool
@@ -220,7 +221,8 @@ class ChatAction(BaseTool):
                 min_context=req.get("min_context"),
                 max_input_price=req.get("max_input_price"),
                 candidates=req.get("candidates", ()),
-                estimated_input_tokens=sum(len(m.text) for m in messages) // 4,
+                estimated_input_tokens=sum(len(m.text) for m in messages) // 4
+                + IMAGE_TOKENS * sum(len(m.images) for m in messages),
             )
             model = model or "auto"
         schema = arguments.get("response_schema")
