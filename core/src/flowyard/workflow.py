@@ -40,6 +40,7 @@ __all__ = [
     "parse_workflow",
     "Locations",
     "INPUT_TYPES",
+    "ON_ERROR",
     "definition_hash",
 ]
 
@@ -55,6 +56,9 @@ INPUT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 FailurePolicy = Literal["fail_fast", "continue"]
+
+#: The string values of a step's ``on_error`` (the other form is ``{fallback: value}``).
+ON_ERROR = ("fail", "continue", "continue_and_fail")
 
 
 class _Required:
@@ -250,7 +254,12 @@ class Step:
         max_iterations: bound of the ``until`` loop.
         retry: the retry policy (None: one try).
         timeout: seconds allowed per attempt (None: no limit).
-        on_error: ``"fail"``, ``"continue"`` or ``{"fallback": value}``.
+        on_error: what a failure (after retries) means: ``"fail"`` (the step fails; under
+            ``fail_fast`` the run stops), ``"continue"`` (dependents run, seeing the step
+            failed with output None; the run can still complete), ``"continue_and_fail"``
+            (dependents and the rest of the workflow run as with ``continue``, and the run
+            then ends ``failed`` with this step's error) or ``{"fallback": value}`` (the step
+            completes with ``value``).
         priority: higher runs first when concurrency slots are scarce.
         budget_usd: US dollars this step's LLM calls may spend.
         executor: the executor name (None: ``local``).
@@ -554,10 +563,10 @@ def _parse_step(raw: Any, index: int, c: _Collector) -> Step | None:
     if until is not None and for_each is not None:
         c.add("a step cannot have both 'for_each' and 'until'", f"{path}.until")
     on_error = raw.get("on_error", "fail")
-    if not (on_error in ("fail", "continue") or (
+    if not (on_error in ON_ERROR or (
             isinstance(on_error, Mapping) and set(on_error) == {"fallback"})):
-        c.add("'on_error' must be 'fail', 'continue' or {fallback: <value>}",
-              f"{path}.on_error")
+        c.add("'on_error' must be 'fail', 'continue', 'continue_and_fail' or "
+              f"{{fallback: <value>}}, got {on_error!r}", f"{path}.on_error")
         on_error = "fail"
     priority = raw.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):

@@ -232,7 +232,8 @@ class _State:
     """
 
     __slots__ = ("step", "deps", "raw", "children", "remaining", "result", "with_", "for_each",
-                 "blocking", "slot_priority", "budget_chain", "tool", "argument_checks")
+                 "blocking", "fails_run", "slot_priority", "budget_chain", "tool",
+                 "argument_checks")
 
     def __init__(self, step: Step, plan: StepPlan) -> None:
         self.step = step
@@ -244,6 +245,8 @@ class _State:
         self.with_ = plan.with_
         self.for_each = plan.for_each
         self.blocking = False
+        #: failed under ``on_error: continue_and_fail``: the run goes on and ends failed
+        self.fails_run = False
         self.slot_priority = step.priority
         self.budget_chain: Any = _UNSET
         self.tool: Any = None  # the action, looked up at its first attempt
@@ -667,12 +670,19 @@ class Run:
     def _final_status(self) -> tuple[str, str | None]:
         blocking = [s for s in self.states.values() if s.blocking]
         if not blocking:
+            failed = [s.result for s in self.states.values() if s.fails_run]
+            if failed:  # on_error: continue_and_fail: everything ran, and the run fails
+                first = failed[0]
+                more = f" (and {len(failed) - 1} more step(s))" if len(failed) > 1 else ""
+                return "failed", (f"step {first.id!r} {first.status}: {first.error}{more} "
+                                  "(on_error: continue_and_fail)")
             return "completed", None
         first = blocking[0].result
         error = self._failure or f"step {first.id!r} {first.status}: {first.error}"
         if self.workflow.on_failure == "continue":
             done = any(s.result.status == "completed" for s in self.states.values())
-            return ("partial" if done else "failed"), error
+            failing = any(s.fails_run for s in self.states.values())  # continue_and_fail
+            return ("partial" if done and not failing else "failed"), error
         return "failed", error
 
     async def _finish(self, status: str, error: str | None, started: float) -> RunResult:
@@ -856,7 +866,8 @@ class Run:
                       error=res.error, error_type=res.error_type)
         else:
             res.status = status
-            state.blocking = step.on_error != "continue"
+            state.blocking = step.on_error not in ("continue", "continue_and_fail")
+            state.fails_run = step.on_error == "continue_and_fail"
             self.emit("step.failed", step.id, status=status, error=res.error,
                       error_type=res.error_type, attempts=res.attempts,
                       continued=not state.blocking)
