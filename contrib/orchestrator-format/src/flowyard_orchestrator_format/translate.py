@@ -327,10 +327,17 @@ class _Translator:
             return "{{ " + _step_expression(step_id) + " }}"
 
         whole = _AUTO.fullmatch(text.strip())
-        result = _AUTO.sub(one, text)
-        if "<AUTO>" in result:
+        if whole:
+            return one(whole)
+        parts = _AUTO.split(text)       # text, prompt, text, prompt, ..., text
+        if any("<AUTO>" in part for part in parts[::2]):
             self.error("an <AUTO> tag without its closing </AUTO>", path)
-        return result if not whole else result.strip()
+            return text
+        out = []
+        for n, part in enumerate(parts):
+            out.append(one(re.match(r"(.*)", part, re.DOTALL)) if n % 2
+                       else self.template(part, scope, path))
+        return "".join(out)
 
     def expression(self, source: Any, scope: _Scope, path: str, autos: list[Any],
                    owner: str, deps: list[str], what: str) -> str | None:
@@ -775,9 +782,13 @@ class _Translator:
                                         else condition) + " }}"
                 records.append((".until", f"{path}.{key}"))
                 names_used = _names(raw[key])
-                if key == "while" and not (names_used & (set(children) | {"iteration"})):
-                    before = self.expression(raw[key], scope, f"{path}.{key}", None, step_id,
-                                             deps, key)
+                if key == "while" and not names_used & set(children):
+                    # checked before the first iteration too (iteration 0): a while loop whose
+                    # condition is false at once runs no iteration
+                    before_scope = _Scope(self, scope, names={"iteration": Ref("0")},
+                                          passing=False)
+                    before = self.expression(raw[key], before_scope, f"{path}.{key}", None,
+                                             step_id, deps, key)
                     if before is not None:
                         out["when"] = "{{ " + before + " }}"
                         records.append((".when", f"{path}.{key}"))
