@@ -216,17 +216,26 @@ def seeded(server: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
-    """One headless Chromium for the module (a missing browser fails here, never skips)."""
+def driver(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One headless Chromium for the module (a missing browser fails here, never skips).
+    The screenshots of an earlier run are removed first; where they are is printed at the
+    end."""
     try:
         ds.check_browser()
     except ds.BrowserMissing as exc:
         pytest.fail(str(exc), pytrace=False)
+    for old in ds.ARTIFACTS.glob("*.png"):
+        old.unlink()
     driver = ds.make_driver()
     try:
         yield driver
     finally:
         driver.quit()
+        shots = sorted(ds.ARTIFACTS.glob("*.png"))
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if capture is not None and shots:
+            with capture.global_and_fixture_disabled():
+                print(f"\ndashboard screenshots ({len(shots)}): {ds.ARTIFACTS}")
 
 
 # ------------------------------------------------------------------------------ helpers
