@@ -1,0 +1,318 @@
+"""flowyard-orchestrator-format's own tests, in a venv with only the core and this
+distribution: the template rewriting, content sniffing, located errors, the filters, and the
+example pipelines run end to end (with stand-in filesystem/shell tools, see conftest.py, and
+the fake model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flowyard import Stack, WorkflowValidationError, parse_yaml
+from flowyard_orchestrator_format import OrchestratorLoader, filters, plugin, translate
+from flowyard_orchestrator_format.templates import Ref, rewrite_template
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def translated(text: str) -> dict[str, Any]:
+    data, locations = parse_yaml(text, path="p.yaml")
+    definition, _ = translate(data, locations, "p.yaml")
+    return definition
+
+
+def issues(text: str) -> list[str]:
+    with pytest.raises(WorkflowValidationError) as info:
+        OrchestratorLoader().load(text, path="p.yaml")
+    return [str(issue) for issue in info.value.issues]
+
+
+# ---------------------------------------------------------------- templates
+
+
+def test_bare_names_become_inputs_and_step_outputs() -> None:
+    definition = translated("""
+id: t
+parameters:
+  out_dir: {type: string, default: out}
+steps:
+  - id: run
+    tool: terminal
+    action: execute
+    parameters: {command: "ls {{ out_dir }}"}
+  - id: gen
+    action: generate_text
+    parameters:
+      prompt: >-
+        {{ run.stdout }} {{ run.return_code }} {{ run.result.success }} {{ run }}
+        {{ gen_two.result.title | upper }} {{ out_dir | default('x', true) }}
+        {% for line in run.stdout.split() %}{{ line }}{{ loop.index }}{% endfor %}
+  - id: gen_two
+    action: generate-structured
+    parameters:
+      prompt: hi
+      schema: {type: object, properties: {title: {type: string}}}
+""")
+    prompt = definition["steps"][1]["with"]["prompt"]
+    assert prompt == (
+        "{{ steps.run.output.stdout }} {{ steps.run.output.exit_code }} "
+        "{{ (steps.run.output.exit_code == 0) }} {{ steps.run.output }} "
+        "{{ steps.gen_two.output.title | upper }} {{ inputs.out_dir | default('x', true) }} "
+        "{% for line in steps.run.output.stdout.split() %}{{ line }}{{ loop.index }}"
+        "{% endfor %}")
+    assert definition["steps"][0]["with"] == {"command": "ls {{ inputs.out_dir }}",
+                                              "shell": True}
+    assert definition["steps"][2]["with"]["response_schema"]["type"] == "object"
+
+
+def test_loop_results_are_reached_by_index_and_star() -> None:
+    def resolve(name: str) -> Ref | None:
+        if name == "per_item":
+            return Ref("steps.per_item.output", item=Ref("", step=lambda e, n: (f"{e}.{n}",
+                                                                                  None)))
+        return None
+
+    assert rewrite_template("{{ per_item[1].save.path }}", resolve) == \
+        "{{ steps.per_item.output[1].save.path }}"
+    assert rewrite_template("{{ per_item.*.save.result }}", resolve) == \
+        "{{ (steps.per_item.output | map(attribute='save') | list) }}"
+    assert rewrite_template("{{ $unknown }} {{ f(x=1) }}", resolve) == \
+        "{{ unknown }} {{ f(x=1) }}"
+
+
+def test_nested_steps_receive_outer_values_as_inputs() -> None:
+    definition = translated("""
+id: t
+parameters: {prefix: p}
+steps:
+  - id: first
+    tool: filesystem
+    action: read
+    parameters: {path: a.txt}
+  - id: each
+    for_each: [x, y]
+    as: letter
+    dependencies: [first]
+    steps:
+      - id: inner
+        tool: filesystem
+        action: write
+        parameters:
+          path: "{{ prefix }}/{{ letter }}-{{ $index }}.txt"
+          content: "{{ first.content }}"
+        dependencies: [first]
+""")
+    loop = definition["steps"][1]
+    assert loop["uses"] == "workflow" and loop["for_each"] == ["x", "y"]
+    assert loop["depends_on"] == ["first"]
+    child = loop["with"]["workflow"]
+    assert child["steps"][0]["with"] == {
+        "path": "{{ inputs.outer_prefix }}/{{ inputs.item }}-{{ inputs.index }}.txt",
+        "content": "{{ inputs.outer_first.content }}"}
+    assert "depends_on" not in child["steps"][0]
+    assert loop["with"]["inputs"]["outer_prefix"] == "{{ inputs.prefix }}"
+    assert loop["with"]["inputs"]["outer_first"] == "{{ steps.first.output }}"
+    assert loop["with"]["inputs"]["is_last"] == "{{ index == 2 - 1 }}"
+    assert child["outputs"] == {"inner": "{{ steps.inner.output }}"}
+
+
+# ---------------------------------------------------------------- sniffing
+
+
+@pytest.mark.parametrize(("text", "claimed"), [
+    ("id: x\nsteps:\n  - id: a\n    action: generate_text\n    parameters: {prompt: hi}\n",
+     True),
+    ("name: x\nsteps:\n  - id: a\n    tool: filesystem\n    action: read\n", True),
+    ("name: x\nsteps:\n  - id: a\n    uses: echo\n    with: {value: 1}\n", False),
+    ("name: x\nsteps:\n  - id: a\n    uses: echo\n    with: {action: 1}\n", False),
+    ("steps: [\n", False),
+    ("- action: x\n", False),
+    ("name: x\nsteps:\n  - id: l\n    for_each: [1]\n    steps:\n      - id: a\n"
+     "        action: generate_text\n", True),
+])
+def test_sniff_claims_orchestrator_pipelines_only(text: str, claimed: bool) -> None:
+    assert OrchestratorLoader().sniff(text, "f.yaml") is claimed
+
+
+# ---------------------------------------------------------------- located errors
+
+
+def test_unsupported_features_are_located_errors() -> None:
+    found = issues("""id: t
+steps:
+  - id: a
+    tool: pdf-compiler
+    action: compile
+  - id: b
+    action: generate_text
+    parameters: {prompt: hi, format: json}
+    on_success: a
+  - id: c
+    while: "<AUTO>again?</AUTO>"
+    steps:
+      - id: d
+        action: generate_text
+        parameters: {prompt: hi}
+  - id: e
+    tool: filesystem
+    action: read
+    parameters: {path: x, parse: true}
+    max_retries: -1
+  - id: f
+    action: "Do something clever"
+""")
+    assert found == [
+        "p.yaml:4:11: step 'a': tool 'pdf-compiler' has no flowyard counterpart (supported "
+        "tools: filesystem, headless-browser, report-generator, terminal, web-search) "
+        "(steps[0].tool)",
+        "p.yaml:22:13: step 'f': action 'Do something clever' has no flowyard counterpart "
+        "(LLM actions: analyze-text, analyze_text, generate, generate-structured, "
+        "generate-text, generate_structured, generate_text, summarize_text; tools: "
+        "filesystem, headless-browser, report-generator, terminal, web-search) "
+        "(steps[4].action)",
+        "p.yaml:8:30: step 'b': parameter 'format' of action 'generate_text' is not supported "
+        "(supported: prompt, model, max_tokens, temperature, system, system_prompt, top_p, "
+        "stop, seed) (steps[1].parameters.format)",
+        "p.yaml:9:17: on_success: target 'a' comes before step 'b'; only forward jumps are "
+        "supported (flowyard workflows have no cycles) (steps[1].on_success)",
+        "p.yaml:11:12: <AUTO> in while is not supported (it would need a model call per "
+        "iteration); write the condition as an expression (steps[2].while)",
+        "p.yaml:19:27: step 'e': parameter 'parse' of tool 'filesystem' action 'read' is not "
+        "supported (supported: path, encoding) (steps[3].parameters.parse)",
+        "p.yaml:20:18: max_retries must be a non-negative integer (steps[3].max_retries)",
+    ]
+
+
+def test_flowyard_validation_reports_at_the_pipeline_positions() -> None:
+    loader = OrchestratorLoader()
+    workflow = loader.load("""id: t
+parameters:
+  n: 2
+steps:
+  - id: a
+    action: generate_text
+    parameters:
+      prompt: "{{ nothing_here }}"
+""", path="p.yaml")
+    assert workflow.locations.find("steps[0].with.prompt") == (8, 15)
+    assert workflow.locations.find("inputs.n") == (3, 6)
+
+
+def test_duplicate_keys_are_reported_with_the_other_problems() -> None:
+    found = issues("id: t\nid: u\nsteps:\n  - id: a\n    tool: nope\n")
+    assert any("p.yaml:2:1: duplicate key 'id'" in issue for issue in found), found
+    assert any("p.yaml:5:11: step 'a': tool 'nope'" in issue for issue in found), found
+
+
+# ---------------------------------------------------------------- filters
+
+
+def test_filters() -> None:
+    assert filters.regex_search("order 42 of 7", r"\d+") == "42"
+    assert filters.regex_search("abc", r"(b)(c)", 2) == "c"
+    assert filters.regex_search("abc", r"z") is None
+    assert filters.regex_replace("a-b-c", "-", "+") == "a+b+c"
+    assert filters.now().endswith("+00:00")
+    assert len(filters.now("%Y")) == 4
+    with pytest.raises(ValueError):
+        filters.regex_search("x", "a" * 2000)
+
+
+# ---------------------------------------------------------------- examples end to end
+
+
+async def run_example(tools: Any, name: str, inputs: dict[str, Any] | None = None) -> Any:
+    config = {"models": {"default": "fake/echo"}}
+    async with Stack([plugin, tools], config=config) as stack:
+        return await stack.run(EXAMPLES / name, inputs or {})
+
+
+def files(workspace: Path) -> dict[str, str]:
+    return {str(p.relative_to(workspace)): p.read_text() for p in sorted(workspace.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.anyio
+async def test_files_and_terminal(workspace: Path, stand_in_tools: Any) -> None:
+    result = await run_example(stand_in_tools, "files_and_terminal.yaml")
+    assert result.status == "completed", result.error
+    assert result.outputs == {"report_path": "reports/weekly-notes.md", "lines": 3}
+    assert files(workspace)["reports/weekly-notes.md"] == (
+        "# Weekly notes\nLines: 3 (exit 0, ok True)\nSize: 17 bytes, written 17\n"
+        "First: alpha")
+
+
+@pytest.mark.anyio
+async def test_for_each_conditions_and_loops(workspace: Path, stand_in_tools: Any) -> None:
+    result = await run_example(stand_in_tools, "for_each_files.yaml")
+    assert result.status == "completed", result.error
+    assert result.outputs["contents"] == ["RIVERS first=True last=False of 3 (ready)",
+                                          "LAKES first=False last=False of 3 (ready)",
+                                          "GLACIERS first=False last=True of 3 (ready)"]
+    result = await run_example(stand_in_tools, "conditions.yaml", {"threshold": 9})
+    assert {k: s.status for k, s in result.steps.items()} == {
+        "measure": "completed", "big_enough": "skipped", "detail": "skipped",
+        "quick_path": "skipped", "slow_path": "skipped", "summary": "completed"}
+    result = await run_example(stand_in_tools, "loops.yaml")
+    assert result.outputs == {"log": "start\ntick 0;tick 1;tick 2;", "lines": 2}
+
+
+@pytest.mark.anyio
+async def test_failure_policies(workspace: Path, stand_in_tools: Any) -> None:
+    result = await run_example(stand_in_tools, "failures.yaml")
+    assert result.steps["flaky"].attempts == 2
+    assert result.steps["flaky"].output["stdout"] == "recovered\n"
+    assert result.steps["report"].status == "completed"
+    result = await run_example(stand_in_tools, "fail_fast.yaml")
+    assert result.status == "failed"
+    assert result.steps["never"].status == "skipped"
+
+
+@pytest.mark.anyio
+async def test_llm_actions_and_structured_output(workspace: Path, stand_in_tools: Any) -> None:
+    result = await run_example(stand_in_tools, "llm_actions.yaml")
+    assert result.status == "completed", result.error
+    assert result.outputs["draft"] == "echo: Write one sentence about tides."
+    assert result.steps["maybe_extend"].status == "skipped"
+    result = await run_example(stand_in_tools, "structured_report.yaml")
+    assert result.outputs == {"facts": {"title": "", "count": 0},
+                              "report": "# Facts\n\nTitle: ''; count: 0"}
+
+
+def test_the_cli_runs_a_pipeline_and_locates_errors(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWYARD_")}
+    env.update({"FLOWYARD_DATA_DIR": str(tmp_path / "data"),
+                "FLOWYARD_DEFAULT_MODEL": "fake/echo"})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from flowyard.cli import main; main()", *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    pipeline = tmp_path / "ask.yaml"      # llm.chat only: no tool plugin, no router here
+    pipeline.write_text("""id: ask
+parameters:
+  who: {type: string, default: Ada}
+steps:
+  - id: greet
+    action: generate_text
+    parameters:
+      prompt: "Greet {{ who }} in a <AUTO>pick a tone</AUTO> tone."
+outputs:
+  greeting: "{{ greet.result }}"
+""")
+    proc = cli("run", str(pipeline), "--no-live", "--json", "-i", "who=Grace")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outputs"] == {
+        "greeting": "echo: Greet Grace in a echo: pick a tone\n\nAnswer with the value only. "
+                    "tone."}
+    proc = cli("validate", str(EXAMPLES / "errors" / "unknown_tool.yaml"))
+    assert proc.returncode == 2
+    assert f"{EXAMPLES}/errors/unknown_tool.yaml:10:11: step 'filter_rows': tool " \
+           "'data-processing' has no flowyard counterpart" in proc.stderr
