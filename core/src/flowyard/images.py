@@ -102,6 +102,12 @@ def sniff_image_type(data: bytes) -> str | None:
     """Return the MIME type of image bytes from their signature, or None when they are not
     a PNG, JPEG, GIF or WebP image.
 
+    Signatures: PNG ``89 50 4E 47 0D 0A 1A 0A`` (PNG specification, W3C, section 5.2 "PNG
+    signature"); JPEG ``FF D8 FF`` (the SOI marker followed by the next marker's ``FF``, ITU-T
+    T.81 annex B); GIF ``GIF87a``/``GIF89a`` (GIF89a specification, "Header"); WebP
+    ``RIFF <size> WEBP`` (Google's "WebP Container Specification",
+    developers.google.com/speed/webp/docs/riff_container).
+
     Args:
         data: the first bytes of the image (12 are enough).
 
