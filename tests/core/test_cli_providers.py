@@ -55,3 +55,19 @@ def test_providers_table_still_prints(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["providers"])
     assert result.exit_code == 0, result.output
     assert "fake/priced" in result.output
+
+
+def test_providers_json_shows_configured_prices_and_capabilities(runner: CliRunner,
+                                                                 tmp_path: Path) -> None:
+    (tmp_path / "flowyard.toml").write_text(
+        '[models.info."fake/priced"]\n'
+        "input_per_mtok = 10.0\noutput_per_mtok = 30.0\n"
+        'source = "https://example.test/pricing"\nas_of = "2026-12-01"\n'
+        'capabilities = ["vision", "chat"]\n')
+    result = runner.invoke(cli, ["providers", "--json"])
+    assert result.exit_code == 0, result.output
+    fake = next(row for row in json.loads(result.output) if row["provider"] == "fake")
+    priced = next(m for m in fake["models"] if m["model"] == "priced")
+    assert priced["price"] == {"input_per_mtok": 10.0, "output_per_mtok": 30.0,
+                               "source": "https://example.test/pricing", "as_of": "2026-12-01"}
+    assert priced["capabilities"] == ["chat", "vision"]

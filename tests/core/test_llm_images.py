@@ -326,6 +326,10 @@ steps:
     with pytest.raises(WorkflowValidationError, match="images.max_bytes must be a positive "
                                                       "integer"):
         stack.load_workflow(wf)
+    stack = _stack(FakeProvider(), images={"max_byte": 10})
+    with pytest.raises(WorkflowValidationError, match=r"\[images\]: unknown key\(s\) "
+                                                      "max_byte; expected max_bytes, roots"):
+        stack.load_workflow(wf)
 
 
 def test_images_roots_allow_a_folder_outside_the_workflows(tmp_path: Path) -> None:

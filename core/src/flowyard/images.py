@@ -81,10 +81,14 @@ def image_policy(config: Any, workflow_source: str | os.PathLike[str] | None) ->
         The :class:`ImagePolicy`.
 
     Raises:
-        ConfigError: ``images.max_bytes`` is not a positive integer, or ``images.roots`` is
-            not a list of paths.
+        ConfigError: an unknown key in ``[images]``, ``images.max_bytes`` is not a positive
+            integer, or ``images.roots`` is not a list of paths.
     """
     section = config.section("images") if config is not None else {}
+    unknown = set(section) - {"max_bytes", "roots"}
+    if unknown:
+        raise ConfigError(f"[images]: unknown key(s) {', '.join(sorted(unknown))}; expected "
+                          "max_bytes, roots")
     max_bytes = section.get("max_bytes", DEFAULT_MAX_IMAGE_BYTES)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ConfigError(f"images.max_bytes must be a positive integer (bytes), got "

@@ -49,7 +49,12 @@ def plugins(as_json: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def providers(as_json: bool) -> None:
-    """List providers and the models they serve (context window, prices per million tokens)."""
+    """List providers and the models they serve (context window, prices per million tokens).
+
+    The models are the model registry's: each provider's listing with the
+    ``[models.info]`` configuration applied, so a configured price is the one shown (the one
+    budgets reserve and the cost ledger records).
+    """
     import anyio
 
     from flowyard.serialization import unstructure  # lazy: the runtime, not for --help
@@ -60,7 +65,7 @@ def providers(as_json: bool) -> None:
         rows = []
         for name in stack.providers.names():
             try:
-                infos = await stack.providers.get(name).list_models()
+                infos = list((await stack.llm.models.load_provider(name)).values())
                 rows.append({"provider": name, "models": unstructure(infos), "error": None})
             except Exception as exc:  # noqa: BLE001 - one failing provider is reported, not fatal
                 rows.append({"provider": name, "models": [], "error": f"{type(exc).__name__}: "
