@@ -15,6 +15,7 @@ from flowyard import (
     Config,
     Locations,
     ParseLimits,
+    PluginError,
     Stack,
     SupportsSniff,
     Workflow,
@@ -169,6 +170,8 @@ def test_two_claimers_are_reported_and_format_settles_it(stack: Stack, tmp_path:
     assert info.value.issues[0].file == str(path)
     assert stack.load_workflow(path, format="tasks").name == "tasks"
     assert [s.id for s in stack.load_workflow(path, format="a-pipe").steps] == ["p"]
+    result = stack.run_sync(path, format="tasks")  # a run option too
+    assert result.status == "completed" and result.steps["t"].output == 1
 
 
 def test_format_forces_a_loader_and_an_unknown_format_lists_them(
@@ -213,3 +216,28 @@ def test_cli_format_option(cli_runner: CliRunner, tmp_path: Path) -> None:
                                      "both.yaml"])
     assert result.exit_code == 0, result.output
     assert '"status": "completed"' in result.output
+
+
+class BrokenSniff:
+    suffixes = (".yaml",)
+
+    def sniff(self, source: str, path: str | None) -> bool:
+        raise KeyError("oops")
+
+    def load(self, source: str, *, path: str | None = None) -> Workflow:
+        raise AssertionError("never called")
+
+
+class BrokenPlugin:
+    @hookimpl
+    def register_workflow_loaders(self, register: Any) -> None:
+        register("broken", BrokenSniff(), suffixes=(".yaml",))
+
+
+def test_a_sniff_that_raises_is_a_plugin_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "n.yaml"
+    path.write_text("name: x\n", encoding="utf-8")
+    stack = Stack([("brokenplugin", BrokenPlugin())], config=MEMORY)
+    with pytest.raises(PluginError, match=r"loader 'broken' \(plugin 'brokenplugin'\) failed "
+                                          r"to sniff .*KeyError: 'oops'"):
+        stack.load_workflow(path)

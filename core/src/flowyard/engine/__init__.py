@@ -11,6 +11,8 @@ Options accepted by :func:`run_workflow` and :func:`stream_workflow`:
 ``metadata``         extra JSON-ready data stored on the run record
 ``idempotency_key``  a submission idempotency key (a non-empty string): at most one run is
                      ever created per key (see :func:`run_workflow`)
+``format``           the workflow loader (format name) that parses a path or text
+                     (``flowyard run --format``; default: chosen by suffix and content)
 
 Used by the engine itself for sub-workflows: ``parent_run_id`` and ``parent_step`` (stored in
 the child run's metadata) and ``parent_budget`` (the parent step's budget chain, so the child's
@@ -208,11 +210,12 @@ async def run_workflow(stack: Services, workflow: Any, inputs: Mapping[str, Any]
 
 async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
                options: dict[str, Any], stream: Any) -> RunResult:
-    wf, definition, content_hash = load_workflow_with_definition(stack, workflow)
+    options = dict(options)
+    wf, definition, content_hash = load_workflow_with_definition(
+        stack, workflow, format=options.pop("format", None))
     values = check_inputs(wf, inputs or {})
     if not stack.storage_is_open:
         await stack.open()
-    options = dict(options)
     raise_on_failure = bool(options.pop("raise_on_failure", False))
     run_id = options.pop("run_id", None)
     max_concurrency = options.pop("max_concurrency", None)
@@ -270,7 +273,8 @@ async def stream_workflow(stack: Services, workflow: Any,
     """
     import anyio
 
-    wf = load_workflow(stack, workflow)
+    options = dict(options)
+    wf = load_workflow(stack, workflow, format=options.pop("format", None))
     check_inputs(wf, inputs or {})
     send, receive = anyio.create_memory_object_stream[Event](math.inf)
     failure: list[BaseException] = []

@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from flowyard.errors import TemplateError, ValidationIssue, WorkflowValidationError
+from flowyard.errors import PluginError, TemplateError, ValidationIssue, WorkflowValidationError
 from flowyard.interfaces import SupportsSniff, SupportsStepValidation
 from flowyard.parsing import ParseLimits, find_surrogate, read_bounded
 from flowyard.templating import Reference, find_references, template_extensions
@@ -156,6 +156,7 @@ def choose_loader(stack: Services, path: Path, text: str | None = None) -> tuple
     Raises:
         WorkflowValidationError: no loader for the suffix; two or more loaders claim the file
             (naming them and ``--format``); no loader claims it and none is the default.
+        PluginError: a loader's ``sniff`` raised or returned something else than a bool.
     """
     suffix = path.suffix.lower()
     candidates = [name for name in stack.loaders.names()
@@ -168,7 +169,7 @@ def choose_loader(stack: Services, path: Path, text: str | None = None) -> tuple
     sniffers = [n for n in candidates if isinstance(stack.loaders.get(n), SupportsSniff)]
     if sniffers and text is None:
         text = read_bounded(path, ParseLimits.from_config(stack.config))
-    claimers = [n for n in sniffers if stack.loaders.get(n).sniff(text or "", str(path))]
+    claimers = [n for n in sniffers if _sniff(stack, n, text or "", path)]
     if len(claimers) == 1:
         return claimers[0], text
     if len(claimers) > 1:
@@ -185,6 +186,25 @@ def choose_loader(stack: Services, path: Path, text: str | None = None) -> tuple
     raise WorkflowValidationError([ValidationIssue(
         f"no workflow loader recognizes this {suffix!r} file (loaders for {suffix!r}: "
         f"{', '.join(candidates)}); choose one with --format NAME", file=str(path))])
+
+
+def _sniff(stack: Services, name: str, text: str, path: Path) -> bool:
+    """Return the loader ``name``'s ``sniff`` of the file.
+
+    Raises:
+        PluginError: the sniff raised or did not return a bool (a bug of the loader's plugin,
+            named).
+    """
+    try:
+        claimed = stack.loaders.get(name).sniff(text, str(path))
+    except Exception as exc:  # a plugin's bug: re-raised as a PluginError naming it
+        raise PluginError(f"workflow loader {name!r} (plugin "
+                          f"{stack.loaders.plugin_of(name)!r}) failed to sniff {path}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(claimed, bool):
+        raise PluginError(f"workflow loader {name!r} (plugin {stack.loaders.plugin_of(name)!r}) "
+                          f"returned {type(claimed).__name__} from sniff, not a bool")
+    return claimed
 
 
 def _read_source(stack: Services, path: Path, format: str | None = None) -> Workflow:
