@@ -263,7 +263,7 @@ def test_every_problem_is_reported_at_its_line_and_column(tmp_path: Path) -> Non
         "bad.yaml:28:22: reference ${p.response}: a python/execute task has no 'response'",
     ]
     assert len(got) == len(expected), got
-    for line, start in zip(got, expected):
+    for line, start in zip(got, expected, strict=True):
         assert line.startswith(start), (line, start)
 
 
@@ -286,3 +286,19 @@ def test_duplicate_keys_are_reported_with_the_other_problems(tmp_path: Path) -> 
     got = issues_of(exc)
     assert got[0].startswith("dup.yaml:5:5: duplicate key 'method'")
     assert got[1].startswith("dup.yaml:8:13: method 'shell/run' has no flowyard counterpart")
+
+
+@pytest.mark.anyio
+async def test_json_gleitzeit_files_run_too(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"name": "json flow", "tasks": [\n'
+                 ' {"id": "a", "method": "llm/chat", "params": {"prompt": "hi"}},\n'
+                 ' {"id": "b", "method": "llm/chat", "dependencies": ["a"],\n'
+                 '  "params": {"prompt": "${a.response}!", "temperature": 9}}]}\n', "wf.json")
+    with pytest.raises(flowyard.WorkflowValidationError) as exc:
+        stack().load_workflow(path)
+    assert issues_of(exc) == ["wf.json:4:57: invalid arguments for 'llm.chat': 9 is greater "
+                              "than the maximum of 2"]
+    path.write_text(path.read_text().replace('"temperature": 9', '"temperature": 1'))
+    async with stack() as s:
+        result = await s.run(path)
+    assert result.outputs == {"a": "echo: hi", "b": "echo: echo: hi!"}

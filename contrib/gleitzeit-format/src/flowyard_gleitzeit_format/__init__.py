@@ -1,6 +1,7 @@
 """flowyard-gleitzeit-format: load Gleitzeit workflow files (``tasks`` with ``method`` and
 ``params``, batch workflows over a directory) as flowyard workflows, and Gleitzeit's Python
-convenience API (:mod:`flowyard_gleitzeit_format.client`) on a flowyard stack."""
+convenience API (:mod:`flowyard_gleitzeit_format.client`) on a flowyard stack.
+"""
 
 from flowyard_gleitzeit_format.translate import (
     GleitzeitLoader,

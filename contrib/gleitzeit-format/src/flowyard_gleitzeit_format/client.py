@@ -438,15 +438,15 @@ class GleitzeitClient:
             ref = f"inputs.files[{i}]"
             args: dict[str, Any] = dict(self._model(model))
             if image:
-                args.update(prompt="${inputs.prompt}", images=["{{ %s.absolute }}" % ref])
+                args.update(prompt="${inputs.prompt}", images=["{{ " + ref + ".absolute }}"])
             else:
                 try:
                     entry["content"] = full.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError) as exc:
                     raise ValueError(f"batch_process: cannot read {given!r} as text: {exc}"
                                      ) from None
-                args["prompt"] = ("{{ inputs.prompt }}\n\nFile content from {{ %s.path }}:\n"
-                                  "{{ %s.content }}" % (ref, ref))
+                args["prompt"] = ("{{ inputs.prompt }}\n\nFile content from {{ " + ref
+                                  + ".path }}:\n{{ " + ref + ".content }}")
             entries.append(entry)
             steps.append({"id": f"file_{i}", "uses": "llm.chat", "with": args,
                           "on_error": "continue"})

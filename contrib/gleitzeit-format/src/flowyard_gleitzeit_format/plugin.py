@@ -1,6 +1,7 @@
 """The plugin module named by the entry point ``gleitzeit``: the ``gleitzeit`` workflow
 loader (Gleitzeit files, claimed by content) and the ``gleitzeit.files`` tool that batch
-workflows and ``file_path`` parameters use at run time. Imports only flowyard's public API."""
+workflows and ``file_path`` parameters use at run time. Imports only flowyard's public API.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from flowyard_gleitzeit_format.translate import GleitzeitLoader, Settings
 @flowyard.hookimpl
 def register_workflow_loaders(register: Any, config: flowyard.Config) -> None:
     """Register the ``gleitzeit`` loader for ``.yaml``, ``.yml`` and ``.json`` files; it
-    claims a file only when its content is a Gleitzeit workflow (``sniff``)."""
+    claims a file only when its content is a Gleitzeit workflow (``sniff``).
+    """
     loader = GleitzeitLoader(Settings.from_config(config),
                              limits=flowyard.ParseLimits.from_config(config))
     register("gleitzeit", loader, suffixes=GleitzeitLoader.suffixes)

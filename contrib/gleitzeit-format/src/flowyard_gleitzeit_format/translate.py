@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
 import flowyard
-from dataclasses import dataclass, field
 
 __all__ = ["GleitzeitLoader", "Settings", "TaskInfo", "Translation", "sniff", "translate",
            "PRIORITIES", "FILES_TOOL", "IMAGE_SUFFIXES"]
@@ -95,7 +95,8 @@ class Settings:
 
     def model(self, name: str) -> str | None:
         """Return the flowyard model reference for a Gleitzeit model name (None: the stack's
-        default model)."""
+        default model).
+        """
         if name in self.models:
             return self.models[name]
         if "/" in name:
@@ -256,6 +257,11 @@ def _norm(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
+def _jinja(expr: str) -> str:
+    """Return the template ``{{ expr }}``."""
+    return "{{ " + expr + " }}"
+
+
 def _literal(text: str) -> str:
     """Protect literal Gleitzeit text from flowyard's template syntax (Gleitzeit has none)."""
     if "{" not in text and "}" not in text and "#" not in text:
@@ -402,9 +408,9 @@ class _Translator:
                 continue
             made = self.task(task, f"tasks[{i}]", step)
             if made:
-                ref = 'steps["%s"].output' % step
-                outputs[step] = ("{{ %s.result if %s is not none else none }}" % (ref, ref)
-                                 if self.kinds[step] == "python" else "${%s}" % step)
+                ref = f'steps["{step}"].output'
+                outputs[step] = (_jinja(f"{ref}.result if {ref} is not none else none")
+                                 if self.kinds[step] == "python" else "${" + step + "}")
         return outputs
 
     def task(self, task: Mapping[str, Any], tp: str, step_id: str) -> bool:
@@ -669,8 +675,9 @@ class _Translator:
 
     def append_file(self, out: dict[str, Any], expr: str, pp: str) -> None:
         """Append a file's text to the last user message (or the prompt), as Gleitzeit's
-        providers do with ``file_path``."""
-        suffix = ("\n\nFile content from {{ %s.path }}:\n{{ %s.content }}" % (expr, expr))
+        providers do with ``file_path``.
+        """
+        suffix = f"\n\nFile content from {_jinja(expr + '.path')}:\n{_jinja(expr + '.content')}"
         messages = out.get("messages") or []
         if messages and messages[-1]["role"] == "user":
             messages[-1]["content"] = _concat(messages[-1]["content"], suffix)
@@ -693,7 +700,8 @@ class _Translator:
                       wp: str) -> None:
         """Put task-level images where Gleitzeit's vision provider puts them: on the first
         user message without images of its own (else the last user message), or with the
-        prompt when there are no messages."""
+        prompt when there are no messages.
+        """
         messages = out.get("messages") or []
         users = [k for k, m in enumerate(messages) if m["role"] == "user"]
         if messages and not users:
@@ -830,13 +838,13 @@ class _Translator:
                 return _literal(text)
             if len(matches) == 1 and matches[0].group(0) == text:
                 expr = self.reference(matches[0].group(1), path, step_id)
-                return "{{ %s }}" % expr if expr else text
+                return _jinja(expr) if expr else text
             parts: list[str] = []
             pos = 0
             for m in matches:
                 parts.append(_literal(text[pos:m.start()]))
                 expr = self.reference(m.group(1), path, step_id)
-                parts.append("{{ (%s) | string }}" % expr if expr else "")
+                parts.append(_jinja(f"({expr}) | string") if expr else "")
                 pos = m.end()
             parts.append(_literal(text[pos:]))
             return "".join(parts)
