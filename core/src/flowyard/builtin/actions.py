@@ -189,7 +189,12 @@ class ChatAction(BaseTool):
         Raises:
             ToolError: the answer is not valid JSON / does not match ``response_schema``
                 (retriable: another sample may succeed).
-            ProviderError, BudgetExceeded: from the gateway.
+            ToolInputError: an image cannot be used (missing, outside the allowed roots, too
+                large, not PNG/JPEG/GIF/WebP) or sits in a non-user message; names the step
+                and the field.
+            ConfigError: a malformed ``[images]`` table.
+            ProviderError, BudgetExceeded: from the gateway (``BadRequestError`` for images
+                sent to a model without ``vision``).
         """
         messages: list[Message] = []
         policy: ImagePolicy | None = None
