@@ -696,15 +696,21 @@ def template_extensions(services: Any) -> TemplateExtensions | None:
         return _EXTENSIONS[services]
     except KeyError:
         pass
+    except TypeError:  # not weak-referenceable: built again on each call
+        return _collect_extensions(services)
+    found = _collect_extensions(services)
+    _EXTENSIONS[services] = found
+    return found
+
+
+def _collect_extensions(services: Any) -> TemplateExtensions | None:
     registry = services.template_filters
     entries = []
     for name in registry.names():
         meta = registry.metadata_of(name)
         entries.append((meta.get("kind", "filter"), name, registry.get(name),
                         registry.plugin_of(name), bool(meta.get("replace", False))))
-    found = TemplateExtensions(entries) if entries else None
-    _EXTENSIONS[services] = found
-    return found
+    return TemplateExtensions(entries) if entries else None
 
 
 def _guard_function(kind: str, name: str, func: Any) -> Any:
