@@ -302,3 +302,30 @@ async def test_json_gleitzeit_files_run_too(tmp_path: Path) -> None:
     async with stack() as s:
         result = await s.run(path)
     assert result.outputs == {"a": "echo: hi", "b": "echo: echo: hi!"}
+
+
+def test_retry_aliases_max_parallel_tasks_and_informational_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, """name: "Test LLM Retry Workflow"
+max_parallel_tasks: 2
+tags: {team: docs}
+providers: [ollama]
+metadata: {owner: me}
+tasks:
+  - name: "llm_with_retry"
+    method: "llm/chat"
+    description: "retried"
+    tags: {kind: llm}
+    retry_config:
+      max_attempts: 3
+      initial_delay: 2
+      backoff_multiplier: 1.5
+      jitter: false
+    params:
+      messages:
+        - role: "user"
+          content: "Test"
+""")
+    workflow = stack().load_workflow(path)
+    assert workflow.max_concurrency == 2
+    retry = workflow.steps[0].retry
+    assert (retry.attempts, retry.backoff, retry.multiplier, retry.jitter) == (3, 2, 1.5, 0)

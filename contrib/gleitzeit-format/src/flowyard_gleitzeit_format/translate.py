@@ -38,9 +38,11 @@ NUMERIC_PRIORITIES: dict[int, str] = {1: "high", 2: "normal", 3: "low"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 
 _WORKFLOW_KEYS = ("name", "id", "description", "version", "timeout", "wait_for_completion",
-                  "metadata", "tasks", "type", "batch", "template", "protocol")
+                  "max_parallel_tasks", "metadata", "tags", "providers", "tasks", "type",
+                  "batch", "template", "protocol")
 _TASK_KEYS = ("id", "name", "description", "method", "protocol", "params", "parameters",
-              "dependencies", "priority", "retry", "retry_config", "timeout", "metadata")
+              "dependencies", "priority", "retry", "retry_config", "timeout", "metadata",
+              "tags")
 _LLM_METHODS = ("llm/chat", "llm/vision", "llm/complete", "llm/generate")
 _PYTHON_METHODS = ("python/execute",)
 _SUPPORTED = (*_LLM_METHODS, *_PYTHON_METHODS)
@@ -48,8 +50,8 @@ _LLM_PARAMS = ("model", "messages", "prompt", "system", "temperature", "top_p", 
                "stop", "seed", "images", "image_path", "image_data", "file_path")
 _PYTHON_PARAMS = ("file", "code", "context", "timeout")
 _MESSAGE_KEYS = ("role", "content", "images")
-_RETRY_KEYS = ("max_attempts", "backoff_strategy", "backoff", "base_delay", "max_delay",
-               "jitter")
+_RETRY_KEYS = ("max_attempts", "backoff_strategy", "backoff", "base_delay", "initial_delay",
+               "max_delay", "backoff_multiplier", "jitter")
 _BATCH_KEYS = ("directory", "pattern")
 _GZ_REF = re.compile(r"\$\{([^}]+)\}")
 _FIELD = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
@@ -332,6 +334,14 @@ class _Translator:
             else:
                 definition["timeout"] = timeout
                 self.map("timeout", "timeout")
+        mpt = data.get("max_parallel_tasks")
+        if mpt is not None:
+            if isinstance(mpt, bool) or not isinstance(mpt, int) or mpt < 1:
+                self.error(f"'max_parallel_tasks' must be an integer >= 1, got {mpt!r}",
+                           "max_parallel_tasks")
+            else:
+                definition["max_concurrency"] = mpt
+                self.map("max_parallel_tasks", "max_concurrency")
         wfc = data.get("wait_for_completion")
         if wfc is not None and not isinstance(wfc, bool):
             self.error("'wait_for_completion' must be true or false", "wait_for_completion")
@@ -554,7 +564,11 @@ class _Translator:
             self.error(f"retry 'max_attempts' must be an integer >= 1, got {attempts!r}",
                        f"{rp}.max_attempts")
             ok = False
-        base = number("base_delay", 1.0, 0)
+        if "base_delay" in raw and "initial_delay" in raw:
+            self.error("give 'base_delay' or 'initial_delay', not both", f"{rp}.initial_delay",
+                       key=True)
+            ok = False
+        base = number("initial_delay" if "initial_delay" in raw else "base_delay", 1.0, 0)
         max_delay = number("max_delay", 300.0, 0)
         skey = "backoff_strategy" if "backoff_strategy" in raw else "backoff"
         strategy = raw.get(skey, "exponential")
@@ -568,6 +582,13 @@ class _Translator:
         if not isinstance(jitter, bool):
             self.error("retry 'jitter' must be true or false", f"{rp}.jitter")
             ok = False
+        if "backoff_multiplier" in raw:
+            factor = number("backoff_multiplier", 2.0, 1)
+            if strategy == "fixed" and ok:
+                self.error("'backoff_multiplier' needs the exponential backoff strategy",
+                           f"{rp}.backoff_multiplier")
+                ok = False
+            multipliers["exponential"] = factor
         if not ok:
             return None
         return {"attempts": attempts, "backoff": base, "multiplier": multipliers[strategy],
