@@ -109,3 +109,17 @@ def test_an_mcp_task_is_a_located_validation_error(examples: Path,
     assert out.returncode == 2
     assert "mcp.yaml:4:13: method 'mcp/tool.echo': MCP tools are not supported yet" \
         in out.stderr
+
+
+def test_the_readme_example_runs_as_documented(tmp_path: Path, env: dict[str, str]) -> None:
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    (tmp_path / "summarize.yaml").write_text(re.search(r"```yaml\n(.*?)```", readme,
+                                                       re.S).group(1))
+    ran = cli("run", "summarize.yaml", "--json", cwd=tmp_path, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["outputs"] == {
+        "Pick_Topic": "echo: Pick a topic about rivers",
+        "write_article": "echo: Write about echo: Pick a topic about rivers"}
+    assert '"write_article": "echo: Write about echo: Pick a topic about rivers"' in readme

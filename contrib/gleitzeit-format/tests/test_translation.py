@@ -65,6 +65,8 @@ def test_sniff_claims_gleitzeit_files_and_leaves_native_ones() -> None:
     assert sniff("name: x\ntasks:\n  - method: llm/chat\n")
     assert sniff("name: x\ntype: batch\nbatch: {directory: d}\ntemplate: {method: llm/chat}\n")
     assert sniff('{"name": "x", "tasks": [{"method": "llm/chat"}]}', "wf.json")
+    assert sniff("name: x\ntasks: [{name: a, method: llm/chat, params: {prompt: hi}}]\n")
+    assert sniff('{"name": "x", "tasks": [{"method": "llm/chat"}]}', "wf.yaml")
     assert not sniff("name: x\nsteps:\n  - id: a\n    uses: echo\n")
     assert not sniff('{"name": "x", "steps": [{"id": "a", "uses": "echo"}]}', "wf.json")
     # a native workflow whose step arguments mention 'tasks' and 'method' stays native

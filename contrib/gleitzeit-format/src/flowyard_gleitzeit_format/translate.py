@@ -151,7 +151,7 @@ def sniff(source: str, path: str | None = None) -> bool:
     Returns:
         whether this loader claims the file.
     """
-    if path is not None and path.lower().endswith(".json"):
+    if source.lstrip().startswith("{") or (path is not None and path.lower().endswith(".json")):
         def has(key: str) -> bool:
             return re.search(rf'"{key}"\s*:', source) is not None
         return (has("tasks") and has("method") and not has("steps")) or \
@@ -162,7 +162,7 @@ def sniff(source: str, path: str | None = None) -> bool:
             re.search(rf'^["\']{key}["\']\s*:', source, re.M) is not None
     if top("steps"):
         return False
-    if top("tasks") and re.search(r"^\s*(-\s+)?method\s*:", source, re.M):
+    if top("tasks") and re.search(r"(^|[\s{,])[\"']?method[\"']?\s*:", source, re.M):
         return True
     return top("batch") and top("template")
 
