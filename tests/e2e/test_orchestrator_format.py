@@ -167,7 +167,10 @@ def test_structured_generation_and_report_generator(tmp_path: Path) -> None:
 
 
 def test_failure_policies(tmp_path: Path) -> None:
-    result = run(tmp_path, "failures.yaml")
+    result = run(tmp_path, "failures.yaml", code=1)
+    # on_failure: continue -> the rest of the pipeline runs, and the run ends failed
+    assert result["status"] == "failed"
+    assert "step 'required_input' failed" in result["error"]
     steps = result["steps"]
     assert steps["flaky"]["status"] == "completed" and steps["flaky"]["attempts"] == 2
     assert steps["optional_input"]["status"] == "failed"

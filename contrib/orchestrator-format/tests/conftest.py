@@ -1,4 +1,5 @@
-"""Fixtures of the flowyard-orchestrator-format tests: every async test runs on both anyio backends."""
+"""Fixtures of the flowyard-orchestrator-format tests: every async test runs on both anyio
+backends; stand-in tools for a venv without the tool plugins."""
 
 from __future__ import annotations
 

@@ -266,6 +266,9 @@ async def test_for_each_conditions_and_loops(workspace: Path, stand_in_tools: An
 @pytest.mark.anyio
 async def test_failure_policies(workspace: Path, stand_in_tools: Any) -> None:
     result = await run_example(stand_in_tools, "failures.yaml")
+    assert result.status == "failed"                 # on_failure: continue
+    assert "required_input" in str(result.error)
+    assert result.steps["optional_input"].status == "failed"      # on_failure: skip
     assert result.steps["flaky"].attempts == 2
     assert result.steps["flaky"].output["stdout"] == "recovered\n"
     assert result.steps["report"].status == "completed"
@@ -316,3 +319,58 @@ outputs:
     assert proc.returncode == 2
     assert f"{EXAMPLES}/errors/unknown_tool.yaml:10:11: step 'filter_rows': tool " \
            "'data-processing' has no flowyard counterpart" in proc.stderr
+
+
+def test_failure_policies_translate_to_flowyard_error_handling() -> None:
+    steps = translated("""id: t
+steps:
+  - id: a
+    action: generate_text
+    parameters: {prompt: a}
+    on_failure: retry
+    max_retries: 2
+    timeout: 5
+  - id: b
+    action: generate_text
+    parameters: {prompt: b}
+    on_failure: continue
+  - id: c
+    action: generate_text
+    parameters: {prompt: c}
+    on_failure: skip
+  - id: d
+    action: generate_text
+    parameters: {prompt: d}
+    on_failure: fail
+    max_retries: 4
+""")["steps"]
+    assert steps[0]["retry"] == {"attempts": 3, "backoff": 0.5, "multiplier": 2,
+                                 "max_backoff": 30, "jitter": 0, "on": ["any"]}
+    assert steps[0]["timeout"] == 5
+    assert steps[1]["on_error"] == "continue_and_fail"
+    assert steps[2]["on_error"] == "continue"
+    assert "retry" not in steps[3] and "on_error" not in steps[3]
+
+
+@pytest.mark.anyio
+async def test_skip_alone_lets_the_run_complete(workspace: Path, stand_in_tools: Any) -> None:
+    pipeline = workspace.parent / "skip.yaml"
+    pipeline.write_text("""id: skip
+steps:
+  - id: missing
+    tool: filesystem
+    action: read
+    on_failure: skip
+    parameters: {path: nowhere.txt}
+  - id: after
+    tool: filesystem
+    action: write
+    dependencies: [missing]
+    parameters: {path: after.txt, content: "{{ missing.content | default('none', true) }}"}
+""")
+    config = {"models": {"default": "fake/echo"}}
+    async with Stack([plugin, stand_in_tools], config=config) as stack:
+        result = await stack.run(pipeline)
+    assert result.status == "completed"
+    assert result.steps["missing"].status == "failed"
+    assert files(workspace) == {"after.txt": "none"}

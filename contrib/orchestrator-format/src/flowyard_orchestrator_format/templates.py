@@ -29,7 +29,8 @@ _JINJA_WORDS = frozenset({
 #: ``$name`` inside an expression: the Orchestrator's spelling of loop variables.
 _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 #: ``a.*.b``: the Orchestrator's "field b of every item of loop a".
-_STAR = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.\*\.([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+_STAR = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]*)\.\*\.([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
 #: The expression and statement parts of a template.
 _REGIONS = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.DOTALL)
 
@@ -96,7 +97,7 @@ def _locals(tokens: list[tuple[int, str, str]]) -> set[str]:
     """Names a template binds itself (``{% for a, b in ... %}``, ``{% set x = ... %}``)."""
     bound: set[str] = set()
     significant = [(kind, value) for _, kind, value in tokens if kind != "whitespace"]
-    for i, (kind, value) in enumerate(significant):
+    for i, (kind, _) in enumerate(significant):
         if kind != "block_begin" or i + 1 >= len(significant):
             continue
         tag = significant[i + 1][1]

@@ -427,8 +427,8 @@ class _Translator:
             if not _IDENT.match(name):
                 self.error(f"parameter name {name!r} must be an identifier", path)
                 continue
-            if not isinstance(spec, dict) or "type" not in spec and "default" not in spec \
-                    and "description" not in spec and "required" not in spec:
+            if not isinstance(spec, dict) or not {"type", "default", "description",
+                                                  "required"} & spec.keys():
                 specs[name] = {"default": spec}      # the shorthand name: value
                 continue
             known = ("type", "default", "description", "required")
@@ -598,8 +598,8 @@ class _Translator:
                 if "steps" in child:
                     info = self.loop_info(child, f"{path}.steps[{j}]", sub)
                 else:
-                    uses, _, info = _quiet(self, lambda: self.classify(
-                        child, f"{path}.steps[{j}]", sub))
+                    _, _, info = _quiet(self, self.classify, child, f"{path}.steps[{j}]",
+                                        sub)
                     if info is not None and "for_each" in child:
                         info = _Info(info.id, "foreach", item=info)
                 if info is not None:
@@ -907,7 +907,7 @@ class _Translator:
             records.append((".retry", f"{path}.max_retries" if retries is not None
                             else f"{path}.on_failure"))
         if policy == "continue":
-            out["on_error"] = "continue"   # TODO policy (3)
+            out["on_error"] = "continue_and_fail"   # the rest runs, the run fails
             records.append((".on_error", f"{path}.on_failure"))
         elif policy == "skip":
             out["on_error"] = "continue"
@@ -942,11 +942,11 @@ def _names(source: Any) -> set[str]:
         return set()
 
 
-def _quiet(translator: _Translator, call: Callable[[], Any]) -> Any:
-    """Run ``call`` without keeping the issues it reports (they are reported again when the
-    step itself is translated)."""
+def _quiet(translator: _Translator, call: Callable[..., Any], *args: Any) -> Any:
+    """Run ``call(*args)`` without keeping the issues it reports (they are reported again
+    when the step itself is translated)."""
     before = len(translator.issues)
-    result = call()
+    result = call(*args)
     del translator.issues[before:]
     return result
 
