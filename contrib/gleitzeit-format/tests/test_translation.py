@@ -331,3 +331,19 @@ tasks:
     assert workflow.max_concurrency == 2
     retry = workflow.steps[0].retry
     assert (retry.attempts, retry.backoff, retry.multiplier, retry.jitter) == (3, 2, 1.5, 0)
+
+
+def test_batch_template_step_keys_and_references_to_refused_tasks() -> None:
+    result = translate({"name": "b", "type": "batch", "batch": {"directory": "d"},
+                        "template": {"method": "llm/chat", "prompt": "x", "timeout": 30,
+                                     "priority": "low",
+                                     "retry": {"max_attempts": 2, "jitter": False}}})
+    batch = result.definition["steps"][1]
+    assert (batch["timeout"], batch["priority"], batch["retry"]["attempts"]) == (30, -10, 2)
+    assert set(batch["with"]) == {"prompt"}
+    with pytest.raises(flowyard.WorkflowValidationError) as exc:
+        translate({"name": "m", "tasks": [
+            {"name": "Echo Test", "method": "mcp/tool.echo", "params": {"message": "hi"}},
+            {"name": "after", "method": "llm/chat", "dependencies": ["Echo Test"],
+             "params": {"prompt": "Echo said: ${echo_test.response}"}}]})
+    assert [i.message.split(":")[0] for i in exc.value.issues] == ["method 'mcp/tool.echo'"]

@@ -809,7 +809,11 @@ class _Translator:
             self.error(f"protocol {protocol!r} is not known (llm/v1, python/v1)", "protocol")
         if protocol == "python/v1" and family != "python":
             self.error(f"protocol 'python/v1' does not serve method {method!r}", "protocol")
-        params = {k: v for k, v in template.items() if k not in ("method", "priority")}
+        # Gleitzeit passes every template key but `method` to the task's params; `priority`,
+        # `retry`/`retry_config` and `timeout` are the step's (timeout also python.run's)
+        params = {k: v for k, v in template.items()
+                  if k not in ("method", "priority", "retry", "retry_config")
+                  and (k != "timeout" or family == "python")}
         vision = method == "llm/vision"
         files: dict[str, Any] = {"id": "batch_files", "uses": FILES_TOOL,
                                  "with": {"directory": _literal(str(directory)),
@@ -895,6 +899,8 @@ class _Translator:
             parsed.append((m.group(1), [int(n) for n in _INDEX.findall(m.group(2))]))
         base = f'steps["{target}"].output'
         kind = self.kinds[target]
+        if kind not in ("llm", "python"):
+            return None  # the task itself is refused (an unsupported method): reported there
         if kind == "llm":
             if not parsed or parsed[0][0] not in ("response", "text", "result"):
                 self.error(f"reference ${{{ref}}}: an LLM task's result is its text, "
