@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from flowyard.builtin.fake import FakeProvider, image_count
 from flowyard.cli import cli
 from flowyard.errors import WorkflowValidationError
@@ -101,9 +100,9 @@ def test_load_image_forms(tmp_path: Path) -> None:
         load_image("data:image/svg+xml;base64,PHN2Zy8+", policy)
     with pytest.raises(ImageInputError, match="must be base64-encoded"):
         load_image("data:image/png,rawbytes", policy)
-    with pytest.raises(ImageInputError, match="more than images.max_bytes = 10"):
+    with pytest.raises(ImageInputError, match=r"more than images\.max_bytes = 10"):
         load_image("a.gif", ImagePolicy(tmp_path, [tmp_path], 10))
-    with pytest.raises(ImageInputError, match="more than images.max_bytes = 10"):
+    with pytest.raises(ImageInputError, match=r"more than images\.max_bytes = 10"):
         load_image(b64 * 4, ImagePolicy(tmp_path, [tmp_path], 10))
     with pytest.raises(ImageInputError, match="not found"):
         load_image("missing.png", policy)
@@ -237,10 +236,11 @@ outputs:
     assert result.status == "completed", result.error
     assert result.outputs == {"one": "echo: describe [2 images]",
                               "two": "echo: and now? [3 images]"}
-    first, second = provider.requests
+    # the two steps run concurrently: tell their requests apart by their text
+    by_text = {r.messages[-1].text: r for r in provider.requests}
+    first, second = by_text["describe"], by_text["and now?"]
     assert [p.media_type for p in first.messages[-1].images] == ["image/png", "image/jpeg"]
     assert base64.b64decode(first.messages[-1].images[0].data_base64 or "") == png(2, 2)
-    assert first.messages[-1].text == "describe"
     assert image_count(second) == 3
     images = second.messages[0].images
     assert images[0].media_type == "image/png"
@@ -323,7 +323,7 @@ steps:
     with: {prompt: hi, images: [cat.png]}
 """)
     stack = _stack(FakeProvider(), images={"max_bytes": "big"})
-    with pytest.raises(WorkflowValidationError, match="images.max_bytes must be a positive "
+    with pytest.raises(WorkflowValidationError, match=r"images\.max_bytes must be a positive "
                                                       "integer"):
         stack.load_workflow(wf)
     stack = _stack(FakeProvider(), images={"max_byte": 10})
