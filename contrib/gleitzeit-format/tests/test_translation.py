@@ -151,7 +151,7 @@ def test_model_names_map_to_the_configured_provider() -> None:
     assert model(Settings()) == "ollama/llama3.2:latest"
     assert model(Settings(provider="")) is None
     assert model(Settings(models={"llama3.2:latest": "fake/echo"})) == "fake/echo"
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(flowyard.ConfigError, match="unknown key"):
         Settings.from_config({"provder": "x"})
 
 

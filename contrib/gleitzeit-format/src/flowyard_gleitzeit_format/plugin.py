@@ -29,9 +29,9 @@ def register_tools(register: Any, config: flowyard.Config) -> None:
     section = config.section("gleitzeit")
     max_bytes = section.get("max_file_bytes", 1024 * 1024)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"[gleitzeit] max_file_bytes must be a positive integer, got "
-                         f"{max_bytes!r}")
+        raise flowyard.ConfigError(
+            f"[gleitzeit] max_file_bytes must be a positive integer, got {max_bytes!r}")
     root = section.get("root")
     if root is not None and not isinstance(root, str):
-        raise ValueError(f"[gleitzeit] root must be a directory path, got {root!r}")
+        raise flowyard.ConfigError(f"[gleitzeit] root must be a directory path, got {root!r}")
     register(FilesTool.name, FilesTool(root=root, max_file_bytes=max_bytes))

@@ -78,21 +78,24 @@ class Settings:
         """Read the ``[gleitzeit]`` section of a :class:`flowyard.Config` (or a mapping).
 
         Raises:
-            ValueError: a key has the wrong type or is unknown.
+            ConfigError: a key has the wrong type or is unknown.
         """
         section = config.section("gleitzeit") if hasattr(config, "section") else \
             dict(config or {})
         unknown = sorted(set(section) - {"provider", "models", "root", "max_file_bytes"})
         if unknown:
-            raise ValueError(f"[gleitzeit]: unknown key(s) {', '.join(unknown)} (known: "
-                             "provider, models, root, max_file_bytes)")
+            raise flowyard.ConfigError(
+                f"[gleitzeit]: unknown key(s) {', '.join(unknown)} (known: provider, models, "
+                "root, max_file_bytes)")
         provider = section.get("provider", "ollama")
         models = section.get("models", {})
         if not isinstance(provider, str):
-            raise ValueError(f"[gleitzeit] provider must be a string, got {provider!r}")
+            raise flowyard.ConfigError(
+                f"[gleitzeit] provider must be a string, got {provider!r}")
         if not isinstance(models, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
-            raise ValueError("[gleitzeit] models must map model names to model references")
+            raise flowyard.ConfigError(
+                "[gleitzeit] models must map model names to model references")
         return cls(provider=provider, models=dict(models))
 
     def model(self, name: str) -> str | None:
