@@ -239,7 +239,7 @@ def part_b(args: argparse.Namespace, driver: Any) -> None:
         lag = bench["lastNodeChange"] / 1000 - finished["finished_at"]
         done_page = _load(driver, page)
         print(f"  run: {finished['status']} in {ran:.1f} s on the worker; page opened "
-              f"{opened - task['created_at']:.2f} s after submit; {nodes} DAG nodes")
+              f"{opened - task['created_at']:.2f} s after submit (queued); {nodes} DAG nodes")
         print("  ms from navigation start:")
         for label, t in (("/ui/login (baseline)", baseline), ("run page, while running", live),
                          ("run page, finished", done_page)):
