@@ -178,7 +178,7 @@ steps:
         "(steps[4].action)",
         "p.yaml:8:30: step 'b': parameter 'format' of action 'generate_text' is not supported "
         "(supported: prompt, model, max_tokens, temperature, system, system_prompt, top_p, "
-        "stop, seed) (steps[1].parameters.format)",
+        "stop, seed, response_format) (steps[1].parameters.format)",
         "p.yaml:9:17: on_success: target 'a' comes before step 'b'; only forward jumps are "
         "supported (flowyard workflows have no cycles) (steps[1].on_success)",
         "p.yaml:11:12: <AUTO> in while is not supported (it would need a model call per "
@@ -374,3 +374,40 @@ steps:
     assert result.status == "completed"
     assert result.steps["missing"].status == "failed"
     assert files(workspace) == {"after.txt": "none"}
+
+
+def test_auto_with_attributes_json_format_and_list_forms() -> None:
+    definition = translated("""id: t
+inputs:
+  - topic: {type: string, default: tides}
+  - name: depth
+    type: integer
+    default: 2
+metadata: {owner: someone}
+steps:
+  - id: summarize
+    action: generate_text
+    metadata: {note: informational}
+    produces: json
+    parameters:
+      prompt: "{{ topic }} {{ depth }} {{ execution.timestamp | date('%Y') }}"
+      model: <AUTO task="summarize">pick a model</AUTO>
+      response_format: json_object
+  - id: save
+    tool: filesystem
+    action: write
+    parameters: {path: out.json, content: "{{ summarize.result | to_json }}"}
+outputs:
+  - file: "{{ save.filepath }}"
+  - written: "{{ save.size }}"
+""")
+    assert definition["inputs"] == {"topic": {"type": "string", "default": "tides"},
+                                    "depth": {"type": "integer", "default": 2}}
+    execution, summarize, _ = definition["steps"]
+    assert execution["id"] == "orchestrator-execution"
+    assert summarize["with"] == {
+        "prompt": "{{ inputs.topic }} {{ inputs.depth }} "
+                  "{{ steps[\"orchestrator-execution\"].output.timestamp | date('%Y') }}",
+        "model": "auto", "response_schema": {"type": "object"}}
+    assert definition["outputs"] == {"file": "{{ steps.save.output.path }}",
+                                     "written": "{{ steps.save.output.bytes_written }}"}

@@ -31,16 +31,18 @@ __all__ = ["EXECUTION_STEP", "LLM_ACTIONS", "TOOLS", "translate"]
 #: once per run (and checkpointed with it).
 EXECUTION_STEP = "orchestrator-execution"
 
-_AUTO = re.compile(r"<AUTO>(.*?)</AUTO>", re.DOTALL)
+#: ``<AUTO>prompt</AUTO>``, also with attributes (``<AUTO task="summarize">``).
+_AUTO = re.compile(r"<AUTO(?:\s[^>]*)?>(.*?)</AUTO>", re.DOTALL)
+_AUTO_OPEN = re.compile(r"<AUTO(?:\s[^>]*)?>")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SHORT_RESULT = re.compile(r"\$results\.([A-Za-z_][\w.\-]*)\Z")
 
 _TOP_KEYS = ("id", "name", "description", "version", "parameters", "inputs", "steps",
-             "outputs")
+             "outputs", "metadata")
 _STEP_KEYS = ("id", "name", "description", "action", "tool", "parameters", "dependencies",
               "depends_on", "condition", "if", "on_false", "on_success", "on_failure",
               "max_retries", "timeout", "for_each", "steps", "max_parallel", "loop_var", "as",
-              "while", "until", "max_iterations")
+              "while", "until", "max_iterations", "metadata", "produces")
 _TYPES = {"string": "string", "str": "string", "integer": "integer", "int": "integer",
           "number": "number", "float": "number", "boolean": "boolean", "bool": "boolean",
           "array": "array", "list": "array", "object": "object", "dict": "object",
@@ -66,7 +68,7 @@ TOOLS: dict[str, dict[str, tuple[str, dict[str, str | None], dict[str, Callable[
         "write": ("filesystem.write",
                   {"path": "path", "content": "content", "encoding": "encoding",
                    "overwrite": "overwrite", "create_dirs": "make_parents"},
-                  {"size": _field("bytes_written")}),
+                  {"size": _field("bytes_written"), "filepath": _field("path")}),
         "append": ("filesystem.append",
                    {"path": "path", "content": "content", "encoding": "encoding"}, {}),
         "copy": ("filesystem.copy",
@@ -134,7 +136,8 @@ LLM_ACTIONS = {
 _LLM_PARAMS = {"prompt": "prompt", "model": "model", "max_tokens": "max_tokens",
                "temperature": "temperature", "system": "system", "system_prompt": "system",
                "top_p": "top_p", "stop": "stop", "seed": "seed"}
-_LLM_EXTRA = {"analyze": ("text", "analysis_type"), "structured": ("schema",), "text": ()}
+_LLM_EXTRA = {"analyze": ("text", "analysis_type", "response_format"),
+              "structured": ("schema", "response_format"), "text": ("response_format",)}
 
 
 # ---------------------------------------------------------------- scopes
@@ -299,7 +302,7 @@ class _Translator:
               owner: str, deps: list[str]) -> Any:
         """Translate a parameter value (templates at any depth, ``<AUTO>`` tags)."""
         if isinstance(value, str):
-            if "<AUTO>" in value:
+            if _has_auto(value):
                 return self.auto(value, scope, path, autos, owner, deps)
             return self.template(value, scope, path)
         if isinstance(value, list):
@@ -330,7 +333,7 @@ class _Translator:
         if whole:
             return one(whole)
         parts = _AUTO.split(text)       # text, prompt, text, prompt, ..., text
-        if any("<AUTO>" in part for part in parts[::2]):
+        if any(_has_auto(part) for part in parts[::2]):
             self.error("an <AUTO> tag without its closing </AUTO>", path)
             return text
         out = []
@@ -342,7 +345,7 @@ class _Translator:
     def expression(self, source: Any, scope: _Scope, path: str, autos: list[Any],
                    owner: str, deps: list[str], what: str) -> str | None:
         """Translate a condition to a flowyard expression (without ``{{ }}``)."""
-        if isinstance(source, str) and "<AUTO>" in source:
+        if isinstance(source, str) and _has_auto(source):
             if autos is None:
                 self.error(f"<AUTO> in {what} is not supported (it would need a model call "
                            f"per iteration); write the condition as an expression", path)
@@ -406,14 +409,17 @@ class _Translator:
             raw = data.get(key)
             if raw is None:
                 continue
-            if isinstance(raw, list):      # [{name: x, type: ..., default: ...}, ...]
+            if isinstance(raw, list):      # [{name: x, type: ...}, ...] or [{x: {type: ...}}]
                 for i, spec in enumerate(raw):
-                    if not isinstance(spec, dict) or "name" not in spec:
-                        self.error("a list of inputs needs mappings with a 'name'",
-                                   f"{key}[{i}]")
-                        continue
-                    declared[str(spec["name"])] = (
-                        {k: v for k, v in spec.items() if k != "name"}, f"{key}[{i}]")
+                    if isinstance(spec, dict) and "name" in spec:
+                        declared[str(spec["name"])] = (
+                            {k: v for k, v in spec.items() if k != "name"}, f"{key}[{i}]")
+                    elif isinstance(spec, dict) and len(spec) == 1:
+                        (name, value), = spec.items()
+                        declared[str(name)] = (value, f"{key}[{i}].{name}")
+                    else:
+                        self.error("a list of inputs needs mappings with a 'name' (or one "
+                                   "'name: spec' each)", f"{key}[{i}]")
             elif isinstance(raw, dict):
                 for name, spec in raw.items():
                     declared[str(name)] = (spec, f"{key}.{name}")
@@ -453,15 +459,20 @@ class _Translator:
         return set(specs)
 
     def outputs(self, raw: Any, scope: _Scope) -> dict[str, Any]:
-        if not isinstance(raw, dict):
+        entries: list[tuple[Any, Any, str]] = []
+        if isinstance(raw, dict):
+            entries = [(name, value, f"outputs.{name}") for name, value in raw.items()]
+        elif isinstance(raw, list) and all(isinstance(e, dict) and len(e) == 1 for e in raw):
+            entries = [(*next(iter(e.items())), f"outputs[{i}].{next(iter(e))}")
+                       for i, e in enumerate(raw)]      # [{name: template}, ...]
+        else:
             self.error("'outputs' must be a mapping of name to template", "outputs")
             return {}
         out: dict[str, Any] = {}
-        for name, value in raw.items():
-            path = f"outputs.{name}"
+        for name, value, path in entries:
             if isinstance(value, dict) and "value" in value:
                 value, path = value["value"], f"{path}.value"
-            if isinstance(value, str) and "<AUTO>" in value:
+            if isinstance(value, str) and _has_auto(value):
                 self.error("<AUTO> in outputs is not supported (outputs are rendered after "
                            "the last step); resolve it in a step", path)
                 continue
@@ -701,7 +712,7 @@ class _Translator:
         if isinstance(value, list):
             translated = self.value(value, scope, where, [], raw["id"], [])
             return translated, str(len(value))
-        if isinstance(value, str) and "<AUTO>" in value:
+        if isinstance(value, str) and _has_auto(value):
             self.error("<AUTO> in for_each is not supported; produce the list in a step "
                        "(generate-structured with a schema) and loop over its result", where)
             return [], "0"
@@ -841,7 +852,7 @@ class _Translator:
                     continue
                 if name == "model" and isinstance(params[name], str) \
                         and (_AUTO.fullmatch(params[name].strip())
-                             or params[name].strip() == "<AUTO>"):
+                             or _AUTO_OPEN.fullmatch(params[name].strip())):
                     out["model"] = "auto"     # the router picks the model
                 else:
                     out[_LLM_PARAMS[name]] = arg(name)
@@ -860,6 +871,17 @@ class _Translator:
                 else:
                     out["response_schema"] = params["schema"]
                     records.append((".with.response_schema", f"{ppath}.schema"))
+            if "response_format" in params and "response_schema" not in out:
+                kind = params["response_format"]
+                if isinstance(kind, dict):
+                    kind = kind.get("type")
+                if kind == "json_object":     # any JSON object: the result is parsed
+                    out["response_schema"] = {"type": "object"}
+                    records.append((".with.response_schema", f"{ppath}.response_format"))
+                elif kind != "text":
+                    self.error(f"step {step_id!r}: response_format {kind!r} is not supported "
+                               f"(json_object, text; or a 'schema')",
+                               f"{ppath}.response_format")
             if "prompt" not in out:
                 self.error(f"step {step_id!r}: action {raw['action']!r} needs a 'prompt'",
                            ppath)
@@ -919,6 +941,10 @@ class _Translator:
 
 _NEW = "\x00new"
 _REL = "\x00rel"
+
+
+def _has_auto(text: str) -> bool:
+    return _AUTO_OPEN.search(text) is not None
 
 
 def _relative(new: str, step_id: str) -> str:
