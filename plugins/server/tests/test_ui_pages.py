@@ -196,6 +196,16 @@ def test_run_page_shows_the_dag_steps_and_buttons_act(server: Any,
         _wait(api, task["id"], "cancelled")
 
 
+def test_pages_are_compressed_and_the_api_is_not(server: Any, registered: dict[str, str]
+                                                 ) -> None:
+    browser = _login(server, "a")
+    page = browser.get("/ui/runs", headers={"Accept-Encoding": "gzip"})
+    assert page.headers["content-encoding"] == "gzip" and "</html>" in page.text
+    with server.client("a") as api:
+        listed = api.get("/v1/runs", params={"limit": 200}, headers={"Accept-Encoding": "gzip"})
+    assert listed.status_code == 200 and "content-encoding" not in listed.headers
+
+
 def test_run_events_stream_with_the_session(server: Any, registered: dict[str, str]) -> None:
     source = """\
 name: ui-chat

@@ -814,6 +814,10 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
     async def metrics() -> PlainTextResponse:
         """Process metrics in the Prometheus text format."""
         return PlainTextResponse(svc.metrics.render(), media_type=CONTENT_TYPE)
+    if settings.ui:  # inside the security layer: gzip for /ui pages only
+        from flowyard_server.ui.pages import CompressPages
+
+        app.add_middleware(CompressPages)  # type: ignore[arg-type]
     # one pure ASGI layer: counts every response (its own 401/413/422 too), authenticates,
     # then limits the body
     app.add_middleware(SecurityMiddleware, keys=svc.keys,  # type: ignore[arg-type]
