@@ -102,6 +102,15 @@ def test_for_each_runs_the_nested_steps_per_item(tmp_path: Path) -> None:
     assert execution["timestamp"].endswith("+00:00")
 
 
+def test_nested_loops_and_a_bang_command(tmp_path: Path) -> None:
+    result = run(tmp_path, "nested_loops.yaml")
+    assert result["status"] == "completed"
+    assert result["outputs"] == {"done": ["a done", "b done"], "last": "nested/b-2.txt"}
+    assert files(tmp_path) == {"nested/a-1.txt": "a1 at 0", "nested/a-2.txt": "a2 at 1",
+                               "nested/b-1.txt": "b1 at 0", "nested/b-2.txt": "b2 at 1",
+                               "nested/total.txt": "nested/b-2.txt of 2 groups"}
+
+
 def test_conditions_and_forward_jumps(tmp_path: Path) -> None:
     result = run(tmp_path, "conditions.yaml")
     assert statuses(result) == {"measure": "completed", "big_enough": "completed",

@@ -261,6 +261,9 @@ async def test_for_each_conditions_and_loops(workspace: Path, stand_in_tools: An
         "quick_path": "skipped", "slow_path": "skipped", "summary": "completed"}
     result = await run_example(stand_in_tools, "loops.yaml")
     assert result.outputs == {"log": "start\ntick 0;tick 1;tick 2;", "lines": 2}
+    result = await run_example(stand_in_tools, "nested_loops.yaml")
+    assert result.outputs == {"done": ["a done", "b done"], "last": "nested/b-2.txt"}
+    assert files(workspace)["nested/b-2.txt"] == "b2 at 1"
 
 
 @pytest.mark.anyio
