@@ -19,14 +19,14 @@ do not depend on the machine:
     on one or two earlier ones (seeded), run on the in-process worker of a second server. The
     browser opens the run's page as soon as the task is submitted (the SVG DAG of every step is
     drawn by the server) and follows it until the run ends. Reported: the page's time to first
-    byte, first paint and FCP (and the same page once the run has finished, from storage; and
-    ``/ui/login`` as the baseline); the live view's own figures ``window.flowyardLive``
-    (events applied, the last event's sequence number, ``maxApplyMs``: the longest time one
-    batch of events took to apply); how long after the task finished (server clock) the last
-    DAG node turned completed in the page; and the main thread's long tasks (a
-    ``PerformanceObserver`` of ``longtask`` entries, installed before the page's own scripts):
-    the longest, their count and total time, while the page loaded (before DOMContentLoaded)
-    and while it followed the run.
+    byte, first paint, FCP, size (decoded, and as sent) and element count (and the same page
+    once the run has finished, from storage; and ``/ui/login`` as the baseline); the live
+    view's own figures ``window.flowyardLive`` (events applied, the last event's sequence
+    number, ``maxApplyMs``: the longest time one batch of events took to apply); how long
+    after the task finished (server clock) the last DAG node turned completed in the page;
+    and the main thread's long tasks (a ``PerformanceObserver`` of ``longtask`` entries,
+    installed before the page's own scripts): the longest, their count and total time, while
+    the page loaded (before DOMContentLoaded) and while it followed the run.
 
 The servers run as child processes (``flowyard serve``), on loopback, with a throwaway data
 directory; the browser is Debian's chromium with chromium-driver, nothing is downloaded.
@@ -124,7 +124,7 @@ def _timings(driver: Any) -> dict[str, float]:
         const nav = performance.getEntriesByType('navigation')[0];
         out.ttfb = nav.responseStart; out.responseEnd = nav.responseEnd;
         out.dcl = nav.domContentLoadedEventEnd; out.load = nav.loadEventEnd;
-        out.bytes = nav.decodedBodySize;
+        out.bytes = nav.decodedBodySize; out.wire = nav.transferSize;
         out.nodes = document.getElementsByTagName('*').length;
         return out;""")
 
@@ -247,7 +247,8 @@ def part_b(args: argparse.Namespace, driver: Any) -> None:
                 f"   fcp x{t['first-contentful-paint'] / baseline['first-contentful-paint']:.2f}")
             print(f"  {label:<26} ttfb {t['ttfb']:7.1f}  fp {t.get('first-paint', 0):7.1f}  "
                   f"fcp {t.get('first-contentful-paint', 0):7.1f}  dcl {t['dcl']:7.1f}  "
-                  f"{t['bytes'] / 1024:7.1f} KB  {t['nodes']:6d} elements{ratio}")
+                  f"{t['bytes'] / 1024:7.1f} KB ({t['wire'] / 1024:.1f} KB sent)  "
+                  f"{t['nodes']:6d} elements{ratio}")
         print(f"  live view (window.flowyardLive): {state['live']}")
         print(f"  DAG node state changes seen: {bench['nodeChanges']}; the last one "
               f"{lag * 1000:+.0f} ms after the task finished (server clock)")
