@@ -143,6 +143,14 @@ def test_while_and_until_loops(tmp_path: Path) -> None:
     assert files(tmp_path)["loops/lines.txt"] == "line\nline\n"
 
 
+def test_while_and_until_on_a_single_action(tmp_path: Path) -> None:
+    result = run(tmp_path, "single_action_loops.yaml")
+    assert result["outputs"] == {"log": "round 0;round 1;round 2;", "count": 2}
+    assert (result["steps"]["grow"]["iterations"], result["steps"]["count"]["iterations"]) \
+        == (3, 2)
+    assert files(tmp_path)["count.txt"] == "xx"
+
+
 def test_a_while_loop_that_is_false_at_once_runs_no_iteration(tmp_path: Path) -> None:
     result = run(tmp_path, "loops.yaml", "-i", "limit=0")
     assert statuses(result)["count_up"] == "skipped"
@@ -166,6 +174,24 @@ def test_llm_actions_and_auto_tags_on_the_fake_model(tmp_path: Path) -> None:
     assert statuses(result) == {"draft": "completed", "review": "completed",
                                 "polish-auto-1": "completed", "polish": "completed",
                                 "maybe_extend-auto-1": "completed", "maybe_extend": "skipped"}
+
+
+def test_auto_tags_in_loops_and_outputs(tmp_path: Path) -> None:
+    result = run(tmp_path, "auto_everywhere.yaml")
+    assert result["status"] == "completed"
+    assert result["outputs"] == {
+        "subtopics": [],        # the fake model's example of a JSON array
+        "refined": "echo: Improve round 0 on tides",
+        "reviewed": "echo: Check 1",
+        "verdict": "echo: Summarize tides in one word\n\nAnswer with the value only."}
+    steps = result["steps"]
+    # the echoed answer is never "true": the while loop stops after its first iteration,
+    # the until loop runs to max_iterations
+    assert (steps["refine"]["iterations"], steps["review"]["iterations"]) == (1, 2)
+    assert steps["review"]["output"]["review-until"] == (
+        "echo: Is 'echo: Check 1' good enough? true or false\n\nAnswer with the value only.")
+    assert sorted(steps) == ["output-verdict-auto-1", "refine", "review", "subtopics",
+                             "subtopics-auto-1"]
 
 
 def test_structured_generation_and_report_generator(tmp_path: Path) -> None:
@@ -201,7 +227,7 @@ def test_on_failure_fail_stops_the_pipeline(tmp_path: Path) -> None:
         "counterpart (supported tools: filesystem, headless-browser, report-generator, "
         "terminal, web-search)"]),
     ("unsupported.yaml", [
-        "unsupported.yaml:7:15: <AUTO> in for_each is not supported",
+        "unsupported.yaml:7:15: for_each: an <AUTO> tag must be the whole value",
         "unsupported.yaml:18:5: step 'later': unknown or unsupported key 'cache'",
         "unsupported.yaml:17:17: on_failure must be one of continue, skip, fail, retry, got "
         "'pick'"]),

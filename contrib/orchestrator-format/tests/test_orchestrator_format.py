@@ -154,7 +154,7 @@ steps:
     parameters: {prompt: hi, format: json}
     on_success: a
   - id: c
-    while: "<AUTO>again?</AUTO>"
+    while: "<AUTO>again?</AUTO> or not"
     steps:
       - id: d
         action: generate_text
@@ -181,8 +181,7 @@ steps:
         "stop, seed, response_format) (steps[1].parameters.format)",
         "p.yaml:9:17: on_success: target 'a' comes before step 'b'; only forward jumps are "
         "supported (flowyard workflows have no cycles) (steps[1].on_success)",
-        "p.yaml:11:12: <AUTO> in while is not supported (it would need a model call per "
-        "iteration); write the condition as an expression (steps[2].while)",
+        "p.yaml:11:12: while: an <AUTO> tag must be the whole condition (steps[2].while)",
         "p.yaml:19:27: step 'e': parameter 'parse' of tool 'filesystem' action 'read' is not "
         "supported (supported: path, encoding) (steps[3].parameters.parse)",
         "p.yaml:20:18: max_retries must be a non-negative integer (steps[3].max_retries)",
@@ -261,6 +260,8 @@ async def test_for_each_conditions_and_loops(workspace: Path, stand_in_tools: An
         "quick_path": "skipped", "slow_path": "skipped", "summary": "completed"}
     result = await run_example(stand_in_tools, "loops.yaml")
     assert result.outputs == {"log": "start\ntick 0;tick 1;tick 2;", "lines": 2}
+    result = await run_example(stand_in_tools, "single_action_loops.yaml")
+    assert result.outputs == {"log": "round 0;round 1;round 2;", "count": 2}
     result = await run_example(stand_in_tools, "nested_loops.yaml")
     assert result.outputs == {"done": ["a done", "b done"], "last": "nested/b-2.txt"}
     assert files(workspace)["nested/b-2.txt"] == "b2 at 1"
@@ -286,6 +287,10 @@ async def test_llm_actions_and_structured_output(workspace: Path, stand_in_tools
     assert result.status == "completed", result.error
     assert result.outputs["draft"] == "echo: Write one sentence about tides."
     assert result.steps["maybe_extend"].status == "skipped"
+    result = await run_example(stand_in_tools, "auto_everywhere.yaml")
+    assert result.status == "completed", result.error
+    assert result.outputs["reviewed"] == "echo: Check 1"
+    assert (result.steps["refine"].iterations, result.steps["review"].iterations) == (1, 2)
     result = await run_example(stand_in_tools, "structured_report.yaml")
     assert result.outputs == {"facts": {"title": "", "count": 0},
                               "report": "# Facts\n\nTitle: ''; count: 0"}

@@ -313,21 +313,29 @@ class _Translator:
                     for k, v in value.items()}
         return value
 
-    def auto(self, text: str, scope: _Scope, path: str, autos: list[dict[str, Any]],
-             owner: str, deps: list[str]) -> str:
-        """Replace each ``<AUTO>prompt</AUTO>`` by the answer of a model call (a step)."""
+    def auto(self, text: str, scope: _Scope, path: str, autos: list[Any],
+             owner: str, deps: list[str], *, answer: str = "value",
+             step_id: str | None = None) -> str:
+        """Replace each ``<AUTO>prompt</AUTO>`` by the answer of a model call (a step).
+
+        ``answer``: ``"value"`` (text), or ``"list"`` (a JSON array, through a response
+        schema). ``step_id``: the id of the (single) step, else ``<owner>-auto-<n>``.
+        """
 
         def one(match: re.Match[str]) -> str:
-            step_id = f"{owner}-auto-{len(autos) + 1}"
+            this_id = step_id or f"{owner}-auto-{len(autos) + 1}"
             prompt = self.template(match.group(1).strip(), scope, path)
+            arguments: dict[str, Any] = {"prompt": prompt + "\n\nAnswer with the value only."}
+            if answer == "list":
+                arguments = {"prompt": prompt + "\n\nAnswer with a JSON array.",
+                             "response_schema": {"type": "array"}}
             step: dict[str, Any] = {
-                "id": step_id, "uses": "llm.chat",
-                "description": f"resolves an <AUTO> tag of step {owner!r}",
-                "with": {"prompt": prompt + "\n\nAnswer with the value only."}}
+                "id": this_id, "uses": "llm.chat",
+                "description": f"resolves an <AUTO> tag of {owner!r}", "with": arguments}
             if deps:
                 step["depends_on"] = list(deps)
             autos.append((step, path))
-            return "{{ " + _step_expression(step_id) + " }}"
+            return "{{ " + _step_expression(this_id) + " }}"
 
         whole = _AUTO.fullmatch(text.strip())
         if whole:
@@ -392,7 +400,12 @@ class _Translator:
         steps = self.steps(raw_steps, "steps", "steps", scope)
         outputs = data.get("outputs")
         if outputs is not None:
-            out["outputs"] = self.outputs(outputs, scope)
+            output_autos: list[Any] = []
+            out["outputs"] = self.outputs(outputs, scope, output_autos)
+            for step, orig_path in output_autos:    # <AUTO> in outputs: steps of their own
+                self.record(f"steps[{len(steps)}]", orig_path)
+                self.record(f"steps[{len(steps)}].with.prompt", orig_path)
+                steps.append(step)
         if self.execution_used:
             steps.insert(0, {
                 "id": EXECUTION_STEP, "uses": "echo",
@@ -458,7 +471,7 @@ class _Translator:
         out["inputs"] = specs
         return set(specs)
 
-    def outputs(self, raw: Any, scope: _Scope) -> dict[str, Any]:
+    def outputs(self, raw: Any, scope: _Scope, autos: list[Any]) -> dict[str, Any]:
         entries: list[tuple[Any, Any, str]] = []
         if isinstance(raw, dict):
             entries = [(name, value, f"outputs.{name}") for name, value in raw.items()]
@@ -472,12 +485,8 @@ class _Translator:
         for name, value, path in entries:
             if isinstance(value, dict) and "value" in value:
                 value, path = value["value"], f"{path}.value"
-            if isinstance(value, str) and _has_auto(value):
-                self.error("<AUTO> in outputs is not supported (outputs are rendered after "
-                           "the last step); resolve it in a step", path)
-                continue
             self.record(f"outputs.{name}", path)
-            out[str(name)] = self.value(value, scope, path, [], "outputs", [])
+            out[str(name)] = self.value(value, scope, path, autos, f"output-{name}", [])
         return out
 
     # -- steps
@@ -652,7 +661,11 @@ class _Translator:
             self.loop(raw, path, scope, out, records, autos, deps)
         else:
             if "for_each" in raw:
-                item_scope = self.for_each(raw, path, scope, out, records)
+                item_scope = self.for_each(raw, path, scope, out, records, autos, deps)
+                if "while" in raw or "until" in raw:
+                    self.error(f"step {step_id!r}: use either for_each or while/until", path)
+            elif "while" in raw or "until" in raw:
+                item_scope = self.repeat(raw, path, scope, out, records, deps)
             out["uses"] = uses
             records.append((".uses", f"{path}.action" if "action" in raw else f"{path}.tool"))
             out["with"] = self.arguments(raw, path, item_scope, uses, how, autos, deps,
@@ -688,9 +701,10 @@ class _Translator:
         return deps
 
     def for_each(self, raw: dict[str, Any], path: str, scope: _Scope, out: dict[str, Any],
-                 records: list[tuple[str, str]]) -> _Scope:
+                 records: list[tuple[str, str]], autos: list[Any], deps: list[str]
+                 ) -> _Scope:
         """A single action per item: flowyard's ``for_each`` on the step itself."""
-        items = self.items(raw, path, scope)
+        items = self.items(raw, path, scope, autos, deps)
         out["for_each"] = items[0]
         records.append((".for_each", f"{path}.for_each"))
         if "max_parallel" in raw:
@@ -705,17 +719,21 @@ class _Translator:
                 names[raw[key]] = Ref("item")
         return _Scope(self, scope, names=names, passing=False)
 
-    def items(self, raw: dict[str, Any], path: str, scope: _Scope) -> tuple[Any, str]:
+    def items(self, raw: dict[str, Any], path: str, scope: _Scope, autos: list[Any],
+              deps: list[str]) -> tuple[Any, str]:
         """Return (flowyard ``for_each`` value, expression of its length)."""
         value = raw["for_each"]
         where = f"{path}.for_each"
         if isinstance(value, list):
-            translated = self.value(value, scope, where, [], raw["id"], [])
+            translated = self.value(value, scope, where, autos, raw["id"], deps)
             return translated, str(len(value))
         if isinstance(value, str) and _has_auto(value):
-            self.error("<AUTO> in for_each is not supported; produce the list in a step "
-                       "(generate-structured with a schema) and loop over its result", where)
-            return [], "0"
+            if not _AUTO.fullmatch(value.strip()):
+                self.error("for_each: an <AUTO> tag must be the whole value", where)
+                return [], "0"
+            answer = self.auto(value, scope, where, autos, raw["id"], deps, answer="list")
+            expression = answer.strip()[2:-2].strip()
+            return answer, f"(({expression}) | length)"
         text = as_expression(value)
         if text is None:
             self.error("for_each must be a list or one expression (\"{{ items }}\")", where)
@@ -736,7 +754,7 @@ class _Translator:
         child_inputs: dict[str, Any] = {}
         parent_inputs: dict[str, Any] = {}
         if is_for:
-            items, length = self.items(raw, path, scope)
+            items, length = self.items(raw, path, scope, autos, deps)
             out["for_each"] = items
             records.append((".for_each", f"{path}.for_each"))
             loop_names = {"item": "{{ item }}", "index": "{{ index }}",
@@ -760,6 +778,9 @@ class _Translator:
         children = dict(info.children) if info else {}
         sub = _Scope(self, scope, steps={}, names=names)
         body = self.steps(raw["steps"], f"{path}.steps", f"{_NEW}.with.workflow.steps", sub)
+        key = "while" if "while" in raw else "until"
+        auto_condition = self.loop_auto(raw, key, path, step_id, sub, body) \
+            if not is_for and isinstance(raw.get(key), str) and _has_auto(raw[key]) else None
         for name, template in sub.passed.items():
             child_inputs[name] = {"type": "any"}
             parent_inputs[name] = template
@@ -781,19 +802,21 @@ class _Translator:
         records.append((".uses", f"{path}.steps"))
         records.append((".with", f"{path}.steps"))
         if not is_for:
-            key = "while" if "while" in raw else "until"
             until_scope = _Scope(self, scope, names={
                 "iteration": Ref("iteration"),
                 **{cid: child.ref(f"output.{cid}") for cid, child in children.items()}},
                 passing=False)
-            condition = self.expression(raw[key], until_scope, f"{path}.{key}", None,
-                                        step_id, deps, key)
+            if _has_auto(str(raw[key])):
+                condition = auto_condition or None
+            else:
+                condition = self.expression(raw[key], until_scope, f"{path}.{key}", None,
+                                            step_id, deps, key)
             if condition is not None:
                 out["until"] = "{{ " + (f"not ({condition})" if key == "while"
                                         else condition) + " }}"
                 records.append((".until", f"{path}.{key}"))
                 names_used = _names(raw[key])
-                if key == "while" and not names_used & set(children):
+                if key == "while" and not auto_condition and not names_used & set(children):
                     # checked before the first iteration too (iteration 0): a while loop whose
                     # condition is false at once runs no iteration
                     before_scope = _Scope(self, scope, names={"iteration": Ref("0")},
@@ -810,6 +833,69 @@ class _Translator:
         self.records = [(_relative(new, step_id), orig) if new.startswith(_NEW) else (new, orig)
                         for new, orig in self.records]
         records.extend(self.take_relative(step_id))
+
+    def repeat(self, raw: dict[str, Any], path: str, scope: _Scope, out: dict[str, Any],
+               records: list[tuple[str, str]], deps: list[str]) -> _Scope:
+        """``while``/``until`` on a single action: flowyard's ``until`` on the step itself.
+
+        In the condition the step's own id (and ``result``) is the iteration's result and
+        ``$iteration`` the iterations done; in the action's parameters ``$iteration`` counts
+        from 0. Returns the scope of the parameters.
+        """
+        step_id = raw["id"]
+        key = "while" if "while" in raw else "until"
+        where = f"{path}.{key}"
+        if isinstance(raw[key], str) and _has_auto(raw[key]):
+            self.error(f"<AUTO> in {key} of a single action is not supported (the question "
+                       f"needs the iteration's result); put the action in nested 'steps'",
+                       where)
+        else:
+            own = scope.steps.get(step_id)
+            itself = own.ref("output") if own is not None else Ref("output")
+            after = _Scope(self, scope, names={"iteration": Ref("iteration"),
+                                               step_id: itself}, passing=False)
+            condition = self.expression(raw[key], after, where, None, step_id, deps, key)
+            if condition is not None:
+                out["until"] = "{{ " + (f"not ({condition})" if key == "while"
+                                        else condition) + " }}"
+                records.append((".until", where))
+            if key == "while" and condition is not None and step_id not in _names(raw[key]):
+                before = self.expression(raw[key], _Scope(self, scope, names={
+                    "iteration": Ref("0")}, passing=False), where, None, step_id, deps, key)
+                if before is not None:
+                    out["when"] = "{{ " + (f"({out['when'][2:-2].strip()}) and "
+                                           if "when" in out else "") + f"({before}) }}}}"
+                    records.append((".when", where))
+        if "max_iterations" in raw:
+            out["max_iterations"] = raw["max_iterations"]
+            records.append((".max_iterations", f"{path}.max_iterations"))
+        return _Scope(self, scope, names={"iteration": Ref("(iteration - 1)")},
+                      passing=False)
+
+    def loop_auto(self, raw: dict[str, Any], key: str, path: str, step_id: str, sub: _Scope,
+                  body: list[dict[str, Any]]) -> str | None:
+        """``while``/``until: <AUTO>...</AUTO>``: the question is asked by a last step of the
+        loop's body, after the iteration's other steps, and its answer decides the loop.
+
+        Returns:
+            the ``until`` expression of the answer (true for ``true``, ``yes``, ``1``).
+        """
+        where = f"{path}.{key}"
+        if not _AUTO.fullmatch(raw[key].strip()):
+            self.error(f"{key}: an <AUTO> tag must be the whole condition", where)
+            return None
+        asking = f"{step_id}-{key}"
+        # after an iteration, $iteration counts the iterations done
+        after = _Scope(self, sub, names={"iteration": Ref("(inputs.iteration + 1)")},
+                       passing=False)
+        asked: list[Any] = []
+        self.auto(raw[key], after, where, asked, step_id, [c["id"] for c in body],
+                  step_id=asking)
+        for step, orig in asked:
+            self.record(f"{_NEW}.with.workflow.steps[{len(body)}]", orig)
+            self.record(f"{_NEW}.with.workflow.steps[{len(body)}].with.prompt", orig)
+            body.append(step)
+        return f"(output[{json.dumps(asking)}] | string | trim | lower) in ['true', 'yes', '1']"
 
     def take_relative(self, step_id: str) -> list[tuple[str, str]]:
         marker = f"{_REL}{step_id}"
