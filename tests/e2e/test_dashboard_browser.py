@@ -444,6 +444,16 @@ def test_runs_list_filters_search_and_pages(server: Any, driver: Any,
     assert row["cells"][4].endswith(" s"), row  # duration
     _check_page(driver, "runs")
 
+    # the first page refreshes itself (htmx, every few seconds): a new run shows up
+    driver.execute_script("window.__marker = 'no reload'")
+    seeded["alpha"].register(QUICK.replace("name: quick", "name: fresh"))
+    fresh = seeded["alpha"].submit("fresh", priority=100)
+    ds.wait_for(lambda: fresh["run_id"] in {r["id"] for r in _run_rows(driver)}, 15, 0.2,
+                message="the new run on the runs list without a reload")
+    assert driver.execute_script("return window.__marker") == "no reload"
+    assert len(_run_rows(driver)) == 50
+    _check_page(driver, "runs-refreshed")
+
     # filter by status through the form
     Select(driver.find_element(By.CSS_SELECTOR, "#run-filters select[name=status]")
            ).select_by_value("failed")
