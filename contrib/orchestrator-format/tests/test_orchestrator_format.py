@@ -419,3 +419,30 @@ outputs:
         "model": "auto", "response_schema": {"type": "object"}}
     assert definition["outputs"] == {"file": "{{ steps.save.output.path }}",
                                      "written": "{{ steps.save.output.bytes_written }}"}
+
+
+@pytest.mark.anyio
+async def test_auto_in_a_for_each_action_is_asked_per_item(tmp_path: Path) -> None:
+    pipeline = tmp_path / "tones.yaml"
+    pipeline.write_text("""id: tones
+parameters:
+  cities: [Oslo, Lima]
+steps:
+  - id: describe
+    for_each: "{{ cities }}"
+    max_parallel: 2
+    action: generate_text
+    parameters:
+      prompt: "Describe {{ $item }} in a <AUTO>pick a tone for {{ $item }}</AUTO> tone"
+outputs:
+  all: "{{ describe }}"
+""")
+    async with Stack([plugin], config={"models": {"default": "fake/echo"}}) as stack:
+        result = await stack.run(pipeline)
+    assert result.status == "completed", result.error
+    assert result.outputs["all"] == [
+        f"echo: Describe {city} in a echo: pick a tone for {city}\n\nAnswer with the value "
+        "only. tone" for city in ("Oslo", "Lima")]
+    assert result.steps["describe-auto-1"].output == [
+        f"echo: pick a tone for {city}\n\nAnswer with the value only." for city in ("Oslo",
+                                                                                  "Lima")]

@@ -322,9 +322,9 @@ class _Translator:
         schema). ``step_id``: the id of the (single) step, else ``<owner>-auto-<n>``.
         """
 
-        def one(match: re.Match[str]) -> str:
+        def one(question: str) -> str:
             this_id = step_id or f"{owner}-auto-{len(autos) + 1}"
-            prompt = self.template(match.group(1).strip(), scope, path)
+            prompt = self.template(question.strip(), scope, path)
             arguments: dict[str, Any] = {"prompt": prompt + "\n\nAnswer with the value only."}
             if answer == "list":
                 arguments = {"prompt": prompt + "\n\nAnswer with a JSON array.",
@@ -339,15 +339,14 @@ class _Translator:
 
         whole = _AUTO.fullmatch(text.strip())
         if whole:
-            return one(whole)
+            return one(whole.group(1))
         parts = _AUTO.split(text)       # text, prompt, text, prompt, ..., text
         if any(_has_auto(part) for part in parts[::2]):
             self.error("an <AUTO> tag without its closing </AUTO>", path)
             return text
         out = []
         for n, part in enumerate(parts):
-            out.append(one(re.match(r"(.*)", part, re.DOTALL)) if n % 2
-                       else self.template(part, scope, path))
+            out.append(one(part) if n % 2 else self.template(part, scope, path))
         return "".join(out)
 
     def expression(self, source: Any, scope: _Scope, path: str, autos: list[Any],
@@ -668,8 +667,11 @@ class _Translator:
                 item_scope = self.repeat(raw, path, scope, out, records, deps)
             out["uses"] = uses
             records.append((".uses", f"{path}.action" if "action" in raw else f"{path}.tool"))
+            first = len(autos)
             out["with"] = self.arguments(raw, path, item_scope, uses, how, autos, deps,
                                          records)
+            if "for_each" in out:
+                self.per_item(out, autos[first:])
         if deps and "steps" not in raw:
             out["depends_on"] = deps
         self.failure(raw, path, out, records)
@@ -833,6 +835,17 @@ class _Translator:
         self.records = [(_relative(new, step_id), orig) if new.startswith(_NEW) else (new, orig)
                         for new, orig in self.records]
         records.extend(self.take_relative(step_id))
+
+    def per_item(self, out: dict[str, Any], autos: list[Any]) -> None:
+        """``<AUTO>`` tags in the parameters of a ``for_each`` step are asked once per item:
+        each tag's step loops over the same items, and the step takes the answer of its own
+        item (``[index]``)."""
+        for step, _ in autos:
+            step["for_each"] = out["for_each"]
+            if "max_parallel" in out:
+                step["max_parallel"] = out["max_parallel"]
+            whole = _step_expression(step["id"])
+            out["with"] = _replace_text(out["with"], whole, f"{whole}[index]")
 
     def repeat(self, raw: dict[str, Any], path: str, scope: _Scope, out: dict[str, Any],
                records: list[tuple[str, str]], deps: list[str]) -> _Scope:
@@ -1027,6 +1040,17 @@ class _Translator:
 
 _NEW = "\x00new"
 _REL = "\x00rel"
+
+
+def _replace_text(value: Any, old: str, new: str) -> Any:
+    """Replace ``old`` by ``new`` in every string of ``value`` (lists and mappings too)."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, list):
+        return [_replace_text(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_text(v, old, new) for k, v in value.items()}
+    return value
 
 
 def _has_auto(text: str) -> bool:
