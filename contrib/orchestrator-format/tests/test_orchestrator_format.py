@@ -446,3 +446,42 @@ outputs:
     assert result.steps["describe-auto-1"].output == [
         f"echo: pick a tone for {city}\n\nAnswer with the value only." for city in ("Oslo",
                                                                                   "Lima")]
+
+
+def test_loop_conditions_combine() -> None:
+    steps = translated("""id: t
+parameters: {go: true, limit: 3}
+steps:
+  - id: body
+    condition: "{{ go }}"
+    while: "{{ $iteration < limit }}"
+    until: "{{ work.result == 'done' }}"
+    max_iterations: 4
+    steps:
+      - id: work
+        action: generate_text
+        parameters: {prompt: "round {{ $iteration }}"}
+  - id: again
+    action: generate_text
+    while: "again.result != 'stop'"
+    parameters: {prompt: "round {{ $iteration }}"}
+""")["steps"]
+    assert steps[0]["when"] == "{{ (inputs.go) and (0 < inputs.limit) }}"
+    assert steps[0]["until"] == \
+        "{{ not (iteration < inputs.limit) or (output.work == 'done') }}"
+    assert steps[0]["max_iterations"] == 4
+    assert steps[0]["with"]["inputs"]["iteration"] == "{{ iteration - 1 }}"
+    assert steps[1]["until"] == "{{ not (output != 'stop') }}"
+    assert "when" not in steps[1]            # it names its own result: no first check
+    assert steps[1]["with"]["prompt"] == "round {{ (iteration - 1) }}"
+    assert issues("""id: t
+steps:
+  - id: body
+    action: generate_text
+    for_each: [1]
+    steps:
+      - id: work
+        action: generate_text
+        parameters: {prompt: hi}
+""") == ["p.yaml:4:5: step 'body': a step with nested 'steps' has no 'action' (its steps do "
+         "the work) (steps[0].action)"]

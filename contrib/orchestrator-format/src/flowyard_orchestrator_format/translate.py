@@ -752,6 +752,10 @@ class _Translator:
         is_for = "for_each" in raw
         if is_for and ("while" in raw or "until" in raw):
             self.error(f"step {step_id!r}: use either for_each or while/until", path)
+        for key in ("action", "tool", "parameters"):
+            if key in raw:
+                self.error(f"step {step_id!r}: a step with nested 'steps' has no {key!r} (its "
+                           f"steps do the work)", f"{path}.{key}", key=True)
         names: dict[str, Ref] = {}
         child_inputs: dict[str, Any] = {}
         parent_inputs: dict[str, Any] = {}
@@ -780,9 +784,10 @@ class _Translator:
         children = dict(info.children) if info else {}
         sub = _Scope(self, scope, steps={}, names=names)
         body = self.steps(raw["steps"], f"{path}.steps", f"{_NEW}.with.workflow.steps", sub)
-        key = "while" if "while" in raw else "until"
-        auto_condition = self.loop_auto(raw, key, path, step_id, sub, body) \
-            if not is_for and isinstance(raw.get(key), str) and _has_auto(raw[key]) else None
+        keys = [k for k in ("while", "until") if k in raw]
+        auto_condition = self.loop_auto(raw, keys[0], path, step_id, sub, body) \
+            if not is_for and len(keys) == 1 and isinstance(raw[keys[0]], str) \
+            and _has_auto(raw[keys[0]]) else None
         for name, template in sub.passed.items():
             child_inputs[name] = {"type": "any"}
             parent_inputs[name] = template
@@ -804,33 +809,13 @@ class _Translator:
         records.append((".uses", f"{path}.steps"))
         records.append((".with", f"{path}.steps"))
         if not is_for:
-            until_scope = _Scope(self, scope, names={
+            after = _Scope(self, scope, names={
                 "iteration": Ref("iteration"),
                 **{cid: child.ref(f"output.{cid}") for cid, child in children.items()}},
                 passing=False)
-            if _has_auto(str(raw[key])):
-                condition = auto_condition or None
-            else:
-                condition = self.expression(raw[key], until_scope, f"{path}.{key}", None,
-                                            step_id, deps, key)
-            if condition is not None:
-                out["until"] = "{{ " + (f"not ({condition})" if key == "while"
-                                        else condition) + " }}"
-                records.append((".until", f"{path}.{key}"))
-                names_used = _names(raw[key])
-                if key == "while" and not auto_condition and not names_used & set(children):
-                    # checked before the first iteration too (iteration 0): a while loop whose
-                    # condition is false at once runs no iteration
-                    before_scope = _Scope(self, scope, names={"iteration": Ref("0")},
-                                          passing=False)
-                    before = self.expression(raw[key], before_scope, f"{path}.{key}", None,
-                                             step_id, deps, key)
-                    if before is not None:
-                        out["when"] = "{{ " + before + " }}"
-                        records.append((".when", f"{path}.{key}"))
-            if "max_iterations" in raw:
-                out["max_iterations"] = raw["max_iterations"]
-                records.append((".max_iterations", f"{path}.max_iterations"))
+            before = _Scope(self, scope, names={"iteration": Ref("0")}, passing=False)
+            self.loop_conditions(raw, path, step_id, after, before, deps, set(children), out,
+                                 records, auto_condition)
         # the body's records were made with a placeholder prefix: make them relative
         self.records = [(_relative(new, step_id), orig) if new.startswith(_NEW) else (new, orig)
                         for new, orig in self.records]
@@ -856,34 +841,58 @@ class _Translator:
         from 0. Returns the scope of the parameters.
         """
         step_id = raw["id"]
-        key = "while" if "while" in raw else "until"
-        where = f"{path}.{key}"
-        if isinstance(raw[key], str) and _has_auto(raw[key]):
-            self.error(f"<AUTO> in {key} of a single action is not supported (the question "
-                       f"needs the iteration's result); put the action in nested 'steps'",
-                       where)
-        else:
-            own = scope.steps.get(step_id)
-            itself = own.ref("output") if own is not None else Ref("output")
-            after = _Scope(self, scope, names={"iteration": Ref("iteration"),
-                                               step_id: itself}, passing=False)
+        for key in ("while", "until"):
+            if isinstance(raw.get(key), str) and _has_auto(raw[key]):
+                self.error(f"<AUTO> in {key} of a single action is not supported (the "
+                           f"question needs the iteration's result); put the action in "
+                           f"nested 'steps'", f"{path}.{key}")
+        own = scope.steps.get(step_id)
+        itself = own.ref("output") if own is not None else Ref("output")
+        after = _Scope(self, scope, names={"iteration": Ref("iteration"), step_id: itself},
+                       passing=False)
+        before = _Scope(self, scope, names={"iteration": Ref("0")}, passing=False)
+        self.loop_conditions(raw, path, step_id, after, before, deps, {step_id}, out, records,
+                             None)
+        return _Scope(self, scope, names={"iteration": Ref("(iteration - 1)")},
+                      passing=False)
+
+    def loop_conditions(self, raw: dict[str, Any], path: str, step_id: str, after: _Scope,
+                        before: _Scope, deps: list[str], own: set[str], out: dict[str, Any],
+                        records: list[tuple[str, str]], auto_condition: str | None) -> None:
+        """Set ``until`` (and for ``while`` a first check, ``when``) from ``while``/``until``.
+
+        The loop stops when a ``while`` condition is false or an ``until`` condition is true
+        (both may be given). A ``while`` that names none of ``own`` (the loop's own results)
+        is also checked before the first iteration, with ``$iteration`` 0.
+        """
+        keys = [k for k in ("while", "until") if k in raw]
+        stops: list[str] = []
+        for key in keys:
+            where = f"{path}.{key}"
+            if _has_auto(str(raw[key])):
+                if len(keys) > 1:
+                    self.error("<AUTO> in a loop that has both while and until is not "
+                               "supported; keep one of them", where)
+                elif auto_condition is not None:
+                    stops.append(f"not ({auto_condition})" if key == "while"
+                                 else auto_condition)
+                continue
             condition = self.expression(raw[key], after, where, None, step_id, deps, key)
-            if condition is not None:
-                out["until"] = "{{ " + (f"not ({condition})" if key == "while"
-                                        else condition) + " }}"
-                records.append((".until", where))
-            if key == "while" and condition is not None and step_id not in _names(raw[key]):
-                before = self.expression(raw[key], _Scope(self, scope, names={
-                    "iteration": Ref("0")}, passing=False), where, None, step_id, deps, key)
-                if before is not None:
-                    out["when"] = "{{ " + (f"({out['when'][2:-2].strip()}) and "
-                                           if "when" in out else "") + f"({before}) }}}}"
+            if condition is None:
+                continue
+            stops.append(f"not ({condition})" if key == "while" else f"({condition})")
+            if key == "while" and not _names(raw[key]) & own:
+                first = self.expression(raw[key], before, where, None, step_id, deps, key)
+                if first is not None:
+                    earlier = f"({out['when'][2:-2].strip()}) and " if "when" in out else ""
+                    out["when"] = "{{ " + earlier + f"({first}) }}}}"
                     records.append((".when", where))
+        if stops:
+            out["until"] = "{{ " + " or ".join(stops) + " }}"
+            records.append((".until", f"{path}.{keys[0]}"))
         if "max_iterations" in raw:
             out["max_iterations"] = raw["max_iterations"]
             records.append((".max_iterations", f"{path}.max_iterations"))
-        return _Scope(self, scope, names={"iteration": Ref("(iteration - 1)")},
-                      passing=False)
 
     def loop_auto(self, raw: dict[str, Any], key: str, path: str, step_id: str, sub: _Scope,
                   body: list[dict[str, Any]]) -> str | None:
