@@ -232,8 +232,8 @@ def test_on_failure_fail_stops_the_pipeline(tmp_path: Path) -> None:
         "unsupported.yaml:17:17: on_failure must be one of continue, skip, fail, retry, got "
         "'pick'"]),
     ("unknown_name.yaml", [
-        "unknown_name.yaml:9:15: unknown name 'undefined_thing' in a template of step "
-        "'write'"]),
+        "unknown_name.yaml:9:15: unknown name 'undefined_thing': not a parameter, step or "
+        "loop variable here (known: write, topic, execution, inputs, results)"]),
 ])
 def test_errors_are_located_in_the_pipeline(tmp_path: Path, name: str,
                                             expected: list[str]) -> None:

@@ -188,6 +188,22 @@ steps:
     ]
 
 
+def test_unknown_names_are_located_even_in_loop_bodies() -> None:
+    assert issues("""id: t
+parameters: {n: 1}
+steps:
+  - id: each
+    for_each: [1, 2]
+    steps:
+      - id: inner
+        action: generate_text
+        parameters:
+          prompt: "{{ n }} {{ $item }} {{ nothing_known }} {{ now() }}"
+""") == ["p.yaml:10:19: unknown name 'nothing_known': not a parameter, step or loop "
+         "variable here (known: item, index, is_first, is_last, length, inner, each, n, "
+         "execution, inputs, results) (steps[0].steps[0].parameters.prompt)"]
+
+
 def test_flowyard_validation_reports_at_the_pipeline_positions() -> None:
     loader = OrchestratorLoader()
     workflow = loader.load("""id: t
@@ -197,7 +213,7 @@ steps:
   - id: a
     action: generate_text
     parameters:
-      prompt: "{{ nothing_here }}"
+      prompt: "{{ n }}"
 """, path="p.yaml")
     assert workflow.locations.find("steps[0].with.prompt") == (8, 15)
     assert workflow.locations.find("inputs.n") == (3, 6)

@@ -145,13 +145,15 @@ def template_names(source: str) -> set[str]:
     return found
 
 
-def rewrite_template(source: str, resolve: Callable[[str], Ref | None]) -> str:
+def rewrite_template(source: str, resolve: Callable[[str], Ref | None],
+                     unresolved: Callable[[str, bool], None] | None = None) -> str:
     """Rewrite the free names of ``source``'s expressions with ``resolve``.
 
     Args:
         source: an Orchestrator template (text with ``{{ }}`` and ``{% %}`` parts).
-        resolve: name -> :class:`Ref`, or None to leave the name as written (flowyard's
-            validation then reports it as unknown, located at the field).
+        resolve: name -> :class:`Ref`, or None to leave the name as written.
+        unresolved: called with ``(name, called)`` for each name ``resolve`` left as written;
+            ``called`` is True for a function call (``now()``: a template global).
 
     Returns:
         The flowyard template.
@@ -214,6 +216,9 @@ def rewrite_template(source: str, resolve: Callable[[str], Ref | None]) -> str:
         if not (nxt is not None and tokens[nxt][2] == "=" and depth > 0):   # keyword argument
             ref = resolve(value)
         if ref is None:
+            if unresolved is not None and not (nxt is not None and tokens[nxt][2] == "="
+                                               and depth > 0):
+                unresolved(value, nxt is not None and tokens[nxt][2] == "(")
             out.append(value)
             prev = value
             i += 1

@@ -243,6 +243,15 @@ class _Scope:
             return f"results.{name}", None
         return ref.text, ref
 
+    def known(self) -> list[str]:
+        """Return the names templates may use here, innermost first."""
+        names = [*self.names, *self.steps, *sorted(self.params)]
+        if self.parent is not None:
+            names += [n for n in self.parent.known() if n not in names]
+        else:
+            names += ["execution", "inputs", "results"]
+        return names
+
     def is_step(self, name: str) -> bool:
         """True when ``name`` is a step of this scope or of an enclosing one."""
         return name in self.steps or (self.parent is not None and self.parent.is_step(name))
@@ -292,8 +301,18 @@ class _Translator:
     def template(self, text: str, scope: _Scope, path: str) -> str:
         if _SHORT_RESULT.match(text.strip()):
             text = "{{ results." + text.strip()[len("$results."):] + " }}"
+        unknown: list[str] = []
+
+        def unresolved(name: str, called: bool) -> None:
+            if not called and name not in unknown:
+                unknown.append(name)
+
         try:
-            return rewrite_template(text, scope.resolve)
+            rewritten = rewrite_template(text, scope.resolve, unresolved)
+            for name in unknown:
+                self.error(f"unknown name {name!r}: not a parameter, step or loop variable "
+                           f"here (known: {', '.join(scope.known()) or 'none'})", path)
+            return rewritten
         except TemplateRewriteError as exc:
             self.error(str(exc), path)
             return text
