@@ -54,6 +54,20 @@ def files(tmp_path: Path) -> dict[str, str]:
             if p.is_file()}
 
 
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    pipeline = tmp_path / "file-report.yaml"
+    pipeline.write_text(re.search(r"## Example\n\n```yaml\n(.*?)```", readme, re.S).group(1))
+    proc = flowyard(tmp_path, "run", str(pipeline), "-i", "out_dir=notes", "--no-live",
+                    "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outputs"] == {
+        "lines": 2, "summary": "echo: Say that the note has 2 lines."}
+    assert files(tmp_path) == {"notes/note.txt": "alpha\nbeta\n"}
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
 def test_every_example_validates(tmp_path: Path, name: str) -> None:
     proc = flowyard(tmp_path, "validate", str(EXAMPLES / name))
