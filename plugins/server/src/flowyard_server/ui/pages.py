@@ -103,9 +103,13 @@ def _duration(seconds: float | None) -> str:
 
 
 def _usd(value: float | None) -> str:
-    """US dollars with enough digits for model calls ("" for None)."""
+    """US dollars with enough digits for one model call ($0.000032), "" for None."""
     if value is None:
         return ""
+    if value == 0:
+        return "$0"
+    if value < 0.01:
+        return f"${value:.6f}".rstrip("0")
     return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
 
 
