@@ -125,6 +125,12 @@ def test_nested_loops_and_a_bang_command(tmp_path: Path) -> None:
                                "nested/total.txt": "nested/b-2.txt of 2 groups"}
 
 
+def test_python_executor_and_free_text_actions(tmp_path: Path) -> None:
+    result = run(tmp_path, "python_executor.yaml")
+    assert result["outputs"] == {"total": 50, "line": "total=50 ok=True said=squares computed"}
+    assert files(tmp_path) == {"python/total.txt": "total=50 ok=True said=squares computed\n"}
+
+
 def test_conditions_and_forward_jumps(tmp_path: Path) -> None:
     result = run(tmp_path, "conditions.yaml")
     assert statuses(result) == {"measure": "completed", "big_enough": "completed",
@@ -238,8 +244,8 @@ def test_on_failure_fail_stops_the_pipeline(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "expected"), [
     ("unknown_tool.yaml", [
         "unknown_tool.yaml:10:11: step 'filter_rows': tool 'data-processing' has no flowyard "
-        "counterpart (supported tools: filesystem, headless-browser, report-generator, "
-        "terminal, web-search)"]),
+        "counterpart (supported tools: filesystem, headless-browser, python-executor, "
+        "report-generator, terminal, web-search)"]),
     ("unsupported.yaml", [
         "unsupported.yaml:7:15: for_each: an <AUTO> tag must be the whole value",
         "unsupported.yaml:18:5: step 'later': unknown or unsupported key 'cache'",

@@ -169,13 +169,13 @@ steps:
 """)
     assert found == [
         "p.yaml:4:11: step 'a': tool 'pdf-compiler' has no flowyard counterpart (supported "
-        "tools: filesystem, headless-browser, report-generator, terminal, web-search) "
-        "(steps[0].tool)",
+        "tools: filesystem, headless-browser, python-executor, report-generator, terminal, "
+        "web-search) (steps[0].tool)",
         "p.yaml:22:13: step 'f': action 'Do something clever' has no flowyard counterpart "
         "(LLM actions: analyze-text, analyze_text, generate, generate-structured, "
         "generate-text, generate_structured, generate_text, summarize_text; tools: "
-        "filesystem, headless-browser, report-generator, terminal, web-search) "
-        "(steps[4].action)",
+        "filesystem, headless-browser, python-executor, report-generator, terminal, "
+        "web-search) (steps[4].action)",
         "p.yaml:8:30: step 'b': parameter 'format' of action 'generate_text' is not supported "
         "(supported: prompt, model, max_tokens, temperature, system, system_prompt, top_p, "
         "stop, seed, response_format) (steps[1].parameters.format)",

@@ -92,6 +92,12 @@ TOOLS: dict[str, dict[str, tuple[str, dict[str, str | None], dict[str, Callable[
                      "exit_code": _field("exit_code"), "output": _field("stdout"),
                      "success": lambda expression: f"({expression}.exit_code == 0)"}),
     },
+    "python-executor": {
+        "execute": ("python.run", {"code": "code", "timeout": "timeout"},
+                    {"return_code": _field("exit_code"), "returncode": _field("exit_code"),
+                     "output": _field("stdout"), "result": _field("result"),
+                     "success": lambda expression: f"({expression}.exit_code == 0)"}),
+    },
     "web-search": {
         "search": ("web.search",
                    {"query": "query", "max_results": "max_results", "region": "region"},
@@ -124,7 +130,8 @@ _ACTION_ALIASES = {
     "generate_report": ("report-generator", "generate"),
 }
 _DEFAULT_ACTION = {"filesystem": None, "terminal": "execute", "web-search": "search",
-                   "headless-browser": "scrape", "report-generator": "generate"}
+                   "headless-browser": "scrape", "report-generator": "generate",
+                   "python-executor": "execute"}
 
 #: LLM actions (no tool): action -> the parameters it takes.
 LLM_ACTIONS = {
@@ -169,7 +176,8 @@ class _Info:
         return Ref(expression, step=self._child_field)     # while: the last iteration
 
     def _action_field(self, expression: str, name: str) -> tuple[str, Ref | None]:
-        if name == "result":          # a tool's result is the mapping of its fields
+        if name == "result" and "result" not in self.fields:
+            # a tool's result is the mapping of its fields
             return expression, Ref(expression, step=self._result_field)
         return self._result_field(expression, name)
 
@@ -537,7 +545,8 @@ class _Translator:
             self.error(f"step {step_id!r}: tool {tool!r} has no flowyard counterpart "
                        f"(supported tools: {', '.join(sorted(TOOLS))})", f"{path}.tool")
             return None, None, None
-        if action is None:
+        if action is None or (len(actions) == 1 and action not in actions):
+            # a tool with one action: the action text only says what the step is for
             action = _DEFAULT_ACTION.get(str(tool))
         if action not in actions:
             self.error(f"step {step_id!r}: tool {tool!r} has no action {action!r} "
