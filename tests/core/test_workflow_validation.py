@@ -233,3 +233,27 @@ def test_json_files_with_tabs_and_json_errors(tmp_path: Path, stack: Stack) -> N
     path.write_text('{"name": "x", "name": "y", "steps": [{"id": "a", "uses": "echo"}]}')
     with pytest.raises(WorkflowValidationError, match="duplicate key 'name'"):
         stack.load_workflow(path)
+
+
+def test_errors_inside_an_inline_sub_workflow_point_at_the_nested_field(tmp_path: Path) -> None:
+    path = tmp_path / "outer.yaml"
+    path.write_text("""\
+name: outer
+steps:
+  - id: loop
+    uses: workflow
+    with:
+      workflow:
+        name: inner
+        steps:
+          - id: a
+            uses: echo
+            with: {value: 1}
+          - id: b
+            uses: nosuchtool
+""")
+    with pytest.raises(WorkflowValidationError) as caught:
+        Stack.default().load_workflow(path)
+    [issue] = caught.value.issues
+    assert "unknown action 'nosuchtool'" in issue.message
+    assert (issue.file, issue.line, issue.column) == (str(path), 13, 19)

@@ -166,8 +166,12 @@ class WorkflowAction(BaseTool):
                 load_workflow(services, target)
             except WorkflowValidationError as exc:
                 for sub in exc.issues:
+                    # located at the nested field itself when the outer file recorded it
+                    # (the native loader records every path of the inline definition)
                     issue(f"in the inline sub-workflow: {sub.message}"
-                          + (f" ({sub.path})" if sub.path else ""), f"{base}.with.workflow")
+                          + (f" ({sub.path})" if sub.path else ""),
+                          f"{base}.with.workflow.{sub.path}" if sub.path
+                          else f"{base}.with.workflow")
         elif not isinstance(target, str):
             issue("with.workflow must be a path or a mapping", f"{base}.with.workflow")
         extra = set(step.with_) - {"workflow", "inputs"}
