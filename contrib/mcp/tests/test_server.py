@@ -265,9 +265,9 @@ def test_settings_from_config_and_their_errors() -> None:
     assert ServeSettings.from_config(Config({})) == ServeSettings()
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[mcp.serve\]: tool "):
         ServeSettings.from_config(Config({"mcp": {"serve": {"tool": ["echo"]}}}))
-    with pytest.raises(ConfigError, match="'mcp.serve.tools' must be a list"):
+    with pytest.raises(ConfigError, match=r"'mcp\.serve\.tools' must be a list"):
         ServeSettings.from_config(Config({"mcp": {"serve": {"tools": "echo"}}}))
-    with pytest.raises(ConfigError, match="'mcp.serve.port' must be a TCP port"):
+    with pytest.raises(ConfigError, match=r"'mcp\.serve\.port' must be a TCP port"):
         ServeSettings.from_config(Config({"mcp": {"serve": {"port": 0}}}))
 
 
@@ -285,7 +285,7 @@ def test_http_binding_beyond_loopback_needs_allow_remote_and_a_token() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
     check_binding(ServeSettings(host="127.0.0.2"))
-    with pytest.raises(ConfigError, match="refusing to bind 0.0.0.0: .* --allow-remote"):
+    with pytest.raises(ConfigError, match=r"refusing to bind 0\.0\.0\.0: .* --allow-remote"):
         check_binding(ServeSettings(host="0.0.0.0"))
     with pytest.raises(ConfigError, match="without a bearer token"):
         check_binding(ServeSettings(host="0.0.0.0", allow_remote=True))
@@ -357,6 +357,22 @@ async def test_tool_errors_are_is_error_results_without_secrets(
         assert ok.structured_content == {"ok": True}
 
 
+@pytest.mark.anyio
+async def test_workflow_tools_in_process(flowyard_home: Path) -> None:
+    folder = write_workflows(flowyard_home)
+    stack = flowyard.Stack(config={"storage": {"url": "memory://"}})
+    server = McpToolServer(stack, ServeSettings(), workflows=[folder / "greet.yaml",
+                                                              folder / "times_out.yaml"])
+    async with stack, Client(server.lowlevel()) as client:
+        greeted = await client.call_tool("greet", {"who": "Eve", "extra": [1]})
+        assert greeted.structured_content == {"greeting": "hello Eve x1", "times": 1}
+        failed = await client.call_tool("times_out", {})
+        assert failed.is_error and "timed out after 0.05 s" in text_of(failed)
+        run_id = text_of(failed).split("(run ")[1].split(")")[0]
+        stored = await stack.storage.get_run(run_id)
+        assert stored.status == "failed"  # the run is stored like any other
+
+
 def test_two_tools_of_one_name_are_refused(flowyard_home: Path) -> None:
     folder = flowyard_home / "wf"
     folder.mkdir()
@@ -365,7 +381,13 @@ def test_two_tools_of_one_name_are_refused(flowyard_home: Path) -> None:
     stack = flowyard.Stack(config={"storage": {"url": "memory://"}})
     with pytest.raises(ConfigError, match="two served tools are named 'echo'"):
         McpToolServer(stack, ServeSettings(tools=("echo",)), workflows=[folder])
-    bad = flowyard_home / "bad.yaml"
-    bad.write_text("name: bad\nsteps: []\n")
-    with pytest.raises((WorkflowValidationError, ConfigError)):
-        McpToolServer(stack, ServeSettings(), workflows=[bad])
+    spaced = flowyard_home / "spaced.yaml"
+    spaced.write_text("name: two words\nsteps:\n  - id: a\n    uses: echo\n    with: {value: 1}\n")
+    with pytest.raises(ConfigError, match="'two words' is not a valid MCP tool name"):
+        McpToolServer(stack, ServeSettings(), workflows=[spaced])
+    invalid = flowyard_home / "invalid.yaml"
+    invalid.write_text("name: invalid\nsteps:\n  - id: a\n    uses: no.such\n")
+    with pytest.raises(WorkflowValidationError, match=r"no\.such"):
+        McpToolServer(stack, ServeSettings(), workflows=[invalid])
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        McpToolServer(stack, ServeSettings(workflows=("missing.yaml",)))

@@ -96,7 +96,7 @@ def serve(tools: tuple[str, ...], workflows: tuple[Path, ...], use_http: bool,
     except FlowyardError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        pass
+        click.echo("flowyard mcp serve: stopped (interrupted)", err=True)
 
 
 def _print_catalog(server: Any) -> None:

@@ -565,7 +565,8 @@ class McpToolServer:
                               "workflow, or two workflows); rename the workflow")
         self.tools[tool.name] = tool
 
-    async def call(self, name: str, arguments: Mapping[str, Any] | None) -> mcp_types.CallToolResult:
+    async def call(self, name: str, arguments: Mapping[str, Any] | None
+                   ) -> mcp_types.CallToolResult:
         """Call the served tool ``name`` and turn the outcome into a ``CallToolResult``.
 
         Args:
@@ -612,8 +613,8 @@ class McpToolServer:
         Returns:
             a new ``mcp.server.lowlevel.Server`` (one per transport).
         """
-        from mcp import types as mcp_types
         from flowyard import __version__
+        from mcp import types as mcp_types
         from mcp.server.lowlevel import Server
 
         definitions = [t.definition() for t in self.tools.values()]
