@@ -200,10 +200,16 @@ class Stack:
         return self
 
     async def aclose(self) -> None:
-        """Close storage and every provider that was built. Safe to call twice."""
+        """Close storage, and every provider and tool that was built and has ``aclose``
+        (:class:`~flowyard.interfaces.SupportsAclose`: a tool holding connections or child
+        processes, such as an MCP server's). Safe to call twice.
+        """
         for provider in self.providers.loaded().values():
             if isinstance(provider, SupportsAclose):
                 await provider.aclose()
+        for tool in self.tools.loaded().values():
+            if isinstance(tool, SupportsAclose):
+                await tool.aclose()
         if self._storage is not None and self._storage_open:
             await self._storage.close()
             self._storage_open = False
