@@ -501,3 +501,162 @@ steps:
         parameters: {prompt: hi}
 """) == ["p.yaml:4:5: step 'body': a step with nested 'steps' has no 'action' (its steps do "
          "the work) (steps[0].action)"]
+
+
+# ---------------------------------------------------------------- parameter choices, foreach
+
+
+def test_choices_add_a_check_step_that_every_root_step_waits_for() -> None:
+    definition = translated("""id: t
+parameters:
+  mode: {type: string, default: fast, choices: [fast, "careful \\"x\\""]}
+  level: {type: integer, default: 2, choices: [1, 2, true]}
+  free: {type: string, default: any}
+steps:
+  - id: first
+    action: generate_text
+    parameters: {prompt: "{{ mode }}"}
+  - id: second
+    action: generate_text
+    parameters: {prompt: "{{ first.result }}"}
+    dependencies: [first]
+  - id: third
+    action: generate_text
+    parameters: {prompt: "{{ execution.run_id }}"}
+""")
+    ids = [step["id"] for step in definition["steps"]]
+    assert ids == ["orchestrator-execution", "orchestrator-parameters", "first", "second",
+                   "third"]
+    check = definition["steps"][1]
+    assert check["uses"] == "echo"
+    assert check["with"]["value"] == {
+        "mode": '{{ orchestrator_choice(inputs.mode, ["fast", "careful \\"x\\""], "mode") }}',
+        "level": '{{ orchestrator_choice(inputs.level, [1, 2, true], "level") }}'}
+    deps = {step["id"]: step.get("depends_on") for step in definition["steps"]}
+    assert deps == {"orchestrator-execution": None, "orchestrator-parameters": None,
+                    "first": ["orchestrator-parameters"], "second": ["first"],
+                    "third": ["orchestrator-parameters"]}
+    assert definition["inputs"]["mode"] == {"type": "string", "default": "fast"}
+
+
+def test_bad_choices_are_located_errors() -> None:
+    assert issues("""id: t
+parameters:
+  a: {type: string, default: slow, choices: [fast, careful]}
+  b: {type: string, choices: []}
+  c: {type: object, choices: [{x: 1}]}
+steps:
+  - id: s
+    action: generate_text
+    parameters: {prompt: "{{ a }} {{ b }} {{ c }}"}
+""") == [
+        "p.yaml:3:30: the default 'slow' of parameter 'a' is not one of its choices ('fast', "
+        "'careful') (parameters.a.default)",
+        "p.yaml:4:30: 'choices' of parameter 'b' must be a non-empty list of strings, numbers "
+        "or booleans (parameters.b.choices)",
+        "p.yaml:5:30: 'choices' of parameter 'c' must be a non-empty list of strings, numbers "
+        "or booleans (parameters.c.choices)"]
+
+
+def test_orchestrator_choice_returns_an_allowed_value_and_names_a_refused_one() -> None:
+    assert filters.orchestrator_choice("fast", ["fast", "slow"], "mode") == "fast"
+    with pytest.raises(ValueError, match=r"parameter 'mode' is 'quick', not one of its "
+                                         r"choices \('fast', 'slow'\)"):
+        filters.orchestrator_choice("quick", ["fast", "slow"], "mode")
+
+
+def test_foreach_and_parallel_are_the_for_each_spellings() -> None:
+    definition = translated("""id: t
+parameters: {names: [a, b]}
+steps:
+  - id: one_by_one
+    action: generate_text
+    foreach: "{{ names }}"
+    parallel: false
+    parameters: {prompt: "{{ item }}"}
+  - id: all_at_once
+    action: generate_text
+    foreach: "{{ names }}"
+    parallel: true
+    parameters: {prompt: "{{ $index }}"}
+""")
+    first, second = definition["steps"]
+    assert (first["for_each"], first["max_parallel"]) == ("{{ inputs.names }}", 1)
+    assert (second["for_each"], "max_parallel" in second) == ("{{ inputs.names }}", False)
+    assert second["with"]["prompt"] == "{{ index }}"
+    assert issues("""id: t
+steps:
+  - id: a
+    action: generate_text
+    parallel: true
+    parameters: {prompt: hi}
+  - id: b
+    action: generate_text
+    foreach: [1]
+    for_each: [2]
+    parameters: {prompt: hi}
+""") == ["p.yaml:5:5: 'parallel' needs 'foreach' (or 'for_each') on the same step "
+         "(steps[0].parallel)",
+         "p.yaml:9:5: write either 'foreach' or 'for_each', not both (steps[1].foreach)"]
+
+
+def test_a_step_without_counterpart_is_reported_once_not_at_each_use() -> None:
+    assert issues("""id: t
+steps:
+  - id: crunch
+    tool: data-processing
+    action: filter
+    parameters: {data: x}
+  - id: each
+    for_each: [1]
+    steps:
+      - id: judge
+        action: validation
+        parameters: {data: x}
+      - id: say
+        action: generate_text
+        parameters: {prompt: "{{ judge.result }} {{ crunch.result }}"}
+outputs:
+  crunched: "{{ crunch.result }}"
+""") == [
+        "p.yaml:4:11: step 'crunch': tool 'data-processing' has no flowyard counterpart "
+        "(supported tools: filesystem, headless-browser, python-executor, report-generator, "
+        "terminal, web-search) (steps[0].tool)",
+        "p.yaml:11:17: step 'judge': action 'validation' has no flowyard counterpart (LLM "
+        "actions: analyze-text, analyze_text, generate, generate-structured, generate-text, "
+        "generate_structured, generate_text, summarize_text; tools: filesystem, "
+        "headless-browser, python-executor, report-generator, terminal, web-search) "
+        "(steps[1].steps[0].action)"]
+
+
+def test_names_the_orchestrator_leaves_undefined_say_what_to_write() -> None:
+    [issue] = issues("""id: t
+steps:
+  - id: a
+    action: generate_text
+    parameters: {prompt: "Made {{ current_timestamp }}"}
+""")
+    assert issue.startswith("p.yaml:5:26: unknown name 'current_timestamp'")
+    assert issue.endswith("; the Orchestrator does not define it either (it leaves such a "
+                          "template unrendered): for the run's start time write "
+                          "execution.timestamp (steps[0].parameters.prompt)")
+
+
+@pytest.mark.anyio
+async def test_choices_are_checked_before_any_step_runs(workspace: Path,
+                                                        stand_in_tools: Any) -> None:
+    result = await run_example(stand_in_tools, "choices_and_foreach.yaml")
+    assert result.status == "completed", result.error
+    assert result.outputs == {"written": ["notes/0.txt", "notes/1.txt", "notes/2.txt"],
+                              "text": "ALPHABETAGAMMA"}
+    result = await run_example(stand_in_tools, "choices_and_foreach.yaml", {"style": "lower"})
+    assert result.outputs["text"] == "alphabetagamma"
+    for path in ("notes/0.txt", "notes/1.txt", "notes/2.txt"):
+        (workspace / path).unlink()
+    result = await run_example(stand_in_tools, "choices_and_foreach.yaml", {"style": "title"})
+    assert result.status == "failed"
+    assert "parameter 'style' is 'title', not one of its choices ('upper', 'lower')" in str(
+        result.error)
+    assert {k: s.status for k, s in result.steps.items()} == {
+        "orchestrator-parameters": "failed", "write_notes": "skipped", "list_notes": "skipped"}
+    assert files(workspace) == {}

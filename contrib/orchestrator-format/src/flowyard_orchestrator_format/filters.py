@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["FILTERS", "GLOBALS", "now", "regex_replace", "regex_search"]
+__all__ = ["FILTERS", "GLOBALS", "now", "orchestrator_choice", "regex_replace", "regex_search"]
 
 #: Longest pattern accepted (a pattern is compiled per call; keep it small).
 MAX_PATTERN = 1000
@@ -66,7 +66,26 @@ def now(format: str | None = None) -> str:
     return moment.strftime(format) if format else moment.isoformat()
 
 
+def orchestrator_choice(value: Any, choices: list[Any], name: str) -> Any:
+    """Return ``value`` when it is one of a parameter's ``choices``; used by the step the
+    translation adds for parameters that declare ``choices``.
+
+    Args:
+        value: the parameter's value in this run.
+        choices: the values the pipeline allows.
+        name: the parameter's name (for the error).
+
+    Raises:
+        ValueError: ``value`` is not one of ``choices``; the check step fails with it, and
+            no other step of the run starts.
+    """
+    if value not in choices:
+        raise ValueError(f"parameter {name!r} is {value!r}, not one of its choices "
+                         f"({', '.join(map(repr, choices))})")
+    return value
+
+
 #: Filter name -> function.
 FILTERS = {"regex_search": regex_search, "regex_replace": regex_replace}
 #: Global name -> function.
-GLOBALS = {"now": now}
+GLOBALS = {"now": now, "orchestrator_choice": orchestrator_choice}

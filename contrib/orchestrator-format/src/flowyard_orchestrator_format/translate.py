@@ -25,11 +25,14 @@ from flowyard_orchestrator_format.templates import (
     template_names,
 )
 
-__all__ = ["EXECUTION_STEP", "LLM_ACTIONS", "TOOLS", "translate"]
+__all__ = ["EXECUTION_STEP", "LLM_ACTIONS", "PARAMETERS_STEP", "TOOLS", "translate"]
 
 #: The step added when a template uses ``execution.*``: the run's timestamp and id, computed
 #: once per run (and checkpointed with it).
 EXECUTION_STEP = "orchestrator-execution"
+#: The step added when a parameter has ``choices``: it checks the run's values first, and
+#: every step without dependencies waits for it.
+PARAMETERS_STEP = "orchestrator-parameters"
 
 #: ``<AUTO>prompt</AUTO>``, also with attributes (``<AUTO task="summarize">``).
 _AUTO = re.compile(r"<AUTO(?:\s[^>]*)?>(.*?)</AUTO>", re.DOTALL)
@@ -42,12 +45,18 @@ _TOP_KEYS = ("id", "name", "description", "version", "parameters", "inputs", "st
 _STEP_KEYS = ("id", "name", "description", "action", "tool", "parameters", "dependencies",
               "depends_on", "condition", "if", "on_false", "on_success", "on_failure",
               "max_retries", "timeout", "for_each", "steps", "max_parallel", "loop_var", "as",
-              "while", "until", "max_iterations", "metadata", "produces")
+              "while", "until", "max_iterations", "metadata", "produces", "foreach",
+              "parallel")
 _TYPES = {"string": "string", "str": "string", "integer": "integer", "int": "integer",
           "number": "number", "float": "number", "boolean": "boolean", "bool": "boolean",
           "array": "array", "list": "array", "object": "object", "dict": "object",
           "any": "any"}
 _FAILURE = ("continue", "skip", "fail", "retry")
+_PARAMETER_KEYS = ("type", "default", "description", "required", "choices")
+#: Names the Orchestrator's templates do not define either (it leaves a template naming one
+#: unrendered), with what to write instead.
+_NAME_HINTS = {"current_timestamp": "execution.timestamp", "current_date": "execution.timestamp",
+               "current_time": "execution.timestamp"}
 
 # ---------------------------------------------------------------- tools and actions
 
@@ -283,6 +292,7 @@ class _Translator:
         self.records: list[tuple[str, str]] = []
         self.execution_used = False
         self.pipeline_id = ""
+        self.choices: dict[str, tuple[list[Any], str]] = {}     # parameter -> (choices, path)
 
     # -- issues and locations
 
@@ -318,8 +328,13 @@ class _Translator:
         try:
             rewritten = rewrite_template(text, scope.resolve, unresolved)
             for name in unknown:
+                hint = ""
+                if name in _NAME_HINTS:
+                    hint = (f"; the Orchestrator does not define it either (it leaves such a "
+                            f"template unrendered): for the run's start time write "
+                            f"{_NAME_HINTS[name]}")
                 self.error(f"unknown name {name!r}: not a parameter, step or loop variable "
-                           f"here (known: {', '.join(scope.known()) or 'none'})", path)
+                           f"here (known: {', '.join(scope.known()) or 'none'}){hint}", path)
             return rewritten
         except TemplateRewriteError as exc:
             self.error(str(exc), path)
@@ -422,6 +437,7 @@ class _Translator:
         if not isinstance(raw_steps, list) or not raw_steps:
             self.error("'steps' must be a non-empty list of steps", "steps")
             return out
+        self.aliases(raw_steps, "steps")
         scope = _Scope(self, None, params=params)
         steps = self.steps(raw_steps, "steps", "steps", scope)
         outputs = data.get("outputs")
@@ -432,6 +448,8 @@ class _Translator:
                 self.record(f"steps[{len(steps)}]", orig_path)
                 self.record(f"steps[{len(steps)}].with.prompt", orig_path)
                 steps.append(step)
+        if self.choices:
+            self.parameters_step(steps)
         if self.execution_used:
             steps.insert(0, {
                 "id": EXECUTION_STEP, "uses": "echo",
@@ -472,15 +490,15 @@ class _Translator:
             if not _IDENT.match(name):
                 self.error(f"parameter name {name!r} must be an identifier", path)
                 continue
-            if not isinstance(spec, dict) or not {"type", "default", "description",
-                                                  "required"} & spec.keys():
+            if not isinstance(spec, dict) or not set(_PARAMETER_KEYS) & spec.keys():
                 specs[name] = {"default": spec}      # the shorthand name: value
                 continue
-            known = ("type", "default", "description", "required")
             for key in spec:
-                if key not in known:
+                if key not in _PARAMETER_KEYS:
                     self.error(f"unsupported key {key!r} of parameter {name!r} (supported: "
-                               f"{', '.join(known)})", f"{path}.{key}", key=True)
+                               f"{', '.join(_PARAMETER_KEYS)})", f"{path}.{key}", key=True)
+            if "choices" in spec:
+                self.parameter_choices(name, spec, path)
             kind = _TYPES.get(str(spec.get("type", "any")))
             if kind is None:
                 self.error(f"unknown type {spec.get('type')!r} of parameter {name!r} "
@@ -496,6 +514,77 @@ class _Translator:
             specs[name] = entry
         out["inputs"] = specs
         return set(specs)
+
+    def parameter_choices(self, name: str, spec: dict[str, Any], path: str) -> None:
+        """Check a parameter's ``choices`` (a list of strings, numbers or booleans that holds
+        its default) and remember them for the check step of the run."""
+        choices = spec["choices"]
+        where = f"{path}.choices"
+        if not isinstance(choices, list) or not choices or not all(
+                isinstance(c, (str, int, float, bool)) for c in choices):
+            self.error(f"'choices' of parameter {name!r} must be a non-empty list of strings, "
+                       f"numbers or booleans", where)
+            return
+        if "default" in spec and spec["default"] not in choices:
+            self.error(f"the default {spec['default']!r} of parameter {name!r} is not one of "
+                       f"its choices ({', '.join(map(repr, choices))})", f"{path}.default")
+            return
+        self.choices[name] = (choices, where)
+
+    def parameters_step(self, steps: list[dict[str, Any]]) -> None:
+        """Insert the step that checks the parameters with ``choices`` (the template global
+        ``orchestrator_choice`` fails it for a value outside them), and make every step
+        without dependencies wait for it, so that nothing runs with such a value."""
+        value = {}
+        for name, (choices, _) in self.choices.items():
+            literal = "[" + ", ".join(_literal(c) for c in choices) + "]"
+            value[name] = ("{{ orchestrator_choice(inputs." + name + ", " + literal + ", "
+                           + _literal(name) + ") }}")
+        for step in steps:
+            if not step.get("depends_on"):
+                step["depends_on"] = [PARAMETERS_STEP]
+        steps.insert(0, {"id": PARAMETERS_STEP, "uses": "echo",
+                         "description": "checks the parameters that have choices",
+                         "with": {"value": value}})
+        self.records = [(_shift(new, "steps", 1), orig) for new, orig in self.records]
+        first = next(iter(self.choices.values()))[1]
+        self.record("steps[0]", first)
+        for name, (_, where) in self.choices.items():
+            self.record(f"steps[0].with.value.{name}", where)
+
+    def aliases(self, raw_steps: list[Any], prefix: str) -> None:
+        """Rewrite the Orchestrator's alternative spellings of step keys in place (at any
+        depth), keeping where they were written: ``foreach`` is ``for_each``, and
+        ``parallel: false`` is ``max_parallel: 1`` (``parallel: true`` is the default)."""
+        for i, raw in enumerate(raw_steps):
+            if not isinstance(raw, dict):
+                continue
+            path = f"{prefix}[{i}]"
+            if "foreach" in raw:
+                if "for_each" in raw:
+                    self.error("write either 'foreach' or 'for_each', not both",
+                               f"{path}.foreach", key=True)
+                else:
+                    raw["for_each"] = raw["foreach"]
+                    self._alias_location(f"{path}.foreach", f"{path}.for_each")
+                del raw["foreach"]
+            if "parallel" in raw:
+                parallel = raw.pop("parallel")
+                if not isinstance(parallel, bool):
+                    self.error("'parallel' must be true or false", f"{path}.parallel")
+                elif "for_each" not in raw:
+                    self.error("'parallel' needs 'foreach' (or 'for_each') on the same step",
+                               f"{path}.parallel", key=True)
+                elif not parallel and "max_parallel" not in raw:
+                    raw["max_parallel"] = 1
+                    self._alias_location(f"{path}.parallel", f"{path}.max_parallel")
+            if isinstance(raw.get("steps"), list):
+                self.aliases(raw["steps"], f"{path}.steps")
+
+    def _alias_location(self, old: str, new: str) -> None:
+        for table in (self.orig.positions, self.orig.keys):
+            for known in [p for p in table if p == old or p.startswith((old + ".", old + "["))]:
+                table[new + known[len(old):]] = table[known]
 
     def outputs(self, raw: Any, scope: _Scope, autos: list[Any]) -> dict[str, Any]:
         entries: list[tuple[Any, Any, str]] = []
@@ -575,6 +664,10 @@ class _Translator:
             uses, how, info = self.classify(raw, path, scope)
             if info is None and "steps" in raw:
                 info = self.loop_info(raw, path, scope)
+            elif info is None:
+                # no counterpart (reported): its id stays known, so that references to it
+                # do not add an "unknown name" error for each use
+                info = _Info(raw["id"], "action")
             if info is not None and "for_each" in raw and "steps" not in raw:
                 info = _Info(info.id, "foreach", item=info)
             if info is not None:
@@ -647,6 +740,7 @@ class _Translator:
                 else:
                     _, _, info = _quiet(self, self.classify, child, f"{path}.steps[{j}]",
                                         sub)
+                    info = info or _Info(child["id"], "action")     # reported with the step
                     if info is not None and "for_each" in child:
                         info = _Info(info.id, "foreach", item=info)
                 if info is not None:
@@ -1088,6 +1182,13 @@ def _replace_text(value: Any, old: str, new: str) -> Any:
     if isinstance(value, dict):
         return {k: _replace_text(v, old, new) for k, v in value.items()}
     return value
+
+
+def _literal(value: Any) -> str:
+    """Return ``value`` (a string, number or boolean) as a template literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
 
 
 def _has_auto(text: str) -> bool:
