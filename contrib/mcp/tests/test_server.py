@@ -323,6 +323,8 @@ class Exploding(BaseTool):
             raise ToolError(f"upstream refused key {secret}", tool=self.name, retriable=True)
         if how == "bug":
             raise KeyError(f"internal detail {secret}")
+        if how == "config":
+            raise ToolError("the provider said: bad key conf-key-987654321", tool=self.name)
         return {"ok": True}
 
 
@@ -340,7 +342,8 @@ async def test_tool_errors_are_is_error_results_without_secrets(
         caplog: pytest.LogCaptureFixture) -> None:
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("FLOWYARD_TEST_API_KEY", secret)
-    stack = flowyard.Stack(plugins=[ExplodingPlugin()], config={"storage": {"url": "memory://"}})
+    stack = flowyard.Stack(plugins=[ExplodingPlugin()], config={
+        "storage": {"url": "memory://"}, "providers": {"acme": {"api_key": "conf-key-987654321"}}})
     server = McpToolServer(stack, ServeSettings(tools=("explode",), token="bearer-secret-1"))
     async with stack, Client(server.lowlevel()) as client:
         failed = await client.call_tool("explode", {"how": "tool"})
@@ -353,6 +356,8 @@ async def test_tool_errors_are_is_error_results_without_secrets(
                                 "server's log has the details")
         assert secret not in text_of(bug)
         assert "internal detail" in caplog.text  # the details are in the log
+        from_config = await client.call_tool("explode", {"how": "config"})
+        assert text_of(from_config) == "tool 'explode' failed: the provider said: bad key ***"
         ok = await client.call_tool("explode", {"how": "fine"})
         assert ok.structured_content == {"ok": True}
 

@@ -20,8 +20,9 @@ Every failure of a call (bad arguments, a tool's :class:`~flowyard.ToolError`, a
 does not complete) is a ``CallToolResult`` with ``isError: true`` and a message, as the
 specification asks ("Tool Execution Errors"); an unknown tool name is a protocol error
 (JSON-RPC ``-32602``). Messages never contain the server's bearer token nor the values of
-secret-looking environment variables, and unexpected exceptions are reported by type only
-(their details go to the server's log, on stderr).
+secret-looking environment variables and configuration keys (``api_key``...), and
+unexpected exceptions are reported by type only (their details go to the server's log, on
+stderr).
 """
 
 from __future__ import annotations
@@ -240,6 +241,16 @@ def _secrets(extra: Iterable[str | None]) -> list[str]:
     found += [value for name, value in os.environ.items()
               if _SECRET_ENV.search(name) and len(value) >= _MIN_SECRET_LENGTH]
     return sorted(set(found), key=len, reverse=True)
+
+
+def _config_secrets(node: Any, secret_key: bool = False) -> list[str]:
+    """The string values of the configuration under secret-looking keys (``api_key``...)."""
+    if isinstance(node, Mapping):
+        return [v for key, value in node.items()
+                for v in _config_secrets(value, secret_key or bool(_SECRET_ENV.search(str(key))))]
+    if isinstance(node, list):
+        return [v for item in node for v in _config_secrets(item, secret_key)]
+    return [node] if secret_key and isinstance(node, str) else []
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -553,7 +564,7 @@ class McpToolServer:
             self._add(StackTool.of(stack, name))
         for path in workflow_files(settings.workflows if workflows is None else workflows):
             self._add(WorkflowTool.of(stack, path))
-        self._secrets = _secrets([settings.token])
+        self._secrets = _secrets([settings.token, *_config_secrets(stack.config.data)])
         effects = [n for n, t in self.tools.items() if isinstance(t, StackTool)
                    and getattr(t.tool, "side_effects", ())]
         if effects:
