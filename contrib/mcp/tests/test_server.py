@@ -118,13 +118,15 @@ def text_of(result: Any) -> str:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # legacy: the initialize handshake
 @pytest.mark.anyio
 async def test_stdio_lists_allowed_tools_and_workflows_with_their_schemas(
-        flowyard_home: Path) -> None:
+        flowyard_home: Path, mode: str) -> None:
     write_config(flowyard_home, 'tools = ["echo", "sle*"]')
     folder = write_workflows(flowyard_home)
     async with Client(stdio_params(flowyard_home, "--workflow", str(folder)),
-                      read_timeout_seconds=60) as client:
+                      read_timeout_seconds=60, mode=mode) as client:
+        assert client.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
         listed = {t.name: t for t in (await client.list_tools()).tools}
     # the allow-list: echo by name, sleep by pattern; log and llm.chat are not allowed
     assert set(listed) == {"echo", "sleep", "greet", "times_out", "ask"}
