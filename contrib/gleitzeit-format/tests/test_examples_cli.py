@@ -107,8 +107,8 @@ def test_an_mcp_task_is_a_located_validation_error(examples: Path,
         '    params:\n      message: "Hello"\n    priority: "normal"\n')
     out = cli("validate", "mcp.yaml", cwd=examples, env=env)
     assert out.returncode == 2
-    assert "mcp.yaml:4:13: method 'mcp/tool.echo': MCP tools are not supported yet" \
-        in out.stderr
+    assert "mcp.yaml:4:13: method 'mcp/tool.echo' names no MCP server: write " \
+        "mcp/tool.<server>.echo" in out.stderr
 
 
 def test_the_readme_example_runs_as_documented(tmp_path: Path, env: dict[str, str]) -> None:

@@ -251,7 +251,7 @@ def test_every_problem_is_reported_at_its_line_and_column(tmp_path: Path) -> Non
         stack().load_workflow(path)
     got = issues_of(exc)
     expected = [
-        "bad.yaml:4:13: method 'mcp/tool.echo': MCP tools are not supported yet",
+        "bad.yaml:4:13: method 'mcp/tool.echo' names no MCP server",
         "bad.yaml:7:13: method 'llm/embeddings' has no flowyard counterpart",
         "bad.yaml:13:20: task depends on unknown task 'nope'",
         "bad.yaml:11:15: priority 'critical' is not a Gleitzeit priority",
@@ -346,4 +346,5 @@ def test_batch_template_step_keys_and_references_to_refused_tasks() -> None:
             {"name": "Echo Test", "method": "mcp/tool.echo", "params": {"message": "hi"}},
             {"name": "after", "method": "llm/chat", "dependencies": ["Echo Test"],
              "params": {"prompt": "Echo said: ${echo_test.response}"}}]})
-    assert [i.message.split(":")[0] for i in exc.value.issues] == ["method 'mcp/tool.echo'"]
+    assert [i.message.split(":")[0] for i in exc.value.issues] == [
+        "method 'mcp/tool.echo' names no MCP server"]

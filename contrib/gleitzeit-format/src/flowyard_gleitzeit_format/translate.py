@@ -1,8 +1,8 @@
 """Translate Gleitzeit workflow files into flowyard workflow definitions.
 
-A Gleitzeit workflow is a mapping with ``tasks`` (each a ``method`` such as ``llm/chat`` or
-``python/execute``, an optional ``protocol``, ``params`` or ``parameters``, ``dependencies``,
-``priority``, ``retry``/``retry_config`` and ``timeout``), or a *batch* workflow
+A Gleitzeit workflow is a mapping with ``tasks`` (each a ``method`` such as ``llm/chat``,
+``python/execute`` or ``mcp/tool.<server>.<tool>``, an optional ``protocol``, ``params`` or
+``parameters``, ``dependencies``, ``priority``, ``retry``/``retry_config`` and ``timeout``), or a *batch* workflow
 (``type: batch``, ``batch: {directory, pattern}`` and a task ``template``). Each task becomes
 one flowyard step; ``${task.field}`` references become templates of flowyard's sandbox with
 Gleitzeit's substitution rules (a string that is exactly one reference keeps the value's
@@ -53,6 +53,12 @@ _MESSAGE_KEYS = ("role", "content", "images")
 _RETRY_KEYS = ("max_attempts", "backoff_strategy", "backoff", "base_delay", "initial_delay",
                "max_delay", "backoff_multiplier", "jitter")
 _BATCH_KEYS = ("directory", "pattern")
+#: Gleitzeit's MCP tool methods: ``mcp/tool.<name>``, ``<name>`` with the server's
+#: ``tool_prefix`` (``fs.read``) or without one (``echo``).
+_MCP_TOOL = "mcp/tool."
+_MCP_SERVER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+#: Fields of an MCP task's result that stand for the whole result when it is text.
+_MCP_TEXT_FIELDS = ("response", "content", "text", "result")
 _GZ_REF = re.compile(r"\$\{([^}]+)\}")
 _FIELD = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -68,10 +74,15 @@ class Settings:
             that names a model without a provider on the stack's default model.
         models: explicit model mapping, Gleitzeit name -> flowyard reference
             (``{"llama3.2": "openai/gpt-4o-mini"}``); wins over ``provider``.
+        mcp_server: the flowyard MCP server (``[mcp.servers.<name>]`` of flowyard-mcp) that
+            serves Gleitzeit MCP methods written without a server prefix
+            (``mcp/tool.echo`` -> ``<mcp_server>.echo``); ``""``: such methods are refused
+            with a located error. ``mcp/tool.fs.read`` always becomes ``fs.read``.
     """
 
     provider: str = "ollama"
     models: dict[str, str] = field(default_factory=dict)
+    mcp_server: str = ""
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -82,11 +93,12 @@ class Settings:
         """
         section = config.section("gleitzeit") if hasattr(config, "section") else \
             dict(config or {})
-        unknown = sorted(set(section) - {"provider", "models", "root", "max_file_bytes"})
+        unknown = sorted(set(section) - {"provider", "models", "root", "max_file_bytes",
+                                         "mcp_server"})
         if unknown:
             raise flowyard.ConfigError(
                 f"[gleitzeit]: unknown key(s) {', '.join(unknown)} (known: provider, models, "
-                "root, max_file_bytes)")
+                "root, max_file_bytes, mcp_server)")
         provider = section.get("provider", "ollama")
         models = section.get("models", {})
         if not isinstance(provider, str):
@@ -96,7 +108,12 @@ class Settings:
                 isinstance(k, str) and isinstance(v, str) for k, v in models.items()):
             raise flowyard.ConfigError(
                 "[gleitzeit] models must map model names to model references")
-        return cls(provider=provider, models=dict(models))
+        mcp_server = section.get("mcp_server", "")
+        if not isinstance(mcp_server, str) or (mcp_server and not _MCP_SERVER.match(mcp_server)):
+            raise flowyard.ConfigError(
+                f"[gleitzeit] mcp_server must be the name of a [mcp.servers.<name>] table, "
+                f"got {mcp_server!r}")
+        return cls(provider=provider, models=dict(models), mcp_server=mcp_server)
 
     def model(self, name: str) -> str | None:
         """Return the flowyard model reference for a Gleitzeit model name (None: the stack's
@@ -118,7 +135,7 @@ class TaskInfo:
             :func:`~flowyard_gleitzeit_format.client.run_workflow`.
         step: the flowyard step id.
         method: the Gleitzeit method (``llm/chat``...).
-        kind: ``llm``, ``python`` or ``batch``.
+        kind: ``llm``, ``python``, ``mcp`` or ``batch``.
     """
 
     key: str
@@ -406,7 +423,7 @@ class _Translator:
                 continue
             method = task.get("method")
             kind = "llm" if method in _LLM_METHODS else "python" if method in _PYTHON_METHODS \
-                else "other"
+                else "mcp" if isinstance(method, str) and method.startswith("mcp/") else "other"
             self.kinds[step] = kind
             ids.append(step)
             for n in names:
@@ -447,12 +464,13 @@ class _Translator:
             self.error("'method' must be a string", f"{tp}.method")
             self.steps.pop()
             return False
+        mcp_tool: str | None = None
         if method.startswith("mcp/"):
-            self.error(f"method {method!r}: MCP tools are not supported yet (flowyard has no "
-                       "MCP client; planned in a later issue)", f"{tp}.method")
-            self.steps.pop()
-            return False
-        if method not in _SUPPORTED:
+            mcp_tool = self.mcp_tool(method, f"{tp}.method")
+            if mcp_tool is None:
+                self.steps.pop()
+                return False
+        elif method not in _SUPPORTED:
             self.error(f"method {method!r} has no flowyard counterpart (the gleitzeit loader "
                        f"supports {', '.join(_SUPPORTED)})", f"{tp}.method")
             self.steps.pop()
@@ -482,11 +500,41 @@ class _Translator:
         if family == "llm":
             step["uses"] = "llm.chat"
             step["with"] = self.llm(method, params, pp, f"{sp}.with", step_id)
+        elif mcp_tool is not None:
+            step["uses"] = mcp_tool
+            step["with"] = self.value(dict(params), pp, step_id)
         else:
             step["uses"] = "python.run"
             step["with"] = self.python(params, pp, f"{sp}.with", {}, step_id)
         self.map(pp, f"{sp}.with")
         return True
+
+    def mcp_tool(self, method: str, mp: str) -> str | None:
+        """Return the flowyard tool of a Gleitzeit MCP method (``mcp/tool.fs.read`` ->
+        ``fs.read``, the tool ``read`` of flowyard-mcp's server ``fs``), or None after a
+        located error."""
+        name = method[len(_MCP_TOOL):] if method.startswith(_MCP_TOOL) else ""
+        if not name or name.startswith(".") or name.endswith("."):
+            self.error(f"method {method!r}: of Gleitzeit's MCP methods only "
+                       "mcp/tool.<server>.<tool> (or mcp/tool.<tool> with [gleitzeit] "
+                       "mcp_server) has a flowyard counterpart; resources and prompts are the "
+                       "<server>.resources.read and <server>.prompts.get actions of "
+                       "flowyard-mcp", mp)
+            return None
+        if "." in name:
+            server = name.split(".", 1)[0]
+            if not _MCP_SERVER.match(server):
+                self.error(f"method {method!r}: {server!r} is not an MCP server name "
+                           "(a letter, then letters, digits, '_' or '-')", mp)
+                return None
+            return name
+        if not self.settings.mcp_server:
+            self.error(f"method {method!r} names no MCP server: write "
+                       f"mcp/tool.<server>.{name} (the <server> of [mcp.servers.<server>], "
+                       "Gleitzeit's tool_prefix without its dot) or set [gleitzeit] "
+                       "mcp_server", mp)
+            return None
+        return f"{self.settings.mcp_server}.{name}"
 
     def dependencies(self, task: Mapping[str, Any], tp: str, step_id: str) -> list[str]:
         deps = task.get("dependencies")
@@ -902,9 +950,21 @@ class _Translator:
             parsed.append((m.group(1), [int(n) for n in _INDEX.findall(m.group(2))]))
         base = f'steps["{target}"].output'
         kind = self.kinds[target]
-        if kind not in ("llm", "python"):
+        if kind not in ("llm", "python", "mcp"):
             return None  # the task itself is refused (an unsupported method): reported there
-        if kind == "llm":
+        if kind == "mcp":
+            # an MCP tool's value: its structured content (a mapping), else its text; a text
+            # result stands for itself under Gleitzeit's result field names
+            if not parsed:
+                return base
+            (first, indexes), rest = parsed[0], parsed[1:]
+            if first in _MCP_TEXT_FIELDS:
+                expr = (f'({base}["{first}"] if {base} is mapping and "{first}" in {base} '
+                        f'else {base})')
+            else:
+                expr = f'{base}["{first}"]'
+            expr += "".join(f"[{n}]" for n in indexes)
+        elif kind == "llm":
             if not parsed or parsed[0][0] not in ("response", "text", "result"):
                 self.error(f"reference ${{{ref}}}: an LLM task's result is its text, "
                            f"${{{head}.response}}; other fields (model, tokens) have no "
