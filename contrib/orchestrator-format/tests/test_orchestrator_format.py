@@ -177,8 +177,8 @@ steps:
         "filesystem, headless-browser, python-executor, report-generator, terminal, "
         "web-search) (steps[4].action)",
         "p.yaml:8:30: step 'b': parameter 'format' of action 'generate_text' is not supported "
-        "(supported: prompt, model, max_tokens, temperature, system, system_prompt, top_p, "
-        "stop, seed, response_format) (steps[1].parameters.format)",
+        "(supported: prompt, model, max_tokens, max_completion_tokens, temperature, system, "
+        "system_prompt, top_p, stop, seed, response_format) (steps[1].parameters.format)",
         "p.yaml:9:17: on_success: target 'a' comes before step 'b'; only forward jumps are "
         "supported (flowyard workflows have no cycles) (steps[1].on_success)",
         "p.yaml:11:12: while: an <AUTO> tag must be the whole condition (steps[2].while)",
@@ -201,7 +201,8 @@ steps:
           prompt: "{{ n }} {{ $item }} {{ nothing_known }} {{ now() }}"
 """) == ["p.yaml:10:19: unknown name 'nothing_known': not a parameter, step or loop "
          "variable here (known: item, index, is_first, is_last, length, inner, each, n, "
-         "execution, inputs, results) (steps[0].steps[0].parameters.prompt)"]
+         "execution, inputs, parameters, results, timestamp) "
+         "(steps[0].steps[0].parameters.prompt)"]
 
 
 def test_flowyard_validation_reports_at_the_pipeline_positions() -> None:
@@ -660,3 +661,42 @@ async def test_choices_are_checked_before_any_step_runs(workspace: Path,
     assert {k: s.status for k, s in result.steps.items()} == {
         "orchestrator-parameters": "failed", "write_notes": "skipped", "list_notes": "skipped"}
     assert files(workspace) == {}
+
+
+def test_parameters_timestamp_and_max_completion_tokens() -> None:
+    definition = translated("""id: t
+parameters:
+  topic: {type: string, default: tides}
+steps:
+  - id: ask
+    action: generate_text
+    parameters:
+      prompt: "{{ parameters.topic }} at {{ timestamp }} ({{ parameters | length }})"
+      max_completion_tokens: 50
+  - id: each
+    for_each: [1, 2]
+    add_completion_task: true
+    steps:
+      - id: inner
+        action: generate_text
+        parameters: {prompt: "{{ parameters.topic }} {{ timestamp }} {{ item }}"}
+""")
+    execution, ask, each = definition["steps"]
+    assert execution["id"] == "orchestrator-execution"
+    assert ask["with"] == {
+        "prompt": "{{ inputs.topic }} at {{ steps[\"orchestrator-execution\"].output.timestamp }}"
+                  " ({{ inputs | length }})",
+        "max_tokens": 50}
+    assert each["with"]["inputs"]["outer_parameters"] == "{{ inputs }}"
+    assert each["with"]["inputs"]["outer_timestamp"] == (
+        "{{ steps[\"orchestrator-execution\"].output.timestamp }}")
+    assert issues("""id: t
+steps:
+  - id: a
+    action: generate_text
+    add_completion_task: true
+    parameters: {prompt: hi, max_tokens: 5, max_completion_tokens: 6}
+""") == ["p.yaml:5:5: 'add_completion_task' needs 'for_each' on the same step "
+         "(steps[0].add_completion_task)",
+         "p.yaml:6:45: step 'a': write either 'max_tokens' or 'max_completion_tokens', not "
+         "both (steps[0].parameters.max_completion_tokens)"]

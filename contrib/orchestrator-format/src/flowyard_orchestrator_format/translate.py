@@ -46,7 +46,7 @@ _STEP_KEYS = ("id", "name", "description", "action", "tool", "parameters", "depe
               "depends_on", "condition", "if", "on_false", "on_success", "on_failure",
               "max_retries", "timeout", "for_each", "steps", "max_parallel", "loop_var", "as",
               "while", "until", "max_iterations", "metadata", "produces", "foreach",
-              "parallel")
+              "parallel", "add_completion_task")
 _TYPES = {"string": "string", "str": "string", "integer": "integer", "int": "integer",
           "number": "number", "float": "number", "boolean": "boolean", "bool": "boolean",
           "array": "array", "list": "array", "object": "object", "dict": "object",
@@ -150,8 +150,9 @@ LLM_ACTIONS = {
     "summarize_text": "text",
 }
 _LLM_PARAMS = {"prompt": "prompt", "model": "model", "max_tokens": "max_tokens",
-               "temperature": "temperature", "system": "system", "system_prompt": "system",
-               "top_p": "top_p", "stop": "stop", "seed": "seed"}
+               "max_completion_tokens": "max_tokens", "temperature": "temperature",
+               "system": "system", "system_prompt": "system", "top_p": "top_p", "stop": "stop",
+               "seed": "seed"}
 _LLM_EXTRA = {"analyze": ("text", "analysis_type", "response_format"),
               "structured": ("schema", "response_format"), "text": ("response_format",)}
 
@@ -241,11 +242,14 @@ class _Scope:
         if name == "results":
             return Ref("", step=self._results)
         if self.parent is None:
-            if name == "inputs":
+            if name in ("inputs", "parameters"):        # the pipeline's parameters
                 return Ref("inputs")
             if name == "execution":
                 self.translator.execution_used = True
                 return Ref(_step_expression(EXECUTION_STEP), step=_execution_field)
+            if name == "timestamp":     # the Orchestrator's run start time (ISO 8601)
+                self.translator.execution_used = True
+                return Ref(_step_expression(EXECUTION_STEP) + ".timestamp")
             return None
         outer = self.parent.resolve(name)
         if outer is None or not self.passing:
@@ -266,7 +270,7 @@ class _Scope:
         if self.parent is not None:
             names += [n for n in self.parent.known() if n not in names]
         else:
-            names += ["execution", "inputs", "results"]
+            names += ["execution", "inputs", "parameters", "results", "timestamp"]
         return names
 
     def is_step(self, name: str) -> bool:
@@ -555,7 +559,9 @@ class _Translator:
     def aliases(self, raw_steps: list[Any], prefix: str) -> None:
         """Rewrite the Orchestrator's alternative spellings of step keys in place (at any
         depth), keeping where they were written: ``foreach`` is ``for_each``, and
-        ``parallel: false`` is ``max_parallel: 1`` (``parallel: true`` is the default)."""
+        ``parallel: false`` is ``max_parallel: 1`` (``parallel: true`` is the default).
+        ``add_completion_task`` (a loop's own completion task) is checked and dropped: a
+        flowyard loop step completes after its last item, and its dependents wait for it."""
         for i, raw in enumerate(raw_steps):
             if not isinstance(raw, dict):
                 continue
@@ -578,6 +584,14 @@ class _Translator:
                 elif not parallel and "max_parallel" not in raw:
                     raw["max_parallel"] = 1
                     self._alias_location(f"{path}.parallel", f"{path}.max_parallel")
+            if "add_completion_task" in raw:     # the loop step already completes last
+                flag = raw.pop("add_completion_task")
+                if not isinstance(flag, bool):
+                    self.error("'add_completion_task' must be true or false",
+                               f"{path}.add_completion_task")
+                elif "for_each" not in raw:
+                    self.error("'add_completion_task' needs 'for_each' on the same step",
+                               f"{path}.add_completion_task", key=True)
             if isinstance(raw.get("steps"), list):
                 self.aliases(raw["steps"], f"{path}.steps")
 
@@ -1079,6 +1093,11 @@ class _Translator:
                                f"{', '.join(allowed)})", f"{ppath}.{name}", key=True)
                     continue
                 if name in extra:
+                    continue
+                if name == "max_completion_tokens" and "max_tokens" in params:
+                    self.error(f"step {step_id!r}: write either 'max_tokens' or "
+                               f"'max_completion_tokens', not both", f"{ppath}.{name}",
+                               key=True)
                     continue
                 if name == "model" and isinstance(params[name], str) \
                         and (_AUTO.fullmatch(params[name].strip())
