@@ -97,15 +97,14 @@ def start(home: Path, port: int, *args: str, **env: str) -> subprocess.Popen[str
     raise AssertionError("the server did not listen within 60 s")
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    """Stop the server; return its stderr."""
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Stop the server; return its stdout and stderr."""
     proc.terminate()
     try:
-        _, err = proc.communicate(timeout=10)
+        return proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate(timeout=10)
-    return err
+        return proc.communicate(timeout=10)
 
 
 @pytest.fixture
@@ -173,7 +172,7 @@ async def test_http_with_a_bearer_token(server_with_token: str) -> None:
 @pytest.mark.anyio
 async def test_http_on_loopback_without_a_token(flowyard_home: Path) -> None:
     port = free_port()
-    proc = start(flowyard_home, port)
+    proc = start(flowyard_home, port, "--log-level", "info")
     try:
         async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=60) as client:
             assert {t.name for t in (await client.list_tools()).tools} == {
@@ -185,5 +184,7 @@ async def test_http_on_loopback_without_a_token(flowyard_home: Path) -> None:
                                 {"Origin": "http://evil.example"})
         assert status == 403
     finally:
-        err = stop(proc)
-    assert "1 tool(s)" not in err and "3 tool(s) on http://127.0.0.1:" in err
+        out, err = stop(proc)
+    assert out == ""  # every log line, uvicorn's access lines included, goes to stderr
+    assert f"3 tool(s) on http://127.0.0.1:{port}/mcp" in err
+    assert '"POST /mcp HTTP/1.1" 200' in err

@@ -679,18 +679,24 @@ class McpToolServer:
         """Serve Streamable HTTP on ``settings.host:settings.port`` (asyncio only: uvicorn).
 
         Args:
-            log_level: uvicorn's log level (its logs go to stderr).
+            log_level: uvicorn's log level (its logs, access lines included, go to stderr).
             ready: awaited once the stack is open, before uvicorn starts (tests, benchmarks).
 
         Raises:
             BindingRefused: see :func:`check_binding`.
         """
+        import copy
+
         import uvicorn
+        from uvicorn.config import LOGGING_CONFIG
 
         check_binding(self.settings)
         app = self.http_app()
+        log_config = copy.deepcopy(LOGGING_CONFIG)
+        log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout: nothing
         config = uvicorn.Config(app, host=self.settings.host, port=self.settings.port,
-                                log_level=log_level, lifespan="on", server_header=False)
+                                log_level=log_level, log_config=log_config, lifespan="on",
+                                server_header=False)
         async with self._opened():
             if ready is not None:
                 await ready()
