@@ -201,7 +201,7 @@ steps:
           prompt: "{{ n }} {{ $item }} {{ nothing_known }} {{ now() }}"
 """) == ["p.yaml:10:19: unknown name 'nothing_known': not a parameter, step or loop "
          "variable here (known: item, index, is_first, is_last, length, inner, each, n, "
-         "execution, inputs, parameters, results, timestamp) "
+         "execution, inputs, output_path, parameters, results, timestamp) "
          "(steps[0].steps[0].parameters.prompt)"]
 
 
@@ -700,3 +700,47 @@ steps:
          "(steps[0].add_completion_task)",
          "p.yaml:6:45: step 'a': write either 'max_tokens' or 'max_completion_tokens', not "
          "both (steps[0].parameters.max_completion_tokens)"]
+
+
+def test_an_undeclared_output_path_is_the_run_scripts_required_input() -> None:
+    definition = translated("""id: t
+steps:
+  - id: save
+    tool: filesystem
+    action: write
+    parameters: {path: "{{ output_path }}/a.txt", content: hi}
+""")
+    assert definition["inputs"] == {"output_path": {
+        "type": "string",
+        "description": "the output directory (the Orchestrator's run_pipeline.py -o)"}}
+    assert definition["steps"][0]["with"]["path"] == "{{ inputs.output_path }}/a.txt"
+    declared = translated("""id: t
+parameters:
+  output_path: {type: string, default: out}
+steps:
+  - id: save
+    tool: filesystem
+    action: write
+    parameters: {path: "{{ output_path }}/a.txt", content: hi}
+""")
+    assert declared["inputs"] == {"output_path": {"type": "string", "default": "out"}}
+
+
+@pytest.mark.anyio
+async def test_output_path_is_passed_like_the_run_scripts_o_option(
+        workspace: Path, stand_in_tools: Any) -> None:
+    pipeline = workspace.parent / "save.yaml"
+    pipeline.write_text("""id: t
+steps:
+  - id: save
+    tool: filesystem
+    action: write
+    parameters: {path: "{{ output_path }}/a.txt", content: "at {{ output_path }}"}
+""")
+    async with Stack([plugin, stand_in_tools], config={"models": {"default": "fake/echo"}}
+                     ) as stack:
+        result = await stack.run(pipeline, {"output_path": "out"})
+        assert result.status == "completed", result.error
+        assert files(workspace) == {"out/a.txt": "at out"}
+        with pytest.raises(WorkflowValidationError, match="missing required input 'output_path'"):
+            await stack.run(pipeline, {})

@@ -25,7 +25,8 @@ from flowyard_orchestrator_format.templates import (
     template_names,
 )
 
-__all__ = ["EXECUTION_STEP", "LLM_ACTIONS", "PARAMETERS_STEP", "TOOLS", "translate"]
+__all__ = ["EXECUTION_STEP", "LLM_ACTIONS", "OUTPUT_PATH", "PARAMETERS_STEP", "TOOLS",
+           "translate"]
 
 #: The step added when a template uses ``execution.*``: the run's timestamp and id, computed
 #: once per run (and checkpointed with it).
@@ -33,6 +34,9 @@ EXECUTION_STEP = "orchestrator-execution"
 #: The step added when a parameter has ``choices``: it checks the run's values first, and
 #: every step without dependencies waits for it.
 PARAMETERS_STEP = "orchestrator-parameters"
+#: The input the Orchestrator's ``scripts/run_pipeline.py -o DIR`` passes to every pipeline; a
+#: pipeline that uses it without declaring it gets it as a required input.
+OUTPUT_PATH = "output_path"
 
 #: ``<AUTO>prompt</AUTO>``, also with attributes (``<AUTO task="summarize">``).
 _AUTO = re.compile(r"<AUTO(?:\s[^>]*)?>(.*?)</AUTO>", re.DOTALL)
@@ -247,6 +251,9 @@ class _Scope:
             if name == "execution":
                 self.translator.execution_used = True
                 return Ref(_step_expression(EXECUTION_STEP), step=_execution_field)
+            if name == OUTPUT_PATH:      # what the Orchestrator's run script passes (-o DIR)
+                self.translator.output_path_used = True
+                return Ref(f"inputs.{OUTPUT_PATH}")
             if name == "timestamp":     # the Orchestrator's run start time (ISO 8601)
                 self.translator.execution_used = True
                 return Ref(_step_expression(EXECUTION_STEP) + ".timestamp")
@@ -270,7 +277,8 @@ class _Scope:
         if self.parent is not None:
             names += [n for n in self.parent.known() if n not in names]
         else:
-            names += ["execution", "inputs", "parameters", "results", "timestamp"]
+            names += ["execution", "inputs", "output_path", "parameters", "results",
+                      "timestamp"]
         return names
 
     def is_step(self, name: str) -> bool:
@@ -297,6 +305,7 @@ class _Translator:
         self.execution_used = False
         self.pipeline_id = ""
         self.choices: dict[str, tuple[list[Any], str]] = {}     # parameter -> (choices, path)
+        self.output_path_used = False
 
     # -- issues and locations
 
@@ -452,6 +461,10 @@ class _Translator:
                 self.record(f"steps[{len(steps)}]", orig_path)
                 self.record(f"steps[{len(steps)}].with.prompt", orig_path)
                 steps.append(step)
+        if self.output_path_used:
+            out.setdefault("inputs", {})[OUTPUT_PATH] = {
+                "type": "string",
+                "description": "the output directory (the Orchestrator's run_pipeline.py -o)"}
         if self.choices:
             self.parameters_step(steps)
         if self.execution_used:
