@@ -63,7 +63,8 @@ def http_server_url() -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"the HTTP test server did not start: "
-                                   f"{process.stderr.read().decode() if process.stderr else ''}")
+                                   f"{process.stderr.read().decode() if process.stderr else ''}"
+                                   ) from None
             time.sleep(0.1)
     yield f"http://127.0.0.1:{port}/mcp"
     process.terminate()

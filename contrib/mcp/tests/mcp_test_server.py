@@ -3,8 +3,8 @@
 Run as ``python mcp_test_server.py stdio`` or ``python mcp_test_server.py http PORT``. Its
 tools: ``add`` (sum), ``echo_env`` (one variable of its environment), ``cwd`` (its working
 directory), ``fail`` (a result with ``isError``), ``crash`` (the process exits mid-call),
-``hang`` (never answers), ``exists``, ``cmdline`` and ``count`` (calls counted per process, to prove reuse). One
-resource (``memo://greeting``) and one prompt (``summarize``).
+``hang`` (never answers), ``exists``, ``cmdline`` and ``count`` (calls counted per process,
+to prove reuse). One resource (``memo://greeting``) and one prompt (``summarize``).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 A Gleitzeit workflow is a mapping with ``tasks`` (each a ``method`` such as ``llm/chat``,
 ``python/execute`` or ``mcp/tool.<server>.<tool>``, an optional ``protocol``, ``params`` or
-``parameters``, ``dependencies``, ``priority``, ``retry``/``retry_config`` and ``timeout``), or a *batch* workflow
-(``type: batch``, ``batch: {directory, pattern}`` and a task ``template``). Each task becomes
-one flowyard step; ``${task.field}`` references become templates of flowyard's sandbox with
-Gleitzeit's substitution rules (a string that is exactly one reference keeps the value's
-type, references inside longer text are replaced by the value's ``str()``).
+``parameters``, ``dependencies``, ``priority``, ``retry``/``retry_config`` and ``timeout``),
+or a *batch* workflow (``type: batch``, ``batch: {directory, pattern}`` and a task
+``template``). Each task becomes one flowyard step; ``${task.field}`` references become
+templates of flowyard's sandbox with Gleitzeit's substitution rules (a string that is
+exactly one reference keeps the value's type, references inside longer text are replaced by
+the value's ``str()``).
 
 The translated definition is given to :func:`flowyard.parse_workflow` with a
 :class:`flowyard.Locations` that maps every translated field to where it was written in the

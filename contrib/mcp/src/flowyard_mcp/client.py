@@ -21,12 +21,12 @@ revisions by the SDK's handshake):
 - **close**: :meth:`MCPClientManager.aclose` (called by ``Stack.aclose``) closes stdin of each
   stdio server, waits 2 s, then terminates its process group (the SDK's shutdown), and ends
   the helper thread; when the stack is never closed, the thread is a daemon and the servers
-  see their stdin close when flowyard exits.
+  see their stdin close when flowyard exits. A stack used again after its close (``open``
+  again, another ``run_sync``) starts the thread and its servers afresh, lazily.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import shutil
@@ -207,7 +207,7 @@ class ServerConnection:
                             box["client"] = client
                             ready.set()
                             await stop.wait()
-                except Exception as exc:  # reported to the caller waiting for `ready`
+                except Exception as exc:  # noqa: BLE001 - handed to the caller waiting for `ready`
                     box["error"] = exc
                 finally:
                     if self._client is not None and self._client is box.get("client"):
@@ -248,6 +248,7 @@ class ServerConnection:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        self._lock = None  # bound to the helper loop that is ending
 
     # ----------------------------------------------------------------- requests
 
@@ -345,7 +346,6 @@ class MCPClientManager:
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._task_group: TaskGroup | None = None
-        self._closed = False
         self._stop_thread: Any = None
 
     @property
@@ -356,8 +356,6 @@ class MCPClientManager:
 
     def _ensure_portal(self) -> BlockingPortal:
         with self._lock:
-            if self._closed:
-                raise MCPToolError("the MCP client is closed (its stack was closed)")
             if self._portal is None:
                 self._portal, self._task_group, thread = _start_helper()
                 self._stop_thread = weakref.finalize(self, _stop_helper, self._portal, thread)
@@ -386,24 +384,29 @@ class MCPClientManager:
             future.cancel()
             raise
 
-    async def aclose(self) -> None:
+    async def _close_all(self) -> None:
+        async with anyio.create_task_group() as group:
+            for connection in self.connections.values():
+                group.start_soon(connection.close)
+
+    def close_sync(self) -> None:
         """Close every connection (waiting for the servers to exit) and end the helper
-        thread. Safe to call twice."""
+        thread, from synchronous code. Safe to call twice; a later call starts afresh."""
         with self._lock:
             portal, self._portal = self._portal, None
-            self._closed = True
+            stop, self._stop_thread = self._stop_thread, None
         if portal is None:
             return
-
-        async def close_all() -> None:
-            async with anyio.create_task_group() as group:
-                for connection in self.connections.values():
-                    group.start_soon(connection.close)
-
         try:
-            await anyio.to_thread.run_sync(functools.partial(portal.call, close_all))
+            portal.call(self._close_all)
         finally:
-            await anyio.to_thread.run_sync(self._stop_thread)
+            stop()
+
+    async def aclose(self) -> None:
+        """Close every connection (waiting for the servers to exit) and end the helper
+        thread, without blocking the caller's event loop. Safe to call twice; a later call
+        starts the thread and the servers afresh."""
+        await anyio.to_thread.run_sync(self.close_sync)
 
 
 def _start_helper() -> tuple[BlockingPortal, TaskGroup, threading.Thread]:

@@ -60,6 +60,14 @@ def register_tools(register: Any, config: flowyard.Config) -> None:
     if not settings.servers:
         return
     manager = MCPClientManager(settings)
+    try:
+        _register(register, manager)
+    except BaseException:
+        manager.close_sync()  # stop the servers listed before the failure
+        raise
+
+
+def _register(register: Any, manager: MCPClientManager) -> None:
     for name, connection in manager.connections.items():
         for action, tool in server_actions(connection, manager).items():
             register(action, tool)

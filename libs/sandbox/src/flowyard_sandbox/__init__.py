@@ -57,7 +57,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def is_env_name(name: object) -> bool:
-    """Return True when ``name`` is a valid environment variable name (``[A-Za-z_][A-Za-z0-9_]*``)."""
+    """Return True when ``name`` is a valid environment variable name.
+
+    A name is ``[A-Za-z_][A-Za-z0-9_]*``.
+    """
     return isinstance(name, str) and bool(_ENV_NAME.match(name))
 
 
@@ -141,7 +144,7 @@ def _covered(path: str, roots: Sequence[str]) -> bool:
 
 
 def _python_paths() -> list[str]:
-    """Return the prefixes of flowyard's interpreter (a Python server started with it needs them)."""
+    """Return the prefixes of flowyard's interpreter (a server run by it needs them)."""
     paths = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)]
     real = os.path.realpath(sys.executable)
     paths.append(os.path.dirname(os.path.dirname(real)))
