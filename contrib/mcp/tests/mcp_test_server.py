@@ -3,8 +3,8 @@
 Run as ``python mcp_test_server.py stdio`` or ``python mcp_test_server.py http PORT``. Its
 tools: ``add`` (sum), ``echo_env`` (one variable of its environment), ``cwd`` (its working
 directory), ``fail`` (a result with ``isError``), ``crash`` (the process exits mid-call),
-``hang`` (never answers), ``exists``, ``cmdline`` and ``count`` (calls counted per process,
-to prove reuse). One resource (``memo://greeting``) and one prompt (``summarize``).
+``hang`` (never answers), ``babble`` (prints API_TOKEN), ``exists``, ``cmdline`` and
+``count`` (calls counted per process, to prove reuse). One resource (``memo://greeting``) and one prompt (``summarize``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ def crash() -> str:
     print(f"dying; API_TOKEN={os.environ.get('API_TOKEN', '<unset>')}", file=sys.stderr,
           flush=True)
     os._exit(3)
+
+
+@server.tool()
+def babble() -> str:
+    """Print API_TOKEN on stdout, the protocol stream, before answering (a broken server)."""
+    print(f"API_TOKEN={os.environ.get('API_TOKEN', '<unset>')}", flush=True)
+    return "said it"
 
 
 @server.tool()

@@ -98,6 +98,23 @@ async def test_http_server_with_headers(
         read = stack.tools.get("web.resources.read")
         assert (await read.invoke({"uri": "memo://greeting"}, context(stack)))["text"] == \
             "hello from the memo"
+        with pytest.raises(MCPCallError, match="refused: over http"):
+            await stack.tools.get("web.fail").invoke({"reason": "over http"}, context(stack))
+
+
+@pytest.mark.anyio
+async def test_an_http_server_that_is_not_there_is_a_start_error(
+        flowyard_home: Path, make_stack: Any) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    stack = make_stack({"gone": {"url": f"http://127.0.0.1:{port}/mcp", "tools": ["add"],
+                                 "startup_timeout": 10}})
+    async with stack:
+        with pytest.raises(MCPStartError, match="cannot start MCP server 'gone'"):
+            await stack.tools.get("gone.resources.list").invoke({}, context(stack))
 
 
 @pytest.mark.anyio

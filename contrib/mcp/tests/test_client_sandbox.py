@@ -114,6 +114,10 @@ async def test_a_secret_reaches_the_server_but_no_log_event_error_or_command_lin
         with pytest.raises(MCPServerCrashedError) as caught:
             await stack.tools.get("calc.crash").invoke({}, ctx)
         assert "API_TOKEN=***" in str(caught.value)
+        # an SDK server printing it: the print lands on its stderr (the SDK keeps stdout for
+        # the protocol), which flowyard keeps in a file, quoted only redacted after a crash
+        said = await stack.tools.get("calc.babble").invoke({}, ctx)
+        assert said == {"result": "said it"}
         result = await stack.run({"name": "crashes", "steps": [
             {"id": "boom", "uses": "calc.crash"}]})
         assert result.status == "failed"
@@ -157,3 +161,23 @@ async def test_an_unset_reference_is_a_start_error_naming_the_variable(
     async with stack:
         with pytest.raises(MCPStartError, match=r"\$\{NOT_SET_ANYWHERE\}, which is not set"):
             await stack.tools.get("calc.add").invoke({"a": 1, "b": 2}, context(stack))
+
+
+@pytest.mark.anyio
+async def test_a_secret_a_server_writes_on_the_protocol_stream_is_redacted_from_sdk_logs(
+        flowyard_home: Path, make_stack: Any, stdio_server: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("MY_API_TOKEN", CANARY)
+    server = stdio_server()["args"][0]
+    # not an SDK server at first: it writes the token on stdout, then becomes one
+    noisy = ("import os, sys; print('API_TOKEN=' + os.environ['API_TOKEN'], flush=True); "
+             "os.execv(sys.executable, [sys.executable, sys.argv[1], 'stdio'])")
+    stack = make_stack({"noisy": stdio_server(args=["-c", noisy, server],
+                                              env={"API_TOKEN": "${MY_API_TOKEN}"})})
+    async with stack:
+        result = await stack.tools.get("noisy.add").invoke({"a": 1, "b": 2}, context(stack))
+        assert result == {"result": 3}
+    logged = caplog.text + "".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "API_TOKEN=***" in logged  # the SDK did log the line, redacted
+    assert CANARY not in logged

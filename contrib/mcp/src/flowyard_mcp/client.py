@@ -27,6 +27,7 @@ revisions by the SDK's handshake):
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -64,6 +65,42 @@ _SDK_INHERITED = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER")
 _STDERR_TAIL = 800
 
 
+#: Every secret resolved by a connection of this process: redacted from the SDK's log records.
+_LOG_SECRETS: set[str] = set()
+
+
+class _RedactingFilter(logging.Filter):
+    """Replace the secrets of :data:`_LOG_SECRETS` in a log record (its message and its
+    exception text) by ``***``; the SDK logs, for instance, a line a server wrote on stdout
+    that is not a protocol message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _LOG_SECRETS:
+            return True
+        message = record.getMessage()
+        clean = redact(message, _LOG_SECRETS)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text, _LOG_SECRETS)
+            record.exc_info = None
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def _guard_sdk_loggers() -> None:
+    """Put the redacting filter on the SDK's loggers (``mcp`` and every ``mcp.*`` created so
+    far: a logger's filters do not apply to its children's records)."""
+    for name in ["mcp", *logging.Logger.manager.loggerDict]:
+        if name == "mcp" or name.startswith("mcp."):
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+
+
 def redact(text: str, secrets: set[str] | frozenset[str]) -> str:
     """Replace every secret value in ``text`` by ``***``.
 
@@ -79,6 +116,15 @@ def redact(text: str, secrets: set[str] | frozenset[str]) -> str:
         if len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def _secret_parts(values: Any) -> set[str]:
+    """The values to redact: each whole value, and each word of it (``Bearer <token>``)."""
+    out: set[str] = set()
+    for value in values:
+        out.add(value)
+        out.update(part for part in value.split() if len(part) >= 8)
+    return {v for v in out if len(v) >= 4}
 
 
 class ServerConnection:
@@ -145,7 +191,9 @@ class ServerConnection:
 
             headers = {key: resolve_references(value, where=f"{where} headers.{key}")
                        for key, value in cfg.headers.items()}
-            self.secrets = set(headers.values()) - {""}
+            self.secrets = _secret_parts(headers.values())
+            _LOG_SECRETS.update(self.secrets)
+            _guard_sdk_loggers()
             client = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(
                 30.0, read=max(cfg.timeout, 30.0)))
             return streamable_http_client(cfg.url, http_client=client)
@@ -154,7 +202,9 @@ class ServerConnection:
 
         env_values = {key: resolve_references(value, where=f"{where} env.{key}")
                       for key, value in cfg.env.items()}
-        self.secrets = set(env_values.values()) - {""}
+        self.secrets = _secret_parts(env_values.values())
+        _LOG_SECRETS.update(self.secrets)
+        _guard_sdk_loggers()
         work = confine_directory(cfg.cwd, self._manager.settings.work_root)
         env = scrubbed_environment(env_values, home=work, allow=cfg.env_allow)
         program = shutil.which(cfg.command, path=os.environ.get("PATH")) if cfg.command else None
