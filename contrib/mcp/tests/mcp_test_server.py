@@ -4,7 +4,8 @@ Run as ``python mcp_test_server.py stdio`` or ``python mcp_test_server.py http P
 tools: ``add`` (sum), ``echo_env`` (one variable of its environment), ``cwd`` (its working
 directory), ``fail`` (a result with ``isError``), ``crash`` (the process exits mid-call),
 ``hang`` (never answers), ``babble`` (prints API_TOKEN), ``exists``, ``cmdline`` and
-``count`` (calls counted per process, to prove reuse). One resource (``memo://greeting``) and one prompt (``summarize``).
+``count`` (calls counted per process, to prove reuse). One resource (``memo://greeting``)
+and one prompt (``summarize``).
 """
 
 from __future__ import annotations
