@@ -744,3 +744,58 @@ steps:
         assert files(workspace) == {"out/a.txt": "at out"}
         with pytest.raises(WorkflowValidationError, match="missing required input 'output_path'"):
             await stack.run(pipeline, {})
+
+
+def test_the_filesystem_action_may_be_its_action_parameter() -> None:
+    definition = translated("""id: t
+steps:
+  - id: save
+    tool: filesystem
+    action: execute
+    parameters: {action: write, path: a.txt, content: hi}
+  - id: look
+    tool: filesystem
+    parameters: {action: list, path: .}
+""")
+    save, look = definition["steps"]
+    assert (save["uses"], save["with"]) == ("filesystem.write", {"path": "a.txt",
+                                                                 "content": "hi"})
+    assert (look["uses"], look["with"]) == ("filesystem.list", {"path": "."})
+    [issue] = issues("""id: t
+steps:
+  - id: save
+    tool: filesystem
+    action: execute
+    parameters: {action: shred, path: a.txt}
+""")
+    assert issue.startswith("p.yaml:5:13: step 'save': tool 'filesystem' has no action "
+                            "'execute'")
+
+
+def test_bare_model_names_get_their_provider_or_a_located_error() -> None:
+    definition = translated("""id: t
+steps:
+  - id: a
+    action: generate_text
+    parameters: {prompt: hi, model: claude-sonnet-4-20250514}
+  - id: b
+    action: generate_text
+    parameters: {prompt: hi, model: gpt-4o-mini}
+  - id: c
+    action: generate_text
+    parameters: {prompt: hi, model: o3-mini}
+  - id: d
+    action: generate_text
+    parameters: {prompt: hi, model: ollama/llama3.2}
+""")
+    assert [step["with"]["model"] for step in definition["steps"]] == [
+        "anthropic/claude-sonnet-4-20250514", "openai/gpt-4o-mini", "openai/o3-mini",
+        "ollama/llama3.2"]
+    assert issues("""id: t
+steps:
+  - id: a
+    action: generate_text
+    parameters: {prompt: hi, model: "llama3.2:1b"}
+""") == ["p.yaml:5:37: model 'llama3.2:1b' names no provider: write provider/model (for "
+         "example ollama/llama3.2:1b); the Orchestrator looks bare names up in its own model "
+         "registry (steps[0].parameters.model)"]

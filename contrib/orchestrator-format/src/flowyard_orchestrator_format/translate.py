@@ -157,6 +157,10 @@ _LLM_PARAMS = {"prompt": "prompt", "model": "model", "max_tokens": "max_tokens",
                "max_completion_tokens": "max_tokens", "temperature": "temperature",
                "system": "system", "system_prompt": "system", "top_p": "top_p", "stop": "stop",
                "seed": "seed"}
+#: Bare model names whose provider the name says (the Orchestrator finds them in its
+#: registry; flowyard's references are ``provider/model``).
+_MODEL_PROVIDERS = ((re.compile(r"claude-"), "anthropic"),
+                    (re.compile(r"(gpt-|chatgpt-|o[134](-|\Z))"), "openai"))
 _LLM_EXTRA = {"analyze": ("text", "analysis_type", "response_format"),
               "structured": ("schema", "response_format"), "text": ("response_format",)}
 
@@ -661,7 +665,13 @@ class _Translator:
             self.error(f"step {step_id!r}: tool {tool!r} has no flowyard counterpart "
                        f"(supported tools: {', '.join(sorted(TOOLS))})", f"{path}.tool")
             return None, None, None
-        if action is None or (len(actions) == 1 and action not in actions):
+        params = raw.get("parameters")
+        if action in (None, "execute") and isinstance(params, dict) \
+                and isinstance(params.get("action"), str) and params["action"] in actions:
+            # the tool's own 'action' parameter: tool: filesystem, action: execute,
+            # parameters: {action: write, ...} is the same call as action: write
+            action = params["action"]
+        elif action is None or (len(actions) == 1 and action not in actions):
             # a tool with one action: the action text only says what the step is for
             action = _DEFAULT_ACTION.get(str(tool))
         if action not in actions:
@@ -1116,6 +1126,11 @@ class _Translator:
                         and (_AUTO.fullmatch(params[name].strip())
                              or _AUTO_OPEN.fullmatch(params[name].strip())):
                     out["model"] = "auto"     # the router picks the model
+                elif name == "model" and isinstance(params[name], str) \
+                        and "{" not in params[name]:
+                    model = self.model_reference(params[name].strip(), f"{ppath}.model")
+                    if model is not None:
+                        out["model"] = model
                 else:
                     out[_LLM_PARAMS[name]] = arg(name)
                 records.append((f".with.{_LLM_PARAMS[name]}", f"{ppath}.{name}"))
@@ -1151,6 +1166,9 @@ class _Translator:
         tool, _, action = str(how).partition(":")
         _, mapping, _ = TOOLS[tool][action]
         for name in params:
+            if name == "action" and params[name] == action \
+                    and raw.get("action") in (None, "execute"):
+                continue        # the action itself, written as the tool's parameter
             if name not in mapping:
                 self.error(f"step {step_id!r}: parameter {name!r} of tool {tool!r} action "
                            f"{action!r} is not supported (supported: {', '.join(mapping)})",
@@ -1170,6 +1188,23 @@ class _Translator:
                              "format": out.pop("format", "markdown")}}
             records.append((".with.value", ppath))
         return out
+
+    def model_reference(self, name: str, path: str) -> str | None:
+        """Return the flowyard reference (``provider/model``) of a model the pipeline names.
+
+        The Orchestrator also accepts a bare model name, which its model registry looks up;
+        the names of Anthropic's (``claude-...``) and OpenAI's (``gpt-...``, ``o1``/``o3``/
+        ``o4``...) models say their provider, any other bare name is a located error.
+        """
+        if "/" in name:
+            return name
+        for pattern, provider in _MODEL_PROVIDERS:
+            if pattern.match(name):
+                return f"{provider}/{name}"
+        self.error(f"model {name!r} names no provider: write provider/model (for example "
+                   f"ollama/{name}); the Orchestrator looks bare names up in its own model "
+                   f"registry", path)
+        return None
 
     def failure(self, raw: dict[str, Any], path: str, out: dict[str, Any],
                 records: list[tuple[str, str]]) -> None:
