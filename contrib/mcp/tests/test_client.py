@@ -321,3 +321,39 @@ async def test_the_stack_close_stops_the_server(
     async with stack:
         again = await stack.tools.get("calc.count").invoke({}, context(stack))
         assert again["pid"] != pid and again["calls"] == 1
+
+
+@pytest.mark.anyio
+async def test_parallel_calls_share_one_server(flowyard_home: Path, make_stack: Any,
+                                               stdio_server: Any) -> None:
+    import anyio
+
+    stack = make_stack({"calc": stdio_server(tools=["count"])})
+    async with stack:
+        count = stack.tools.get("calc.count")
+        results: list[dict[str, int]] = []
+
+        async def call() -> None:
+            results.append(await count.invoke({}, context(stack)))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(call)
+        assert sorted(r["calls"] for r in results) == list(range(1, 9))
+        assert len({r["pid"] for r in results}) == 1
+        assert count.connection.starts == 1
+
+
+@pytest.mark.anyio
+async def test_a_server_that_never_initializes_is_a_start_error_within_startup_timeout(
+        flowyard_home: Path, make_stack: Any, stdio_server: Any) -> None:
+    import anyio
+
+    silent = stdio_server(args=["-c", "import time; time.sleep(300)"], tools=["add"],
+                          startup_timeout=1)
+    stack = make_stack({"silent": silent})
+    async with stack:
+        started = anyio.current_time()
+        with pytest.raises(MCPStartError, match="no answer within startup_timeout = 1.0 s"):
+            await stack.tools.get("silent.resources.list").invoke({}, context(stack))
+        assert anyio.current_time() - started < 8
