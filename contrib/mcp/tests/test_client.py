@@ -354,6 +354,6 @@ async def test_a_server_that_never_initializes_is_a_start_error_within_startup_t
     stack = make_stack({"silent": silent})
     async with stack:
         started = anyio.current_time()
-        with pytest.raises(MCPStartError, match="no answer within startup_timeout = 1.0 s"):
+        with pytest.raises(MCPStartError, match=r"no answer within startup_timeout = 1\.0 s"):
             await stack.tools.get("silent.resources.list").invoke({}, context(stack))
         assert anyio.current_time() - started < 8
