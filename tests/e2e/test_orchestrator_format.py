@@ -93,6 +93,23 @@ def test_files_and_terminal_takes_parameters_as_inputs(tmp_path: Path) -> None:
     assert sorted(files(tmp_path)) == ["elsewhere/daily-log.md", "elsewhere/note.txt"]
 
 
+def test_parameter_choices_are_checked_first_and_foreach_runs_one_item_at_a_time(
+        tmp_path: Path) -> None:
+    result = run(tmp_path, "choices_and_foreach.yaml", "-i", "style=lower")
+    assert result["outputs"] == {"written": ["notes/0.txt", "notes/1.txt", "notes/2.txt"],
+                                 "text": "alphabetagamma"}
+    assert files(tmp_path) == {"notes/0.txt": "alpha", "notes/1.txt": "beta",
+                               "notes/2.txt": "gamma"}
+    other = tmp_path / "other"
+    other.mkdir()
+    result = run(other, "choices_and_foreach.yaml", "-i", "style=title", code=1)
+    assert statuses(result) == {"orchestrator-parameters": "failed",
+                                "write_notes": "skipped", "list_notes": "skipped"}
+    assert "parameter 'style' is 'title', not one of its choices ('upper', 'lower')" in (
+        result["error"])
+    assert files(other) == {}
+
+
 def test_for_each_runs_the_nested_steps_per_item(tmp_path: Path) -> None:
     result = run(tmp_path, "for_each_files.yaml")
     assert result["status"] == "completed"
@@ -253,7 +270,8 @@ def test_on_failure_fail_stops_the_pipeline(tmp_path: Path) -> None:
         "'pick'"]),
     ("unknown_name.yaml", [
         "unknown_name.yaml:9:15: unknown name 'undefined_thing': not a parameter, step or "
-        "loop variable here (known: write, topic, execution, inputs, results)"]),
+        "loop variable here (known: write, topic, execution, inputs, output_path, parameters, "
+        "results, timestamp)"]),
 ])
 def test_errors_are_located_in_the_pipeline(tmp_path: Path, name: str,
                                             expected: list[str]) -> None:
