@@ -756,8 +756,12 @@ steps:
   - id: look
     tool: filesystem
     parameters: {action: list, path: .}
+  - id: named
+    action: filesystem
+    parameters: {action: read, path: a.txt}
 """)
-    save, look = definition["steps"]
+    save, look, named = definition["steps"]
+    assert (named["uses"], named["with"]) == ("filesystem.read", {"path": "a.txt"})
     assert (save["uses"], save["with"]) == ("filesystem.write", {"path": "a.txt",
                                                                  "content": "hi"})
     assert (look["uses"], look["with"]) == ("filesystem.list", {"path": "."})

@@ -1167,7 +1167,7 @@ class _Translator:
         _, mapping, _ = TOOLS[tool][action]
         for name in params:
             if name == "action" and params[name] == action \
-                    and raw.get("action") in (None, "execute"):
+                    and raw.get("action") in (None, "execute", tool):
                 continue        # the action itself, written as the tool's parameter
             if name not in mapping:
                 self.error(f"step {step_id!r}: parameter {name!r} of tool {tool!r} action "
