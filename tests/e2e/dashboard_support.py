@@ -161,8 +161,8 @@ class Server:
         return done.stdout.decode()
 
     def create_key(self, tenant: str) -> str:
-        """Create an API key for ``tenant`` with ``flowyard keys create``; return it."""
-        key = self.command("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
+        """Create an API key for ``tenant`` with ``flowyard api-keys create``; return it."""
+        key = self.command("api-keys", "create", "--tenant", tenant).strip().splitlines()[-1]
         self.keys[tenant] = key
         return key
 

@@ -154,7 +154,7 @@ def service(request: pytest.FixtureRequest,
     svc = Service(tmp, url)
     probe = Stack.default(config={"storage": {"url": svc.env["FLOWYARD_STORAGE_URL"]}})
     assert isinstance(probe.storage, SupportsTaskQueue), "the SQL storage keeps the task queue"
-    svc.keys = {t: svc.command("keys", "create", "--tenant", t).strip().splitlines()[-1]
+    svc.keys = {t: svc.command("api-keys", "create", "--tenant", t).strip().splitlines()[-1]
                 for t in ("e2e", "other")}
     svc.start("serve", "--port", str(svc.port), "--no-worker", name="serve")
     svc.start("worker", "--concurrency", "2", "--name", "worker-a", name="worker-a")
@@ -302,14 +302,14 @@ async def test_a_killed_worker_loses_nothing(service: Any) -> None:
 async def test_keys_list_and_revoke(service: Any) -> None:
     from flowyard_client import AsyncClient, AuthenticationError
 
-    listed = service.command("keys", "list")
+    listed = service.command("api-keys", "list")
     for tenant, key in service.keys.items():
         key_id = key.split("_")[1]
         assert key_id in listed and tenant in listed
         assert key.split("_", 2)[2] not in listed
     async with AsyncClient(service.url, service.keys["other"]) as other:
         assert (await other.tasks.list()).items == []
-        service.command("keys", "revoke", service.keys["other"].split("_")[1])
+        service.command("api-keys", "revoke", service.keys["other"].split("_")[1])
         # the server trusts a verified key for key_cache_seconds (0.5 here) from memory
         deadline = time.monotonic() + 3.0
         while True:

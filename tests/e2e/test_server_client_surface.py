@@ -500,7 +500,7 @@ def idle_service(tmp_path: Path) -> Iterator[Any]:
     yet; every process started is stopped at the end. (SQLite only: two more server starts
     on PostgreSQL would cost 6 s for little.)"""
     svc = Service(tmp_path)
-    svc.keys = {"restart": svc.command("keys", "create", "--tenant", "restart"
+    svc.keys = {"restart": svc.command("api-keys", "create", "--tenant", "restart"
                                        ).strip().splitlines()[-1]}
     try:
         yield svc

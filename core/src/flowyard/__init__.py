@@ -138,6 +138,10 @@ __all__ = [
     "WorkflowError",
     "WorkflowLoader",
     "WorkflowValidationError",
+    "KeyStore",
+    "KeyStoreError",
+    "open_keystore",
+    "resolve_secret",
 ]
 
 #: The public plugin API, name -> module (or ``module:attribute`` when the name differs):
@@ -227,6 +231,10 @@ _LAZY: dict[str, str] = {
     "Tool": "flowyard.interfaces",
     "WorkflowLoader": "flowyard.interfaces",
     "Config": "flowyard.config",
+    "KeyStore": "flowyard.keystore",
+    "KeyStoreError": "flowyard.keystore",
+    "open_keystore": "flowyard.keystore",
+    "resolve_secret": "flowyard.keystore",
     "Register": "flowyard.registry",
     "Registry": "flowyard.registry",
     "ToolContext": "flowyard.context",
@@ -331,6 +339,12 @@ if TYPE_CHECKING:
         SupportsTokenCounting,
         Tool,
         WorkflowLoader,
+    )
+    from flowyard.keystore import (
+        KeyStore,
+        KeyStoreError,
+        open_keystore,
+        resolve_secret,
     )
     from flowyard.llm.modelregistry import (
         eligible,

@@ -1,6 +1,6 @@
 """Security by default: body limits that keep the server responsive, keys stored only as
 digests and never shown in responses or logs, loopback-only serving without keys, and the
-``flowyard keys`` commands.
+``flowyard api-keys`` commands.
 """
 
 from __future__ import annotations
@@ -135,17 +135,17 @@ def test_keys_commands(tmp_path: Any) -> None:
     assert not db.exists()
     runner = CliRunner()
     env = {"FLOWYARD_HOME": str(tmp_path), "FLOWYARD_STORAGE_URL": "memory://"}
-    created = runner.invoke(main, ["keys", "create", "--tenant", "acme", "--name", "ci"],
+    created = runner.invoke(main, ["api-keys", "create", "--tenant", "acme", "--name", "ci"],
                             env=env)
     assert created.exit_code == 0, created.output
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("fy_")
     # memory storage forgets between commands: list and revoke answer on an empty store
-    listed = runner.invoke(main, ["keys", "list"], env=env)
+    listed = runner.invoke(main, ["api-keys", "list"], env=env)
     assert listed.exit_code == 0 and key not in listed.output
-    revoked = runner.invoke(main, ["keys", "revoke", key], env=env)
+    revoked = runner.invoke(main, ["api-keys", "revoke", key], env=env)
     assert revoked.exit_code != 0 and key not in revoked.output
-    bad = runner.invoke(main, ["keys", "create", "--tenant", "Bad Tenant!"], env=env)
+    bad = runner.invoke(main, ["api-keys", "create", "--tenant", "Bad Tenant!"], env=env)
     assert bad.exit_code != 0
 
 

@@ -86,7 +86,10 @@ class HTTPProvider:
             ``/v1/chat/completions?key=...``) are secrets, like the API key (see
             :class:`~flowyard_http.ProviderURL`).
         api_key: the API key; ``None`` reads the environment variable ``api_key_env`` (when
-            given); empty means no key (no auth header is sent).
+            given); empty means no key (no auth header is sent). A reference
+            ``"keystore:<name>"`` or ``"env:<VAR>"`` is resolved by
+            :func:`flowyard.resolve_secret` (the key store of ``Config.load()``; the provider
+            plugins resolve it with their stack's configuration before this).
         api_key_env: the environment variable read when ``api_key`` is None, also named in the
             error of a missing key.
         key_required: calls fail with :class:`~flowyard.errors.AuthenticationError` before
@@ -123,6 +126,7 @@ class HTTPProvider:
             ``max_retry_after`` that is not a number >= 0, a ``base_url`` that is not absolute
             or has a fragment, a header that is not a string, or a ``base_url`` userinfo
             together with an API key sent in the ``Authorization`` header (both would set it).
+        KeyStoreError: a ``keystore:``/``env:`` ``api_key`` that cannot be resolved.
     """
 
     #: Path suffix stripped from ``base_url`` (Anthropic's ``/v1``: the paths carry it).
@@ -193,6 +197,10 @@ class HTTPProvider:
             import os
 
             api_key = os.environ.get(api_key_env)
+        if isinstance(api_key, str) and api_key.startswith(("keystore:", "env:")):
+            from flowyard import resolve_secret
+
+            api_key = resolve_secret(api_key, where=f"[{name}] api_key")
         self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key or "")
         self.api_key_env = api_key_env
         self.key_required = key_required

@@ -3,7 +3,8 @@
 Configuration (``flowyard.toml``; every key optional)::
 
     [anthropic]
-    api_key = "sk-ant-..."             # default: $ANTHROPIC_API_KEY
+    api_key = "keystore:anthropic"     # the key store (docs/keys.md), "env:VAR" or the key;
+                                       # default: $ANTHROPIC_API_KEY
     base_url = "https://api.anthropic.com"   # default: $ANTHROPIC_BASE_URL, else Anthropic's
     default_model = "claude-haiku-4-5" # opt in to be the stack's default model ...
     default_priority = 5               # ... with this priority
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flowyard import Config, ConfigError, Register, hookimpl
+from flowyard import Config, ConfigError, Register, hookimpl, resolve_secret
 
 _PROVIDER_KEYS = {"api_key", "base_url", "headers", "timeout", "deadline", "backend", "prices",
                   "default_max_tokens", "max_connections"}
@@ -50,6 +51,11 @@ def register_providers(register: Register, config: Config) -> None:
     def make() -> Any:
         from flowyard_anthropic.provider import AnthropicProvider
 
-        return AnthropicProvider("anthropic", **kwargs)
+        # "keystore:<name>" / "env:<VAR>" keys are resolved on first use (docs/keys.md).
+        options = dict(kwargs)
+        if "api_key" in options:
+            options["api_key"] = resolve_secret(options["api_key"], config=config,
+                                                where="[anthropic] api_key")
+        return AnthropicProvider("anthropic", **options)
 
     register("anthropic", factory=make, **meta)

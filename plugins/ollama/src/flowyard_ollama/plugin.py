@@ -9,7 +9,8 @@ Configuration (``flowyard.toml``; every key optional)::
     default_model = "llama3.2"            # opt in to be the stack's default model ...
     default_priority = 5                  # ... with this priority
 
-Other keys: ``api_key`` (default ``$OLLAMA_API_KEY``; for ollama.com), ``headers``,
+Other keys: ``api_key`` (default ``$OLLAMA_API_KEY``; for ollama.com; ``"keystore:<name>"``
+reads the key store, docs/keys.md), ``headers``,
 ``timeout`` (seconds per phase), ``deadline`` (seconds per call; default ``timeout``),
 ``free`` (bool: local models cost 0; default true unless the base URL is ollama.com), ``prices`` (``{model = {input=, output=}}``, US dollars per million tokens),
 ``backend``, ``max_connections``, ``enabled``.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowyard import Config, ConfigError, Register, hookimpl
+from flowyard import Config, ConfigError, Register, hookimpl, resolve_secret
 
 _PROVIDER_KEYS = {"base_url", "api_key", "headers", "timeout", "deadline", "keep_alive",
                   "options", "free", "prices", "backend", "max_connections"}
@@ -48,6 +49,11 @@ def register_providers(register: Register, config: Config) -> None:
     def make() -> Any:
         from flowyard_ollama.provider import OllamaProvider
 
-        return OllamaProvider("ollama", **kwargs)
+        # "keystore:<name>" / "env:<VAR>" keys are resolved on first use (docs/keys.md).
+        options = dict(kwargs)
+        if "api_key" in options:
+            options["api_key"] = resolve_secret(options["api_key"], config=config,
+                                                where="[ollama] api_key")
+        return OllamaProvider("ollama", **options)
 
     register("ollama", factory=make, **meta)

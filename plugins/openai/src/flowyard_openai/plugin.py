@@ -3,7 +3,8 @@
 Configuration (``flowyard.toml``; every key optional)::
 
     [openai]
-    api_key = "sk-..."            # default: $OPENAI_API_KEY for OpenAI's base_url only
+    api_key = "keystore:openai"   # from the key store (docs/keys.md); or "env:VAR", or the key;
+                                  # default: $OPENAI_API_KEY for OpenAI's base_url only
     base_url = "https://api.openai.com/v1"   # default: $OPENAI_BASE_URL, else OpenAI's
     default_model = "gpt-4o-mini" # opt in to be the stack's default model ...
     default_priority = 5          # ... with this priority (the local model is the default)
@@ -25,7 +26,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flowyard import Config, ConfigError, Register, hookimpl
+from flowyard import Config, ConfigError, Register, hookimpl, resolve_secret
 
 _PROVIDER_KEYS = {
     "api_key", "base_url", "organization", "project", "headers", "timeout", "deadline",
@@ -61,11 +62,17 @@ def provider_options(name: str, section: Mapping[str, Any], *, where: str
     return kwargs, meta
 
 
-def _factory(name: str, kwargs: dict[str, Any]) -> Any:
+def _factory(name: str, kwargs: dict[str, Any], config: Config, where: str) -> Any:
     def make() -> Any:
         from flowyard_openai.provider import OpenAIProvider
 
-        return OpenAIProvider(name, **kwargs)
+        # A "keystore:<name>" or "env:<VAR>" api_key is resolved when the provider is first
+        # used, so the key store is opened (and its passphrase asked for) only then.
+        options = dict(kwargs)
+        if "api_key" in options:
+            options["api_key"] = resolve_secret(options["api_key"], config=config,
+                                                where=f"{where} api_key")
+        return OpenAIProvider(name, **options)
 
     return make
 
@@ -84,7 +91,7 @@ def register_providers(register: Register, config: Config) -> None:
         kwargs, meta = provider_options("openai", section, where="[openai]")
         if max_retry_after is not None:
             kwargs["max_retry_after"] = max_retry_after
-        register("openai", factory=_factory("openai", kwargs), **meta)
+        register("openai", factory=_factory("openai", kwargs, config, "[openai]"), **meta)
     for name, table in endpoints.items():
         where = f"[openai.endpoints.{name}]"
         if not isinstance(table, Mapping):
@@ -98,4 +105,4 @@ def register_providers(register: Register, config: Config) -> None:
         kwargs, meta = provider_options(name, table, where=where)
         if max_retry_after is not None:
             kwargs["max_retry_after"] = max_retry_after
-        register(name, factory=_factory(name, kwargs), **meta)
+        register(name, factory=_factory(name, kwargs, config, where), **meta)

@@ -3,7 +3,7 @@
 ``flowyard serve`` runs an authenticated, multi-tenant HTTP API (FastAPI on uvicorn, with an
 OpenAPI schema at ``/openapi.json`` and interactive docs at ``/docs``) over a stack whose
 storage keeps a durable task queue; ``flowyard worker`` runs more workers of that queue in
-other processes; ``flowyard keys`` manages API keys. See ``docs/plugins/server.md``.
+other processes; ``flowyard api-keys`` manages API keys. See ``docs/plugins/server.md``.
 
 Python API (imported lazily):
 

@@ -1,4 +1,4 @@
-"""The commands ``flowyard serve``, ``flowyard worker`` and ``flowyard keys``.
+"""The commands ``flowyard serve``, ``flowyard worker`` and ``flowyard api-keys``.
 
 Heavy imports (FastAPI, uvicorn, the app) happen inside the commands, so ``flowyard --help``
 stays fast.
@@ -14,7 +14,7 @@ import attrs
 import click
 from flowyard import FlowyardError
 
-__all__ = ["serve", "worker", "keys", "check_binding", "BindingRefused"]
+__all__ = ["serve", "worker", "api_keys", "check_binding", "BindingRefused"]
 
 T = TypeVar("T")
 log = logging.getLogger("flowyard_server")
@@ -42,7 +42,7 @@ def check_binding(host: str, *, loopback: bool, have_keys: bool) -> None:
     if not loopback and not have_keys:
         raise BindingRefused(
             f"refusing to bind {host}: no API key exists, so anyone who reaches that address "
-            "could run workflows. Create one with `flowyard keys create --tenant <name>` "
+            "could run workflows. Create one with `flowyard api-keys create --tenant <name>` "
             "(or bind 127.0.0.1).")
 
 
@@ -104,7 +104,7 @@ def serve(host: str | None, port: int | None, run_worker: bool | None,
     check_binding(settings.host, loopback=settings.loopback, have_keys=have_keys)
     if not have_keys:
         click.echo("flowyard serve: no API key exists, so only loopback clients are served "
-                   "(as tenant 'default'); `flowyard keys create` turns authentication on.",
+                   "(as tenant 'default'); `flowyard api-keys create` turns authentication on.",
                    err=True)
     if stack.storage_url().startswith("memory"):
         click.echo("flowyard serve: memory storage -- tasks and runs are lost when the "
@@ -146,8 +146,12 @@ def worker(concurrency: int | None, name: str | None, storage_url: str | None) -
 @click.group()
 @_STORAGE
 @click.pass_context
-def keys(ctx: click.Context, storage_url: str | None) -> None:
-    """Manage API keys (stored as salted digests; a key is shown once)."""
+def api_keys(ctx: click.Context, storage_url: str | None) -> None:
+    """Manage the server's API keys (stored as salted digests; a key is shown once).
+
+    Named ``api-keys`` since the core's ``flowyard keys`` manages provider secrets (the key
+    store, docs/keys.md).
+    """
     ctx.obj = {"storage_url": storage_url}
 
 
@@ -163,7 +167,7 @@ def _with_keys(ctx: click.Context, body: Callable[[Any], Awaitable[T]]) -> T:
     return _run_async(main)
 
 
-@keys.command("create")
+@api_keys.command("create")
 @click.option("--tenant", required=True, help="The tenant the key acts for.")
 @click.option("--name", default="", help="A label for people.")
 @click.pass_context
@@ -182,7 +186,7 @@ def keys_create(ctx: click.Context, tenant: str, name: str) -> None:
     click.echo(key)
 
 
-@keys.command("list")
+@api_keys.command("list")
 @click.pass_context
 def keys_list(ctx: click.Context) -> None:
     """List keys (id, tenant, name, creation time; never the secret)."""
@@ -193,7 +197,7 @@ def keys_list(ctx: click.Context) -> None:
         click.echo(f"{info.key_id}  {info.tenant}  {created:%Y-%m-%d %H:%M}Z  {info.name}")
 
 
-@keys.command("revoke")
+@api_keys.command("revoke")
 @click.argument("key_id")
 @click.pass_context
 def keys_revoke(ctx: click.Context, key_id: str) -> None:

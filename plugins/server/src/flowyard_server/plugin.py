@@ -1,5 +1,5 @@
 """Hook implementations of ``flowyard-server`` (plugin name ``server``): the commands
-``flowyard serve``, ``flowyard worker`` and ``flowyard keys``.
+``flowyard serve``, ``flowyard worker`` and ``flowyard api-keys``.
 
 Cheap to import: FastAPI, uvicorn and the app are imported when a command runs.
 """
@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    """Add ``flowyard serve``, ``flowyard worker`` and ``flowyard keys``."""
-    from flowyard_server.commands import keys, serve, worker
+    """Add ``flowyard serve``, ``flowyard worker`` and ``flowyard api-keys``."""
+    from flowyard_server.commands import api_keys, serve, worker
 
     cli.add_command(serve, name="serve")
     cli.add_command(worker, name="worker")
-    cli.add_command(keys, name="keys")
+    cli.add_command(api_keys, name="api-keys")

@@ -10,7 +10,7 @@ signature its HMAC-SHA256 under the server's session secret. The cookie never ho
   page sends it), ``Path=/ui``, ``Secure`` when the request came over HTTPS, and a lifetime of
   :data:`SESSION_SECONDS`.
 - **Each request** checks the signature (constant time), the expiry, and that the key still
-  exists: revoking the key (``flowyard keys revoke``) ends its sessions at once.
+  exists: revoking the key (``flowyard api-keys revoke``) ends its sessions at once.
 - **CSRF.** Every form and htmx request that changes something carries the session's CSRF
   token (HMAC of the nonce under the secret) in a ``csrf`` field or an ``X-CSRF-Token``
   header; it is compared in constant time. The login form uses a double-submit token (the
