@@ -357,3 +357,20 @@ async def test_a_server_that_never_initializes_is_a_start_error_within_startup_t
         with pytest.raises(MCPStartError, match=r"no answer within startup_timeout = 1\.0 s"):
             await stack.tools.get("silent.resources.list").invoke({}, context(stack))
         assert anyio.current_time() - started < 8
+
+
+@pytest.mark.anyio
+async def test_a_server_killed_between_calls_is_restarted_by_the_next_call(
+        flowyard_home: Path, make_stack: Any, stdio_server: Any) -> None:
+    import signal
+
+    import anyio
+
+    stack = make_stack({"calc": stdio_server(tools=["count"])})
+    async with stack:
+        count = stack.tools.get("calc.count")
+        pid = (await count.invoke({}, context(stack)))["pid"]
+        os.kill(pid, signal.SIGKILL)
+        await anyio.sleep(1.2)  # idle for more than 1 s: the next call pings it first
+        after = await count.invoke({}, context(stack))
+        assert after["pid"] != pid and after["calls"] == 1

@@ -63,6 +63,12 @@ _CONNECTION_CLOSED = -32000
 _SDK_INHERITED = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER")
 #: How many bytes of a stdio server's standard error an error message quotes.
 _STDERR_TAIL = 800
+#: A connection idle this long (seconds) is probed (``tools/list``) before its next request:
+#: a server that died while idle is then started again for that request instead of failing
+#: it.
+_PING_AFTER_IDLE = 1.0
+#: Seconds a ping before a request may take (at most the server's ``timeout``).
+_PING_TIMEOUT = 5.0
 
 
 #: Every secret resolved by a connection of this process: redacted from the SDK's log records.
@@ -150,6 +156,7 @@ class ServerConnection:
         #: how many times the server was started (1 after the first start)
         self.starts = 0
         self._tools: list[Any] | None = None
+        self._last_used = 0.0
 
     # ----------------------------------------------------------------- start and stop
 
@@ -278,7 +285,34 @@ class ServerConnection:
                                   f"{self.config.name!r}: {why}{self._stderr_tail()}", tool)
             self._client, self._stop, self._done = box["client"], stop, done
             self.starts += 1
+            self._last_used = anyio.current_time()
             return self._client
+
+    async def _alive(self, client: Any) -> bool:
+        """Probe a connection that was idle for ``_PING_AFTER_IDLE`` s (``tools/list``);
+        False when it closed or does not answer within ``_PING_TIMEOUT`` s (then it is
+        discarded)."""
+        from mcp import MCPError
+
+        if anyio.current_time() - self._last_used < _PING_AFTER_IDLE:
+            return True
+        try:
+            with anyio.fail_after(min(_PING_TIMEOUT, self.config.timeout)):
+                # `ping` is removed from revision 2026-07-28: a listing is the probe
+                await client.list_tools(cache_mode="bypass")
+        except TimeoutError:
+            self.discard()
+            return False
+        except MCPError as exc:
+            if exc.code != _CONNECTION_CLOSED:
+                return True  # it answered (with an error): it is alive
+            self.discard()
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream,
+                OSError):
+            self.discard()
+            return False
+        return True
 
     def discard(self) -> None:
         """Stop the live connection in the background (its state is unknown); the next call
@@ -324,10 +358,14 @@ class ServerConnection:
         from mcp import MCPError
 
         client = await self._connect(tool)
+        if not await self._alive(client):  # died while idle: start it again for this call
+            client = await self._connect(tool)
         limit = self.config.timeout if timeout is None else timeout
         try:
             with anyio.fail_after(limit):
-                return await send(client)
+                result = await send(client)
+            self._last_used = anyio.current_time()
+            return result
         except TimeoutError:
             self.discard()
             raise self._error(MCPTimeoutError, f"MCP server {self.config.name!r} did not answer "
