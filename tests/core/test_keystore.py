@@ -8,6 +8,7 @@ references; and the CLI, whose output never carries a secret unless ``--reveal``
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -181,9 +182,9 @@ def test_a_tampered_ciphertext_or_header_fails_authentication(home: Path) -> Non
     store().set("openai", CANARY)
     path = home / "keys.json"
     doc = json.loads(path.read_text())
-    raw = bytearray(__import__("base64").b64decode(doc["ciphertext"]))
+    raw = bytearray(base64.b64decode(doc["ciphertext"]))
     raw[0] ^= 1
-    flipped = {**doc, "ciphertext": __import__("base64").b64encode(bytes(raw)).decode()}
+    flipped = {**doc, "ciphertext": base64.b64encode(bytes(raw)).decode()}
     path.write_text(json.dumps(flipped))
     with pytest.raises(WrongPassphraseError):
         store().get("openai")

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from flowyard import Config, KeyStoreError, open_keystore
 from flowyard.models import Event
 from flowyard.stack import Stack
 
@@ -260,8 +261,6 @@ async def test_every_http_provider_plugin_resolves_keystore_references(
     monkeypatch.setenv("FLOWYARD_KEYSTORE_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     keystore = {"backend": "file", "path": str(tmp_path / "k.json"), "scrypt_n": 16384}
-    from flowyard import Config, open_keystore
-
     open_keystore(Config({"keystore": keystore}), passphrase=None).set(f"{plugin}-key", CANARY)
     config = {"keystore": keystore, "plugins": {"enabled": ["builtin", plugin]},
               plugin: {"api_key": f"keystore:{plugin}-key",
@@ -272,6 +271,6 @@ async def test_every_http_provider_plugin_resolves_keystore_references(
         assert_clean("repr(provider)", repr(provider))
     config[plugin]["api_key"] = f"keystore:{plugin}-missing"
     async with Stack(config=config, discover=True) as stack:
-        with pytest.raises(Exception, match=f"no key named '{plugin}-missing'") as info:
+        with pytest.raises(KeyStoreError, match=f"no key named '{plugin}-missing'") as info:
             stack.providers.get(plugin)
         assert_clean("error", str(info.value))

@@ -160,7 +160,12 @@ def keyring_status() -> tuple[Any, str]:
 class KeyStore:
     """Provider secrets by name, in the system keyring or in a passphrase-encrypted file.
 
-    Use :func:`open_keystore` to build one from the configuration.
+    Use :func:`open_keystore` to build one from the configuration. The file backend derives its
+    AES-256-GCM key with scrypt (``n=2**17, r=8, p=1`` by default), following the cryptography
+    documentation of ``Scrypt`` and RFC 7914
+    (https://cryptography.io/en/latest/hazmat/primitives/key-derivation-functions/#scrypt),
+    and encrypts with ``AESGCM`` and a random 96-bit nonce per write
+    (https://cryptography.io/en/latest/hazmat/primitives/aead/#cryptography.hazmat.primitives.ciphers.aead.AESGCM).
 
     Args:
         backend: ``"keyring"`` or ``"file"`` (already chosen; see :func:`open_keystore`).
