@@ -36,6 +36,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("flowyard.commands.run:resume", "Resume a stored run after a crash."),
     "runs": ("flowyard.commands.runs:runs", "Query stored runs: list, show, logs, cost."),
     "doctor": ("flowyard.commands.doctor:doctor", "Check plugins, providers, storage and disk."),
+    "audit": ("flowyard.commands.audit:audit", "The audit log: list, show, verify, export."),
     "keys": ("flowyard.commands.keys:keys",
              "Key store for provider secrets: set, get, list, delete, rotate."),
 }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 
 from flowyard.models import (
+    AuditRecord,
     ChatChunk,
     ChatRequest,
     ChatResponse,
@@ -57,6 +58,7 @@ __all__ = [
     "SupportsIdempotentRuns",
     "SupportsStepCommit",
     "SupportsTaskQueue",
+    "SupportsAuditLog",
     "SupportsKeyValueListing",
     "TaskQuery",
     "RunQuery",
@@ -520,6 +522,45 @@ class SupportsTaskQueue(Protocol):
         (the run is resumed: completed steps are not run again); other tasks are returned
         unchanged. Raises TaskNotFoundError.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsAuditLog(Protocol):
+    """A :class:`StorageBackend` that keeps the append-only, hash-chained audit log
+    (:mod:`flowyard.audit`).
+
+    Appends are serialised across every writer of the store (processes included), so the
+    chain never forks: each appended record gets the next ``seq`` and the previous record's
+    hash, computed with :func:`flowyard.audit.chain_audit` inside the serialising
+    transaction. Records are never updated or deleted through this interface.
+    """
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> list[AuditRecord]:
+        """Append ``records`` (their ``seq``, ``prev_hash`` and ``hash`` are ignored) in
+        order, atomically: all or none.
+
+        Returns:
+            the records as stored, chained (``seq``, ``prev_hash``, ``hash`` set).
+
+        Raises:
+            StorageError: a record's details are not JSON-ready, or the backend failed.
+        """
+        ...
+
+    async def list_audit(self, *, after_seq: int = 0, limit: int = 1000
+                         ) -> list[AuditRecord]:
+        """Return up to ``limit`` records with ``seq > after_seq``, in ``seq`` order, as
+        stored (a damaged row is returned as it is, for verification to report).
+        """
+        ...
+
+    async def get_audit(self, seq: int) -> AuditRecord | None:
+        """Return the record ``seq``, or None when there is none."""
+        ...
+
+    async def audit_head(self) -> AuditRecord | None:
+        """Return the record with the highest ``seq``, or None when the log is empty."""
         ...
 
 

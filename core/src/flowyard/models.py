@@ -38,6 +38,7 @@ __all__ = [
     "RunStatus",
     "TaskStatus",
     "TaskRecord",
+    "AuditRecord",
     "StepStatus",
     "new_id",
     "now",
@@ -336,6 +337,48 @@ class Event:
     data: dict[str, Any] = field(factory=dict)
     time: float = field(factory=now)
     seq: int = 0
+
+
+@frozen
+class AuditRecord:
+    """One record of the tamper-evident audit log (see :mod:`flowyard.audit` and
+    :class:`~flowyard.interfaces.SupportsAuditLog`): who did what, on which resource, with
+    which outcome, when.
+
+    A record to append leaves ``seq``, ``prev_hash`` and ``hash`` empty; the storage backend
+    fills them in when it appends (:func:`flowyard.audit.chain_audit`): ``seq`` counts from 1
+    without gaps, ``prev_hash`` is the previous record's ``hash`` (the genesis hash for the
+    first) and ``hash`` the SHA-256 of this record's canonical JSON (every field but ``hash``).
+
+    Args:
+        action: what happened: ``"tool.call"``, ``"file.write"``, ``"command.run"``,
+            ``"url.fetch"``, ``"key.used"``, ``"policy.denied"``, ``"api_key.created"``,
+            ``"api_key.used"``, ...
+        actor: who: ``"user:<OS user>"`` or ``"api_key:<key id>"``.
+        tenant: the actor's tenant (None outside flowyard-server).
+        resource: on what: a tool, file path, command, URL (without credentials or query
+            values), key name or API key id; never content, never a secret.
+        outcome: ``"ok"``, ``"error"`` or ``"denied"``.
+        time: UNIX seconds.
+        run_id, step_id: the run and step it happened in (None outside a run).
+        details: more JSON-ready facts (the tool, its side effects, the error message...).
+        seq: position in the chain (0 until appended).
+        prev_hash: the previous record's hash (hex; "" until appended).
+        hash: this record's hash (hex; "" until appended).
+    """
+
+    action: str
+    actor: str
+    tenant: str | None = None
+    resource: str = ""
+    outcome: str = "ok"
+    time: float = field(factory=now)
+    run_id: str | None = None
+    step_id: str | None = None
+    details: dict[str, Any] = field(factory=dict)
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
 
 
 @define

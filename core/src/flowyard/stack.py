@@ -200,9 +200,10 @@ class Stack:
         return self
 
     async def aclose(self) -> None:
-        """Close storage, and every provider and tool that was built and has ``aclose``
-        (:class:`~flowyard.interfaces.SupportsAclose`: a tool holding connections or child
-        processes, such as an MCP server's). Safe to call twice.
+        """Close storage, and every provider, tool and event listener that was built and has
+        ``aclose`` (:class:`~flowyard.interfaces.SupportsAclose`: a tool holding connections
+        or child processes, such as an MCP server's; the audit listener, which flushes its
+        buffer before the storage closes). Safe to call twice.
         """
         for provider in self.providers.loaded().values():
             if isinstance(provider, SupportsAclose):
@@ -210,6 +211,9 @@ class Stack:
         for tool in self.tools.loaded().values():
             if isinstance(tool, SupportsAclose):
                 await tool.aclose()
+        for listener in self.listeners.loaded().values():
+            if isinstance(listener, SupportsAclose):  # the audit log flushes its buffer
+                await listener.aclose()
         if self._storage is not None and self._storage_open:
             await self._storage.close()
             self._storage_open = False

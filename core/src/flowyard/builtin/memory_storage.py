@@ -21,7 +21,15 @@ import attrs
 from flowyard.config import Config
 from flowyard.errors import RunNotFoundError, StorageError, TaskNotFoundError
 from flowyard.interfaces import RunLease, RunQuery, TaskQuery
-from flowyard.models import CostLine, Event, LogRecord, RunRecord, StepAttempt, TaskRecord
+from flowyard.models import (
+    AuditRecord,
+    CostLine,
+    Event,
+    LogRecord,
+    RunRecord,
+    StepAttempt,
+    TaskRecord,
+)
 from flowyard.serialization import json_default
 
 __all__ = ["MemoryStorage"]
@@ -128,6 +136,7 @@ class MemoryStorage:
         self._idempotency: dict[str, str] = {}  # submission idempotency key -> run id
         self._tasks: dict[str, TaskRecord] = {}
         self._task_keys: dict[tuple[str, str], str] = {}  # (tenant, idempotency key) -> id
+        self._audit: list[AuditRecord] = []  # record seq n at index n - 1
         self._open = False
 
     async def open(self) -> None:
@@ -492,3 +501,41 @@ class MemoryStorage:
             task.finished_at = None
             task.cancel_requested = False
         return self._copy_task(task)
+
+    # ------------------------------------------------------------------ audit log
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> list[AuditRecord]:
+        """Append ``records`` to the hash chain (:class:`~flowyard.interfaces.SupportsAuditLog`;
+        no await between reading the head and appending, so appends never interleave).
+
+        Raises:
+            StorageError: the backend is not open, or a record is not JSON-ready.
+        """
+        from flowyard.audit import chain_audit  # lazy: with the first audit record
+
+        self._check()
+        chained = chain_audit(records, self._audit[-1] if self._audit else None)
+        self._audit.extend(chained)
+        return [attrs.evolve(r, details=_copy_json(r.details)) for r in chained]
+
+    async def list_audit(self, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Return up to ``limit`` records with ``seq > after_seq``, in order."""
+        self._check()
+        start = bisect.bisect_right([r.seq for r in self._audit], after_seq)
+        return [attrs.evolve(r, details=_copy_json(r.details))
+                for r in self._audit[start:start + limit]]
+
+    async def get_audit(self, seq: int) -> AuditRecord | None:
+        """Return the record ``seq``, or None."""
+        self._check()
+        for record in self._audit:
+            if record.seq == seq:
+                return attrs.evolve(record, details=_copy_json(record.details))
+        return None
+
+    async def audit_head(self) -> AuditRecord | None:
+        """Return the last record, or None when the log is empty."""
+        self._check()
+        if not self._audit:
+            return None
+        return attrs.evolve(self._audit[-1], details=_copy_json(self._audit[-1].details))

@@ -6,12 +6,16 @@ at the default priority 0 replaces it (see the priority rule in :mod:`flowyard.r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowyard.builtin.executor import LocalExecutor
 from flowyard.config import Config
+from flowyard.errors import ConfigError
 from flowyard.hookspecs import hookimpl
 from flowyard.registry import Register
+
+if TYPE_CHECKING:
+    from flowyard.interfaces import Services
 
 
 def _memory_storage(url: str, config: Config) -> Any:
@@ -26,6 +30,31 @@ def register_storage(register: Register, config: Config) -> None:
     """``memory://``: the in-memory backend (lowest default priority)."""
     register("memory", _memory_storage, default_priority=-1,
              default_url=lambda _config: "memory://")
+
+
+@hookimpl
+def register_event_listeners(register: Register, config: Config, services: Services) -> None:
+    """``audit``: the tamper-evident audit log (:class:`flowyard.audit.AuditListener`),
+    unless ``[audit] enabled = false``; ``[audit] flush_interval`` (seconds, default 0.1).
+
+    Raises:
+        ConfigError: ``enabled`` is not a boolean or ``flush_interval`` not a number >= 0.
+    """
+    enabled = config.get("audit.enabled", True)
+    interval = config.get("audit.flush_interval", 0.1)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"[audit] enabled must be true or false, got {enabled!r}")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+        raise ConfigError(f"[audit] flush_interval must be a number >= 0, got {interval!r}")
+    if not enabled:
+        return
+
+    def make() -> Any:
+        from flowyard.audit import AuditListener  # lazy: built with the stack's listeners
+
+        return AuditListener(services, flush_interval=float(interval))
+
+    register("audit", factory=make, default_priority=-1)
 
 
 @hookimpl

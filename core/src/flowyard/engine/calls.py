@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from flowyard.audit import tool_resource
 from flowyard.context import ToolContext
 from flowyard.events import EventBus
 from flowyard.models import Event
@@ -28,7 +29,9 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any],
 
     The event's data: ``tool`` (name), ``idempotent``, ``side_effects``, ``duration_s``
     (seconds), ``ok`` and ``error`` (message, None when ok), plus ``agent`` when an agent
-    made the call. Cancellation emits nothing and propagates.
+    made the call, and ``resource``: what the call acts on (a path, a redacted command line or
+    URL; see :func:`flowyard.audit.tool_resource`; None when the arguments name none).
+    Cancellation emits nothing and propagates.
 
     Raises:
         whatever the tool raises (``ToolInputError`` for bad arguments, ``ToolError``...).
@@ -42,17 +45,19 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any],
                 validate_arguments(tool.parameters or {}, arguments, tool=tool.name)
             result = await tool.invoke(arguments, ctx)
     except Exception as exc:
-        _emit(ctx, tool, started, f"{type(exc).__name__}: {exc}")
+        _emit(ctx, tool, arguments, started, f"{type(exc).__name__}: {exc}")
         raise
-    _emit(ctx, tool, started, None)
+    _emit(ctx, tool, arguments, started, None)
     return result
 
 
-def _emit(ctx: ToolContext, tool: Any, started: float, error: str | None) -> None:
+def _emit(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any], started: float,
+          error: str | None) -> None:
     data = {"tool": tool.name, "idempotent": bool(tool.idempotent),
             "side_effects": list(tool.side_effects),
             "duration_s": round(time.perf_counter() - started, 6), "ok": error is None,
-            "error": error, "agent": ctx.agent}
+            "error": error, "agent": ctx.agent,
+            "resource": tool_resource(tool.name, arguments)}
     events = ctx.stack.events
     if ctx.run_id and isinstance(events, EventBus):
         events.publish("tool.call", ctx.run_id, ctx.step_id, data)

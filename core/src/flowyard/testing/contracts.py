@@ -34,6 +34,7 @@ from flowyard.interfaces import (
     RouteRequest,
     RunLease,
     RunQuery,
+    SupportsAuditLog,
     SupportsIdempotentRuns,
     SupportsKeyValueListing,
     SupportsStepCommit,
@@ -253,7 +254,8 @@ class StorageContract:
     (:class:`~flowyard.interfaces.SupportsIdempotentRuns`,
     :class:`~flowyard.interfaces.SupportsStepCommit`,
     :class:`~flowyard.interfaces.SupportsTaskQueue`,
-    :class:`~flowyard.interfaces.SupportsKeyValueListing`) are skipped for a backend without
+    :class:`~flowyard.interfaces.SupportsKeyValueListing`,
+    :class:`~flowyard.interfaces.SupportsAuditLog`) are skipped for a backend without
     them.
     """
 
@@ -809,6 +811,69 @@ class StorageContract:
         assert first == [("a", {"k": "a"}), ("b", {"k": "b"}), ("c", {"k": "c"})]
         assert await storage.kv_list("contract.list", after="c") == [("d", {"k": "d"})]
         assert await storage.kv_list("contract.empty") == []
+
+    # ------------------------------------------------------------------ audit log
+
+    @staticmethod
+    def _audit(storage: Any) -> Any:
+        if not isinstance(storage, SupportsAuditLog):
+            pytest.skip("the backend does not implement SupportsAuditLog")
+        return storage
+
+    async def test_audit_appends_chain_from_the_genesis(self, storage: Any) -> None:
+        """Checked on backends implementing :class:`~flowyard.interfaces.SupportsAuditLog`."""
+        from flowyard.audit import GENESIS_HASH, hash_audit, verify_audit
+        from flowyard.models import AuditRecord
+
+        log = self._audit(storage)
+        assert await log.audit_head() is None and await log.list_audit() == []
+        first = AuditRecord(action="tool.call", actor="user:alice", resource="echo",
+                            time=1_700_000_000.125, run_id="r1", step_id="s",
+                            details={"tool": "echo", "n": [1, 2.5, "x"]}, seq=99, hash="junk")
+        stored = await log.append_audit([first])
+        assert [r.seq for r in stored] == [1] and stored[0].prev_hash == GENESIS_HASH
+        assert stored[0].hash == hash_audit(stored[0]) and stored[0].details == first.details
+        more = await log.append_audit([AuditRecord(action=f"a{i}", actor="api_key:k",
+                                                   tenant="t", outcome="denied")
+                                       for i in range(4)])
+        assert [r.seq for r in more] == [2, 3, 4, 5]
+        assert [r.prev_hash for r in more] == [stored[0].hash, *(r.hash for r in more[:3])]
+        assert await log.append_audit([]) == []
+        listed = await log.list_audit()
+        assert listed == [*stored, *more]
+        assert await log.list_audit(after_seq=2, limit=2) == more[1:3]
+        assert await log.get_audit(3) == more[1] and await log.get_audit(6) is None
+        assert await log.audit_head() == more[-1]
+        result = await verify_audit(log, page=2)
+        assert result.ok and result.checked == 5 and result.head_seq == 5
+        assert result.head_hash == more[-1].hash
+
+    async def test_audit_refuses_records_that_are_not_json_ready(self, storage: Any) -> None:
+        from flowyard.models import AuditRecord
+
+        log = self._audit(storage)
+        with pytest.raises(StorageError):
+            await log.append_audit([AuditRecord(action="ok", actor="u"),
+                                    AuditRecord(action="bad", actor="u",
+                                                details={"x": object()})])
+        assert await log.list_audit() == []  # all or none
+
+    async def test_audit_concurrent_appends_never_fork(self, storage: Any) -> None:
+        from flowyard.audit import verify_audit
+        from flowyard.models import AuditRecord
+
+        log = self._audit(storage)
+
+        async def writer(name: str) -> None:
+            for i in range(10):
+                await log.append_audit([AuditRecord(action="x", actor=name,
+                                                    details={"i": i})])
+
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(writer, f"user:w{n}")
+        result = await verify_audit(log)
+        assert result.ok and result.checked == 40, result
 
 
 # ============================================================================ memory

@@ -216,8 +216,14 @@ class Service:
             input_tokens=record.input_tokens, output_tokens=record.output_tokens,
             cost_usd=record.cost_usd, resume_count=record.resume_count, task_id=task.id)
 
-    async def submit(self, tenant: str, spec: wire.TaskSubmit) -> tuple[TaskRecord, bool]:
+    async def submit(self, tenant: str, spec: wire.TaskSubmit, *, actor: str | None = None
+                     ) -> tuple[TaskRecord, bool]:
         """Queue a task (or find the one its idempotency key names).
+
+        The task's ``metadata["actor"]`` is set to ``{"actor": actor, "tenant": tenant}``
+        (whatever the client sent under that name): the worker passes it to the run, and the
+        audit log records it as who did what the run does. ``actor`` is
+        ``api_key:<key id>`` (None: ``tenant:<tenant>``).
 
         Raises:
             ApiError: 404 unknown workflow/agent; 409 the key names another request.
@@ -233,10 +239,12 @@ class Service:
             # (ASCII text and no metadata are JSON-ready: the common case skips an encoding)
             _json_ready([spec.name, spec.idempotency_key, spec.metadata],
                         "name, key and metadata")
+        metadata = {**spec.metadata,
+                    "actor": {"actor": actor or f"tenant:{tenant}", "tenant": tenant}}
         record = TaskRecord(id=new_id(), tenant=tenant, kind=spec.kind, target=spec.target,
                             inputs=spec.inputs, name=spec.name, priority=spec.priority,
                             idempotency_key=spec.idempotency_key, request_hash=request_hash,
-                            metadata=spec.metadata)
+                            metadata=metadata)
         # the run -> task index first: a crash in between leaves an index entry to nothing
         await storage.kv_set(RUNS_NAMESPACE + tenant, record.run_id, record.id)
         stored, created = await self.queue.submit_task(record)
@@ -367,6 +375,12 @@ def _routes(svc: Service) -> APIRouter:
         # set by SecurityMiddleware (read from the scope: request.state builds an object)
         return str(request.scope["state"]["tenant"])
 
+    def actor_of(request: Request) -> str:
+        # the API key id SecurityMiddleware verified ("" or absent: no keys are stored and
+        # the client is on loopback)
+        key_id = request.scope["state"].get("api_key_id")
+        return f"api_key:{key_id}" if key_id else "loopback"
+
     # ------------------------------------------------------------------ tasks
     # (first: routes are matched in order, and submit/get of tasks are the busiest)
 
@@ -377,7 +391,7 @@ def _routes(svc: Service) -> APIRouter:
         """Queue a workflow or agent task (201), or return the task its idempotency key
         names (200).
         """
-        record, created = await svc.submit(tenant_of(request), spec)
+        record, created = await svc.submit(tenant_of(request), spec, actor=actor_of(request))
         return _task_response(record, 201 if created else 200)
 
     # (second: no other route answers GET /v1/tasks/{x}, so its place changes no answer)
@@ -402,7 +416,9 @@ def _routes(svc: Service) -> APIRouter:
         if problems:
             raise ApiError(422, "the inputs of some tasks are invalid; none was queued",
                            details=problems)
-        return [_task((await svc.submit(tenant, spec))[0]) for spec in batch.tasks]
+        actor = actor_of(request)
+        return [_task((await svc.submit(tenant, spec, actor=actor))[0])
+                for spec in batch.tasks]
 
     @api.get("/tasks", response_model=wire.TaskPage, tags=["tasks"])
     async def list_tasks(request: Request,

@@ -24,10 +24,17 @@ import time
 from typing import Any
 
 import attrs
-from flowyard import StorageBackend, StorageError, SupportsKeyValueListing
+from flowyard import (
+    AuditRecord,
+    StorageBackend,
+    StorageError,
+    SupportsAuditLog,
+    SupportsKeyValueListing,
+    local_actor,
+)
 
 __all__ = ["KEYS_NAMESPACE", "ApiKey", "KeyStore", "MAX_CACHED_KEYS", "TENANT_PATTERN",
-           "valid_tenant"]
+           "USE_AUDIT_INTERVAL", "key_id_of", "valid_tenant"]
 
 #: The key-value namespace of the key digests.
 KEYS_NAMESPACE = "server.keys"
@@ -37,6 +44,15 @@ _KEY = re.compile(r"fy_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _DUMMY_SALT = secrets.token_bytes(16)
 #: Most verified keys a :class:`KeyStore` trusts from memory at once (then it starts over).
 MAX_CACHED_KEYS = 10_000
+#: Seconds between two ``api_key.used`` audit records of one key (per process): the first
+#: authenticated request of a key in each such window is recorded, not every request.
+USE_AUDIT_INTERVAL = 60.0
+
+
+def key_id_of(key: str) -> str | None:
+    """Return the key id of a well-formed key (``fy_<key id>_<secret>``), else None."""
+    match = _KEY.fullmatch(key)
+    return None if match is None else match.group(1)
 
 
 def valid_tenant(name: str) -> bool:
@@ -80,6 +96,34 @@ class KeyStore:
         self.cache_seconds = cache_seconds
         #: SHA-256 of a verified key -> (tenant, key id, monotonic time it stops being trusted)
         self._verified: dict[bytes, tuple[str, str, float]] = {}
+        #: key id -> monotonic time of its last ``api_key.used`` audit record
+        self._use_recorded: dict[str, float] = {}
+
+    async def _audit(self, action: str, actor: str, tenant: str, key_id: str,
+                     details: dict[str, Any] | None = None) -> None:
+        """Append one audit record when the storage keeps an audit log (the memory and SQL
+        backends do; another backend's keys are not audited).
+
+        Raises:
+            StorageError: the append failed.
+        """
+        if isinstance(self.storage, SupportsAuditLog):
+            await self.storage.append_audit([AuditRecord(
+                action=action, actor=actor, tenant=tenant, resource=f"api_key:{key_id}",
+                details=details or {})])
+
+    async def _audit_use(self, tenant: str, key_id: str) -> None:
+        """Record ``api_key.used`` for ``key_id``, at most once per
+        :data:`USE_AUDIT_INTERVAL` seconds per key.
+        """
+        now = time.monotonic()
+        last = self._use_recorded.get(key_id)
+        if last is not None and now - last < USE_AUDIT_INTERVAL:
+            return
+        if len(self._use_recorded) >= MAX_CACHED_KEYS:
+            self._use_recorded.clear()
+        self._use_recorded[key_id] = now
+        await self._audit("api_key.used", f"api_key:{key_id}", tenant, key_id)
 
     def _listing(self) -> SupportsKeyValueListing:
         if not isinstance(self.storage, SupportsKeyValueListing):
@@ -97,6 +141,9 @@ class KeyStore:
             ValueError: ``tenant`` does not match :data:`TENANT_PATTERN`, or ``name`` is
                 longer than 200 characters.
             StorageError: the backend failed.
+
+        The creation is recorded in the audit log as ``api_key.created`` (actor: the OS user
+        running the command, resource ``api_key:<key id>``; never the key).
         """
         if not valid_tenant(tenant):
             raise ValueError(f"a tenant is 1-64 characters of a-z, 0-9, '-' and '_' starting "
@@ -111,6 +158,7 @@ class KeyStore:
             "tenant": tenant, "name": name, "created_at": info.created_at,
             "salt": salt.hex(), "digest": _digest(salt, secret).hex(),
         })
+        await self._audit("api_key.created", local_actor(), tenant, key_id, {"name": name})
         return f"fy_{key_id}_{secret}", info
 
     async def verify(self, key: str) -> str | None:
@@ -124,6 +172,13 @@ class KeyStore:
         whole key, never the key; at most :data:`MAX_CACHED_KEYS`; failures are never cached).
         A revocation through this store takes effect at once; one by another process within
         ``cache_seconds``.
+
+        A verified key is recorded in the audit log as ``api_key.used`` (actor
+        ``api_key:<key id>``), at most once per key every :data:`USE_AUDIT_INTERVAL` seconds
+        per process, to keep the log's volume sane.
+
+        Raises:
+            StorageError: the storage, or the audit append, failed.
         """
         match = _KEY.fullmatch(key)
         if match is None:
@@ -134,6 +189,7 @@ class KeyStore:
             cached = self._verified.get(fingerprint)
             if cached is not None:
                 if cached[2] > time.monotonic():
+                    await self._audit_use(cached[0], cached[1])
                     return cached[0]
                 del self._verified[fingerprint]
             tenant = await self._verify(*match.groups())
@@ -142,8 +198,12 @@ class KeyStore:
                     self._verified.clear()
                 self._verified[fingerprint] = (tenant, match.group(1),
                                                time.monotonic() + self.cache_seconds)
+                await self._audit_use(tenant, match.group(1))
             return tenant
-        return await self._verify(*match.groups())
+        tenant = await self._verify(*match.groups())
+        if tenant is not None:
+            await self._audit_use(tenant, match.group(1))
+        return tenant
 
     async def identify(self, key: str) -> tuple[str, str] | None:
         """Return ``(tenant, key id)`` of ``key``, or None when it is malformed, unknown or
@@ -189,7 +249,12 @@ class KeyStore:
             after = page[-1][0]
 
     async def revoke(self, key_id: str) -> bool:
-        """Delete a key by its id (or by the full key); return False when it did not exist."""
+        """Delete a key by its id (or by the full key); return False when it did not exist.
+        A deletion is recorded in the audit log as ``api_key.revoked``.
+
+        Raises:
+            StorageError: the backend failed.
+        """
         match = _KEY.fullmatch(key_id)
         if match is not None:
             key_id = match.group(1)
@@ -198,9 +263,12 @@ class KeyStore:
         for fingerprint, (_, cached_id, _) in list(self._verified.items()):
             if cached_id == key_id:
                 del self._verified[fingerprint]
-        if await self.storage.kv_get(KEYS_NAMESPACE, key_id) is None:
+        entry = await self.storage.kv_get(KEYS_NAMESPACE, key_id)
+        if entry is None:
             return False
         await self.storage.kv_delete(KEYS_NAMESPACE, key_id)
+        tenant = str(entry["tenant"]) if isinstance(entry, dict) else ""
+        await self._audit("api_key.revoked", local_actor(), tenant, key_id)
         return True
 
     async def any_keys(self) -> bool:

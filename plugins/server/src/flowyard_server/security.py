@@ -30,7 +30,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from flowyard_server.keys import KeyStore
+from flowyard_server.keys import KeyStore, key_id_of
 from flowyard_server.metrics import Metrics, request_counter
 from flowyard_server.ui.session import SESSION_COOKIE, Sessions
 
@@ -187,13 +187,17 @@ class SecurityMiddleware:
             return None
         state = scope.setdefault("state", {})
         state["tenant"] = session.tenant
+        state["api_key_id"] = session.key_id
         state["session"] = session
         return send
 
     async def _tenant(self, scope: Scope) -> str | None:
         key = _api_key(scope.get("headers") or [])
         if key is not None:
-            return await self.keys.verify(key)
+            tenant = await self.keys.verify(key)
+            if tenant is not None:  # who submits: the task's actor (see Service.submit)
+                scope.setdefault("state", {})["api_key_id"] = key_id_of(key)
+            return tenant
         if await self.keys.any_keys():
             return None
         client = scope.get("client")

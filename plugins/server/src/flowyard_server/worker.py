@@ -324,7 +324,8 @@ class Worker:
         except RunNotFoundError:
             workflow = await load_task_workflow(self.stack, task)
             return await self.stack.run(workflow, task.inputs, run_id=task.run_id,
-                                        metadata={"task_id": task.id})
+                                        metadata={"task_id": task.id,
+                                                  "actor": _actor_of(task)})
         while True:  # a live process still executes the run: wait for it to stop
             leases = await storage.get_leases([record.id])
             if run_state(record, leases.get(record.id)) != "running":
@@ -351,3 +352,13 @@ class _Stored:
         self.status = record.status
         self.outputs = record.outputs
         self.error = record.error
+
+
+def _actor_of(task: TaskRecord) -> dict[str, Any]:
+    """The run's ``actor`` metadata (read by the audit log): the one stored at submission,
+    else (a task queued by an older server) ``{"actor": "unknown", "tenant": tenant}``.
+    """
+    actor = task.metadata.get("actor")
+    if isinstance(actor, dict) and isinstance(actor.get("actor"), str):
+        return {"actor": actor["actor"], "tenant": task.tenant}
+    return {"actor": "unknown", "tenant": task.tenant}

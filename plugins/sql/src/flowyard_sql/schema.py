@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "runs", "leases", "attempts", "checkpoints", "events", "logs", "costs",
-           "kv", "tasks"]
+           "kv", "tasks", "audit"]
 
 metadata = sa.MetaData()
 
@@ -174,4 +174,24 @@ tasks = sa.Table(
     sa.Index("ux_fy_tasks_idempotency_key", "tenant", "idempotency_key", unique=True,
              sqlite_where=sa.text("idempotency_key IS NOT NULL"),
              postgresql_where=sa.text("idempotency_key IS NOT NULL")),
+)
+
+#: The hash-chained audit log (migration 0008; see flowyard_sql.audit): one row per
+#: AuditRecord, every field a column, ``seq`` the primary key (a second writer of one seq
+#: fails instead of forking the chain). Rows are only ever inserted.
+audit = sa.Table(
+    "fy_audit",
+    metadata,
+    sa.Column("seq", _ID, primary_key=True, autoincrement=False),
+    sa.Column("time", sa.Float(), nullable=False),
+    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("tenant", sa.String(), nullable=True),
+    sa.Column("action", sa.String(), nullable=False),
+    sa.Column("resource", sa.Text(), nullable=False),
+    sa.Column("outcome", sa.String(), nullable=False),
+    sa.Column("run_id", sa.String(), nullable=True),
+    sa.Column("step_id", sa.String(), nullable=True),
+    sa.Column("details", sa.Text(), nullable=False),
+    sa.Column("prev_hash", sa.String(), nullable=False),
+    sa.Column("hash", sa.String(), nullable=False),
 )

@@ -53,6 +53,7 @@ from flowyard import (
     json_default,
 )
 
+from flowyard_sql.audit import AuditLogMixin
 from flowyard_sql.queue import TaskQueueMixin
 from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, leases, logs, runs
 
@@ -473,7 +474,7 @@ def _loads(text: Any, what: str = "a stored value") -> Any:
                            f"{type(exc).__name__}: {exc}") from None
 
 
-class SQLStorage(TaskQueueMixin):
+class SQLStorage(TaskQueueMixin, AuditLogMixin):
     """A :class:`~flowyard.interfaces.StorageBackend` on SQLite or PostgreSQL.
 
     Args:
