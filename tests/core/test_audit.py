@@ -29,9 +29,9 @@ pytestmark = pytest.mark.anyio
 CANARY = "sk-CANARY0123456789abcdefXYZ"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 async def _stack_with(records: int) -> tuple[Stack, list[AuditRecord]]:
@@ -216,6 +216,32 @@ async def test_a_failed_append_keeps_the_records_and_aclose_raises() -> None:
     await audit.flush()
     assert audit.pending == 0 and len(await stack.storage.list_audit()) == 1
     await stack.aclose()
+
+
+def test_the_local_actor_is_the_os_user_or_its_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowyard import local_actor
+
+    assert local_actor() == f"user:{getpass.getuser()}"
+
+    def nameless() -> str:
+        raise OSError("no username")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    import os
+
+    assert local_actor() == f"uid:{os.getuid()}"
+
+
+def test_bad_audit_configuration_is_refused() -> None:
+    """Reported like any plugin's configuration error (raised with ``plugins.strict``)."""
+    from flowyard import PluginError
+
+    stack = Stack(config={"audit": {"flush_interval": -1}})
+    builtin = next(p for p in stack.plugin_report if p.name == "builtin")
+    assert builtin.status == "failed" and "[audit] flush_interval" in (builtin.error or "")
+    assert "audit" not in stack.listeners.names()
+    with pytest.raises((PluginError, ValueError), match="enabled"):
+        Stack(config={"audit": {"enabled": "no"}, "plugins": {"strict": True}})
 
 
 async def test_audit_can_be_turned_off() -> None:

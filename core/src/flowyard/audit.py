@@ -21,6 +21,7 @@ import getpass
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -347,12 +348,14 @@ def _action_of(tool: str) -> str:
 
 
 def local_actor() -> str:
-    """Return ``"user:<OS user>"`` for the process running flowyard locally.
-
-    Raises:
-        OSError: the OS user cannot be determined.
+    """Return ``"user:<OS user>"`` for the process running flowyard locally
+    (:func:`getpass.getuser`), or ``"uid:<number>"`` when the OS has no name for the process's
+    user (a container running as a uid without a passwd entry or ``USER`` variable).
     """
-    return f"user:{getpass.getuser()}"
+    try:
+        return f"user:{getpass.getuser()}"
+    except (OSError, KeyError):  # no name: the numeric id still says who
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "user:unknown"
 
 
 # ----------------------------------------------------------------------------- listener
