@@ -6,7 +6,8 @@ Every step is a tool call (the built-in ``echo`` action), so every step adds one
 (one after another) and a ``fanout`` 1 -> 198 -> 1 (steps run side by side, up to ``--limit``
 at once). Storage: an in-memory store and a SQLite file (``synchronous=FULL``, the default).
 
-Each shape runs ``--repeat`` times per setting in this process after one warm-up run; the
+Each shape runs ``--repeat`` times per setting in this process after one warm-up round, the
+two settings alternating (two stacks on the same storage; memory stores are per stack); the
 median wall time of a run is reported, with the ratio audit / no audit. The time of a run
 includes the appends that completed while it ran; ``flush`` is the extra time to write what
 was still buffered when the run returned (records are appended off the step path, in
@@ -47,46 +48,54 @@ def fanout(n: int) -> dict[str, Any]:
     return {"name": "audit-fanout", "steps": steps}
 
 
-async def measure(url: str, workflow: dict[str, Any], *, audit: bool, repeat: int,
-                  limit: int) -> tuple[float, float, int]:
-    """Return (median run seconds, median flush seconds, records written)."""
+async def measure(url: str, workflow: dict[str, Any], *, repeat: int, limit: int
+                  ) -> tuple[float, float, float, int]:
+    """Run ``workflow`` on two stacks over ``url``, without and with the audit listener,
+    alternately (so load from elsewhere on the machine hits both alike).
+
+    Returns:
+        (median run seconds without, with, median flush seconds, records written).
+    """
     from flowyard import Stack
 
-    config = {"storage": {"url": url}, "audit": {"enabled": audit}}
-    runs: list[float] = []
+    plain_runs: list[float] = []
+    audited_runs: list[float] = []
     flushes: list[float] = []
-    async with Stack(config=config, discover=True) as stack:
-        wf = stack.load_workflow(workflow)
-        listener = stack.listeners.get("audit") if audit else None
+    async with Stack(config={"storage": {"url": url}, "audit": {"enabled": False}},
+                     discover=True) as plain, \
+            Stack(config={"storage": {"url": url}}, discover=True) as audited:
+        listener = audited.listeners.get("audit")
+        workflows = {id(plain): plain.load_workflow(workflow),
+                     id(audited): audited.load_workflow(workflow)}
         for index in range(repeat + 1):
+            for stack, runs in ((plain, plain_runs), (audited, audited_runs)):
+                started = time.perf_counter()
+                result = await stack.run(workflows[id(stack)], {}, max_concurrency=limit)
+                ran = time.perf_counter() - started
+                assert result.status == "completed", result.status
+                if index:  # the first round warms up
+                    runs.append(ran)
             started = time.perf_counter()
-            result = await stack.run(wf, {}, max_concurrency=limit)
-            ran = time.perf_counter() - started
-            assert result.status == "completed", result.status
-            started = time.perf_counter()
-            if listener is not None:
-                await listener.flush()
-            flushed = time.perf_counter() - started
-            if index:  # the first run warms up
-                runs.append(ran)
-                flushes.append(flushed)
-        written = listener.written if listener is not None else 0
-    return statistics.median(runs), statistics.median(flushes), written
+            await listener.flush()
+            if index:
+                flushes.append(time.perf_counter() - started)
+        written = listener.written
+    return (statistics.median(plain_runs), statistics.median(audited_runs),
+            statistics.median(flushes), written)
 
 
 async def main(args: argparse.Namespace) -> None:
     shapes = {f"chain {args.steps}": chain(args.steps),
               f"fanout 1->{args.steps - 2}->1": fanout(args.steps)}
     with tempfile.TemporaryDirectory() as tmp:
-        stores = {"memory": "memory://", "sqlite": f"sqlite:///{Path(tmp) / 'runs.db'}"}
         print(f"{'shape':<22} {'storage':<8} {'no audit':>10} {'audit':>10} {'ratio':>7} "
               f"{'flush':>8} {'+flush':>7} {'records':>8}")
-        for shape, workflow in shapes.items():
+        for number, (shape, workflow) in enumerate(shapes.items()):
+            stores = {"memory": "memory://",
+                      "sqlite": f"sqlite:///{Path(tmp) / f'runs-{number}.db'}"}
             for store, url in stores.items():
-                plain, _, _ = await measure(url, workflow, audit=False, repeat=args.repeat,
-                                            limit=args.limit)
-                audited, flush, written = await measure(url, workflow, audit=True,
-                                                        repeat=args.repeat, limit=args.limit)
+                plain, audited, flush, written = await measure(
+                    url, workflow, repeat=args.repeat, limit=args.limit)
                 print(f"{shape:<22} {store:<8} {plain * 1000:>8.1f}ms {audited * 1000:>8.1f}ms "
                       f"{audited / plain:>7.3f} {flush * 1000:>6.1f}ms "
                       f"{(audited + flush) / plain:>7.3f} {written:>8}")

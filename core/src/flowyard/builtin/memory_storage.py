@@ -79,6 +79,13 @@ def _copy_json(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def _copy_audit(record: AuditRecord) -> AuditRecord:
+    """A stored audit record with its own copy of ``details``."""
+    from flowyard.audit import replace_audit  # lazy: with the first audit record
+
+    return replace_audit(record, details=_copy_json(record.details))
+
+
 _RUN_VALUES = ("inputs", "outputs", "workflow", "metadata")
 
 
@@ -516,21 +523,20 @@ class MemoryStorage:
         self._check()
         chained = chain_audit(records, self._audit[-1] if self._audit else None)
         self._audit.extend(chained)
-        return [attrs.evolve(r, details=_copy_json(r.details)) for r in chained]
+        return [_copy_audit(r) for r in chained]
 
     async def list_audit(self, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         """Return up to ``limit`` records with ``seq > after_seq``, in order."""
         self._check()
         start = bisect.bisect_right([r.seq for r in self._audit], after_seq)
-        return [attrs.evolve(r, details=_copy_json(r.details))
-                for r in self._audit[start:start + limit]]
+        return [_copy_audit(r) for r in self._audit[start:start + limit]]
 
     async def get_audit(self, seq: int) -> AuditRecord | None:
         """Return the record ``seq``, or None."""
         self._check()
         for record in self._audit:
             if record.seq == seq:
-                return attrs.evolve(record, details=_copy_json(record.details))
+                return _copy_audit(record)
         return None
 
     async def audit_head(self) -> AuditRecord | None:
@@ -538,4 +544,4 @@ class MemoryStorage:
         self._check()
         if not self._audit:
             return None
-        return attrs.evolve(self._audit[-1], details=_copy_json(self._audit[-1].details))
+        return _copy_audit(self._audit[-1])
