@@ -47,6 +47,11 @@ __all__ = [
     "Executor",
     "FlowyardError",
     "FunctionTool",
+    "check_egress",
+    "Guard",
+    "GuardDenied",
+    "GuardRequest",
+    "GuardVerdict",
     "hookimpl",
     "hookspec",
     "ImageInputError",
@@ -160,6 +165,11 @@ __all__ = [
 #: plugins import from ``flowyard`` only, so the modules behind it can move. Loaded on first
 #: access (``import flowyard`` stays fast).
 _LAZY: dict[str, str] = {
+    "check_egress": "flowyard.guards",
+    "Guard": "flowyard.guards",
+    "GuardDenied": "flowyard.guards",
+    "GuardRequest": "flowyard.guards",
+    "GuardVerdict": "flowyard.guards",
     "AuthenticationError": "flowyard.errors",
     "BadRequestError": "flowyard.errors",
     "BudgetExceeded": "flowyard.errors",

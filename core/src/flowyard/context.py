@@ -32,6 +32,12 @@ class ToolContext:
         agent: the agent step's id when the call comes from an agent loop.
         budget: an opaque budget scope handle used by the LLM gateway (None: no budget).
         extras: free-form data for plugins.
+        actor: who the run is for: the run metadata's ``actor`` (flowyard-server sets
+            ``{"actor": "api_key:<id>", "tenant": ...}`` at submission; ``user`` and
+            ``key_id`` keys are read too, see :func:`flowyard.llm.ratelimit.caller_keys`), or
+            None. The LLM gateway applies the per-caller limits and budgets of
+            ``[limits.<kind>]`` and ``[budgets.<kind>]`` to it
+            (``docs/budgets-and-limits.md``).
     """
 
     stack: Services
@@ -45,6 +51,7 @@ class ToolContext:
     agent: str | None = None
     budget: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
+    actor: Any = None
 
     @property
     def services(self) -> Services:

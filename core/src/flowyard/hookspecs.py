@@ -105,6 +105,8 @@ HOOK_FAMILIES: tuple[HookFamily, ...] = (
     HookFamily("templates", "register_template_filters", "template_filters",
                "template filter", "function",
                "filter, test or global name (`slugify`; metadata `kind=`)"),
+    HookFamily("guards", "register_guards", "guards", "guard", "Guard",
+               "guard name (`egress`)"),
 )
 
 #: ``family name -> hook name``, derived from :data:`HOOK_FAMILIES`.
@@ -198,6 +200,18 @@ def register_template_filters(register: Register, config: Config, services: Serv
     call counts as an operation against the work and time budget, and its arguments and
     result are size-checked. They receive plain data (never the engine's objects) and must be
     pure, fast and synchronous.
+    """
+
+
+@hookspec
+def register_guards(register: Register, config: Config, services: Services) -> None:
+    """Register guards (:class:`flowyard.guards.Guard`) by name: checks that run before a tool
+    call or a model call (and on workflow inputs, tool results and model replies) and may
+    allow, deny or redact. Each guard has ``stages`` (a subset of
+    :data:`flowyard.guards.STAGES`) and an async ``check(request)`` returning a
+    :class:`flowyard.guards.GuardVerdict` or None. Guards run in the order of their names; a
+    denial emits ``guard.denied`` and raises :class:`flowyard.guards.GuardDenied` (a
+    ``ToolError``: an agent sees it as its tool's error). See ``docs/guards.md``.
     """
 
 

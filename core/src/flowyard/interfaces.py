@@ -913,7 +913,7 @@ class Services(Protocol):
         config: the stack's :class:`~flowyard.config.Config`.
         events: the stack's :class:`~flowyard.events.EventBus`.
         providers, tools, storage_schemes, memory_stores, retrievers, routers, executors,
-        loaders, listeners, template_filters: the per-family registries
+        loaders, listeners, template_filters, guards: the per-family registries
             (:class:`~flowyard.registry.Registry`).
     """
 
@@ -929,6 +929,7 @@ class Services(Protocol):
     loaders: Registry[WorkflowLoader]
     listeners: Registry[EventListener]
     template_filters: Registry[Any]
+    guards: Registry[Any]
 
     @property
     def llm(self) -> LLMService:

@@ -69,6 +69,7 @@ class Stack:
     loaders: Registry[WorkflowLoader]
     listeners: Registry[EventListener]
     template_filters: Registry[Any]
+    guards: Registry[Any]
 
     def __init__(
         self,

@@ -140,7 +140,9 @@ class WorkflowAction(BaseTool):
         child = load_workflow(services, target)
         result = await run_workflow(services, child, dict(arguments.get("inputs") or {}),
                                     parent_run_id=context.run_id,
-                                    parent_step=context.step_key, parent_budget=context.budget)
+                                    parent_step=context.step_key, parent_budget=context.budget,
+                                    metadata=({"actor": context.actor}
+                                              if context.actor is not None else None))
         context.add_usage(result.input_tokens, result.output_tokens, result.cost_usd)
         if not result.ok:
             raise WorkflowError(f"sub-workflow {child.name!r} (run {result.run_id}) "

@@ -103,3 +103,17 @@ def register_tools(register: Register, config: Config) -> None:
 
     for action in (*builtin_actions(), AgentAction(), WorkflowAction()):
         register(action.name, action, default_priority=-1)
+
+
+@hookimpl
+def register_guards(register: Register, config: Config) -> None:
+    """The first-party guards of the ``[guards]`` table (``validation``, ``redaction``,
+    ``egress``; see ``docs/guards.md``); none without the table.
+    """
+    section = config.section("guards")
+    if not section:
+        return
+    from flowyard.builtin.guards import guards_from_config  # lazy: only with [guards]
+
+    for name, guard in guards_from_config(section):
+        register(name, guard, default_priority=-1)

@@ -32,7 +32,14 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowyard.errors import StorageError, WorkflowChangedError, WorkflowError
+from flowyard.errors import (
+    StorageError,
+    ValidationIssue,
+    WorkflowChangedError,
+    WorkflowError,
+    WorkflowValidationError,
+)
+from flowyard.guards import GuardDenied, guard_set
 from flowyard.interfaces import SupportsIdempotentRuns
 from flowyard.models import Event
 from flowyard.serialization import json_default
@@ -196,7 +203,8 @@ async def run_workflow(stack: Services, workflow: Any, inputs: Mapping[str, Any]
 
     Raises:
         WorkflowValidationError: invalid workflow or inputs, including values that cannot be
-            stored (not JSON-ready, lone surrogates); nothing is stored.
+            stored (not JSON-ready, lone surrogates) and inputs an ``inputs`` guard denied
+            (:mod:`flowyard.guards`); nothing is stored.
         IdempotencyKeyReusedError: ``idempotency_key`` names a run of another workflow or
             other inputs.
         RunStorageError: one of the run's storage writes failed for good mid-run (a plain
@@ -214,6 +222,12 @@ async def _run(stack: Services, workflow: Any, inputs: Mapping[str, Any] | None,
     wf, definition, content_hash = load_workflow_with_definition(
         stack, workflow, format=options.pop("format", None))
     values = check_inputs(wf, inputs or {})
+    guards = guard_set(stack)
+    if guards is not None and guards.has("inputs"):
+        try:
+            values = await guards.apply("inputs", wf.name, values, None)
+        except GuardDenied as exc:
+            raise WorkflowValidationError([ValidationIssue(str(exc), path="inputs")]) from exc
     if not stack.storage_is_open:
         await stack.open()
     raise_on_failure = bool(options.pop("raise_on_failure", False))

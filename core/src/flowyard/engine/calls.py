@@ -9,6 +9,7 @@ from typing import Any
 from flowyard.audit import tool_resource
 from flowyard.context import ToolContext
 from flowyard.events import EventBus
+from flowyard.guards import guard_set
 from flowyard.models import Event
 from flowyard.tools import BaseTool, validate_arguments
 
@@ -33,9 +34,18 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any],
     URL; see :func:`flowyard.audit.tool_resource`; None when the arguments name none).
     Cancellation emits nothing and propagates.
 
+    The stack's guards (:mod:`flowyard.guards`) see the arguments after the schema check and
+    before the tool runs (stage ``tool``: they may deny or redact them), and the result
+    before it is returned (stage ``tool_output``); with no guard this costs one lookup.
+
     Raises:
+        GuardDenied: a guard denied the call or its result (a ``ToolError``; the
+            ``tool.call`` event records it as the call's error).
         whatever the tool raises (``ToolInputError`` for bad arguments, ``ToolError``...).
     """
+    guards = guard_set(ctx.stack)
+    if guards is not None:
+        return await _guarded(guards, ctx, tool, arguments, validated)
     started = time.perf_counter()
     try:
         if validated and isinstance(tool, BaseTool) and type(tool).invoke is _BASE_INVOKE:
@@ -44,6 +54,27 @@ async def invoke_tool(ctx: ToolContext, tool: Any, arguments: Mapping[str, Any],
             if not validated and not isinstance(tool, BaseTool):  # BaseTool.invoke validates
                 validate_arguments(tool.parameters or {}, arguments, tool=tool.name)
             result = await tool.invoke(arguments, ctx)
+    except Exception as exc:
+        _emit(ctx, tool, arguments, started, f"{type(exc).__name__}: {exc}")
+        raise
+    _emit(ctx, tool, arguments, started, None)
+    return result
+
+
+async def _guarded(guards: Any, ctx: ToolContext, tool: Any, arguments: Mapping[str, Any],
+                   validated: bool) -> Any:
+    """:func:`invoke_tool` through the guards (schema first, so guards see valid arguments)."""
+    started = time.perf_counter()
+    try:
+        if not validated:
+            validate_arguments(tool.parameters or {}, arguments, tool=tool.name)
+        arguments = await guards.apply("tool", tool.name, dict(arguments), ctx, tool=tool)
+        if isinstance(tool, BaseTool) and type(tool).invoke is _BASE_INVOKE:
+            result = await tool.run(dict(arguments), ctx)
+        else:
+            result = await tool.invoke(arguments, ctx)
+        if guards.has("tool_output"):
+            result = await guards.apply("tool_output", tool.name, result, ctx, tool=tool)
     except Exception as exc:
         _emit(ctx, tool, arguments, started, f"{type(exc).__name__}: {exc}")
         raise

@@ -1052,7 +1052,8 @@ class Run:
                 await self._commit(f"attempt {number} (running)", key, attempt=record)
             ctx = ToolContext(self.stack, self.run_id, step.id, key, number, idem,
                               self.workflow.name, self.workflow.source,
-                              budget=self._budget_chain(state))
+                              budget=self._budget_chain(state),
+                              actor=self.record.metadata.get("actor"))
             try:
                 with_ = state.with_
                 arguments = with_.render(context, timeout=_time_left(step.timeout)

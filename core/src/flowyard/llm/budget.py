@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowyard.errors import BudgetExceeded
+from flowyard.errors import BudgetExceeded, ConfigError
 
 if TYPE_CHECKING:
     from flowyard.models import ChatRequest, ModelPrice
 
-__all__ = ["Budget", "BudgetChain", "Reservation", "estimate_text_tokens",
+__all__ = ["Budget", "BudgetChain", "Reservation", "CallerBudgets", "estimate_text_tokens",
            "estimate_prompt_tokens", "estimate_output_tokens", "estimate_max_cost",
            "IMAGE_TOKENS", "MESSAGE_OVERHEAD", "CHARS_PER_OUTPUT_TOKEN"]
 
@@ -265,3 +266,81 @@ def estimate_max_cost(price: ModelPrice, prompt_tokens: int, max_output_tokens: 
     """
     return (prompt_tokens * price.input_per_mtok
             + max_output_tokens * price.output_per_mtok) / 1_000_000
+
+
+class CallerBudgets:
+    """Daily budgets per caller: ``[budgets.<kind>.<id>] usd_per_day = 5`` (kinds ``user``,
+    ``key``, ``tenant``; id ``"*"``: each caller of that kind gets its own budget of that size).
+
+    A caller's budget covers one UTC day and starts afresh at midnight UTC. It is kept in
+    the memory of the process (a server's worker): a restart starts every caller's day at
+    $0, and two processes each keep their own.
+
+    Args:
+        section: the ``[budgets]`` table (its caller-kind tables are read; other keys, such
+            as ``unknown_price``, are left to their readers).
+        now: wall-clock time source (seconds since the epoch), for tests.
+
+    Raises:
+        ConfigError: a caller table that is not ``id -> {usd_per_day = number >= 0}``.
+    """
+
+    KINDS = ("user", "key", "tenant")
+
+    def __init__(self, section: Mapping[str, object], *,
+                 now: Callable[[], float] = time.time) -> None:
+        self.now = now
+        self.limits: dict[tuple[str, str], float] = {}
+        for kind in self.KINDS:
+            table = section.get(kind)
+            if table is None:
+                continue
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"budgets.{kind} must be a table of caller ids, got {table!r}")
+            for ident, entry in table.items():
+                where = f"budgets.{kind}.{ident!r}"
+                if not isinstance(entry, Mapping) or set(entry) != {"usd_per_day"}:
+                    raise ConfigError(f"{where} must be a table with usd_per_day only, got "
+                                      f"{entry!r}")
+                limit = entry["usd_per_day"]
+                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+                    raise ConfigError(f"{where}.usd_per_day must be a number >= 0, got "
+                                      f"{limit!r}")
+                self.limits[(kind, str(ident))] = float(limit)
+        self._current: dict[tuple[str, str], tuple[int, Budget]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.limits)
+
+    def budgets(self, callers: Sequence[tuple[str, str]]) -> list[Budget]:
+        """Return today's budgets of ``callers`` (those configured, directly or by ``*``).
+
+        Args:
+            callers: ``(kind, id)`` pairs (:func:`flowyard.llm.ratelimit.caller_keys`).
+
+        Returns:
+            the budgets (scope: the kind, name: the id).
+        """
+        day = int(self.now() // 86400)
+        found = []
+        with _LOCK:
+            for kind, ident in callers:
+                limit = self.limits.get((kind, ident), self.limits.get((kind, "*")))
+                if limit is None:
+                    continue
+                current = self._current.get((kind, ident))
+                if current is None or current[0] != day:
+                    current = (day, Budget(limit, scope=kind, name=ident))
+                    self._current[(kind, ident)] = current
+                found.append(current[1])
+        return found
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Return each caller's budget of today, by ``kind:id``, JSON-ready.
+
+        Returns:
+            the snapshots.
+        """
+        with _LOCK:
+            return {f"{kind}:{ident}": budget.snapshot()
+                    for (kind, ident), (_, budget) in sorted(self._current.items())}

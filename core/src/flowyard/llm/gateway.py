@@ -30,6 +30,11 @@ stopped there: the provider's stream is closed and a final chunk with
 than its reservation anyway (a non-streamed reply past ``max_tokens``) is charged in full and
 the excess is ``overshoot_usd`` on the event, the cost line and every budget of the chain.
 
+Before all that, the stack's guards (:mod:`flowyard.guards`, stage ``model``) see the
+prompt and may deny the call (:class:`~flowyard.guards.GuardDenied`, nothing sent) or redact
+it; a chat reply's message (and each streamed chunk's text) passes the ``model_output``
+guards. With no guard this is one lookup per call.
+
 A 429 with a retry-after pauses the model's limiter for that long, up to
 ``limits.max_retry_after`` (60 s by default); a longer one does not pause it and the
 ``RateLimitedError`` is made non-retriable (it fails at once). See
@@ -62,6 +67,7 @@ from flowyard.llm.budget import (
     CHARS_PER_OUTPUT_TOKEN,
     Budget,
     BudgetChain,
+    CallerBudgets,
     Reservation,
     estimate_max_cost,
     estimate_output_tokens,
@@ -79,6 +85,7 @@ from flowyard.errors import (
     RateLimitedError,
     UnknownNameError,
 )
+from flowyard.guards import GuardSet, guard_set
 from flowyard.llm.modelregistry import ModelRegistry
 from flowyard.models import (
     ChatChunk,
@@ -89,7 +96,7 @@ from flowyard.models import (
     ModelInfo,
     Usage,
 )
-from flowyard.llm.ratelimit import LimiterSet
+from flowyard.llm.ratelimit import LimiterSet, caller_keys
 from flowyard.interfaces import (
     RouteRequest,
     SupportsExplainedChoice,
@@ -196,6 +203,7 @@ class LLMGateway:
         self.clock: Clock = clock or MonotonicClock()
         self.models = ModelRegistry(stack)
         self._limiters: LimiterSet | None = None
+        self._caller_budgets: CallerBudgets | None = None
         self._breakers: BreakerSet | None = None
         self._router_state_loaded: set[str] = set()
         #: id(provider) -> (provider, whether it counts its prompt tokens itself)
@@ -373,10 +381,23 @@ class LLMGateway:
             return int(counted)
         return estimate_prompt_tokens(request)
 
+    @property
+    def caller_budgets(self) -> CallerBudgets:
+        """The per-caller daily budgets of ``[budgets.<kind>.<id>]``, built on first use."""
+        if self._caller_budgets is None:
+            self._caller_budgets = CallerBudgets(self.stack.config.section("budgets"))
+        return self._caller_budgets
+
     def _reserve(self, ctx: ToolContext | None, ref: str, info: ModelInfo | None,
-                 prompt_tokens: int, max_tokens: int | None) -> Reservation | None:
-        """Reserve the estimated maximum cost in the caller's budgets (None: no budget)."""
+                 prompt_tokens: int, max_tokens: int | None,
+                 callers: Sequence[tuple[str, str]] = ()) -> Reservation | None:
+        """Reserve the estimated maximum cost in the caller's budgets (None: no budget):
+        the context's chain plus the per-caller daily budgets of ``callers``.
+        """
         chain = self._chain(ctx)
+        if callers and self.caller_budgets:
+            for budget in self.caller_budgets.budgets(callers):
+                chain = chain.extend(budget)
         if not chain:
             return None
         scope = chain.budgets[0]
@@ -422,11 +443,13 @@ class LLMGateway:
         breaker = self.breakers.breaker(provider_name)
         if breaker is not None:
             breaker.check()  # fail fast before reserving money or queueing
-        reservation = self._reserve(ctx, ref, info, prompt, request.max_tokens)
+        callers = (caller_keys(ctx.actor) if ctx is not None and ctx.actor is not None
+                   else [])
+        reservation = self._reserve(ctx, ref, info, prompt, request.max_tokens, callers)
         call = _Call(provider_name, model_id, info, prompt, reservation)
         try:
             limited = await self.limiters.acquire(provider_name, model_id,
-                                                  prompt + (max_out or 0))
+                                                  prompt + (max_out or 0), callers)
         except TimeoutError as exc:
             if reservation is not None:
                 BudgetChain.release(reservation)
@@ -644,6 +667,10 @@ class LLMGateway:
                         messages: Sequence[Message] | str, context: ToolContext | None,
                         params: dict[str, Any], **extra: Any) -> ChatResponse:
         provider = self.stack.providers.get(provider_name)
+        guards = guard_set(self.stack)
+        if guards is not None:
+            messages = await self._guard_prompt(guards, provider_name, model_id, messages,
+                                                context)
         if context is not None and context.idempotency_key and "idempotency_key" not in params:
             params["idempotency_key"] = context.idempotency_key
         request = self.build_request(model_id, messages, **params)
@@ -661,11 +688,25 @@ class LLMGateway:
         latency = time.perf_counter() - started
         response = attrs.evolve(response, cost_usd=call.cost_usd, provider=provider_name,
                                 model=response.model or model_id)
+        if guards is not None and guards.has("model_output"):
+            message = await guards.apply("model_output", f"{provider_name}/{model_id}",
+                                         response.message, context)
+            response = attrs.evolve(response, message=message)
         await self._record(context, provider_name, model_id, response.usage, call.cost_usd,
                            latency, finish_reason=response.finish_reason,
                            waited_s=round(call.waited_s, 6),
                            overshoot_usd=call.overshoot_usd, **extra)
         return response
+
+    @staticmethod
+    async def _guard_prompt(guards: GuardSet, provider_name: str, model_id: str,
+                            messages: Sequence[Message] | str, context: ToolContext | None
+                            ) -> Sequence[Message] | str:
+        """Pass the prompt through the ``model`` guards (they may deny or redact it)."""
+        if not guards.has("model"):
+            return messages
+        listed = [Message.user(messages)] if isinstance(messages, str) else list(messages)
+        return await guards.apply("model", f"{provider_name}/{model_id}", listed, context)
 
     async def chat(self, messages: Sequence[Message] | str, *, model: str | None = None,
                    context: ToolContext | None = None, route: RouteRequest | None = None,
@@ -786,6 +827,11 @@ class LLMGateway:
             BudgetExceeded: the reservation did not fit (nothing sent).
         """
         provider = self.stack.providers.get(provider_name)
+        guards = guard_set(self.stack)
+        if guards is not None:
+            messages = await self._guard_prompt(guards, provider_name, model_id, messages,
+                                                context)
+        redact = guards is not None and guards.has("model_output")
         request = self.build_request(model_id, messages, **params)
         ref = f"{provider_name}/{model_id}"
         started = time.perf_counter()
@@ -807,6 +853,10 @@ class LLMGateway:
                             usage = chunk.usage
                             usage_reported = True
                         received.add(chunk)
+                        if redact and chunk.delta:
+                            assert guards is not None
+                            chunk = attrs.evolve(chunk, delta=await guards.apply(
+                                "model_output", ref, chunk.delta, context))
                         yield chunk
                         if cap is not None and not chunk.done:
                             so_far = usage if usage_reported else received.usage(

@@ -19,6 +19,18 @@ Configuration (``flowyard.toml``)::
     max_wait_s = 120             # optional: a call waiting longer fails with RateLimitedError
     max_retry_after = 60         # longest 429 Retry-After honoured (seconds; default 60)
 
+Per caller (a server gives each caller its own quota; the caller is the run's ``actor``,
+see :func:`caller_keys`)::
+
+    [limits.tenant.acme]         # caller kinds: user, key (API key id), tenant
+    requests_per_minute = 60
+    [limits.key."*"]             # "*": every API key gets its own limiter with these limits
+    rpm = 20
+
+A caller's limiters apply on top of the model's and the provider's, to every model it calls.
+``user``, ``key`` and ``tenant`` are therefore reserved: no provider can be limited under
+those names.
+
 The long names ``requests_per_second``, ``requests_per_minute``, ``requests_per_hour``,
 ``requests_per_day``, ``tokens_per_minute`` and ``concurrent_requests`` are accepted too.
 
@@ -54,7 +66,54 @@ import attrs
 from flowyard.clock import Clock, MonotonicClock
 from flowyard.errors import ConfigError
 
-__all__ = ["RateLimits", "RateLimiter", "Permit", "LimiterSet", "LimitedCall"]
+__all__ = ["RateLimits", "RateLimiter", "Permit", "LimiterSet", "LimitedCall", "CALLER_KINDS",
+           "caller_keys"]
+
+#: The kinds of caller that limits and budgets may be keyed by: the run's ``actor`` keys
+#: ``user``, ``key_id`` (kind ``key``) and ``tenant``.
+CALLER_KINDS: tuple[str, ...] = ("user", "key", "tenant")
+_ACTOR_FIELDS = {"user": "user", "key": "key_id", "tenant": "tenant"}
+
+
+def caller_keys(actor: Any) -> list[tuple[str, str]]:
+    """Return the ``(kind, id)`` pairs of a run's actor, in :data:`CALLER_KINDS` order.
+
+    flowyard-server sets the run metadata's ``actor`` at submission to
+    ``{"actor": "api_key:<key id>", "tenant": "<tenant>"}`` (``"tenant:<tenant>"`` without an
+    API key); an embedding application may also set ``user``, ``key_id`` and ``tenant``
+    directly. ``"api_key:<id>"`` gives kind ``key``, ``"user:<name>"`` kind ``user``; other
+    ``actor`` strings (``"tenant:..."``, ``"unknown"``) add nothing beyond ``tenant``.
+
+    Args:
+        actor: the run metadata's ``actor`` mapping, or None.
+
+    Returns:
+        the pairs (empty for None).
+
+    Raises:
+        TypeError: the actor is not a mapping, or one of its ids is not a non-empty string.
+    """
+    if actor is None:
+        return []
+    if not isinstance(actor, Mapping):
+        raise TypeError(f"the run's actor must be a mapping (actor, tenant, user, key_id), "
+                        f"got {type(actor).__name__}")
+    found: dict[str, str] = {}
+    said = actor.get("actor")
+    if isinstance(said, str):
+        prefix, _, ident = said.partition(":")
+        kind = {"api_key": "key", "user": "user"}.get(prefix)
+        if kind is not None and ident:
+            found[kind] = ident
+    for kind in CALLER_KINDS:
+        value = actor.get(_ACTOR_FIELDS[kind])
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"actor.{_ACTOR_FIELDS[kind]} must be a non-empty string, got "
+                            f"{value!r}")
+        found[kind] = value
+    return [(kind, found[kind]) for kind in CALLER_KINDS if kind in found]
 
 _EPS = 1e-9
 
@@ -405,6 +464,8 @@ class LimiterSet:
                  clock: Clock | None = None) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.configured: dict[str, RateLimits] = {}
+        #: ``"kind:id" -> limits`` of callers (``[limits.<kind>.<id>]``; id ``*``: each caller)
+        self.callers: dict[str, RateLimits] = {}
         #: ``max_wait_s``: the most seconds a call waits for its limits (None: no limit).
         self.max_wait_s: float | None = None
         #: ``max_retry_after``: the longest retry-after of a 429 honoured, in seconds; a longer
@@ -427,6 +488,12 @@ class LimiterSet:
             if not isinstance(table, Mapping):
                 raise ConfigError(f"limits.{key!r} must be a table of limits (rps, rpm, rph, "
                                   f"rpd, tpm, concurrency, smooth), got {table!r}")
+            if key in CALLER_KINDS:
+                for ident, limits in table.items():
+                    where = f"limits.{key}.{ident!r}"
+                    self.callers[f"{key}:{ident}"] = RateLimits.from_mapping(limits,
+                                                                             where=where)
+                continue
             self.configured[str(key)] = RateLimits.from_mapping(table, where=f"limits.{key!r}")
         self._limiters: dict[str, RateLimiter] = {}
 
@@ -438,25 +505,65 @@ class LimiterSet:
             self._limiters[key] = limiter
         return limiter
 
-    async def acquire(self, provider: str, model: str, tokens: int = 0) -> LimitedCall:
-        """Wait for the model's limiter, then the provider's; return both permits.
+    def caller_limiter(self, kind: str, ident: str) -> RateLimiter | None:
+        """Return the limiter of one caller (``[limits.<kind>.<ident>]``, else
+        ``[limits.<kind>."*"]``: each caller its own), or None when neither is configured.
 
-        The order is fixed (model, then provider), so two calls never hold each other's slots.
-        Both waits together last at most :attr:`max_wait_s` seconds.
+        Args:
+            kind: one of :data:`CALLER_KINDS`.
+            ident: the caller's id.
+
+        Returns:
+            the limiter (made on first use), or None.
+        """
+        key = f"{kind}:{ident}"
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limits = self.callers.get(key) or self.callers.get(f"{kind}:*")
+            if limits is None:
+                return None
+            limiter = RateLimiter(limits, clock=self.clock, name=key)
+            self._limiters[key] = limiter
+        return limiter
+
+    async def acquire(self, provider: str, model: str, tokens: int = 0,
+                      callers: list[tuple[str, str]] | tuple[()] = ()) -> LimitedCall:
+        """Wait for the callers' limiters, then the model's, then the provider's; return the
+        permits.
+
+        The order is fixed (callers in :data:`CALLER_KINDS` order, model, provider), so two
+        calls never hold each other's slots. All waits together last at most
+        :attr:`max_wait_s` seconds.
+
+        Args:
+            provider: the provider name.
+            model: the model id.
+            tokens: the tokens the call may use (for ``tpm``).
+            callers: ``(kind, id)`` pairs of the caller (:func:`caller_keys`); only the
+                configured ones have limiters.
+
+        Returns:
+            the permits, with the total wait.
 
         Raises:
             TimeoutError: not admitted within ``max_wait_s``.
         """
         started = self.clock.now()
-        first = await self.limiter(f"{provider}/{model}").acquire(tokens, timeout=self.max_wait_s)
+        limiters = [limiter for kind, ident in callers
+                    if (limiter := self.caller_limiter(kind, ident)) is not None] if callers else []
+        limiters.append(self.limiter(f"{provider}/{model}"))
+        limiters.append(self.limiter(provider))
+        permits: list[Permit] = []
         try:
-            rest = (None if self.max_wait_s is None
-                    else max(0.0, self.max_wait_s - (self.clock.now() - started)))
-            second = await self.limiter(provider).acquire(tokens, timeout=rest)
+            for limiter in limiters:
+                rest = (None if self.max_wait_s is None
+                        else max(0.0, self.max_wait_s - (self.clock.now() - started)))
+                permits.append(await limiter.acquire(tokens, timeout=rest))
         except BaseException:
-            first.release()
+            for permit in permits:
+                permit.release()
             raise
-        return LimitedCall([first, second], first.waited_s + second.waited_s)
+        return LimitedCall(permits, sum(p.waited_s for p in permits))
 
     def pause(self, provider: str, model: str | None, seconds: float) -> str:
         """Pause the model's limiter (or the provider's when ``model`` is None) for

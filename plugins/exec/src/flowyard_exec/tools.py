@@ -126,6 +126,8 @@ class ShellRunTool(_ExecTool):
     """
 
     name = "shell.run"
+    #: egress-relevant arguments for the stack's egress guards (``[guards.egress]``)
+    egress = {"command": "command"}
     description = ("Run a program with arguments in a sandboxed child process (private work "
                    "directory, resource limits, scrubbed environment, no network when "
                    "sandboxed) and return its exit code, stdout and stderr.")
@@ -322,6 +324,8 @@ class PythonRunTool(_ExecTool):
     """
 
     name = "python.run"
+    #: runs arbitrary code: the egress guards allow it only with ``allow_code``
+    egress = {"code": "code", "script": "code"}
     description = ("Run Python code (or a script file) in a sandboxed interpreter process. The "
                    "code sees a dict named `context` and returns data by assigning a "
                    "JSON-serialisable value to a variable named `result`.")

@@ -99,6 +99,7 @@ class ReadTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ()
+    egress = {"path": "read"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "content", "encoding", "size"}`` (size in bytes).
@@ -149,6 +150,7 @@ class WriteTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ("filesystem",)
+    egress = {"path": "write"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "bytes_written", "location"}`` (location: the absolute host path,
@@ -188,6 +190,7 @@ class AppendTool(FilesystemTool):
     }
     idempotent = False
     side_effects = ("filesystem",)
+    egress = {"path": "write"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "bytes_appended", "size", "location"}`` (size: the new size in
@@ -224,6 +227,7 @@ class ListTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ()
+    egress = {"path": "read"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "entries": [{"name", "path", "type", "size", "modified"}],
@@ -298,6 +302,7 @@ class GlobTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ()
+    egress = {"path": "read"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"pattern", "path", "matches": [path relative to the root, ...],
@@ -363,6 +368,7 @@ class ExistsTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ()
+    egress = {"path": "read"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "exists", "type", "size"}`` (type and size None when missing).
@@ -396,6 +402,7 @@ class MkdirTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ("filesystem",)
+    egress = {"path": "write"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "created"}`` (False when it already existed).
@@ -434,6 +441,7 @@ class CopyTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ("filesystem",)
+    egress = {"source": "read", "destination": "write"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"source", "destination", "bytes_copied"}``.
@@ -463,6 +471,7 @@ class MoveTool(FilesystemTool):
     }
     idempotent = False
     side_effects = ("filesystem",)
+    egress = {"source": "write", "destination": "write"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"source", "destination"}``.
@@ -497,6 +506,7 @@ class DeleteTool(FilesystemTool):
     }
     idempotent = True
     side_effects = ("filesystem",)
+    egress = {"path": "write"}
 
     def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{"path", "deleted"}`` (the number of entries removed).

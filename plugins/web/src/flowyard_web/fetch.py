@@ -5,8 +5,10 @@ and check every address (:mod:`flowyard_web.ssrf`) → connect to the checked ad
 (the URL's host is replaced by the IP; the ``Host`` header carries the name, and for https
 the TLS server name (SNI) and certificate check use the name through httpcore's
 ``sni_hostname`` request extension) → read at most ``max_bytes``. Redirects are followed by
-this code, never by httpx, so each target is checked again. A fresh connection pool per hop
-keeps a TLS connection made for one name from being reused for another on the same address.
+this code, never by httpx, so each target is checked again, by the SSRF guard and by the
+stack's egress guards (:func:`flowyard.check_egress`, kind ``url``: ``[guards.egress]``).
+A fresh connection pool per hop keeps a TLS connection made for one name from being reused
+for another on the same address.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import httpx
-from flowyard import BaseTool, Config, ToolContext, ToolError, ToolInputError
+from flowyard import BaseTool, Config, ToolContext, ToolError, ToolInputError, check_egress
 
 from flowyard_web.settings import WebSettings
 from flowyard_web.ssrf import BlockedURLError, Resolver, resolve_checked, system_resolver
@@ -126,6 +128,7 @@ class WebFetchTool(BaseTool):
 
     Raises:
         BlockedURLError: a URL or redirect target is refused by the SSRF guard.
+        GuardDenied: a redirect target is refused by the stack's egress guards.
         ToolInputError: bad arguments (not a URL, limits above the configured maximum).
         ToolError: DNS failure, connection error, time cap hit, too many redirects, an HTTP
             error status (retriable for 408, 425, 429 and 5xx), an unsupported content type.
@@ -154,6 +157,8 @@ class WebFetchTool(BaseTool):
     }
     idempotent = True
     side_effects = ("network",)
+    #: egress-relevant arguments for the stack's egress guards (``[guards.egress]``)
+    egress = {"url": "url"}
 
     def __init__(self, settings: WebSettings | None = None, *, resolver: Resolver | None = None,
                  verify: Any = True) -> None:
@@ -226,7 +231,7 @@ class WebFetchTool(BaseTool):
         started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
-                fetched = await self._fetch(arguments["url"], max_bytes)
+                fetched = await self._fetch(arguments["url"], max_bytes, context)
         except TimeoutError:
             raise ToolError(f"web.fetch: {arguments['url']} took longer than {timeout} s",
                             tool=self.name, retriable=True) from None
@@ -272,11 +277,13 @@ class WebFetchTool(BaseTool):
             "elapsed_s": round(time.monotonic() - started, 6),
         }
 
-    async def _fetch(self, raw_url: str, max_bytes: int
+    async def _fetch(self, raw_url: str, max_bytes: int, context: ToolContext | None = None
                      ) -> tuple[int, str, httpx.Headers, bytes, bool, list[str], str]:
         url = self._parse(raw_url, initial=True)
         redirects: list[str] = []
         while True:
+            if redirects and context is not None:  # the first hop was checked with the call
+                await check_egress(context, self, "url", str(url))
             port = url.port or (443 if url.scheme == "https" else 80)
             host = url.raw_host.decode("ascii")  # IDNA-encoded
             ip = await resolve_checked(host, port, self.settings.policy, self.resolver,
