@@ -236,7 +236,11 @@ async def test_the_client_surface(service: Any) -> None:
         assert [t.outputs["greeting"] for t in done[:3]] == ["Hello, Ann!", "Hello, Bob!",
                                                              "Hello, Cy!"]
         assert done[3].outputs == {"greeting": "Hello, Once!"} and done[3].attempts == 1
-        assert done[3].priority == 5 and done[3].metadata == {"m": 1}
+        assert done[3].priority == 5 and done[3].metadata["m"] == 1
+        # the server records who submitted the task (the audit log's actor, docs/audit.md)
+        actor = done[3].metadata["actor"]
+        assert actor["actor"].startswith("api_key:") and actor["tenant"] == "e2e"
+        assert set(done[3].metadata) == {"m", "actor"}
         assert done[3].idempotency_key == key
         assert done[4].outputs == {"greeting": "Hello, Queued!"}
         assert done[5].outputs == {"answer": "echo: ping the agent", "turns": 1}
