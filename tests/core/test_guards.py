@@ -240,3 +240,15 @@ async def test_input_validation_of_workflow_inputs_and_tool_arguments() -> None:
 def test_bad_guard_tables_are_config_errors(section: dict[str, Any], message: str) -> None:
     with pytest.raises((ConfigError, flowyard.PluginError), match=message):
         Stack(config={"guards": section, "plugins": {"strict": True}})
+
+
+@pytest.mark.anyio
+async def test_an_invalid_guards_table_fails_closed_without_strict_plugins() -> None:
+    stack = Stack([Plugin(FakeProvider("scripted"))],
+                  config={"guards": {"egress": {"allow_urls": ["x"]}}})
+    assert stack.guards.names() == ["invalid-config"]
+    with pytest.raises(GuardDenied, match=r"the \[guards\] configuration is invalid, so every "
+                                          r"guarded call is refused: \[guards.egress\] unknown"):
+        await invoke_tool(ToolContext(stack), write_note, {"path": "out/x"})
+    with pytest.raises(GuardDenied, match="configuration is invalid"):
+        await stack.llm.chat("hi", model="scripted/echo")

@@ -25,10 +25,11 @@ from typing import Any
 import attrs
 
 from flowyard.errors import ConfigError
-from flowyard.guards import GuardRequest, GuardVerdict, egress_of
+from flowyard.guards import STAGES, GuardRequest, GuardVerdict, egress_of
 from flowyard.models import Message, TextPart
 
-__all__ = ["ValidationGuard", "RedactionGuard", "EgressGuard", "Rule", "guards_from_config",
+__all__ = ["ValidationGuard", "RedactionGuard", "EgressGuard", "InvalidConfigGuard", "Rule",
+           "guards_from_config",
            "luhn_ok", "redact_text", "glob_regex", "REDACTION_KINDS"]
 
 # ----------------------------------------------------------------------------- validation
@@ -653,6 +654,34 @@ class EgressGuard:
 
 
 # ----------------------------------------------------------------------------- config
+
+
+class InvalidConfigGuard:
+    """Fail closed: stands in for the guards of a ``[guards]`` table that could not be built
+    (without ``plugins.strict``, where the stack would not start), denying every stage with
+    the configuration error, so a typo never turns the guards off.
+
+    Args:
+        error: the configuration error's message.
+    """
+
+    stages = STAGES
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    async def check(self, request: GuardRequest) -> GuardVerdict:
+        """Deny.
+
+        Args:
+            request: any request.
+
+        Returns:
+            a denial naming the configuration error.
+        """
+        return GuardVerdict.deny(f"the [guards] configuration is invalid, so every guarded "
+                                 f"call is refused: {self.error}")
+
 
 
 def guards_from_config(section: Mapping[str, Any]) -> list[tuple[str, Any]]:

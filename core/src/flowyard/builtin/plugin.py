@@ -108,12 +108,25 @@ def register_tools(register: Register, config: Config) -> None:
 @hookimpl
 def register_guards(register: Register, config: Config) -> None:
     """The first-party guards of the ``[guards]`` table (``validation``, ``redaction``,
-    ``egress``; see ``docs/guards.md``); none without the table.
+    ``egress``; see ``docs/guards.md``); none without the table. An invalid table fails
+    closed: with ``plugins.strict`` the error is raised (the stack does not start), else the
+    ``invalid-config`` guard denies every guarded call with the error.
+
+    Raises:
+        ConfigError: the ``[guards]`` table is invalid and ``plugins.strict`` is set.
     """
     section = config.section("guards")
     if not section:
         return
-    from flowyard.builtin.guards import guards_from_config  # lazy: only with [guards]
+    # lazy: only with [guards]
+    from flowyard.builtin.guards import InvalidConfigGuard, guards_from_config
 
-    for name, guard in guards_from_config(section):
+    try:
+        built = guards_from_config(section)
+    except ConfigError as exc:
+        if config.strict_plugins:
+            raise
+        register("invalid-config", InvalidConfigGuard(str(exc)), default_priority=-1)
+        return
+    for name, guard in built:
         register(name, guard, default_priority=-1)
