@@ -252,3 +252,20 @@ async def test_an_invalid_guards_table_fails_closed_without_strict_plugins() -> 
         await invoke_tool(ToolContext(stack), write_note, {"path": "out/x"})
     with pytest.raises(GuardDenied, match="configuration is invalid"):
         await stack.llm.chat("hi", model="scripted/echo")
+
+
+@pytest.mark.anyio
+async def test_doctor_reports_the_guards() -> None:
+    from flowyard.commands.doctor import run_doctor
+
+    async def config_checks(config: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        async with Stack(config={**config, "storage": {"url": "memory://"}}) as stack:
+            checks = await run_doctor(stack, timeout_s=1)
+        return {c.name: (c.status, c.detail) for c in checks if c.area == "config"}
+
+    fine = await config_checks({"guards": {"egress": {}, "redaction": {}}})
+    assert fine["guards"] == ("ok", "egress, redaction")
+    broken = await config_checks({"guards": {"egress": {"allow_urls": []}},
+                                  "budgets": {"tenant": {"acme": {"usd": 1}}}})
+    assert broken["guards"][0] == "fail" and "allow_urls" in broken["guards"][1]
+    assert broken["budgets"][0] == "fail" and "usd_per_day only" in broken["budgets"][1]

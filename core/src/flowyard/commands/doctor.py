@@ -48,7 +48,8 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
     """Check the installation and return one :class:`Check` per finding.
 
     - plugins: each plugin's load status (failed: fail), duplicate names (warn);
-    - configuration: ``[limits]``, ``[circuit]`` and ``budgets.unknown_price`` parse;
+    - configuration: ``[limits]``, ``[circuit]`` and ``[budgets]`` (``unknown_price``, the
+      per-caller tables) parse; the guards registered (an invalid ``[guards]`` table: fail);
     - providers: each answers ``list_models()`` within ``timeout_s`` seconds (authentication
       or configuration errors: warn, as the provider is installed but not set up; other
       errors and timeouts: fail when the provider has a ``[name]`` table or serves the default
@@ -76,12 +77,18 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
 
     for area, build in (("limits", lambda: stack.llm.limiters),
                         ("circuit", lambda: stack.llm.breakers),
-                        ("budgets", stack.llm.unknown_price_policy)):
+                        ("budgets", lambda: (stack.llm.unknown_price_policy(),
+                                             stack.llm.caller_budgets))):
         try:
             build()
             checks.append(Check("config", area, "ok", "valid"))
         except ConfigError as exc:
             checks.append(Check("config", area, "fail", str(exc)))
+    guards = stack.guards.names()
+    if "invalid-config" in guards:
+        checks.append(Check("config", "guards", "fail", stack.guards.get("invalid-config").error))
+    elif guards:
+        checks.append(Check("config", "guards", "ok", ", ".join(guards)))
 
     try:
         default_provider: str | None = stack.llm.default_model().partition("/")[0]
