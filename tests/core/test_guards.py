@@ -141,6 +141,15 @@ async def test_egress_urls_hosts_ports_and_private_dns() -> None:
     assert "non-public address 127.0.0.1" in await guard.problem(
         "url", "https://api.example.com/")
     assert "not an http(s) URL" in await guard.problem("url", "file:///etc/passwd")
+    # URLs that parsers read differently are refused, not guessed at
+    for tricky, why in [("http://evil.org\\@docs.example.com/", "backslash"),
+                        ("http://evil.org\\.docs.example.com/", "backslash"),
+                        ("http://docs.example.com:80@evil.org/", "credentials"),
+                        ("http://evil.org\t.docs.example.com/", "whitespace"),
+                        ("http://ev_il%2e.docs.example.com/", "not a plain DNS name")]:
+        assert why in await guard.problem("url", tricky), tricky
+    answers["xn--bcher-kva.example.com"] = ["93.184.216.36"]
+    assert await guard.problem("url", "https://b\u00fccher.example.com/") is None  # IDNA
     relaxed = EgressGuard(allow_hosts=["*.example.com"], allow_private=True, resolver=resolver)
     assert await relaxed.problem("url", "https://evil.example.com/") is None
 

@@ -449,6 +449,10 @@ def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
+_AMBIGUOUS_URL = re.compile(r"[\\\x00-\x20\x7f]")
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
 async def _resolve(host: str) -> list[str]:
     import socket
 
@@ -590,14 +594,26 @@ class EgressGuard:
     async def _url(self, url: str) -> str | None:
         from urllib.parse import urlsplit
 
+        if _AMBIGUOUS_URL.search(url):
+            # parsers disagree on these (WHATWG strips tabs, treats \ as /): refuse them
+            return f"{url!r} contains a backslash, whitespace or a control character"
         try:
-            parts = urlsplit(url.strip())
+            parts = urlsplit(url)
             host = (parts.hostname or "").lower().rstrip(".")
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             return f"not a valid URL {url!r}: {exc}"
         if parts.scheme not in ("http", "https") or not host:
             return f"{url!r} is not an http(s) URL with a host"
+        if "@" in parts.netloc:
+            return f"{url!r} has credentials in its address (user@host): refused"
+        if not host.isascii():
+            try:
+                host = host.encode("idna").decode("ascii")  # as httpx sends it
+            except UnicodeError as exc:
+                return f"host {host!r} is not a valid international name: {exc}"
+        if _ip(host) is None and not _HOST_NAME.fullmatch(host):
+            return f"host {host!r} is not a plain DNS name or IP address"
         shown = f"{host}:{port}"
         if not any(self._host_matches(entry, host, port) for entry in self.allow_hosts):
             return f"host {shown} is not in [guards.egress] allow_hosts"
