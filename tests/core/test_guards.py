@@ -121,6 +121,26 @@ async def test_egress_write_paths_on_a_tools_declared_arguments() -> None:
 
 
 @pytest.mark.anyio
+async def test_egress_checks_an_omitted_argument_at_its_default() -> None:
+    @flowyard.tool(name="notes.list")
+    def list_notes(path: str = ".") -> str:
+        """List notes.
+
+        Args:
+            path: where.
+        """
+        return path
+
+    list_notes.egress = {"path": "read"}  # type: ignore[attr-defined]
+    stack = Stack(config={"guards": {"egress": {"read_paths": ["docs/**"]}}})
+    ctx = ToolContext(stack)
+    assert await invoke_tool(ctx, list_notes, {"path": "docs/a"}) == "docs/a"
+    assert await invoke_tool(ctx, list_notes, {"path": "docs"}) == "docs"
+    with pytest.raises(GuardDenied, match=r"read of '\.' is not allowed"):
+        await invoke_tool(ctx, list_notes, {})
+
+
+@pytest.mark.anyio
 async def test_egress_urls_hosts_ports_and_private_dns() -> None:
     answers = {"docs.example.com": ["93.184.216.34"], "evil.example.com": ["10.0.0.5"],
                "api.example.com": ["93.184.216.35", "127.0.0.1"]}

@@ -395,7 +395,8 @@ class RedactionGuard:
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a path glob: ``*`` and ``?`` stay within one folder, ``**`` spans folders.
+    """Compile a path glob: ``*`` and ``?`` stay within one folder, ``**`` spans folders; a
+    trailing ``/**`` also matches the folder itself.
 
     Args:
         pattern: a ``/``-separated glob (``out/**``, ``notes/*.md``).
@@ -406,7 +407,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     out = []
     index = 0
     while index < len(pattern):
-        if pattern.startswith("**/", index):
+        if pattern.startswith("/**", index) and index + 3 == len(pattern):
+            out.append("(?:/.*)?")  # "docs/**": the folder itself and everything in it
+            index += 3
+        elif pattern.startswith("**/", index):
             out.append("(?:.*/)?")
             index += 3
         elif pattern.startswith("**", index):
@@ -560,11 +564,15 @@ class EgressGuard:
             problem = await self.problem(kind, value)
             return GuardVerdict.deny(problem) if problem else None
         declared = egress_of(request.tool)
+        properties = (getattr(request.tool, "parameters", None) or {}).get("properties") or {}
         for argument, kind in declared.items():
-            if argument not in request.payload:
+            if argument in request.payload:
+                value = request.payload[argument]
+            elif "default" in (properties.get(argument) or {}):
+                value = properties[argument]["default"]  # what the tool will use
+            else:
                 continue
-            problem = await self.problem(kind, request.payload[argument],
-                                         shell=bool(request.payload.get("shell")))
+            problem = await self.problem(kind, value, shell=bool(request.payload.get("shell")))
             if problem is not None:
                 return GuardVerdict.deny(f"{argument}: {problem}")
         return None
