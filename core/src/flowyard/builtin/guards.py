@@ -564,7 +564,7 @@ class EgressGuard:
             problem = await self.problem(kind, value)
             return GuardVerdict.deny(problem) if problem else None
         declared = egress_of(request.tool)
-        properties = (getattr(request.tool, "parameters", None) or {}).get("properties") or {}
+        properties = (request.tool.parameters or {}).get("properties") or {}
         for argument, kind in declared.items():
             if argument in request.payload:
                 value = request.payload[argument]
