@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from flowyard.errors import StorageError
+from flowyard.errors import RunNotFoundError, StorageError
 from flowyard.interfaces import SupportsAuditLog
 from flowyard.models import AuditRecord, Event
 
@@ -527,8 +527,6 @@ class AuditListener:
             cached = self._actors.get(run_id)
             if cached is not None:
                 return cached
-            from flowyard.errors import RunNotFoundError
-
             try:
                 run = await self.services.storage.get_run(run_id)
             except RunNotFoundError:

@@ -27,7 +27,7 @@ def _audit_log(storage: Any) -> Any:
     Raises:
         StorageError: the backend keeps no audit log.
     """
-    from flowyard.interfaces import SupportsAuditLog
+    from flowyard.interfaces import SupportsAuditLog  # lazy: the runtime, not for --help
 
     if not isinstance(storage, SupportsAuditLog):
         raise StorageError(f"the storage backend {type(storage).__name__} keeps no audit log")
@@ -74,7 +74,7 @@ def list_records(obj: dict[str, Any], action: str | None, actor: str | None,
                  tenant: str | None, run_id: str | None, outcome: str | None, after: int,
                  limit: int, as_json: bool) -> None:
     """List audit records, oldest first (the newest LIMIT that match)."""
-    from flowyard.audit import audit_to_json
+    from flowyard.audit import audit_to_json  # lazy: not for --help
 
     async def body(storage: Any) -> list[Any]:
         return await _records(_audit_log(storage), after)
@@ -101,7 +101,7 @@ def list_records(obj: dict[str, Any], action: str | None, actor: str | None,
 @click.pass_obj
 def show(obj: dict[str, Any], seq: int) -> None:
     """Show one audit record (every field, as JSON)."""
-    from flowyard.audit import audit_to_json
+    from flowyard.audit import audit_to_json  # lazy: not for --help
 
     async def body(storage: Any) -> Any:
         return await _audit_log(storage).get_audit(seq)
@@ -113,7 +113,7 @@ def show(obj: dict[str, Any], seq: int) -> None:
 
 
 def _file_records(path: str) -> Iterator[Any]:
-    from flowyard.audit import audit_from_json
+    from flowyard.audit import audit_from_json  # lazy: not for --help
 
     with open(path, encoding="utf-8") as stream:
         for number, line in enumerate(stream, 1):
@@ -133,7 +133,7 @@ def _file_records(path: str) -> Iterator[Any]:
 @click.pass_obj
 def verify(obj: dict[str, Any], path: str | None, expect_head: str | None) -> None:
     """Check the hash chain from the genesis. Exit status 1 names the first bad record."""
-    from flowyard.audit import verify_audit, verify_audit_records
+    from flowyard.audit import verify_audit, verify_audit_records  # lazy: not for --help
 
     if path is not None:
         result = verify_audit_records(_file_records(path))
@@ -172,7 +172,7 @@ def verify(obj: dict[str, Any], path: str | None, expect_head: str | None) -> No
 @click.pass_obj
 def export(obj: dict[str, Any], output: str | None, after: int) -> None:
     """Export the audit records as JSON lines (one record per line, every field), in order."""
-    from flowyard.audit import audit_to_json
+    from flowyard.audit import audit_to_json  # lazy: not for --help
 
     async def body(storage: Any) -> list[Any]:
         return await _records(_audit_log(storage), after)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
+from flowyard.audit import GENESIS_HASH, hash_audit, verify_audit
 from flowyard.errors import (
     ProviderError,
     RunNotFoundError,
@@ -42,6 +43,7 @@ from flowyard.interfaces import (
     TaskQuery,
 )
 from flowyard.models import (
+    AuditRecord,
     ChatChunk,
     ChatRequest,
     ChatResponse,
@@ -822,9 +824,6 @@ class StorageContract:
 
     async def test_audit_appends_chain_from_the_genesis(self, storage: Any) -> None:
         """Checked on backends implementing :class:`~flowyard.interfaces.SupportsAuditLog`."""
-        from flowyard.audit import GENESIS_HASH, hash_audit, verify_audit
-        from flowyard.models import AuditRecord
-
         log = self._audit(storage)
         assert await log.audit_head() is None and await log.list_audit() == []
         first = AuditRecord(action="tool.call", actor="user:alice", resource="echo",
@@ -849,8 +848,6 @@ class StorageContract:
         assert result.head_hash == more[-1].hash
 
     async def test_audit_refuses_records_that_are_not_json_ready(self, storage: Any) -> None:
-        from flowyard.models import AuditRecord
-
         log = self._audit(storage)
         with pytest.raises(StorageError):
             await log.append_audit([AuditRecord(action="ok", actor="u"),
@@ -859,9 +856,6 @@ class StorageContract:
         assert await log.list_audit() == []  # all or none
 
     async def test_audit_concurrent_appends_never_fork(self, storage: Any) -> None:
-        from flowyard.audit import verify_audit
-        from flowyard.models import AuditRecord
-
         log = self._audit(storage)
 
         async def writer(name: str) -> None:
