@@ -48,6 +48,7 @@ __all__ = [
     "local_actor",
     "redact_command",
     "redact_url",
+    "replace_audit",
     "tool_resource",
     "verify_audit",
     "verify_audit_records",
