@@ -255,6 +255,9 @@ async def test_audit_can_be_turned_off() -> None:
 def test_resources_keep_secrets_out() -> None:
     url = f"https://user:{CANARY}@example.com:8443/p/a?token={CANARY}&q=1#frag-{CANARY}"
     assert redact_url(url) == "https://example.com:8443/p/a?token=***&q=***"
+    assert redact_url("https://h/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/send") == (
+        "https://h/***/send")
+    assert redact_url("http://evil/x/tok-6f1d0c9a-exfil-canary-42") == "http://evil/x/***"
     for command in (f"curl -H 'Authorization: Bearer {CANARY}' https://x/",
                     f"mysql --password {CANARY} db", f"env API_KEY={CANARY} run",
                     f"tool --api-key={CANARY}", f"echo {CANARY}",

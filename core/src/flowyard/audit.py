@@ -285,7 +285,9 @@ _MAX_RESOURCE = 1000
 
 def redact_url(url: str) -> str:
     """Return ``url`` without what may hold a secret: the user and password, the query's
-    values (the names are kept: ``?token=***``) and the fragment.
+    values (the names are kept: ``?token=***``), the fragment, and path segments that look
+    like a key or token (20 or more characters mixing letters and digits, as a bot token in
+    ``/bot<token>/sendMessage``).
     """
     try:
         parts = urlsplit(url)
@@ -298,7 +300,8 @@ def redact_url(url: str) -> str:
     netloc = f"{host}:{port}" if port is not None else host
     query = "&".join(f"{pair.split('=', 1)[0]}=***" if "=" in pair else "***"
                      for pair in parts.query.split("&") if pair) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    path = "/".join(_mask_token(segment) for segment in parts.path.split("/"))
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def _mask_token(part: str) -> str:
