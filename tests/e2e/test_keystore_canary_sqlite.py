@@ -197,6 +197,12 @@ def test_a_keystore_canary_reaches_the_server_and_nothing_else(
         shown = flowyard(*args)
         assert_clean(" ".join(args), shown.stdout + shown.stderr)
     assert_arrived(server)
+    audit = flowyard("audit", "list")
+    assert audit.returncode == 0, audit.stderr
+    assert "key.used" in audit.stdout and "gw" in audit.stdout  # the use is audited, by name
+    assert_clean("audit list", audit.stdout + audit.stderr)
+    verified = flowyard("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
     data = db_bytes(db)
     assert b"***" in data and b"r1" in data  # stored runs and redacted text: not vacuous

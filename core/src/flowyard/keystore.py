@@ -563,7 +563,7 @@ def open_keystore(config: Config | None = None, *,
 
 
 def resolve_secret(value: Any, *, config: Config | None = None,
-                   store: KeyStore | None = None, where: str = "") -> Any:
+                   store: KeyStore | None = None, where: str = "", events: Any = None) -> Any:
     """Resolve a secret reference from configuration: ``keystore:<name>`` or ``env:<VAR>``.
 
     Provider plugins call it on ``api_key`` (and other secret values) when they build a
@@ -576,6 +576,9 @@ def resolve_secret(value: Any, *, config: Config | None = None,
         config: the configuration that describes the key store (``Config.load()`` by default).
         store: the key store to use (default: :func:`open_keystore` of ``config``).
         where: what the value configures, for messages (``"[openai] api_key"``).
+        events: the stack's event bus (``services.events``); when given, a key read from the
+            key store emits ``keystore.used`` with ``{"name", "where"}`` (never the secret),
+            which the audit log records as ``key.used``.
 
     Returns:
         The secret, or ``value`` unchanged when it is not a reference.
@@ -602,4 +605,6 @@ def resolve_secret(value: Any, *, config: Config | None = None,
     if secret is None:
         raise KeyStoreError(f"{label}{value}: no key named {name!r} in the key store "
                             f"({store.describe()}); add it with `flowyard keys set {name}`")
+    if events is not None:
+        events.make("keystore.used", name=name, where=where)
     return secret

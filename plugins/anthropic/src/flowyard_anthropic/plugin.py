@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flowyard import Config, ConfigError, Register, hookimpl, resolve_secret
+from flowyard import Config, ConfigError, Register, Services, hookimpl, resolve_secret
 
 _PROVIDER_KEYS = {"api_key", "base_url", "headers", "timeout", "deadline", "backend", "prices",
                   "default_max_tokens", "max_connections"}
@@ -28,7 +28,7 @@ _REGISTRATION_KEYS = {"default_model", "default_priority", "enabled"}
 
 
 @hookimpl
-def register_providers(register: Register, config: Config) -> None:
+def register_providers(register: Register, config: Config, services: Services) -> None:
     """Register ``anthropic`` lazily (never the default model unless configured)."""
     section = config.section("anthropic")
     unknown = set(section) - _PROVIDER_KEYS - _REGISTRATION_KEYS
@@ -48,6 +48,8 @@ def register_providers(register: Register, config: Config) -> None:
         meta["default_model"] = model if model.startswith("anthropic/") else f"anthropic/{model}"
         meta["default_priority"] = int(section.get("default_priority", 5))
 
+    events = services.events  # a key read from the key store is audited (keystore.used)
+
     def make() -> Any:
         from flowyard_anthropic.provider import AnthropicProvider
 
@@ -55,7 +57,7 @@ def register_providers(register: Register, config: Config) -> None:
         options = dict(kwargs)
         if "api_key" in options:
             options["api_key"] = resolve_secret(options["api_key"], config=config,
-                                                where="[anthropic] api_key")
+                                                events=events, where="[anthropic] api_key")
         return AnthropicProvider("anthropic", **options)
 
     register("anthropic", factory=make, **meta)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowyard import Config, ConfigError, Register, hookimpl, resolve_secret
+from flowyard import Config, ConfigError, Register, Services, hookimpl, resolve_secret
 
 _PROVIDER_KEYS = {"base_url", "api_key", "headers", "timeout", "deadline", "keep_alive",
                   "options", "free", "prices", "backend", "max_connections"}
@@ -28,7 +28,7 @@ _REGISTRATION_KEYS = {"default_model", "default_priority", "enabled"}
 
 
 @hookimpl
-def register_providers(register: Register, config: Config) -> None:
+def register_providers(register: Register, config: Config, services: Services) -> None:
     """Register ``ollama`` lazily (never the default model unless configured)."""
     section = config.section("ollama")
     unknown = set(section) - _PROVIDER_KEYS - _REGISTRATION_KEYS
@@ -46,6 +46,8 @@ def register_providers(register: Register, config: Config) -> None:
         meta["default_model"] = model if model.startswith("ollama/") else f"ollama/{model}"
         meta["default_priority"] = int(section.get("default_priority", 5))
 
+    events = services.events  # a key read from the key store is audited (keystore.used)
+
     def make() -> Any:
         from flowyard_ollama.provider import OllamaProvider
 
@@ -53,7 +55,7 @@ def register_providers(register: Register, config: Config) -> None:
         options = dict(kwargs)
         if "api_key" in options:
             options["api_key"] = resolve_secret(options["api_key"], config=config,
-                                                where="[ollama] api_key")
+                                                events=events, where="[ollama] api_key")
         return OllamaProvider("ollama", **options)
 
     register("ollama", factory=make, **meta)

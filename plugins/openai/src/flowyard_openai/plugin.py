@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flowyard import Config, ConfigError, Register, hookimpl, resolve_secret
+from flowyard import Config, ConfigError, Register, Services, hookimpl, resolve_secret
 
 _PROVIDER_KEYS = {
     "api_key", "base_url", "organization", "project", "headers", "timeout", "deadline",
@@ -62,7 +62,8 @@ def provider_options(name: str, section: Mapping[str, Any], *, where: str
     return kwargs, meta
 
 
-def _factory(name: str, kwargs: dict[str, Any], config: Config, where: str) -> Any:
+def _factory(name: str, kwargs: dict[str, Any], config: Config, where: str,
+             events: Any = None) -> Any:
     def make() -> Any:
         from flowyard_openai.provider import OpenAIProvider
 
@@ -71,16 +72,17 @@ def _factory(name: str, kwargs: dict[str, Any], config: Config, where: str) -> A
         options = dict(kwargs)
         if "api_key" in options:
             options["api_key"] = resolve_secret(options["api_key"], config=config,
-                                                where=f"{where} api_key")
+                                                events=events, where=f"{where} api_key")
         return OpenAIProvider(name, **options)
 
     return make
 
 
 @hookimpl
-def register_providers(register: Register, config: Config) -> None:
+def register_providers(register: Register, config: Config, services: Services) -> None:
     """Register ``openai`` and one provider per ``[openai.endpoints.<name>]`` table, lazily."""
     section = config.section("openai")
+    events = services.events  # a key read from the key store is audited (keystore.used)
     max_retry_after = config.get("limits.max_retry_after")
     endpoints = section.pop("endpoints", {}) or {}
     if not isinstance(endpoints, Mapping):
@@ -91,7 +93,7 @@ def register_providers(register: Register, config: Config) -> None:
         kwargs, meta = provider_options("openai", section, where="[openai]")
         if max_retry_after is not None:
             kwargs["max_retry_after"] = max_retry_after
-        register("openai", factory=_factory("openai", kwargs, config, "[openai]"), **meta)
+        register("openai", factory=_factory("openai", kwargs, config, "[openai]", events), **meta)
     for name, table in endpoints.items():
         where = f"[openai.endpoints.{name}]"
         if not isinstance(table, Mapping):
@@ -105,4 +107,4 @@ def register_providers(register: Register, config: Config) -> None:
         kwargs, meta = provider_options(name, table, where=where)
         if max_retry_after is not None:
             kwargs["max_retry_after"] = max_retry_after
-        register(name, factory=_factory(name, kwargs, config, where), **meta)
+        register(name, factory=_factory(name, kwargs, config, where, events), **meta)
