@@ -37,6 +37,8 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("flowyard.commands.runs:runs", "Query stored runs: list, show, logs, cost."),
     "doctor": ("flowyard.commands.doctor:doctor", "Check plugins, providers, storage and disk."),
     "audit": ("flowyard.commands.audit:audit", "The audit log: list, show, verify, export."),
+    "metrics": ("flowyard.commands.metrics:metrics",
+                "Prometheus metrics across processes: serve, show."),
     "keys": ("flowyard.commands.keys:keys",
              "Key store for provider secrets: set, get, list, delete, rotate."),
 }

@@ -36,9 +36,11 @@ def register_storage(register: Register, config: Config) -> None:
 def register_event_listeners(register: Register, config: Config, services: Services) -> None:
     """``audit``: the tamper-evident audit log (:class:`flowyard.audit.AuditListener`),
     unless ``[audit] enabled = false``; ``[audit] flush_interval`` (seconds, default 0.1).
+    ``metrics``: the Prometheus metrics (see :func:`_register_metrics`).
 
     Raises:
-        ConfigError: ``enabled`` is not a boolean or ``flush_interval`` not a number >= 0.
+        ConfigError: ``enabled`` is not a boolean or ``flush_interval`` not a number >= 0,
+            or the ``[metrics]`` table is invalid.
     """
     enabled = config.get("audit.enabled", True)
     interval = config.get("audit.flush_interval", 0.1)
@@ -46,6 +48,7 @@ def register_event_listeners(register: Register, config: Config, services: Servi
         raise ConfigError(f"[audit] enabled must be true or false, got {enabled!r}")
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
         raise ConfigError(f"[audit] flush_interval must be a number >= 0, got {interval!r}")
+    _register_metrics(register, config)
     if not enabled:
         return
 
@@ -55,6 +58,37 @@ def register_event_listeners(register: Register, config: Config, services: Servi
         return AuditListener(services, flush_interval=float(interval))
 
     register("audit", factory=make, default_priority=-1)
+
+
+def _register_metrics(register: Register, config: Config) -> None:
+    """``metrics``: the Prometheus metrics listener (:class:`flowyard.metrics.MetricsListener`),
+    unless ``[metrics] enabled = false``; ``[metrics] multiprocess_dir`` (a directory, default
+    the ``PROMETHEUS_MULTIPROC_DIR`` environment variable) switches the process to
+    multiprocess mode (docs/metrics.md).
+
+    Raises:
+        ConfigError: ``enabled`` is not a boolean or ``multiprocess_dir`` not a non-empty
+            string.
+    """
+    enabled = config.get("metrics.enabled", True)
+    directory = config.get("metrics.multiprocess_dir", None)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"[metrics] enabled must be true or false, got {enabled!r}")
+    if directory is not None and (not isinstance(directory, str) or not directory):
+        raise ConfigError(f"[metrics] multiprocess_dir must be a directory path, got "
+                          f"{directory!r}")
+    if not enabled:
+        return
+
+    def make() -> Any:
+        # lazy: imports prometheus_client, only for a stack that builds its listeners
+        from flowyard.metrics import MetricsListener, configure_multiprocess
+
+        if directory is not None:
+            configure_multiprocess(directory)
+        return MetricsListener()
+
+    register("metrics", factory=make, default_priority=-1)
 
 
 @hookimpl

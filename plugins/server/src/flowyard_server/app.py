@@ -34,6 +34,7 @@ from flowyard import (
     WorkflowValidationError,
     check_inputs,
     new_id,
+    render_metrics,
     run_state,
 )
 from flowyard import __version__ as core_version
@@ -43,7 +44,7 @@ from starlette.exceptions import HTTPException
 
 from flowyard_server.keys import KeyStore
 from flowyard_server.live import DeltaHub, RelayReader, follow_run
-from flowyard_server.metrics import CONTENT_TYPE, Metrics
+from flowyard_server.metrics import CONTENT_TYPE, Metrics, queue_collector
 from flowyard_server.security import SecurityMiddleware
 from flowyard_server.settings import ServerSettings
 from flowyard_server.ui.session import Sessions
@@ -164,6 +165,27 @@ class Service:
                            "completed", lambda: worker.finished["completed"] if worker else 0)
         self.metrics.gauge("flowyard_worker_tasks_failed", "tasks the in-process worker failed",
                            lambda: worker.finished["failed"] if worker else 0)
+
+    async def render_metrics(self) -> bytes:
+        """Return ``/metrics``: the core's metrics (every process's in multiprocess mode,
+        :func:`flowyard.metrics.render_metrics`), this server's request counters and gauges,
+        and the task queue by status with the age of the oldest queued task (read from the
+        storage now: the tasks of every tenant that has an API key, at most 1000 per tenant
+        and status).
+        """
+        counts = {"queued": 0, "running": 0}
+        oldest: float | None = None
+        tenants = sorted({key.tenant for key in await self.keys.list()})
+        for tenant in tenants:
+            for status in counts:
+                tasks = await self.queue.list_tasks(TaskQuery(tenant=tenant, status=status,
+                                                              limit=1000))
+                counts[status] += len(tasks)
+                if status == "queued" and tasks:
+                    first = min(task.created_at for task in tasks)
+                    oldest = first if oldest is None else min(oldest, first)
+        return render_metrics(extra=[self.metrics,
+                                          queue_collector(counts, oldest, time.time())])
 
     @property
     def queue(self) -> SupportsTaskQueue:
@@ -829,7 +851,7 @@ def create_app(stack: Stack, settings: ServerSettings, *, worker: Worker | None 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics() -> PlainTextResponse:
         """Process metrics in the Prometheus text format."""
-        return PlainTextResponse(svc.metrics.render(), media_type=CONTENT_TYPE)
+        return PlainTextResponse(await svc.render_metrics(), media_type=CONTENT_TYPE)
     if settings.ui:  # inside the security layer: gzip for /ui pages only
         from flowyard_server.ui.pages import CompressPages
 

@@ -1,7 +1,10 @@
 """Process metrics of the server in the Prometheus text exposition format (version 0.0.4).
 
-Written here because ``prometheus-client`` is not among the repository's pinned dependencies
-and the handful of counters below need no more than a few lines.
+The request counters stay a plain dictionary under a lock (counting a request costs one
+dictionary update, less than a ``prometheus_client`` labelled child); :class:`Metrics` is also
+a ``prometheus_client`` collector, so ``/metrics`` renders them together with the core's
+metrics (:func:`flowyard.metrics.render_metrics`) and the task queue gauges
+(:func:`queue_collector`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE", "request_counter"]
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE", "queue_collector", "request_counter"]
 
 #: The media type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,6 +83,63 @@ class Metrics:
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {float(read()):g}")
         return "\n".join(lines) + "\n"
+
+    def collect(self) -> list[Any]:
+        """Return the counters and gauges as ``prometheus_client`` metric families (the
+        collector protocol), read now.
+        """
+        with self._lock:
+            counters = dict(self._counters)
+            helps = dict(self._help)
+        families: list[Any] = []
+        for name in sorted(helps):
+            _, help_text = helps[name]
+            rows = sorted((labels, value) for (metric, labels), value in counters.items()
+                          if metric == name)
+            family = CounterMetricFamily(name, help_text,
+                                         labels=[k for k, _ in rows[0][0]] if rows else None)
+            for labels, value in rows:
+                family.add_metric([v for _, v in labels], value)
+            families.append(family)
+        for name, (help_text, read) in sorted(self.gauges.items()):
+            families.append(GaugeMetricFamily(name, help_text, value=float(read())))
+        return families
+
+
+class _Families:
+    """A collector of metric families computed before the scrape renders."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        """Return the families."""
+        return self.families
+
+
+def queue_collector(counts: dict[str, int], oldest_queued_at: float | None,
+                    now: float) -> Any:
+    """Return a collector of the task queue gauges: ``flowyard_queue_tasks{status}`` (tasks
+    by status, ``queued`` and ``running``) and ``flowyard_queue_oldest_age_seconds`` (the age
+    of the oldest queued task, seconds; 0 with none queued).
+
+    Args:
+        counts: tasks by status.
+        oldest_queued_at: the oldest queued task's ``created_at``, UNIX seconds, or None.
+        now: the current time, UNIX seconds.
+
+    Returns:
+        An object with ``collect()``, for :func:`flowyard.metrics.render_metrics`.
+    """
+    tasks = GaugeMetricFamily("flowyard_queue_tasks", "tasks in the server's queue by status",
+                              labels=["status"])
+    for status, count in sorted(counts.items()):
+        tasks.add_metric([status], count)
+    age = GaugeMetricFamily("flowyard_queue_oldest_age_seconds",
+                            "age of the oldest queued task, seconds",
+                            value=max(0.0, now - oldest_queued_at)
+                            if oldest_queued_at is not None else 0.0)
+    return _Families([tasks, age])
 
 
 Scope = MutableMapping[str, Any]
