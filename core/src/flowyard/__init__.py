@@ -47,7 +47,11 @@ __all__ = [
     "Executor",
     "FlowyardError",
     "FunctionTool",
+    "add_header_injector",
     "check_egress",
+    "current_step",
+    "outgoing_headers",
+    "StepScope",
     "Guard",
     "GuardDenied",
     "GuardRequest",
@@ -169,7 +173,11 @@ __all__ = [
 #: plugins import from ``flowyard`` only, so the modules behind it can move. Loaded on first
 #: access (``import flowyard`` stays fast).
 _LAZY: dict[str, str] = {
+    "add_header_injector": "flowyard.propagation",
     "check_egress": "flowyard.guards",
+    "current_step": "flowyard.propagation",
+    "outgoing_headers": "flowyard.propagation",
+    "StepScope": "flowyard.propagation",
     "Guard": "flowyard.guards",
     "GuardDenied": "flowyard.guards",
     "GuardRequest": "flowyard.guards",

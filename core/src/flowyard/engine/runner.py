@@ -48,6 +48,7 @@ from flowyard.errors import (
 from flowyard.llm.budget import Budget, BudgetChain
 from flowyard.interfaces import SupportsStepCommit
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
+from flowyard.propagation import StepScope, enter_step, leave_step
 from flowyard.serialization import json_default
 from flowyard.tools import check_templated_arguments
 from flowyard.templating import Compiled, evaluate, template_extensions
@@ -587,7 +588,8 @@ class Run:
         self.emit("run.started", workflow=self.workflow.name, inputs=self.inputs,
                   resumed=record.resume_count > 0, resume_count=record.resume_count,
                   parent_run_id=record.metadata.get("parent_run_id"),
-                  parent_step=record.metadata.get("parent_step"))
+                  parent_step=record.metadata.get("parent_step"),
+                  traceparent=record.metadata.get("traceparent"))
         status = "completed"
         error: str | None = None
         try:
@@ -1046,6 +1048,7 @@ class Run:
         usage = _Usage()
         token = _ATTEMPT_USAGE.set(usage)
         step_token = _CURRENT_STEP.set(key)
+        scope_token = enter_step(StepScope(self.run_id, step.id, key, number))
 
         try:
             if self._owned_now() or await self._owned():
@@ -1090,6 +1093,7 @@ class Run:
             _finish_attempt(record, usage)
             return output, record
         finally:
+            leave_step(scope_token)
             _CURRENT_STEP.reset(step_token)
             _ATTEMPT_USAGE.reset(token)
             self.slots.release()

@@ -17,7 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from flowyard import AuthenticationError, ConfigError, MalformedResponseError, ModelPrice, Usage
+from flowyard import (
+    AuthenticationError,
+    ConfigError,
+    MalformedResponseError,
+    ModelPrice,
+    Usage,
+    outgoing_headers,
+)
 
 from flowyard_http._util import (
     DEFAULT_MAX_RETRY_AFTER,
@@ -357,7 +364,7 @@ class HTTPProvider:
         client: Any = self._client if type(self).client is HTTPProvider.client else self.client()
         return await request_json(client, method, path, provider=self.name,
                                   model=model, secrets=self._secrets, json_body=json_body,
-                                  headers=headers, params=params, deadline=self.deadline,
+                                  headers=outgoing_headers(headers), params=params, deadline=self.deadline,
                                   max_retry_after=self.max_retry_after)
 
     async def stream_events(self, path: str, *, model: str, json_body: Any,
@@ -388,7 +395,8 @@ class HTTPProvider:
         limit = self.deadline if self.deadline is not None else math.inf
         first_by = anyio.current_time() + limit
         opener = open_stream(self.client(), "POST", path, provider=self.name, model=model,
-                             secrets=self._secrets, json_body=json_body, headers=headers,
+                             secrets=self._secrets, json_body=json_body,
+                             headers=outgoing_headers(headers),
                              max_retry_after=self.max_retry_after)
         try:
             response: httpx.Response | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import os
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +64,9 @@ log = logging.getLogger("flowyard_server.app")
 
 #: Key-value namespace (``+ tenant``) mapping a run id to its task id.
 RUNS_NAMESPACE = "server.runs."
+#: A W3C trace context ``traceparent`` header (version 00): stored with a task, continued by
+#: its run's trace.
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _ID = r"^[0-9a-f]{32}$"
 IdPath = Annotated[str, Path(pattern=_ID, description="32 hex characters")]
 _CODES = {400: "bad_request", 401: "authentication_error", 403: "forbidden",
@@ -238,14 +242,17 @@ class Service:
             input_tokens=record.input_tokens, output_tokens=record.output_tokens,
             cost_usd=record.cost_usd, resume_count=record.resume_count, task_id=task.id)
 
-    async def submit(self, tenant: str, spec: wire.TaskSubmit, *, actor: str | None = None
-                     ) -> tuple[TaskRecord, bool]:
+    async def submit(self, tenant: str, spec: wire.TaskSubmit, *, actor: str | None = None,
+                     traceparent: str | None = None) -> tuple[TaskRecord, bool]:
         """Queue a task (or find the one its idempotency key names).
 
         The task's ``metadata["actor"]`` is set to ``{"actor": actor, "tenant": tenant}``
         (whatever the client sent under that name): the worker passes it to the run, and the
         audit log records it as who did what the run does. ``actor`` is
-        ``api_key:<key id>`` (None: ``tenant:<tenant>``).
+        ``api_key:<key id>`` (None: ``tenant:<tenant>``). ``traceparent``, the request's W3C
+        trace context header, is stored as ``metadata["traceparent"]`` when it is well formed
+        (anything else is dropped, and so is one the client sent in its metadata): the worker
+        passes it to the run, whose trace (``flowyard-otel``) continues the caller's.
 
         Raises:
             ApiError: 404 unknown workflow/agent; 409 the key names another request.
@@ -263,6 +270,9 @@ class Service:
                         "name, key and metadata")
         metadata = {**spec.metadata,
                     "actor": {"actor": actor or f"tenant:{tenant}", "tenant": tenant}}
+        metadata.pop("traceparent", None)
+        if traceparent is not None and TRACEPARENT.fullmatch(traceparent.strip()):
+            metadata["traceparent"] = traceparent.strip()
         record = TaskRecord(id=new_id(), tenant=tenant, kind=spec.kind, target=spec.target,
                             inputs=spec.inputs, name=spec.name, priority=spec.priority,
                             idempotency_key=spec.idempotency_key, request_hash=request_hash,
@@ -413,7 +423,8 @@ def _routes(svc: Service) -> APIRouter:
         """Queue a workflow or agent task (201), or return the task its idempotency key
         names (200).
         """
-        record, created = await svc.submit(tenant_of(request), spec, actor=actor_of(request))
+        record, created = await svc.submit(tenant_of(request), spec, actor=actor_of(request),
+                                           traceparent=request.headers.get("traceparent"))
         return _task_response(record, 201 if created else 200)
 
     # (second: no other route answers GET /v1/tasks/{x}, so its place changes no answer)
@@ -439,7 +450,8 @@ def _routes(svc: Service) -> APIRouter:
             raise ApiError(422, "the inputs of some tasks are invalid; none was queued",
                            details=problems)
         actor = actor_of(request)
-        return [_task((await svc.submit(tenant, spec, actor=actor))[0])
+        traceparent = request.headers.get("traceparent")
+        return [_task((await svc.submit(tenant, spec, actor=actor, traceparent=traceparent))[0])
                 for spec in batch.tasks]
 
     @api.get("/tasks", response_model=wire.TaskPage, tags=["tasks"])

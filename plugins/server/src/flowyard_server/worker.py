@@ -324,8 +324,7 @@ class Worker:
         except RunNotFoundError:
             workflow = await load_task_workflow(self.stack, task)
             return await self.stack.run(workflow, task.inputs, run_id=task.run_id,
-                                        metadata={"task_id": task.id,
-                                                  "actor": _actor_of(task)})
+                                        metadata=_run_metadata(task))
         while True:  # a live process still executes the run: wait for it to stop
             leases = await storage.get_leases([record.id])
             if run_state(record, leases.get(record.id)) != "running":
@@ -352,6 +351,17 @@ class _Stored:
         self.status = record.status
         self.outputs = record.outputs
         self.error = record.error
+
+
+def _run_metadata(task: TaskRecord) -> dict[str, Any]:
+    """The metadata of a task's run: its ``task_id``, ``actor`` and, when the task was
+    submitted with a W3C ``traceparent`` header, that header (the run's trace continues it).
+    """
+    metadata: dict[str, Any] = {"task_id": task.id, "actor": _actor_of(task)}
+    traceparent = task.metadata.get("traceparent")
+    if isinstance(traceparent, str):
+        metadata["traceparent"] = traceparent
+    return metadata
 
 
 def _actor_of(task: TaskRecord) -> dict[str, Any]:
