@@ -50,7 +50,7 @@ def _test_sources() -> str:
 
 
 def test_the_specs_are_found() -> None:
-    assert len(HOOKS) == 12
+    assert len(HOOKS) == 14
     assert HOOKS["register_tools"] == ("register", "config", "services")
     assert HOOKS["register_commands"] == ("cli",)
 

@@ -167,6 +167,13 @@ __all__ = [
     "KeyStoreError",
     "open_keystore",
     "resolve_secret",
+    "AlertChannel",
+    "AlertManager",
+    "AlertNotice",
+    "AlertRule",
+    "DeliveryError",
+    "HealthResult",
+    "run_health_checks",
 ]
 
 #: The public plugin API, name -> module (or ``module:attribute`` when the name differs):
@@ -315,6 +322,13 @@ _LAZY: dict[str, str] = {
     "sniff_image_type": "flowyard.images",
     "Stack": "flowyard.stack",
     "hookspec": "flowyard.hookspecs",
+    "AlertChannel": "flowyard.alerts",
+    "AlertManager": "flowyard.alerts",
+    "AlertNotice": "flowyard.alerts",
+    "AlertRule": "flowyard.alerts",
+    "DeliveryError": "flowyard.alerts",
+    "HealthResult": "flowyard.health",
+    "run_health_checks": "flowyard.health",
 }
 
 if TYPE_CHECKING:

@@ -107,6 +107,11 @@ HOOK_FAMILIES: tuple[HookFamily, ...] = (
                "filter, test or global name (`slugify`; metadata `kind=`)"),
     HookFamily("guards", "register_guards", "guards", "guard", "Guard",
                "guard name (`egress`)"),
+    HookFamily("alert_channels", "register_alert_channels", "alert_channels", "alert channel",
+               "factory(name, options) -> AlertChannel",
+               "channel type (`webhook`), named by `[alerts.channels.<name>] type`"),
+    HookFamily("health", "register_health_checks", "health_checks", "health check",
+               "async function() -> HealthResult", "check name (`storage`)"),
 )
 
 #: ``family name -> hook name``, derived from :data:`HOOK_FAMILIES`.
@@ -212,6 +217,25 @@ def register_guards(register: Register, config: Config, services: Services) -> N
     :class:`flowyard.guards.GuardVerdict` or None. Guards run in the order of their names; a
     denial emits ``guard.denied`` and raises :class:`flowyard.guards.GuardDenied` (a
     ``ToolError``: an agent sees it as its tool's error). See ``docs/guards.md``.
+    """
+
+
+@hookspec
+def register_alert_channels(register: Register, config: Config, services: Services) -> None:
+    """Register alert channel *factories* by channel type (``"log"``, ``"webhook"``,
+    ``"email"`` are built in): ``register("pager", factory)``. A ``[alerts.channels.<name>]``
+    table with ``type = "pager"`` builds its channel as ``factory(name, options)`` (the table
+    without ``type``); the result has an async ``send(notice)`` taking a
+    :class:`flowyard.alerts.AlertNotice`. See ``docs/alerts.md``.
+    """
+
+
+@hookspec
+def register_health_checks(register: Register, config: Config, services: Services) -> None:
+    """Register health checks by name: async functions without arguments returning a
+    :class:`flowyard.health.HealthResult` (``UP``, ``DEGRADED`` or ``DOWN`` and a detail).
+    flowyard-server's ``/v1/health/ready`` and ``flowyard doctor`` run them (each within a
+    timeout). ``storage``, ``model`` and ``disk`` are built in. See ``docs/alerts.md``.
     """
 
 

@@ -913,7 +913,8 @@ class Services(Protocol):
         config: the stack's :class:`~flowyard.config.Config`.
         events: the stack's :class:`~flowyard.events.EventBus`.
         providers, tools, storage_schemes, memory_stores, retrievers, routers, executors,
-        loaders, listeners, template_filters, guards: the per-family registries
+        loaders, listeners, template_filters, guards, alert_channels, health_checks: the
+            per-family registries
             (:class:`~flowyard.registry.Registry`).
     """
 
@@ -930,6 +931,8 @@ class Services(Protocol):
     listeners: Registry[EventListener]
     template_filters: Registry[Any]
     guards: Registry[Any]
+    alert_channels: Registry[Any]
+    health_checks: Registry[Any]
 
     @property
     def llm(self) -> LLMService:

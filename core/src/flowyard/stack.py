@@ -70,6 +70,8 @@ class Stack:
     listeners: Registry[EventListener]
     template_filters: Registry[Any]
     guards: Registry[Any]
+    alert_channels: Registry[Any]
+    health_checks: Registry[Any]
 
     def __init__(
         self,

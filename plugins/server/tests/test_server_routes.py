@@ -104,7 +104,10 @@ def test_health_is_public_and_ready(server: Any) -> None:
     assert live.status == "UP"
     health = wire.Health.model_validate(ready.json())
     assert ready.status_code == 200 and health.status == "UP", health
-    assert set(health.checks) == {"storage", "queue", "worker"}
+    # the server's own checks, then the registered ones (built in: model, disk; the
+    # registered storage check is the server's own)
+    assert set(health.checks) == {"storage", "queue", "worker", "model", "disk"}
+    assert "fake/echo" in health.checks["model"].detail
 
 
 def test_openapi_schema_and_docs(server: Any) -> None:

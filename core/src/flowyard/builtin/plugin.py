@@ -37,6 +37,7 @@ def register_event_listeners(register: Register, config: Config, services: Servi
     """``audit``: the tamper-evident audit log (:class:`flowyard.audit.AuditListener`),
     unless ``[audit] enabled = false``; ``[audit] flush_interval`` (seconds, default 0.1).
     ``metrics``: the Prometheus metrics (see :func:`_register_metrics`).
+    ``alerts``: the alert rules (see :func:`_register_alerts`).
 
     Raises:
         ConfigError: ``enabled`` is not a boolean or ``flush_interval`` not a number >= 0,
@@ -49,6 +50,7 @@ def register_event_listeners(register: Register, config: Config, services: Servi
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
         raise ConfigError(f"[audit] flush_interval must be a number >= 0, got {interval!r}")
     _register_metrics(register, config)
+    _register_alerts(register, config, services)
     if not enabled:
         return
 
@@ -58,6 +60,54 @@ def register_event_listeners(register: Register, config: Config, services: Servi
         return AuditListener(services, flush_interval=float(interval))
 
     register("audit", factory=make, default_priority=-1)
+
+
+def _register_alerts(register: Register, config: Config, services: Services) -> None:
+    """``alerts``: the alert rules' listener (:class:`flowyard.alerts.AlertManager`), when
+    ``[[alerts.rules]]`` has rules; ``[alerts] interval_s`` (seconds, default 15).
+
+    Raises:
+        ConfigError: ``interval_s`` is not a number (the rules and channels are checked when
+            the listener is built, with the stack's listeners).
+    """
+    rules_raw = config.get("alerts.rules")
+    if not rules_raw:
+        return
+    interval_s = config.get("alerts.interval_s", 15.0)
+    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)):
+        raise ConfigError(f"[alerts] interval_s must be a number, got {interval_s!r}")
+
+    def make_alerts() -> Any:
+        from flowyard.alerts import AlertManager, parse_rules  # lazy: only with rules
+
+        return AlertManager(services, parse_rules(rules_raw),
+                            channels=config.get("alerts.channels") or {},
+                            interval_s=float(interval_s))
+
+    register("alerts", factory=make_alerts, default_priority=-1)
+
+
+@hookimpl
+def register_alert_channels(register: Register, config: Config) -> None:
+    """``log``, ``webhook`` and ``email``: the first-party alert channel types
+    (:mod:`flowyard.alerts`).
+    """
+    from flowyard.alerts import EmailChannel, LogChannel, WebhookChannel  # lazy: small module
+
+    register("log", LogChannel, default_priority=-1)
+    register("webhook", WebhookChannel, default_priority=-1)
+    register("email", EmailChannel, default_priority=-1)
+
+
+@hookimpl
+def register_health_checks(register: Register, config: Config, services: Services) -> None:
+    """``storage``, ``model`` and ``disk``: the first-party health checks
+    (:func:`flowyard.health.builtin_health_checks`).
+    """
+    from flowyard.health import builtin_health_checks  # lazy: small module
+
+    for name, check in builtin_health_checks(services).items():
+        register(name, check, default_priority=-1)
 
 
 def _register_metrics(register: Register, config: Config) -> None:

@@ -60,7 +60,10 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
       CPU's features and generates a few tokens in a child process);
     - storage: opens, and a key written in the key-value area reads back and is deleted;
     - disk: free space where data goes (``disk_path``, default the data directory):
-      below 100 MiB fails, below 1 GiB warns.
+      below 100 MiB fails, below 1 GiB warns;
+    - health: the health checks plugins register (``register_health_checks``; the built-in
+      ``storage``, ``model`` and ``disk`` are the checks above), each within ``timeout_s``
+      seconds: UP ok, DEGRADED warn, DOWN (or a timeout or an exception) fail.
     """
     import anyio
 
@@ -174,6 +177,16 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
                             f"{free_gib:.2f} GiB free of {usage.total / 1024**3:.2f} GiB"))
     except OSError as exc:
         checks.append(Check("disk", disk_path or "data dir", "fail", str(exc)))
+
+    # lazy: the runtime, not for --help
+    from flowyard.health import run_health_checks
+
+    plugin_checks = [name for name in stack.health_checks.names()
+                     if stack.health_checks.plugin_of(name) != "builtin"]
+    statuses = {"UP": "ok", "DEGRADED": "warn", "DOWN": "fail"}
+    for name, result in (await run_health_checks(stack, timeout_s=timeout_s,
+                                                 names=plugin_checks)).items():
+        checks.append(Check("health", name, statuses[result.status], result.detail))
     return checks
 
 

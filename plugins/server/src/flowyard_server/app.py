@@ -494,7 +494,9 @@ def _routes(svc: Service) -> APIRouter:
     @api.get("/health/ready", response_model=wire.Health, tags=["health"],
              responses={503: {"model": wire.Health}})
     async def ready() -> Any:
-        """Storage answers, it has a task queue, and the in-process worker runs."""
+        """Storage answers, it has a task queue, the in-process worker runs, and the
+        registered health checks (:func:`flowyard.health.run_health_checks`) pass.
+        """
         checks: dict[str, wire.CheckResult] = {}
         started = time.perf_counter()
         try:
@@ -514,6 +516,13 @@ def _routes(svc: Service) -> APIRouter:
             checks["worker"] = wire.CheckResult(
                 status="UP" if svc.worker.started else "DEGRADED",
                 detail=f"{len(svc.worker.running)} running")
+        # the checks plugins register (register_health_checks; built in: model, disk)
+        from flowyard import run_health_checks  # lazy: kept beside the route it serves
+
+        names = [name for name in stack.health_checks.names() if name not in checks]
+        for name, result in (await run_health_checks(stack, names=names)).items():
+            checks.setdefault(name, wire.CheckResult(status=result.status, detail=result.detail,
+                                                     duration_ms=result.duration_ms))
         statuses = {c.status for c in checks.values()}
         status = "DOWN" if "DOWN" in statuses else ("DEGRADED" if "DEGRADED" in statuses
                                                     else "UP")
