@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import flowyard
 import pytest
+from flowyard import ToolError
 from flowyard.alerts import AlertManager, AlertNotice, parse_rules
 from flowyard.clock import VirtualClock
 from flowyard.errors import ConfigError
@@ -261,3 +263,68 @@ def test_unknown_channels_are_config_errors() -> None:
         AlertManager(stack, rules)
     with pytest.raises(ConfigError, match="unknown type 'sms'"):
         AlertManager(stack, rules, channels={"pager": {"type": "sms"}})
+
+
+@flowyard.tool(name="test.explode")
+def explode(message: str = "boom") -> str:
+    """Fail with ``message``.
+
+    Args:
+        message: the error's text.
+    """
+    raise ToolError(message)
+
+
+class Tools:
+    @flowyard.hookimpl
+    def register_tools(self, register: Any) -> None:
+        register(explode.name, explode)
+
+
+async def test_engine_runs_drive_the_builtin_listener() -> None:
+    """Events from real runs (not hand-made): one of two runs of `wf` fails; the
+    `alerts` listener of the built-in plugin fires on a step error rate and a run error
+    rate filtered by workflow, and resolves once the window passed."""
+    clock = VirtualClock()
+    stack = Stack([("tools", Tools())], config={
+        "storage": {"url": "memory://"}, "audit": {"enabled": False},
+        "alerts": {"interval_s": 1e9, "rules": [
+            {"name": "runs", "metric": "error_rate", "threshold": 0.5, "window_s": 60,
+             "filter": {"workflow": "wf"}},
+            {"name": "steps", "metric": "error_rate", "scope": "steps", "threshold": 0.5,
+             "window_s": 60},
+            {"name": "other", "metric": "error_rate", "threshold": 0.1, "window_s": 60,
+             "filter": {"workflow": "another"}},
+        ]}})
+    manager = stack.listeners.get("alerts")
+    assert isinstance(manager, AlertManager)
+    manager.clock = clock
+    events: list[Event] = []
+    stack.events.subscribe(events.append, name="spy")
+    try:
+        ok = await stack.run({"name": "wf", "steps": [{"id": "a", "uses": "echo",
+                                                       "with": {"value": 1}}]})
+        bad = await stack.run({"name": "wf", "steps": [{"id": "b", "uses": "test.explode"}]})
+        assert (ok.status, bad.status) == ("completed", "failed")
+        fired = await manager.evaluate()
+        assert sorted((n.rule, n.value) for n in fired) == [("runs", 0.5), ("steps", 0.5)]
+        await clock.advance(61)
+        resolved = await manager.evaluate()
+        assert sorted((n.rule, n.state) for n in resolved) == [("runs", "resolved"),
+                                                               ("steps", "resolved")]
+    finally:
+        await stack.aclose()
+    assert [e.data["rule"] for e in events if e.type == "alert.firing"] == ["runs", "steps"]
+
+
+def test_an_invalid_rule_stops_the_stack_from_building() -> None:
+    with pytest.raises(ConfigError, match="metric must be one of"):
+        Stack(config={"audit": {"enabled": False},
+                      "alerts": {"rules": [{"name": "x", "metric": "bogus", "threshold": 1}]}})
+    with pytest.raises(ConfigError, match=r"\[alerts\] interval_s must be a number"):
+        Stack(config={"audit": {"enabled": False}, "alerts": {"interval_s": "often", "rules": [
+            {"name": "x", "metric": "error_rate", "threshold": 1}]}})
+
+
+def test_no_rules_no_listener() -> None:
+    assert "alerts" not in Stack(config={"audit": {"enabled": False}}).listeners.names()

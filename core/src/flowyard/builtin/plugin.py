@@ -66,20 +66,20 @@ def _register_alerts(register: Register, config: Config, services: Services) -> 
     """``alerts``: the alert rules' listener (:class:`flowyard.alerts.AlertManager`), when
     ``[[alerts.rules]]`` has rules; ``[alerts] interval_s`` (seconds, default 15).
 
-    Raises:
-        ConfigError: ``interval_s`` is not a number (the rules and channels are checked when
-            the listener is built, with the stack's listeners).
+    The rules, channels and ``interval_s`` are checked when the stack builds its listeners:
+    a ``ConfigError`` there stops the stack from building (an alert that silently never
+    fires is worse than a stack that does not start).
     """
     rules_raw = config.get("alerts.rules")
     if not rules_raw:
         return
-    interval_s = config.get("alerts.interval_s", 15.0)
-    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)):
-        raise ConfigError(f"[alerts] interval_s must be a number, got {interval_s!r}")
 
     def make_alerts() -> Any:
         from flowyard.alerts import AlertManager, parse_rules  # lazy: only with rules
 
+        interval_s = config.get("alerts.interval_s", 15.0)
+        if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)):
+            raise ConfigError(f"[alerts] interval_s must be a number, got {interval_s!r}")
         return AlertManager(services, parse_rules(rules_raw),
                             channels=config.get("alerts.channels") or {},
                             interval_s=float(interval_s))
