@@ -236,6 +236,10 @@ class MetricsListener:
         self.metrics = metrics or process_metrics()
         #: run id -> (workflow name, run start time, {step id: start time}); times UNIX s
         self._runs: dict[str, tuple[str, float, dict[str, float]]] = {}
+        #: (provider, model) -> the children of :meth:`_model_children`
+        self._models: dict[tuple[str, str], tuple[Any, ...]] = {}
+        #: (workflow, status) -> the steps counter and duration histogram children
+        self._steps: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "run.started": self._run_started, "run.finished": self._run_finished,
             "step.started": self._step_started, "step.completed": self._step_completed,
@@ -278,13 +282,18 @@ class MetricsListener:
     def _step_done(self, event: Event, status: str) -> None:
         run = self._runs.get(event.run_id)
         workflow = run[0] if run is not None else "unknown"
-        self.metrics.steps.labels(workflow, status).inc()
+        children = self._steps.get((workflow, status))
+        if children is None:  # looked up once per workflow and status
+            children = (self.metrics.steps.labels(workflow, status),
+                        self.metrics.step_duration.labels(workflow, status))
+            self._steps[(workflow, status)] = children
+        children[0].inc()
         started = run[2].pop(event.step_id, None) if run is not None and event.step_id else None
         duration = event.data.get("duration_s")
         if not isinstance(duration, (int, float)) and started is not None:
             duration = event.time - started
         if isinstance(duration, (int, float)):
-            self.metrics.step_duration.labels(workflow, status).observe(max(0.0, duration))
+            children[1].observe(max(0.0, duration))
 
     def _step_completed(self, event: Event) -> None:
         if event.data.get("resumed"):
@@ -298,19 +307,34 @@ class MetricsListener:
     def _step_skipped(self, event: Event) -> None:
         self.metrics.steps.labels(self._workflow(event.run_id), "skipped").inc()
 
+    def _model_children(self, provider: str, model: str) -> tuple[Any, ...]:
+        """Return the ``ok`` children of one model (calls, latency, input and output tokens,
+        cost), looked up once: ``labels()`` costs more than the increments.
+        """
+        children = self._models.get((provider, model))
+        if children is None:
+            m = self.metrics
+            children = (m.model_calls.labels(provider, model, "ok"),
+                        m.model_duration.labels(provider, model, "ok"),
+                        m.tokens.labels(provider, model, "input"),
+                        m.tokens.labels(provider, model, "output"),
+                        m.cost.labels(provider, model))
+            self._models[(provider, model)] = children
+        return children
+
     def _llm_call(self, event: Event) -> None:
         data = event.data
-        m = self.metrics
-        provider, model = str(data.get("provider", "")), str(data.get("model", ""))
-        m.model_calls.labels(provider, model, "ok").inc()
+        calls, duration, tokens_in, tokens_out, cost_usd = self._model_children(
+            str(data.get("provider", "")), str(data.get("model", "")))
+        calls.inc()
         latency = data.get("latency_s")
         if isinstance(latency, (int, float)):
-            m.model_duration.labels(provider, model, "ok").observe(latency)
-        m.tokens.labels(provider, model, "input").inc(data.get("input_tokens") or 0)
-        m.tokens.labels(provider, model, "output").inc(data.get("output_tokens") or 0)
+            duration.observe(latency)
+        tokens_in.inc(data.get("input_tokens") or 0)
+        tokens_out.inc(data.get("output_tokens") or 0)
         cost = data.get("cost_usd")
         if cost:
-            m.cost.labels(provider, model).inc(cost)
+            cost_usd.inc(cost)
 
     def _llm_error(self, event: Event) -> None:
         data = event.data
