@@ -205,3 +205,25 @@ async def test_two_workers_runs_are_summed_on_both_metrics_endpoints(service: An
     finally:
         served.terminate()
         served.wait(timeout=10)
+
+
+def test_cli_runs_in_separate_processes_are_summed_by_metrics_show(tmp_path: Path) -> None:
+    """A CLI-only user: two ``flowyard run`` processes, then ``flowyard metrics show``."""
+    svc = Service(tmp_path)
+    svc.env["FLOWYARD_STORAGE_URL"] = f"sqlite:///{tmp_path / 'runs.db'}"
+    (tmp_path / "wf.yaml").write_text(PRICED.replace("seconds: 0.5", "seconds: 0"))
+    runs = [subprocess.Popen([*CLI, "run", str(tmp_path / "wf.yaml"), "--no-live"],
+                             env=svc.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for _ in range(2)]
+    for process in runs:
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, out.decode()
+    pids = {int(m.group(1)) for p in svc.metrics_dir.glob("*.db")
+            if (m := re.search(r"_(\d+)\.db$", p.name))}
+    assert {p.pid for p in runs} <= pids
+    got = parse(svc.command("metrics", "show"))
+    assert got[("flowyard_runs_total", (("status", "completed"), ("workflow", "priced")))] == 2
+    assert got[("flowyard_model_calls_total", (("model", "priced"), ("outcome", "ok"),
+                                               ("provider", "fake")))] == 2
+    assert got[("flowyard_model_cost_usd_total", (("model", "priced"),
+                                                  ("provider", "fake")))] > 0
