@@ -21,16 +21,13 @@ import httpx
 import pytest
 from flowyard import Stack
 from flowyard_otel.tracing import OtelTracer
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 def _tracer() -> tuple[OtelTracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return OtelTracer(provider), exporter
+    return OtelTracer(SimpleSpanProcessor(exporter)), exporter
 
 
 class Gateway:
@@ -43,7 +40,7 @@ class Gateway:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 raw = json.dumps({

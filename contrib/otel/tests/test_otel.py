@@ -12,7 +12,7 @@ import flowyard
 import pytest
 from flowyard_otel import plugin
 from flowyard_otel.tracing import OtelTracer, redact
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -89,9 +89,7 @@ def exporter() -> InMemorySpanExporter:
 
 
 def _tracer(exporter: InMemorySpanExporter, **kwargs: Any) -> OtelTracer:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return OtelTracer(provider, **kwargs)
+    return OtelTracer(SimpleSpanProcessor(exporter), **kwargs)
 
 
 @pytest.fixture
@@ -304,7 +302,7 @@ def receiver() -> Iterator[tuple[str, list[Any]]]:
     received: list[Any] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)

@@ -108,9 +108,9 @@ def outgoing_headers(headers: Mapping[str, str] | None = None) -> Mapping[str, s
         headers: the request's own headers (kept; an injector may not remove them).
 
     Returns:
-        ``headers`` itself (possibly None) when no injector is registered or none added
-        anything (not copied), else a new dict with the injected headers added (the request's own headers
-        win over injected ones of the same name).
+        ``headers`` itself (possibly None, not copied) when no injector is registered or
+        none added anything, else a new dict with the injected headers added (the request's
+        own headers win over injected ones of the same name).
     """
     if not _INJECTORS:
         return headers

@@ -110,9 +110,9 @@ def make_exporter(exporter: str, protocol: str) -> Any:
 
 
 def build_tracer(config: flowyard.Config, exporter: Any = None) -> Any:
-    """Build the tracer listener of a stack: a tracer provider (resource from
-    ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``, service name ``flowyard`` by default)
-    with a ``BatchSpanProcessor`` on the configured exporter.
+    """Build the tracer listener of a stack: a ``BatchSpanProcessor`` on the configured
+    exporter, the resource from ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` (service
+    name ``flowyard`` by default).
 
     Args:
         config: the stack's configuration.
@@ -122,18 +122,17 @@ def build_tracer(config: flowyard.Config, exporter: Any = None) -> Any:
         the :class:`~flowyard_otel.tracing.OtelTracer`.
     """
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from flowyard_otel.tracing import OtelTracer
 
     found = settings(config)
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "flowyard"}
-    provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(
+    processor = BatchSpanProcessor(  # its queue and batch sizes: the OTEL_BSP_* variables
         exporter if exporter is not None else make_exporter(found["exporter"],
-                                                            found["protocol"])))
-    return OtelTracer(provider, capture_content=found["capture_content"],
+                                                            found["protocol"]))
+    return OtelTracer(processor, resource=Resource.create(attributes),
+                      capture_content=found["capture_content"],
                       content_max_chars=found["content_max_chars"])
 
 

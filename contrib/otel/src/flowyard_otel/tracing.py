@@ -18,6 +18,7 @@ gives requests sent on its behalf (``flowyard-http``'s providers) the attempt sp
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -25,10 +26,13 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import flowyard
+from flowyard import current_step
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Span, TracerProvider
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event as SpanEvent
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ["OtelTracer", "SEMCONV_VERSION", "redact"]
@@ -79,6 +83,59 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
+
+
+class _Span:
+    """A span being recorded: finished into an SDK ``ReadableSpan`` handed to the span
+    processor. (Cheaper than the SDK's ``Tracer.start_span``, which samples, cleans every
+    attribute and takes locks; every span here is sampled and its times are the events'.)"""
+
+    __slots__ = ("tracer", "name", "context", "parent", "kind", "start_time", "attributes",
+                 "events", "status", "ended")
+
+    def __init__(self, tracer: OtelTracer, name: str, parent: SpanContext | None,
+                 kind: SpanKind, start_time: int, attributes: dict[str, Any]) -> None:
+        self.tracer = tracer
+        self.name = name
+        trace_id = parent.trace_id if parent is not None else random.getrandbits(128)
+        self.context = SpanContext(trace_id, random.getrandbits(64), False, _SAMPLED)
+        self.parent = parent
+        self.kind = kind
+        self.start_time = start_time
+        self.attributes = attributes
+        self.events: list[SpanEvent] = []
+        self.status = _OK
+        self.ended = False
+
+    def is_recording(self) -> bool:
+        return not self.ended
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_status(self, status: Status) -> None:
+        self.status = status
+
+    def add_event(self, name: str, attributes: dict[str, Any], timestamp: int) -> None:
+        self.events.append(SpanEvent(name, attributes, timestamp))
+
+    def end(self, end_time: int) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        tracer = self.tracer
+        tracer.processor.on_end(ReadableSpan(
+            name=self.name, context=self.context, parent=self.parent,
+            resource=tracer.resource, attributes=self.attributes, events=self.events,
+            kind=self.kind, status=self.status, start_time=self.start_time,
+            end_time=max(end_time, self.start_time), instrumentation_scope=tracer.scope))
+
+
+Span = _Span
+
+
 class _Run:
     __slots__ = ("span", "steps", "attempts", "open")
 
@@ -93,28 +150,32 @@ class OtelTracer:
     """An event listener that records a stack's runs as OpenTelemetry spans.
 
     Args:
-        provider: the SDK tracer provider whose span processors export the spans (the plugin
-            builds one with a ``BatchSpanProcessor``; tests pass one with an in-memory
-            exporter).
+        processor: the SDK span processor the finished spans go to (the plugin gives a
+            ``BatchSpanProcessor`` on the configured exporter; tests a ``SimpleSpanProcessor``
+            on an in-memory exporter).
+        resource: the spans' resource (default: ``Resource.create()``, which reads
+            ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``).
         capture_content: record prompt/completion content (agent turns, run inputs and
             outputs), redacted; off by default.
         content_max_chars: characters kept of one content value.
         inject_headers: register the outgoing header injector (``traceparent`` into
             provider requests).
-        shutdown_provider: shut the provider down (flush) in :meth:`aclose`.
+        shutdown_processor: shut the processor down (flush it) in :meth:`aclose`.
     """
 
-    def __init__(self, provider: TracerProvider, *, capture_content: bool = False,
+    def __init__(self, processor: SpanProcessor, *, resource: Resource | None = None,
+                 capture_content: bool = False,
                  content_max_chars: int = DEFAULT_CONTENT_MAX_CHARS,
-                 inject_headers: bool = True, shutdown_provider: bool = True) -> None:
-        self.provider = provider
-        self.tracer = provider.get_tracer("flowyard_otel", schema_url=(
-            f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"))
+                 inject_headers: bool = True, shutdown_processor: bool = True) -> None:
+        self.processor = processor
+        self.resource = resource if resource is not None else Resource.create()
+        self.scope = InstrumentationScope(
+            "flowyard_otel", "0.1.0", f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}")
         self.capture_content = capture_content
         self.content_max_chars = content_max_chars
         self._runs: dict[str, _Run] = {}
         self._lock = threading.RLock()
-        self._shutdown_provider = shutdown_provider
+        self._shutdown_processor = shutdown_processor
         self._remove_injector = (flowyard.add_header_injector(self.inject)
                                  if inject_headers else None)
         self._handlers = {
@@ -142,7 +203,7 @@ class OtelTracer:
 
     async def aclose(self) -> None:
         """End what is still open, remove the header injector and flush (shut down) the
-        provider.
+        span processor.
         """
         import anyio
 
@@ -154,10 +215,10 @@ class OtelTracer:
                 for span in [*run.attempts.values(), *run.steps.values(), run.span]:
                     if span.is_recording():
                         span.set_status(Status(StatusCode.ERROR, "the stack closed"))
-                        span.end()
+                        span.end(_ns(time.time()))
             self._runs.clear()
-        if self._shutdown_provider:
-            await anyio.to_thread.run_sync(self.provider.shutdown)
+        if self._shutdown_processor:
+            await anyio.to_thread.run_sync(self.processor.shutdown)
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """The outgoing header injector: add the ``traceparent`` of the attempt the current
@@ -166,7 +227,7 @@ class OtelTracer:
         Args:
             headers: the request's headers to add to.
         """
-        scope = flowyard.current_step()
+        scope = current_step()
         if scope is None:
             return
         with self._lock:
@@ -175,26 +236,31 @@ class OtelTracer:
                 return
             span = self._attempt(run, scope.run_id, scope.step_id, scope.step_key,
                                  scope.attempt, time.time())
-        _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
+        headers["traceparent"] = (f"00-{span.context.trace_id:032x}-"
+                                  f"{span.context.span_id:016x}-01")
 
     # ------------------------------------------------------------------ runs and steps
 
     def _run_started(self, event: flowyard.Event) -> None:
         data = event.data
-        parent: Context = Context()  # a new trace unless one is continued
+        parent: SpanContext | None = None  # a new trace unless one is continued
         parent_run = self._runs.get(str(data.get("parent_run_id") or ""))
         if parent_run is not None:
-            scope = flowyard.current_step()
+            scope = current_step()
             step = str(data.get("parent_step") or "")
             if scope is not None and scope.run_id == data.get("parent_run_id"):
-                parent = trace.set_span_in_context(self._attempt(
-                    parent_run, scope.run_id, scope.step_id, scope.step_key, scope.attempt,
-                    event.time))
+                parent = self._attempt(parent_run, scope.run_id, scope.step_id,
+                                       scope.step_key, scope.attempt, event.time).context
             else:
-                parent = trace.set_span_in_context(parent_run.steps.get(step)
-                                                   or parent_run.span)
+                parent = (parent_run.steps.get(step) or parent_run.span).context
         elif isinstance(data.get("traceparent"), str):
-            parent = _PROPAGATOR.extract({"traceparent": data["traceparent"]})
+            found = trace.get_current_span(_PROPAGATOR.extract(
+                {"traceparent": data["traceparent"]})).get_span_context()
+            if found.is_valid:
+                parent = found
+            else:
+                log.warning("run %s: its traceparent metadata is not a W3C traceparent; "
+                            "the run starts a new trace", event.run_id)
         workflow = str(data.get("workflow") or "")
         attributes: dict[str, Any] = {
             "flowyard.run.id": event.run_id, "flowyard.workflow.name": workflow,
@@ -204,10 +270,9 @@ class OtelTracer:
             attributes["flowyard.run.parent_step"] = str(data.get("parent_step") or "")
         if self.capture_content and data.get("inputs") is not None:
             attributes["flowyard.run.inputs"] = self._content(data["inputs"])
-        span = self.tracer.start_span(f"run {workflow}".strip(), context=parent,
-                                      kind=SpanKind.INTERNAL, attributes=attributes,
-                                      start_time=_ns(event.time))
-        self._runs[event.run_id] = _Run(span)  # type: ignore[arg-type]
+        span = self._start(f"run {workflow}".strip(), parent=parent, attributes=attributes,
+                           start_time=_ns(event.time))
+        self._runs[event.run_id] = _Run(span)
 
     def _run_finished(self, event: flowyard.Event) -> None:
         run = self._runs.pop(event.run_id, None)
@@ -236,12 +301,12 @@ class OtelTracer:
         step_id = str(event.step_id)
         span = run.steps.get(step_id)
         if span is None:
-            span = self.tracer.start_span(  # type: ignore[assignment]
-                f"step {step_id}", context=trace.set_span_in_context(run.span),
-                kind=SpanKind.INTERNAL, start_time=_ns(start),
-                attributes={"flowyard.run.id": event.run_id, "flowyard.step.id": step_id})
-            run.steps[step_id] = span  # type: ignore[assignment]
-        return span  # type: ignore[return-value]
+            span = self._start(f"step {step_id}", parent=run.span.context,
+                               start_time=_ns(start), attributes={
+                                   "flowyard.run.id": event.run_id,
+                                   "flowyard.step.id": step_id})
+            run.steps[step_id] = span
+        return span
 
     def _step_started(self, event: flowyard.Event) -> None:
         run = self._runs.get(event.run_id)
@@ -254,7 +319,7 @@ class OtelTracer:
                       ) -> None:
         keys = run.open.pop(step_id, [])
         for index, key in enumerate(keys):
-            span = run.attempts[key]
+            span = run.attempts.pop(key)
             if error is not None and index == len(keys) - 1:
                 self._error(span, error[0], error[1], end)
             span.end(end_time=end)
@@ -264,6 +329,7 @@ class OtelTracer:
         if run is None or not event.step_id:
             return
         span = self._step_span(run, event, event.time)
+        del run.steps[event.step_id]  # ended: nothing refers to it any more
         data = event.data
         end = _ns(event.time)
         self._end_attempts(run, event.step_id, end, None)
@@ -283,6 +349,7 @@ class OtelTracer:
         if run is None or not event.step_id:
             return
         span = self._step_span(run, event, event.time)
+        del run.steps[event.step_id]  # ended: nothing refers to it any more
         data = event.data
         end = _ns(event.time)
         error = (str(data.get("error_type") or "Error"), str(data.get("error") or ""))
@@ -297,6 +364,7 @@ class OtelTracer:
         if run is None or not event.step_id:
             return
         span = self._step_span(run, event, event.time)
+        del run.steps[event.step_id]
         span.set_attribute("flowyard.step.status", "skipped")
         span.set_attribute("flowyard.step.skip_reason", str(event.data.get("reason") or ""))
         span.end(end_time=_ns(event.time))
@@ -310,28 +378,25 @@ class OtelTracer:
             return span
         step = run.steps.get(step_id)
         if step is None:
-            step = self.tracer.start_span(  # type: ignore[assignment]
-                f"step {step_id}", context=trace.set_span_in_context(run.span),
-                start_time=_ns(start),
-                attributes={"flowyard.run.id": run_id, "flowyard.step.id": step_id})
-            run.steps[step_id] = step  # type: ignore[assignment]
+            step = self._start(f"step {step_id}", parent=run.span.context,
+                               start_time=_ns(start), attributes={
+                                   "flowyard.run.id": run_id, "flowyard.step.id": step_id})
+            run.steps[step_id] = step
         if number == 1 and key == step_id and step.start_time is not None:
             begin = step.start_time  # the first attempt starts with its step
         else:
             begin = _ns(start)
-        span = self.tracer.start_span(  # type: ignore[assignment]
-            f"attempt {key} #{number}", context=trace.set_span_in_context(step),
-            start_time=begin,
-            attributes={"flowyard.run.id": run_id, "flowyard.step.id": step_id,
-                        "flowyard.step.key": key, "flowyard.attempt": number})
-        run.attempts[(key, number)] = span  # type: ignore[assignment]
+        span = self._start(f"attempt {key} #{number}", parent=step.context, start_time=begin,
+                           attributes={"flowyard.run.id": run_id, "flowyard.step.id": step_id,
+                                       "flowyard.step.key": key, "flowyard.attempt": number})
+        run.attempts[(key, number)] = span
         run.open.setdefault(step_id, []).append((key, number))
-        return span  # type: ignore[return-value]
+        return span
 
     def _current_attempt(self, run: _Run, event: flowyard.Event, start: float) -> Span:
         """The attempt span a call belongs to: the current task's attempt (the call's event
         is emitted in it), else the step's, else the run's span."""
-        scope = flowyard.current_step()
+        scope = current_step()
         if scope is not None and scope.run_id == event.run_id:
             return self._attempt(run, event.run_id, scope.step_id, scope.step_key,
                                  scope.attempt, start)
@@ -353,6 +418,7 @@ class OtelTracer:
         self._error(span, str(data.get("error_type") or "Error"), str(data.get("error") or ""),
                     end)
         span.end(end_time=end)
+        del run.attempts[(key, number)]
         opened = run.open.get(event.step_id, [])
         if (key, number) in opened:
             opened.remove((key, number))
@@ -377,9 +443,8 @@ class OtelTracer:
             attributes["flowyard.step.id"] = event.step_id
         if data.get("agent"):
             attributes["gen_ai.agent.name"] = str(data["agent"])
-        return self.tracer.start_span(  # type: ignore[return-value]
-            f"chat {model}", context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT,
-            start_time=_ns(start), attributes=attributes)
+        return self._start(f"chat {model}", parent=parent.context, kind=SpanKind.CLIENT,
+                           start_time=_ns(start), attributes=attributes)
 
     def _llm_call(self, event: flowyard.Event) -> None:
         span = self._llm_span(event)
@@ -426,10 +491,8 @@ class OtelTracer:
             attributes["flowyard.step.id"] = event.step_id
         if data.get("agent"):
             attributes["gen_ai.agent.name"] = str(data["agent"])
-        span = self.tracer.start_span(f"execute_tool {tool}",
-                                      context=trace.set_span_in_context(parent),
-                                      kind=SpanKind.INTERNAL, start_time=_ns(start),
-                                      attributes=attributes)
+        span = self._start(f"execute_tool {tool}", parent=parent.context,
+                           start_time=_ns(start), attributes=attributes)
         end = _ns(event.time)
         if not data.get("ok", True):
             error = str(data.get("error") or "")
@@ -453,6 +516,10 @@ class OtelTracer:
             timestamp=_ns(event.time))
 
     # ------------------------------------------------------------------ helpers
+
+    def _start(self, name: str, *, parent: SpanContext | None, start_time: int,
+               attributes: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL) -> _Span:
+        return _Span(self, name, parent, kind, start_time, attributes)
 
     def _content(self, value: Any) -> str:
         if isinstance(value, str):

@@ -364,8 +364,8 @@ class HTTPProvider:
         client: Any = self._client if type(self).client is HTTPProvider.client else self.client()
         return await request_json(client, method, path, provider=self.name,
                                   model=model, secrets=self._secrets, json_body=json_body,
-                                  headers=outgoing_headers(headers), params=params, deadline=self.deadline,
-                                  max_retry_after=self.max_retry_after)
+                                  headers=outgoing_headers(headers), params=params,
+                                  deadline=self.deadline, max_retry_after=self.max_retry_after)
 
     async def stream_events(self, path: str, *, model: str, json_body: Any,
                             headers: Mapping[str, str] | None = None
