@@ -11,8 +11,9 @@ on memory storage with a listener on the event bus. Shapes: ``chain 500``, ``fan
 (1 -> 1000 -> 1) and ``10x50 layers``.
 
 * **off**: the stack as above;
-* **on**: the same stack plus :class:`flowyard_otel.tracing.OtelTracer` on a
-  ``BatchSpanProcessor`` (its default settings) exporting to an
+* **on**: the same stack plus the listener the plugin builds
+  (:func:`flowyard_otel.plugin.build_tracer`: a ``BatchSpanProcessor`` with the plugin's
+  queue and batch sizes) exporting to an
   exporter that counts the spans and drops them (the network is not part of the engine's
   overhead). The timed region ends after ``force_flush()``: the batch processor's export
   work is counted, not left in the background.
@@ -130,9 +131,9 @@ class CountingExporter:
 
 
 async def _measure(dags: dict[str, Dag], repeat: int) -> dict[str, dict[str, Any]]:
+    import flowyard
     from flowyard import Stack
-    from flowyard_otel.tracing import OtelTracer
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from flowyard_otel.plugin import build_tracer
 
     results: dict[str, dict[str, Any]] = {}
     for shape, dag in dags.items():
@@ -148,7 +149,7 @@ async def _measure(dags: dict[str, Dag], repeat: int) -> dict[str, dict[str, Any
                 async with stack:
                     if mode == "on":
                         exporter = CountingExporter()
-                        tracer = OtelTracer(BatchSpanProcessor(exporter))
+                        tracer = build_tracer(flowyard.Config({}), exporter=exporter)
                         stack.events.subscribe(tracer, name="otel")
                     workflow = stack.load_workflow(_workflow(shape, dag))
                     gc.collect()

@@ -24,6 +24,13 @@ from typing import Any
 
 import flowyard
 
+#: The batch span processor's queue (spans) and export batch size, unless
+#: ``OTEL_BSP_MAX_QUEUE_SIZE`` / ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` say otherwise. Larger than
+#: the SDK's 2048 and 512: one fan-out step of 1000 items makes 3000 spans at once (the SDK
+#: drops spans beyond the queue), and each batch wakes the export thread, which costs the
+#: engine's event loop more than the spans themselves (benchmarks/otel_overhead.py).
+DEFAULT_MAX_QUEUE_SIZE = 16384
+DEFAULT_MAX_EXPORT_BATCH_SIZE = 2048
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
@@ -111,7 +118,9 @@ def make_exporter(exporter: str, protocol: str) -> Any:
 
 def build_tracer(config: flowyard.Config, exporter: Any = None) -> Any:
     """Build the tracer listener of a stack: a ``BatchSpanProcessor`` on the configured
-    exporter, the resource from ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` (service
+    exporter (queue and batch sizes: :data:`DEFAULT_MAX_QUEUE_SIZE`,
+    :data:`DEFAULT_MAX_EXPORT_BATCH_SIZE` unless the ``OTEL_BSP_*`` variables are set), the
+    resource from ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` (service
     name ``flowyard`` by default).
 
     Args:
@@ -128,9 +137,14 @@ def build_tracer(config: flowyard.Config, exporter: Any = None) -> Any:
 
     found = settings(config)
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "flowyard"}
-    processor = BatchSpanProcessor(  # its queue and batch sizes: the OTEL_BSP_* variables
+    sizes: dict[str, int] = {}  # flowyard's defaults where OTEL_BSP_* does not say
+    if not os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"):
+        sizes["max_queue_size"] = DEFAULT_MAX_QUEUE_SIZE
+    if not os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
+        sizes["max_export_batch_size"] = DEFAULT_MAX_EXPORT_BATCH_SIZE
+    processor = BatchSpanProcessor(
         exporter if exporter is not None else make_exporter(found["exporter"],
-                                                            found["protocol"]))
+                                                            found["protocol"]), **sizes)
     return OtelTracer(processor, resource=Resource.create(attributes),
                       capture_content=found["capture_content"],
                       content_max_chars=found["content_max_chars"])

@@ -174,7 +174,7 @@ class OtelTracer:
         self.capture_content = capture_content
         self.content_max_chars = content_max_chars
         self._runs: dict[str, _Run] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._shutdown_processor = shutdown_processor
         self._remove_injector = (flowyard.add_header_injector(self.inject)
                                  if inject_headers else None)
