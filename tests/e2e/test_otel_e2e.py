@@ -182,3 +182,41 @@ def test_a_task_through_the_server_and_its_worker_is_one_trace(flowyard_home: An
     assert run.attributes["flowyard.run.id"] == task["run_id"]
     for name in ("step greet", "step ask", "attempt ask #1", "chat echo"):
         assert f"{spans[name].context.trace_id:032x}" == trace_id, name
+
+
+@pytest.mark.anyio
+async def test_export_over_otlp_grpc_to_a_real_receiver(
+        flowyard_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the spans reach a gRPC OTLP receiver on 127.0.0.1
+    (the gRPC exporter is the ``grpc`` extra; installed here)."""
+    from concurrent import futures
+
+    import grpc
+    from flowyard_otel import plugin
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[Any] = []
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        stack = Stack(plugins=[("otel", plugin)], config={"storage": {"url": "memory://"}})
+        async with stack:
+            result = await stack.run(stack.load_workflow(
+                {"name": "grpc", "steps": [{"id": "a", "uses": "echo",
+                                            "with": {"value": 1}}]}), {})
+            assert result.ok, result.error
+    finally:
+        server.stop(None)
+    names = {span.name for request in received for resource in request.resource_spans
+             for scope in resource.scope_spans for span in scope.spans}
+    assert {"run grpc", "step a", "attempt a #1"} <= names
