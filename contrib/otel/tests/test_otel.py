@@ -335,9 +335,6 @@ async def test_export_to_a_real_otlp_http_receiver(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
     monkeypatch.setenv("OTEL_SERVICE_NAME", "otel-test")
 
-    class Plugins:
-        register_event_listeners = staticmethod(plugin.register_event_listeners)
-
     stack = flowyard.Stack(plugins=[("otel", plugin), ("otel-test-tools", _Tools())],
                            config={"storage": {"url": "memory://"}})
     async with stack:
