@@ -164,10 +164,11 @@ async def test_persistence_options(examples: Path, tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_execute_python_needs_flowyard_exec(examples: Path) -> None:
-    async with GleitzeitClient(persistence="memory", config=CONFIG) as client:
-        if "python.run" in client.stack.tools.names():
-            pytest.skip("flowyard-exec is installed: tests/e2e/test_gleitzeit_format.py "
-                        "runs execute_python")
+    # without flowyard-exec (disabled here when it is installed; check-dists has it not at
+    # all); tests/e2e/test_gleitzeit_format.py runs execute_python with it
+    config = {**CONFIG, "plugins": {"disabled": ["exec"]}}
+    async with GleitzeitClient(persistence="memory", config=config) as client:
+        assert "python.run" not in client.stack.tools.names()
         with pytest.raises(RuntimeError, match="flowyard-exec"):
             await client.execute_python("scripts/generate_numbers.py", {"count": 2})
 

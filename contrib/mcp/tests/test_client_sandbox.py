@@ -60,7 +60,8 @@ async def test_bubblewrap_confines_the_server(flowyard_home: Path, make_stack: A
                                               stdio_server: Any) -> None:
     usable, why = bubblewrap_usable()
     if not usable:
-        pytest.skip(f"bubblewrap is not usable here: {why}")
+        # scripts/system-deps.sh installs bubblewrap: a missing one is a failure, not a skip
+        pytest.fail(f"bubblewrap is not usable here: {why}")
     server_dir = str(Path(__file__).parent)
     secret_file = flowyard_home.parent / "not-for-the-server.txt"
     secret_file.write_text("x")

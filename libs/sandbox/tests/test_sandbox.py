@@ -47,7 +47,8 @@ def test_directories_are_confined_to_the_root(tmp_path: Path) -> None:
 def test_bubblewrap_runs_a_command_confined(tmp_path: Path) -> None:
     usable, bwrap = bubblewrap_usable()
     if not usable:
-        pytest.skip(f"bubblewrap is not usable here: {bwrap}")
+        # scripts/system-deps.sh installs bubblewrap: a missing one is a failure, not a skip
+        pytest.fail(f"bubblewrap is not usable here: {bwrap}")
     work = tmp_path / "work"
     work.mkdir()
     hidden = tmp_path / "hidden.txt"

@@ -27,6 +27,7 @@ stderr).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fnmatch
 import hmac
@@ -389,7 +390,7 @@ def _failure(message: str) -> mcp_types.CallToolResult:
 
 
 @attrs.define
-class ExposedTool:
+class ExposedTool(abc.ABC):
     """One MCP tool of the server: its definition and how to call it (a base class).
 
     Attributes:
@@ -409,13 +410,13 @@ class ExposedTool:
         return mcp_types.Tool(name=self.name, description=self.description or None,
                               input_schema=self.schema)
 
+    @abc.abstractmethod
     async def call(self, arguments: dict[str, Any]) -> Any:
         """Run the tool and return its JSON-ready result.
 
         Raises:
             FlowyardError: the call failed (turned into an ``isError`` result by the server).
         """
-        raise NotImplementedError
 
 
 @attrs.define
