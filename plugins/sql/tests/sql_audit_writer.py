@@ -2,8 +2,9 @@
 
 Usage: python sql_audit_writer.py URL WRITER_ID COUNT GO_FILE
 
-Waits until GO_FILE exists (so every writer starts together), opens the storage, then appends
-COUNT audit records one append at a time (every other one a batch of two). Exits 0 on
+Opens the storage, writes GO_FILE.ready<WRITER_ID> and waits until GO_FILE exists (so every
+writer starts appending together, however late its process started), then appends COUNT
+audit records one append at a time (every other one a batch of two). Exits 0 on
 success; any error is printed and exits 1.
 """
 
@@ -19,11 +20,13 @@ from flowyard_sql.storage import SQLStorage
 
 
 async def main(url: str, writer: int, count: int, go_file: str) -> None:
-    while not os.path.exists(go_file):
-        time.sleep(0.005)
     storage = SQLStorage(url)
     await storage.open()
     try:
+        with open(f"{go_file}.ready{writer}", "w"):
+            pass
+        while not os.path.exists(go_file):
+            time.sleep(0.005)
         done = 0
         while done < count:
             size = 2 if done % 3 == 1 and done + 2 <= count else 1

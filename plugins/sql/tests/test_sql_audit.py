@@ -141,8 +141,12 @@ async def test_four_processes_appending_never_fork_the_chain(url: str, tmp_path:
     procs = [subprocess.Popen([sys.executable, str(script), url, str(i), str(PER_WRITER),
                                str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(WRITERS)]
-    time.sleep(1.0)
-    go.touch()
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.ready{i}").exists() for i in range(WRITERS)):
+        assert time.monotonic() < deadline, [p.poll() for p in procs]
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    go.touch()  # every writer has opened its storage: they start appending together
     for proc in procs:
         _out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
