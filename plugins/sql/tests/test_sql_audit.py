@@ -162,7 +162,11 @@ async def test_four_processes_appending_never_fork_the_chain(url: str, tmp_path:
         mine = [r.details["n"] for r in records if r.details["writer"] == writer]
         assert mine == list(range(PER_WRITER))  # each writer's records in its order
     interleaved = sum(1 for a, b in pairwise(records) if a.actor != b.actor)
-    assert interleaved > WRITERS  # the writers really ran at the same time
+    if not url.startswith("sqlite"):
+        # PostgreSQL queues the advisory lock's waiters, so concurrent writers interleave;
+        # SQLite's busy handler may let one writer win many appends in a row (sequential
+        # runs are legal there): the chain and per-writer order above are what must hold
+        assert interleaved > WRITERS  # the writers really ran at the same time
 
 
 # ----------------------------------------------------------------------------- migration 0008
