@@ -577,6 +577,128 @@ class SupportsKeyValueListing(Protocol):
 
 
 @runtime_checkable
+class SupportsKeyValueTTL(Protocol):
+    """A :class:`StorageBackend` whose key-value entries can expire (Redis: native key
+    expiry). The response cache uses it when the backend has it; otherwise it stores the
+    expiry time in the value and treats an expired entry as absent.
+    """
+
+    async def kv_set_ttl(self, namespace: str, key: str, value: Any, *, ttl_s: float) -> None:
+        """Store ``value`` (JSON-ready) under ``(namespace, key)`` for ``ttl_s`` seconds
+        (> 0); :meth:`StorageBackend.kv_get` returns None once it has expired.
+
+        Raises:
+            ValueError: ``ttl_s`` is not a positive number.
+            StorageError: the value could not be stored.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsSharedLimits(Protocol):
+    """A :class:`StorageBackend` that keeps rate limits, circuit breakers and budget
+    reservations *shared by every process using it*, each operation atomic across processes
+    (SQL: one transaction with row locks; Redis: one Lua script). The gateway uses it when
+    ``[limits] shared`` names this storage (``"storage"``) or its URL; without it, limits,
+    breakers and budgets live in each process's memory.
+
+    Times are the backend's own clock (seconds since the epoch; PostgreSQL ``now()``,
+    Redis ``TIME``), so processes on machines with skewed clocks still agree. Keys are
+    opaque strings built by the gateway (``"rate:openai/gpt-4o"``, ``"budget:tenant:acme:
+    2026-12-02"``, ``"breaker:openai"``). Ids of permits and reservations are chosen by the
+    caller (UUID hex), so a retried call after a dropped connection is idempotent.
+
+    A process that dies holding a concurrency permit or a budget reservation loses it to
+    its ``hold_s``: when that many seconds pass without release or settle, the permit is
+    freed and the reservation is counted as spent (the provider may have billed).
+    """
+
+    async def shared_rate_acquire(self, key: str, *, permit_id: str,
+                                  windows: Sequence[tuple[float, int]], tokens: int = 0,
+                                  tpm: int | None = None, concurrency: int | None = None,
+                                  hold_s: float = 600.0) -> float:
+        """Admit one call under ``key`` if every limit allows it now, recording it.
+
+        Args:
+            key: the limiter's key.
+            permit_id: the caller's id for this admission (released with it).
+            windows: ``(seconds, most requests)`` sliding windows (1 s, 60 s, ...).
+            tokens: estimated tokens of the call, counted against ``tpm`` over 60 s.
+            tpm: tokens per minute (None: unlimited).
+            concurrency: calls in flight at once under ``key`` (None: unlimited).
+            hold_s: seconds after which an unreleased permit is freed.
+
+        Returns:
+            0.0 when admitted; otherwise the seconds to wait before asking again (> 0;
+            a full concurrency limit gives a short poll interval).
+        """
+        ...
+
+    async def shared_rate_release(self, key: str, permit_id: str, *,
+                                  actual_tokens: int | None = None) -> None:
+        """Free the permit's concurrency slot and, when given, replace its estimated tokens
+        with ``actual_tokens``. Idempotent; an unknown or expired permit is ignored.
+        """
+        ...
+
+    async def shared_rate_pause(self, key: str, seconds: float) -> None:
+        """Admit nobody under ``key`` for ``seconds`` from now (a provider's retry-after)."""
+        ...
+
+    async def shared_breaker(self, key: str, *, event: str, threshold: int,
+                             cooldown_s: float) -> tuple[str, float | None]:
+        """Read or update the circuit breaker ``key`` atomically.
+
+        Args:
+            key: the breaker's key.
+            event: ``"check"`` (read only), ``"before_call"`` (an open breaker whose
+                cooldown passed becomes ``half_open`` and this caller is its one probe),
+                ``"success"`` (closes it), ``"failure"`` (counts a consecutive failure;
+                ``threshold`` of them, or a failed probe, open it for ``cooldown_s``),
+                ``"abort"`` (a probe that ended without an outcome: back to ``open`` with the
+                same reopening time).
+            threshold: consecutive failures that open the breaker.
+            cooldown_s: seconds an open breaker stays open.
+
+        Returns:
+            ``(state, reopens_at)``: the state after the event (``"closed"``, ``"open"``,
+            ``"half_open"``, or ``"probe"`` when ``before_call`` made this caller the probe)
+            and, when open, the backend time at which a probe is allowed.
+        """
+        ...
+
+    async def shared_budget_reserve(self, reservation_id: str,
+                                    budgets: Sequence[tuple[str, float]], amount_usd: float,
+                                    *, hold_s: float = 600.0) -> tuple[str, float, float] | None:
+        """Hold ``amount_usd`` (US dollars) in every budget, all or none.
+
+        Args:
+            reservation_id: the caller's id for the reservation.
+            budgets: ``(key, limit in US dollars)`` pairs.
+            amount_usd: the amount to hold (>= 0).
+            hold_s: seconds after which an unsettled reservation counts as spent.
+
+        Returns:
+            None when held everywhere; otherwise ``(key, spent_usd, reserved_usd)`` of the
+            first budget that could not cover it (nothing was held).
+        """
+        ...
+
+    async def shared_budget_settle(self, reservation_id: str, actual_usd: float | None
+                                   ) -> None:
+        """Replace the reservation's held amount with ``actual_usd`` in every budget it
+        holds (None: unknown cost, nothing spent). Idempotent.
+        """
+        ...
+
+    async def shared_budget_state(self, key: str) -> dict[str, float]:
+        """Return ``{"spent_usd": ..., "reserved_usd": ...}`` of budget ``key`` (zeros for
+        an unknown key).
+        """
+        ...
+
+
+@runtime_checkable
 class SupportsStepCommit(Protocol):
     """A :class:`StorageBackend` that writes what one step key's end produces -- its attempt
     record, its checkpoint, the events and log lines buffered since the last write -- in one
