@@ -39,6 +39,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("flowyard.commands.audit:audit", "The audit log: list, show, verify, export."),
     "metrics": ("flowyard.commands.metrics:metrics",
                 "Prometheus metrics across processes: serve, show."),
+    "cache": ("flowyard.commands.cache:cache", "The LLM response cache: stats, clear."),
     "keys": ("flowyard.commands.keys:keys",
              "Key store for provider secrets: set, get, list, delete, rotate."),
 }

@@ -123,6 +123,7 @@ class Stack:
 
         self._storage: StorageBackend | None = None
         self._storage_open = False
+        self._extra_storages: dict[str, StorageBackend] = {}
         self._llm: LLMGateway | None = None
 
     @classmethod
@@ -190,6 +191,33 @@ class Stack:
             self._storage = factory(url, self.config)
         return self._storage
 
+    async def open_storage(self, url: str) -> StorageBackend:
+        """Return an opened storage backend for ``url``: the stack's own storage when ``url``
+        is its :meth:`storage_url`, else a second backend built by the scheme's registered
+        factory (one per URL, closed by :meth:`aclose`). For state kept apart from the runs,
+        such as ``[cache] url`` or ``[limits] shared``.
+
+        Args:
+            url: a storage URL (``redis://127.0.0.1:6379/0``, ``sqlite:///path.db``).
+
+        Returns:
+            the opened backend.
+
+        Raises:
+            UnknownNameError: no plugin registers the URL's scheme.
+            StorageError: the backend could not be opened.
+        """
+        if url == self.storage_url():
+            await self.open()
+            return self.storage
+        backend = self._extra_storages.get(url)
+        if backend is None:
+            scheme = url.split(":", 1)[0].split("+", 1)[0]
+            backend = self.storage_schemes.get(scheme)(url, self.config)
+            await backend.open()
+            self._extra_storages[url] = backend
+        return backend
+
     @property
     def storage_is_open(self) -> bool:
         """True once :meth:`open` has opened the storage backend."""
@@ -217,6 +245,9 @@ class Stack:
         for listener in self.listeners.loaded().values():
             if isinstance(listener, SupportsAclose):  # the audit log flushes its buffer
                 await listener.aclose()
+        extra, self._extra_storages = self._extra_storages, {}
+        for backend in extra.values():
+            await backend.close()
         if self._storage is not None and self._storage_open:
             await self._storage.close()
             self._storage_open = False

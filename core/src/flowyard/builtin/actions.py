@@ -22,7 +22,15 @@ from flowyard.errors import ConfigError, ToolError, ToolInputError
 from flowyard.images import ImageInputError, ImagePolicy, image_policy, load_image
 from flowyard.interfaces import RouteRequest
 from flowyard.llm.budget import IMAGE_TOKENS
-from flowyard.models import ImagePart, Message, TextPart
+from flowyard.llm.cache import (
+    CachedResponse,
+    CachePolicy,
+    default_ttl,
+    is_deterministic,
+    open_response_cache,
+    request_key,
+)
+from flowyard.models import ChatResponse, ImagePart, Message, TextPart
 from flowyard.templating import has_template
 from flowyard.tools import BaseTool
 
@@ -31,6 +39,11 @@ if TYPE_CHECKING:
     from flowyard.workflow import Step, Workflow
 
 __all__ = ["EchoAction", "LogAction", "SleepAction", "ChatAction", "builtin_actions"]
+
+_NONDETERMINISTIC = (
+    "{where}: only deterministic requests are cached (temperature: 0 or a seed), so that "
+    "one sampled answer is not replayed forever; set temperature: 0 or seed, or "
+    "cache: {{allow_nondeterministic: true}}")
 
 
 class EchoAction(BaseTool):
@@ -125,7 +138,9 @@ class ChatAction(BaseTool):
     ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``, ``response_schema`` (JSON
     Schema: the answer is parsed and checked), ``requirements`` (``capabilities``,
     ``min_context``, ``max_input_price``, ``candidates``: a router picks the model; the model
-    defaults to ``auto``), ``stream``.
+    defaults to ``auto``), ``stream``, ``cache`` (``true`` or ``{ttl_s,
+    allow_nondeterministic}``: reuse a stored answer to the same request; see
+    :mod:`flowyard.llm.cache`).
 
     Streaming: with ``stream: true`` the answer is generated through ``stack.llm.stream`` and
     each piece is reported with :meth:`~flowyard.context.ToolContext.stream_text` (throttled
@@ -165,6 +180,17 @@ class ChatAction(BaseTool):
             "stream": {"type": "boolean",
                        "description": "stream the answer as step.delta events (default: "
                                       "while a live display listens)"},
+            "cache": {
+                "description": "reuse a stored answer to the same request (deterministic "
+                               "requests only: temperature 0 or a seed)",
+                "oneOf": [
+                    {"type": "boolean"},
+                    {"type": "object",
+                     "properties": {"ttl_s": {"type": "number", "minimum": 0},
+                                    "allow_nondeterministic": {"type": "boolean"}},
+                     "additionalProperties": False},
+                ],
+            },
             "requirements": {
                 "type": "object",
                 "properties": {
@@ -234,12 +260,12 @@ class ChatAction(BaseTool):
         stream = arguments.get("stream")
         if stream is None:
             stream = schema is None and context.stack.events.wants_transient()
-        if stream:
-            text = await self._stream(context, messages, model, params)
+        policy = self._cache_policy(arguments, context)
+        if policy is None:
+            text, _ = await self._call(context, messages, model, params, stream)
         else:
-            response = await context.stack.llm.chat(messages, model=model, context=context,
-                                                    **params)
-            text = response.text
+            text = await self._cached_call(context, messages, model, params, stream,
+                                           arguments, policy)
         if schema is None:
             return text
         try:
@@ -254,6 +280,66 @@ class ChatAction(BaseTool):
             raise ToolError(f"llm.chat: the answer does not match response_schema: "
                             f"{errors[0].message}", tool=self.name, retriable=True)
         return value
+
+    async def _call(self, context: ToolContext, messages: list[Message], model: str | None,
+                    params: dict[str, Any], stream: bool) -> tuple[str, ChatResponse | None]:
+        """Make the call; return the answer text and the response (None when streamed)."""
+        if stream:
+            return await self._stream(context, messages, model, params), None
+        response = await context.stack.llm.chat(messages, model=model, context=context,
+                                                **params)
+        return response.text, response
+
+    def _cache_policy(self, arguments: Mapping[str, Any], context: ToolContext
+                      ) -> CachePolicy | None:
+        """Return the step's cache policy (None: no cache).
+
+        Raises:
+            ToolInputError: a malformed ``cache``, or ``cache`` on a request that is neither
+                ``temperature: 0`` nor seeded without ``allow_nondeterministic``.
+        """
+        where = f"llm.chat step {context.step_id!r}, with.cache"
+        try:
+            policy = CachePolicy.from_argument(
+                arguments.get("cache"),
+                default_ttl_s=default_ttl(context.stack.config.section("cache")), where=where)
+        except ConfigError as exc:
+            raise ToolInputError(str(exc), tool=self.name) from None
+        if policy is not None and not policy.allow_nondeterministic \
+                and not is_deterministic(arguments):
+            raise ToolInputError(_NONDETERMINISTIC.format(where=where), tool=self.name)
+        return policy
+
+    async def _cached_call(self, context: ToolContext, messages: list[Message],
+                           model: str | None, params: dict[str, Any], stream: bool,
+                           arguments: Mapping[str, Any], policy: CachePolicy) -> str:
+        """Answer from the response cache, or call and store the answer.
+
+        Emits ``llm.cache.hit`` (``cost_usd`` 0.0, ``saved_usd``) or ``llm.cache.miss``.
+        """
+        cache = await open_response_cache(context.stack)
+        ref = model or context.stack.llm.default_model()
+        key = request_key(ref, messages, arguments)
+        entry = await cache.get(key)
+        if entry is not None:
+            context.emit("llm.cache.hit", key=key, model=f"{entry.provider}/{entry.model}",
+                         cost_usd=0.0, saved_usd=entry.cost_usd,
+                         input_tokens=entry.input_tokens, output_tokens=entry.output_tokens)
+            if stream:
+                context.stream_text(entry.text)
+                context.stream_text("", final=True)
+            return entry.text
+        context.emit("llm.cache.miss", key=key, model=ref)
+        text, response = await self._call(context, messages, model, params, stream)
+        if response is not None:
+            entry = CachedResponse(text, provider=response.provider, model=response.model,
+                                   input_tokens=response.usage.input_tokens,
+                                   output_tokens=response.usage.output_tokens,
+                                   cost_usd=response.cost_usd)
+        else:  # streamed: the gateway's cost line has the figures; the entry keeps the text
+            entry = CachedResponse(text, model=ref)
+        await cache.put(key, entry, ttl_s=policy.ttl_s)
+        return text
 
     async def _images(self, context: ToolContext, policy: ImagePolicy | None,
                       values: list[str] | None, field: str) -> list[ImagePart]:
@@ -292,6 +378,14 @@ class ChatAction(BaseTool):
         where = f"{base}.with"
         with_ = dict(step.with_)
         schema_issues(self.parameters, with_, where, self.name, issue)
+        cache = with_.get("cache")
+        if cache is True or (isinstance(cache, Mapping)
+                             and cache.get("allow_nondeterministic") is not True):
+            temperature, seed = with_.get("temperature"), with_.get("seed")
+            literal = not any(isinstance(v, str) and has_template(v) for v in (temperature, seed))
+            if literal and not is_deterministic({"temperature": temperature, "seed": seed}):
+                issue(_NONDETERMINISTIC.format(where=f"llm.chat step {step.id!r}"),
+                      f"{where}.cache")
         fields: list[tuple[str, Any]] = [("", with_.get("images"))]
         messages = with_.get("messages")
         if isinstance(messages, list):
