@@ -68,6 +68,9 @@ __all__ = [
     "Router",
     "RouteRequest",
     "Executor",
+    "SupportsStepCalls",
+    "StepCall",
+    "StepReply",
     "WorkflowLoader",
     "EventListener",
 ]
@@ -629,8 +632,14 @@ class SupportsSharedLimits(Protocol):
             hold_s: seconds after which an unreleased permit is freed.
 
         Returns:
-            0.0 when admitted; otherwise the seconds to wait before asking again (> 0;
-            a full concurrency limit gives a short poll interval).
+            0.0 when admitted (also when ``permit_id`` was admitted before: a retry takes no
+            second place); otherwise the seconds to wait before asking again (> 0; a full
+            concurrency limit gives a short poll interval). A request of more than ``tpm``
+            tokens counts as ``tpm``.
+
+        Raises:
+            ValueError: a window's seconds not finite and > 0 or its limit < 1; ``tokens``
+                < 0; ``tpm`` or ``concurrency`` < 1; ``hold_s`` not finite and > 0.
         """
         ...
 
@@ -642,7 +651,12 @@ class SupportsSharedLimits(Protocol):
         ...
 
     async def shared_rate_pause(self, key: str, seconds: float) -> None:
-        """Admit nobody under ``key`` for ``seconds`` from now (a provider's retry-after)."""
+        """Admit nobody under ``key`` for ``seconds`` from now (a provider's retry-after);
+        a pause never shortens a longer one.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
         ...
 
     async def shared_breaker(self, key: str, *, event: str, threshold: int,
@@ -651,8 +665,11 @@ class SupportsSharedLimits(Protocol):
 
         Args:
             key: the breaker's key.
-            event: ``"check"`` (read only), ``"before_call"`` (an open breaker whose
-                cooldown passed becomes ``half_open`` and this caller is its one probe),
+            event: ``"check"`` (read only; an open breaker whose cooldown has passed reads
+                as ``half_open``: the next ``before_call`` may probe), ``"before_call"`` (an
+                open breaker whose cooldown passed becomes ``half_open`` and this caller is
+                its one probe; a probe that reported nothing within ``cooldown_s`` is
+                presumed lost with its process and the next caller probes),
                 ``"success"`` (closes it), ``"failure"`` (counts a consecutive failure;
                 ``threshold`` of them, or a failed probe, open it for ``cooldown_s``),
                 ``"abort"`` (a probe that ended without an outcome: back to ``open`` with the
@@ -664,6 +681,9 @@ class SupportsSharedLimits(Protocol):
             ``(state, reopens_at)``: the state after the event (``"closed"``, ``"open"``,
             ``"half_open"``, or ``"probe"`` when ``before_call`` made this caller the probe)
             and, when open, the backend time at which a probe is allowed.
+
+        Raises:
+            ValueError: an unknown ``event``, ``threshold`` < 1 or ``cooldown_s`` <= 0.
         """
         ...
 
@@ -679,21 +699,31 @@ class SupportsSharedLimits(Protocol):
             hold_s: seconds after which an unsettled reservation counts as spent.
 
         Returns:
-            None when held everywhere; otherwise ``(key, spent_usd, reserved_usd)`` of the
-            first budget that could not cover it (nothing was held).
+            None when held everywhere (also when ``reservation_id`` is held already: a retry
+            holds nothing more); otherwise ``(key, spent_usd, reserved_usd)`` of the first
+            budget that could not cover it (nothing was held). A budget covers an amount
+            when ``spent + reserved + amount <= limit`` (1e-12 tolerance).
+
+        Raises:
+            ValueError: ``amount_usd`` or a limit negative or not finite; ``hold_s`` not
+                finite and > 0.
         """
         ...
 
     async def shared_budget_settle(self, reservation_id: str, actual_usd: float | None
                                    ) -> None:
         """Replace the reservation's held amount with ``actual_usd`` in every budget it
-        holds (None: unknown cost, nothing spent). Idempotent.
+        holds (None: unknown cost, nothing spent). Idempotent; an unknown reservation, or one
+        already counted as spent after its ``hold_s``, is left as it is.
+
+        Raises:
+            ValueError: ``actual_usd`` is negative or not finite.
         """
         ...
 
     async def shared_budget_state(self, key: str) -> dict[str, float]:
         """Return ``{"spent_usd": ..., "reserved_usd": ...}`` of budget ``key`` (zeros for
-        an unknown key).
+        an unknown key); a reservation past its ``hold_s`` counts as spent.
         """
         ...
 
@@ -1122,5 +1152,102 @@ class SupportsStepValidation(Protocol):
             services: the stack's services (registries, configuration).
             issue: records one problem: a message and a path such as ``steps[2].with.prompt``.
             base: the step's path (``steps[2]``), the prefix of ``issue`` paths.
+        """
+        ...
+
+
+@attrs.frozen
+class StepCall:
+    """One attempt of a step key described as data, for executors that run it elsewhere
+    (another process or machine) and rebuild the stack there (:class:`SupportsStepCalls`).
+
+    Everything is picklable and, except ``arguments`` and ``config`` (which are whatever the
+    workflow and the configuration hold), JSON-ready.
+
+    Attributes:
+        tool: the registered action to call (the step's ``uses``).
+        arguments: the rendered arguments (keys of ``SupportsRawArguments`` as written).
+        validated: the arguments were checked against the tool's schema by the engine.
+        run_id, step_id, step_key, attempt, idempotency_key: identify the attempt (as in
+            :class:`~flowyard.context.ToolContext`).
+        workflow_name, workflow_source: the run's workflow and its file (None without one).
+        actor: the run metadata's ``actor`` (per-caller limits and budgets), or None.
+        priority: the step's priority (higher first when slots are scarce).
+        resources: the step's ``resources`` (``num_cpus``, ``num_gpus``, ``memory`` in
+            bytes, custom names), or None.
+        timeout_s: seconds the attempt may take (None: no limit); the engine enforces it and
+            cancels :meth:`SupportsStepCalls.execute_step` when it passes.
+        budget_usd: US dollars the attempt's LLM calls may spend, held for it in the run's
+            and step's budgets by the engine (None: no budget applies).
+        config: the stack's merged configuration (``Config.data``), to rebuild the stack.
+    """
+
+    tool: str
+    arguments: Mapping[str, Any]
+    validated: bool
+    run_id: str
+    step_id: str
+    step_key: str
+    attempt: int
+    idempotency_key: str
+    workflow_name: str
+    workflow_source: str | None
+    actor: Any
+    priority: int
+    resources: Mapping[str, Any] | None
+    timeout_s: float | None
+    budget_usd: float | None
+    config: Mapping[str, Any]
+
+
+@attrs.frozen
+class StepReply:
+    """What a :class:`StepCall` produced where it ran.
+
+    Attributes:
+        output: the action's result (JSON-ready), None when it failed.
+        events: the events the call emitted there (``llm.call``, ``tool.call``, ``log``,
+            ...; transient events excluded), in order; the engine emits them again in the
+            run, so listeners, totals and budgets see them as for a local call.
+        error: the exception the action raised (re-raised by the engine after the events),
+            or None.
+        cost_usd: the sum of the known costs of the call's ``llm.call`` events, US dollars.
+    """
+
+    output: Any = None
+    events: tuple[Event, ...] = ()
+    error: BaseException | None = None
+    cost_usd: float = 0.0
+
+
+@runtime_checkable
+class SupportsStepCalls(Protocol):
+    """An executor that runs steps where the driver's objects cannot go (another process,
+    a cluster), given a :class:`StepCall` instead of a closure.
+
+    The engine (the driver) keeps the DAG, priorities, retries, timeouts, checkpoints and
+    events: for each attempt of a step using this executor it holds the attempt's budget
+    slice, calls :meth:`execute_step`, emits the reply's events in the run, settles the
+    budget slice with ``reply.cost_usd`` and returns ``reply.output`` or raises
+    ``reply.error``. :meth:`Executor.execute` keeps serving callers with closures.
+    """
+
+    async def execute_step(self, call: StepCall, action: Callable[[], Awaitable[Any]]
+                           ) -> StepReply:
+        """Run ``call`` and return its reply.
+
+        Args:
+            call: the attempt, as data.
+            action: the same attempt as an in-process closure (for executors that may run
+                some calls locally).
+
+        Returns:
+            a :class:`StepReply`; an error of the action is returned in ``reply.error``, not
+            raised, so its events are kept.
+
+        Raises:
+            Exception: the executor itself failed (a lost worker: an error with
+                ``retriable = True``, so the step's retry policy applies); cancellation
+                propagates and cancels the remote work.
         """
         ...

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -263,6 +264,11 @@ class Step:
         priority: higher runs first when concurrency slots are scarce.
         budget_usd: US dollars this step's LLM calls may spend.
         executor: the executor name (None: ``local``).
+        resources: what one attempt needs where it runs, for executors that place work
+            (``flowyard-ray``): ``num_cpus`` and ``num_gpus`` (numbers >= 0), ``memory`` in
+            bytes (written as an integer or a size such as ``"2GB"``/``"512MiB"``) and any
+            custom resource name with a number >= 0; None: the executor's default. The
+            ``local`` executor ignores it.
         name, description: for humans.
     """
 
@@ -281,6 +287,7 @@ class Step:
     priority: int = 0
     budget_usd: float | None = None
     executor: str | None = None
+    resources: dict[str, Any] | None = None
     name: str = ""
     description: str = ""
 
@@ -406,7 +413,7 @@ _WORKFLOW_KEYS = {"name", "description", "version", "inputs", "steps", "outputs"
                   "max_concurrency", "budget_usd", "timeout", "on_failure"}
 _STEP_KEYS = {"id", "uses", "with", "depends_on", "when", "for_each", "max_parallel", "until",
               "max_iterations", "retry", "timeout", "on_error", "priority", "budget_usd",
-              "executor", "name", "description"}
+              "executor", "resources", "name", "description"}
 _RETRY_KEYS = {a.name for a in attrs.fields(RetryPolicy)}
 _INPUT_KEYS = {"type", "default", "description"}
 
@@ -575,6 +582,7 @@ def _parse_step(raw: Any, index: int, c: _Collector) -> Step | None:
     max_iterations = c.number(raw.get("max_iterations", 10), f"{path}.max_iterations",
                               integer=True, minimum=1, allow_none=False)
     executor = c.string(raw.get("executor"), f"{path}.executor", allow_none=True)
+    resources = _parse_resources(raw.get("resources"), f"{path}.resources", c)
     if step_id is None or uses is None:
         return None
     return Step(
@@ -594,9 +602,59 @@ def _parse_step(raw: Any, index: int, c: _Collector) -> Step | None:
         priority=priority,
         budget_usd=c.number(raw.get("budget_usd"), f"{path}.budget_usd"),
         executor=executor,
+        resources=resources,
         name=str(raw.get("name", "") or ""),
         description=str(raw.get("description", "") or ""),
     )
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(value: Any) -> int:
+    """Return a size in bytes from an integer (bytes) or text such as ``"2GB"`` (10^9),
+    ``"512MiB"`` (2^20) or ``"1.5G"``; units are case-insensitive.
+
+    Raises:
+        ValueError: not a size (the message shows the value and the units).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(f"expected a size in bytes (an integer >= 0 or text such as '2GB', "
+                     f"'512MiB'; units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got {value!r}")
+
+
+def _parse_resources(raw: Any, path: str, c: _Collector) -> dict[str, Any] | None:
+    """Check and normalize a step's ``resources`` (``memory`` to bytes); None when absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        c.add(f"'resources' must be a mapping such as {{num_cpus: 1, memory: 2GB}}, "
+              f"got {type(raw).__name__}", path)
+        return None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{path}.{key}"
+        if not isinstance(key, str) or not key:
+            c.add(f"resource names must be non-empty strings, got {key!r}", where, key=True)
+            continue
+        if key == "memory":
+            try:
+                out[key] = parse_size(value)
+            except ValueError as exc:
+                c.add(f"'memory': {exc}", where)
+            continue
+        number = c.number(value, where, allow_none=False)
+        if number is not None:
+            out[key] = number
+    return out
 
 
 def parse_workflow(data: Mapping[str, Any], *, locations: Locations | None = None,

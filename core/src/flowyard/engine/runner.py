@@ -46,7 +46,7 @@ from flowyard.errors import (
     WorkflowValidationError,
 )
 from flowyard.llm.budget import Budget, BudgetChain
-from flowyard.interfaces import SupportsStepCommit
+from flowyard.interfaces import StepCall, SupportsStepCalls, SupportsStepCommit
 from flowyard.models import Event, LogRecord, RunRecord, StepAttempt, new_id
 from flowyard.propagation import StepScope, enter_step, leave_step
 from flowyard.serialization import json_default
@@ -343,6 +343,8 @@ class Run:
             raise ConfigError(f"engine.storage_write_attempts / engine.storage_retry_wait must "
                               f"be numbers: {exc}") from None
         self._executors: dict[str | None, Any] = {}
+        #: ids of the executors that take StepCall data (SupportsStepCalls), checked once
+        self._step_call_executors: set[int] = set()
         self.budget = (Budget(workflow.budget_usd, scope="run", name=workflow.name)
                        if workflow.budget_usd is not None else None)
         self.parent_budgets = tuple(parent_budget or ())  # a sub-workflow's parent step
@@ -1103,6 +1105,8 @@ class Run:
         if executor is None:
             resolved = name or str(self.stack.config.get("engine.executor") or "local")
             executor = self._executors[name] = self.stack.executors.get(resolved)
+            if isinstance(executor, SupportsStepCalls):
+                self._step_call_executors.add(id(executor))
         return executor
 
     async def _dispatch(self, state: _State, arguments: Any, ctx: ToolContext) -> Any:
@@ -1124,7 +1128,55 @@ class Run:
             action = lambda: invoke_tool(ctx, tool, arguments, validated=True)  # noqa: E731
         else:
             action = lambda: invoke_tool(ctx, tool, arguments)  # noqa: E731
-        return await self._executor(step.executor).execute(action, step_id=step.id)
+        executor = self._executor(step.executor)
+        if id(executor) in self._step_call_executors:
+            return await self._dispatch_call(executor, state, arguments, ctx, action,
+                                             validated=checks is not None)
+        return await executor.execute(action, step_id=step.id)
+
+    async def _dispatch_call(self, executor: SupportsStepCalls, state: _State,
+                             arguments: Mapping[str, Any], ctx: ToolContext,
+                             action: Callable[[], Awaitable[Any]], *, validated: bool) -> Any:
+        """Run one attempt on an executor that takes :class:`StepCall` data (another process
+        or machine): hold a slice of the budgets for it, emit the events it returns in this
+        run, settle the slice with their cost, and return its output or raise its error.
+
+        The slice is the chain's remaining amount divided by the run's concurrency limit, so
+        attempts running at once can never hold more than the budgets have left. A call whose
+        executor failed (a lost worker; cancelled) is charged its whole slice: what it spent
+        is unknown here.
+        """
+        step = state.step
+        chain = ctx.budget
+        reservation = None
+        budget_usd = None
+        if chain:
+            remaining = chain.remaining_usd
+            budget_usd = 0.0  # nothing left: the remote gateway refuses every priced call
+            if remaining > 0:
+                reservation = chain.reserve(remaining / max(1, self.slots.total))
+                budget_usd = reservation.amount_usd
+        call = StepCall(
+            tool=step.uses, arguments=arguments, validated=validated, run_id=self.run_id,
+            step_id=step.id, step_key=ctx.step_key or step.id, attempt=ctx.attempt,
+            idempotency_key=ctx.idempotency_key or "", workflow_name=self.workflow.name,
+            workflow_source=self.workflow.source, actor=ctx.actor, priority=step.priority,
+            resources=step.resources, timeout_s=step.timeout,
+            budget_usd=budget_usd, config=self.stack.config.data)
+        try:
+            reply = await executor.execute_step(call, action)
+        except BaseException:
+            if reservation is not None:
+                BudgetChain.settle(reservation, reservation.amount_usd)
+            raise
+        events = self.stack.events
+        for event in reply.events:
+            events.publish(event.type, self.run_id, event.step_id, dict(event.data))
+        if reservation is not None:
+            BudgetChain.settle(reservation, reply.cost_usd)
+        if reply.error is not None:
+            raise reply.error
+        return reply.output
 
 
 def _time_left(step_timeout: float | None) -> float | None:
