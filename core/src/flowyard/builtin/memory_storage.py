@@ -12,6 +12,9 @@ from __future__ import annotations
 import bisect
 import copy
 import json
+import math
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +35,7 @@ from flowyard.models import (
 )
 from flowyard.serialization import json_default
 
-__all__ = ["MemoryStorage"]
+__all__ = ["MemoryStorage", "SharedLimitsMixin", "CONCURRENCY_POLL_S"]
 
 _IMMUTABLE = (str, int, float, bool, type(None))
 
@@ -118,8 +121,305 @@ def _thaw_attempt(stored: StepAttempt) -> StepAttempt:
     return attrs.evolve(stored, output=_thaw(stored.output))
 
 
-class MemoryStorage:
+# ----------------------------------------------------------------------------- shared limits
+
+#: Seconds a caller is asked to wait when a concurrency limit is full (no release time is
+#: known in advance): the poll interval of :meth:`MemoryStorage.shared_rate_acquire`.
+CONCURRENCY_POLL_S = 0.02
+_EPS = 1e-9
+_BREAKER_EVENTS = ("check", "before_call", "success", "failure", "abort")
+
+
+def _finite(value: Any, what: str, *, low: float, strict: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a finite number ``>= low`` (``> low``
+    when ``strict``).
+
+    Raises:
+        ValueError: not a number, not finite, or out of range (names ``what``).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or math.isinf(value) or value < low or (strict and value == low):
+        raise ValueError(f"{what} must be a finite number {'>' if strict else '>='} {low:g}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, what: str, *, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+class _RateState:
+    """One shared rate key: admission log (times ascending, with tokens), live concurrency
+    holds, pause.
+    """
+
+    __slots__ = ("times", "entries", "permits", "holds", "paused_until", "horizon")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.entries: list[list[Any]] = []  # [time, permit_id, tokens]
+        self.permits: dict[str, list[Any]] = {}
+        self.holds: dict[str, float] = {}  # permit id -> expires at
+        self.paused_until = -math.inf
+        self.horizon = 60.0
+
+    def prune(self, now: float) -> None:
+        cut = bisect.bisect_right(self.times, now - self.horizon)
+        if cut:
+            for entry in self.entries[:cut]:
+                self.permits.pop(entry[1], None)
+            del self.times[:cut]
+            del self.entries[:cut]
+        for permit, expires in list(self.holds.items()):
+            if expires <= now:
+                del self.holds[permit]
+
+
+class SharedLimitsMixin:
+    """:class:`~flowyard.interfaces.SupportsSharedLimits` in this process's memory: the
+    reference implementation of the contract (every operation runs under one lock without
+    suspending, so it is atomic for every task and thread of the process; nothing is shared
+    with other processes). Times are ``time.time()``.
+    """
+
+    def _shared_init(self) -> None:
+        self._shared_lock = threading.Lock()
+        self._rate: dict[str, _RateState] = {}
+        self._breakers: dict[str, list[Any]] = {}  # key -> [state, failures, reopens, probe]
+        self._budget_spent: dict[str, float] = defaultdict(float)
+        self._budget_held: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
+        self._reservations: dict[str, tuple[tuple[str, ...], float, float]] = {}
+
+    #: the backend's clock (seconds since the epoch); tests may replace it
+    shared_now = staticmethod(time.time)
+
+    async def shared_rate_acquire(self, key: str, *, permit_id: str,
+                                  windows: Sequence[tuple[float, int]], tokens: int = 0,
+                                  tpm: int | None = None, concurrency: int | None = None,
+                                  hold_s: float = 600.0) -> float:
+        """Admit one call under ``key`` if every limit allows it now (see
+        :meth:`flowyard.SupportsSharedLimits.shared_rate_acquire`).
+
+        Returns:
+            0.0 when admitted (also for a ``permit_id`` admitted before); otherwise the
+            seconds to wait before asking again (> 0; :data:`CONCURRENCY_POLL_S` when only
+            the concurrency limit is full).
+
+        Raises:
+            ValueError: a window, ``tokens``, ``tpm``, ``concurrency`` or ``hold_s`` out of
+                range.
+        """
+        checked = [(_finite(s, "window seconds", low=0.0, strict=True),
+                    _count(n, "window limit")) for s, n in windows]
+        tokens = _count(tokens, "tokens", low=0)
+        if tpm is not None:
+            tpm = _count(tpm, "tpm")
+            tokens = min(tokens, tpm)
+        if concurrency is not None:
+            concurrency = _count(concurrency, "concurrency")
+        hold_s = _finite(hold_s, "hold_s", low=0.0, strict=True)
+        with self._shared_lock:
+            state = self._rate.get(key)
+            if state is None:
+                state = self._rate[key] = _RateState()
+            if permit_id in state.permits or permit_id in state.holds:
+                return 0.0
+            now = max(self.shared_now(), state.times[-1] if state.times else -math.inf)
+            state.horizon = max(state.horizon, *(s for s, _ in checked)) if checked \
+                else state.horizon
+            state.prune(now)
+            delay = max(0.0, state.paused_until - now)
+            times = state.times
+            for seconds, limit in checked:
+                start = bisect.bisect_right(times, now - seconds + _EPS)
+                if len(times) - start >= limit:
+                    delay = max(delay, times[len(times) - limit] + seconds - now)
+            if tpm is not None:
+                start = bisect.bisect_right(times, now - 60.0 + _EPS)
+                used = sum(e[2] for e in state.entries[start:])
+                if used and used + tokens > tpm:
+                    excess, freed = used + tokens - tpm, 0
+                    for entry in state.entries[start:]:
+                        freed += entry[2]
+                        if freed >= excess:
+                            delay = max(delay, entry[0] + 60.0 - now)
+                            break
+            if concurrency is not None and len(state.holds) >= concurrency:
+                delay = max(delay, CONCURRENCY_POLL_S)
+            if delay > _EPS:
+                return max(delay, 1e-3)
+            entry = [now, permit_id, tokens]
+            times.append(now)
+            state.entries.append(entry)
+            state.permits[permit_id] = entry
+            state.holds[permit_id] = now + hold_s
+            return 0.0
+
+    async def shared_rate_release(self, key: str, permit_id: str, *,
+                                  actual_tokens: int | None = None) -> None:
+        """Free the permit's concurrency slot and record its actual tokens (idempotent; an
+        unknown or expired permit is ignored).
+
+        Raises:
+            ValueError: ``actual_tokens`` is negative.
+        """
+        if actual_tokens is not None:
+            actual_tokens = _count(actual_tokens, "actual_tokens", low=0)
+        with self._shared_lock:
+            state = self._rate.get(key)
+            if state is None:
+                return
+            state.holds.pop(permit_id, None)
+            entry = state.permits.get(permit_id)
+            if entry is not None and actual_tokens is not None:
+                entry[2] = actual_tokens
+
+    async def shared_rate_pause(self, key: str, seconds: float) -> None:
+        """Admit nobody under ``key`` for ``seconds`` (>= 0) from now.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        seconds = _finite(seconds, "pause seconds", low=0.0)
+        with self._shared_lock:
+            state = self._rate.get(key)
+            if state is None:
+                state = self._rate[key] = _RateState()
+            state.paused_until = max(state.paused_until, self.shared_now() + seconds)
+
+    async def shared_breaker(self, key: str, *, event: str, threshold: int,
+                             cooldown_s: float) -> tuple[str, float | None]:
+        """Read or update the breaker ``key`` (see
+        :meth:`flowyard.SupportsSharedLimits.shared_breaker`).
+
+        Returns:
+            ``(state, reopens_at)``.
+
+        Raises:
+            ValueError: an unknown ``event``, ``threshold`` < 1 or ``cooldown_s`` <= 0.
+        """
+        if event not in _BREAKER_EVENTS:
+            raise ValueError(f"breaker event must be one of {', '.join(_BREAKER_EVENTS)}, "
+                             f"got {event!r}")
+        threshold = _count(threshold, "threshold")
+        cooldown_s = _finite(cooldown_s, "cooldown_s", low=0.0, strict=True)
+        with self._shared_lock:
+            now = self.shared_now()
+            b = self._breakers.get(key)
+            if b is None:
+                if event in ("check", "before_call", "abort", "success"):
+                    return ("closed", None)
+                b = self._breakers[key] = ["closed", 0, None, None]
+            state, failures, reopens, probe = b
+            if event == "check":
+                if state == "open" and (reopens is None or now >= reopens):
+                    return ("half_open", None)  # cooled down: the next before_call probes
+                return (state, reopens if state == "open" else None)
+            if event == "before_call":
+                if state == "closed":
+                    return ("closed", None)
+                if state == "open" and reopens is not None and now < reopens:
+                    return ("open", reopens)
+                if state == "half_open" and probe is not None and now < probe + cooldown_s:
+                    return ("half_open", None)
+                b[0], b[3] = "half_open", now
+                return ("probe", None)
+            if event == "success":
+                self._breakers[key] = ["closed", 0, None, None]
+                return ("closed", None)
+            if event == "failure":
+                failures += 1
+                b[1] = failures
+                if state == "half_open" or failures >= threshold:
+                    b[0], b[2], b[3] = "open", now + cooldown_s, None
+                    return ("open", b[2])
+                return (state, reopens if state == "open" else None)
+            # abort: a probe ended without an outcome
+            if state == "half_open":
+                b[0], b[3] = "open", None
+                return ("open", reopens)
+            return (state, reopens if state == "open" else None)
+
+    def _expire_held(self, key: str, now: float) -> None:
+        held = self._budget_held.get(key)
+        if not held:
+            return
+        for rid, (amount, expires) in list(held.items()):
+            if expires <= now:
+                del held[rid]
+                self._budget_spent[key] += amount
+
+    async def shared_budget_reserve(self, reservation_id: str,
+                                    budgets: Sequence[tuple[str, float]], amount_usd: float,
+                                    *, hold_s: float = 600.0) -> tuple[str, float, float] | None:
+        """Hold ``amount_usd`` in every budget, all or none (see
+        :meth:`flowyard.SupportsSharedLimits.shared_budget_reserve`).
+
+        Returns:
+            None when held (also for a ``reservation_id`` held before); otherwise
+            ``(key, spent_usd, reserved_usd)`` of the first budget that could not cover it.
+
+        Raises:
+            ValueError: ``amount_usd``, a limit or ``hold_s`` is negative or not finite.
+        """
+        amount_usd = _finite(amount_usd, "amount_usd", low=0.0)
+        checked = [(key, _finite(limit, f"limit of budget {key!r}", low=0.0))
+                   for key, limit in budgets]
+        hold_s = _finite(hold_s, "hold_s", low=0.0, strict=True)
+        with self._shared_lock:
+            if reservation_id in self._reservations:
+                return None
+            now = self.shared_now()
+            for key, limit in checked:
+                self._expire_held(key, now)
+                spent = self._budget_spent.get(key, 0.0)
+                reserved = sum(a for a, _ in self._budget_held.get(key, {}).values())
+                if spent + reserved + amount_usd > limit + 1e-12:
+                    return (key, spent, reserved)
+            keys = tuple(dict.fromkeys(key for key, _ in checked))
+            for key in keys:
+                self._budget_held[key][reservation_id] = (amount_usd, now + hold_s)
+            self._reservations[reservation_id] = (keys, amount_usd, now + hold_s)
+            return None
+
+    async def shared_budget_settle(self, reservation_id: str, actual_usd: float | None
+                                   ) -> None:
+        """Replace the reservation's held amount with ``actual_usd`` (None: nothing spent).
+        Idempotent; an unknown reservation, or one already counted as spent after its
+        ``hold_s``, is ignored.
+
+        Raises:
+            ValueError: ``actual_usd`` is negative or not finite.
+        """
+        if actual_usd is not None:
+            actual_usd = _finite(actual_usd, "actual_usd", low=0.0)
+        with self._shared_lock:
+            found = self._reservations.pop(reservation_id, None)
+            if found is None:
+                return
+            for key in found[0]:
+                if self._budget_held[key].pop(reservation_id, None) is not None \
+                        and actual_usd is not None:
+                    self._budget_spent[key] += actual_usd
+
+    async def shared_budget_state(self, key: str) -> dict[str, float]:
+        """Return ``{"spent_usd", "reserved_usd"}`` of budget ``key`` (US dollars; zeros for
+        an unknown key); a reservation past its ``hold_s`` counts as spent.
+        """
+        with self._shared_lock:
+            self._expire_held(key, self.shared_now())
+            return {"spent_usd": self._budget_spent.get(key, 0.0),
+                    "reserved_usd": sum(a for a, _ in self._budget_held.get(key, {}).values())}
+
+
+class MemoryStorage(SharedLimitsMixin):
     """A :class:`~flowyard.interfaces.StorageBackend` kept in Python dicts.
+
+    It implements :class:`~flowyard.interfaces.SupportsSharedLimits` for one process (see
+    :class:`SharedLimitsMixin`): the reference implementation of the contract suite, and
+    what ``[limits] shared = "storage"`` uses on a ``memory://`` stack.
 
     Args:
         url: ``memory://`` (anything after the scheme is ignored).
@@ -145,6 +445,7 @@ class MemoryStorage:
         self._task_keys: dict[tuple[str, str], str] = {}  # (tenant, idempotency key) -> id
         self._audit: list[AuditRecord] = []  # record seq n at index n - 1
         self._open = False
+        self._shared_init()
 
     async def open(self) -> None:
         """Mark the backend open (there is nothing to connect to)."""

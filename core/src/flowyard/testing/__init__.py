@@ -39,6 +39,7 @@ __all__ = [
     "StorageContract",
     "MemoryContract",
     "RetrieverContract",
+    "SharedLimitsContract",
 ]
 
 

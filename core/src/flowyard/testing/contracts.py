@@ -71,6 +71,7 @@ __all__ = [
     "StorageContract",
     "MemoryContract",
     "RetrieverContract",
+    "SharedLimitsContract",
 ]
 
 _ANYIO = [pytest.mark.anyio]
@@ -1137,3 +1138,380 @@ class WorkflowLoaderContract:
             loader.load(invalid_source, path=path)
         assert info.value.issues
         assert all(issue.file == path and issue.line is not None for issue in info.value.issues)
+
+
+# ============================================================================ shared limits
+
+
+class SharedLimitsContract:
+    """What every :class:`~flowyard.interfaces.SupportsSharedLimits` backend promises.
+
+    Provide a fixture ``storage`` returning an *opened* backend implementing the protocol, on
+    an empty store. Keys are made unique per test (a UUID prefix), so the checks also run on
+    a store shared with earlier tests. Expiry checks wait for real time (``hold_s`` and
+    cooldowns of 0.3-0.5 s, polled with deadlines), so the suite takes a few seconds.
+
+    The checks, by promise:
+
+    * rate windows: concurrent acquires never admit more than a window's limit; a refused
+      caller is told how long to wait (at most the window); after it the call is admitted;
+      ``tpm`` counts estimated tokens, corrected by ``actual_tokens`` on release; a retried
+      ``permit_id`` is admitted once;
+    * concurrency: a slot is freed by release (idempotent) and by ``hold_s`` expiry;
+    * pause: nobody is admitted under the key until it ends; other keys are not paused;
+    * breakers: ``threshold`` consecutive failures open it for ``cooldown_s``; a success
+      resets the count; after the cooldown exactly one concurrent ``before_call`` is the
+      probe; a failed probe reopens it, a successful one closes it, an aborted one lets the
+      next caller probe;
+    * budgets: a reservation is held in every budget or in none; concurrent reservations
+      never exceed a limit; settle replaces the held amount with the actual cost and is
+      idempotent; a reservation past its ``hold_s`` counts as spent (a late settle changes
+      nothing);
+    * keys are data (quotes, SQL wildcards, non-ASCII, long), and out-of-range numbers raise
+      ValueError.
+    """
+
+    pytestmark = _ANYIO
+
+    @staticmethod
+    def _backend(storage: Any) -> Any:
+        from flowyard.interfaces import SupportsSharedLimits
+
+        assert isinstance(storage, SupportsSharedLimits), (
+            f"{type(storage).__name__} does not implement SupportsSharedLimits")
+        return storage
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return f"{name}:{new_id()}"
+
+    @staticmethod
+    async def _admit(backend: Any, key: str, permit: str, *, deadline_s: float = 10.0,
+                     **kwargs: Any) -> float:
+        """Acquire until admitted, sleeping the returned delays; return the seconds it
+        took. Fails after ``deadline_s``.
+        """
+        started = time.monotonic()
+        while True:
+            delay = await backend.shared_rate_acquire(key, permit_id=permit, **kwargs)
+            if delay == 0.0:
+                return time.monotonic() - started
+            assert delay > 0
+            assert time.monotonic() - started < deadline_s, f"{key}: not admitted in time"
+            await anyio.sleep(min(delay, 0.05))
+
+    # ------------------------------------------------------------------ rate limits
+
+    async def test_concurrent_acquires_never_exceed_a_window(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("rate:window")
+        answers: list[float] = []
+
+        async def acquire(i: int) -> None:
+            answers.append(await backend.shared_rate_acquire(
+                key, permit_id=f"p{i}", windows=[(60.0, 5), (3600.0, 100)]))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                tg.start_soon(acquire, i)
+        assert sorted(answers).count(0.0) == 5, answers
+        assert all(0.0 < a <= 60.0 + 1e-6 for a in answers if a != 0.0), answers
+
+    async def test_a_refused_call_is_admitted_after_its_wait(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("rate:again")
+        windows = [(0.5, 2)]
+        assert await backend.shared_rate_acquire(key, permit_id="a", windows=windows) == 0.0
+        assert await backend.shared_rate_acquire(key, permit_id="b", windows=windows) == 0.0
+        delay = await backend.shared_rate_acquire(key, permit_id="c", windows=windows)
+        assert 0.0 < delay <= 0.5 + 1e-6
+        took = await self._admit(backend, key, "c", windows=windows)
+        assert took >= delay - 0.1  # not admitted before the window moved on
+        # a retried permit id is admitted once: it does not take another place
+        assert await backend.shared_rate_acquire(key, permit_id="c", windows=windows) == 0.0
+        assert await backend.shared_rate_acquire(key, permit_id="d", windows=windows) == 0.0
+        assert await backend.shared_rate_acquire(key, permit_id="e", windows=windows) > 0.0
+
+    async def test_tokens_per_minute_count_actual_tokens_after_release(self, storage: Any
+                                                                       ) -> None:
+        backend = self._backend(storage)
+        key = self._key("rate:tpm")
+        assert await backend.shared_rate_acquire(key, permit_id="a", windows=[], tokens=60,
+                                                 tpm=100) == 0.0
+        delay = await backend.shared_rate_acquire(key, permit_id="b", windows=[], tokens=60,
+                                                  tpm=100)
+        assert 50.0 < delay <= 60.0 + 1e-6
+        await backend.shared_rate_release(key, "a", actual_tokens=10)
+        assert await backend.shared_rate_acquire(key, permit_id="b", windows=[], tokens=60,
+                                                 tpm=100) == 0.0
+        # a call estimated above tpm alone is admitted when the minute is otherwise empty
+        other = self._key("rate:tpm-big")
+        assert await backend.shared_rate_acquire(other, permit_id="x", windows=[],
+                                                 tokens=500, tpm=100) == 0.0
+
+    async def test_concurrency_slots_are_freed_by_release(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("rate:conc")
+        for permit in ("a", "b"):
+            assert await backend.shared_rate_acquire(key, permit_id=permit, windows=[],
+                                                     concurrency=2) == 0.0
+        delay = await backend.shared_rate_acquire(key, permit_id="c", windows=[],
+                                                  concurrency=2)
+        assert 0.0 < delay <= 1.0  # a short poll interval
+        await backend.shared_rate_release(key, "a")
+        await backend.shared_rate_release(key, "a")  # idempotent
+        await backend.shared_rate_release(key, "never-admitted")  # ignored
+        assert await backend.shared_rate_acquire(key, permit_id="c", windows=[],
+                                                 concurrency=2) == 0.0
+        assert await backend.shared_rate_acquire(key, permit_id="d", windows=[],
+                                                 concurrency=2) > 0.0
+
+    async def test_concurrency_slot_of_a_dead_holder_expires(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("rate:hold")
+        assert await backend.shared_rate_acquire(key, permit_id="dead", windows=[],
+                                                 concurrency=1, hold_s=0.4) == 0.0
+        assert await backend.shared_rate_acquire(key, permit_id="next", windows=[],
+                                                 concurrency=1) > 0.0
+        took = await self._admit(backend, key, "next", windows=[], concurrency=1)
+        assert took >= 0.2  # not before the holder's hold_s ran out
+
+    async def test_pause_stops_admissions_of_its_key_only(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key, other = self._key("rate:pause"), self._key("rate:other")
+        await backend.shared_rate_pause(key, 0.5)
+        delay = await backend.shared_rate_acquire(key, permit_id="a", windows=[])
+        assert 0.2 < delay <= 0.5 + 1e-6
+        assert await backend.shared_rate_acquire(other, permit_id="a", windows=[]) == 0.0
+        await backend.shared_rate_pause(key, 0.0)  # a shorter pause does not shorten it
+        assert await backend.shared_rate_acquire(key, permit_id="a", windows=[]) > 0.0
+        took = await self._admit(backend, key, "a", windows=[])
+        assert took >= delay - 0.15
+
+    async def test_rate_keys_are_data(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        prefix = new_id()
+        keys = [f"rate:{prefix}:a'; DROP TABLE fy_runs; --", f"rate:{prefix}:%",
+                f"rate:{prefix}:_", f"rate:{prefix}:ü/模型 \"x\"", f"rate:{prefix}:" + "k" * 500]
+        for key in keys:
+            assert await backend.shared_rate_acquire(key, permit_id="p'1",
+                                                     windows=[(60.0, 1)]) == 0.0
+        for key in keys:  # each key has its own window: all full now
+            assert await backend.shared_rate_acquire(key, permit_id="p2",
+                                                     windows=[(60.0, 1)]) > 0.0
+        assert await backend.shared_rate_acquire(f"rate:{prefix}:b", permit_id="p2",
+                                                 windows=[(60.0, 1)]) == 0.0
+
+    @pytest.mark.parametrize("kwargs", [
+        {"windows": [(60.0, 0)]}, {"windows": [(0.0, 5)]}, {"windows": [(-1.0, 5)]},
+        {"windows": [(float("nan"), 5)]}, {"windows": [], "tokens": -1},
+        {"windows": [], "tpm": 0}, {"windows": [], "concurrency": 0},
+        {"windows": [], "hold_s": 0.0}, {"windows": [], "hold_s": float("inf")},
+    ])
+    async def test_rate_arguments_out_of_range_raise(self, storage: Any,
+                                                     kwargs: dict[str, Any]) -> None:
+        backend = self._backend(storage)
+        with pytest.raises(ValueError):
+            await backend.shared_rate_acquire(self._key("rate:bad"), permit_id="p", **kwargs)
+        with pytest.raises(ValueError):
+            await backend.shared_rate_pause(self._key("rate:bad"), -1.0)
+
+    # ------------------------------------------------------------------ breakers
+
+    async def test_breaker_opens_after_consecutive_failures(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("breaker:open")
+        settings = {"threshold": 3, "cooldown_s": 30.0}
+        assert await backend.shared_breaker(key, event="check", **settings) == ("closed", None)
+        assert (await backend.shared_breaker(key, event="before_call", **settings))[0] == \
+            "closed"
+        for _ in range(2):
+            assert (await backend.shared_breaker(key, event="failure", **settings))[0] == \
+                "closed"
+        await backend.shared_breaker(key, event="success", **settings)  # resets the count
+        for _ in range(2):
+            assert (await backend.shared_breaker(key, event="failure", **settings))[0] == \
+                "closed"
+        state, reopens = await backend.shared_breaker(key, event="failure", **settings)
+        assert state == "open" and reopens is not None
+        assert 25.0 < reopens - time.time() <= 31.0  # the backend's clock: this host's here
+        assert await backend.shared_breaker(key, event="check", **settings) == ("open",
+                                                                               reopens)
+        assert await backend.shared_breaker(key, event="before_call", **settings) == (
+            "open", reopens)
+        # another key is independent
+        other = self._key("breaker:other")
+        assert await backend.shared_breaker(other, event="before_call", **settings) == (
+            "closed", None)
+
+    async def _cooled(self, backend: Any, key: str, settings: dict[str, Any]) -> None:
+        deadline = time.monotonic() + 10.0
+        while (await backend.shared_breaker(key, event="check", **settings))[0] == "open":
+            assert time.monotonic() < deadline, "the breaker never cooled down"
+            await anyio.sleep(0.05)
+
+    async def test_one_probe_only_after_the_cooldown(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("breaker:probe")
+        settings = {"threshold": 1, "cooldown_s": 0.3}
+        assert (await backend.shared_breaker(key, event="failure", **settings))[0] == "open"
+        await self._cooled(backend, key, settings)
+        answers: list[str] = []
+
+        async def ask() -> None:
+            answers.append((await backend.shared_breaker(key, event="before_call",
+                                                         **settings))[0])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(ask)
+        assert sorted(answers) == ["half_open"] * 7 + ["probe"], answers
+        # the probe fails: open again for a new cooldown
+        state, reopens = await backend.shared_breaker(key, event="failure", **settings)
+        assert state == "open" and reopens is not None and reopens > time.time()
+        assert (await backend.shared_breaker(key, event="before_call", **settings))[0] == \
+            "open"
+        await self._cooled(backend, key, settings)
+        assert (await backend.shared_breaker(key, event="before_call", **settings))[0] == \
+            "probe"
+        assert await backend.shared_breaker(key, event="success", **settings) == ("closed",
+                                                                                 None)
+        assert (await backend.shared_breaker(key, event="before_call", **settings))[0] == \
+            "closed"
+
+    async def test_an_aborted_probe_lets_the_next_caller_probe(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("breaker:abort")
+        settings = {"threshold": 1, "cooldown_s": 0.3}
+        await backend.shared_breaker(key, event="failure", **settings)
+        await self._cooled(backend, key, settings)
+        assert (await backend.shared_breaker(key, event="before_call", **settings))[0] == \
+            "probe"
+        state, _ = await backend.shared_breaker(key, event="abort", **settings)
+        assert state == "open"
+        assert (await backend.shared_breaker(key, event="before_call", **settings))[0] == \
+            "probe"
+
+    @pytest.mark.parametrize("kwargs", [
+        {"event": "explode", "threshold": 1, "cooldown_s": 1.0},
+        {"event": "failure", "threshold": 0, "cooldown_s": 1.0},
+        {"event": "failure", "threshold": 1, "cooldown_s": 0.0},
+    ])
+    async def test_breaker_arguments_out_of_range_raise(self, storage: Any,
+                                                        kwargs: dict[str, Any]) -> None:
+        backend = self._backend(storage)
+        with pytest.raises(ValueError):
+            await backend.shared_breaker(self._key("breaker:bad"), **kwargs)
+
+    # ------------------------------------------------------------------ budgets
+
+    async def test_budget_reservation_is_all_or_nothing(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        wide, narrow = self._key("budget:wide"), self._key("budget:narrow")
+        assert await backend.shared_budget_state(wide) == {"spent_usd": 0.0,
+                                                           "reserved_usd": 0.0}
+        assert await backend.shared_budget_reserve("r1", [(wide, 1.0), (narrow, 0.5)],
+                                                   0.375) is None
+        refused = await backend.shared_budget_reserve("r2", [(wide, 1.0), (narrow, 0.5)],
+                                                      0.25)
+        assert refused is not None
+        assert refused[0] == narrow and refused[1] == 0.0
+        assert abs(refused[2] - 0.375) < 1e-9
+        state = await backend.shared_budget_state(wide)  # nothing held by the refusal
+        assert abs(state["reserved_usd"] - 0.375) < 1e-9 and state["spent_usd"] == 0.0
+        # a retried reservation id holds once
+        assert await backend.shared_budget_reserve("r1", [(wide, 1.0), (narrow, 0.5)],
+                                                   0.375) is None
+        assert abs((await backend.shared_budget_state(narrow))["reserved_usd"] - 0.375) < 1e-9
+        # an amount above the limit on an empty budget is refused; 0 under a 0 limit is not
+        empty = self._key("budget:empty")
+        assert await backend.shared_budget_reserve("r3", [(empty, 1.0)], 1.5) == (empty, 0.0,
+                                                                                  0.0)
+        assert await backend.shared_budget_reserve("r4", [(self._key("budget:zero"), 0.0)],
+                                                   0.0) is None
+
+    async def test_concurrent_reservations_never_exceed_the_limit(self, storage: Any
+                                                                  ) -> None:
+        backend = self._backend(storage)
+        key, day = self._key("budget:concurrent"), self._key("budget:day")
+        prefix = new_id()
+        results: list[Any] = []
+
+        async def reserve(i: int) -> None:
+            results.append(await backend.shared_budget_reserve(
+                f"{prefix}-{i}", [(day, 10.0), (key, 1.0)], 0.125))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(24):
+                tg.start_soon(reserve, i)
+        assert results.count(None) == 8, results
+        state = await backend.shared_budget_state(key)
+        assert abs(state["reserved_usd"] - 1.0) < 1e-9 and state["spent_usd"] == 0.0
+        assert abs((await backend.shared_budget_state(day))["reserved_usd"] - 1.0) < 1e-9
+
+    async def test_settle_replaces_the_held_amount_once(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        a, b = self._key("budget:a"), self._key("budget:b")
+        rid = new_id()
+        assert await backend.shared_budget_reserve(rid, [(a, 1.0), (b, 2.0)], 0.5) is None
+        await backend.shared_budget_settle(rid, 0.125)
+        await backend.shared_budget_settle(rid, 0.125)  # idempotent
+        await backend.shared_budget_settle("unknown-reservation", 0.5)  # ignored
+        for key in (a, b):
+            state = await backend.shared_budget_state(key)
+            assert abs(state["spent_usd"] - 0.125) < 1e-9 and state["reserved_usd"] == 0.0
+        unknown = new_id()
+        assert await backend.shared_budget_reserve(unknown, [(a, 1.0)], 0.5) is None
+        await backend.shared_budget_settle(unknown, None)  # unknown cost: nothing spent
+        state = await backend.shared_budget_state(a)
+        assert abs(state["spent_usd"] - 0.125) < 1e-9 and state["reserved_usd"] == 0.0
+        # a cost above the reservation is spent in full
+        over = new_id()
+        assert await backend.shared_budget_reserve(over, [(a, 1.0)], 0.25) is None
+        await backend.shared_budget_settle(over, 0.5)
+        assert abs((await backend.shared_budget_state(a))["spent_usd"] - 0.625) < 1e-9
+        assert await backend.shared_budget_reserve(new_id(), [(a, 1.0)], 0.5) is not None
+
+    async def test_an_expired_reservation_counts_as_spent(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        key = self._key("budget:expired")
+        rid = new_id()
+        assert await backend.shared_budget_reserve(rid, [(key, 1.0)], 0.75, hold_s=0.3) \
+            is None
+        deadline = time.monotonic() + 10.0
+        while (await backend.shared_budget_state(key))["reserved_usd"] > 0.0:
+            assert time.monotonic() < deadline, "the reservation never expired"
+            await anyio.sleep(0.05)
+        state = await backend.shared_budget_state(key)
+        assert abs(state["spent_usd"] - 0.75) < 1e-9
+        await backend.shared_budget_settle(rid, 0.0)  # too late: stays spent
+        assert abs((await backend.shared_budget_state(key))["spent_usd"] - 0.75) < 1e-9
+        assert await backend.shared_budget_reserve(new_id(), [(key, 1.0)], 0.5) is not None
+        assert await backend.shared_budget_reserve(new_id(), [(key, 1.0)], 0.25) is None
+
+    async def test_budget_keys_are_data(self, storage: Any) -> None:
+        backend = self._backend(storage)
+        prefix = new_id()
+        keys = [f"budget:{prefix}:a'; DELETE FROM fy_budgets; --", f"budget:{prefix}:%",
+                f"budget:{prefix}:ü 模型", f"budget:{prefix}:" + "k" * 500]
+        for i, key in enumerate(keys):
+            assert await backend.shared_budget_reserve(f"{prefix}'{i}", [(key, 1.0)],
+                                                       0.5) is None
+        for key in keys:
+            assert (await backend.shared_budget_state(key))["reserved_usd"] == 0.5
+        assert (await backend.shared_budget_state(f"budget:{prefix}:b"))["reserved_usd"] == 0.0
+
+    @pytest.mark.parametrize("args", [
+        ([("k", 1.0)], -0.5, 1.0), ([("k", 1.0)], float("nan"), 1.0),
+        ([("k", -1.0)], 0.5, 1.0), ([("k", float("inf"))], 0.5, 1.0),
+        ([("k", 1.0)], 0.5, 0.0),
+    ])
+    async def test_budget_arguments_out_of_range_raise(self, storage: Any,
+                                                       args: tuple[Any, ...]) -> None:
+        backend = self._backend(storage)
+        budgets, amount, hold = args
+        budgets = [(self._key("budget:bad"), limit) for _, limit in budgets]
+        with pytest.raises(ValueError):
+            await backend.shared_budget_reserve(new_id(), budgets, amount, hold_s=hold)
+        with pytest.raises(ValueError):
+            await backend.shared_budget_settle(new_id(), -1.0)
