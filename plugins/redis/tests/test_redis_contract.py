@@ -10,6 +10,7 @@ from flowyard import (
     SupportsIdempotentRuns,
     SupportsKeyValueListing,
     SupportsKeyValueTTL,
+    SupportsSharedLimits,
     SupportsStepCommit,
     SupportsTaskQueue,
 )
@@ -27,5 +28,6 @@ def test_every_optional_protocol_is_implemented() -> None:
     """No part of the contract suite is skipped for Redis."""
     storage = RedisStorage("redis://127.0.0.1:1/0")
     for protocol in (SupportsAuditLog, SupportsIdempotentRuns, SupportsKeyValueListing,
-                     SupportsKeyValueTTL, SupportsStepCommit, SupportsTaskQueue):
+                     SupportsKeyValueTTL, SupportsSharedLimits, SupportsStepCommit,
+                     SupportsTaskQueue):
         assert isinstance(storage, protocol), protocol.__name__

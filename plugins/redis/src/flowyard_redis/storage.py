@@ -77,7 +77,7 @@ from flowyard import (
 )
 
 from flowyard_redis import scripts
-from flowyard_redis.limits import SharedLimitsMixin
+from flowyard_redis.limits import LIMIT_SCRIPTS, SharedLimitsMixin
 
 __all__ = ["RedisStorage"]
 
@@ -312,7 +312,7 @@ class RedisStorage(SharedLimitsMixin):
                         "crash loses every write since the last RDB snapshot; see "
                         "docs/plugins/redis.md", self.display_url)
         self._scripts = {name: client.register_script(source)
-                         for name, source in scripts.SCRIPTS.items()}
+                         for name, source in {**scripts.SCRIPTS, **LIMIT_SCRIPTS}.items()}
         self._client = client
 
     async def close(self) -> None:
