@@ -1,0 +1,208 @@
+"""Scale-out simulation (issue 24, part 4): 8 ``flowyard worker`` OS processes against one
+PostgreSQL database drain 2,000 queued no-op tasks while a seeded killer SIGKILLs random
+workers at random moments and starts replacements, so that 8 keep running.
+
+What is checked is exactly-once *completion* under at-least-once *execution*:
+
+- every task ends ``completed`` exactly once: the database's own history (test-only triggers
+  on ``fy_tasks`` and ``fy_runs``, see ``scale_support.HISTORY_SQL``) shows one
+  ``running -> completed`` change per task and none to ``failed`` or ``cancelled``; the
+  change was made by the worker that held the task's last claim, whose log shows it ran the
+  task and which had not been killed by then;
+- every task's run is one stored run (no second run for a task), completed exactly once,
+  with its step completed once (``fy_attempts``);
+- no task is left ``queued`` or ``running``, and none lost its lease for good;
+- executions of the step (one line per call in a side-effect file, written by the test-only
+  tool ``scale.noop``): at least one per task, exactly one for a task claimed once, and never
+  more than the task's claims: a task whose worker was killed is taken over by another
+  worker (after its 3 s lease expired) and its step may run again (at-least-once execution
+  is expected), but its completion is recorded once.
+
+The seed is printed (``-s``); set ``FLOWYARD_SCALE_SEED`` to replay a schedule of kills.
+``FLOWYARD_SCALE_TASKS`` changes the number of tasks (default 2,000, the issue's figure).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowyard_server  # noqa: F401 - installed in .venv with every distribution
+import flowyard_sql  # noqa: F401
+
+pytestmark = [pytest.mark.slow]
+
+
+def _support() -> Any:
+    """tests/e2e/scale_support.py, loaded by path (test modules are imported with
+    ``--import-mode=importlib``, so a sibling module is not importable by name)."""
+    name = "flowyard_e2e_scale_support"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().with_name("scale_support.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+scale = _support()
+
+TASKS = int(os.environ.get("FLOWYARD_SCALE_TASKS", "2000"))
+WORKERS = 8
+CONCURRENCY = 4  # tasks each worker runs at once (the default of [server] concurrency)
+LEASE = 3.0  # seconds: task lease and run lease
+RENEW = 0.5  # seconds between two renewals (heartbeats)
+KILL_EVERY = (0.5, 2.0)  # seconds between two kills, uniform
+DRAIN_TIMEOUT = 300.0  # seconds; the run takes about 60 on 2 cores
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for this module (scripts/system-deps.sh installs
+    PostgreSQL; a missing one fails the test with that message)."""
+    server = scale.postgres_server_class()()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_exactly_once_completion_with_workers_killed(postgres_server: Any,
+                                                     tmp_path: Path) -> None:
+    seed = int(os.environ.get("FLOWYARD_SCALE_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"\nscale-out simulation: seed {seed} (FLOWYARD_SCALE_SEED={seed} replays it), "
+          f"{TASKS} tasks, {WORKERS} workers x {CONCURRENCY}, lease {LEASE} s")
+    rng = random.Random(seed)
+    database = postgres_server.create_database()
+    url = postgres_server.url(database)
+    executions_file = tmp_path / "executions.txt"
+    site = tmp_path / "site"
+    site.mkdir()
+    env = scale.worker_env(
+        url, tmp_path, plugins=f"builtin,server,sql,{scale.NOOP_PLUGIN}",
+        lease_timeout=LEASE, renew_interval=RENEW, poll_interval=0.1,
+        pythonpath=scale.install_noop_plugin(site),
+        extra={"FLOWYARD_SCALE_EXECUTIONS_FILE": str(executions_file)})
+    scale.register_workflow(env, scale.noop_workflow("scale.noop"))
+    conn = scale.pg_connect(postgres_server, database)
+    conn.execute(scale.HISTORY_SQL)
+
+    started = time.monotonic()
+    submitted = scale.submit_tasks(env, "noop", TASKS)
+    submit_seconds = time.monotonic() - started
+    assert scale.pg_status_counts(conn) == {"queued": TASKS}
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pool = scale.WorkerPool(env, logs, concurrency=CONCURRENCY)
+    killed_at: dict[str, float] = {}  # worker name -> time.time() once it was dead
+    started = time.monotonic()
+    try:
+        for slot in range(WORKERS):
+            pool.start(slot)
+        deadline = started + DRAIN_TIMEOUT
+        next_kill = time.monotonic() + rng.uniform(*KILL_EVERY)
+        while True:
+            counts = scale.pg_status_counts(conn)
+            if counts.get("completed", 0) == TASKS:
+                break
+            assert not set(counts) - {"queued", "running", "completed"}, (seed, counts)
+            now = time.monotonic()
+            assert now < deadline, (f"seed {seed}: not drained in {DRAIN_TIMEOUT} s: "
+                                    f"{counts}, {pool.kills} kills")
+            if now >= next_kill:
+                ready = sorted(slot for slot in pool.processes if pool.ready(slot))
+                if ready:
+                    slot = rng.choice(ready)
+                    killed_at[pool.kill(slot)] = time.time()
+                    pool.start(slot)
+                next_kill = now + rng.uniform(*KILL_EVERY)
+            time.sleep(0.05)
+        drain_seconds = time.monotonic() - started
+    finally:
+        pool.stop()
+
+    # -- the tasks: all completed, nothing held
+    rows = conn.execute(
+        "SELECT id, run_id, status, worker, lease_expires_at, attempts, finished_at, error, "
+        "outputs FROM fy_tasks").fetchall()
+    assert len(rows) == TASKS
+    tasks = {row[0]: row for row in rows}
+    assert set(tasks) == {task_id for task_id, _run, _i in submitted}
+    number = {task_id: i for task_id, _run, i in submitted}
+    for task_id, run_id, status, worker, lease, attempts, finished, error, outputs in rows:
+        assert (status, worker, lease, error) == ("completed", None, None, None), task_id
+        assert finished is not None and attempts >= 1, task_id
+        assert '"i": %d' % number[task_id] in outputs, (task_id, outputs)
+
+    # -- the history of state changes, in commit order of each row
+    history: dict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
+    for row in conn.execute(
+            "SELECT task_id, old_status, new_status, old_worker, new_worker, attempts, at "
+            "FROM scale_task_history ORDER BY seq").fetchall():
+        history[row[0]].append(row[1:])
+    claims_total = takeovers = 0
+    for task_id, changes in history.items():
+        assert task_id in tasks, task_id
+        claims = [c for c in changes if c[1] == "running" and c[3] is not None]
+        ends = [c for c in changes if c[1] in ("completed", "failed", "cancelled")]
+        assert [c[1] for c in ends] == ["completed"], (seed, task_id, changes)
+        assert changes[-1] == ends[0], (seed, task_id, changes)  # nothing after the end
+        assert len(claims) == tasks[task_id][5], (seed, task_id, changes)  # = attempts
+        assert len(claims) + 1 == len(changes), (seed, task_id, changes)
+        claims_total += len(claims)
+        takeovers += sum(1 for c in claims if c[0] == "running")
+        # the end was recorded by the holder of the last claim, alive at that moment,
+        # which logged that it ran the task
+        holder = claims[-1][3]
+        _old, _new, finisher, _none, _attempts, at = ends[0]
+        assert finisher == holder, (seed, task_id, changes)
+        assert holder not in killed_at or at < killed_at[holder], (seed, task_id, changes)
+        assert f"worker {holder} runs task {task_id}" in pool.log(holder), (task_id, holder)
+    assert set(history) == set(tasks)
+    assert takeovers >= 1, f"seed {seed}: no task was taken over; the kills tested nothing"
+
+    # -- the runs: one per task, completed once, its step completed once
+    runs = dict(conn.execute("SELECT id, status FROM fy_runs").fetchall())
+    assert runs == {run_id: "completed" for _task, run_id, _i in submitted}
+    run_ends = collections.Counter(
+        run_id for (run_id,) in conn.execute(
+            "SELECT run_id FROM scale_run_history WHERE new_status = 'completed'").fetchall())
+    assert run_ends == {run_id: 1 for run_id in runs}, seed
+    bad_runs = conn.execute("SELECT run_id, new_status FROM scale_run_history "
+                            "WHERE new_status IN ('failed', 'cancelled')").fetchall()
+    assert bad_runs == [], (seed, bad_runs[:5])
+    step_done = collections.Counter(
+        run_id for (run_id,) in conn.execute(
+            "SELECT run_id FROM fy_attempts WHERE step_id = 'noop' AND status = 'completed'"
+        ).fetchall())
+    assert step_done == {run_id: 1 for run_id in runs}, seed
+
+    # -- executions of the step: at least once, exactly once unless taken over
+    executions = collections.Counter(
+        int(line.split()[0]) for line in executions_file.read_text().splitlines())
+    assert set(executions) == set(range(TASKS)), seed
+    for task_id, row in tasks.items():
+        count = executions[number[task_id]]
+        attempts = row[5]
+        assert 1 <= count <= attempts, (seed, task_id, count, attempts)
+    conn.close()
+
+    rerun = sum(executions.values()) - TASKS
+    print(f"drained {TASKS} tasks in {drain_seconds:.1f} s ({TASKS / drain_seconds:.0f} "
+          f"tasks/s; queued in {submit_seconds:.1f} s): {pool.kills} workers killed, "
+          f"{len(pool.names)} started, {claims_total} claims, {takeovers} takeovers after "
+          f"an expired lease, {rerun} steps run again, {TASKS} completions")
