@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from flowyard.testing import StorageContract
+from flowyard.testing import SharedLimitsContract, StorageContract
 from flowyard_sql.storage import SQLStorage
 
 
@@ -26,6 +26,27 @@ class TestSQLiteMemoryContract(StorageContract):
 
 
 class TestPostgresContract(StorageContract):
+    @pytest.fixture
+    async def storage(self, postgres_storage: SQLStorage) -> SQLStorage:
+        return postgres_storage
+
+
+class TestSQLiteFileSharedLimits(SharedLimitsContract):
+    @pytest.fixture
+    async def storage(self, sqlite_storage: SQLStorage) -> SQLStorage:
+        return sqlite_storage
+
+
+class TestSQLiteMemorySharedLimits(SharedLimitsContract):
+    @pytest.fixture
+    async def storage(self) -> AsyncIterator[Any]:
+        backend = SQLStorage("sqlite://")
+        await backend.open()
+        yield backend
+        await backend.close()
+
+
+class TestPostgresSharedLimits(SharedLimitsContract):
     @pytest.fixture
     async def storage(self, postgres_storage: SQLStorage) -> SQLStorage:
         return postgres_storage

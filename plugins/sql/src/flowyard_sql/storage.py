@@ -54,6 +54,7 @@ from flowyard import (
 )
 
 from flowyard_sql.audit import AuditLogMixin
+from flowyard_sql.limits import SharedLimitsMixin
 from flowyard_sql.queue import TaskQueueMixin
 from flowyard_sql.schema import attempts, checkpoints, costs, events, kv, leases, logs, runs
 
@@ -474,7 +475,7 @@ def _loads(text: Any, what: str = "a stored value") -> Any:
                            f"{type(exc).__name__}: {exc}") from None
 
 
-class SQLStorage(TaskQueueMixin, AuditLogMixin):
+class SQLStorage(TaskQueueMixin, AuditLogMixin, SharedLimitsMixin):
     """A :class:`~flowyard.interfaces.StorageBackend` on SQLite or PostgreSQL.
 
     Args:
