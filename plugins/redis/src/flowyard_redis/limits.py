@@ -436,7 +436,8 @@ class SharedLimitsMixin:
         keys = [self._lim("brk", key)]
         state, reopens = await self._call(f"updating breaker {key!r}", lambda c: (
             self._script("breaker")(keys=keys, args=[event, str(threshold),
-                                                     repr(cooldown_s)])))
+                                                     repr(cooldown_s)])),
+            retry=event in ("check", "success"))
         reopens_text = _text(reopens)
         return _text(state), float(reopens_text) if reopens_text else None
 

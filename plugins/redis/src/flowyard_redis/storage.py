@@ -231,8 +231,16 @@ class RedisStorage(SharedLimitsMixin):
         """The Redis key of ``parts`` joined by ``:`` under the prefix."""
         return self.prefix + ":".join(parts)
 
-    async def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+    async def _call(self, what: str, fn: Callable[[Any], T], *, retry: bool = True) -> T:
         """Run ``fn(client)`` in a worker thread, mapping Redis errors to StorageError.
+
+        Args:
+            what: what is being done (for error messages).
+            fn: the operation on the synchronous client.
+            retry: ``fn`` may be repeated: after a dropped connection (e.g. Redis restarted
+                since the pooled connection was opened) the idle pooled connections are
+                closed and ``fn`` is tried once more on a new one. Operations whose repeat
+                could write twice pass False.
 
         Raises:
             StorageError: not open; ``retriable`` for a connection or timeout error.
@@ -241,23 +249,37 @@ class RedisStorage(SharedLimitsMixin):
         if client is None:
             raise StorageError(f"storage {self.display_url} is not open: call "
                                "'await stack.open()'")
-        return await anyio.to_thread.run_sync(self._run_sync, what, fn, client)
+        return await anyio.to_thread.run_sync(self._run_sync, what, fn, client, retry)
 
-    def _run_sync(self, what: str, fn: Callable[[Any], T], client: Any) -> T:
+    def _run_sync(self, what: str, fn: Callable[[Any], T], client: Any,
+                  retry: bool = False) -> T:
         import redis
+        from redis.exceptions import BusyLoadingError
 
-        try:
-            return fn(client)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StorageError(f"Redis {self.display_url} unreachable while {what}: {exc}",
-                               retriable=True) from None
-        except redis.ResponseError as exc:
-            retriable = str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"))
-            raise StorageError(f"Redis {self.display_url} refused {what}: {exc}",
-                               retriable=retriable) from None
-        except redis.RedisError as exc:
-            raise StorageError(f"Redis {self.display_url} failed while {what}: {exc}"
-                               ) from None
+        tries = 2 if retry else 1
+        for attempt in range(tries):
+            try:
+                return fn(client)
+            except BusyLoadingError as exc:
+                raise StorageError(f"Redis {self.display_url} is loading its data set while "
+                                   f"{what}: {exc}", retriable=True) from None
+            except redis.ConnectionError as exc:
+                if attempt + 1 < tries:
+                    client.connection_pool.disconnect(inuse_connections=False)
+                    continue
+                raise StorageError(f"Redis {self.display_url} unreachable while {what}: "
+                                   f"{exc}", retriable=True) from None
+            except redis.TimeoutError as exc:
+                raise StorageError(f"Redis {self.display_url} timed out while {what}: {exc}",
+                                   retriable=True) from None
+            except redis.ResponseError as exc:
+                retriable = str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"))
+                raise StorageError(f"Redis {self.display_url} refused {what}: {exc}",
+                                   retriable=retriable) from None
+            except redis.RedisError as exc:
+                raise StorageError(f"Redis {self.display_url} failed while {what}: {exc}"
+                                   ) from None
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _script(self, name: str) -> Any:
         return self._scripts[name]
@@ -291,7 +313,8 @@ class RedisStorage(SharedLimitsMixin):
                     "loading": persistence.get("loading")}
 
         try:
-            state = await anyio.to_thread.run_sync(self._run_sync, "opening", check, client)
+            state = await anyio.to_thread.run_sync(self._run_sync, "opening", check, client,
+                                                   False)
         except StorageError:
             client.close()
             raise
@@ -357,7 +380,8 @@ class RedisStorage(SharedLimitsMixin):
         keys = [self.k("run", run.id), self.k("runs"), self.k("runidem")]
         args = [text, _num(run.created_at), run.id, idempotency_key]
         answer = await self._call(f"creating run {run.id}",
-                                  lambda c: self._script("create_run")(keys=keys, args=args))
+                                  lambda c: self._script("create_run")(keys=keys, args=args),
+                                  retry=False)
         if answer[0] == b"exists":
             raise StorageError(f"run {run.id} already exists")
         if answer[0] == b"existing":
@@ -474,7 +498,7 @@ class RedisStorage(SharedLimitsMixin):
         """Drop the lease if ``owner`` holds it; True when dropped."""
         key = self.k("lease", run_id)
         return bool(await self._call(f"releasing the lease of run {run_id}", lambda c: (
-            self._script("release_lease")(keys=[key], args=[json.dumps(owner)]))))
+            self._script("release_lease")(keys=[key], args=[json.dumps(owner)])), retry=False))
 
     async def get_leases(self, run_ids: Sequence[str]) -> dict[str, RunLease]:
         """Return ``{run_id: lease}`` of the given runs that hold one (expired or not)."""
@@ -583,7 +607,7 @@ class RedisStorage(SharedLimitsMixin):
         text = _record_json(record, f"log line of run {record.run_id}")
         key = self.k("logs", record.run_id)
         await self._call(f"appending a log line of run {record.run_id}",
-                         lambda c: c.rpush(key, text))
+                         lambda c: c.rpush(key, text), retry=False)
 
     async def list_logs(self, run_id: str) -> list[LogRecord]:
         """Return the run's log lines in order."""
@@ -601,7 +625,7 @@ class RedisStorage(SharedLimitsMixin):
             pipe.rpush(self.k("costs", line.run_id), text)
             pipe.execute()
 
-        await self._call(f"adding a cost line of run {line.run_id}", write)
+        await self._call(f"adding a cost line of run {line.run_id}", write, retry=False)
 
     async def list_costs(self, run_id: str | None = None) -> list[CostLine]:
         """Return cost lines of one run, or of all runs when ``run_id`` is None."""
@@ -645,7 +669,7 @@ class RedisStorage(SharedLimitsMixin):
                 pipe.rpush(self.k("logs", run_id), *log_texts)
             pipe.execute()
 
-        await self._call(f"committing a step of run {run_id}", write)
+        await self._call(f"committing a step of run {run_id}", write, retry=not log_texts)
 
     # ------------------------------------------------------------------ key-value
 
@@ -766,7 +790,7 @@ class RedisStorage(SharedLimitsMixin):
         args = [task.idempotency_key or "", task.id, str(-task.priority), qkey,
                 _num(task.created_at), *[x for pair in fields.items() for x in pair]]
         answer = await self._call(f"submitting task {task.id}", lambda c: (
-            self._script("submit_task")(keys=keys, args=args)))
+            self._script("submit_task")(keys=keys, args=args)), retry=False)
         if answer[0] == b"duplicate":
             raise StorageError(f"task {task.id} already exists")
         if answer[0] == b"existing":
@@ -835,7 +859,7 @@ class RedisStorage(SharedLimitsMixin):
         keys = [self.k("tasks", "queued"), self.k("tasks", "leased")]
         args = [_num(now), json.dumps(worker), _num(now + lease_timeout), self.k("task", "")]
         answer = await self._call("claiming a task", lambda c: (
-            self._script("claim_task")(keys=keys, args=args)))
+            self._script("claim_task")(keys=keys, args=args)), retry=False)
         if not answer:
             return None
         return self._task_from(answer[1:], _text(answer[0], keys[0]))
@@ -879,7 +903,7 @@ class RedisStorage(SharedLimitsMixin):
                 _dumps(outputs or {}, f"outputs of task {task_id}"), json.dumps(error),
                 _num(now), task_id]
         return bool(await self._call(f"finishing task {task_id}", lambda c: (
-            self._script("finish_task")(keys=keys, args=args))))
+            self._script("finish_task")(keys=keys, args=args)), retry=False))
 
     async def cancel_task(self, task_id: str, *, now: float) -> TaskRecord:
         """Cancel a queued task at once, or ask a running one's worker to stop; an ended
@@ -958,7 +982,7 @@ class RedisStorage(SharedLimitsMixin):
                     except redis.WatchError:
                         continue
 
-        return await self._call("appending to the audit log", append)
+        return await self._call("appending to the audit log", append, retry=False)
 
     async def list_audit(self, *, after_seq: int = 0, limit: int = 1000
                          ) -> list[AuditRecord]:
