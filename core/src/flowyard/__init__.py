@@ -126,6 +126,9 @@ __all__ = [
     "SupportsStepCalls",
     "StepCall",
     "StepReply",
+    "invoke_tool",
+    "Budget",
+    "BudgetChain",
     "SupportsTaskQueue",
     "SupportsAuditLog",
     "AuditRecord",
@@ -273,6 +276,9 @@ _LAZY: dict[str, str] = {
     "SupportsStepCalls": "flowyard.interfaces",
     "StepCall": "flowyard.interfaces",
     "StepReply": "flowyard.interfaces",
+    "invoke_tool": "flowyard.engine.calls",
+    "Budget": "flowyard.llm.budget",
+    "BudgetChain": "flowyard.llm.budget",
     "SupportsTaskQueue": "flowyard.interfaces",
     "SupportsAuditLog": "flowyard.interfaces",
     "AuditRecord": "flowyard.models",
@@ -436,6 +442,8 @@ if TYPE_CHECKING:
         open_keystore,
         resolve_secret,
     )
+    from flowyard.engine.calls import invoke_tool
+    from flowyard.llm.budget import Budget, BudgetChain
     from flowyard.llm.modelregistry import (
         eligible,
         ineligibility,
