@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import json
 import os
 import random
 import sys
@@ -34,10 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import flowyard_server  # noqa: F401 - installed in .venv with every distribution
 import flowyard_sql  # noqa: F401
+import pytest
 
 pytestmark = [pytest.mark.slow]
 
@@ -143,10 +143,10 @@ def test_exactly_once_completion_with_workers_killed(postgres_server: Any,
     tasks = {row[0]: row for row in rows}
     assert set(tasks) == {task_id for task_id, _run, _i in submitted}
     number = {task_id: i for task_id, _run, i in submitted}
-    for task_id, run_id, status, worker, lease, attempts, finished, error, outputs in rows:
+    for task_id, _run_id, status, worker, lease, attempts, finished, error, outputs in rows:
         assert (status, worker, lease, error) == ("completed", None, None, None), task_id
         assert finished is not None and attempts >= 1, task_id
-        assert '"i": %d' % number[task_id] in outputs, (task_id, outputs)
+        assert json.loads(outputs) == {"i": number[task_id]}, (task_id, outputs)
 
     # -- the history of state changes, in commit order of each row
     history: dict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
