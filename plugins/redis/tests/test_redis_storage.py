@@ -87,7 +87,7 @@ async def test_an_evicting_redis_is_refused_unless_allowed(tmp_path: Path) -> No
     server.start()
     try:
         storage = RedisStorage(server.url)
-        with pytest.raises(StorageError, match="maxmemory-policy 'allkeys-lru'.*noeviction"):
+        with pytest.raises(StorageError, match=r"maxmemory-policy 'allkeys-lru'.*noeviction"):
             await storage.open()
         allowed = RedisStorage(server.url + "?allow_eviction=1")
         await allowed.open()
@@ -192,5 +192,5 @@ def test_a_missing_redis_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
         RedisServer()
     monkeypatch.delenv("FLOWYARD_REDIS_SERVER")
     monkeypatch.setattr(testing.os, "access", lambda path, mode: False)
-    with pytest.raises(RedisServerError, match="scripts/system-deps.sh"):
+    with pytest.raises(RedisServerError, match=r"scripts/system-deps\.sh"):
         RedisServer()

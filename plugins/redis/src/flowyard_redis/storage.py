@@ -179,7 +179,7 @@ def _from_hash(cls: type[T], raw: dict[bytes, bytes] | list[bytes], key: str) ->
     fields starting with ``_`` are the backend's own and are left out.
     """
     if isinstance(raw, list):
-        raw = dict(zip(raw[0::2], raw[1::2]))
+        raw = dict(zip(raw[0::2], raw[1::2], strict=True))
     data = {}
     for name, value in raw.items():
         field = _text(name, key)
@@ -438,7 +438,7 @@ class RedisStorage(SharedLimitsMixin):
                     break
                 start += len(ids)
                 keys = [self.k("run", _text(i, index)) for i in ids]
-                for key, raw in zip(keys, c.mget(keys)):
+                for key, raw in zip(keys, c.mget(keys), strict=True):
                     if raw is None:
                         continue
                     run = _record(RunRecord, _loads(raw, key), key)
@@ -513,7 +513,8 @@ class RedisStorage(SharedLimitsMixin):
         if not ids:
             return {}
         answers = await self._call("reading run leases", read)
-        return {rid: self._lease_from(raw, rid) for rid, raw in zip(ids, answers) if raw}
+        return {rid: self._lease_from(raw, rid)
+                for rid, raw in zip(ids, answers, strict=True) if raw}
 
     # ------------------------------------------------------------------ steps
 
@@ -744,7 +745,7 @@ class RedisStorage(SharedLimitsMixin):
                     break
                 keys = [self._kv_key(namespace, n) for n in names]
                 gone = []
-                for name, rkey, raw in zip(names, keys, c.mget(keys)):
+                for name, rkey, raw in zip(names, keys, c.mget(keys), strict=True):
                     if raw is None:
                         gone.append(name)
                     else:
@@ -826,7 +827,7 @@ class RedisStorage(SharedLimitsMixin):
                 pipe = c.pipeline(transaction=False)
                 for tid in ids:
                     pipe.hgetall(self._task_key(tid))
-                for tid, raw in zip(ids, pipe.execute()):
+                for tid, raw in zip(ids, pipe.execute(), strict=True):
                     if not raw:
                         continue
                     task = self._task_from(raw, tid)
@@ -994,8 +995,8 @@ class RedisStorage(SharedLimitsMixin):
             seqs = list(range(after_seq + 1, min(head, after_seq + limit) + 1))
             if not seqs:
                 return []
-            return [(s, raw) for s, raw in zip(seqs, c.hmget(log_key, [str(s) for s in seqs]))
-                    if raw is not None]
+            raws = c.hmget(log_key, [str(s) for s in seqs])
+            return [(s, raw) for s, raw in zip(seqs, raws, strict=True) if raw is not None]
 
         return [self._audit_from(raw, seq)
                 for seq, raw in await self._call("listing the audit log", read)]
