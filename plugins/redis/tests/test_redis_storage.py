@@ -194,3 +194,35 @@ def test_a_missing_redis_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(testing.os, "access", lambda path, mode: False)
     with pytest.raises(RedisServerError, match=r"scripts/system-deps\.sh"):
         RedisServer()
+
+
+async def test_the_response_cache_on_redis_expires_entries_natively(redis_url: str) -> None:
+    """`[cache] url = "redis://..."`: the second identical call is a hit, and the entry
+    carries a native Redis expiry (``ttl_s``), not one stored in the value only.
+    """
+    stack = Stack.default(config={"storage": {"url": "memory://"},
+                                  "cache": {"url": redis_url, "ttl_s": 120}})
+    workflow = {"name": "cached", "steps": [
+        {"id": "ask", "uses": "llm.chat",
+         "with": {"model": "fake/echo", "prompt": "same question", "temperature": 0,
+                  "cache": True}}]}
+    await stack.open()
+    try:
+        first = await stack.run(workflow)
+        second = await stack.run(workflow)
+        assert first.status == second.status == "completed"
+        kinds = [[e.type for e in await stack.storage.list_events(r.run_id)]
+                 for r in (first, second)]
+        assert "llm.cache.miss" in kinds[0] and "llm.cache.hit" in kinds[1], kinds
+    finally:
+        await stack.aclose()
+    cache = RedisStorage(redis_url)
+    await cache.open()
+    try:
+        entries = await cache.kv_list("llm.cache")
+        assert len(entries) == 1
+        with _raw(cache) as c:
+            ttl_ms = c.pttl(cache.k("kv", "llm.cache", entries[0][0]))
+        assert 0 < ttl_ms <= 120_000
+    finally:
+        await cache.close()
