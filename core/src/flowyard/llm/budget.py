@@ -269,23 +269,35 @@ def estimate_max_cost(price: ModelPrice, prompt_tokens: int, max_output_tokens: 
 
 
 class CallerBudgets:
-    """Daily budgets per caller: ``[budgets.<kind>.<id>] usd_per_day = 5`` (kinds ``user``,
-    ``key``, ``tenant``; id ``"*"``: each caller of that kind gets its own budget of that size).
+    """Daily budgets per caller, and the deployment-wide budget.
 
-    A caller's budget covers one UTC day and starts afresh at midnight UTC. It is kept in
-    the memory of the process (a server's worker): a restart starts every caller's day at
-    $0, and two processes each keep their own.
+    Per caller: ``[budgets.<kind>.<id>] usd_per_day = 5`` (kinds ``user``, ``key``,
+    ``tenant``; id ``"*"``: each caller of that kind gets its own budget of that size). A
+    caller's budget covers one UTC day and starts afresh at midnight UTC.
+
+    Deployment-wide: ``[budgets.global] usd_per_day = 20`` (every call of the deployment, per
+    UTC day) and/or ``usd = 100`` (every call, in total, with no reset). Every call is
+    charged to them, with or without a caller.
+
+    Without ``[limits] shared`` these budgets are kept in the memory of the process (a
+    server's worker): a restart starts them at $0, and two processes each keep their own
+    (:meth:`budgets`). With it they live in the shared backend (:meth:`shared_budgets` gives
+    their keys), where every process charges the same ones.
 
     Args:
-        section: the ``[budgets]`` table (its caller-kind tables are read; other keys, such
-            as ``unknown_price``, are left to their readers).
+        section: the ``[budgets]`` table (its caller-kind tables and ``global`` are read;
+            other keys, such as ``unknown_price``, are left to their readers).
         now: wall-clock time source (seconds since the epoch), for tests.
 
     Raises:
-        ConfigError: a caller table that is not ``id -> {usd_per_day = number >= 0}``.
+        ConfigError: a caller table that is not ``id -> {usd_per_day = number >= 0}``, or a
+            ``global`` table other than ``{usd_per_day = number >= 0, usd = number >= 0}``
+            (either or both).
     """
 
     KINDS = ("user", "key", "tenant")
+    #: the keys a ``[budgets.global]`` table may have: ``usd_per_day`` and ``usd`` (total)
+    GLOBAL_KEYS = ("usd_per_day", "usd")
 
     def __init__(self, section: Mapping[str, object], *,
                  now: Callable[[], float] = time.time) -> None:
@@ -307,19 +319,66 @@ class CallerBudgets:
                     raise ConfigError(f"{where}.usd_per_day must be a number >= 0, got "
                                       f"{limit!r}")
                 self.limits[(kind, str(ident))] = float(limit)
+        #: ``[budgets.global]``: ``"usd_per_day"`` and/or ``"usd"`` -> US dollars
+        self.global_limits: dict[str, float] = {}
+        table = section.get("global")
+        if table is not None:
+            if not isinstance(table, Mapping) or not table or not set(table) <= set(
+                    self.GLOBAL_KEYS):
+                raise ConfigError(f"budgets.global must be a table with usd_per_day and/or "
+                                  f"usd, got {table!r}")
+            for name, limit in table.items():
+                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (
+                        0 <= limit < math.inf):
+                    raise ConfigError(f"budgets.global.{name} must be a number >= 0, got "
+                                      f"{limit!r}")
+                self.global_limits[name] = float(limit)
         self._current: dict[tuple[str, str], tuple[int, Budget]] = {}
+        self._total: Budget | None = (
+            Budget(self.global_limits["usd"], scope="global", name="total")
+            if "usd" in self.global_limits else None)
 
     def __bool__(self) -> bool:
-        return bool(self.limits)
+        return bool(self.limits) or bool(self.global_limits)
 
-    def budgets(self, callers: Sequence[tuple[str, str]]) -> list[Budget]:
-        """Return today's budgets of ``callers`` (those configured, directly or by ``*``).
+    def shared_budgets(self, callers: Sequence[tuple[str, str]]
+                       ) -> list[tuple[str, float, str, str]]:
+        """Return the keys of today's shared budgets of ``callers`` and of the deployment.
+
+        Keys: ``"budget:<kind>:<id>:<YYYY-MM-DD>"`` (UTC day) per caller,
+        ``"budget:global:day:<YYYY-MM-DD>"`` and ``"budget:global:total"``.
 
         Args:
             callers: ``(kind, id)`` pairs (:func:`flowyard.llm.ratelimit.caller_keys`).
 
         Returns:
-            the budgets (scope: the kind, name: the id).
+            ``(key, limit in US dollars, scope, name)`` per budget that applies: callers
+            first (in the given order), then ``global`` (``day``, then ``total``).
+        """
+        day = time.strftime("%Y-%m-%d", time.gmtime(self.now()))
+        found = []
+        for kind, ident in callers:
+            limit = self.limits.get((kind, ident), self.limits.get((kind, "*")))
+            if limit is not None:
+                found.append((f"budget:{kind}:{ident}:{day}", limit, kind, ident))
+        if "usd_per_day" in self.global_limits:
+            found.append((f"budget:global:day:{day}", self.global_limits["usd_per_day"],
+                          "global", f"day {day}"))
+        if "usd" in self.global_limits:
+            found.append(("budget:global:total", self.global_limits["usd"], "global",
+                          "total"))
+        return found
+
+    def budgets(self, callers: Sequence[tuple[str, str]]) -> list[Budget]:
+        """Return today's in-process budgets of ``callers`` (those configured, directly or by
+        ``*``), then the deployment's (``[budgets.global]``: today's, then the total).
+
+        Args:
+            callers: ``(kind, id)`` pairs (:func:`flowyard.llm.ratelimit.caller_keys`).
+
+        Returns:
+            the budgets (scope: the kind, name: the id; ``global``: scope ``global``, name
+            ``day YYYY-MM-DD`` or ``total``).
         """
         day = int(self.now() // 86400)
         found = []
@@ -333,6 +392,16 @@ class CallerBudgets:
                     current = (day, Budget(limit, scope=kind, name=ident))
                     self._current[(kind, ident)] = current
                 found.append(current[1])
+            if "usd_per_day" in self.global_limits:
+                current = self._current.get(("global", "day"))
+                if current is None or current[0] != day:
+                    name = f"day {time.strftime('%Y-%m-%d', time.gmtime(day * 86400))}"
+                    current = (day, Budget(self.global_limits["usd_per_day"], scope="global",
+                                           name=name))
+                    self._current[("global", "day")] = current
+                found.append(current[1])
+            if self._total is not None:
+                found.append(self._total)
         return found
 
     def snapshot(self) -> dict[str, dict[str, object]]:
@@ -342,5 +411,8 @@ class CallerBudgets:
             the snapshots.
         """
         with _LOCK:
-            return {f"{kind}:{ident}": budget.snapshot()
-                    for (kind, ident), (_, budget) in sorted(self._current.items())}
+            found = {f"{kind}:{ident}": budget.snapshot()
+                     for (kind, ident), (_, budget) in sorted(self._current.items())}
+            if self._total is not None:
+                found["global:total"] = self._total.snapshot()
+            return found

@@ -18,6 +18,9 @@ Configuration (``flowyard.toml``)::
 
     [circuit."openai"]       # per-provider overrides
     failure_threshold = 3
+
+With ``[limits] shared`` the breakers' state lives in the shared backend, so a breaker opened
+by one process is open in all (:mod:`flowyard.llm.shared`); these settings still apply.
 """
 
 from __future__ import annotations
@@ -207,6 +210,23 @@ class BreakerSet:
                 on_change=self.on_change)
             self._breakers[provider] = breaker
         return breaker
+
+    def settings(self, provider: str) -> tuple[int, float] | None:
+        """Return the provider's ``(failure_threshold, cooldown_s)``, or None when its
+        breaker is disabled; read-only (for the shared breakers of
+        :mod:`flowyard.llm.shared`).
+
+        Args:
+            provider: the provider name.
+
+        Returns:
+            the consecutive failures that open it and the seconds it stays open, or None.
+        """
+        settings = self.overrides.get(provider, self.defaults)
+        if not settings.get("enabled", True):
+            return None
+        return (int(settings.get("failure_threshold", 5)),
+                float(settings.get("cooldown_s", 30.0)))
 
     def enabled(self, provider: str) -> bool:
         """Return whether the provider's calls go through a breaker (``enabled`` of its

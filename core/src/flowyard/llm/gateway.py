@@ -61,8 +61,26 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import attrs
 
+from flowyard.clock import Clock, MonotonicClock
+from flowyard.errors import (
+    BadRequestError,
+    BudgetExceeded,
+    CircuitOpenError,
+    ConfigError,
+    ProviderError,
+    RateLimitedError,
+    UnknownNameError,
+)
+from flowyard.guards import GuardSet, guard_set
+from flowyard.interfaces import (
+    RouteRequest,
+    SupportsExplainedChoice,
+    SupportsRouterState,
+    SupportsTokenCounting,
+)
 from flowyard.llm.budget import (
     CHARS_PER_OUTPUT_TOKEN,
     Budget,
@@ -75,18 +93,9 @@ from flowyard.llm.budget import (
     estimate_text_tokens,
 )
 from flowyard.llm.circuit import BreakerSet, counts_as_failure
-from flowyard.clock import Clock, MonotonicClock
-from flowyard.errors import (
-    BadRequestError,
-    BudgetExceeded,
-    CircuitOpenError,
-    ConfigError,
-    ProviderError,
-    RateLimitedError,
-    UnknownNameError,
-)
-from flowyard.guards import GuardSet, guard_set
 from flowyard.llm.modelregistry import ModelRegistry
+from flowyard.llm.ratelimit import LimiterSet, caller_keys
+from flowyard.llm.shared import SharedLimits, open_shared_limits
 from flowyard.models import (
     ChatChunk,
     ChatRequest,
@@ -95,13 +104,6 @@ from flowyard.models import (
     Message,
     ModelInfo,
     Usage,
-)
-from flowyard.llm.ratelimit import LimiterSet, caller_keys
-from flowyard.interfaces import (
-    RouteRequest,
-    SupportsExplainedChoice,
-    SupportsRouterState,
-    SupportsTokenCounting,
 )
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ AUTO = "auto"
 ROUTER_STATE_NAMESPACE = "flowyard.routing"
 
 _UNKNOWN_PRICE_POLICIES = ("refuse", "allow")
+_UNSET: Any = object()
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -149,6 +152,8 @@ class _Call:
     estimated: bool = False
     #: US dollars charged beyond the reservation (set when the reservation is settled)
     overshoot_usd: float = 0.0
+    #: the id of the call's reservation in the shared budgets (``[limits] shared``)
+    shared_reservation: str | None = None
 
 
 class _Received:
@@ -205,6 +210,8 @@ class LLMGateway:
         self._limiters: LimiterSet | None = None
         self._caller_budgets: CallerBudgets | None = None
         self._breakers: BreakerSet | None = None
+        #: the shared limits of ``[limits] shared`` (None: per-process; _UNSET: not opened)
+        self._shared: Any = _UNSET
         self._router_state_loaded: set[str] = set()
         #: id(provider) -> (provider, whether it counts its prompt tokens itself)
         self._counts_tokens: dict[int, tuple[Any, bool]] = {}
@@ -216,6 +223,7 @@ class LLMGateway:
         self.clock = clock
         self._limiters = None
         self._breakers = None
+        self._shared = _UNSET
 
     @property
     def limiters(self) -> LimiterSet:
@@ -231,6 +239,22 @@ class LLMGateway:
             self._breakers = BreakerSet(self.stack.config.section("circuit"), clock=self.clock,
                                         on_change=self._circuit_changed)
         return self._breakers
+
+    async def shared_limits(self) -> SharedLimits | None:
+        """The shared rate limits, breakers and budgets of ``[limits] shared`` (opened on
+        first use), or None when limits are kept in this process.
+
+        Raises:
+            ConfigError: the backend does not implement SupportsSharedLimits (names its URL).
+            StorageError: the backend could not be opened (names its URL; asked again on the
+                next call).
+        """
+        shared = self._shared
+        if shared is _UNSET:
+            shared = await open_shared_limits(self.stack, self.limiters, self.breakers,
+                                              on_change=self._circuit_changed)
+            self._shared = shared
+        return shared  # type: ignore[no-any-return]
 
     def unknown_price_policy(self) -> str:
         """``budgets.unknown_price``: ``"refuse"`` (default) or ``"allow"``.
@@ -395,30 +419,80 @@ class LLMGateway:
         the context's chain plus the per-caller daily budgets of ``callers``.
         """
         chain = self._chain(ctx)
-        if callers and self.caller_budgets:
-            for budget in self.caller_budgets.budgets(callers):
+        caller_budgets = self.caller_budgets
+        if caller_budgets:
+            for budget in caller_budgets.budgets(callers):
                 chain = chain.extend(budget)
         if not chain:
             return None
         scope = chain.budgets[0]
         try:
-            if info is None or info.price is None:
-                if self.unknown_price_policy() == "allow":
-                    return chain.reserve(0.0)
-                raise BudgetExceeded(
-                    f"the price of {ref} is unknown, so a call under a budget cannot be "
-                    f"bounded: set [models.info.\"{ref}\"] input_per_mtok and output_per_mtok, "
-                    "or budgets.unknown_price = \"allow\"", scope=scope.scope,
-                    limit_usd=scope.limit_usd, requested_usd=float("nan"))
-            max_out = max_tokens or info.max_output_tokens
-            if max_out is None and info.context_window is not None:
-                max_out = max(0, info.context_window - prompt_tokens)
-            if max_out is None:
-                raise BudgetExceeded(
-                    f"cannot bound the cost of a call to {ref}: neither max_tokens nor the "
-                    "model's maximum output or context window is known; pass max_tokens",
-                    scope=scope.scope, limit_usd=scope.limit_usd, requested_usd=float("nan"))
-            return chain.reserve(estimate_max_cost(info.price, prompt_tokens, max_out))
+            return chain.reserve(self._max_cost(ref, info, prompt_tokens, max_tokens,
+                                                scope.scope, scope.limit_usd))
+        except BudgetExceeded as exc:
+            self._emit(ctx, "budget.exceeded", model=ref, scope=exc.scope,
+                       limit_usd=exc.limit_usd, requested_usd=exc.requested_usd, error=str(exc))
+            raise
+
+    def _max_cost(self, ref: str, info: ModelInfo | None, prompt_tokens: int,
+                  max_tokens: int | None, scope: str, limit_usd: float) -> float:
+        """The most a call can cost in US dollars (0.0 for an unknown price under
+        ``budgets.unknown_price = "allow"``).
+
+        Raises:
+            BudgetExceeded: the cost cannot be bounded (unknown price, or no maximum output);
+                ``scope`` and ``limit_usd`` name the outermost budget.
+        """
+        if info is None or info.price is None:
+            if self.unknown_price_policy() == "allow":
+                return 0.0
+            raise BudgetExceeded(
+                f"the price of {ref} is unknown, so a call under a budget cannot be "
+                f"bounded: set [models.info.\"{ref}\"] input_per_mtok and output_per_mtok, "
+                "or budgets.unknown_price = \"allow\"", scope=scope,
+                limit_usd=limit_usd, requested_usd=float("nan"))
+        max_out = max_tokens or info.max_output_tokens
+        if max_out is None and info.context_window is not None:
+            max_out = max(0, info.context_window - prompt_tokens)
+        if max_out is None:
+            raise BudgetExceeded(
+                f"cannot bound the cost of a call to {ref}: neither max_tokens nor the "
+                "model's maximum output or context window is known; pass max_tokens",
+                scope=scope, limit_usd=limit_usd, requested_usd=float("nan"))
+        return estimate_max_cost(info.price, prompt_tokens, max_out)
+
+    async def _reserve_shared(self, shared: SharedLimits, ctx: ToolContext | None, ref: str,
+                              info: ModelInfo | None, prompt_tokens: int,
+                              max_tokens: int | None, callers: Sequence[tuple[str, str]]
+                              ) -> tuple[Reservation | None, str | None]:
+        """Reserve the estimated maximum cost in the context's in-process chain (run, step,
+        agent) and in the shared caller and global budgets, all or none.
+
+        Returns:
+            the in-process reservation (None without any budget) and the shared
+            reservation id (None without shared budgets).
+
+        Raises:
+            BudgetExceeded: some budget cannot cover it (``budget.exceeded`` is emitted).
+            StorageError: the shared backend failed (nothing held).
+        """
+        chain = self._chain(ctx)
+        caller_budgets = self.caller_budgets
+        budgets = caller_budgets.shared_budgets(callers) if caller_budgets else []
+        if not chain and not budgets:
+            return None, None
+        scope, limit = ((chain.budgets[0].scope, chain.budgets[0].limit_usd) if chain
+                        else (budgets[0][2], budgets[0][1]))
+        try:
+            reservation = chain.reserve(self._max_cost(ref, info, prompt_tokens, max_tokens,
+                                                       scope, limit))
+            if not budgets:
+                return reservation, None
+            try:
+                return reservation, await shared.reserve(budgets, reservation.amount_usd)
+            except BaseException:
+                BudgetChain.release(reservation)
+                raise
         except BudgetExceeded as exc:
             self._emit(ctx, "budget.exceeded", model=ref, scope=exc.scope,
                        limit_usd=exc.limit_usd, requested_usd=exc.requested_usd, error=str(exc))
@@ -435,6 +509,15 @@ class LLMGateway:
         settled with that cost instead of released. The reservation is held until then.
         ``call.overshoot_usd`` is set when the reservation is settled.
         """
+        shared = self._shared
+        if shared is not None:
+            if shared is _UNSET:
+                shared = await self.shared_limits()
+            if shared is not None:
+                async with self._guard_shared(shared, provider, provider_name, model_id,
+                                              request, ctx) as call:
+                    yield call
+                return
         ref = f"{provider_name}/{model_id}"
         info = await self.models.get(ref)
         self._check_images(request, ref, info)
@@ -509,6 +592,102 @@ class LLMGateway:
         if reservation is not None:
             call.overshoot_usd = BudgetChain.settle(reservation, call.cost_usd,
                                                     estimated=call.estimated)
+
+    @asynccontextmanager
+    async def _guard_shared(self, shared: SharedLimits, provider: Any, provider_name: str,
+                            model_id: str, request: ChatRequest, ctx: ToolContext | None
+                            ) -> AsyncIterator[_Call]:
+        """:meth:`_guard` with ``[limits] shared``: the breaker, the rate limits and the
+        caller and global budgets are the shared backend's (the run, step and agent budgets
+        stay in this process). Every backend failure raises StorageError (fail closed).
+        """
+        ref = f"{provider_name}/{model_id}"
+        info = await self.models.get(ref)
+        self._check_images(request, ref, info)
+        prompt = await self._prompt_tokens(provider, request)
+        max_out = request.max_tokens or (info.max_output_tokens if info else None)
+        await shared.check(provider_name)  # fail fast before reserving money or queueing
+        callers = (caller_keys(ctx.actor) if ctx is not None and ctx.actor is not None
+                   else [])
+        reservation, rid = await self._reserve_shared(shared, ctx, ref, info, prompt,
+                                                      request.max_tokens, callers)
+        call = _Call(provider_name, model_id, info, prompt, reservation,
+                     shared_reservation=rid)
+        try:
+            permit = await shared.acquire(provider_name, model_id, prompt + (max_out or 0),
+                                          callers)
+        except TimeoutError as exc:
+            await self._release_shared(shared, call)
+            raise RateLimitedError(f"{ref}: {exc} (limits.max_wait_s)", provider=provider_name,
+                                   model=model_id) from exc
+        except BaseException:
+            await self._release_shared(shared, call)
+            raise
+        call.waited_s = permit.waited_s
+        if permit.waited_s > 0:
+            self._emit(ctx, "ratelimit.wait", key=ref, waited_s=permit.waited_s)
+        probe = False
+        try:
+            try:
+                probe = await shared.before_call(provider_name)
+            except BaseException:
+                await self._release_shared(shared, call)
+                raise
+            try:
+                yield call
+            except RateLimitedError as exc:
+                if (exc.retry_after is not None
+                        and exc.retry_after > self.limiters.max_retry_after):
+                    exc.retriable = False  # longer than limits.max_retry_after: fail now
+                elif exc.retry_after is not None and exc.retry_after > 0:
+                    with anyio.CancelScope(shield=True):
+                        key = await shared.pause(provider_name, model_id, exc.retry_after)
+                    self._emit(ctx, "ratelimit.paused", key=key, seconds=exc.retry_after)
+                await self._settle_failed_shared(shared, call)
+                await shared.outcome(provider_name, "abort", probe)
+                raise
+            except ProviderError as exc:
+                await self._settle_failed_shared(shared, call)
+                await shared.outcome(provider_name,
+                                     "failure" if counts_as_failure(exc) else "success", probe)
+                raise
+            except BaseException:
+                # Cancelled or broken mid-call: the provider may have billed; keep the
+                # reservation as spent (conservative).
+                if reservation is not None:
+                    BudgetChain.settle(reservation, reservation.amount_usd)
+                    if rid is not None:
+                        await shared.settle(rid, reservation.amount_usd)
+                await shared.outcome(provider_name, "abort", probe)
+                raise
+        finally:
+            await permit.release(call.usage.total_tokens if call.usage is not None else None)
+        await shared.outcome(provider_name, "success", probe)
+        if reservation is not None:
+            call.overshoot_usd = BudgetChain.settle(reservation, call.cost_usd,
+                                                    estimated=call.estimated)
+            if rid is not None:
+                await shared.settle(rid, call.cost_usd)
+
+    @staticmethod
+    async def _release_shared(shared: SharedLimits, call: _Call) -> None:
+        """Give a call's reservations back (in-process and shared): nothing was sent."""
+        if call.reservation is not None:
+            BudgetChain.release(call.reservation)
+        if call.shared_reservation is not None:
+            await shared.settle(call.shared_reservation, 0.0)
+
+    @classmethod
+    async def _settle_failed_shared(cls, shared: SharedLimits, call: _Call) -> None:
+        """:meth:`_settle_failed` for both the in-process and the shared reservation."""
+        if not call.partial:
+            await cls._release_shared(shared, call)
+            return
+        if call.reservation is not None:
+            call.overshoot_usd = BudgetChain.settle(call.reservation, call.cost_usd,
+                                                    estimated=call.estimated)
+        if call.shared_reservation is not None:
+            await shared.settle(call.shared_reservation, call.cost_usd)
 
     @staticmethod
     def _check_images(request: ChatRequest, ref: str, info: ModelInfo | None) -> None:
@@ -923,6 +1102,12 @@ class LLMGateway:
             raise ConfigError("no embedding model: pass model= or set models.embedding")
         provider, provider_name, model_id = self.resolve(str(ref))
         tokens = sum(estimate_text_tokens(t) for t in texts)
+        shared = self._shared
+        if shared is _UNSET:
+            shared = await self.shared_limits()
+        if shared is not None:
+            return await self._embed_shared(shared, provider, provider_name, model_id, texts,
+                                            tokens)
         limited = await self.limiters.acquire(provider_name, model_id, tokens)
         breaker = self.breakers.breaker(provider_name)
         try:
@@ -954,8 +1139,47 @@ class LLMGateway:
             breaker.on_success(probe)
         return vectors
 
+    async def _embed_shared(self, shared: SharedLimits, provider: Any, provider_name: str,
+                            model_id: str, texts: Sequence[str], tokens: int
+                            ) -> list[list[float]]:
+        """:meth:`embed` under the shared rate limits and breaker."""
+        await shared.check(provider_name)
+        try:
+            permit = await shared.acquire(provider_name, model_id, tokens)
+        except TimeoutError as exc:
+            raise RateLimitedError(f"{provider_name}/{model_id}: {exc} (limits.max_wait_s)",
+                                   provider=provider_name, model=model_id) from exc
+        try:
+            probe = await shared.before_call(provider_name)
+            try:
+                vectors = await provider.embed(list(texts), model=model_id)
+            except RateLimitedError as exc:
+                if exc.retry_after and exc.retry_after > self.limiters.max_retry_after:
+                    exc.retriable = False
+                elif exc.retry_after:
+                    with anyio.CancelScope(shield=True):
+                        await shared.pause(provider_name, model_id, exc.retry_after)
+                await shared.outcome(provider_name, "abort", probe)
+                raise
+            except ProviderError as exc:
+                await shared.outcome(provider_name,
+                                     "failure" if counts_as_failure(exc) else "success", probe)
+                raise
+            except BaseException:
+                await shared.outcome(provider_name, "abort", probe)
+                raise
+        finally:
+            await permit.release()
+        await shared.outcome(provider_name, "success", probe)
+        return vectors
+
     # ------------------------------------------------------------------ introspection
 
     def health(self) -> dict[str, Any]:
-        """Return rate limiter and circuit breaker state, JSON-ready."""
-        return {"limits": self.limiters.stats(), "circuits": self.breakers.snapshot()}
+        """Return rate limiter and circuit breaker state, JSON-ready (with ``[limits]
+        shared``, ``"shared"`` names the backend, whose state is not copied here).
+        """
+        found = {"limits": self.limiters.stats(), "circuits": self.breakers.snapshot()}
+        if isinstance(self._shared, SharedLimits):
+            found["shared"] = {"url": self._shared.where}
+        return found

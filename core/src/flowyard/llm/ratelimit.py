@@ -18,6 +18,8 @@ Configuration (``flowyard.toml``)::
     [limits]
     max_wait_s = 120             # optional: a call waiting longer fails with RateLimitedError
     max_retry_after = 60         # longest 429 Retry-After honoured (seconds; default 60)
+    shared = "storage"           # optional: limits shared by every process (see below)
+    hold_s = 600                 # shared: a dead process's slot is freed after this long
 
 Per caller (a server gives each caller its own quota; the caller is the run's ``actor``,
 see :func:`caller_keys`)::
@@ -45,6 +47,10 @@ one second), which providers reject: they enforce per-minute limits over shorter
 the head of the queue may take a slot, so nobody is overtaken. A cancelled waiter leaves the
 queue at once and wakes the next one. :meth:`RateLimiter.pause` (after an HTTP 429 with a
 retry-after) blocks the limiter until the stated time.
+
+With ``shared`` (``"storage"``: the stack's storage; or a storage URL), the limits are kept
+by a :class:`~flowyard.interfaces.SupportsSharedLimits` backend that every process using it
+consults (:mod:`flowyard.llm.shared`); this module then only parses the configuration.
 
 Libraries evaluated (2026-11): ``aiolimiter`` (leaky bucket, asyncio-only futures), ``limits``
 (moving window, wall-clock ``time.time`` and background timers, no async waiting),
@@ -471,7 +477,28 @@ class LimiterSet:
         #: ``max_retry_after``: the longest retry-after of a 429 honoured, in seconds; a longer
         #: one does not pause the model and makes the error non-retriable.
         self.max_retry_after: float = 60.0
+        #: ``shared``: None (limits in this process), ``"storage"`` (the stack's storage) or
+        #: a storage URL whose backend keeps limits, breakers and budgets for every process
+        #: (see :mod:`flowyard.llm.shared`).
+        self.shared: str | None = None
+        #: ``hold_s``: seconds after which a shared concurrency slot or budget reservation of
+        #: a process that died is freed (slot) or counted as spent (reservation).
+        self.hold_s: float = 600.0
         for key, table in (config or {}).items():
+            if key == "shared":
+                if not isinstance(table, str) or not (table == "storage" or "://" in table):
+                    raise ConfigError(f"limits.shared must be \"storage\" (the stack's "
+                                      f"storage) or a storage URL such as "
+                                      f"\"redis://127.0.0.1:6379/0\", got {table!r}")
+                self.shared = table
+                continue
+            if key == "hold_s":
+                if (isinstance(table, bool) or not isinstance(table, (int, float))
+                        or not 0 < table < math.inf):
+                    raise ConfigError(f"limits.hold_s must be a number of seconds > 0, got "
+                                      f"{table!r}")
+                self.hold_s = float(table)
+                continue
             if key == "max_retry_after":
                 if (isinstance(table, bool) or not isinstance(table, (int, float))
                         or not 0 <= table < math.inf):

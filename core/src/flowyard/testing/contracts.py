@@ -1175,7 +1175,7 @@ class SharedLimitsContract:
 
     @staticmethod
     def _backend(storage: Any) -> Any:
-        from flowyard.interfaces import SupportsSharedLimits
+        from flowyard.interfaces import SupportsSharedLimits  # lazy: only this suite needs it
 
         assert isinstance(storage, SupportsSharedLimits), (
             f"{type(storage).__name__} does not implement SupportsSharedLimits")
