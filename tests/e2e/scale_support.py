@@ -225,7 +225,8 @@ def list_tasks(env: dict[str, str], status: str | None = None) -> list[Any]:
 
 class WorkerPool:
     """``flowyard worker`` OS processes in numbered slots, each logging to
-    ``<logs>/<name>.log``; a slot's process can be killed with SIGKILL and replaced.
+    ``<logs>/<name>.log`` and naming its PostgreSQL connections after itself (``PGAPPNAME``,
+    libpq's ``application_name``); a slot's process can be killed with SIGKILL and replaced.
 
     Args:
         env: the processes' environment (see :func:`worker_env`).
@@ -257,7 +258,7 @@ class WorkerPool:
         with open(self.logs / f"{name}.log", "wb") as log:
             process = subprocess.Popen(
                 [*CLI, "worker", "--concurrency", str(self.concurrency), "--name", name],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                env={**self.env, "PGAPPNAME": name}, stdout=log, stderr=subprocess.STDOUT)
         self.processes[slot] = (name, process)
         self.names.append(name)
         return name
@@ -325,24 +326,27 @@ class WorkerPool:
 
 
 #: Test-only history of the queue's state changes on PostgreSQL: triggers record every change
-#: of a task's status or worker (renewals, which change only the lease, are left out) and
-#: every change of a run's status, with the database's clock (UNIX seconds).
+#: of a task's status or worker and any write to an ended task (renewals, which change only
+#: the lease, are left out), with the ``application_name`` of the writing connection (each
+#: :class:`WorkerPool` process connects as its worker name, through ``PGAPPNAME``), and every
+#: change of a run's status; times from the database's clock (UNIX seconds).
 HISTORY_SQL = """
 CREATE TABLE scale_task_history (
     seq bigserial PRIMARY KEY, task_id text NOT NULL, old_status text NOT NULL,
     new_status text NOT NULL, old_worker text, new_worker text, attempts integer NOT NULL,
-    old_lease_expires_at double precision,
+    old_lease_expires_at double precision, writer text NOT NULL,
     at double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp()));
 CREATE FUNCTION scale_task_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO scale_task_history (task_id, old_status, new_status, old_worker, new_worker,
-                                    attempts, old_lease_expires_at)
+                                    attempts, old_lease_expires_at, writer)
     VALUES (NEW.id, OLD.status, NEW.status, OLD.worker, NEW.worker, NEW.attempts,
-            OLD.lease_expires_at);
+            OLD.lease_expires_at, current_setting('application_name'));
     RETURN NULL;
 END $$;
 CREATE TRIGGER scale_task_changed AFTER UPDATE ON fy_tasks FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.worker IS DISTINCT FROM NEW.worker)
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.worker IS DISTINCT FROM NEW.worker
+          OR OLD.status IN ('completed', 'failed', 'cancelled'))
     EXECUTE FUNCTION scale_task_changed();
 CREATE TABLE scale_run_history (
     seq bigserial PRIMARY KEY, run_id text NOT NULL, old_status text, new_status text NOT NULL,
