@@ -20,13 +20,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 import flowyard_client  # noqa: F401 - installed in .venv with every distribution
 import flowyard_redis  # noqa: F401
 import flowyard_server  # noqa: F401
+import pytest
 from flowyard_redis.testing import RedisServer
 
 pytestmark = [pytest.mark.slow]

@@ -309,8 +309,7 @@ class RedisStorage(SharedLimitsMixin):
             info = c.info("memory")
             persistence = c.info("persistence")
             return {"policy": info.get("maxmemory_policy"),
-                    "aof": persistence.get("aof_enabled"),
-                    "loading": persistence.get("loading")}
+                    "aof": persistence.get("aof_enabled")}
 
         try:
             state = await anyio.to_thread.run_sync(self._run_sync, "opening", check, client,
