@@ -226,3 +226,15 @@ async def test_the_response_cache_on_redis_expires_entries_natively(redis_url: s
         assert 0 < ttl_ms <= 120_000
     finally:
         await cache.close()
+
+
+def test_installing_the_plugin_does_not_change_the_default_storage(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without ``storage.url`` the stack keeps its default (SQLite with flowyard-sql, else
+    the in-core memory backend); Redis is used only when a URL names it.
+    """
+    monkeypatch.delenv("FLOWYARD_STORAGE_URL", raising=False)
+    monkeypatch.setenv("FLOWYARD_CONFIG", str(tmp_path / "none.toml"))
+    stack = Stack.default()
+    assert "redis" in stack.storage_schemes.names()
+    assert not stack.storage_url().startswith("redis")

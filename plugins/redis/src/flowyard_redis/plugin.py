@@ -29,8 +29,13 @@ def make_storage(url: str, config: Config) -> Any:
     return RedisStorage(url, config)
 
 
+#: Below the in-core ``memory`` backend (-1): Redis is used only when a URL names it, never
+#: chosen as the default storage because the plugin is installed.
+DEFAULT_PRIORITY = -10
+
+
 @hookimpl
 def register_storage(register: Register, config: Config) -> None:
-    """Register the ``redis`` and ``rediss`` storage schemes."""
-    register("redis", make_storage)
-    register("rediss", make_storage)
+    """Register the ``redis`` and ``rediss`` storage schemes (never the default storage)."""
+    register("redis", make_storage, default_priority=DEFAULT_PRIORITY)
+    register("rediss", make_storage, default_priority=DEFAULT_PRIORITY)
