@@ -234,7 +234,8 @@ def test_installing_the_plugin_does_not_change_the_default_storage(
     the in-core memory backend); Redis is used only when a URL names it.
     """
     monkeypatch.delenv("FLOWYARD_STORAGE_URL", raising=False)
-    monkeypatch.setenv("FLOWYARD_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "empty.toml").write_text("")
+    monkeypatch.setenv("FLOWYARD_CONFIG", str(tmp_path / "empty.toml"))
     stack = Stack.default()
     assert "redis" in stack.storage_schemes.names()
     assert not stack.storage_url().startswith("redis")
