@@ -1,5 +1,5 @@
-"""Hook implementations of ``flowyard-report`` (cheap to import: the tool is built on first
-lookup).
+"""Hook implementations of ``flowyard-report`` (cheap to import: the tools are built on first
+lookup): ``report.write`` and ``report.support``.
 
 Configuration, table ``[report]`` of ``flowyard.toml`` (or ``FLOWYARD_REPORT__KEY``):
 
@@ -34,7 +34,7 @@ def _positive(table: dict[str, Any], key: str, default: int) -> int:
 
 @hookimpl
 def register_tools(register: Register, config: Config) -> None:
-    """Register ``report.write``.
+    """Register ``report.write`` and ``report.support``.
 
     Raises:
         ConfigError: a ``[report]`` limit is not a positive integer.
@@ -53,3 +53,10 @@ def register_tools(register: Register, config: Config) -> None:
                                max_range_items=max_range_items)
 
     register("report.write", factory=make)
+
+    def make_support() -> Any:
+        from flowyard_report.support_tool import ReportSupportTool
+
+        return ReportSupportTool()
+
+    register("report.support", factory=make_support)
