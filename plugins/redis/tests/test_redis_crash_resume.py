@@ -287,3 +287,31 @@ async def test_without_the_append_only_file_a_redis_crash_loses_everything(
 def anyio_backend() -> str:
     """The no-AOF check runs once (asyncio); the crash behaviour does not depend on it."""
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_everysec_survives_a_redis_process_crash(tmp_path: Path) -> None:
+    """The process-crash column of the docs' durability table for ``everysec``: Redis
+    ``write()``s the AOF before it replies, so a SIGKILL of redis-server alone loses nothing
+    acknowledged (only an OS crash or power loss loses the unsynced second).
+    """
+    from flowyard import RunRecord
+    from flowyard_redis.storage import RedisStorage
+
+    server = RedisServer(appendfsync="everysec", data_dir=tmp_path / "redis")
+    server.start()
+    try:
+        storage = RedisStorage(server.url)
+        await storage.open()
+        runs = [RunRecord(id=new_id(), workflow_name="kept") for _ in range(50)]
+        for run in runs:
+            await storage.create_run(run)
+            await storage.save_checkpoint(run.id, "a", {"n": 1})
+        server.kill()
+        server.restart()
+        for run in runs:
+            assert (await storage.get_run(run.id)).id == run.id
+            assert await storage.load_checkpoints(run.id) == {"a": {"n": 1}}
+        await storage.close()
+    finally:
+        server.stop()
