@@ -181,19 +181,27 @@ class SharedLimits:
                 lock = self._locks.get(key)
                 if lock is None:
                     lock = self._locks[key] = anyio.Lock()
-                async with lock:
-                    while True:
-                        delay = await self._run(self.backend.shared_rate_acquire(
-                            key, permit_id=permit_id, windows=windows, tokens=tokens,
-                            tpm=tpm, concurrency=concurrency, hold_s=hold_s))
-                        if delay == 0.0:
-                            break
-                        rest = deadline - time.monotonic()
-                        if rest <= delay:
-                            raise TimeoutError(
-                                f"rate limit {name!r} (shared, {self.where}): not admitted "
-                                f"within {max_wait:g} s")
-                        await anyio.sleep(delay)
+                ask = self.backend.shared_rate_acquire
+                # nobody of this process waits for the key: ask at once (no queue needed)
+                delay = (await self._run(ask(key, permit_id=permit_id, windows=windows,
+                                             tokens=tokens, tpm=tpm, concurrency=concurrency,
+                                             hold_s=hold_s))
+                         if not lock.locked() else -1.0)
+                if delay != 0.0:
+                    async with lock:  # wait in arrival order; the head asks the backend
+                        while True:
+                            if delay > 0.0:
+                                rest = deadline - time.monotonic()
+                                if rest <= delay:
+                                    raise TimeoutError(
+                                        f"rate limit {name!r} (shared, {self.where}): not "
+                                        f"admitted within {max_wait:g} s")
+                                await anyio.sleep(delay)
+                            delay = await self._run(ask(
+                                key, permit_id=permit_id, windows=windows, tokens=tokens,
+                                tpm=tpm, concurrency=concurrency, hold_s=hold_s))
+                            if delay == 0.0:
+                                break
                 held.append(key)
                 if concurrency is not None or tpm is not None:
                     to_release.append(key)
