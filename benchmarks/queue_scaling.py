@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import shutil
 import subprocess
@@ -272,9 +273,11 @@ def main() -> None:
             for workers in counts:
                 got = measure(storage, workers, args.tasks, args.concurrency)
                 base = base or got["rate"]
+                server_ms = ("-" if math.isnan(got["server_ms"])
+                             else f"{got['server_ms']:.1f}")
                 print(f"{name:11} {workers:7d} {got['rate']:8.1f} "
                       f"{got['rate'] / base:5.2f}x {got['worker_ms']:11.1f} "
-                      f"{got['server_ms']:8.1f} {got['start']:6.1f}", flush=True)
+                      f"{server_ms:>8} {got['start']:6.1f}", flush=True)
         finally:
             storage.close()
 
