@@ -1,8 +1,11 @@
 """The main job end to end: `flowyard run examples/python-docs-qa/workflow.yaml` on the
-embedded defaults (SQLite, chromadb + MiniLM, SmolLM2 on llama.cpp), with fewer questions."""
+embedded defaults (SQLite, chromadb + MiniLM, SmolLM2 on llama.cpp), with fewer questions:
+the Markdown and HTML reports show every answer with a support verdict and evidence quoted
+verbatim from the reference."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -36,6 +39,13 @@ def test_main_job_writes_a_cited_report_and_records_the_run_in_sqlite(tmp_path: 
     sections = re.findall(r"^## \d+\. (.+)$", text, flags=re.M)
     assert sections == ['What does the "global" statement do?',
                         'How does a "with" statement use a context manager?']
+    # every answer has a verdict, and an unsupported one an answer of record
+    verdicts = re.findall(r"^\*\*(Supported|Partly supported|Not supported)\b", text, flags=re.M)
+    assert len(verdicts) == 2, text
+    assert result["outputs"]["verdicts"] == {
+        "supported": verdicts.count("Supported"), "partly": verdicts.count("Partly supported"),
+        "not supported": verdicts.count("Not supported")}
+    assert text.count("**Answer of record**") == verdicts.count("Not supported")
     cited = re.findall(r"^Cited topics: (.+)$", text, flags=re.M)
     assert len(cited) == 2
     from pydoc_data.topics import topics
@@ -48,6 +58,25 @@ def test_main_job_writes_a_cited_report_and_records_the_run_in_sqlite(tmp_path: 
     assert "with" in re.findall(r"`([^`]+)`", cited[1])
     answers = re.split(r"^## \d+\. .+$", text, flags=re.M)[1:]
     assert all(len(a.split("Cited topics:")[0].strip()) > 20 for a in answers)
+
+    # the HTML report next to it: the same sections, escaped, evidence quoted verbatim
+    page_path = Path(result["outputs"]["report_html"])
+    assert page_path == report.with_suffix(".html") and page_path.is_file()
+    page = page_path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    headings = [html.unescape(h) for h in re.findall(r"<h2>\d+\. (.+?)</h2>", page)]
+    assert headings == sections
+    assert '"global"' not in page and "&#34;global&#34;" in page  # quotes are escaped
+    badges = re.findall(r'<span class="verdict [a-z-]+">([a-z ]+)</span>', page)
+    assert [b.capitalize() for b in badges] == [
+        v if v != "Partly supported" else "Partly" for v in verdicts]
+    quotes = [html.unescape(q) for q in
+              re.findall(r'<blockquote class="quote">(.*?)</blockquote>', page, flags=re.S)]
+    assert len(quotes) >= 2
+    reference = "\n".join(topics.values())
+    for quote in quotes:
+        for part in quote.strip().removeprefix("… ").removesuffix(" …").split(" … "):
+            assert part in reference, part
 
     database = data_dir / "flowyard.db"
     assert database.is_file()
