@@ -1271,24 +1271,27 @@ class SharedLimitsContract:
     async def test_concurrency_slot_of_a_dead_holder_expires(self, storage: Any) -> None:
         backend = self._backend(storage)
         key = self._key("rate:hold")
+        started = time.monotonic()
         assert await backend.shared_rate_acquire(key, permit_id="dead", windows=[],
                                                  concurrency=1, hold_s=0.4) == 0.0
         assert await backend.shared_rate_acquire(key, permit_id="next", windows=[],
                                                  concurrency=1) > 0.0
-        took = await self._admit(backend, key, "next", windows=[], concurrency=1)
-        assert took >= 0.2  # not before the holder's hold_s ran out
+        await self._admit(backend, key, "next", windows=[], concurrency=1)
+        assert time.monotonic() - started >= 0.35  # not before the holder's hold_s ran out
 
     async def test_pause_stops_admissions_of_its_key_only(self, storage: Any) -> None:
         backend = self._backend(storage)
         key, other = self._key("rate:pause"), self._key("rate:other")
-        await backend.shared_rate_pause(key, 0.5)
+        started = time.monotonic()
+        await backend.shared_rate_pause(key, 0.8)
         delay = await backend.shared_rate_acquire(key, permit_id="a", windows=[])
-        assert 0.2 < delay <= 0.5 + 1e-6
+        assert 0.0 < delay <= 0.8 + 1e-6
         assert await backend.shared_rate_acquire(other, permit_id="a", windows=[]) == 0.0
         await backend.shared_rate_pause(key, 0.0)  # a shorter pause does not shorten it
-        assert await backend.shared_rate_acquire(key, permit_id="a", windows=[]) > 0.0
-        took = await self._admit(backend, key, "a", windows=[])
-        assert took >= delay - 0.15
+        if time.monotonic() - started < 0.6:  # (unless a loaded machine took that long)
+            assert await backend.shared_rate_acquire(key, permit_id="a", windows=[]) > 0.0
+        await self._admit(backend, key, "a", windows=[])
+        assert time.monotonic() - started >= 0.75  # not before the pause ended
 
     async def test_rate_keys_are_data(self, storage: Any) -> None:
         backend = self._backend(storage)
@@ -1355,7 +1358,9 @@ class SharedLimitsContract:
     async def test_one_probe_only_after_the_cooldown(self, storage: Any) -> None:
         backend = self._backend(storage)
         key = self._key("breaker:probe")
-        settings = {"threshold": 1, "cooldown_s": 0.3}
+        # 1 s: the probe of the concurrent callers stays live (not presumed lost) while they
+        # all ask, even on a loaded machine
+        settings = {"threshold": 1, "cooldown_s": 1.0}
         assert (await backend.shared_breaker(key, event="failure", **settings))[0] == "open"
         await self._cooled(backend, key, settings)
         answers: list[str] = []
