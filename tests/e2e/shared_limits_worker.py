@@ -11,7 +11,9 @@ writes ``result-<index>.json``:
   "rate", "other": [errors], "cost_usd"}``;
 * ``open-breaker``: calls ``srv/fail`` (answered 500) until the breaker of ``srv`` is open:
   ``{"failures", "opened"}``;
-* ``breaker-check``: one call to ``srv/m``: ``{"circuit_open", "error"}``.
+* ``breaker-check``: one call to ``srv/m``: ``{"circuit_open", "error"}``;
+* ``hang``: one call to ``srv/slow``, which the server never answers (the test kills the
+  worker while the call holds its concurrency slot and budget reservation).
 
 Not collected by pytest (no ``test_`` prefix).
 """
@@ -95,6 +97,9 @@ async def main(settings_path: str) -> None:
         mode = settings["mode"]
         if mode == "calls":
             result = await _calls(stack, settings["calls"])
+        elif mode == "hang":
+            result = {"answer": str(await stack.llm.chat("hi", model="srv/slow",
+                                                         max_tokens=100))}
         elif mode == "open-breaker":
             result = await _open_breaker(stack)
         else:

@@ -10,7 +10,10 @@ server on 127.0.0.1 through flowyard-openai:
   (less :data:`ALLOWANCE_S` for the time between admission and arrival; without sharing,
   the four processes would send 20 at once);
 * a breaker opened by the failures one process sees makes another fail fast with
-  CircuitOpenError, without a request reaching the server.
+  CircuitOpenError, without a request reaching the server;
+* a process killed (SIGKILL) in the middle of a call loses its concurrency slot and its
+  budget reservation to ``[limits] hold_s``: then the slot is free and the reservation is
+  counted as spent.
 
 Each runs on PostgreSQL, a SQLite file and Redis (flowyard-sql, flowyard-redis: a
 cross-distribution test, so it lives in tests/e2e). Workers are
@@ -52,13 +55,14 @@ ALLOWANCE_S = 0.4
 
 class Server:
     """An OpenAI-compatible server on a free 127.0.0.1 port: ``m`` answers 100 output
-    tokens after 10 ms, ``fail`` answers HTTP 500; the arrival time (``time.monotonic()``)
-    and model of every chat request are kept.
+    tokens after 10 ms, ``fail`` answers HTTP 500, ``slow`` answers only when the server
+    closes; the arrival time (``time.monotonic()``) and model of every chat request are kept.
     """
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, str]] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,6 +89,8 @@ class Server:
                 if model == "fail":
                     self._send(500, {"error": {"message": "upstream down", "type": "server"}})
                     return
+                if model == "slow":
+                    outer._closing.wait(120)
                 time.sleep(0.01)
                 self._send(200, {
                     "id": "c", "object": "chat.completion", "model": model,
@@ -107,6 +113,7 @@ class Server:
             return sorted(t for t, m in self.calls if m == model)
 
     def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -172,8 +179,9 @@ def _config(url: str, server: Server, **tables: Any) -> dict[str, Any]:
         "storage": {"url": url},
         "openai": {"endpoints": {"srv": {"base_url": server.base_url, "api_key": "k",
                                          "timeout": 30}}},
-        "models": {"info": {"srv/m": {"input_per_mtok": 0.0, "output_per_mtok": 200.0,
-                                      "max_output_tokens": 1000, "context_window": 8000}}},
+        "models": {"info": {ref: {"input_per_mtok": 0.0, "output_per_mtok": 200.0,
+                                  "max_output_tokens": 1000, "context_window": 8000}
+                            for ref in ("srv/m", "srv/slow")}},
         **tables,
     }
 
@@ -301,3 +309,54 @@ def test_a_breaker_opened_by_one_process_is_open_for_another(
     assert "'srv' is open" in checked["error"]
     assert server.times("m") == []  # the second process sent nothing
     assert len(server.times("fail")) == 3
+
+
+def test_a_killed_process_loses_its_slot_and_reservation_to_hold_s(
+        storage_url: str, server: Server, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in _env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    hold_s = 2.0
+    config = _config(storage_url, server, budgets={"global": {"usd": 1.0}}, limits={
+        "shared": "storage", "hold_s": hold_s, "max_wait_s": 30, "srv": {"concurrency": 1}})
+    _prepare(config)
+    folder = tmp_path / "hang"
+    folder.mkdir()
+    settings = folder / "settings-0.json"
+    settings.write_text(json.dumps({"config": config, "mode": "hang", "calls": 1,
+                                    "folder": str(folder), "index": 0}))
+    (folder / "go").write_text("go")
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(settings)], env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not server.times("slow"):  # the call is admitted and in flight
+            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the worker's call never arrived"
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        killed_at = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    async def after_the_kill() -> tuple[dict[str, float], float, dict[str, float]]:
+        async with Stack(discover=True, config=config) as stack:
+            shared = await stack.llm.shared_limits()
+            assert shared is not None
+            held = await shared.backend.shared_budget_state("budget:global:total")
+            # the dead process still holds srv's only slot: this call waits for hold_s
+            await stack.llm.chat("hi", model="srv/m", max_tokens=100)
+            admitted_at = time.monotonic()
+            after = await shared.backend.shared_budget_state("budget:global:total")
+            return held, admitted_at, after
+
+    held, admitted_at, after = anyio.run(after_the_kill)
+    assert abs(held["reserved_usd"] - COST) < 1e-9  # the dead call's reservation
+    # the slot was freed by hold_s, not by the kill
+    assert admitted_at - server.times("slow")[0] >= hold_s - ALLOWANCE_S
+    assert admitted_at - killed_at < 60  # (max_wait_s is 30)
+    assert after["reserved_usd"] == 0.0
+    assert abs(after["spent_usd"] - 2 * COST) < 1e-9  # the dead reservation counts as spent
