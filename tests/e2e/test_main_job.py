@@ -67,6 +67,10 @@ def test_main_job_writes_a_cited_report_and_records_the_run_in_sqlite(tmp_path: 
     headings = [html.unescape(h) for h in re.findall(r"<h2>\d+\. (.+?)</h2>", page)]
     assert headings == sections
     assert '"global"' not in page and "&#34;global&#34;" in page  # quotes are escaped
+    v = result["outputs"]["verdicts"]
+    summary = (f"Verdicts: {v['supported']} supported, {v['partly']} partly supported, "
+               f"{v['not supported']} not supported.")
+    assert summary in text and f"<p>{summary}</p>" in page
     badges = re.findall(r'<span class="verdict [a-z-]+">([a-z ]+)</span>', page)
     assert [b.capitalize() for b in badges] == [
         v if v != "Partly supported" else "Partly" for v in verdicts]
