@@ -215,11 +215,14 @@ class RayExecutor:
         self._config_refs[id(config)] = (config, key, ref)
         return key, ref
 
-    def _placement(self, resources: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Ray options for a step's ``resources``."""
+    def _placement(self, resources: Mapping[str, Any] | None, *,
+                   default_cpus: float | None = None) -> dict[str, Any]:
+        """Ray options for a step's ``resources`` (CPUs: ``default_cpus`` when not given,
+        else ``[ray] num_cpus``).
+        """
         resources = dict(resources or {})
-        options: dict[str, Any] = {"num_cpus": resources.pop("num_cpus",
-                                                             self.options["num_cpus"])}
+        cpus = self.options["num_cpus"] if default_cpus is None else default_cpus
+        options: dict[str, Any] = {"num_cpus": resources.pop("num_cpus", cpus)}
         if "num_gpus" in resources:
             options["num_gpus"] = resources.pop("num_gpus")
         if "memory" in resources:
@@ -259,6 +262,7 @@ class RayExecutor:
             self._check_fits(call, options)
             pool = self._pools[shape] = [
                 self._actor_cls.options(**options, max_restarts=-1,
+                                        scheduling_strategy="SPREAD",
                                         max_task_retries=self.options["max_retries"],
                                         max_concurrency=8).remote()
                 for _ in range(self.options["actors"])]
@@ -350,7 +354,9 @@ class RayExecutor:
         placement = self._placement(call.resources)
         what = f"step {call.step_id!r} ({call.step_key}, attempt {call.attempt})"
         if self._is_actor_tool(call.tool):
-            actor = self._actor(call, placement)
+            # an actor holds what it asks for as long as it lives: only what the step asks
+            # for explicitly, not [ray] num_cpus (Ray's default for actors: none while running)
+            actor = self._actor(call, self._placement(call.resources, default_cpus=0))
             ref = actor.run.options(name=f"flowyard:{call.step_key}").remote(
                 light, key, config_ref)
             reply = await self._await(ref, what=what, force_cancel=False)

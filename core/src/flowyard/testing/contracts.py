@@ -1069,45 +1069,92 @@ class RouterContract:
 # ============================================================================ executors
 
 
+class ContractActionError(Exception):
+    """The error the executor contract's failing action raises (module-level, so that an
+    executor that pickles actions to another process can send it back unchanged).
+    """
+
+
+async def _contract_result(value: Any) -> Any:
+    return value
+
+
+async def _contract_fail(message: str) -> None:
+    raise ContractActionError(message)
+
+
+async def _contract_count(folder: str, value: Any) -> Any:
+    with open(f"{folder}/calls", "a", encoding="utf-8") as fh:
+        fh.write("1\n")
+    return value
+
+
+async def _contract_wait(folder: str) -> None:
+    with open(f"{folder}/started", "w", encoding="utf-8") as fh:
+        fh.write("started\n")
+    try:
+        await anyio.sleep(60)
+    except anyio.get_cancelled_exc_class():
+        with open(f"{folder}/cancelled", "w", encoding="utf-8") as fh:
+            fh.write("cancelled\n")
+        raise
+
+
 class ExecutorContract:
     """What every :class:`~flowyard.interfaces.Executor` promises.
 
-    Provide a fixture ``executor``.
+    Provide a fixture ``executor``. The actions are built from module-level functions with
+    :func:`functools.partial` and report through files in ``tmp_path``, not through shared
+    objects, so an executor that runs actions in another process (pickling them) is held to
+    the same promises as one that awaits them in place.
     """
 
     pytestmark = _ANYIO
+    #: seconds an action may take to start where the executor runs it (a cold worker)
+    start_timeout_s: ClassVar[float] = 60.0
 
     async def test_returns_the_action_result(self, executor: Any) -> None:
-        async def action() -> dict[str, Any]:
-            return {"answer": [4, 2]}
+        from functools import partial  # lazy: only this contract builds partials
 
+        action = partial(_contract_result, {"answer": [4, 2]})
         assert await executor.execute(action, step_id="s") == {"answer": [4, 2]}
 
     async def test_errors_propagate_unchanged(self, executor: Any) -> None:
-        class Boom(Exception):
-            pass
+        from functools import partial  # lazy: only this contract builds partials
 
-        async def action() -> None:
-            raise Boom("from the action")
+        with pytest.raises(ContractActionError, match="from the action"):
+            await executor.execute(partial(_contract_fail, "from the action"), step_id="s")
 
-        with pytest.raises(Boom, match="from the action"):
-            await executor.execute(action, step_id="s")
+    async def test_runs_the_action_once_per_call(self, executor: Any, tmp_path: Any) -> None:
+        from functools import partial  # lazy: only this contract builds partials
 
-    async def test_cancellation_reaches_the_action(self, executor: Any) -> None:
-        import anyio
+        async def call(i: int, results: list[Any]) -> None:
+            results.append(await executor.execute(partial(_contract_count, str(tmp_path), i),
+                                                  step_id=f"s{i}"))
 
-        seen: list[str] = []
+        results: list[Any] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(call, i, results)
+        assert sorted(results) == [0, 1, 2, 3]
+        assert (tmp_path / "calls").read_text().count("1") == 4
 
-        async def action() -> None:
-            try:
-                await anyio.sleep(30)
-            except anyio.get_cancelled_exc_class():
-                seen.append("cancelled")
-                raise
+    async def test_cancellation_reaches_the_action(self, executor: Any, tmp_path: Any) -> None:
+        from functools import partial  # lazy: only this contract builds partials
 
-        with anyio.move_on_after(0.2) as scope:
-            await executor.execute(action, step_id="s")
-        assert scope.cancelled_caught and seen == ["cancelled"]
+        action = partial(_contract_wait, str(tmp_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: executor.execute(action, step_id="s"))
+            deadline = time.monotonic() + self.start_timeout_s
+            while not (tmp_path / "started").exists():
+                assert time.monotonic() < deadline, "the action did not start"
+                await anyio.sleep(0.02)
+            cancelled_at = time.monotonic()
+            tg.cancel_scope.cancel()
+        # execute returns once the action has seen its cancellation, and well before the
+        # action's 60 s sleep would have ended
+        assert (tmp_path / "cancelled").exists()
+        assert time.monotonic() - cancelled_at < 30
 
 
 # ============================================================================ loaders
