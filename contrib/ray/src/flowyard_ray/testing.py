@@ -47,6 +47,8 @@ class LocalCluster:
         nodes: how many nodes (the head included), >= 1.
         num_cpus: CPUs each node offers to Ray.
         start_timeout_s: seconds a node may take to start.
+        start_attempts: how often a node other than the head is started before giving up
+            (``ray start`` exits when its raylet is slow to register on a loaded machine).
         env: extra environment of the ``ray start`` processes (and so of their workers).
 
     Attributes:
@@ -55,12 +57,13 @@ class LocalCluster:
     """
 
     def __init__(self, nodes: int = 2, *, num_cpus: int = 1, start_timeout_s: float = 180.0,
-                 env: dict[str, str] | None = None) -> None:
+                 start_attempts: int = 3, env: dict[str, str] | None = None) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, got {nodes}")
         self.nodes = nodes
         self.num_cpus = num_cpus
         self.start_timeout_s = start_timeout_s
+        self.start_attempts = start_attempts
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
         self.temp_dir = tempfile.mkdtemp(prefix="fyray")
         self.port = free_port()
@@ -90,6 +93,7 @@ class LocalCluster:
         return args
 
     def _start_node(self, index: int) -> None:
+        del self.node_manager_ports[index:]
         log_path = Path(self.temp_dir) / f"node{index}.log"
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen([_ray_command(), "start", *self._node_args(index)],
@@ -118,7 +122,15 @@ class LocalCluster:
         """
         try:
             for index in range(self.nodes):
-                self._start_node(index)
+                for attempt in range(1, self.start_attempts + 1):
+                    try:
+                        self._start_node(index)
+                        break
+                    except RuntimeError:
+                        # `ray start` gives a raylet 30 s to register with the GCS; on a
+                        # loaded machine it may miss that: start the node again
+                        if attempt == self.start_attempts or index == 0:
+                            raise
         except BaseException:
             self.stop()
             raise
