@@ -352,6 +352,32 @@ class Stack:
 
         return await resume_run(self, run_id, force=force, **options)
 
+    async def replay(self, run_id: str, *, from_step: str,
+                     set_outputs: Mapping[str, Any] | None = None,
+                     inputs: Mapping[str, Any] | None = None, **options: Any) -> RunResult:
+        """Replay (fork) a stored run from ``from_step`` as a new, linked run: its completed
+        steps before ``from_step`` are reused from its checkpoints, not executed again.
+
+        Args:
+            run_id: the original run (not changed).
+            from_step: the step to run again, with every step downstream of it.
+            set_outputs: ``{step_id: output}`` replacing reused steps' outputs.
+            inputs: workflow inputs replacing the original run's.
+            **options: ``run_id_new``, ``max_concurrency``, ``raise_on_failure``.
+
+        Returns:
+            the new run's result (see :func:`flowyard.engine.replay.replay_run`).
+
+        Raises:
+            RunNotFoundError: no such run.
+            WorkflowChangedError: the workflow changed since the run started.
+            ReplayError: unknown step, or ``set_outputs`` on a step that runs again.
+        """
+        from flowyard.engine.replay import replay_run  # lazy: the engine loads on first run
+
+        return await replay_run(self, run_id, from_step=from_step, set_outputs=set_outputs,
+                                inputs=inputs, **options)
+
     def __repr__(self) -> str:
         loaded = [s.name for s in self.plugin_report if s.status == "loaded"]
         return f"Stack(plugins={loaded!r})"
