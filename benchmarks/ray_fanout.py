@@ -79,7 +79,7 @@ def workflow(items: int, executor: str) -> dict[str, Any]:
     return {"name": f"ray-fanout-{items}", "steps": [
         {"id": "root", "uses": "bench.work", "executor": executor, "with": {"base": 1, "x": 0}},
         {"id": "fan", "uses": "bench.work", "executor": executor,
-         "for_each": list(range(items)), "with": {"base": "${root}", "x": "${item}"}},
+         "for_each": list(range(items)), "with": {"base": "${root}", "x": "{{ item }}"}},
         {"id": "join", "uses": "bench.join", "executor": executor,
          "with": {"values": "${fan}"}},
     ], "outputs": {"total": "${join}"}}

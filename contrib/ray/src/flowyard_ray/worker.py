@@ -79,7 +79,9 @@ class Worker:
                 ray_section = config.get("ray", {}) if isinstance(config, Mapping) else {}
                 plugins = [import_plugin(str(ref)) for ref in ray_section.get("plugins", ())]
                 discover = ray_section.get("discover", True) is not False
-                stack = flowyard.Stack(plugins, config=flowyard.Config(config),
+                # steps of sub-workflows run in place here, unless they name an executor
+                data = {**config, "engine": {**config.get("engine", {}), "executor": "local"}}
+                stack = flowyard.Stack(plugins, config=flowyard.Config(data),
                                        discover=discover)
                 await stack.open()
                 stack.events.subscribe(_collect, name="flowyard-ray.collector")
