@@ -45,9 +45,11 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
-RunStatus = Literal["pending", "running", "completed", "failed", "cancelled", "partial"]
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled", "partial",
+                    "waiting"]
 StepStatus = Literal[
-    "pending", "running", "completed", "failed", "skipped", "cancelled", "budget_exceeded"
+    "pending", "running", "completed", "failed", "skipped", "cancelled", "budget_exceeded",
+    "waiting"
 ]
 
 
@@ -385,7 +387,9 @@ class AuditRecord:
 class RunRecord:
     """A stored run.
 
-    ``status`` is one of pending, running, completed, failed, cancelled, partial.
+    ``status`` is one of pending, running, completed, failed, cancelled, partial, waiting
+    (a human step waits for its answer: no process holds the run; ``metadata["human"]``
+    holds the waiting steps' prompts and the answers, see :mod:`flowyard.engine.human`).
     ``workflow_hash`` is the SHA-256 of the workflow's canonical JSON, checked on resume.
     ``workflow`` holds the workflow definition as a JSON-ready dict, so a run can be resumed
     without its source file. Token counts and cost sum every LLM call of the run; ``cost_usd``

@@ -352,6 +352,54 @@ class Stack:
 
         return await resume_run(self, run_id, force=force, **options)
 
+    async def answer(self, run_id: str, step: str, value: Any, *, actor: str | None = None,
+                     resume: bool = True) -> RunResult | None:
+        """Answer a human step (``human.approve``/``human.input``) of a ``waiting`` run and,
+        by default, resume the run (see :func:`flowyard.engine.human.answer_step`).
+
+        Args:
+            run_id: the waiting run.
+            step: the step key (``id``; ``id[i]`` for a fan-out item) or the step id.
+            value: the answer: ``{"approved": bool, "comment": str}`` for ``human.approve``;
+                a JSON value matching the step's ``schema`` for ``human.input``.
+            actor: who answers (default: ``"user:<OS user>"``, as the audit log names local
+                users).
+            resume: resume the run now (default); False only stores the answer.
+
+        Returns:
+            the resumed run's result (``waiting`` again when another human step waits), or
+            None when ``resume`` is False.
+
+        Raises:
+            RunNotFoundError: no such run.
+            RunInUseError: another process holds the run right now.
+            HumanAnswerError: the run or step is not waiting, the step was already answered,
+                or the value is invalid (not JSON-ready, larger than
+                ``human.max_answer_bytes``, against the schema); nothing was stored.
+        """
+        from flowyard.audit import local_actor  # lazy: only when answering
+        from flowyard.engine.human import answer_step  # lazy: the engine loads on first use
+
+        return await answer_step(self, run_id, step, value,
+                                 actor=actor if actor is not None else local_actor(),
+                                 resume=resume)
+
+    async def expire_waiting(self, *, now: float | None = None, resume: bool = True
+                             ) -> list[tuple[str, str]]:
+        """Give every waiting human step whose ``timeout_s`` passed its default outcome and
+        resume its run (see :func:`flowyard.engine.human.expire_waiting`).
+
+        Args:
+            now: the time to judge deadlines at, UNIX seconds (default: now).
+            resume: resume the runs (default True).
+
+        Returns:
+            the ``(run_id, step_key)`` pairs that expired.
+        """
+        from flowyard.engine.human import expire_waiting  # lazy: the engine loads on first use
+
+        return await expire_waiting(self, now=now, resume=resume)
+
     async def replay(self, run_id: str, *, from_step: str,
                      set_outputs: Mapping[str, Any] | None = None,
                      inputs: Mapping[str, Any] | None = None, **options: Any) -> RunResult:

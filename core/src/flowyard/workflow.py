@@ -38,6 +38,7 @@ __all__ = [
     "WorkflowBuilder",
     "StepResult",
     "RunResult",
+    "WaitingForInput",
     "parse_workflow",
     "Locations",
     "INPUT_TYPES",
@@ -817,7 +818,8 @@ class StepResult:
 
     Args:
         id: step id.
-        status: pending, running, completed, failed, skipped, cancelled, budget_exceeded.
+        status: pending, running, completed, failed, skipped, cancelled, budget_exceeded,
+            or waiting (a human step waits for its answer; see :class:`WaitingForInput`).
         output: the output (a list in input order for ``for_each``; None when none).
         error: the error message when it failed (or when a fallback replaced its output).
         error_type: the error's class name.
@@ -860,8 +862,10 @@ class RunResult:
     Args:
         run_id: the stored run id.
         workflow_name: the workflow's name.
-        status: completed, failed, partial or cancelled.
-        outputs: the workflow outputs, rendered.
+        status: completed, failed, partial, cancelled, or waiting (a human step waits for
+            its answer: the run is stored ``waiting``, no process holds it, and answering
+            resumes it; see ``docs/workflows.md``, "Human steps").
+        outputs: the workflow outputs, rendered (empty while waiting).
         steps: per-step results by step id, in definition order.
         error: why the run failed (None when it completed).
         input_tokens, output_tokens: totals of all LLM calls of the run.
@@ -887,6 +891,11 @@ class RunResult:
     def ok(self) -> bool:
         """True when the run completed."""
         return self.status == "completed"
+
+    @property
+    def waiting(self) -> bool:
+        """True when the run stopped to wait for a human answer (status ``waiting``)."""
+        return self.status == "waiting"
 
     @property
     def duration_s(self) -> float:
@@ -918,7 +927,9 @@ class RunResult:
         }
 
     def raise_for_status(self) -> RunResult:
-        """Return self when completed; else raise StepFailedError naming the failed steps."""
+        """Return self when completed; else raise StepFailedError naming the failed steps
+        (a ``waiting`` run raises too: it has no outputs yet).
+        """
         if self.ok:
             return self
         failed = [f"{s.id}: {s.error}" for s in self.steps.values()
@@ -934,3 +945,44 @@ class RunResult:
             data["steps"][sid]["duration_s"] = step.duration_s
         return data
 
+
+
+class WaitingForInput(Exception):
+    """Raised by a step's action to stop the step until a human answers (``human.approve``,
+    ``human.input``).
+
+    The engine records the step key as ``waiting`` (its attempt, a ``step.waiting`` event and
+    the run record's ``metadata["human"]["waiting"][step_key]``), lets the other branches of
+    the run finish, and ends the run ``waiting``. Never retried. Answering the step
+    (:func:`flowyard.engine.human.answer_step`) stores the answer and resumes the run; the
+    action then finds the answer and returns it.
+
+    Args:
+        prompt: what the human is asked (text).
+        kind: ``"approve"`` or ``"input"``.
+        schema: the JSON Schema the answer must satisfy (None: any JSON value).
+        deadline: UNIX seconds after which the step takes its default outcome (None: waits
+            forever).
+        default: the answer used when the deadline passes (``has_default`` says if one was
+            given).
+        has_default: whether ``default`` was given (None is a valid default).
+    """
+
+    def __init__(self, prompt: str, *, kind: str = "input",
+                 schema: Mapping[str, Any] | None = None, deadline: float | None = None,
+                 default: Any = None, has_default: bool = False) -> None:
+        super().__init__(f"waiting for a human answer: {prompt}")
+        self.prompt = prompt
+        self.kind = kind
+        self.schema = dict(schema) if schema is not None else None
+        self.deadline = deadline
+        self.default = default
+        self.has_default = has_default
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return what is stored for the waiting step: ``{prompt, kind, schema, deadline,
+        default, has_default}`` (JSON-ready when the schema and default are).
+        """
+        return {"prompt": self.prompt, "kind": self.kind, "schema": self.schema,
+                "deadline": self.deadline, "default": self.default,
+                "has_default": self.has_default}

@@ -179,13 +179,15 @@ def register_workflow_loaders(register: Register, config: Config) -> None:
 
 @hookimpl
 def register_tools(register: Register, config: Config) -> None:
-    """The built-in actions: ``echo``, ``log``, ``sleep``, ``llm.chat``, ``agent`` and
-    ``workflow`` (each replaceable by a registration with a higher ``default_priority``).
+    """The built-in actions: ``echo``, ``log``, ``sleep``, ``llm.chat``, ``agent``,
+    ``workflow``, ``human.approve`` and ``human.input`` (each replaceable by a registration
+    with a higher ``default_priority``).
     """
     from flowyard.builtin.actions import builtin_actions  # lazy: keeps Stack() building fast
     from flowyard.builtin.flow import AgentAction, WorkflowAction  # lazy: imports the engine
+    from flowyard.builtin.human import human_actions  # lazy: keeps Stack() building fast
 
-    for action in (*builtin_actions(), AgentAction(), WorkflowAction()):
+    for action in (*builtin_actions(), AgentAction(), WorkflowAction(), *human_actions()):
         register(action.name, action, default_priority=-1)
 
 

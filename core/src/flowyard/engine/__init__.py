@@ -364,7 +364,10 @@ async def _resume_claimed(stack: Services, keeper: LeaseKeeper, run_id: str, for
     storage = stack.storage
     record = await storage.get_run(run_id)
     limit = int(stack.config.get("runs.max_resume_attempts", DEFAULT_MAX_RESUME_ATTEMPTS))
-    if record.resume_count >= limit:
+    # continuing a run that waited for a human answer is not a recovery from a crash: it
+    # counts neither against runs.max_resume_attempts nor in resume_count
+    was_waiting = record.status == "waiting"
+    if record.resume_count >= limit and not was_waiting:
         record.status = "failed"
         record.error = (f"run {run_id} was already resumed {record.resume_count} times, the "
                         f"limit set by runs.max_resume_attempts ({limit}); it is marked failed")
@@ -407,7 +410,8 @@ async def _resume_claimed(stack: Services, keeper: LeaseKeeper, run_id: str, for
             break
     stack.events.seed(run_id, last_seq)
     costs = await storage.list_costs(run_id)
-    record.resume_count += 1
+    if not was_waiting:
+        record.resume_count += 1
     record.error = None
     record.status = "running"
     record.finished_at = None

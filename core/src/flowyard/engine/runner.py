@@ -58,6 +58,7 @@ from flowyard.workflow import (
     RunResult,
     Step,
     StepResult,
+    WaitingForInput,
     Workflow,
     definition_hash,
 )
@@ -233,7 +234,7 @@ class _State:
     """
 
     __slots__ = ("step", "deps", "raw", "children", "remaining", "result", "with_", "for_each",
-                 "blocking", "fails_run", "slot_priority", "budget_chain", "tool",
+                 "blocking", "fails_run", "waiting", "slot_priority", "budget_chain", "tool",
                  "argument_checks")
 
     def __init__(self, step: Step, plan: StepPlan) -> None:
@@ -248,6 +249,8 @@ class _State:
         self.blocking = False
         #: failed under ``on_error: continue_and_fail``: the run goes on and ends failed
         self.fails_run = False
+        #: a key of the step waits for a human answer (WaitingForInput)
+        self.waiting = False
         self.slot_priority = step.priority
         self.budget_chain: Any = _UNSET
         self.tool: Any = None  # the action, looked up at its first attempt
@@ -673,6 +676,9 @@ class Run:
 
     def _final_status(self) -> tuple[str, str | None]:
         blocking = [s for s in self.states.values() if s.blocking]
+        if any(s.waiting for s in self.states.values()) and not (
+                blocking and self.workflow.on_failure == "fail_fast"):
+            return "waiting", None  # resumed when answered; failures decide then
         if not blocking:
             failed = [s.result for s in self.states.values() if s.fails_run]
             if failed:  # on_error: continue_and_fail: everything ran, and the run fails
@@ -693,7 +699,9 @@ class Run:
         finished = time.time()
         for state in self.states.values():
             res = state.result
-            if res.status in ("pending",):
+            if res.status == "pending" and status == "waiting":
+                pass  # runs when the run is resumed after the answer
+            elif res.status in ("pending",):
                 res.status = "skipped" if status != "cancelled" else "cancelled"
                 res.reason = ("not run: the run was cancelled" if status == "cancelled"
                               else f"not run: the run ended {status}")
@@ -705,7 +713,7 @@ class Run:
             res.input_tokens, res.output_tokens = usage.input_tokens, usage.output_tokens
             res.cost_usd = usage.cost_usd
         outputs: dict[str, Any] = {}
-        if self.workflow.outputs and status != "cancelled":
+        if self.workflow.outputs and status not in ("cancelled", "waiting"):
             context = {**self.base_context}
             for name, template in self.workflow.outputs.items():
                 try:
@@ -728,7 +736,7 @@ class Run:
         record.status = status  # type: ignore[assignment]
         record.outputs = outputs
         record.error = error
-        record.finished_at = finished
+        record.finished_at = finished if status != "waiting" else None
         record.input_tokens = result.input_tokens
         record.output_tokens = result.output_tokens
         record.cost_usd = result.cost_usd
@@ -838,6 +846,12 @@ class Run:
                 raise
             await self._step_error(state, exc)  # a sub-workflow's storage failed
             return
+        except WaitingForInput as wait:  # a human step: its dependents wait with it
+            res.status = "waiting"
+            res.reason = wait.prompt
+            state.waiting = True
+            await self.flush()
+            return
         except Exception as exc:  # noqa: BLE001 - a step failure is data, not a crash
             await self._step_error(state, exc)
             return
@@ -888,6 +902,7 @@ class Run:
                                 f"{type(items).__name__}")
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, Exception]] = []
+        waits: list[tuple[int, WaitingForInput]] = []
         limiter = anyio.CapacityLimiter(step.max_parallel) if step.max_parallel else None
         done = [sum(f"{step.id}[{i}]" in self.checkpoints for i in range(len(items)))]
         self.stack.events.progress(self.run_id, step.id, step.id, done[0], len(items))
@@ -904,6 +919,9 @@ class Run:
                         results[i] = await self._execute_key(state, key, item_context)
                 else:
                     results[i] = await self._execute_key(state, key, item_context)
+            except WaitingForInput as wait:  # the other items go on
+                waits.append((i, wait))
+                return
             except Exception as exc:  # noqa: BLE001 - first failure cancels the siblings
                 errors.append((i, exc))
                 tg.cancel_scope.cancel()
@@ -917,6 +935,8 @@ class Run:
         if errors:
             i, exc = min(errors, key=lambda e: e[0])
             raise exc
+        if waits:
+            raise min(waits, key=lambda w: w[0])[1]
         return results
 
     async def _loop(self, state: _State, context: dict[str, Any]) -> Any:
@@ -1023,7 +1043,8 @@ class Run:
             wait=wait_exponential(multiplier=policy.backoff, exp_base=policy.multiplier,
                                   max=policy.max_backoff) + wait_random(0, policy.jitter),
             retry=retry_if_exception(
-                lambda e: isinstance(e, Exception) and not isinstance(e, RunStorageError)
+                lambda e: isinstance(e, Exception)
+                and not isinstance(e, (RunStorageError, WaitingForInput))
                 and policy.matches(e)),
             sleep=anyio.sleep,
             before_sleep=before_sleep,
@@ -1080,6 +1101,15 @@ class Run:
                         await self._commit(f"attempt {number} (cancelled)", key,
                                            attempt=record)
                 raise
+            except WaitingForInput as wait:  # a human step: recorded waiting, never retried
+                record.status = "waiting"
+                record.error = wait.prompt
+                record.error_type = "WaitingForInput"
+                _finish_attempt(record, usage)
+                self._note_waiting(step.id, key, wait)
+                if self._owned_now() or await self._owned():
+                    await self._commit(f"attempt {number} (waiting)", key, attempt=record)
+                raise
             except Exception as exc:
                 record.status = "budget_exceeded" if isinstance(exc, BudgetExceeded) else "failed"
                 record.error = str(exc) or type(exc).__name__
@@ -1099,6 +1129,19 @@ class Run:
             _CURRENT_STEP.reset(step_token)
             _ATTEMPT_USAGE.reset(token)
             self.slots.release()
+
+    def _note_waiting(self, step_id: str, key: str, wait: WaitingForInput) -> None:
+        """Record that step key ``key`` waits for a human answer: a ``step.waiting`` event and
+        ``metadata["human"]["waiting"][key]`` of the run record (written with the run's end;
+        the first request of a key is kept, so its deadline survives resumes).
+        """
+        human = self.record.metadata.setdefault("human", {})
+        waiting = human.setdefault("waiting", {})
+        entry = waiting.get(key)
+        if entry is None:
+            entry = waiting[key] = {**wait.to_dict(), "step_id": step_id, "since": time.time()}
+        self.emit("step.waiting", step_id, step_key=key, prompt=entry["prompt"],
+                  kind=entry["kind"], schema=entry["schema"], deadline=entry["deadline"])
 
     def _executor(self, name: str | None) -> Any:
         executor = self._executors.get(name)
