@@ -85,9 +85,9 @@ async def test_chat_builds_messages_and_parses_structured_output(tool_context: A
     assert await chat.invoke({"prompt": "n?", "model": "fake/echo", "response_schema": schema},
                              tool_context) == {"n": 3}
     with pytest.raises(ToolError, match="not valid JSON") as info:
-        await chat.invoke({"prompt": "n?", "model": "fake/echo", "response_schema": schema},
-                          tool_context)
+        await chat.invoke({"prompt": "n?", "model": "fake/echo", "response_schema": schema,
+                           "max_validation_retries": 0}, tool_context)
     assert info.value.retriable
     with pytest.raises(ToolError, match="does not match response_schema"):
-        await chat.invoke({"prompt": "n?", "model": "fake/echo", "response_schema": schema},
-                          tool_context)
+        await chat.invoke({"prompt": "n?", "model": "fake/echo", "response_schema": schema,
+                           "max_validation_retries": 0}, tool_context)

@@ -110,6 +110,9 @@ __all__ = [
     "Step",
     "StepAttempt",
     "StepFailedError",
+    "chat_typed",
+    "OutputValidationError",
+    "ReplayError",
     "StepResult",
     "StepStatus",
     "StorageBackend",
@@ -213,6 +216,9 @@ _LAZY: dict[str, str] = {
     "TaskNotFoundError": "flowyard.errors",
     "ServerError": "flowyard.errors",
     "StepFailedError": "flowyard.errors",
+    "chat_typed": "flowyard.llm.typed",
+    "OutputValidationError": "flowyard.llm.typed",
+    "ReplayError": "flowyard.engine.replay",
     "StorageError": "flowyard.errors",
     "TemplateError": "flowyard.errors",
     "ToolError": "flowyard.errors",
@@ -493,6 +499,13 @@ if TYPE_CHECKING:
     from flowyard.registry import (
         Register,
         Registry,
+    )
+    from flowyard.engine.replay import (
+        ReplayError,
+    )
+    from flowyard.llm.typed import (
+        OutputValidationError,
+        chat_typed,
     )
     from flowyard.serialization import (
         json_default,

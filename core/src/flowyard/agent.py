@@ -47,6 +47,15 @@ from flowyard.engine.calls import invoke_tool
 from flowyard.errors import BudgetExceeded, ToolError, WorkflowError
 from flowyard.interfaces import RouteRequest
 from flowyard.llm.budget import Budget, BudgetChain
+from flowyard.llm.typed import (
+    DEFAULT_VALIDATION_RETRIES,
+    MAX_ERRORS_SHOWN,
+    InvalidOutput,
+    OutputType,
+    OutputValidationError,
+    output_type_of,
+    retry_message,
+)
 from flowyard.models import MemoryEntry, Message, ToolSpec
 from flowyard.serialization import json_default
 
@@ -87,6 +96,8 @@ class AgentResult:
         tool_calls: tool calls made.
         stop_reason: ``"final_answer"``.
         messages: the whole conversation.
+        output: with an output type: the final answer as that type (else None).
+        output_data: with an output type: the final answer's JSON value (else None).
     """
 
     answer: str
@@ -94,11 +105,18 @@ class AgentResult:
     tool_calls: int
     stop_reason: str = "final_answer"
     messages: list[Message] = attrs.field(factory=list)
+    output: Any = None
+    output_data: Any = None
 
     def to_output(self) -> dict[str, Any]:
-        """Return the step output: ``{answer, turns, tool_calls, stop_reason}``."""
-        return {"answer": self.answer, "turns": self.turns, "tool_calls": self.tool_calls,
-                "stop_reason": self.stop_reason}
+        """Return the step output: ``{answer, turns, tool_calls, stop_reason}``, plus
+        ``output`` (the answer's JSON value) when the agent has an output type.
+        """
+        out = {"answer": self.answer, "turns": self.turns, "tool_calls": self.tool_calls,
+               "stop_reason": self.stop_reason}
+        if self.output_data is not None:
+            out["output"] = self.output_data
+        return out
 
 
 def parse_react(text: str) -> tuple[str, Any]:
@@ -167,6 +185,12 @@ class Agent:
         temperature, max_tokens: sampling parameters for every call.
         requirements: routing requirements (``capabilities``, ``min_context``,
             ``max_input_price``, ``candidates``): the gateway's router picks the model.
+        output_type: the final answer's type (a pydantic model, dataclass, attrs class or
+            TypedDict; see :mod:`flowyard.llm.typed`): the answer must be JSON of that type and
+            is returned as ``AgentResult.output``.
+        output_schema: the same as a JSON schema (what YAML workflows give).
+        max_validation_retries: with an output type, how many invalid final answers are sent
+            back with their validation errors before :class:`OutputValidationError`.
     """
 
     model: str | None = None
@@ -180,6 +204,9 @@ class Agent:
     max_tokens: int | None = None
     requirements: Mapping[str, Any] | None = None
     name: str = "agent"
+    output_type: Any = None
+    output_schema: Mapping[str, Any] | None = None
+    max_validation_retries: int = DEFAULT_VALIDATION_RETRIES
 
     async def run(self, stack: Services, prompt: str, *, context: ToolContext | None = None
                   ) -> AgentResult:
@@ -211,11 +238,15 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
         BudgetExceeded: the agent's, step's or run's budget does not cover the next call.
         ProviderError: the model call failed.
         UnknownNameError: a tool name is not registered.
-        ValueError: an unknown ``mode``.
+        OutputValidationError: with an output type, the final answer did not validate after
+            ``max_validation_retries`` re-asks.
+        ValueError: an unknown ``mode``, or both ``output_type`` and ``output_schema``.
+        TypeError: an unsupported ``output_type`` or an invalid ``output_schema``.
     """
     stack = ctx.stack
     if agent.mode not in ("native", "react"):
         raise ValueError(f"agent mode must be 'native' or 'react', got {agent.mode!r}")
+    output = _agent_output(agent)
     tools: dict[str, Any] = {}
     for item in agent.tools:
         tool = stack.tools.get(item) if isinstance(item, str) else item
@@ -242,6 +273,9 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
         listing = "\n".join(f"- {s.name}: {s.description} Arguments (JSON schema): "
                             f"{json.dumps(s.parameters)}" for s in specs) or "(no tools)"
         system += f"\n\nYou can use these tools:\n{listing}\n\n{REACT_FORMAT}"
+    if output is not None:
+        system += ("\n\nYour final answer must be only a JSON value matching this JSON "
+                   f"schema:\n{json.dumps(output.schema, ensure_ascii=False)}")
     messages = [Message.system(system), Message.user(prompt)]
     actx.emit("agent.started", agent=agent.name, model=agent.model, mode=agent.mode,
               tools=[s.name for s in specs], max_turns=agent.max_turns,
@@ -266,6 +300,36 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
     if agent.mode == "react":
         params["stop"] = ["\nObservation:"]
 
+    invalid = 0
+
+    def typed(answer: str, turn: int, text: str) -> AgentResult | None:
+        """Return the result of a final ``answer``, or None after asking again (invalid)."""
+        nonlocal invalid
+        if output is None:
+            return AgentResult(answer, turn, calls, "final_answer", messages)
+        try:
+            data, value = output.load(answer)
+        except InvalidOutput as exc:
+            invalid += 1
+            actx.emit("agent.turn", agent=agent.name, turn=turn, content=text, tool_calls=[],
+                      tool_results=[], final=False,
+                      output_errors=exc.errors[:MAX_ERRORS_SHOWN])
+            if invalid > agent.max_validation_retries:
+                raise OutputValidationError(
+                    f"agent {agent.name!r}: the final answer does not match {output.name} "
+                    f"after {invalid} attempt(s) (max_validation_retries="
+                    f"{agent.max_validation_retries}): {'; '.join(exc.errors[:10])}",
+                    type_name=output.name, errors=exc.errors, attempts=invalid,
+                    answer=answer, tool="agent") from None
+            retry = retry_message(output, exc.errors)
+            if agent.mode == "react":
+                retry = Message.user(f"{retry.text}\nWrite it after 'Final Answer:'.")
+            messages.append(retry)
+            return None
+        actx.emit("agent.turn", agent=agent.name, turn=turn, content=text, tool_calls=[],
+                  tool_results=[], final=True)
+        return AgentResult(answer, turn, calls, "final_answer", messages, value, data)
+
     async def done(result: AgentResult) -> AgentResult:
         if memory_store is not None and agent.memory and agent.memory.get("store_answer"):
             await memory_store.add([_store_answer_entry(actx, agent, prompt, result.answer)])
@@ -286,6 +350,11 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
         if agent.mode == "native":
             messages.append(message)
             if not message.tool_calls:
+                if output is not None:
+                    result = typed(message.text, turn, message.text)
+                    if result is None:
+                        continue
+                    return await done(result)
                 actx.emit("agent.turn", agent=agent.name, turn=turn, content=message.text,
                           tool_calls=[], tool_results=[], final=True)
                 return await done(AgentResult(message.text, turn, calls, "final_answer",
@@ -305,6 +374,11 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
         text = message.text
         messages.append(Message.assistant(text))
         kind, payload = parse_react(text)
+        if kind == "final" and output is not None:
+            result = typed(payload, turn, text)
+            if result is None:
+                continue
+            return await done(result)
         if kind == "final":
             actx.emit("agent.turn", agent=agent.name, turn=turn, content=text, tool_calls=[],
                       tool_results=[], final=True)
@@ -327,6 +401,24 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
     raise AgentTurnLimitError(
         f"agent {agent.name!r} gave no final answer within max_turns={agent.max_turns} "
         f"({calls} tool call(s) made)")
+
+
+def _agent_output(agent: Agent) -> OutputType | None:
+    """Return the agent's output type (None: a plain text answer).
+
+    Raises:
+        ValueError: both ``output_type`` and ``output_schema`` are set.
+        TypeError: an unsupported ``output_type`` or an invalid ``output_schema``.
+    """
+    if agent.output_type is not None and agent.output_schema is not None:
+        raise ValueError(f"agent {agent.name!r}: give output_type or output_schema, not both")
+    spec = agent.output_type if agent.output_type is not None else agent.output_schema
+    if spec is None:
+        return None
+    if agent.output_schema is not None and not isinstance(spec, Mapping):
+        raise TypeError(f"agent {agent.name!r}: output_schema must be a JSON schema (a "
+                        f"mapping), not {type(spec).__name__}")
+    return output_type_of(spec)
 
 
 async def _run_tool(ctx: ToolContext, tools: Mapping[str, Any], name: str,

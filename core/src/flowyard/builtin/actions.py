@@ -10,15 +10,14 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from flowyard.context import ToolContext
-from flowyard.errors import ConfigError, ToolError, ToolInputError
+from flowyard.errors import ConfigError, ToolInputError
 from flowyard.images import ImageInputError, ImagePolicy, image_policy, load_image
 from flowyard.interfaces import RouteRequest
 from flowyard.llm.budget import IMAGE_TOKENS
@@ -29,6 +28,13 @@ from flowyard.llm.cache import (
     is_deterministic,
     open_response_cache,
     request_key,
+)
+from flowyard.llm.typed import (
+    DEFAULT_VALIDATION_RETRIES,
+    MAX_ERRORS_SHOWN,
+    OutputValidationError,
+    ask_until_valid,
+    output_type_of,
 )
 from flowyard.models import ChatResponse, ImagePart, Message, TextPart
 from flowyard.templating import has_template
@@ -136,7 +142,9 @@ class ChatAction(BaseTool):
     images}]``), ``images`` (with ``prompt``: images attached to it), ``system``, ``model``
     (``provider/model``; default: the stack's default model),
     ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``, ``response_schema`` (JSON
-    Schema: the answer is parsed and checked), ``requirements`` (``capabilities``,
+    Schema: the answer is parsed and checked; an invalid answer is sent back with its
+    validation errors up to ``max_validation_retries`` times, default 2, see
+    :mod:`flowyard.llm.typed`), ``requirements`` (``capabilities``,
     ``min_context``, ``max_input_price``, ``candidates``: a router picks the model; the model
     defaults to ``auto``), ``stream``, ``cache`` (``true`` or ``{ttl_s,
     allow_nondeterministic}``: reuse a stored answer to the same request; see
@@ -177,6 +185,10 @@ class ChatAction(BaseTool):
             "stop": {"type": "array", "items": {"type": "string"}},
             "seed": {"type": "integer"},
             "response_schema": {"type": "object"},
+            "max_validation_retries": {
+                "type": "integer", "minimum": 0, "maximum": 10,
+                "description": "with response_schema: how many times an invalid answer is "
+                               "sent back with its validation errors (default 2)"},
             "stream": {"type": "boolean",
                        "description": "stream the answer as step.delta events (default: "
                                       "while a live display listens)"},
@@ -213,8 +225,9 @@ class ChatAction(BaseTool):
         """Call the model; return text or parsed JSON.
 
         Raises:
-            ToolError: the answer is not valid JSON / does not match ``response_schema``
-                (retriable: another sample may succeed).
+            OutputValidationError: the answer is not valid JSON / does not match
+                ``response_schema``, even after ``max_validation_retries`` re-asks (a
+                retriable :class:`ToolError`: another sample may succeed).
             ToolInputError: an image cannot be used (missing, outside the allowed roots, too
                 large, not PNG/JPEG/GIF/WebP) or sits in a non-user message; names the step
                 and the field.
@@ -261,24 +274,48 @@ class ChatAction(BaseTool):
         if stream is None:
             stream = schema is None and context.stack.events.wants_transient()
         policy = self._cache_policy(arguments, context)
-        if policy is None:
-            text, _ = await self._call(context, messages, model, params, stream)
-        else:
-            text = await self._cached_call(context, messages, model, params, stream,
-                                           arguments, policy)
-        if schema is None:
-            return text
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise ToolError(f"llm.chat: the answer is not valid JSON ({exc}): "
-                            f"{text[:200]!r}", tool=self.name, retriable=True) from None
-        import jsonschema
 
-        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
-        if errors:
-            raise ToolError(f"llm.chat: the answer does not match response_schema: "
-                            f"{errors[0].message}", tool=self.name, retriable=True)
+        async def call(conversation: list[Message]) -> str:
+            if policy is None:
+                return (await self._call(context, conversation, model, params, stream))[0]
+            return await self._cached_call(context, conversation, model, params, stream,
+                                           arguments, policy)
+
+        if schema is None:
+            return await call(messages)
+        return await self._ask_typed(context, call, messages, schema,
+                                     arguments.get("max_validation_retries",
+                                                   DEFAULT_VALIDATION_RETRIES))
+
+    async def _ask_typed(self, context: ToolContext,
+                         call: Callable[[list[Message]], Awaitable[str]],
+                         messages: list[Message], schema: Mapping[str, Any],
+                         retries: int) -> Any:
+        """Ask until the answer is JSON matching ``schema``, re-asking with the validation
+        errors at most ``retries`` times (an ``llm.output.invalid`` event per invalid answer).
+
+        Raises:
+            ToolInputError: ``schema`` is not a valid JSON schema.
+            OutputValidationError: still invalid after ``retries`` re-asks (a retriable
+                :class:`ToolError`: another sample may succeed).
+        """
+        try:
+            output = output_type_of(schema)
+        except TypeError as exc:
+            raise ToolInputError(f"llm.chat step {context.step_id!r}: with.{exc}",
+                                 tool=self.name) from None
+
+        def on_invalid(attempt: int, text: str, errors: list[str]) -> None:
+            context.emit("llm.output.invalid", output_type=output.name, attempt=attempt,
+                         errors=errors[:MAX_ERRORS_SHOWN], answer=text[:500])
+
+        try:
+            value, _ = await ask_until_valid(call, messages, output,
+                                             max_validation_retries=retries,
+                                             on_invalid=on_invalid, tool=self.name)
+        except OutputValidationError as exc:
+            exc.retriable = True
+            raise
         return value
 
     async def _call(self, context: ToolContext, messages: list[Message], model: str | None,

@@ -24,6 +24,7 @@ from flowyard.engine import load_workflow, run_workflow
 from flowyard.engine.validate import unknown_message
 from flowyard.errors import WorkflowError, WorkflowValidationError
 from flowyard.interfaces import Services
+from flowyard.llm.typed import output_type_of
 from flowyard.templating import has_template
 from flowyard.tools import BaseTool
 from flowyard.workflow import Step, Workflow
@@ -32,7 +33,8 @@ __all__ = ["AgentAction", "WorkflowAction", "AGENT_KEYS"]
 
 #: The arguments an ``agent`` step accepts in ``with``.
 AGENT_KEYS = {"model", "instructions", "prompt", "tools", "max_turns", "budget_usd", "mode",
-              "memory", "temperature", "max_tokens", "requirements"}
+              "memory", "temperature", "max_tokens", "requirements", "output_schema",
+              "max_validation_retries"}
 
 Issue = Callable[[str, str], None]
 
@@ -42,7 +44,9 @@ class AgentAction(BaseTool):
 
     Arguments (``with``): ``prompt`` (required), ``model``, ``instructions``, ``tools`` (a list
     of tool names), ``max_turns`` (>= 1, default 10), ``budget_usd`` (US dollars), ``mode``
-    (``native`` or ``react``), ``memory``, ``temperature``, ``max_tokens``, ``requirements``.
+    (``native`` or ``react``), ``memory``, ``temperature``, ``max_tokens``, ``requirements``,
+    ``output_schema`` (a JSON schema the final answer must match; the output then has
+    ``output``, its JSON value) and ``max_validation_retries`` (default 2).
     Checked by :meth:`validate_step` when the workflow is validated.
     """
 
@@ -89,6 +93,13 @@ class AgentAction(BaseTool):
         max_turns = params.get("max_turns", 10)
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             issue("agent max_turns must be an integer >= 1", f"{base}.with.max_turns")
+        schema = params.get("output_schema")
+        if schema is not None and not (isinstance(schema, str) and has_template(schema)):
+            try:
+                output_type_of(schema if isinstance(schema, Mapping) else None)
+            except TypeError as exc:
+                issue(f"agent output_schema must be a JSON schema (a mapping): {exc}",
+                      f"{base}.with.output_schema")
         budget = params.get("budget_usd")
         if budget is not None and (isinstance(budget, bool)
                                    or not isinstance(budget, (int, float)) or budget < 0):
