@@ -104,24 +104,23 @@ class _Statements:
         # rate limits
         self.key_row = t("INSERT INTO fy_rate_keys (key, paused_until) VALUES (:b_key, NULL) "
                          "ON CONFLICT (key) DO NOTHING")
-        self.paused = t("SELECT paused_until FROM fy_rate_keys WHERE key = :b_key")
         self.pause = t("UPDATE fy_rate_keys SET paused_until = :b_until WHERE key = :b_key "
                        "AND (paused_until IS NULL OR paused_until < :b_until)")
-        self.seen = t("SELECT 1 FROM fy_rate_events WHERE key = :b_key "
-                      "AND permit_id = :b_permit")
+        # one round trip: admitted before?, the newest admission, the pause
+        self.rate_state = t(
+            "SELECT (SELECT 1 FROM fy_rate_events WHERE key = :b_key AND permit_id = "
+            ":b_permit), (SELECT MAX(at) FROM fy_rate_events WHERE key = :b_key), "
+            "(SELECT paused_until FROM fy_rate_keys WHERE key = :b_key)")
         self.prune = t("DELETE FROM fy_rate_events WHERE key = :b_key AND at <= :b_before "
                        "AND (hold_until IS NULL OR hold_until <= :b_now)")
-        self.last_at = t("SELECT MAX(at) FROM fy_rate_events WHERE key = :b_key")
-        self.window = t("SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM fy_rate_events "
-                        "WHERE key = :b_key AND at > :b_since")
+        #: windows -> the statement counting them in one round trip (see _counts)
+        self.counts: dict[int, Any] = {}
         self.nth = t("SELECT at FROM fy_rate_events WHERE key = :b_key AND at > :b_since "
                      "ORDER BY at DESC LIMIT 1 OFFSET :b_offset")
         self.tokens_free_at = t(
             "SELECT at FROM (SELECT at, SUM(tokens) OVER (ORDER BY at, permit_id ROWS "
             "UNBOUNDED PRECEDING) AS freed FROM fy_rate_events WHERE key = :b_key "
             "AND at > :b_since) AS w WHERE freed >= :b_excess ORDER BY at LIMIT 1")
-        self.holding = t("SELECT COUNT(*) FROM fy_rate_events WHERE key = :b_key "
-                         "AND hold_until > :b_now")
         self.admit = t("INSERT INTO fy_rate_events (key, permit_id, at, tokens, hold_until) "
                        "VALUES (:b_key, :b_permit, :b_at, :b_tokens, :b_hold)")
         self.release = t("UPDATE fy_rate_events SET hold_until = NULL WHERE key = :b_key "
@@ -164,6 +163,24 @@ class _Statements:
 
 
 _SQL = _Statements()
+
+
+def _counts(windows: int) -> Any:
+    """The statement that counts, in one round trip, the admissions of each of ``windows``
+    windows (``:b_s0``, ``:b_s1``, ... their starts), the tokens of the last 60 s
+    (``:b_t``) and the slots held at ``:b_now``. Built once per number of windows (the raw
+    SQLite writer caches compiled statements by ``id()``).
+    """
+    stmt = _SQL.counts.get(windows)
+    if stmt is None:
+        parts = [f"COALESCE(SUM(CASE WHEN at > :b_s{i} THEN 1 ELSE 0 END), 0)"
+                 for i in range(windows)]
+        parts += ["COALESCE(SUM(CASE WHEN at > :b_t THEN tokens ELSE 0 END), 0)",
+                  "COALESCE(SUM(CASE WHEN hold_until > :b_now THEN 1 ELSE 0 END), 0)"]
+        # setdefault: a statement built twice at once is used only in its first copy
+        stmt = _SQL.counts.setdefault(windows, sa.text(
+            f"SELECT {', '.join(parts)} FROM fy_rate_events WHERE key = :b_key"))
+    return stmt
 
 
 def _finite(value: Any, what: str, *, low: float, strict: bool = False) -> float:
@@ -254,40 +271,37 @@ class SharedLimitsMixin:
         hold_s = _finite(hold_s, "hold_s", low=0.0, strict=True)
         horizon = max([60.0, *(s for s, _ in checked)])
 
+        counts = _counts(len(checked))
+
         def acquire(ex: _Exec) -> float:
             now = self._locked_now(ex, _NS_RATE, key)
-            ex.execute(_SQL.key_row, {"b_key": key})
-            if ex.first(_SQL.seen, {"b_key": key, "b_permit": permit_id}) is not None:
+            state = ex.first(_SQL.rate_state, {"b_key": key, "b_permit": permit_id})
+            assert state is not None
+            if state[0] is not None:
                 return 0.0
-            last = ex.first(_SQL.last_at, {"b_key": key})
-            if last is not None and last[0] is not None:
-                now = max(now, float(last[0]))  # a clock that stepped back: keep order
+            if state[1] is not None:
+                now = max(now, float(state[1]))  # a clock that stepped back: keep order
+            delay = 0.0 if state[2] is None else max(0.0, float(state[2]) - now)
             ex.execute(_SQL.prune, {"b_key": key, "b_before": now - horizon, "b_now": now})
-            paused = ex.first(_SQL.paused, {"b_key": key})
-            delay = 0.0
-            if paused is not None and paused[0] is not None:
-                delay = max(0.0, float(paused[0]) - now)
-            for seconds, limit in checked:
-                since = now - seconds + _EPS
-                count = ex.first(_SQL.window, {"b_key": key, "b_since": since})
-                if count is not None and int(count[0]) >= limit:
-                    nth = ex.first(_SQL.nth, {"b_key": key, "b_since": since,
+            params: dict[str, Any] = {f"b_s{i}": now - seconds + _EPS
+                                      for i, (seconds, _) in enumerate(checked)}
+            params.update(b_key=key, b_t=now - 60.0 + _EPS, b_now=now)
+            found = ex.first(counts, params)
+            assert found is not None
+            for i, (seconds, limit) in enumerate(checked):
+                if int(found[i]) >= limit:
+                    nth = ex.first(_SQL.nth, {"b_key": key, "b_since": params[f"b_s{i}"],
                                               "b_offset": limit - 1})
                     if nth is not None:
                         delay = max(delay, float(nth[0]) + seconds - now)
-            if tpm is not None:
-                since = now - 60.0 + _EPS
-                used_row = ex.first(_SQL.window, {"b_key": key, "b_since": since})
-                used = int(used_row[1]) if used_row is not None else 0
-                if used and used + tokens > tpm:
-                    free = ex.first(_SQL.tokens_free_at, {"b_key": key, "b_since": since,
-                                                          "b_excess": used + tokens - tpm})
-                    if free is not None:
-                        delay = max(delay, float(free[0]) + 60.0 - now)
-            if concurrency is not None:
-                holding = ex.first(_SQL.holding, {"b_key": key, "b_now": now})
-                if holding is not None and int(holding[0]) >= concurrency:
-                    delay = max(delay, CONCURRENCY_POLL_S)
+            used = int(found[len(checked)])
+            if tpm is not None and used and used + tokens > tpm:
+                free = ex.first(_SQL.tokens_free_at, {"b_key": key, "b_since": params["b_t"],
+                                                      "b_excess": used + tokens - tpm})
+                if free is not None:
+                    delay = max(delay, float(free[0]) + 60.0 - now)
+            if concurrency is not None and int(found[len(checked) + 1]) >= concurrency:
+                delay = max(delay, CONCURRENCY_POLL_S)
             if delay > _EPS:
                 return max(delay, 1e-3)
             ex.execute(_SQL.admit, {"b_key": key, "b_permit": permit_id, "b_at": now,
