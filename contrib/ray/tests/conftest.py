@@ -26,7 +26,6 @@ def ray_cluster() -> Iterator[Any]:
     the driver. Its workers import the test tools (``ray_tools``) from this folder.
     """
     import ray
-
     from flowyard_ray.testing import LocalCluster
 
     pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)

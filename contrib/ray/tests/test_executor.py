@@ -11,15 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import flowyard
+import pytest
 from flowyard.testing.contracts import ExecutorContract
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ray_tools  # noqa: E402  (the test tools, also imported by the Ray workers)
-
-from flowyard_ray import RayExecutor  # noqa: E402
+import ray_tools
+from flowyard_ray import RayExecutor
 
 pytestmark = pytest.mark.anyio
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import flowyard
 import pytest
 
-import flowyard
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ray_tools  # noqa: E402  (the test tools, also imported by the Ray workers)
+import ray_tools
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
-import sniffio
-
 import flowyard
+import sniffio
 
 from . import worker as _worker
 
@@ -70,8 +69,9 @@ def settings(config: flowyard.Config) -> dict[str, Any]:
         value = section.get(key, default)
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-            raise flowyard.ConfigError(f"[ray] {key} must be {'an integer' if integer else 'a number'}"
-                                       f" >= {minimum}, got {value!r}")
+            kind = "an integer" if integer else "a number"
+            raise flowyard.ConfigError(f"[ray] {key} must be {kind} >= {minimum}, "
+                                       f"got {value!r}")
         return value
 
     address = section.get("address", "auto")
@@ -189,6 +189,9 @@ class RayExecutor:
         self._action_fn: Any = None
         self._actor_cls: Any = None
         self._step_fn: Any = None
+        self._actor_tools: dict[str, bool] = {}
+        self._default = self._placement(None)
+        self._memory_storage: bool | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -351,9 +354,12 @@ class RayExecutor:
             await anyio.to_thread.run_sync(self._ready)
         key, config_ref = self._config(call.config)
         light = _without_config(call)
-        placement = self._placement(call.resources)
+        placement = self._placement(call.resources) if call.resources else self._default
         what = f"step {call.step_id!r} ({call.step_key}, attempt {call.attempt})"
-        if self._is_actor_tool(call.tool):
+        actor_tool = self._actor_tools.get(call.tool)
+        if actor_tool is None:
+            actor_tool = self._actor_tools[call.tool] = self._is_actor_tool(call.tool)
+        if actor_tool:
             # an actor holds what it asks for as long as it lives: only what the step asks
             # for explicitly, not [ray] num_cpus (Ray's default for actors: none while running)
             actor = self._actor(call, self._placement(call.resources, default_cpus=0))
@@ -361,7 +367,7 @@ class RayExecutor:
                 light, key, config_ref)
             reply = await self._await(ref, what=what, force_cancel=False)
         else:
-            shape = json.dumps(placement, sort_keys=True)
+            shape = json.dumps(placement, sort_keys=True) if call.resources else None
             fn = self._task_fns.get(shape)
             if fn is None:
                 self._check_fits(call, placement)
@@ -381,8 +387,10 @@ class RayExecutor:
         services = self.services
         if services is None or not services.storage_is_open:
             return
-        if not isinstance(services, flowyard.Stack) or not services.storage_url().startswith(
-                "memory:"):
+        if self._memory_storage is None:
+            self._memory_storage = isinstance(services, flowyard.Stack) and \
+                services.storage_url().startswith("memory:")
+        if not self._memory_storage:
             return
         for event in reply.events:
             if event.type != "llm.call":

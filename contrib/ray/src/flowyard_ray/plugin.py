@@ -7,7 +7,6 @@ Nothing connects to Ray until a step uses the executor.
 
 from __future__ import annotations
 
-
 import flowyard
 
 from .executor import RayExecutor

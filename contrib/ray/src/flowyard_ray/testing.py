@@ -196,7 +196,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every node (SIGTERM to each node's session, SIGKILL after 15 s), then
-        SIGKILL what is left of this cluster's processes, and remove the temporary folder.
+        SIGKILL what is left of this cluster's processes after 5 s, and remove the
+        temporary folder.
         """
         for proc in reversed(self._procs):
             if proc.poll() is None:
@@ -210,8 +211,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
-        deadline = time.monotonic() + 15
-        while (pids := self._leftovers()) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 5
+        while self._leftovers() and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in self._leftovers():
             try:

@@ -118,7 +118,7 @@ class Worker:
                                                 validated=call.validated)
             return flowyard.StepReply(output=output, events=tuple(events),
                                       cost_usd=_cost(events))
-        except Exception as exc:  # returned, not raised: the events go with it
+        except Exception as exc:  # noqa: BLE001 - returned with its events, raised by the driver
             return flowyard.StepReply(error=_picklable(exc), events=tuple(events),
                                       cost_usd=_cost(events))
         finally:
@@ -144,7 +144,7 @@ def _picklable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
-    except Exception:  # any failure to round-trip means it cannot travel
+    except Exception:  # noqa: BLE001 - any failure to round-trip means it cannot travel
         return flowyard.ToolError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
 
 
@@ -211,7 +211,7 @@ def run_action_task(action: Callable[[], Awaitable[Any]]) -> Any:
     """
     try:
         return ("ok", _run_on_loop(action))
-    except Exception as exc:  # returned so that it reaches the caller unchanged
+    except Exception as exc:  # noqa: BLE001 - returned, raised unchanged by the caller
         return ("error", _picklable(exc))
 
 
