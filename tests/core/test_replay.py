@@ -101,6 +101,7 @@ async def test_replay_from_the_middle_with_a_changed_output() -> None:
               and e.data.get("resumed")}
     assert set(reused) == {"a", "b"}
     assert all(d["replayed_from"] == "orig" for d in reused.values())
+    assert reused["b"].get("output_set") is True and "output_set" not in reused["a"]
     started = next(e for e in events if e.type == "run.started")
     assert started.data["replayed_from"] == "orig" and started.data["replay_from_step"] == "c"
     # the original is untouched
@@ -140,3 +141,33 @@ async def test_replay_refusals_store_nothing(tmp_path: Path) -> None:
             await stack.replay("orig", from_step="c")
         assert len(await stack.storage.list_runs(RunQuery())) == len(before)
     assert sorted(tag for tag, _ in tool.calls) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.anyio
+async def test_replay_reuses_fan_out_and_loop_steps_and_chains() -> None:
+    tool = Count()
+    stack = Stack([Plugin(tool)])
+    wf = {"name": "fan", "steps": [
+        {"id": "each", "uses": "count", "for_each": [1, 2, 3],
+         "with": {"tag": "each", "value": "{{ item }}"}},
+        {"id": "loop", "uses": "count", "until": "{{ iteration >= 2 }}", "max_iterations": 5,
+         "with": {"tag": "loop", "value": "{{ iteration }}"}},
+        {"id": "sum", "uses": "count",
+         "with": {"tag": "sum", "value": "{{ steps.each.output | join(',') }}/"
+                                         "{{ steps.loop.output }}"}},
+    ], "outputs": {"sum": "${sum}"}}
+    async with stack:
+        first = await stack.run(wf, run_id="orig")
+        calls_first = sorted(tag for tag, _ in tool.calls)
+        tool.calls.clear()
+        second = await stack.replay("orig", from_step="sum", set_outputs={"each": [7]})
+        tool.calls.clear()
+        third = await stack.replay(second.run_id, from_step="sum")
+        record = await stack.storage.get_run(third.run_id)
+    assert first.ok and second.ok and third.ok, (first.error, second.error, third.error)
+    assert calls_first.count("each") == 3 and "loop" in calls_first
+    assert second.outputs["sum"].startswith("7/") and first.outputs["sum"].startswith("1,2,3/")
+    assert second.outputs["sum"].split("/")[1] == first.outputs["sum"].split("/")[1]
+    assert [tag for tag, _ in tool.calls] == ["sum"]  # the replay of the replay
+    assert third.outputs == second.outputs
+    assert record.metadata["replayed_from"] == second.run_id

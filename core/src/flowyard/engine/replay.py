@@ -5,9 +5,10 @@ same workflow. Every step of the original run that completed and is neither ``ST
 downstream of it (transitively, through ``depends_on`` and template references) is *reused*:
 its checkpointed output is copied into the new run, and the engine does not execute it again
 (its ``step.completed`` event carries ``resumed: true`` and ``replayed_from: <original run
-id>``). ``STEP`` and everything downstream of it runs again. ``set_outputs`` (``--set
-step.output=JSON``) replaces the output of reused steps, and ``inputs`` replaces workflow inputs
-(a fork: "what if this step had answered that?").
+id>``, plus ``output_set: true`` when ``set_outputs`` replaced its output). ``STEP`` and
+everything downstream of it runs again. ``set_outputs`` (``--set step.output=JSON``) replaces
+the output of reused steps, and ``inputs`` replaces workflow inputs (a fork: "what if this
+step had answered that?").
 
 The two runs are linked: the new run's metadata holds ``replayed_from`` (the original run's
 id), ``replay_from_step``, ``replay_reused`` (the reused step ids) and ``replay_set`` (the steps
@@ -105,11 +106,16 @@ class _ReplayRun(Run):
 
     replayed_from: str = ""
     from_step: str = ""
+    output_set: frozenset[str] = frozenset()
 
     def emit(self, type: str, step_id: str | None = None, **data: Any) -> None:
-        """Emit an event, marking reused steps and the run's start with the original run."""
+        """Emit an event, marking reused steps and the run's start with the original run
+        (and ``output_set: true`` on steps whose output ``set_outputs`` replaced).
+        """
         if (type == "step.completed" and data.get("resumed")) or type == "run.started":
             data["replayed_from"] = self.replayed_from
+            if step_id in self.output_set:
+                data["output_set"] = True
         if type == "run.started":
             data["replay_from_step"] = self.from_step
         super().emit(type, step_id, **data)
@@ -210,6 +216,7 @@ async def replay_run(stack: Services, run_id: str, *, from_step: str,
                      plan=plan_of(stack, wf, current_hash))
     run.replayed_from = run_id
     run.from_step = from_step
+    run.output_set = frozenset(overrides)
     try:
         result = await keeper.hold(run.execute)
     finally:
