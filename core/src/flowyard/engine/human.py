@@ -56,7 +56,15 @@ class HumanAnswerError(WorkflowError):
     """An answer was refused: the run is not waiting, the step is not waiting or was already
     answered, or the value is invalid (not JSON, too large, against the step's schema).
     Nothing was stored.
+
+    Attributes:
+        reason: ``"state"`` (the run or step is not waiting, or was answered: a conflict) or
+            ``"value"`` (the answer itself is invalid).
     """
+
+    def __init__(self, message: str, *, reason: str = "state") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def pending_steps(record: RunRecord) -> dict[str, dict[str, Any]]:
@@ -106,18 +114,18 @@ def _check_value(record: RunRecord, key: str, request: dict[str, Any], value: An
         text = json.dumps(value, default=json_default, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise HumanAnswerError(f"the answer to step {key!r} of run {record.id} is not "
-                               f"JSON-ready: {exc}; nothing was stored") from None
+                               f"JSON-ready: {exc}; nothing was stored", reason="value") from None
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise HumanAnswerError(f"the answer to step {key!r} of run {record.id} is {size} bytes "
                                f"of JSON, more than human.max_answer_bytes ({max_bytes}); "
-                               "nothing was stored")
+                               "nothing was stored", reason="value")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise HumanAnswerError(f"the answer to step {key!r} of run {record.id} holds text that "
-                               "is not valid Unicode (a lone surrogate); nothing was stored"
-                               ) from None
+                               "is not valid Unicode (a lone surrogate); nothing was stored",
+                               reason="value") from None
     schema = APPROVE_SCHEMA if request.get("kind") == "approve" else request.get("schema")
     if schema:
         validator = jsonschema.Draft202012Validator(schema)
@@ -129,7 +137,7 @@ def _check_value(record: RunRecord, key: str, request: dict[str, Any], value: An
                 f"the answer to step {key!r} of run {record.id} does not match its schema at "
                 f"{where}: {first.message}"
                 + (f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else "")
-                + "; nothing was stored")
+                + "; nothing was stored", reason="value")
 
 
 async def _last_seq(stack: Services, run_id: str) -> int:
@@ -207,7 +215,7 @@ async def answer_step(stack: Services, run_id: str, step: str, value: Any, *, ac
     """
     if not isinstance(actor, str) or not actor.strip():
         raise HumanAnswerError(f"actor must be a non-empty string naming who answers, got "
-                               f"{actor!r}")
+                               f"{actor!r}", reason="value")
     if not stack.storage_is_open:
         await stack.open()
     max_bytes = _max_bytes(stack)

@@ -24,8 +24,10 @@ import attrs
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict
 from flowyard import (
     FlowyardError,
+    RunNotFoundError,
     Stack,
     StorageError,
     SupportsKeyValueListing,
@@ -69,6 +71,23 @@ RUNS_NAMESPACE = "server.runs."
 TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _ID = r"^[0-9a-f]{32}$"
 IdPath = Annotated[str, Path(pattern=_ID, description="32 hex characters")]
+#: A step id, or the key of a fan-out item (``id[3]``).
+StepPath = Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,127}(\[\d{1,9}\])?$",
+                               description="a step id, or a fan-out item's key id[i]")]
+#: Seconds the answer endpoint waits for a worker to record the end of a run's task that
+#: just stopped waiting, before it queues the task again.
+ANSWER_TASK_WAIT_S = 10.0
+
+
+class AnswerBody(BaseModel):
+    """The body of ``POST /v1/runs/{run_id}/steps/{step_id}/answer``: ``{"value": ...}``,
+    the answer (``{"approved": true, "comment": "..."}`` for ``human.approve``; a value
+    matching the step's schema for ``human.input``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: Any
 _CODES = {400: "bad_request", 401: "authentication_error", 403: "forbidden",
           404: "not_found", 405: "method_not_allowed", 409: "conflict",
           413: "payload_too_large", 422: "validation_error", 429: "rate_limited",
@@ -664,6 +683,40 @@ def _routes(svc: Service) -> APIRouter:
         if svc.worker is not None:
             svc.worker.wake()
         return _task(record)
+
+    @api.post("/runs/{run_id}/steps/{step_id}/answer", response_model=wire.Task,
+              status_code=202, tags=["runs"],
+              responses={404: {"model": wire.ErrorBody}, 409: {"model": wire.ErrorBody},
+                         422: {"model": wire.ErrorBody}})
+    async def answer_step(request: Request, run_id: IdPath, step_id: StepPath,
+                          body: AnswerBody) -> Any:
+        """Answer a waiting human step (``human.approve``/``human.input``) and queue the
+        run's task again so a worker resumes the run (202; no request thread runs it).
+
+        The answer is stored with the API key as who answered (``api_key:<id>``; ``loopback``
+        without keys), a ``human.answered`` event and an audit record. 409: the run or step
+        is not waiting, or the step was already answered; 422: the value does not match the
+        step's schema (or is too large); nothing is stored then.
+        """
+        task = await svc.task_of_run(tenant_of(request), run_id)
+        try:
+            await stack.answer(run_id, step_id, body.value, actor=actor_of(request),
+                               resume=False)
+        except RunNotFoundError:
+            raise ApiError(409, f"run {run_id} has not started yet: it is not waiting for "
+                           "an answer; nothing was stored") from None
+        except FlowyardError as exc:
+            status = 422 if getattr(exc, "reason", None) == "value" else 409
+            raise ApiError(status, str(exc)) from None
+        # the worker that ran it records the task's end just after the run stopped waiting
+        with anyio.move_on_after(ANSWER_TASK_WAIT_S):
+            while task.status not in ("failed", "cancelled", "completed"):
+                await anyio.sleep(0.05)
+                task = await svc.queue.get_task(task.id)
+        record = await svc.queue.retry_task(task.id)
+        if svc.worker is not None:
+            svc.worker.wake()
+        return _task_response(record, 202)
 
     @api.get("/runs/{run_id}/events", tags=["runs"],
              responses={200: {"content": {"text/event-stream": {}},

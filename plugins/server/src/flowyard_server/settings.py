@@ -22,6 +22,9 @@ key                        meaning                                              
 ``workflows_dir``          directory that relative ``uses: workflow`` paths of        cwd
                            registered workflows are resolved against (stored with
                            the registration, so every worker resolves them alike)
+``human_expiry_interval``  seconds between two looks of a worker for human steps       30
+                           whose ``timeout_s`` passed (they take their default and
+                           their runs resume; 0: never)
 ``key_cache_seconds``      seconds a verified API key is trusted without re-reading   2
                            the storage (a revocation by another process takes effect
                            within this time; 0: read on every request)
@@ -87,6 +90,7 @@ class ServerSettings:
     relay_interval: float = 0.25
     key_cache_seconds: float = 2.0
     workflows_dir: str = ""
+    human_expiry_interval: float = 30.0
 
     def __attrs_post_init__(self) -> None:
         if self.task_renew_interval >= self.task_lease_timeout:
@@ -133,6 +137,7 @@ class ServerSettings:
             sse_poll=_number(table, "sse_poll", 0.25),
             relay_interval=_number(table, "relay_interval", 0.25),
             key_cache_seconds=_seconds_or_zero(table, "key_cache_seconds", 2.0),
+            human_expiry_interval=_seconds_or_zero(table, "human_expiry_interval", 30.0),
         )
 
     @property

@@ -189,6 +189,8 @@ class Worker:
             async with anyio.create_task_group() as tg:
                 if self.relay is not None:
                     tg.start_soon(self.relay.run)
+                if self.settings.human_expiry_interval > 0:
+                    tg.start_soon(self._expire_waiting)
                 while True:
                     await limiter.acquire()
                     try:
@@ -212,6 +214,28 @@ class Worker:
             self.started = False
             if self.relay is not None:
                 self.relay.detach()
+
+    async def _expire_waiting(self) -> None:
+        """Every ``human_expiry_interval`` seconds: give the human steps whose ``timeout_s``
+        passed their default outcome (``stack.expire_waiting``) and queue their runs' tasks
+        again, so a worker resumes them. Storage errors are logged and tried next time.
+        """
+        queue = queue_of(self.stack)
+        while True:
+            await anyio.sleep(self.settings.human_expiry_interval)
+            try:
+                expired = await self.stack.expire_waiting(resume=False)
+                requeued = False
+                for run_id in dict.fromkeys(run for run, _key in expired):
+                    record = await self.stack.storage.get_run(run_id)
+                    task_id = record.metadata.get("task_id")
+                    if isinstance(task_id, str):
+                        await queue.retry_task(task_id)
+                        requeued = True
+                if requeued:
+                    self.wake()
+            except StorageError:
+                log.exception("worker %s could not expire waiting human steps", self.name)
 
     async def _execute_released(self, task: TaskRecord, limiter: anyio.Semaphore) -> None:
         try:
@@ -257,6 +281,11 @@ class Worker:
                     "cancelled" if result.status == "cancelled" else "failed")
                 error = None if status == "completed" else (
                     result.error or f"the run ended {result.status}")
+                if result.status == "waiting":  # the task queue has no waiting state
+                    error = (f"the run is waiting for a human answer (steps: "
+                             f"{', '.join(_waiting_steps(result))}); answering it (POST "
+                             f"/v1/runs/{task.run_id}/steps/STEP/answer) queues this task "
+                             "again")
             await self._flush_relay(task.run_id)
             try:
                 with anyio.CancelScope(shield=True):
@@ -342,6 +371,12 @@ class Worker:
             return await self.stack.resume(
                 record.id, workflow=parse_workflow(record.workflow, source=source))
         return await self.stack.resume(record.id)
+
+
+def _waiting_steps(result: Any) -> list[str]:
+    """The ids of a run result's steps that wait for a human answer."""
+    steps = getattr(result, "steps", None) or {}
+    return [sid for sid, step in steps.items() if step.status == "waiting"] or ["?"]
 
 
 class _Stored:

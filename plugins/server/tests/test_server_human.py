@@ -1,0 +1,91 @@
+"""POST /v1/runs/{run_id}/steps/{step_id}/answer: a task whose run waits at a human step ends
+(no worker held), the answer is checked and stored with the API key as who answered, the
+task is queued again and a worker resumes the run to its end; wrong keys, other tenants,
+invalid values, wrong steps and second answers are refused and store nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+APPROVAL = """\
+name: approval
+steps:
+  - id: draft
+    uses: echo
+    with: {value: "the draft"}
+  - id: review
+    uses: human.approve
+    with: {prompt: "Publish ${draft}?"}
+  - id: publish
+    uses: echo
+    depends_on: [review]
+    with: {value: "{{ steps.review.output.approved }} by {{ steps.review.output.by }}"}
+outputs:
+  published: "${publish}"
+"""
+
+
+@pytest.fixture(scope="module")
+def waiting_run(server: Any, waiter: Any) -> dict[str, str]:
+    """A run of ``approval`` (tenant ``a``) waiting at ``review``; its task has ended."""
+    with server.client("a") as client:
+        assert client.post("/v1/workflows", json={"source": APPROVAL}).status_code == 201
+        task = client.post("/v1/tasks", json={"target": "approval"}).json()
+        ended = waiter(client, task["id"])
+        assert ended["status"] == "failed"
+        assert "waiting for a human answer (steps: review)" in ended["error"]
+        run = client.get(f"/v1/runs/{task['run_id']}").json()
+        assert run["status"] == "waiting"
+    return {"task": task["id"], "run": task["run_id"]}
+
+
+def test_answer_resumes_the_run_through_a_worker(server: Any, waiting_run: dict[str, str],
+                                                 waiter: Any) -> None:
+    run_id = waiting_run["run"]
+    path = f"/v1/runs/{run_id}/steps/review/answer"
+    with httpx.Client(base_url=server.url, timeout=10) as anonymous:
+        assert anonymous.post(path, json={"value": {"approved": True}}).status_code == 401
+    with server.client("b") as other:
+        assert other.post(path, json={"value": {"approved": True}}).status_code == 404
+    with server.client("a") as client:
+        refused = [
+            (path, {"value": {"approved": "yes"}}, 422, "does not match its schema"),
+            (path, {"value": {"approved": True, "x": 1}}, 422, "does not match its schema"),
+            (path, {"answer": True}, 422, None),
+            (f"/v1/runs/{run_id}/steps/publish/answer", {"value": {"approved": True}}, 409,
+             "is not waiting for an answer"),
+            (f"/v1/runs/{run_id}/steps/bad%20step/answer", {"value": 1}, 422, None),
+        ]
+        for url, body, status, message in refused:
+            response = client.post(url, json=body)
+            assert response.status_code == status, (url, body, response.text)
+            if message:
+                assert message in response.json()["message"]
+        record = anyio.run(server.stack.storage.get_run, run_id)
+        assert record.status == "waiting" and "answers" not in record.metadata["human"]
+
+        response = client.post(path, json={"value": {"approved": True, "comment": "ok"}})
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "queued"
+        done = waiter(client, waiting_run["task"])
+        assert done["status"] == "completed", done
+        key_id = server.keys["a"].split("_")[1]
+        run = client.get(f"/v1/runs/{run_id}").json()
+        assert run["status"] == "completed"
+        assert run["outputs"] == {"published": f"True by api_key:{key_id}"}
+        steps = [(s["step_id"], s["status"]) for s in client.get(f"/v1/runs/{run_id}/steps"
+                                                                  ).json()]
+        assert steps.count(("draft", "completed")) == 1  # not run again
+        again = client.post(path, json={"value": {"approved": False}})
+        assert again.status_code == 409 and "not waiting" in again.json()["message"]
+
+    async def audit() -> list[Any]:
+        return [r for r in await server.stack.storage.list_audit()
+                if r.action == "human.answered" and r.run_id == run_id]
+
+    records = anyio.run(audit)
+    assert [(r.actor, r.step_id) for r in records] == [(f"api_key:{key_id}", "review")]
