@@ -37,15 +37,6 @@ class TestSQLiteFileSharedLimits(SharedLimitsContract):
         return sqlite_storage
 
 
-class TestSQLiteMemorySharedLimits(SharedLimitsContract):
-    @pytest.fixture
-    async def storage(self) -> AsyncIterator[Any]:
-        backend = SQLStorage("sqlite://")
-        await backend.open()
-        yield backend
-        await backend.close()
-
-
 class TestPostgresSharedLimits(SharedLimitsContract):
     @pytest.fixture
     async def storage(self, postgres_storage: SQLStorage) -> SQLStorage:
