@@ -301,3 +301,18 @@ async def test_concurrency_is_shared_and_released() -> None:
     assert backend._rate["rate:fake/echo"].holds == {}  # every slot released
     for stack in stacks:
         await stack.aclose()
+
+
+async def test_embeddings_count_against_the_shared_limits() -> None:
+    stacks = _stacks(2, {"limits": {"shared": "shared://", "max_wait_s": 0.1,
+                                    "fake/echo": {"rpm": 2, "smooth": False}}})
+    for stack in stacks:
+        await stack.open()
+    await stacks[0].llm.embed(["a"], model="fake/echo")
+    await stacks[1].llm.embed(["b"], model="fake/echo")
+    with pytest.raises(RateLimitedError, match="max_wait_s"):
+        await stacks[0].llm.embed(["c"], model="fake/echo")
+    with pytest.raises(RateLimitedError, match="max_wait_s"):  # chat shares the window
+        await stacks[1].llm.chat("hi", model="fake/echo")
+    for stack in stacks:
+        await stack.aclose()
