@@ -89,3 +89,44 @@ def test_answer_resumes_the_run_through_a_worker(server: Any, waiting_run: dict[
 
     records = anyio.run(audit)
     assert [(r.actor, r.step_id) for r in records] == [(f"api_key:{key_id}", "review")]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.anyio
+async def test_a_worker_expires_a_timed_out_step_and_resumes_its_run() -> None:
+    from flowyard import Stack, TaskRecord, new_id
+    from flowyard_server.settings import ServerSettings
+    from flowyard_server.worker import Worker
+
+    timed = {"name": "timed", "steps": [
+        {"id": "ok", "uses": "human.approve",
+         "with": {"prompt": "go?", "timeout_s": 0.5, "default": True}},
+        {"id": "after", "uses": "echo",
+         "with": {"value": "{{ steps.ok.output.approved }} by {{ steps.ok.output.by }}"}}],
+        "outputs": {"after": "${after}"}}
+    stack = Stack(config={"storage": {"url": "memory://"},
+                          "runs": {"heartbeat_interval": 0.2, "lease_timeout": 1}})
+    await stack.open()
+    await stack.storage.kv_set("server.workflows.t", "timed", {
+        "definition": timed, "content_hash": "x", "registered_at": 0.0})
+    task, _ = await stack.storage.submit_task(  # type: ignore[attr-defined]
+        TaskRecord(id=new_id(), tenant="t", kind="workflow", target="timed"))
+    settings = ServerSettings(concurrency=1, task_lease_timeout=1.0, task_renew_interval=0.1,
+                              poll_interval=0.05, human_expiry_interval=0.1)
+    worker = Worker(stack, settings, name="w")
+    seen: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        with anyio.fail_after(20):
+            while True:
+                current = await stack.storage.get_task(task.id)  # type: ignore[attr-defined]
+                if not seen or seen[-1] != current.status:
+                    seen.append(current.status)
+                if current.status == "completed":
+                    break
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert "failed" in seen  # the task ended while its run waited (no worker held)
+    assert current.outputs == {"after": "True by flowyard:timeout"}
+    assert worker.finished == {"completed": 1, "failed": 1, "cancelled": 0}
+    await stack.aclose()

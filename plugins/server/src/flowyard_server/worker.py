@@ -218,23 +218,31 @@ class Worker:
     async def _expire_waiting(self) -> None:
         """Every ``human_expiry_interval`` seconds: give the human steps whose ``timeout_s``
         passed their default outcome (``stack.expire_waiting``) and queue their runs' tasks
-        again, so a worker resumes them. Storage errors are logged and tried next time.
+        again once they ended, so a worker resumes the runs (a task still recording its end
+        is queued at a later look). Storage errors are logged and tried next time.
         """
         queue = queue_of(self.stack)
+        pending: set[str] = set()  # tasks of expired runs, to queue again once ended
         while True:
             await anyio.sleep(self.settings.human_expiry_interval)
             try:
                 expired = await self.stack.expire_waiting(resume=False)
-                requeued = False
                 for run_id in dict.fromkeys(run for run, _key in expired):
                     record = await self.stack.storage.get_run(run_id)
                     task_id = record.metadata.get("task_id")
                     if isinstance(task_id, str):
+                        pending.add(task_id)
+                requeued = False
+                for task_id in sorted(pending):
+                    task = await queue.get_task(task_id)
+                    if task.status == "failed":  # a cancelled task stays cancelled
                         await queue.retry_task(task_id)
                         requeued = True
+                    if task.status in ("failed", "cancelled", "completed"):
+                        pending.discard(task_id)
                 if requeued:
                     self.wake()
-            except StorageError:
+            except (StorageError, LookupError):
                 log.exception("worker %s could not expire waiting human steps", self.name)
 
     async def _execute_released(self, task: TaskRecord, limiter: anyio.Semaphore) -> None:
