@@ -316,3 +316,19 @@ async def test_embeddings_count_against_the_shared_limits() -> None:
         await stacks[1].llm.chat("hi", model="fake/echo")
     for stack in stacks:
         await stack.aclose()
+
+
+async def test_a_stream_settles_its_shared_reservation() -> None:
+    stack = _stacks(1, {"limits": {"shared": "shared://"},
+                        "budgets": {"global": {"usd_per_day": 1.0}}})[0]
+    async with stack:
+        stack.providers.get("fake").add(_LONG)
+        chunks = [c async for c in stack.llm.stream("hi", model="fake/priced",
+                                                     max_tokens=100)]
+        assert chunks[-1].done
+        import time as _time
+
+        day = _time.strftime("%Y-%m-%d", _time.gmtime())
+        state = await _shared_backend(stack).shared_budget_state(f"budget:global:day:{day}")
+        assert state["reserved_usd"] == 0.0
+        assert 0.0002 <= state["spent_usd"] <= 0.00025  # 100 output tokens, a short prompt
