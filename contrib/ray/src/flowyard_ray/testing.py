@@ -85,9 +85,9 @@ class LocalCluster:
                 "--dashboard-agent-grpc-port", str(free_port()),
                 "--runtime-env-agent-port", str(free_port())]
         if index == 0:
+            # no --ray-client-server-port: it needs ray[client], which the tests do not use
             args = ["--head", "--port", str(self.port), "--include-dashboard=false",
-                    "--ray-client-server-port", str(free_port()), "--temp-dir", self.temp_dir,
-                    *args]
+                    "--temp-dir", self.temp_dir, *args]
         else:
             args = ["--address", self.address, *args]
         return args
