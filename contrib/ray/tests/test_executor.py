@@ -172,3 +172,21 @@ async def test_bad_ray_configuration_is_a_clear_error() -> None:
         settings(flowyard.Config({"ray": {"adress": "auto"}}))
     with pytest.raises(flowyard.ConfigError, match=r"\[ray\] actors must be an integer"):
         settings(flowyard.Config({"ray": {"actors": 0}}))
+
+
+def test_step_resources_are_checked_and_normalized_when_the_workflow_loads() -> None:
+    workflow = flowyard.parse_workflow({"name": "r", "steps": [
+        {"id": "a", "uses": "t.add", "resources": {"num_cpus": 0.5, "memory": "512MiB",
+                                                   "model_slot": 1}}]})
+    assert workflow.steps[0].resources == {"num_cpus": 0.5, "memory": 512 * 2**20,
+                                           "model_slot": 1}
+    with pytest.raises(flowyard.WorkflowValidationError) as info:
+        flowyard.parse_workflow({"name": "r", "steps": [
+            {"id": "a", "uses": "t.add", "resources": {"num_cpus": -1, "memory": "2XB"}},
+            {"id": "b", "uses": "t.add", "resources": [1]}]})
+    messages = [(issue.message, issue.path) for issue in info.value.issues]
+    assert ("must be >= 0, got -1", "steps[0].resources.num_cpus") in messages
+    assert any(path == "steps[0].resources.memory" and "2XB" in message
+               for message, path in messages)
+    assert any(path == "steps[1].resources" and "must be a mapping" in message
+               for message, path in messages)
