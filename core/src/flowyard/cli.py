@@ -34,7 +34,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flowyard.commands.run:run", "Run a workflow file."),
     "validate": ("flowyard.commands.run:validate", "Validate a workflow file."),
     "resume": ("flowyard.commands.run:resume", "Resume a stored run after a crash."),
-    "runs": ("flowyard.commands.runs:runs", "Query stored runs: list, show, logs, cost."),
+    "runs": ("flowyard.commands.runs:runs", "Stored runs: list, show, logs, cost, answer, replay."),
     "doctor": ("flowyard.commands.doctor:doctor", "Check plugins, providers, storage and disk."),
     "audit": ("flowyard.commands.audit:audit", "The audit log: list, show, verify, export."),
     "metrics": ("flowyard.commands.metrics:metrics",

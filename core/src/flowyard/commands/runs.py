@@ -1,4 +1,5 @@
-"""``flowyard runs``: query stored runs (list, show, logs, cost).
+"""``flowyard runs``: query stored runs (list, show, logs, cost), answer human steps (answer) and
+replay a run from a step as a new run (replay).
 
 Works with any storage backend through :class:`flowyard.interfaces.StorageBackend` (the
 default stack's storage, or ``--storage URL``). Times are shown in local time; ``--since`` and
@@ -169,12 +170,38 @@ def _console() -> Any:
     return Console()
 
 
-@click.group()
+#: Subcommands of ``flowyard runs`` kept in their own modules, imported when invoked:
+#: name -> ``module:attribute``.
+RUNS_SUBCOMMANDS: dict[str, str] = {
+    "answer": "flowyard.commands.answer:answer",
+    "replay": "flowyard.commands.replay:replay",
+}
+
+
+class _RunsGroup(click.Group):
+    """``flowyard runs``: the subcommands defined here plus :data:`RUNS_SUBCOMMANDS`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *RUNS_SUBCOMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in RUNS_SUBCOMMANDS:
+            return found
+        import importlib  # lazy: only the invoked subcommand's module is imported
+
+        module, _, attribute = RUNS_SUBCOMMANDS[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=_RunsGroup)
 @click.option("--storage", "storage_url", metavar="URL", envvar="FLOWYARD_STORAGE_URL",
               help="Storage URL (default: storage.url, else the default stack's database).")
 @click.pass_context
 def runs(ctx: click.Context, storage_url: str | None) -> None:
-    """Query stored runs: list, show, logs, cost."""
+    """Query stored runs: list, show, logs, cost; answer human steps; replay a run."""
     ctx.obj = {"storage_url": storage_url}
 
 
