@@ -5,6 +5,7 @@ invalid values, wrong steps and second answers are refused and store nothing."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -89,6 +90,51 @@ def test_answer_resumes_the_run_through_a_worker(server: Any, waiting_run: dict[
 
     records = anyio.run(audit)
     assert [(r.actor, r.step_id) for r in records] == [(f"api_key:{key_id}", "review")]
+
+
+def _login(server: Any, tenant: str) -> httpx.Client:
+    """A browser-like client logged in to the dashboard as ``tenant``."""
+    browser = httpx.Client(base_url=server.url, timeout=10.0)
+    page = browser.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    done = browser.post("/ui/login", data={"api_key": server.keys[tenant], "csrf": csrf})
+    assert done.status_code == 303, done.text
+    return browser
+
+
+def test_the_dashboard_shows_the_prompt_and_answers_with_a_form(server: Any,
+                                                                waiter: Any) -> None:
+    with server.client("a") as client:
+        assert client.post("/v1/workflows", json={"source": APPROVAL}).status_code in (200, 201)
+        task = client.post("/v1/tasks", json={"target": "approval"}).json()
+        assert waiter(client, task["id"])["status"] == "failed"
+    run_id = task["run_id"]
+    browser, other = _login(server, "a"), _login(server, "b")
+    page = browser.get(f"/ui/runs/{run_id}")
+    assert page.status_code == 200
+    assert 'id="human-steps"' in page.text and "Publish the draft?" in page.text
+    assert 'id="resume-run"' not in page.text  # answering resumes it, not the button
+    csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text).group(1)
+    form = {"csrf": csrf, "step": "review", "decision": "reject", "comment": "not yet"}
+    assert browser.post(f"/ui/runs/{run_id}/answer",
+                        data={**form, "csrf": "forged"}).status_code == 403
+    other_csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"',
+                           other.get("/ui/runs").text).group(1)
+    assert other.post(f"/ui/runs/{run_id}/answer",
+                      data={**form, "csrf": other_csrf}).status_code == 404
+    wrong = browser.post(f"/ui/runs/{run_id}/answer", data={**form, "step": "draft"})
+    assert wrong.status_code == 303 and "Not+answered" in wrong.headers["location"]
+    done = browser.post(f"/ui/runs/{run_id}/answer", data=form)
+    assert done.status_code == 303 and "Answered" in done.headers["location"]
+    with server.client("a") as client:
+        assert waiter(client, task["id"])["status"] == "completed"
+        run = client.get(f"/v1/runs/{run_id}").json()
+    key_id = server.keys["a"].split("_")[1]
+    assert run["outputs"] == {"published": f"False by api_key:{key_id}"}
+    page = browser.get(f"/ui/runs/{run_id}")
+    assert 'id="human-steps"' not in page.text
+    browser.close()
+    other.close()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])

@@ -261,6 +261,45 @@ class Service:
             input_tokens=record.input_tokens, output_tokens=record.output_tokens,
             cost_usd=record.cost_usd, resume_count=record.resume_count, task_id=task.id)
 
+    async def answer(self, tenant: str, run_id: str, step: str, value: Any, *, actor: str
+                     ) -> TaskRecord:
+        """Answer a waiting human step of the tenant's run and queue the run's task again,
+        so a worker resumes the run (the REST endpoint and the dashboard's form).
+
+        Args:
+            tenant: the caller's tenant.
+            run_id: the run.
+            step: the step id or a fan-out item's key.
+            value: the answer (JSON-ready).
+            actor: who answers (``api_key:<id>``, ``loopback``).
+
+        Returns:
+            the task, queued again.
+
+        Raises:
+            ApiError: 404 (not the tenant's run), 409 (the run or step is not waiting, or
+                was answered; the run is held by a process), 422 (an invalid value); nothing
+                was stored then.
+        """
+        task = await self.task_of_run(tenant, run_id)
+        try:
+            await self.stack.answer(run_id, step, value, actor=actor, resume=False)
+        except RunNotFoundError:
+            raise ApiError(409, f"run {run_id} has not started yet: it is not waiting for "
+                           "an answer; nothing was stored") from None
+        except FlowyardError as exc:
+            status = 422 if getattr(exc, "reason", None) == "value" else 409
+            raise ApiError(status, str(exc)) from None
+        # the worker that ran it records the task's end just after the run stopped waiting
+        with anyio.move_on_after(ANSWER_TASK_WAIT_S):
+            while task.status not in ("failed", "cancelled", "completed"):
+                await anyio.sleep(0.05)
+                task = await self.queue.get_task(task.id)
+        record = await self.queue.retry_task(task.id)
+        if self.worker is not None:
+            self.worker.wake()
+        return record
+
     async def submit(self, tenant: str, spec: wire.TaskSubmit, *, actor: str | None = None,
                      traceparent: str | None = None) -> tuple[TaskRecord, bool]:
         """Queue a task (or find the one its idempotency key names).
@@ -698,24 +737,8 @@ def _routes(svc: Service) -> APIRouter:
         is not waiting, or the step was already answered; 422: the value does not match the
         step's schema (or is too large); nothing is stored then.
         """
-        task = await svc.task_of_run(tenant_of(request), run_id)
-        try:
-            await stack.answer(run_id, step_id, body.value, actor=actor_of(request),
-                               resume=False)
-        except RunNotFoundError:
-            raise ApiError(409, f"run {run_id} has not started yet: it is not waiting for "
-                           "an answer; nothing was stored") from None
-        except FlowyardError as exc:
-            status = 422 if getattr(exc, "reason", None) == "value" else 409
-            raise ApiError(status, str(exc)) from None
-        # the worker that ran it records the task's end just after the run stopped waiting
-        with anyio.move_on_after(ANSWER_TASK_WAIT_S):
-            while task.status not in ("failed", "cancelled", "completed"):
-                await anyio.sleep(0.05)
-                task = await svc.queue.get_task(task.id)
-        record = await svc.queue.retry_task(task.id)
-        if svc.worker is not None:
-            svc.worker.wake()
+        record = await svc.answer(tenant_of(request), run_id, step_id, body.value,
+                                  actor=actor_of(request))
         return _task_response(record, 202)
 
     @api.get("/runs/{run_id}/events", tags=["runs"],

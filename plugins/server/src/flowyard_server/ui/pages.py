@@ -391,8 +391,40 @@ def ui_router(svc: Service) -> APIRouter:
             attempts=attempts, children=children, costs=costs, logs=logs, events=events,
             ended=task.status in _ENDED_TASK and run.status not in ("running", "pending"),
             can_cancel=task.status in ("queued", "running"),
-            can_resume=task.status in ("failed", "cancelled"),
+            can_resume=task.status in ("failed", "cancelled") and run.status != "waiting",
+            waiting_steps=_waiting_steps(record) if run.status == "waiting" else [],
             csrf=session_of(request).csrf)
+
+    @router.post("/runs/{run_id}/answer")
+    async def answer_step(request: Request, run_id: str) -> Response:
+        session = session_of(request)
+        form = await form_of(request)
+        if not csrf_checked(request, form):
+            return render(request, "error.html", http_status=403, status_text="Forbidden",
+                          message="The form's CSRF token is missing or wrong.")
+        run_id = run_id[:64]
+        decision = form.get("decision", "")
+        value: Any
+        if decision in ("approve", "reject"):
+            value = {"approved": decision == "approve"}
+            if form.get("comment", "").strip():
+                value["comment"] = form["comment"].strip()
+        elif decision == "answer":
+            try:
+                value = json.loads(form.get("value", ""))
+            except ValueError as exc:
+                return back_to(f"/ui/runs/{run_id}", f"The answer is not JSON: {exc}")
+        else:
+            return back_to(f"/ui/runs/{run_id}", "Choose approve, reject or answer.")
+        actor = f"api_key:{session.key_id}" if session.key_id else "loopback"
+        try:
+            await svc.answer(session.tenant, run_id, form.get("step", "")[:200], value,
+                             actor=actor)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return not_found(request, "run")
+            return back_to(f"/ui/runs/{run_id}", f"Not answered: {exc.detail}")
+        return back_to(f"/ui/runs/{run_id}", "Answered; the run was queued to resume.")
 
     @router.post("/runs/{run_id}/cancel")
     async def cancel_run(request: Request, run_id: str) -> Response:
@@ -510,6 +542,23 @@ def ui_router(svc: Service) -> APIRouter:
                       **await providers_context(svc))
 
     return router
+
+
+def _waiting_steps(record: Any) -> list[dict[str, Any]]:
+    """The human steps of a stored run that wait for an answer, in the order they began
+    waiting: ``[{key, prompt, kind, schema, deadline}]`` (from ``metadata["human"]``, see
+    docs/workflows.md "Human steps").
+    """
+    if record is None:
+        return []
+    human = record.metadata.get("human") or {}
+    answers = human.get("answers") or {}
+    waiting = [(key, request) for key, request in (human.get("waiting") or {}).items()
+               if key not in answers and isinstance(request, dict)]
+    waiting.sort(key=lambda item: item[1].get("since") or 0)
+    return [{"key": key, "prompt": str(request.get("prompt", "")),
+             "kind": request.get("kind", "input"), "schema": request.get("schema"),
+             "deadline": request.get("deadline")} for key, request in waiting]
 
 
 async def _last_events(storage: Any, run_id: str) -> list[Any]:
