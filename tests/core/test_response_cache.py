@@ -175,3 +175,27 @@ def test_malformed_cache_options_are_clear_errors(value: Any, message: str) -> N
         CachePolicy.from_argument(value, where="with.cache")
     assert CachePolicy.from_argument(False) is None
     assert CachePolicy.from_argument({"ttl_s": 0}).ttl_s is None
+
+
+@pytest.mark.anyio
+async def test_an_answer_that_fails_response_schema_is_not_cached() -> None:
+    provider = FakeProvider(script=["not json", '{"n": 4}', '{"n": 5}'])
+    stack = _stack(provider)
+    step = {"uses": "llm.chat", "with": {
+        "prompt": "2 + 2 as JSON", "model": "fake/priced", "temperature": 0, "cache": True,
+        "response_schema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                            "required": ["n"]}}}
+    wf = {"name": "typed-cache", "steps": [{"id": "a", **step}],
+          "outputs": {"n": "${a.n}"}}
+    async with stack:
+        first = await stack.run(wf)
+        second = await stack.run(wf)
+    assert first.outputs == second.outputs == {"n": 4}
+    # the invalid first answer was re-asked with its errors and never stored; the answer
+    # that validated is stored under the original request and answers the second run
+    assert len(provider.requests) == 2
+    assert second.cost_usd == 0.0 and first.cost_usd > 0
+    async with stack:
+        stats = await ResponseCache(stack.storage).stats()
+    assert stats["entries"] == 1
+    assert stats["saved_usd_per_hit"] == pytest.approx(first.cost_usd)  # both calls' cost

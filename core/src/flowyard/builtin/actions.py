@@ -31,6 +31,7 @@ from flowyard.llm.cache import (
 )
 from flowyard.llm.typed import (
     DEFAULT_VALIDATION_RETRIES,
+    InvalidOutput,
     MAX_ERRORS_SHOWN,
     OutputValidationError,
     ask_until_valid,
@@ -274,18 +275,74 @@ class ChatAction(BaseTool):
         if stream is None:
             stream = schema is None and context.stack.events.wants_transient()
         policy = self._cache_policy(arguments, context)
+        if schema is None:
+            if policy is None:
+                return (await self._call(context, messages, model, params, stream))[0]
+            return await self._cached_call(context, messages, model, params, stream,
+                                           arguments, policy)
+        retries = arguments.get("max_validation_retries", DEFAULT_VALIDATION_RETRIES)
+        if policy is not None:
+            return await self._cached_typed(context, messages, model, params, stream,
+                                            arguments, policy, retries)
 
         async def call(conversation: list[Message]) -> str:
-            if policy is None:
-                return (await self._call(context, conversation, model, params, stream))[0]
-            return await self._cached_call(context, conversation, model, params, stream,
-                                           arguments, policy)
+            return (await self._call(context, conversation, model, params, stream))[0]
 
-        if schema is None:
-            return await call(messages)
-        return await self._ask_typed(context, call, messages, schema,
-                                     arguments.get("max_validation_retries",
-                                                   DEFAULT_VALIDATION_RETRIES))
+        return await self._ask_typed(context, call, messages, schema, retries)
+
+    async def _cached_typed(self, context: ToolContext, messages: list[Message],
+                            model: str | None, params: dict[str, Any], stream: bool,
+                            arguments: Mapping[str, Any], policy: CachePolicy,
+                            retries: int) -> Any:
+        """``response_schema`` with ``cache``: the answer that validated (after any re-asks)
+        is stored under the *original* request's key, with the summed tokens and cost of
+        every call it took; an invalid answer is never stored. A stored entry that no
+        longer validates (the schema's own key changed nothing, but the entry was damaged)
+        is reported as a miss with ``reason`` and replaced.
+        """
+        cache = await open_response_cache(context.stack)
+        ref = model or context.stack.llm.default_model()
+        key = request_key(ref, messages, arguments)
+        entry = await cache.get(key)
+        reason = None
+        if entry is not None:
+            try:
+                value = output_type_of(arguments["response_schema"]).parse(entry.text)
+            except InvalidOutput as exc:
+                reason = f"the stored answer does not validate: {'; '.join(exc.errors[:3])}"
+            else:
+                self._emit_hit(context, key, entry)
+                return value
+        context.emit("llm.cache.miss", key=key, model=ref,
+                     **({"reason": reason} if reason else {}))
+        texts: list[str] = []
+        responses: list[ChatResponse] = []
+
+        async def call(conversation: list[Message]) -> str:
+            text, response = await self._call(context, conversation, model, params, stream)
+            texts.append(text)
+            if response is not None:
+                responses.append(response)
+            return text
+
+        value = await self._ask_typed(context, call, messages, arguments["response_schema"],
+                                      retries)
+        costs = [r.cost_usd for r in responses]
+        last = responses[-1] if responses else None
+        await cache.put(key, CachedResponse(
+            texts[-1], provider=last.provider if last else "",
+            model=last.model if last else ref,
+            input_tokens=sum(r.usage.input_tokens for r in responses),
+            output_tokens=sum(r.usage.output_tokens for r in responses),
+            cost_usd=None if not costs or None in costs else sum(c for c in costs if c)),
+            ttl_s=policy.ttl_s)
+        return value
+
+    @staticmethod
+    def _emit_hit(context: ToolContext, key: str, entry: CachedResponse) -> None:
+        context.emit("llm.cache.hit", key=key, model=f"{entry.provider}/{entry.model}",
+                     cost_usd=0.0, saved_usd=entry.cost_usd,
+                     input_tokens=entry.input_tokens, output_tokens=entry.output_tokens)
 
     async def _ask_typed(self, context: ToolContext,
                          call: Callable[[list[Message]], Awaitable[str]],
@@ -359,9 +416,7 @@ class ChatAction(BaseTool):
         key = request_key(ref, messages, arguments)
         entry = await cache.get(key)
         if entry is not None:
-            context.emit("llm.cache.hit", key=key, model=f"{entry.provider}/{entry.model}",
-                         cost_usd=0.0, saved_usd=entry.cost_usd,
-                         input_tokens=entry.input_tokens, output_tokens=entry.output_tokens)
+            self._emit_hit(context, key, entry)
             if stream:
                 context.stream_text(entry.text)
                 context.stream_text("", final=True)
