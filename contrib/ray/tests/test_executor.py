@@ -190,3 +190,18 @@ def test_step_resources_are_checked_and_normalized_when_the_workflow_loads() -> 
                for message, path in messages)
     assert any(path == "steps[1].resources" and "must be a mapping" in message
                for message, path in messages)
+
+
+async def test_a_plugin_the_workers_cannot_import_is_a_clear_error(
+        ray_config: dict[str, Any]) -> None:
+    config = {**ray_config, "ray": {**ray_config["ray"], "plugins": ["no_such_module:plugin"]}}
+    stack = _stack(config, "ray")
+    await stack.open()
+    try:
+        result = await stack.run({"name": "bad-plugin", "steps": [
+            {"id": "a", "uses": "t.add", "with": {"a": 1, "b": 1}}]}, {})
+    finally:
+        await stack.aclose()
+    assert result.status == "failed"
+    assert "no_such_module" in (result.error or "")
+    assert "cannot import" in (result.error or "")

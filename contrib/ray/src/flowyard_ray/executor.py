@@ -296,10 +296,12 @@ class RayExecutor:
                     ray.cancel(ref, force=True)
             raise
         except ray.exceptions.RayTaskError as exc:
+            # the worker's own code failed (not the tool: its errors come in the reply), e.g.
+            # a [ray] plugins entry or the storage that cannot be opened there: raise that
             cause = exc.cause
-            if isinstance(cause, KeyboardInterrupt):
-                raise WorkerLostError(f"{what} was interrupted on its Ray worker") from None
-            raise WorkerLostError(f"{what} failed on its Ray worker: {exc}") from exc
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise WorkerLostError(f"{what} was interrupted on its Ray worker: {exc}") from exc
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
                 ray.exceptions.OwnerDiedError, ray.exceptions.TaskCancelledError) as exc:
