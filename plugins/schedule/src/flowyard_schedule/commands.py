@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import signal
 import time
 from datetime import datetime, timezone
@@ -36,8 +37,9 @@ def parse_input_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-i/--input")
-        out[key.strip()] = parse_yaml(raw, source=f"-i {key.strip()}")[0] if raw.strip() else ""
+            shown = pair if len(pair) <= 80 else pair[:80] + "..."
+            raise click.BadParameter(f"{shown!r} is not key=value", param_hint="-i/--input")
+        out[key.strip()] = parse_yaml(raw, path=f"-i {key.strip()}")[0] if raw.strip() else ""
     return out
 
 
@@ -99,7 +101,8 @@ def schedule() -> None:
 @click.option("--inputs", "inputs_json", default=None, metavar="JSON",
               help="Workflow inputs as a JSON object (-i values override).")
 @click.option("--start-at", default=None, help="ISO time of the first possible fire (and the "
-              "interval's anchor); without an offset it is in --tz. Default: now.")
+              "interval's anchor); without an offset it is in --tz. Default: now, rounded up to "
+              "a whole second.")
 @click.option("--max-catch-up", default=100, show_default=True, type=click.IntRange(1),
               help="Most missed fires --catch-up all fires at once.")
 @click.option("--misfire-grace", default=60.0, show_default=True,
@@ -131,7 +134,8 @@ def add_cmd(name: str, workflow_file: str, cron: str | None, every: str | None, 
             workflow_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
             cron=cron, every_s=parse_every(every) if every is not None else None, tz=tz,
             catch_up=catch_up, inputs=inputs,
-            start_at=parse_time(start_at, tz) if start_at else now, created_at=now,
+            start_at=parse_time(start_at, tz) if start_at else float(math.ceil(now)),
+            created_at=now,
             max_catch_up=max_catch_up, misfire_grace_s=misfire_grace)
     except (ScheduleError, FlowyardError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -244,7 +248,11 @@ def run_cmd(once: bool, poll_s: float, lease_s: float) -> None:
     """Run the scheduler: fire due schedules until SIGINT/SIGTERM. Any number of schedulers
     may run against one storage; the one holding the lease fires.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("flowyard.schedule")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
     async def go(stack: Stack) -> int:
         scheduler = Scheduler(stack, lease_s=lease_s)

@@ -20,8 +20,15 @@ No double firing, in two layers:
    (:class:`~flowyard.SupportsIdempotentRuns`), so even two schedulers that both believe
    they hold the lease (one stalled past its lease) create one run per scheduled time.
 
-A fire's run is created before the schedule's cursor moves past its time, so a scheduler
-killed between the two leaves the fire to its successor, which finds the run by its key.
+Fires are written ahead: the schedule's state records them as ``pending`` together with the
+cursor moved past their times, in one write, before they start; a fire leaves ``pending``
+when its run ended. A scheduler that takes over after a crash fires the pending ones again:
+their idempotency keys find the runs already created, and a run abandoned by the dead
+scheduler is resumed (completed steps are not run again).
+
+When two schedulers create the same fire's run at the same moment, the storage lets one
+insert win; the other's :meth:`~flowyard.Stack.run` fails with a ``StorageError`` and the
+fire is recorded with the winner's run (whose status it reports).
 """
 
 from __future__ import annotations
@@ -162,6 +169,12 @@ class SchedulerLease:
         storage: an opened storage backend with :class:`~flowyard.SupportsIdempotentRuns`.
         lease_s: seconds the lease protects its holder after each renewal (> 0).
         owner: this scheduler's id (default: ``scheduler:<host>:<pid>:<random>``).
+
+    Attributes:
+        holder: the lease in force after the last :meth:`acquire` (this scheduler's or
+            another's), None before.
+        acquired_now: True when the last :meth:`acquire` claimed the lease (it was not held
+            before it).
     """
 
     def __init__(self, storage: Any, *, lease_s: float = 30.0, owner: str | None = None) -> None:
@@ -171,6 +184,7 @@ class SchedulerLease:
         self.lease_s = lease_s
         self.owner = owner or f"scheduler:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.holder: RunLease | None = None
+        self.acquired_now = False
         self._held = False
 
     async def _ensure_marker(self) -> None:
@@ -193,6 +207,7 @@ class SchedulerLease:
             StorageError: the storage failed.
         """
         now = time.time()
+        self.acquired_now = False
         if self._held and await self.storage.renew_lease(
                 LEASE_RUN_ID, self.owner, heartbeat_at=now, expires_at=now + self.lease_s):
             assert self.holder is not None
@@ -207,7 +222,8 @@ class SchedulerLease:
         self.holder = await self.storage.claim_lease(mine, now=now)
         was = self._held
         self._held = self.holder.owner == self.owner
-        if self._held and not was:
+        self.acquired_now = self._held and not was
+        if self.acquired_now:
             log.info("scheduler %s holds the scheduler lease", self.owner)
         return self._held
 
@@ -262,6 +278,7 @@ class Scheduler:
         self.outcomes: list[FireOutcome] = []
         self._lease: SchedulerLease | None = None
         self._states: dict[str, dict[str, Any]] = {}
+        self._inflight: set[tuple[str, float]] = set()
 
     async def _open(self) -> tuple[ScheduleStore, SchedulerLease]:
         await self.stack.open()
@@ -277,8 +294,9 @@ class Scheduler:
         return self._lease
 
     async def tick(self, tg: TaskGroup) -> list[tuple[str, float]]:
-        """Fire every due time of every schedule, applying its catch-up policy; the runs
-        continue in ``tg``. Returns once each fired run is created (or its fire failed).
+        """Fire every due time of every schedule, applying its catch-up policy, plus the
+        pending fires of a scheduler that died; the runs execute in ``tg``. Returns once
+        the fires are recorded as pending and started (not waiting for their runs).
 
         Returns:
             ``[(schedule name, fire time in UNIX seconds)]`` fired by this call; empty when
@@ -290,20 +308,24 @@ class Scheduler:
         store, lease = await self._open()
         if self.use_lease and not await lease.acquire():
             return []
+        if self.use_lease and lease.acquired_now:
+            self._states.clear()  # another scheduler may have fired meanwhile: reload
         fired: list[tuple[str, float]] = []
         for schedule in await store.list():
-            state = await store.state(schedule.name)
-            self._states[schedule.name] = state
+            cached = self._states.get(schedule.name)
+            if cached is None or cached.get("_created_at") != schedule.created_at:
+                cached = await store.state(schedule.name)
+                cached["_created_at"] = schedule.created_at
+                self._states[schedule.name] = cached
+            state = cached
             now = self.clock()
             cursor = float(state.get("cursor", schedule.created_at))
             if schedule.paused:
                 if now > cursor:
                     state["cursor"] = now
-                    await store.save_state(schedule.name, state)
+                    await store.save_state(schedule.name, _stored(state))
                 continue
             times, more = schedule.times_between(cursor, now, limit=schedule.max_catch_up)
-            if not times:
-                continue
             on_time = [t for t in times if now - t <= schedule.misfire_grace_s]
             missed = len(times) - len(on_time) + more
             if schedule.catch_up == "skip":
@@ -320,19 +342,27 @@ class Scheduler:
             if missed and skipped:
                 log.warning("schedule %r: skipped %d missed fire(s) (catch_up=%s)",
                             schedule.name, skipped, schedule.catch_up)
-            state["skipped"] = int(state.get("skipped", 0)) + skipped
-            for t in chosen:
-                await self._start_fire(tg, store, schedule, t)
-                fired.append((schedule.name, t))
-            state["cursor"] = now
-            await store.save_state(schedule.name, state)
+            # write-ahead: the fires are recorded as pending with the cursor moved past
+            # them, in one write, before any starts; a successor that takes over after a
+            # crash fires the pending ones again (their idempotency keys find their runs)
+            pending = sorted(set(state.get("pending", [])) | set(chosen))
+            if times or pending != state.get("pending", []):
+                state["skipped"] = int(state.get("skipped", 0)) + skipped
+                state["pending"] = pending
+                state["cursor"] = max(now, cursor)
+                await store.save_state(schedule.name, _stored(state))
+            for t in pending:
+                if (schedule.name, t) not in self._inflight:
+                    self._inflight.add((schedule.name, t))
+                    tg.start_soon(self._fire, store, schedule, t)
+                    fired.append((schedule.name, t))
         return fired
 
     async def fire_due(self) -> list[FireOutcome]:
         """One :meth:`tick`, waiting for its runs to end.
 
         Returns:
-            the outcomes of the fires of this call, in fire order.
+            the outcomes of the fires of this call, in the order their runs ended.
         """
         start = len(self.outcomes)
         async with anyio.create_task_group() as tg:
@@ -380,12 +410,10 @@ class Scheduler:
                 times.append(schedule.next_after(max(cursor, self.clock())))
         return min(times) if times else None
 
-    async def _start_fire(self, tg: TaskGroup, store: ScheduleStore, schedule: Schedule,
-                          scheduled_for: float) -> None:
-        created = anyio.Event()
-
-        async def fire() -> None:
-            outcome = await self._execute(schedule, scheduled_for, created)
+    async def _fire(self, store: ScheduleStore, schedule: Schedule, scheduled_for: float
+                    ) -> None:
+        try:
+            outcome = await self._execute(schedule, scheduled_for)
             self.outcomes.append(outcome)
             state = self._states.setdefault(schedule.name, {})
             if scheduled_for >= float(state.get("last_scheduled_for", -math.inf)):
@@ -393,16 +421,15 @@ class Scheduler:
                              last_status=outcome.status, last_error=outcome.error,
                              last_fired_at=time.time())
             state["fired"] = int(state.get("fired", 0)) + 1
-            if outcome.status != "completed":
+            if outcome.status not in ("completed", "running"):
                 state["failed"] = int(state.get("failed", 0)) + 1
+            state["pending"] = [t for t in state.get("pending", []) if t != scheduled_for]
             with anyio.CancelScope(shield=True):
-                await store.save_state(schedule.name, state)
+                await store.save_state(schedule.name, _stored(state))
+        finally:
+            self._inflight.discard((schedule.name, scheduled_for))
 
-        tg.start_soon(fire)
-        await created.wait()
-
-    async def _execute(self, schedule: Schedule, scheduled_for: float,
-                       created: anyio.Event) -> FireOutcome:
+    async def _execute(self, schedule: Schedule, scheduled_for: float) -> FireOutcome:
         key = fire_key(schedule.name, scheduled_for)
         run_id = fire_run_id(schedule.name, scheduled_for)
         when = iso_utc(scheduled_for)
@@ -417,28 +444,33 @@ class Scheduler:
                 metadata["workflow_changed"] = True
                 log.warning("schedule %r: %s changed since the schedule was added",
                             schedule.name, schedule.workflow)
-            stream = self.stack.stream(Path(schedule.workflow), schedule.inputs, run_id=run_id,
-                                       idempotency_key=key, metadata=metadata)
-            async with contextlib.aclosing(stream) as events:
-                async for _event in events:
-                    created.set()
-            created.set()
-            record = await self.stack.storage.get_run(run_id)
-            log.info("schedule %r fire %s: run %s %s", schedule.name, when, run_id,
-                     record.status)
-            return FireOutcome(schedule.name, scheduled_for, run_id, record.status,
-                               record.error)
+            result = await self.stack.run(Path(schedule.workflow), schedule.inputs,
+                                          run_id=run_id, idempotency_key=key, metadata=metadata)
+            log.info("schedule %r fire %s: run %s %s", schedule.name, when, result.run_id,
+                     result.status)
+            return FireOutcome(schedule.name, scheduled_for, result.run_id, result.status,
+                               result.error)
         except Exception as exc:  # noqa: BLE001 - a bad fire is recorded; the loop goes on
+            try:
+                record = await self.stack.storage.get_run(run_id)
+            except RunNotFoundError:
+                record = None
+            ours = record is not None and (record.metadata.get("idempotency") or {}).get(
+                "key") == key
+            if ours and isinstance(exc, StorageError):
+                # another scheduler created this fire's run at the same moment (its insert
+                # or lease claim came first) and executes it: the fire happened once
+                log.info("schedule %r fire %s: run %s is another scheduler's (%s)",
+                         schedule.name, when, run_id, exc)
+                return FireOutcome(schedule.name, scheduled_for, run_id, record.status,
+                                   record.error)
             if isinstance(exc, FlowyardError):
                 log.error("schedule %r fire %s failed: %s", schedule.name, when, exc)
             else:
                 log.exception("schedule %r fire %s failed", schedule.name, when)
-            exists = True
-            try:
-                await self.stack.storage.get_run(run_id)
-            except RunNotFoundError:
-                exists = False
-            return FireOutcome(schedule.name, scheduled_for, run_id if exists else None,
+            return FireOutcome(schedule.name, scheduled_for, run_id if ours else None,
                                "failed", f"{type(exc).__name__}: {exc}")
-        finally:
-            created.set()
+
+
+def _stored(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.startswith("_")}
