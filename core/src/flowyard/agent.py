@@ -57,7 +57,8 @@ from flowyard.llm.typed import (
     retry_message,
 )
 from flowyard.models import MemoryEntry, Message, ToolSpec
-from flowyard.serialization import json_default
+from flowyard.serialization import json_default, structure, unstructure
+from flowyard.workflow import WaitingForInput
 
 if TYPE_CHECKING:
     from flowyard.interfaces import Services
@@ -337,7 +338,67 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
 
     spent = 0.0
     calls = 0
-    for turn in range(1, agent.max_turns + 1):
+
+    def suspend(wait: WaitingForInput, **where: Any) -> WaitingForInput:
+        """Attach the conversation to a human tool's wait, so the agent continues from
+        here once it is answered (see :func:`_saved_state`).
+        """
+        wait.state = json.loads(json.dumps(
+            {"agent": agent.name, "mode": agent.mode, "spent": spent, "calls": calls,
+             "invalid": invalid, "messages": unstructure(messages), **where},
+            default=json_default))
+        return wait
+
+    async def native_calls(turn: int, message: Message, start: int,
+                           results: list[dict[str, Any]]) -> None:
+        """Run the tool calls of ``message`` from index ``start`` and record the turn."""
+        nonlocal calls
+        for index in range(start, len(message.tool_calls)):
+            call = message.tool_calls[index]
+            try:
+                text, ok = await _run_tool(actx, tools, call.name, call.arguments,
+                                           call_id=f"{turn}:{call.id}")
+            except WaitingForInput as wait:
+                raise suspend(wait, turn=turn, index=index, results=results,
+                              message=unstructure(message)) from None
+            calls += 1
+            results.append({"id": call.id, "tool": call.name, "ok": ok, "result": text})
+            messages.append(Message.tool(call.id, text, name=call.name))
+        actx.emit("agent.turn", agent=agent.name, turn=turn, content=message.text,
+                  tool_calls=[{"id": c.id, "tool": c.name, "arguments": c.arguments}
+                              for c in message.tool_calls],
+                  tool_results=results, final=False)
+
+    async def react_call(turn: int, text: str, name: str, arguments: Any) -> None:
+        """Run the ReAct action of ``turn`` and record the turn and its observation."""
+        nonlocal calls
+        try:
+            result_text, ok = await _run_tool(actx, tools, name, arguments,
+                                              call_id=f"react-{turn}")
+        except WaitingForInput as wait:
+            raise suspend(wait, turn=turn, text=text, name=name, arguments=arguments
+                          ) from None
+        calls += 1
+        actx.emit("agent.turn", agent=agent.name, turn=turn, content=text,
+                  tool_calls=[{"id": f"react-{turn}", "tool": name, "arguments": arguments}],
+                  tool_results=[{"id": f"react-{turn}", "tool": name, "ok": ok,
+                                 "result": result_text}], final=False)
+        messages.append(Message.user(f"Observation: {result_text}"))
+
+    first_turn = 1
+    saved = await _saved_state(ctx, agent, tools)
+    if saved is not None:  # a human tool's wait was answered: continue the conversation
+        messages = structure(saved["messages"], list[Message])
+        spent, calls, invalid = float(saved["spent"]), int(saved["calls"]), int(saved["invalid"])
+        turn = int(saved["turn"])
+        actx.emit("agent.resumed", agent=agent.name, turn=turn)
+        if saved["mode"] == "native":
+            await native_calls(turn, structure(saved["message"], Message), int(saved["index"]),
+                               list(saved["results"]))
+        else:
+            await react_call(turn, saved["text"], saved["name"], saved["arguments"])
+        first_turn = turn + 1
+    for turn in range(first_turn, agent.max_turns + 1):
         if agent_budget is not None and spent >= agent.budget_usd:  # type: ignore[operator]
             raise BudgetExceeded(
                 f"agent {agent.name!r} spent ${spent:.6f} of its ${agent.budget_usd:.6f} "
@@ -359,16 +420,7 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
                           tool_calls=[], tool_results=[], final=True)
                 return await done(AgentResult(message.text, turn, calls, "final_answer",
                                               messages))
-            results = []
-            for call in message.tool_calls:
-                text, ok = await _run_tool(actx, tools, call.name, call.arguments)
-                calls += 1
-                results.append({"id": call.id, "tool": call.name, "ok": ok, "result": text})
-                messages.append(Message.tool(call.id, text, name=call.name))
-            actx.emit("agent.turn", agent=agent.name, turn=turn, content=message.text,
-                      tool_calls=[{"id": c.id, "tool": c.name, "arguments": c.arguments}
-                                  for c in message.tool_calls],
-                      tool_results=results, final=False)
+            await native_calls(turn, message, 0, [])
             continue
         # ReAct
         text = message.text
@@ -391,13 +443,7 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
             messages.append(Message.user(observation))
             continue
         name, arguments = payload
-        result_text, ok = await _run_tool(actx, tools, name, arguments)
-        calls += 1
-        actx.emit("agent.turn", agent=agent.name, turn=turn, content=text,
-                  tool_calls=[{"id": f"react-{turn}", "tool": name, "arguments": arguments}],
-                  tool_results=[{"id": f"react-{turn}", "tool": name, "ok": ok,
-                                 "result": result_text}], final=False)
-        messages.append(Message.user(f"Observation: {result_text}"))
+        await react_call(turn, text, name, arguments)
     raise AgentTurnLimitError(
         f"agent {agent.name!r} gave no final answer within max_turns={agent.max_turns} "
         f"({calls} tool call(s) made)")
@@ -421,13 +467,43 @@ def _agent_output(agent: Agent) -> OutputType | None:
     return output_type_of(spec)
 
 
+async def _saved_state(ctx: ToolContext, agent: Agent, tools: Mapping[str, Any]
+                       ) -> dict[str, Any] | None:
+    """Return the conversation this agent step kept when a human tool (``human.*``) it
+    called made the run wait (the newest such request of the step key), or None.
+
+    Read from the run record (``metadata["human"]["waiting"]``, see
+    :mod:`flowyard.engine.human`) only when the agent has a human tool and runs in a run.
+    """
+    if not ctx.run_id or not ctx.step_key or not any(
+            str(name).startswith("human.") for name in tools):
+        return None
+    record = await ctx.stack.storage.get_run(ctx.run_id)
+    waiting = (record.metadata.get("human") or {}).get("waiting") or {}
+    mine = [entry for entry in waiting.values()
+            if isinstance(entry, dict) and entry.get("step_key") == ctx.step_key
+            and isinstance(entry.get("state"), dict) and entry["state"].get("agent") == agent.name]
+    if not mine:
+        return None
+    return dict(max(mine, key=lambda entry: entry.get("since") or 0)["state"])
+
+
 async def _run_tool(ctx: ToolContext, tools: Mapping[str, Any], name: str,
-                    arguments: Mapping[str, Any]) -> tuple[str, bool]:
-    """Run one tool call of the model; tool errors become the result text."""
+                    arguments: Mapping[str, Any], *, call_id: str | None = None
+                    ) -> tuple[str, bool]:
+    """Run one tool call of the model; tool errors become the result text. A human tool
+    (``human.*``) gets ``call_id`` (unique within the agent's step key) in
+    ``ctx.extras["tool_call_id"]``, so each of its calls is answered on its own.
+
+    Raises:
+        WaitingForInput: a human tool waits for its answer.
+    """
     tool = _lookup(tools, name)
     if tool is None:
         known = ", ".join(sorted(tools)) or "none"
         return f"error: unknown tool {name!r}; available tools: {known}", False
+    if call_id is not None and str(getattr(tool, "name", "")).startswith("human."):
+        ctx = ctx.child(extras={**ctx.extras, "tool_call_id": call_id})
     try:
         result = await invoke_tool(ctx, tool, arguments)
     except ToolError as exc:

@@ -966,11 +966,16 @@ class WaitingForInput(Exception):
         default: the answer used when the deadline passes (``has_default`` says if one was
             given).
         has_default: whether ``default`` was given (None is a valid default).
+        key: the key the answer is stored under when it is not the step key (a human tool
+            called by an agent: ``<step key>/<tool call id>``), else None.
+        state: JSON-ready data to keep with the request and hand back after the answer
+            (an agent's conversation), else None; set by whoever the signal passes through.
     """
 
     def __init__(self, prompt: str, *, kind: str = "input",
                  schema: Mapping[str, Any] | None = None, deadline: float | None = None,
-                 default: Any = None, has_default: bool = False) -> None:
+                 default: Any = None, has_default: bool = False, key: str | None = None,
+                 state: dict[str, Any] | None = None) -> None:
         super().__init__(f"waiting for a human answer: {prompt}")
         self.prompt = prompt
         self.kind = kind
@@ -978,6 +983,8 @@ class WaitingForInput(Exception):
         self.deadline = deadline
         self.default = default
         self.has_default = has_default
+        self.key = key
+        self.state = state
 
     def to_dict(self) -> dict[str, Any]:
         """Return what is stored for the waiting step: ``{prompt, kind, schema, deadline,

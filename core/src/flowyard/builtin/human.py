@@ -59,6 +59,11 @@ class _HumanAction(BaseTool):
             raise ToolError(f"{self.name} waits for a human answer and needs a run (it was "
                             "called outside a workflow run)", tool=self.name)
         key = context.step_key or context.step_id or ""
+        # called by an agent: each tool call has its own answer (the agent keeps its
+        # conversation with the request, see flowyard.agent)
+        call_id = context.extras.get("tool_call_id") if context.agent else None
+        if call_id:
+            key = f"{key}/{call_id}"
         record = await context.stack.storage.get_run(context.run_id)
         human = record.metadata.get("human") or {}
         answer = (human.get("answers") or {}).get(key)
@@ -76,7 +81,8 @@ class _HumanAction(BaseTool):
                 raise WaitingForInput(str(arguments["prompt"]), kind=self.kind,
                                       schema=self._schema(arguments), deadline=deadline,
                                       default=arguments.get("default"),
-                                      has_default=has_default)
+                                      has_default=has_default,
+                                      key=key if call_id else None)
             # resumed after the deadline without an answer (and before any expiry sweep)
             answer = {"value": arguments.get("default"), "by": "flowyard:timeout",
                       "at": time.time(), "expired": True}

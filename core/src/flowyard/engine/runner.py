@@ -1132,15 +1132,20 @@ class Run:
 
     def _note_waiting(self, step_id: str, key: str, wait: WaitingForInput) -> None:
         """Record that step key ``key`` waits for a human answer: a ``step.waiting`` event and
-        ``metadata["human"]["waiting"][key]`` of the run record (written with the run's end;
-        the first request of a key is kept, so its deadline survives resumes).
+        ``metadata["human"]["waiting"][wait.key or key]`` of the run record (written with the
+        run's end; the first request of a key is kept, so its deadline survives resumes).
         """
         human = self.record.metadata.setdefault("human", {})
         waiting = human.setdefault("waiting", {})
-        entry = waiting.get(key)
+        answer_key = wait.key or key
+        entry = waiting.get(answer_key)
         if entry is None:
-            entry = waiting[key] = {**wait.to_dict(), "step_id": step_id, "since": time.time()}
-        self.emit("step.waiting", step_id, step_key=key, prompt=entry["prompt"],
+            entry = waiting[answer_key] = {**wait.to_dict(), "step_id": step_id,
+                                           "step_key": key, "since": time.time()}
+            if wait.state is not None:
+                entry["state"] = wait.state
+        self.emit("step.waiting", step_id, step_key=key, answer_key=answer_key,
+                  prompt=entry["prompt"],
                   kind=entry["kind"], schema=entry["schema"], deadline=entry["deadline"])
 
     def _executor(self, name: str | None) -> Any:
