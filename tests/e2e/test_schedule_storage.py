@@ -214,7 +214,7 @@ def test_racing_schedulers_without_lease_create_one_run_per_fire(
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert out.split() == ["30", "30"], (out, err)  # each found every fire's run
     runs = scheduled_runs(storage_url, "race")

@@ -12,7 +12,7 @@ import logging
 import math
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

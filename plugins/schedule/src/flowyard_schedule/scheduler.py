@@ -58,7 +58,14 @@ from flowyard import (
     SupportsKeyValueListing,
 )
 
-from flowyard_schedule.spec import Schedule, ScheduleError, check_name, fire_key, fire_run_id, iso_utc
+from flowyard_schedule.spec import (
+    Schedule,
+    ScheduleError,
+    check_name,
+    fire_key,
+    fire_run_id,
+    iso_utc,
+)
 
 __all__ = ["NAMESPACE", "STATE_NAMESPACE", "LEASE_RUN_ID", "FireOutcome", "Scheduler",
            "SchedulerLease", "ScheduleStore"]
@@ -182,7 +189,8 @@ class SchedulerLease:
             raise ScheduleError(f"lease_s: {lease_s!r} must be > 0 seconds")
         self.storage = storage
         self.lease_s = lease_s
-        self.owner = owner or f"scheduler:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or (
+            f"scheduler:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.holder: RunLease | None = None
         self.acquired_now = False
         self._held = False
@@ -450,7 +458,7 @@ class Scheduler:
                      result.status)
             return FireOutcome(schedule.name, scheduled_for, result.run_id, result.status,
                                result.error)
-        except Exception as exc:  # noqa: BLE001 - a bad fire is recorded; the loop goes on
+        except Exception as exc:
             try:
                 record = await self.stack.storage.get_run(run_id)
             except RunNotFoundError:
