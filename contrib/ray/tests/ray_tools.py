@@ -85,7 +85,8 @@ async def order(marks: str, name: str, hold_s: float = 0.0) -> str:
 async def slow(marks: str, name: str, release: str | None = None,
                timeout_s: float = 60.0) -> dict[str, Any]:
     """Mark ``started-<name>`` with this process's pid and node, then wait until the file
-    ``release`` exists (or ``timeout_s`` seconds pass: a ToolError); mark ``done-<name>``.
+    ``release`` exists (or ``timeout_s`` seconds pass: a ToolError); mark ``done-<name>``,
+    or ``cancelled-<name>`` when the call is cancelled.
 
     Args:
         marks: folder of the marks.
@@ -96,10 +97,14 @@ async def slow(marks: str, name: str, release: str | None = None,
     where = _where()
     _mark(marks, f"started-{name}", f"{where['pid']} {where['node_id']}")
     deadline = time.monotonic() + timeout_s
-    while release and not os.path.exists(release):
-        if time.monotonic() > deadline:
-            raise flowyard.ToolError(f"{name}: {release} did not appear in {timeout_s} s")
-        await anyio.sleep(0.05)
+    try:
+        while release and not os.path.exists(release):
+            if time.monotonic() > deadline:
+                raise flowyard.ToolError(f"{name}: {release} did not appear in {timeout_s} s")
+            await anyio.sleep(0.05)
+    except anyio.get_cancelled_exc_class():
+        _mark(marks, f"cancelled-{name}", f"{where['pid']} {where['node_id']}")
+        raise
     _mark(marks, f"done-{name}", f"{where['pid']} {where['node_id']}")
     return {"name": name, **where}
 

@@ -205,3 +205,27 @@ async def test_a_plugin_the_workers_cannot_import_is_a_clear_error(
     assert result.status == "failed"
     assert "no_such_module" in (result.error or "")
     assert "cannot import" in (result.error or "")
+
+
+async def test_a_step_timeout_cancels_the_call_on_its_worker(ray_config: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    workflow = {"name": "ray-timeout", "steps": [
+        {"id": "stuck", "uses": "t.slow", "timeout": 6,
+         "with": {"marks": str(marks), "name": "stuck", "release": str(tmp_path / "never")}}]}
+    stack = _stack(ray_config, "ray")
+    await stack.open()
+    try:
+        started = time.monotonic()
+        result = await stack.run(workflow, {})
+    finally:
+        await stack.aclose()
+    assert result.status == "failed"
+    assert "timed out after 6" in (result.error or "")
+    assert time.monotonic() - started < 30
+    # the call saw its cancellation where it ran, and did not go on
+    worker_pid = int((marks / "started-stuck").read_text().split()[0])
+    assert worker_pid != os.getpid()
+    assert (marks / "cancelled-stuck").read_text().split()[0] == str(worker_pid)
+    assert not (marks / "done-stuck").exists()
