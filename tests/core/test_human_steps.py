@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import flowyard
 import pytest
 from flowyard.engine.human import HumanAnswerError, pending_steps
+from flowyard.engine.lease import RunInUseError
 from flowyard.stack import Stack
 from flowyard.tools import BaseTool
 
@@ -222,3 +224,28 @@ async def test_a_bad_default_or_schema_fails_the_step() -> None:
     assert result.status == "failed"
     assert "does not match the answer's schema" in (result.steps["a"].error or "")
     assert "not a valid JSON Schema" in (result.steps["b"].error or "")
+
+
+@pytest.mark.anyio
+async def test_two_answers_at_once_resume_the_run_once() -> None:
+    tool = Count()
+    async with Stack([Plugin(tool)]) as stack:
+        first = await stack.run(APPROVAL)
+        outcomes: list[Any] = []
+
+        async def answer(who: str) -> None:
+            try:
+                outcomes.append(await stack.answer(first.run_id, "review", {"approved": True},
+                                                   actor=who))
+            except (HumanAnswerError, RunInUseError) as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer, "user:ann")
+            tg.start_soon(answer, "user:bob")
+        results = [o for o in outcomes if not isinstance(o, Exception)]
+        assert len(results) == 1 and results[0].status == "completed"
+        assert len(outcomes) == 2 and isinstance(
+            next(o for o in outcomes if isinstance(o, Exception)),
+            (HumanAnswerError, RunInUseError))
+        assert tool.calls.count(f"published by {results[0].steps['review'].output['by']}") == 1
