@@ -101,8 +101,9 @@ def schedule() -> None:
 @click.option("--inputs", "inputs_json", default=None, metavar="JSON",
               help="Workflow inputs as a JSON object (-i values override).")
 @click.option("--start-at", default=None, help="ISO time of the first possible fire (and the "
-              "interval's anchor); without an offset it is in --tz. Default: now, rounded up to "
-              "a whole second.")
+              "interval's anchor: the first fire of --every is at it); without an offset it is "
+              "in --tz. Default: now (rounded up to a whole second), plus the interval for "
+              "--every.")
 @click.option("--max-catch-up", default=100, show_default=True, type=click.IntRange(1),
               help="Most missed fires --catch-up all fires at once.")
 @click.option("--misfire-grace", default=60.0, show_default=True,
@@ -128,13 +129,15 @@ def add_cmd(name: str, workflow_file: str, cron: str | None, every: str | None, 
                 raise click.BadParameter("must be a JSON object", param_hint="--inputs")
         inputs.update(parse_input_pairs(pairs))
         now = time.time()
+        every_s = parse_every(every) if every is not None else None
         path = Path(workflow_file).resolve()
         spec = Schedule(
             name=name, workflow=str(path),
             workflow_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-            cron=cron, every_s=parse_every(every) if every is not None else None, tz=tz,
+            cron=cron, every_s=every_s, tz=tz,
             catch_up=catch_up, inputs=inputs,
-            start_at=parse_time(start_at, tz) if start_at else float(math.ceil(now)),
+            start_at=(parse_time(start_at, tz) if start_at
+                      else float(math.ceil(now)) + (every_s or 0.0)),
             created_at=now,
             max_catch_up=max_catch_up, misfire_grace_s=misfire_grace)
     except (ScheduleError, FlowyardError) as exc:
