@@ -199,3 +199,64 @@ async def test_an_answer_that_fails_response_schema_is_not_cached() -> None:
         stats = await ResponseCache(stack.storage).stats()
     assert stats["entries"] == 1
     assert stats["saved_usd_per_hit"] == pytest.approx(first.cost_usd)  # both calls' cost
+
+
+# ----------------------------------------------------------------------------- gateway level
+
+
+@pytest.mark.anyio
+async def test_the_python_api_caches_deterministic_calls_and_refuses_sampled_ones() -> None:
+    provider = FakeProvider(script=["first", "second", "third"])
+    stack = _stack(provider)
+    async with stack:
+        one = await stack.llm.chat("hi", model="fake/priced", temperature=0, cache=True)
+        two = await stack.llm.chat("hi", model="fake/priced", temperature=0, cache=True)
+        three = await stack.llm.chat("hi", model="fake/priced", temperature=0)  # not asked
+        with pytest.raises(ValueError, match="only deterministic requests are cached"):
+            await stack.llm.chat("hi", model="fake/priced", temperature=0.5, cache=True)
+    assert (one.text, two.text, three.text) == ("first", "first", "second")
+    assert two.cost_usd == 0.0 and two.raw["cache"] == "hit"
+    assert two.raw["saved_usd"] == pytest.approx(one.cost_usd)
+    assert len(provider.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_a_model_wide_cache_serves_an_agent_including_its_tool_calls() -> None:
+    from flowyard.models import ToolCall
+
+    def script() -> list[Any]:
+        return [ToolCall(id="c1", name="echo", arguments={"value": "x"}), "done: x"]
+
+    provider = FakeProvider(script=script() + script())
+    stack = _stack(provider, cache={"models": {"fake/priced": {"ttl_s": 600}}})
+    seen: list[Event] = []
+    stack.events.subscribe(seen.append)
+    wf = {"name": "agent-cache", "steps": [{"id": "a", "uses": "agent", "with": {
+        "prompt": "echo x", "model": "fake/priced", "tools": ["echo"], "temperature": 0}}],
+        "outputs": {"answer": "${a.answer}"}}
+    async with stack:
+        first = await stack.run(wf)
+        second = await stack.run(wf)
+        sampled = await stack.llm.chat("hi", model="fake/priced", temperature=1)
+    assert first.outputs == second.outputs == {"answer": "done: x"}
+    # two turns the first time; the second run's turns (same conversation, same tools,
+    # the tool call replayed with its id) are both hits; the sampled call is not cached
+    assert len(provider.requests) == 3
+    assert sampled.raw.get("cache") is None
+    hits = [e for e in seen if e.type == "llm.cache.hit"]
+    assert [e.run_id for e in hits] == [second.run_id, second.run_id]
+    assert second.cost_usd == 0.0
+
+
+@pytest.mark.anyio
+async def test_an_agent_step_opts_in_with_cache() -> None:
+    provider = FakeProvider(script=["answer one", "answer two"])
+    stack = _stack(provider)
+    wf = {"name": "agent-step-cache", "steps": [{"id": "a", "uses": "agent", "with": {
+        "prompt": "say something", "model": "fake/priced", "temperature": 0,
+        "cache": {"ttl_s": 60}}}], "outputs": {"answer": "${a.answer}"}}
+    async with stack:
+        first = await stack.run(wf)
+        second = await stack.run(wf)
+    assert first.outputs == second.outputs == {"answer": "answer one"}
+    assert len(provider.requests) == 1

@@ -192,6 +192,10 @@ class Agent:
         output_schema: the same as a JSON schema (what YAML workflows give).
         max_validation_retries: with an output type, how many invalid final answers are sent
             back with their validation errors before :class:`OutputValidationError`.
+        cache: the response cache for every model call of the agent (``True`` or ``{ttl_s,
+            allow_nondeterministic}``; :mod:`flowyard.llm.cache`): a repeated turn with the
+            same conversation and tools is answered from the cache. Needs ``temperature``
+            0 (or ``allow_nondeterministic``). None: ``[cache.models]`` decides.
     """
 
     model: str | None = None
@@ -208,6 +212,7 @@ class Agent:
     output_type: Any = None
     output_schema: Mapping[str, Any] | None = None
     max_validation_retries: int = DEFAULT_VALIDATION_RETRIES
+    cache: Any = None
 
     async def run(self, stack: Services, prompt: str, *, context: ToolContext | None = None
                   ) -> AgentResult:
@@ -300,6 +305,8 @@ async def run_agent(ctx: ToolContext, agent: Agent, prompt: str) -> AgentResult:
         params["tools"] = specs
     if agent.mode == "react":
         params["stop"] = ["\nObservation:"]
+    if agent.cache is not None:
+        params["cache"] = agent.cache
 
     invalid = 0
 

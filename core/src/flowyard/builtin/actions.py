@@ -319,7 +319,8 @@ class ChatAction(BaseTool):
         responses: list[ChatResponse] = []
 
         async def call(conversation: list[Message]) -> str:
-            text, response = await self._call(context, conversation, model, params, stream)
+            text, response = await self._call(context, conversation, model, params, stream,
+                                              own_cache=True)
             texts.append(text)
             if response is not None:
                 responses.append(response)
@@ -376,11 +377,17 @@ class ChatAction(BaseTool):
         return value
 
     async def _call(self, context: ToolContext, messages: list[Message], model: str | None,
-                    params: dict[str, Any], stream: bool) -> tuple[str, ChatResponse | None]:
-        """Make the call; return the answer text and the response (None when streamed)."""
+                    params: dict[str, Any], stream: bool, *, own_cache: bool = False
+                    ) -> tuple[str, ChatResponse | None]:
+        """Make the call; return the answer text and the response (None when streamed).
+
+        ``own_cache``: the step caches the answer itself, so the gateway's per-model cache
+        (``[cache.models]``) is not asked too.
+        """
         if stream:
             return await self._stream(context, messages, model, params), None
         response = await context.stack.llm.chat(messages, model=model, context=context,
+                                                **({"cache": False} if own_cache else {}),
                                                 **params)
         return response.text, response
 
@@ -422,7 +429,8 @@ class ChatAction(BaseTool):
                 context.stream_text("", final=True)
             return entry.text
         context.emit("llm.cache.miss", key=key, model=ref)
-        text, response = await self._call(context, messages, model, params, stream)
+        text, response = await self._call(context, messages, model, params, stream,
+                                          own_cache=True)
         if response is not None:
             entry = CachedResponse(text, provider=response.provider, model=response.model,
                                    input_tokens=response.usage.input_tokens,

@@ -34,7 +34,7 @@ __all__ = ["AgentAction", "WorkflowAction", "AGENT_KEYS"]
 #: The arguments an ``agent`` step accepts in ``with``.
 AGENT_KEYS = {"model", "instructions", "prompt", "tools", "max_turns", "budget_usd", "mode",
               "memory", "temperature", "max_tokens", "requirements", "output_schema",
-              "max_validation_retries"}
+              "max_validation_retries", "cache"}
 
 Issue = Callable[[str, str], None]
 
@@ -46,7 +46,8 @@ class AgentAction(BaseTool):
     of tool names), ``max_turns`` (>= 1, default 10), ``budget_usd`` (US dollars), ``mode``
     (``native`` or ``react``), ``memory``, ``temperature``, ``max_tokens``, ``requirements``,
     ``output_schema`` (a JSON schema the final answer must match; the output then has
-    ``output``, its JSON value) and ``max_validation_retries`` (default 2).
+    ``output``, its JSON value), ``max_validation_retries`` (default 2) and ``cache`` (the
+    response cache for the agent's model calls; needs ``temperature: 0``).
     Checked by :meth:`validate_step` when the workflow is validated.
     """
 

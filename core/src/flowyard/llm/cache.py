@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from flowyard.models import Message
 
 __all__ = ["CACHE_NAMESPACE", "CachePolicy", "CachedResponse", "ResponseCache", "request_key",
-           "is_deterministic", "DEFAULT_TTL_S"]
+           "is_deterministic", "DEFAULT_TTL_S", "configured_policy", "default_ttl",
+           "open_response_cache", "KEY_PARAMS"]
 
 #: The key-value namespace of cached responses.
 CACHE_NAMESPACE = "llm.cache"
@@ -65,7 +66,7 @@ DEFAULT_TTL_S = 86400.0
 _KEY_VERSION = 1
 #: The request fields that take part in the key (besides model and messages).
 KEY_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "response_schema",
-              "requirements")
+              "requirements", "tools", "tool_choice", "route")
 
 
 def request_key(model: str, messages: Sequence[Message], params: Mapping[str, Any]) -> str:
@@ -74,7 +75,8 @@ def request_key(model: str, messages: Sequence[Message], params: Mapping[str, An
     Args:
         model: the model reference as the step wrote it (or the stack's default model).
         messages: the request's messages.
-        params: the step's arguments; only :data:`KEY_PARAMS` are used.
+        params: the step's arguments or the call's :class:`~flowyard.models.ChatRequest`
+            fields; only :data:`KEY_PARAMS` are used (tools by name, description and schema).
 
     Returns:
         64 hex characters.
@@ -83,7 +85,8 @@ def request_key(model: str, messages: Sequence[Message], params: Mapping[str, An
         "v": _KEY_VERSION,
         "model": model,
         "messages": unstructure(list(messages)),
-        "params": {k: params[k] for k in KEY_PARAMS if params.get(k) is not None},
+        "params": unstructure({k: params[k] for k in KEY_PARAMS
+                               if params.get(k) is not None and params.get(k) != []}),
     }
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)
@@ -158,6 +161,8 @@ class CachedResponse:
         cost_usd: what the original call cost in US dollars (None: unknown price).
         created_at: when it was stored (seconds since the epoch).
         expires_at: when it expires (seconds since the epoch; None: never).
+        tool_calls: the answer's tool calls (``{id, name, arguments}``; agents).
+        finish_reason: the original call's finish reason.
     """
 
     text: str
@@ -168,6 +173,8 @@ class CachedResponse:
     cost_usd: float | None = None
     created_at: float = 0.0
     expires_at: float | None = None
+    tool_calls: list[dict[str, Any]] = attrs.field(factory=list)
+    finish_reason: str = "stop"
 
     def to_json(self) -> dict[str, Any]:
         """Return the entry as a JSON-ready dict."""
@@ -291,6 +298,22 @@ class ResponseCache:
             await self.storage.kv_delete(CACHE_NAMESPACE, key)
             deleted += 1
         return deleted
+
+
+def configured_policy(config_section: Mapping[str, Any], ref: str) -> CachePolicy | None:
+    """Return the cache policy ``[cache.models."<ref>"]`` gives every call of model ``ref``
+    (``true`` or ``{ttl_s, allow_nondeterministic}``), or None.
+
+    Raises:
+        ConfigError: a malformed table (names the model).
+    """
+    models = config_section.get("models")
+    if models is None:
+        return None
+    if not isinstance(models, Mapping):
+        raise ConfigError(f"cache.models must be a table of model references, got {models!r}")
+    return CachePolicy.from_argument(models.get(ref), default_ttl_s=default_ttl(config_section),
+                                     where=f"cache.models.{ref!r}")
 
 
 def default_ttl(config_section: Mapping[str, Any]) -> float | None:

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,15 @@ from flowyard.llm.budget import (
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
+from flowyard.llm.cache import (
+    CachedResponse,
+    CachePolicy,
+    configured_policy,
+    default_ttl,
+    is_deterministic,
+    open_response_cache,
+    request_key,
+)
 from flowyard.llm.circuit import BreakerSet, counts_as_failure
 from flowyard.llm.modelregistry import ModelRegistry
 from flowyard.llm.ratelimit import LimiterSet, caller_keys
@@ -103,8 +112,10 @@ from flowyard.models import (
     CostLine,
     Message,
     ModelInfo,
+    ToolCall,
     Usage,
 )
+from flowyard.serialization import structure, unstructure
 
 if TYPE_CHECKING:
     from flowyard.context import ToolContext
@@ -889,8 +900,13 @@ class LLMGateway:
 
     async def chat(self, messages: Sequence[Message] | str, *, model: str | None = None,
                    context: ToolContext | None = None, route: RouteRequest | None = None,
-                   router: str | None = None, **params: Any) -> ChatResponse:
+                   router: str | None = None, cache: Any = None, **params: Any
+                   ) -> ChatResponse:
         """Call a model and return its response, with ``cost_usd`` filled where known.
+
+        A cache hit (see ``cache``) makes no provider call: its response has ``cost_usd``
+        0.0, zero usage, ``raw["cache"] == "hit"`` and ``raw["saved_usd"]``, and emits
+        ``llm.cache.hit``; a miss emits ``llm.cache.miss`` and stores the response.
 
         Args:
             messages: the conversation, or a prompt string.
@@ -902,6 +918,11 @@ class LLMGateway:
                 candidates).
             router: router name for ``"auto"`` (default: ``routing.router``, else
                 ``cheapest``).
+            cache: ``True``, ``{ttl_s, allow_nondeterministic}`` or a
+                :class:`~flowyard.llm.cache.CachePolicy`: answer a repeated deterministic
+                request from the response cache (:mod:`flowyard.llm.cache`); None (default):
+                ``[cache.models."<model>"]`` applies to that model's deterministic requests;
+                False: never use the cache.
             **params: :class:`ChatRequest` fields (temperature, max_tokens, tools, ...).
 
         Raises:
@@ -910,8 +931,77 @@ class LLMGateway:
             ProviderError: typed provider errors (for ``"auto"``: the last model's error
                 once every candidate failed).
             UnknownNameError: unknown provider or router, or no model meets the route.
+            ValueError: ``cache`` asked for on a request that is neither ``temperature`` 0
+                nor seeded, without ``allow_nondeterministic``.
+            ConfigError: a malformed ``cache`` value or ``[cache]`` table.
         """
         ref = self._alias(model or self.default_model())
+        policy = self._cache_policy(ref, cache, params)
+        if policy is not None:
+            return await self._chat_cached(policy, ref, messages, context, route, router,
+                                           params)
+        return await self._chat_uncached(ref, messages, context, route, router, params)
+
+    def _cache_policy(self, ref: str, cache: Any, params: Mapping[str, Any]
+                      ) -> CachePolicy | None:
+        """Return the response cache policy of one call (None: not cached).
+
+        Raises:
+            ValueError: ``cache`` on a sampled request without ``allow_nondeterministic``.
+            ConfigError: a malformed ``cache`` or ``[cache.models]`` entry.
+        """
+        if cache is False:
+            return None
+        section = self.stack.config.section("cache")
+        if cache is None:
+            policy = configured_policy(section, ref)
+            # a model-wide setting caches only what may be cached without asking
+            if policy is None or (not policy.allow_nondeterministic
+                                  and not is_deterministic(params)):
+                return None
+            return policy
+        policy = cache if isinstance(cache, CachePolicy) else CachePolicy.from_argument(
+            cache, default_ttl_s=default_ttl(section), where="cache")
+        if policy is not None and not policy.allow_nondeterministic \
+                and not is_deterministic(params):
+            raise ValueError(
+                "cache: only deterministic requests are cached (temperature=0 or a seed); "
+                "pass temperature=0 or seed=..., or cache={'allow_nondeterministic': True}")
+        return policy
+
+    async def _chat_cached(self, policy: CachePolicy, ref: str,
+                           messages: Sequence[Message] | str, context: ToolContext | None,
+                           route: RouteRequest | None, router: str | None,
+                           params: dict[str, Any]) -> ChatResponse:
+        """:meth:`chat` through the response cache (see :mod:`flowyard.llm.cache`)."""
+        listed = [Message.user(messages)] if isinstance(messages, str) else list(messages)
+        cache = await open_response_cache(self.stack)
+        key = request_key(ref, listed, {**params, "route": route})
+        entry = await cache.get(key)
+        if entry is not None:
+            self._emit(context, "llm.cache.hit", key=key,
+                       model=f"{entry.provider}/{entry.model}", cost_usd=0.0,
+                       saved_usd=entry.cost_usd, input_tokens=entry.input_tokens,
+                       output_tokens=entry.output_tokens)
+            calls = [structure(c, ToolCall) for c in entry.tool_calls]
+            return ChatResponse(message=Message.assistant(entry.text, tool_calls=calls),
+                                model=entry.model, provider=entry.provider,
+                                finish_reason=entry.finish_reason, cost_usd=0.0,
+                                raw={"cache": "hit", "saved_usd": entry.cost_usd})
+        self._emit(context, "llm.cache.miss", key=key, model=ref)
+        response = await self._chat_uncached(ref, messages, context, route, router, params)
+        await cache.put(key, CachedResponse(
+            response.text, provider=response.provider, model=response.model,
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens, cost_usd=response.cost_usd,
+            tool_calls=unstructure(response.message.tool_calls),
+            finish_reason=response.finish_reason), ttl_s=policy.ttl_s)
+        return response
+
+    async def _chat_uncached(self, ref: str, messages: Sequence[Message] | str,
+                             context: ToolContext | None, route: RouteRequest | None,
+                             router: str | None, params: dict[str, Any]) -> ChatResponse:
+        """:meth:`chat` without the response cache."""
         if ref == AUTO:
             probe = self.build_request(AUTO, messages, **params)
             router_name, choices = await self.route(route, router=router, request=probe)
