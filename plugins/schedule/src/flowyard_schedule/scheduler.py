@@ -33,7 +33,6 @@ fire is recorded with the winner's run (whose status it reports).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -380,11 +379,11 @@ class Scheduler:
     async def run(self, *, poll_s: float = 5.0, stop: anyio.Event | None = None) -> None:
         """Loop: renew or claim the lease, fire what is due, sleep until the next fire time
         or ``poll_s`` seconds, until ``stop`` is set; then wait for running fires and release
-        the lease.
+        the lease. A failing storage is logged and tried again after ``poll_s`` (the lease
+        expires meanwhile if the failure lasts, and another scheduler may take over).
 
         Raises:
             ScheduleError: ``poll_s`` not > 0, or not below a third of ``lease_s``.
-            StorageError: the storage failed.
         """
         if not math.isfinite(poll_s) or poll_s <= 0:
             raise ScheduleError(f"poll_s: {poll_s!r} must be > 0 seconds")
@@ -395,12 +394,15 @@ class Scheduler:
         try:
             async with anyio.create_task_group() as tg:
                 while not stop.is_set():
-                    await self.tick(tg)
                     wait = poll_s
-                    with contextlib.suppress(ScheduleError, StorageError):
+                    try:
+                        await self.tick(tg)
                         nxt = await self._next_due()
                         if nxt is not None:
                             wait = min(poll_s, max(0.0, nxt - self.clock()) + 0.001)
+                    except StorageError as exc:  # a database restart must not end the loop
+                        log.error("scheduler %s: storage failed, retrying in %g s: %s",
+                                  self._lease.owner if self._lease else "-", poll_s, exc)
                     with anyio.move_on_after(wait):
                         await stop.wait()
         finally:
