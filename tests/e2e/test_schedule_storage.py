@@ -273,3 +273,27 @@ def test_two_scheduler_processes_fire_each_time_once_and_take_over_after_sigkill
         return await storage.kv_get("schedule.state", "beat")
 
     assert with_storage(storage_url, state)["pending"] == []
+
+
+def test_run_once_fires_nothing_while_another_scheduler_holds_the_lease(
+        storage_url: str, workflow: Path, tmp_path: Path) -> None:
+    start = float(math.ceil(time.time())) + 1
+    cli(storage_url, "add", "held", str(workflow), "--every", "1s", "--catch-up", "all",
+        "--start-at", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(start)))
+    env = {**os.environ, "FLOWYARD_STORAGE__URL": storage_url}
+    loop = subprocess.Popen([FLOWYARD, "schedule", "run", "--poll-s", "0.5"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("the loop to hold the lease", lambda: lease_pid(storage_url) == loop.pid)
+        wait_for("a fire", lambda: scheduled_runs(storage_url, "held"))
+        once = cli(storage_url, "run", "--once")
+        assert once.stdout == ""
+        assert "another scheduler (scheduler:" in once.stderr
+        assert f":{loop.pid}:" in once.stderr and "holds the lease until" in once.stderr
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(timeout=30) == 0
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    assert lease_pid(storage_url) is None  # released on SIGTERM: a successor starts at once
