@@ -33,6 +33,9 @@ import flowyard
 #: the events of the call running in the current task (None outside a call)
 _CALL_EVENTS: contextvars.ContextVar[list[flowyard.Event] | None] = contextvars.ContextVar(
     "flowyard_ray_call_events", default=None)
+#: the run of the call running in the current task ("" outside a call)
+_CALL_RUN: contextvars.ContextVar[str] = contextvars.ContextVar("flowyard_ray_call_run",
+                                                               default="")
 #: polling interval of a task's main thread while its call runs, seconds (how quickly a
 #: ``ray.cancel`` interrupt is noticed; completion itself is not delayed by it)
 _POLL_S = 0.05
@@ -83,8 +86,8 @@ class Worker:
                 data = {**config, "engine": {**config.get("engine", {}), "executor": "local"}}
                 stack = flowyard.Stack(plugins, config=flowyard.Config(data),
                                        discover=discover)
+                _own_bus(stack)
                 await stack.open()
-                stack.events.subscribe(_collect, name="flowyard-ray.collector")
                 self._stacks[key] = stack
         return stack
 
@@ -113,6 +116,7 @@ class Worker:
             budget=budget, actor=call.actor)
         events: list[flowyard.Event] = []
         token = _CALL_EVENTS.set(events)
+        run_token = _CALL_RUN.set(call.run_id)
         try:
             output = await flowyard.invoke_tool(ctx, tool, call.arguments,
                                                 validated=call.validated)
@@ -122,12 +126,36 @@ class Worker:
             return flowyard.StepReply(error=_picklable(exc), events=tuple(events),
                                       cost_usd=_cost(events))
         finally:
+            _CALL_RUN.reset(run_token)
             _CALL_EVENTS.reset(token)
+
+
+def _own_bus(stack: flowyard.Stack) -> None:
+    """Give ``stack`` a new event bus where the events of a call's own run go only to the
+    call (:func:`_collect`), to be emitted by the driver, while the stack's listeners (audit,
+    metrics, traces...) still see every other run's events, such as a sub-workflow's.
+    Otherwise a listener writing to shared storage (the audit log) would record a call's
+    events twice: here and in the driver.
+    """
+    bus = type(stack.events)()
+    bus.subscribe(_collect, name="flowyard-ray.collector")
+    for name in stack.listeners.names():
+        bus.subscribe(_not_the_calls(stack.listeners.get(name)), name=name)
+    stack.events = bus
+
+
+def _not_the_calls(listener: Callable[[flowyard.Event], None]
+                   ) -> Callable[[flowyard.Event], None]:
+    def deliver(event: flowyard.Event) -> None:
+        if event.run_id != _CALL_RUN.get():
+            listener(event)
+
+    return deliver
 
 
 def _collect(event: flowyard.Event) -> None:
     events = _CALL_EVENTS.get()
-    if events is not None and event.run_id:
+    if events is not None and event.run_id and event.run_id == _CALL_RUN.get():
         events.append(event)
 
 
