@@ -226,3 +226,18 @@ def test_step_timings_count_retries_in_an_items_time() -> None:
     assert timings["each"] == {"wall_s": 10.0, "items": 4, "item_median_s": 3.0,
                                "item_max_s": 6.0}
     assert timings["solo"] == {"wall_s": 1.0}
+
+
+def test_a_run_waiting_for_a_human_exits_three_and_says_how_to_answer(
+        runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "wait.yaml").write_text(
+        "name: approve-me\n"
+        "steps:\n"
+        "  - id: ok\n"
+        "    uses: human.approve\n"
+        "    with: {prompt: 'Publish [red]this[/]?'}\n")
+    result = runner.invoke(cli, ["run", "wait.yaml", "--no-live"])
+    assert result.exit_code == 3, result.output
+    assert "waiting:" in result.output and "flowyard runs answer" in result.output
+    assert re.search(r"runs answer [0-9a-f]{32} ok --json VALUE", result.output)
+    assert "Publish [red]this[/]?" in result.output  # markup in the prompt shown as text

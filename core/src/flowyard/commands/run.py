@@ -28,7 +28,11 @@ __all__ = ["run", "validate", "resume", "parse_inputs", "step_timings"]
 
 _STATUS_STYLE = {"completed": "green", "running": "cyan", "failed": "red", "skipped": "yellow",
                  "cancelled": "magenta", "budget_exceeded": "red", "pending": "dim",
-                 "partial": "yellow", "retrying": "yellow"}
+                 "partial": "yellow", "retrying": "yellow", "waiting": "blue"}
+
+#: ``flowyard run``/``resume`` exit status of a run that ended waiting for a human answer
+#: (0: completed, 1: failed or refused).
+EXIT_WAITING = 3
 
 
 def parse_inputs(pairs: tuple[str, ...], limits: ParseLimits | None = None) -> dict[str, Any]:
@@ -504,7 +508,7 @@ def _print_summary(console: Any, result: Any, timings: dict[str, dict[str, Any]]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.steps_by_status().items()))
     cost = "unknown (a model's price is not known)" if result.cost_usd is None else \
         f"${result.cost_usd:.6f}"
-    style = _STATUS_STYLE.get(result.status, "")
+    style = _STATUS_STYLE.get(result.status, "bold")
     wall = f"wall time {result.duration_s:.2f}s"
     if command_s is not None:
         wall += f" ({command_s:.2f}s with start-up)"
@@ -514,6 +518,12 @@ def _print_summary(console: Any, result: Any, timings: dict[str, dict[str, Any]]
                   f"cost {cost}; {wall}", soft_wrap=True, highlight=False)
     if result.error:
         console.print(f"[red]error:[/] {escape(result.error)}", soft_wrap=True)
+    waiting = [sid for sid, step in result.steps.items() if step.status == "waiting"]
+    if result.status == "waiting":
+        for sid in waiting or ["STEP"]:
+            console.print(f"[blue]waiting:[/] answer with: flowyard runs answer "
+                          f"{escape(result.run_id)} {escape(sid)} --json VALUE "
+                          "(or --approve / --reject)", soft_wrap=True, highlight=False)
     if result.outputs:
         console.print("outputs:")
         console.print_json(json.dumps(result.outputs, default=str))
@@ -582,7 +592,7 @@ def _execute(stack: Any, coro_factory: Any, workflow: Any, as_json: bool, live: 
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         _print_summary(console, result, timings, command_s)
-    sys.exit(0 if result.ok else 1)
+    sys.exit(0 if result.ok else EXIT_WAITING if result.status == "waiting" else 1)
 
 
 @click.command()
@@ -608,7 +618,8 @@ def run(file: str, inputs: tuple[str, ...], as_json: bool, run_id: str | None,
     """Run the workflow FILE and print a summary (or JSON with --json).
 
     Exits 1 when the run does not complete, 2 when the workflow or inputs are invalid (with
-    --json the problems are printed as JSON on stdout, as `validate --json` prints them).
+    --json the problems are printed as JSON on stdout, as `validate --json` prints them), 3
+    when it waits for a human answer (`flowyard runs answer`).
     """
     started = time.monotonic()
     from flowyard.parsing import ParseLimits  # lazy: the YAML parser, not for --help

@@ -30,11 +30,12 @@ T = TypeVar("T")
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "partial")
+_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled", "partial")
 #: --status choices: the stored statuses and the derived ``abandoned``.
 _STATES = (*_STATUSES, "abandoned")
 _STATE_STYLE = {"completed": "green", "failed": "red", "running": "yellow",
-                "partial": "yellow", "cancelled": "magenta", "abandoned": "bold red"}
+                "partial": "yellow", "cancelled": "magenta", "abandoned": "bold red",
+                "waiting": "blue"}
 _GROUPS = ("provider", "model", "step", "agent", "workflow", "run")
 
 
