@@ -242,3 +242,36 @@ async def test_successor_fires_the_pending_fires_of_a_dead_scheduler(workflow: P
         state = await ScheduleStore(st.storage).state("tick")
         assert state["pending"] == [] and state["cursor"] == 125.0
         assert state["last_scheduled_for"] == 120.0 and state["fired"] == 2
+
+
+async def test_max_parallel_bounds_the_runs_executing_at_once(tmp_path: Path) -> None:
+    import anyio
+    import flowyard
+
+    active = peak = 0
+
+    @flowyard.tool(name="test.slow")
+    async def slow() -> int:
+        """Hold a slot for a moment and count the callers inside at once."""
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await anyio.sleep(0.05)
+        active -= 1
+        return peak
+
+    class Tools:
+        @flowyard.hookimpl
+        def register_tools(self, register: Any, config: Any) -> None:
+            register(slow.name, slow)
+
+    path = tmp_path / "slow.yaml"
+    path.write_text("name: slow\nsteps:\n  - id: s\n    uses: test.slow\n")
+    st = Stack([Tools()], config={"storage": {"url": "memory://"}})
+    async with st:
+        await add(st, make(path, catch_up="all"))
+        outcomes = await Scheduler(st, clock=Clock(600.0), max_parallel=3).fire_due()
+    assert len(outcomes) == 10 and {o.status for o in outcomes} == {"completed"}
+    assert peak == 3
+    with pytest.raises(Exception, match="max_parallel"):
+        Scheduler(st, max_parallel=0)

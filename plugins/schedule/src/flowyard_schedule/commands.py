@@ -247,7 +247,9 @@ def resume_cmd(name: str) -> None:
               type=click.FloatRange(min=0, min_open=True),
               help="Seconds the scheduler lease lasts without renewal (another scheduler "
               "takes over after that); at least 3 x --poll-s.")
-def run_cmd(once: bool, poll_s: float, lease_s: float) -> None:
+@click.option("--max-parallel", default=8, show_default=True, type=click.IntRange(1),
+              help="Most fired runs executing at once in this scheduler.")
+def run_cmd(once: bool, poll_s: float, lease_s: float, max_parallel: int) -> None:
     """Run the scheduler: fire due schedules until SIGINT/SIGTERM. Any number of schedulers
     may run against one storage; the one holding the lease fires.
     """
@@ -258,7 +260,7 @@ def run_cmd(once: bool, poll_s: float, lease_s: float) -> None:
     logger.setLevel(logging.INFO)
 
     async def go(stack: Stack) -> int:
-        scheduler = Scheduler(stack, lease_s=lease_s)
+        scheduler = Scheduler(stack, lease_s=lease_s, max_parallel=max_parallel)
         if once:
             outcomes = await scheduler.fire_due()
             lease = scheduler.lease

@@ -272,17 +272,22 @@ class Scheduler:
         use_lease: False fires without the lease (only the idempotency keys prevent double
             runs; for tests and for callers that guarantee one scheduler).
         owner: this scheduler's lease owner id.
+        max_parallel: most fired runs executing at once in this process (>= 1); further
+            fires wait (a catch-up of many missed times does not start them all at once).
     """
 
     def __init__(self, stack: Any, *, clock: Callable[[], float] = time.time,
-                 lease_s: float = 30.0, use_lease: bool = True, owner: str | None = None
-                 ) -> None:
+                 lease_s: float = 30.0, use_lease: bool = True, owner: str | None = None,
+                 max_parallel: int = 8) -> None:
+        if not isinstance(max_parallel, int) or max_parallel < 1:
+            raise ScheduleError(f"max_parallel: {max_parallel!r} must be an integer >= 1")
         self.stack = stack
         self.clock = clock
         self.lease_s = lease_s
         self.use_lease = use_lease
         self.owner = owner
-        self.outcomes: list[FireOutcome] = []
+        self._limiter = anyio.CapacityLimiter(max_parallel)
+        self._collect: list[FireOutcome] | None = None
         self._lease: SchedulerLease | None = None
         self._states: dict[str, dict[str, Any]] = {}
         self._inflight: set[tuple[str, float]] = set()
@@ -371,10 +376,14 @@ class Scheduler:
         Returns:
             the outcomes of the fires of this call, in the order their runs ended.
         """
-        start = len(self.outcomes)
-        async with anyio.create_task_group() as tg:
-            await self.tick(tg)
-        return self.outcomes[start:]
+        collected: list[FireOutcome] = []
+        self._collect = collected
+        try:
+            async with anyio.create_task_group() as tg:
+                await self.tick(tg)
+        finally:
+            self._collect = None
+        return collected
 
     async def run(self, *, poll_s: float = 5.0, stop: anyio.Event | None = None) -> None:
         """Loop: renew or claim the lease, fire what is due, sleep until the next fire time
@@ -423,8 +432,10 @@ class Scheduler:
     async def _fire(self, store: ScheduleStore, schedule: Schedule, scheduled_for: float
                     ) -> None:
         try:
-            outcome = await self._execute(schedule, scheduled_for)
-            self.outcomes.append(outcome)
+            async with self._limiter:
+                outcome = await self._execute(schedule, scheduled_for)
+            if self._collect is not None:
+                self._collect.append(outcome)
             state = self._states.setdefault(schedule.name, {})
             if scheduled_for >= float(state.get("last_scheduled_for", -math.inf)):
                 state.update(last_scheduled_for=scheduled_for, last_run_id=outcome.run_id,
