@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 from flowyard import (
     FlowyardError,
+    HumanAnswerError,
     RunNotFoundError,
     Stack,
     StorageError,
@@ -287,9 +288,10 @@ class Service:
         except RunNotFoundError:
             raise ApiError(409, f"run {run_id} has not started yet: it is not waiting for "
                            "an answer; nothing was stored") from None
-        except FlowyardError as exc:
-            status = 422 if getattr(exc, "reason", None) == "value" else 409
-            raise ApiError(status, str(exc)) from None
+        except HumanAnswerError as exc:  # reason "value": the answer; "state": the run/step
+            raise ApiError(422 if exc.reason == "value" else 409, str(exc)) from None
+        except FlowyardError as exc:  # e.g. the run is held by another process
+            raise ApiError(409, str(exc)) from None
         # the worker that ran it records the task's end just after the run stopped waiting
         with anyio.move_on_after(ANSWER_TASK_WAIT_S):
             while task.status not in ("failed", "cancelled", "completed"):
