@@ -286,6 +286,8 @@ def test_run_once_fires_nothing_while_another_scheduler_holds_the_lease(
     try:
         wait_for("the loop to hold the lease", lambda: lease_pid(storage_url) == loop.pid)
         wait_for("a fire", lambda: scheduled_runs(storage_url, "held"))
+        listed = cli(storage_url, "list").stdout
+        assert listed.startswith("scheduler: scheduler:") and f"(pid {loop.pid} on " in listed
         once = cli(storage_url, "run", "--once")
         assert once.stdout == ""
         assert "another scheduler (scheduler:" in once.stderr
@@ -297,3 +299,4 @@ def test_run_once_fires_nothing_while_another_scheduler_holds_the_lease(
             loop.kill()
             loop.wait()
     assert lease_pid(storage_url) is None  # released on SIGTERM: a successor starts at once
+    assert cli(storage_url, "list").stdout.startswith("scheduler: none running")

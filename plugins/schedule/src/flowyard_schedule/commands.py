@@ -20,7 +20,7 @@ import anyio
 import click
 from flowyard import FlowyardError, Stack, check_inputs, parse_yaml
 
-from flowyard_schedule.scheduler import Scheduler, ScheduleStore
+from flowyard_schedule.scheduler import LEASE_RUN_ID, Scheduler, ScheduleStore
 from flowyard_schedule.spec import Schedule, ScheduleError, check_name, iso_utc, parse_every
 
 __all__ = ["schedule", "parse_input_pairs", "parse_time"]
@@ -154,11 +154,14 @@ def add_cmd(name: str, workflow_file: str, cron: str | None, every: str | None, 
 @schedule.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_cmd(as_json: bool) -> None:
-    """List schedules: when, next fire (in its zone), last fire and its run."""
+    """List schedules: when, next fire (in its zone), last fire and its run; and which
+    scheduler holds the lease (text output).
+    """
     from zoneinfo import ZoneInfo
 
-    async def go(stack: Stack) -> list[dict[str, Any]]:
+    async def go(stack: Stack) -> tuple[list[dict[str, Any]], Any]:
         store = ScheduleStore(stack.storage)
+        leases = await stack.storage.get_leases([LEASE_RUN_ID])
         rows = []
         now = time.time()
         for spec in await store.list():
@@ -184,12 +187,17 @@ def list_cmd(as_json: bool) -> None:
                 "failed": state.get("failed", 0), "skipped": state.get("skipped", 0),
                 "workflow_changed": changed,
             })
-        return rows
+        return rows, leases.get(LEASE_RUN_ID)
 
-    rows = _run_async(go)
+    rows, lease = _run_async(go)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if lease is None or lease.expired(time.time()):
+        click.echo("scheduler: none running (start one with `flowyard schedule run`)")
+    else:
+        click.echo(f"scheduler: {lease.owner} (pid {lease.pid} on {lease.host}), lease until "
+                   f"{iso_utc(lease.expires_at)}")
     if not rows:
         click.echo("no schedules")
         return
