@@ -326,7 +326,8 @@ class RayExecutor:
             WorkerLostError: the Ray worker or node running it was lost (retriable).
             ConfigError: the Ray cluster cannot be reached.
         """
-        await anyio.to_thread.run_sync(self._ready) if self._step_fn is None else None
+        if self._step_fn is None:
+            await anyio.to_thread.run_sync(self._ready)
         ref = self._action_fn.options(name=f"flowyard:{step_id}", num_cpus=self.options[
             "num_cpus"], max_retries=self.options["max_retries"]).remote(action)
         status, value = await self._await(ref, what=f"step {step_id!r}", force_cancel=True)

@@ -195,7 +195,7 @@ class LocalCluster:
         return pids
 
     def stop(self) -> None:
-        """Stop every node (SIGTERM to each node's session, SIGKILL after 15 s), then
+        """Stop every node (SIGTERM to each node's session, SIGKILL after 5 s), then
         SIGKILL what is left of this cluster's processes after 5 s, and remove the
         temporary folder.
         """
@@ -205,9 +205,10 @@ class LocalCluster:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     continue
+        deadline = time.monotonic() + 5
         for proc in reversed(self._procs):
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
