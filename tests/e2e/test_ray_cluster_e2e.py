@@ -145,6 +145,12 @@ def test_main_job_fan_out_runs_on_the_two_node_cluster(cluster: Any, tmp_path: P
     try:
         calls = db.execute("select count(*) from fy_costs where run_id != ?",
                            (result["run_id"],)).fetchone()[0]
+        audited = dict(db.execute(
+            "select step_id, count(*) from fy_audit where run_id = ? and action = 'tool.call'"
+            " group by step_id", (result["run_id"],)).fetchall())
     finally:
         db.close()
     assert calls >= 2
+    # each tool call of the run is in the shared audit log once (from the driver), not
+    # also from the worker that made it
+    assert audited.get("index") == 1 and audited.get("report") == 1, audited
