@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +71,23 @@ def test_only_plugins(tmp_path_factory: pytest.TempPathFactory,
     for module in [m for m in sys.modules if m.startswith(("flowyard_testplugin",
                                                           "flowyard_brokenplugin"))]:
         del sys.modules[module]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the whole session: ``PostgresServer`` of
+    plugins/sql/tests/conftest.py (initdb and pg_ctl of Debian's ``postgresql``, as user
+    ``postgres`` when run as root; a missing PostgreSQL fails the test with a message naming
+    scripts/system-deps.sh). Each test makes its own database with ``create_database()``.
+    """
+    path = Path(__file__).resolve().parents[1] / "plugins" / "sql" / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_flowyard_sql_tests_conftest", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = module.PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

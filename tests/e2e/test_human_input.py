@@ -7,13 +7,11 @@ errors that store nothing; who answered is in the outputs, the events and the au
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +31,6 @@ result = stack.run_sync(sys.argv[1], {"title": "Notes"})
 print(json.dumps({"run_id": result.run_id, "status": result.status,
                   "waiting": [s.id for s in result.steps.values() if s.status == "waiting"]}))
 """
-
-
-def _support() -> Any:
-    """tests/e2e/scale_support.py, loaded by path (as test_scale_out_simulation does)."""
-    name = "flowyard_e2e_scale_support"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().with_name("scale_support.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    """A throwaway PostgreSQL server for this module (scripts/system-deps.sh installs
-    PostgreSQL; a missing one fails the test with that message)."""
-    server = _support().postgres_server_class()()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -5,10 +5,7 @@ and hostile --set values."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +15,6 @@ from click.testing import CliRunner
 from flowyard import Stack, hookimpl
 from flowyard.cli import cli
 from flowyard.tools import BaseTool
-
-
-def _support() -> Any:
-    """tests/e2e/scale_support.py, loaded by path (as test_scale_out_simulation does)."""
-    name = "flowyard_e2e_scale_support"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().with_name("scale_support.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    """A throwaway PostgreSQL server for this module (scripts/system-deps.sh installs
-    PostgreSQL; a missing one fails the test with that message)."""
-    server = _support().postgres_server_class()()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -34,7 +34,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +68,6 @@ LEASE = 3.0  # seconds: task lease and run lease
 RENEW = 0.5  # seconds between two renewals (heartbeats)
 KILLS = 24  # SIGKILLs, at random points of the drain (one per ~83 tasks completed)
 DRAIN_TIMEOUT = 400.0  # seconds; the drain takes about 60 on 2 quiet cores
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    """A throwaway PostgreSQL server for this module (scripts/system-deps.sh installs
-    PostgreSQL; a missing one fails the test with that message)."""
-    server = scale.postgres_server_class()()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def test_exactly_once_completion_with_workers_killed(postgres_server: Any,

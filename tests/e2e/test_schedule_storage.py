@@ -8,7 +8,6 @@ fire even when schedulers fire the same times at once (the lease switched off).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +38,6 @@ steps:
 outputs:
   double: "${double}"
 """
-
-
-def _postgres_server_class() -> Any:
-    """``PostgresServer`` of plugins/sql/tests/conftest.py (a missing PostgreSQL fails with a
-    message naming scripts/system-deps.sh), imported by path.
-    """
-    path = ROOT / "plugins" / "sql" / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_flowyard_sql_conftest_schedule", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PostgresServer
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    server = _postgres_server_class()()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -68,32 +68,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _postgres_server_class() -> Any:
-    """``PostgresServer`` of plugins/sql/tests/conftest.py (a throwaway server: initdb and
-    pg_ctl, as user ``postgres`` when run as root), imported by path."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "plugins" / "sql" / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_flowyard_sql_conftest_e2e", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PostgresServer
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    """A PostgreSQL server for this module (scripts/system-deps.sh installs PostgreSQL; a
-    missing one fails the tests, as in plugins/sql/tests).
-    """
-    server = _postgres_server_class()()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
 class Service:
     """The processes of the service and how to reach it."""
 

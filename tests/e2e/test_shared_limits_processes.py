@@ -22,7 +22,6 @@ cross-distribution test, so it lives in tests/e2e). Workers are
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -116,28 +115,6 @@ class Server:
         self._closing.set()
         self._server.shutdown()
         self._server.server_close()
-
-
-def _postgres_server_class() -> Any:
-    """``PostgresServer`` of plugins/sql/tests/conftest.py (a throwaway server; a missing
-    PostgreSQL fails with a message naming scripts/system-deps.sh), imported by path.
-    """
-    path = ROOT / "plugins" / "sql" / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_flowyard_sql_conftest_shared", path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PostgresServer
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    server = _postgres_server_class()()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
