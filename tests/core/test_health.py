@@ -84,3 +84,43 @@ async def test_doctor_runs_the_plugins_checks(flowyard_home: Any) -> None:
     # the built-in storage/model/disk checks are doctor's own storage, providers and disk
     assert health == {"buggy": "fail", "gpu": "warn", "slow": "fail", "wrong": "fail"}
     assert checks[("health", "gpu")].detail == "1 of 2 GPUs"
+
+
+class NoSharedLimits:
+    """A storage scheme whose backend opens but keeps no shared limits."""
+
+    @flowyard.hookimpl
+    def register_storage(self, register: Any) -> None:
+        from flowyard.builtin.memory_storage import MemoryStorage
+
+        class Plain:
+            def __init__(self) -> None:
+                self.inner = MemoryStorage()
+
+            async def open(self) -> None:
+                await self.inner.open()
+
+            async def close(self) -> None:
+                await self.inner.close()
+
+            async def kv_get(self, namespace: str, key: str) -> Any:
+                return await self.inner.kv_get(namespace, key)
+
+        register("plain", lambda url, config: Plain())
+
+
+async def test_the_shared_limits_backend_is_checked_only_when_configured(flowyard_home: Any
+                                                                         ) -> None:
+    plain = Stack(config={"storage": {"url": "memory://"}})
+    shared = Stack(config={"storage": {"url": "memory://"}, "limits": {"shared": "storage"}})
+    broken = Stack([("plain", NoSharedLimits())],
+                   config={"storage": {"url": "memory://"}, "limits": {"shared": "plain://"}})
+    try:
+        assert "shared_limits" not in await run_health_checks(plain, timeout_s=2)
+        up = (await run_health_checks(shared, timeout_s=2))["shared_limits"]
+        down = (await run_health_checks(broken, timeout_s=2))["shared_limits"]
+    finally:
+        for stack in (plain, shared, broken):
+            await stack.aclose()
+    assert up.status == "UP" and "MemoryStorage" in up.detail
+    assert down.status == "DOWN" and "plain://" in down.detail

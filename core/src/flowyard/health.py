@@ -94,7 +94,9 @@ def builtin_health_checks(services: Services) -> dict[str, HealthCheck]:
     * ``storage``: the storage backend is opened and answers a key-value read (else DOWN);
     * ``model``: the default model's provider answers ``list_models`` (else DEGRADED: runs
       that need it fail, the rest works; no default model: DEGRADED);
-    * ``disk``: free space of the data directory (below 100 MiB DOWN, below 1 GiB DEGRADED).
+    * ``disk``: free space of the data directory (below 100 MiB DOWN, below 1 GiB DEGRADED);
+    * ``shared_limits`` (only with ``[limits] shared``): the shared limits backend opens and
+      answers a budget read (else DOWN: every model call fails while it is unreachable).
 
     Args:
         services: the stack the checks look at.
@@ -137,4 +139,17 @@ def builtin_health_checks(services: Services) -> dict[str, HealthCheck]:
                                 "DEGRADED" if usage.free < DISK_DEGRADED_BYTES else "UP")
         return HealthResult(status, f"{path}: {usage.free / 1024**3:.2f} GiB free")
 
-    return {"storage": storage, "model": model, "disk": disk}
+    async def shared_limits() -> HealthResult:
+        try:
+            shared = await services.llm.shared_limits()  # type: ignore[attr-defined]
+            if shared is None:
+                return HealthResult("UP", "per process (no [limits] shared)")
+            await shared.backend.shared_budget_state("flowyard.health")
+        except (FlowyardError, OSError) as exc:
+            return HealthResult("DOWN", f"{type(exc).__name__}: {exc}")
+        return HealthResult("UP", f"{shared.where} ({type(shared.backend).__name__})")
+
+    checks: dict[str, HealthCheck] = {"storage": storage, "model": model, "disk": disk}
+    if services.config.get("limits.shared"):
+        checks["shared_limits"] = shared_limits
+    return checks
