@@ -124,3 +124,13 @@ async def test_the_shared_limits_backend_is_checked_only_when_configured(flowyar
             await stack.aclose()
     assert up.status == "UP" and "MemoryStorage" in up.detail
     assert down.status == "DOWN" and "plain://" in down.detail
+
+
+async def test_doctor_shows_the_shared_limits_check(flowyard_home: Any) -> None:
+    stack = Stack(config={"storage": {"url": "memory://"}, "limits": {"shared": "storage"}})
+    try:
+        checks = await run_doctor(stack, timeout_s=2)
+    finally:
+        await stack.aclose()
+    found = [c for c in checks if c.name == "shared_limits"]
+    assert len(found) == 1 and found[0].status == "ok"

@@ -62,7 +62,8 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
     - disk: free space where data goes (``disk_path``, default the data directory):
       below 100 MiB fails, below 1 GiB warns;
     - health: the health checks plugins register (``register_health_checks``; the built-in
-      ``storage``, ``model`` and ``disk`` are the checks above), each within ``timeout_s``
+      ``storage``, ``model`` and ``disk`` are the checks above; the built-in
+      ``shared_limits`` is run with [limits] shared), each within ``timeout_s``
       seconds: UP ok, DEGRADED warn, DOWN (or a timeout or an exception) fail.
     """
     import anyio
@@ -181,8 +182,10 @@ async def run_doctor(stack: Stack, *, timeout_s: float = 5.0,
     # lazy: the runtime, not for --help
     from flowyard.health import run_health_checks
 
+    # the built-in storage, model and disk checks are the doctor's own checks above
     plugin_checks = [name for name in stack.health_checks.names()
-                     if stack.health_checks.plugin_of(name) != "builtin"]
+                     if stack.health_checks.plugin_of(name) != "builtin"
+                     or name not in ("storage", "model", "disk")]
     statuses = {"UP": "ok", "DEGRADED": "warn", "DOWN": "fail"}
     for name, result in (await run_health_checks(stack, timeout_s=timeout_s,
                                                  names=plugin_checks)).items():
