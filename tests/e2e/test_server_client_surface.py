@@ -30,9 +30,9 @@ assert _spec is not None and _spec.loader is not None
 _shared = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_shared)  # skips this module too without server, SQL or client
 
-# the fixtures of test_server_client.py: a fresh service (and PostgreSQL) for this module
+# the fixtures of test_server_client.py: a fresh service for this module (on the session's
+# PostgreSQL server of tests/conftest.py)
 service = _shared.service
-postgres_server = _shared.postgres_server
 anyio_backend = _shared.anyio_backend
 Service = _shared.Service
 HELLO = _shared.HELLO
